@@ -1,0 +1,39 @@
+# The two commands: `make demo` and `make test`. Both create .venv and install on first use.
+#   TORCH   the torch requirement pip installs first (default: plain `torch`). On a CPU-only
+#           machine, a CPU wheel avoids a multi-GB CUDA download, e.g. TORCH=torch==2.13.0
+#           where a local wheel exists, or TORCH="torch --index-url <your CPU index>".
+#   PYTHON  the interpreter that creates the venv (default python3).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.minichord-installed
+
+.PHONY: install test demo reproduce bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q $(TORCH)
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,plot]"
+	touch $(STAMP)
+
+# pytest exits 5 when it collects no test: that is a failure here, said out loud.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
+
+demo: $(STAMP)
+	$(BIN)/minichord demo
+
+reproduce: $(STAMP)
+	$(BIN)/minichord reproduce --out runs/reproduce
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_sampler.py
+	$(BIN)/python benchmarks/bench_kernels.py --quick
+	$(BIN)/python benchmarks/bench_train.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

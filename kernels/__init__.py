@@ -1,0 +1,1 @@
+"""Triton kernels, installed as `minichord.kernels` (see pyproject's package-dir mapping)."""

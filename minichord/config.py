@@ -1,0 +1,187 @@
+"""Configuration: plain dataclasses, loaded from TOML and overridden from the command line.
+
+    cfg = load_config(TrainConfig, "run.toml", ["lr=3e-4", "model.n_layers=2"])
+
+A TOML file is a flat table of a dataclass's fields (nested dataclasses are sub-tables).
+Unknown keys are refused with the nearest valid key, so a typo never silently does nothing.
+No code is executed to read a config (no exec, no eval): TOML values and `--set` strings
+are converted to the field's declared type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit its dataclass."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """A Qwen2-family decoder (names follow minichord, `from_hf` maps Qwen2's)."""
+
+    vocab_size: int = 256
+    dim: int = 128  # hidden size
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2  # grouped-query attention: n_heads % n_kv_heads == 0
+    ffn_dim: int = 384  # SwiGLU intermediate size
+    max_seq_len: int = 160
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    qkv_bias: bool = True  # Qwen2 has biases on q, k, v (not on o)
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_heads:
+            raise ConfigError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+        if (self.dim // self.n_heads) % 2:
+            raise ConfigError(f"head dim {self.dim // self.n_heads} must be even for RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+@dataclasses.dataclass
+class SamplerConfig:
+    """How rollouts are drawn. greedy=True ignores temperature/top_k/top_p."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    greedy: bool = False
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0 and not self.greedy:
+            raise ConfigError(f"temperature must be > 0 (got {self.temperature}); use greedy=true")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1] (got {self.top_p})")
+        if self.top_k < 0 or self.max_new_tokens < 1:
+            raise ConfigError("top_k must be >= 0 and max_new_tokens >= 1")
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return match[0] if match else "(none)"
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Convert a TOML value or a `--set` string to the field type `tp`."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or str(origin) == "types.UnionType":  # Optional[X] / X | None
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        return _convert(value, args[0], where)
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(tp) or (str,)
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return origin(_convert(v.strip() if isinstance(v, str) else v, inner, where) for v in items)
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if tp is int:
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, bool) or float(number) != int(number):
+                raise ValueError(value)
+            return int(number)
+        if tp in (float, str):
+            return tp(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: cannot read {value!r} as {tp.__name__}") from None
+    return value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass `cls` from a (nested) dict, refusing unknown keys by name."""
+    types = _field_types(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in types:
+            raise ConfigError(
+                f"{where}: unknown key {key!r}; did you mean {_nearest(key, list(types))!r}? "
+                f"valid keys: {', '.join(types)}"
+            )
+        tp = types[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a table, got {value!r}")
+            kwargs[key] = from_dict(tp, value, f"{where}.{key}")
+        else:
+            kwargs[key] = _convert(value, tp, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The inverse of `from_dict` (None values are dropped, since TOML has no null)."""
+
+    def strip(d: Any) -> Any:
+        if isinstance(d, dict):
+            return {k: strip(v) for k, v in d.items() if v is not None}
+        return list(d) if isinstance(d, tuple) else d
+
+    return strip(dataclasses.asdict(cfg))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key=value` / `section.key=value` strings onto a nested dict (copied)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a table")
+        node[leaf] = value.strip()
+    return out
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Any:
+    """`base` dict (e.g. a method preset) <- TOML file <- `key=value` overrides -> `cls`."""
+    data: dict[str, Any] = dict(base or {})
+    where = cls.__name__
+    if path is not None:
+        path = Path(path)
+        try:
+            with path.open("rb") as f:
+                file_data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        where = str(path)
+        for k, v in file_data.items():
+            data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
+    data = apply_overrides(data, overrides or [])
+    return from_dict(cls, data, where)
