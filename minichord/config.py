@@ -15,7 +15,7 @@ import difflib
 import sys
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -132,7 +132,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{key}: expected a table, got {value!r}")
-            kwargs[key] = from_dict(tp, value, f"{where}.{key}")
+            field = next(f for f in dataclasses.fields(cls) if f.name == key)
+            default = {} if field.default_factory is dataclasses.MISSING else to_dict(field.default_factory())
+            kwargs[key] = from_dict(tp, {**default, **value}, f"{where}.{key}")
         else:
             kwargs[key] = _convert(value, tp, f"{where}.{key}")
     return cls(**kwargs)
@@ -185,3 +187,47 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
             data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
     data = apply_overrides(data, overrides or [])
     return from_dict(cls, data, where)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One training run. `minichord train --method NAME` starts from that method's preset
+    (minichord/methods.py), then a TOML file, then `--set key=value` overrides."""
+
+    method: str = "chord-phi"
+    seed: int = 0
+    steps: int = 120
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    # batch: B prompts x G samples on-policy + E expert demonstrations (DESIGN.md §4)
+    prompts_per_step: int = 8
+    group_size: int = 8
+    experts_per_step: int = 16
+    ppo_epochs: int = 1  # updates per rollout batch; > 1 makes ratios and clipping real
+    minibatches: int = 1
+    # global coefficient mu(step): warm-up W, cosine decay D, peak, valley (DESIGN.md §4).
+    # W and D are shares of `steps` (the official W=0, D=200 scaled to the run's length).
+    mu_warmup_frac: float = 0.0
+    mu_decay_frac: float = 0.0
+    mu_peak: float = 0.1
+    mu_valley: float = 0.1
+    # token losses (minichord.losses.TokenLossSpec)
+    expert_weighting: str = "none"  # none | phi | is | luffy
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip: Optional[float] = None
+    log_ratio_clamp: float = 20.0
+    entropy_coef: float = 0.0
+    kl_coef: float = 0.0
+    # data: the embedded toy task unless JSONL files are given
+    prompts_file: str = ""
+    experts_file: str = ""
+    n_rl_prompts: int = 2000
+    n_expert: int = 256
+    n_test: int = 200
+    # sampling, evaluation, checkpoints
+    sampler: SamplerConfig = dataclasses.field(default_factory=lambda: SamplerConfig(max_new_tokens=96))
+    eval_every: int = 40
+    save_every: int = 40
+    init: str = ""  # checkpoint to start from; empty = the cached pre-trained toy base model

@@ -1,0 +1,22 @@
+"""Verifiable tasks: problem generators, answer styles, the reward. See `base` to add one."""
+
+from minichord.tasks.base import Demonstration, Problem, Skill
+from minichord.tasks.reward import extract_answer, normalise, reward
+from minichord.tasks.toy import (
+    OTHER_SKILLS,
+    SKILLS,
+    SPLIT_NAMES,
+    TARGET_SKILL,
+    ToyTask,
+    expert_response,
+    make_splits,
+    pretrain_corpus,
+    style_texts,
+    terse_response,
+)
+
+__all__ = [
+    "Demonstration", "Problem", "Skill", "extract_answer", "normalise", "reward", "OTHER_SKILLS",
+    "SKILLS", "SPLIT_NAMES", "TARGET_SKILL", "ToyTask", "expert_response", "make_splits",
+    "pretrain_corpus", "style_texts", "terse_response",
+]

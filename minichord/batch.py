@@ -1,0 +1,81 @@
+"""Packing on-policy rollouts and expert demonstrations into one token batch.
+
+Every sequence is `prompt + response`; only response tokens carry a loss. Sequences are
+right-padded into ids [M, L]; the loss sees the flat list of N response tokens, each with the
+hidden state that predicts it (position t-1 predicts token t):
+
+    hidden[rows, cols]  ->  [N, D]      targets = ids[rows, cols + 1]  ->  [N]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass
+class Sequence:
+    """One training sequence. `old_logprobs` are the sampler's (on-policy) or None (expert)."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    is_expert: bool
+    advantage: float = 0.0
+    old_logprobs: list[float] | None = None
+
+
+@dataclasses.dataclass
+class TokenBatch:
+    ids: torch.Tensor  # [M, L] long, right-padded
+    attention_mask: torch.Tensor  # [M, L] bool
+    rows: torch.Tensor  # [N] long: sequence of each response token
+    cols: torch.Tensor  # [N] long: position of the hidden state that predicts it
+    targets: torch.Tensor  # [N] long
+    is_expert: torch.Tensor  # [N] bool
+    advantages: torch.Tensor  # [N] fp32, the sequence's advantage broadcast to its tokens
+    old_logp: torch.Tensor  # [N] fp32, sampler log-probs (0 on expert tokens)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.targets.numel())
+
+    def select(self, seq_ids: torch.Tensor) -> "TokenBatch":
+        """The sub-batch of the given sequences (for PPO mini-batches)."""
+        keep = torch.isin(self.rows, seq_ids)  # [N]
+        remap = torch.full((self.ids.shape[0],), -1, dtype=torch.long)
+        remap[seq_ids] = torch.arange(len(seq_ids))
+        return TokenBatch(self.ids[seq_ids], self.attention_mask[seq_ids], remap[self.rows[keep]],
+                          self.cols[keep], self.targets[keep], self.is_expert[keep],
+                          self.advantages[keep], self.old_logp[keep])
+
+
+def pack(sequences: list[Sequence], pad_id: int, max_len: int) -> TokenBatch:
+    """Right-pad `sequences` into one TokenBatch; refuse sequences longer than `max_len`."""
+    if not sequences:
+        raise ValueError("cannot pack an empty list of sequences")
+    lengths = [len(s.prompt_ids) + len(s.response_ids) for s in sequences]
+    if max(lengths) > max_len:
+        raise ValueError(f"a sequence of {max(lengths)} tokens exceeds the model context {max_len}")
+    L = max(lengths)
+    ids = torch.full((len(sequences), L), pad_id, dtype=torch.long)  # [M, L]
+    attention_mask = torch.zeros((len(sequences), L), dtype=torch.bool)  # [M, L]
+    rows, cols, is_expert, advantages, old_logp = [], [], [], [], []
+    for i, s in enumerate(sequences):
+        p, r = len(s.prompt_ids), len(s.response_ids)
+        ids[i, : p + r] = torch.tensor(s.prompt_ids + s.response_ids)
+        attention_mask[i, : p + r] = True
+        rows += [i] * r
+        cols += range(p - 1, p + r - 1)
+        is_expert += [s.is_expert] * r
+        advantages += [s.advantage] * r
+        old_logp += s.old_logprobs if s.old_logprobs is not None else [0.0] * r
+    rows_t = torch.tensor(rows, dtype=torch.long)  # [N]
+    cols_t = torch.tensor(cols, dtype=torch.long)  # [N]
+    return TokenBatch(
+        ids=ids, attention_mask=attention_mask, rows=rows_t, cols=cols_t,
+        targets=ids[rows_t, cols_t + 1],
+        is_expert=torch.tensor(is_expert, dtype=torch.bool),
+        advantages=torch.tensor(advantages, dtype=torch.float32),
+        old_logp=torch.tensor(old_logp, dtype=torch.float32),
+    )

@@ -1,0 +1,178 @@
+"""JSONL datasets: RL prompts with reference answers, and expert demonstrations.
+
+One JSON object per line (blank lines are skipped):
+
+    prompts.jsonl   {"prompt": "add 47 85", "answer": "132"}            (+ optional "skill")
+    expert.jsonl    {"prompt": "add 47 85", "response": "7+5=12 ...\\nanswer: 132"}
+                    {"messages": [{"role": "user", "content": "add 47 85"},
+                                  {"role": "assistant", "content": "7+5=12 ..."}]}
+                    (either form, + optional "answer")
+
+A file is validated completely before anything is returned, so no run ever trains on half a
+file: every bad line (not JSON, not an object, missing or unknown key, a non-string or empty
+value, wrong chat roles) is reported as `file:line: what is wrong` in one `DataError`.
+`write_jsonl` writes atomically (temp file + os.replace), so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from minichord.tasks.base import Demonstration, Problem
+from minichord.tasks.toy import ToyTask
+
+_MAX_REPORTED = 20  # errors listed in one DataError message
+
+
+class DataError(ValueError):
+    """A dataset file that cannot be used; `errors` holds (line number, message) pairs."""
+
+    def __init__(self, message: str, errors: list[tuple[int, str]] | None = None):
+        super().__init__(message)
+        self.errors = errors or []
+
+
+def _string(record: dict, key: str, *, required: bool = True) -> str | None:
+    if key not in record:
+        if required:
+            raise ValueError(f"missing key {key!r}")
+        return None
+    value = record[key]
+    if not isinstance(value, str):
+        raise ValueError(f"{key!r} must be a string, got {type(value).__name__} {value!r:.40}")
+    if not value.strip():
+        raise ValueError(f"{key!r} is empty")
+    return value
+
+
+def _check_keys(record: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(record) - allowed)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _parse_prompt(record: dict) -> Problem:
+    _check_keys(record, {"prompt", "answer", "skill"})
+    prompt, answer = _string(record, "prompt"), _string(record, "answer")
+    return Problem(prompt, answer, _string(record, "skill", required=False) or "task")
+
+
+def _parse_messages(messages: Any) -> tuple[str, str]:
+    if not isinstance(messages, list) or len(messages) != 2:
+        raise ValueError("'messages' must be a list of exactly two messages: user then assistant")
+    contents = []
+    for i, (message, role) in enumerate(zip(messages, ("user", "assistant"))):
+        if not isinstance(message, dict):
+            raise ValueError(f"messages[{i}] must be an object, got {type(message).__name__}")
+        _check_keys(message, {"role", "content"})
+        if message.get("role") != role:
+            raise ValueError(f"messages[{i}] must have role {role!r}, got {message.get('role')!r}")
+        try:
+            contents.append(_string(message, "content"))
+        except ValueError as e:
+            raise ValueError(f"messages[{i}]: {e}") from None
+    return contents[0], contents[1]
+
+
+def _parse_expert(record: dict) -> Demonstration:
+    answer = _string(record, "answer", required=False)
+    if "messages" in record:
+        _check_keys(record, {"messages", "answer"})
+        prompt, response = _parse_messages(record["messages"])
+    else:
+        _check_keys(record, {"prompt", "response", "answer"})
+        if "prompt" not in record and "response" not in record:
+            raise ValueError("needs 'prompt' and 'response' keys, or a 'messages' list")
+        prompt, response = _string(record, "prompt"), _string(record, "response")
+    return Demonstration(prompt, response, answer)
+
+
+def _load(path: str | Path, parse: Callable[[dict], Any], what: str) -> list:
+    path = Path(path)
+    try:
+        raw_lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    items, errors = [], []
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            errors.append((number, f"not valid UTF-8 ({e.reason} at byte {e.start})"))
+            continue
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            errors.append((number, f"invalid JSON: {e.msg} (column {e.colno})"))
+            continue
+        if not isinstance(record, dict):
+            errors.append((number, f"expected a JSON object, got {type(record).__name__}"))
+            continue
+        try:
+            items.append(parse(record))
+        except ValueError as e:
+            errors.append((number, str(e)))
+    if errors:
+        shown = "\n".join(f"{path}:{n}: {msg}" for n, msg in errors[:_MAX_REPORTED])
+        more = f"\n... and {len(errors) - _MAX_REPORTED} more" if len(errors) > _MAX_REPORTED else ""
+        raise DataError(f"{path}: {len(errors)} invalid line(s) in {what} file; nothing was loaded\n{shown}{more}",
+                        errors)
+    if not items:
+        raise DataError(f"{path}: no {what} records (the file is empty)")
+    return items
+
+
+def load_prompts(path: str | Path) -> list[Problem]:
+    """RL prompts with reference answers: lines of {"prompt", "answer"[, "skill"]}."""
+    return _load(path, _parse_prompt, "prompt")
+
+
+def load_experts(path: str | Path) -> list[Demonstration]:
+    """Expert demonstrations: {"prompt", "response"} or {"messages": [user, assistant]}."""
+    return _load(path, _parse_expert, "expert")
+
+
+def _as_dict(row: Any) -> dict:
+    if dataclasses.is_dataclass(row) and not isinstance(row, type):
+        row = {k: v for k, v in dataclasses.asdict(row).items() if v is not None}
+    if not isinstance(row, dict):
+        raise TypeError(f"write_jsonl rows must be dicts or dataclasses, got {type(row).__name__}")
+    return row
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
+    """Write rows (dicts, `Problem`s, `Demonstration`s) one JSON object per line, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(_as_dict(row), ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def export_toy(task: ToyTask, out_dir: str | Path) -> dict[str, Path]:
+    """Write the toy splits as JSONL (the format to copy for your own data):
+    rl.jsonl, expert.jsonl and test_<split>.jsonl."""
+    out_dir = Path(out_dir)
+    paths = {"rl": write_jsonl(out_dir / "rl.jsonl", task.rl),
+             "expert": write_jsonl(out_dir / "expert.jsonl", task.expert)}
+    for name, problems in task.tests.items():
+        paths[f"test_{name}"] = write_jsonl(out_dir / f"test_{name}.jsonl", problems)
+    return paths

@@ -1,0 +1,75 @@
+"""From a method name, a config file and overrides to a Trainer ready to run.
+
+    trainer = prepare_run("chord-phi", out_dir="runs/x", overrides=["steps=50"])
+    trainer.run()
+
+The model starts from `init` (a checkpoint directory) or, when empty, from the toy base model
+that `minichord pretrain` makes once and caches (see `default_base_dir`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from minichord.checkpoint import load_checkpoint
+from minichord.config import TrainConfig, load_config
+from minichord.methods import get_method
+from minichord.traindata import build_train_data
+from minichord.trainer import Phase, Trainer
+
+
+def default_base_dir() -> Path:
+    """Where the toy base model is cached: $MINICHORD_HOME/base (default ~/.cache/minichord)."""
+    home = os.environ.get("MINICHORD_HOME") or Path.home() / ".cache" / "minichord"
+    return Path(home) / "base"
+
+
+def build_phases(method_name: str, config_file: str | None = None,
+                 overrides: list[str] | tuple[str, ...] = ()) -> list[Phase]:
+    """Each phase's config = its method's preset <- the TOML file <- the overrides.
+    A staged method (sft-grpo) splits `steps` between its stages."""
+    method = get_method(method_name)
+
+    def config_for(name: str) -> TrainConfig:
+        return load_config(TrainConfig, config_file, list(overrides),
+                           base={**get_method(name).preset, "method": method_name})
+
+    top = config_for(method_name)
+    if not method.stages:
+        return [Phase(method, top, 0, top.steps)]
+    phases, start = [], 0
+    for i, (stage, share) in enumerate(method.stages):
+        end = top.steps if i == len(method.stages) - 1 else start + round(share * top.steps)
+        phases.append(Phase(get_method(stage), config_for(stage), start, end))
+        start = end
+    return phases
+
+
+def load_initial_model(init: str, log: Callable[[str], None] = print):
+    """(model, tokenizer) from `init`, or from the cached toy base model (made on first use)."""
+    if init:
+        ckpt = load_checkpoint(init)
+    else:
+        from minichord.pretrain import pretrain_base
+
+        ckpt = load_checkpoint(pretrain_base(default_base_dir(), log=log))
+    if ckpt.tokenizer is None:
+        raise ValueError(f"checkpoint {init or default_base_dir()} has no tokenizer.json")
+    return ckpt.model, ckpt.tokenizer
+
+
+def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | None = None,
+                overrides: list[str] | tuple[str, ...] = (), resume: bool = True,
+                log: Callable[[str], None] = print) -> Trainer:
+    phases = build_phases(method_name, config_file, overrides)
+    cfg = phases[0].cfg
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_initial_model(cfg.init, log)
+    trainer = Trainer(phases, model, tokenizer, build_train_data(cfg), Path(out_dir), log=log)
+    if resume:
+        trainer.resume()
+    return trainer

@@ -1,0 +1,218 @@
+"""A Qwen2-family decoder-only transformer, written to be read.
+
+    x_0 = embed(ids)
+    for each layer:  h = x + Attn(RMSNorm(x));  x = h + MLP(RMSNorm(h))
+    logits = RMSNorm(x) @ W_lm^T            (W_lm = the embedding when tied)
+
+Parameter names follow Hugging Face's Qwen2 (`embed_tokens`, `layers.N.self_attn.q_proj`,
+`layers.N.mlp.gate_proj`, `input_layernorm`, `post_attention_layernorm`, `norm`, `lm_head`;
+HF adds a `model.` prefix to all but `lm_head`), so real Qwen2 weights map by renaming.
+When the embedding is tied there is no `lm_head` parameter at all (one tensor, one name).
+
+Padding convention: batches are LEFT-padded; `attention_mask` is True on real tokens.
+Each sequence's positions count only its real tokens, so padding never shifts RoPE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minichord.config import ModelConfig
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position of every slot counting real tokens only: cumsum(mask) - 1, clamped at 0.
+    [B, S] bool -> [B, S] long (left pads get position 0; their outputs are never used)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class KVCache:
+    """Preallocated keys/values for incremental decoding.
+
+    k[l], v[l]: [B, n_kv_heads, max_len, head_dim] for layer l; slots [0, length) are filled.
+    The model writes each forward's new k/v at [length, length + T) and advances `length`.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.batch_size, self.max_len, self.length = batch_size, max_len, 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v [B, n_kv, T, hd] after the cached ones; return all keys/values so far."""
+        end = self.length + k.shape[2]
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # [B, n_kv, end, hd]
+
+
+class RMSNorm(nn.Module):
+    """y = w * x / sqrt(mean(x^2) + eps), normalised in fp32 (as Qwen2 does)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
+    """Rotary angles: inv_freq_i = theta^(-2i/d), angle[b,t,i] = pos[b,t] * inv_freq_i.
+    Returns cos, sin: [B, T, head_dim] (the d/2 angles repeated twice, "rotate_half" layout)."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[..., None] * inv_freq  # [B, T, hd/2]
+    angles = torch.cat([angles, angles], dim=-1)  # [B, T, hd]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x' = x*cos + rotate_half(x)*sin, rotate_half([a, b]) = [-b, a] (halves, not interleaved).
+    x: [B, H, T, hd]; cos, sin: [B, T, hd]."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x.float() * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention: n_heads query heads share n_kv_heads key/value heads
+    (query head h reads kv head h // (n_heads / n_kv_heads)).
+        Attn = softmax(q k^T / sqrt(hd) + mask) v,  then o_proj (no bias)."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.cfg, self.layer_idx = cfg, layer_idx
+        hd = cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
+
+    def forward(self, x, cos, sin, mask, kv_cache: KVCache | None):
+        B, T, _ = x.shape
+        c = self.cfg
+        q = self.q_proj(x).view(B, T, c.n_heads, c.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        k = self.k_proj(x).view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
+        v = self.v_proj(x).view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)  # [B, Hkv, S, hd]
+        n_rep = c.n_heads // c.n_kv_heads
+        k = k.repeat_interleave(n_rep, dim=1)  # [B, H, S, hd]
+        v = v.repeat_interleave(n_rep, dim=1)  # [B, H, S, hd]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, hd]
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, c.n_heads * c.head_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), no biases."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: h = x + Attn(norm(x)); out = h + MLP(norm(h))."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, kv_cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        # GPT-2-style scaling: each residual branch's output projection gets std 0.02/sqrt(2L),
+        # so the residual stream's variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        """[V, D] output projection: the embedding matrix when tied."""
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def num_params(self) -> int:
+        """Number of distinct parameters (a tied embedding counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, ids, attention_mask=None, positions=None, kv_cache: KVCache | None = None,
+                return_hidden: bool = False):
+        """ids [B, T] -> logits [B, T, V] (or final-normed hidden [B, T, D] if return_hidden).
+
+        attention_mask: [B, S] bool, S = cached length + T, True on real tokens (default all True).
+        positions: [B, T] long; default = positions_from_mask(attention_mask)[:, -T:].
+        kv_cache: appends this call's keys/values and attends to everything cached before.
+        Query i (absolute slot past+i) may see key j iff j <= past+i and attention_mask[b, j];
+        it always sees itself, so rows for padding stay finite (and are never used).
+        """
+        if ids.dim() != 2:
+            raise ValueError(f"ids must be [B, T], got shape {tuple(ids.shape)}")
+        B, T = ids.shape
+        past = 0 if kv_cache is None else kv_cache.length
+        S = past + T
+        if kv_cache is not None and (S > kv_cache.max_len or kv_cache.batch_size != B):
+            raise ValueError(f"KV cache (batch {kv_cache.batch_size}, max_len {kv_cache.max_len}) cannot "
+                             f"take batch {B} with {past} cached + {T} new tokens")
+        if S > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {S} exceeds max_seq_len={self.cfg.max_seq_len}")
+        if attention_mask is None:
+            attention_mask = torch.ones(B, S, dtype=torch.bool, device=ids.device)
+        if attention_mask.shape != (B, S):
+            raise ValueError(f"attention_mask must be [B, cached+T] = {(B, S)}, got {tuple(attention_mask.shape)}")
+        attention_mask = attention_mask.bool()
+        if positions is None:
+            positions = positions_from_mask(attention_mask)[:, past:]  # [B, T]
+        if positions.shape != (B, T):
+            raise ValueError(f"positions must be [B, T] = {(B, T)}, got {tuple(positions.shape)}")
+
+        query_slot = torch.arange(past, S, device=ids.device)[:, None]  # [T, 1]
+        key_slot = torch.arange(S, device=ids.device)[None, :]  # [1, S]
+        mask = (key_slot <= query_slot) & attention_mask[:, None, None, :]  # [B, 1, T, S]
+        mask = mask | (key_slot == query_slot)  # a query always sees itself
+
+        x = self.embed_tokens(ids)  # [B, T, D]
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)  # [B, T, hd]
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.length = S
+        hidden = self.norm(x)  # [B, T, D]
+        if return_hidden:
+            return hidden
+        return hidden @ self.lm_head_weight.t()  # [B, T, V]

@@ -1,0 +1,144 @@
+"""Batched generation with a KV cache, returning what the trainer needs: tokens, the
+log-probability of each sampled token, and a mask of which tokens were generated.
+
+    prompts (ragged) --left-pad--> [B, P] --prefill (one forward)--> cache + last logits
+    repeat max_new_tokens times:  pick token from logits -> feed it back (one forward on [B, 1])
+
+Which log-probability is returned. A token is *drawn* from softmax(logits / T) restricted to
+the top-k / nucleus set and renormalised, but the returned log-prob is the unrestricted
+    logprob_t = log_softmax(logits_t / T)[y_t]
+(with T = 1 for greedy decoding). That is the policy the trainer differentiates
+(`ops.token_logprobs(logits, y, temperature=T)`), so old and new log-probs agree at the
+first update. top-k / top-p only restrict what can be drawn; they do not change logprob_t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from minichord.config import SamplerConfig
+from minichord.model import KVCache
+
+
+@dataclass
+class Rollout:
+    tokens: torch.Tensor  # [B, T_new] long, pad_id after the sequence stopped
+    logprobs: torch.Tensor  # [B, T_new] fp32, log_softmax(logits / T) at the sampled token, 0 at padding
+    mask: torch.Tensor  # [B, T_new] bool, True on generated tokens including the eos
+    finished: torch.Tensor  # [B] bool, True if eos was emitted
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the allowed set to -inf. logits: [B, V] (already divided by T).
+
+    top-k: keep tokens whose logit is >= the k-th largest (k = 0 keeps all).
+    top-p (nucleus): after top-k, keep the smallest set of most-probable tokens whose total
+    probability is >= top_p: sorted descending, token i is dropped when the mass of the tokens
+    before it, cumsum_i - p_i, already reaches top_p (the most probable token is always kept).
+    """
+    if 0 < top_k < logits.shape[-1]:
+        kth_largest = logits.topk(top_k, dim=-1).values[:, -1:]  # [B, 1]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # [B, V]
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # [B, V]
+        drop_sorted = mass_before >= top_p
+        drop_sorted[:, 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocab order
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def pick_tokens(logits: torch.Tensor, cfg: SamplerConfig, generator: torch.Generator | None):
+    """logits [B, V] -> (tokens [B] long, logprobs [B] fp32). See the module docstring."""
+    logits = logits.float()
+    if cfg.greedy:
+        tokens = logits.argmax(dim=-1)  # [B]
+        logprobs = F.log_softmax(logits, dim=-1)
+    else:
+        scaled = logits / cfg.temperature  # [B, V]
+        logprobs = F.log_softmax(scaled, dim=-1)
+        probs = filter_logits(scaled, cfg.top_k, cfg.top_p).softmax(dim=-1)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
+    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged prompts -> ids [B, P] long and mask [B, P] bool, real tokens at the right end."""
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), P, dtype=torch.bool)
+    for b, prompt in enumerate(prompts):
+        ids[b, P - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[b, P - len(prompt):] = True
+    return ids.to(device), mask.to(device)
+
+
+def _check_prompts(prompts, vocab_size: int, max_new_tokens: int, max_seq_len: int) -> None:
+    if not prompts:
+        raise ValueError("generate() needs at least one prompt, got an empty list")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+        bad = [t for t in p if not 0 <= int(t) < vocab_size]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids outside [0, {vocab_size}): {bad[:5]}")
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > max_seq_len:
+        raise ValueError(f"longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "
+                         f"{longest + max_new_tokens} exceeds the model's max_seq_len={max_seq_len}")
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int, pad_id: int,
+             generator: torch.Generator | None = None, use_cache: bool = True) -> Rollout:
+    """Sample continuations of `prompts` (token-id lists of any lengths) from `model`.
+
+    Each sequence stops after emitting `eos_id` (an id outside the vocabulary never matches, so
+    e.g. eos_id=-1 disables stopping); later slots hold pad_id, mask False, logprob 0.
+    Generation ends when every sequence has stopped, so T_new <= cfg.max_new_tokens.
+    `generator` (on the model's device) makes sampling reproducible.
+    use_cache=False recomputes the whole sequence every step (slow; for tests and benchmarks).
+    """
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    _check_prompts(prompts, model.cfg.vocab_size, cfg.max_new_tokens, model.cfg.max_seq_len)
+    ids, mask = left_pad(prompts, pad_id, device)  # [B, P]
+    B, P = ids.shape
+    total = P + cfg.max_new_tokens
+    # Sequence buffer: prompt + every token fed back so far. Generated slots count as real.
+    seq = torch.full((B, total), pad_id, dtype=torch.long, device=device)
+    seq[:, :P] = ids
+    seq_mask = torch.ones(B, total, dtype=torch.bool, device=device)
+    seq_mask[:, :P] = mask
+
+    cache = KVCache(model.cfg, B, total, device, dtype) if use_cache else None
+    logits = model(ids, attention_mask=mask, kv_cache=cache)[:, -1]  # [B, V] (prefill)
+
+    tokens = torch.full((B, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros(B, cfg.max_new_tokens, dtype=torch.float32, device=device)
+    out_mask = torch.zeros(B, cfg.max_new_tokens, dtype=torch.bool, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    steps = 0
+    for t in range(cfg.max_new_tokens):
+        next_tok, next_logp = pick_tokens(logits, cfg, generator)  # [B], [B]
+        alive = ~finished
+        tokens[:, t] = torch.where(alive, next_tok, pad_id)
+        logprobs[:, t] = torch.where(alive, next_logp, 0.0)
+        out_mask[:, t] = alive
+        finished = finished | (alive & (next_tok == eos_id))
+        steps = t + 1
+        if bool(finished.all()) or t + 1 == cfg.max_new_tokens:
+            break
+        seq[:, P + t] = tokens[:, t]
+        end = P + t + 1
+        if use_cache:
+            logits = model(seq[:, end - 1:end], attention_mask=seq_mask[:, :end], kv_cache=cache)[:, -1]
+        else:
+            logits = model(seq[:, :end], attention_mask=seq_mask[:, :end])[:, -1]
+    return Rollout(tokens=tokens[:, :steps], logprobs=logprobs[:, :steps],
+                   mask=out_mask[:, :steps], finished=finished)

@@ -1,0 +1,79 @@
+"""What a task is: problems with a checkable answer, written in one or two styles.
+
+A *skill* makes problems (`generate`) and knows how to answer them. Every skill answers in
+the base model's own *terse* style (just the answer); the target skill also has an *expert*
+style, the step-by-step traces that play the part of the stronger model's demonstrations in
+the CHORD paper. Adding a task = writing one `Skill` subclass:
+
+    class Multiply(Skill):
+        name = "mul"
+        def generate(self, rng, difficulty):
+            a, b = rng.randrange(10 ** difficulty), rng.randrange(10)
+            return Problem(f"mul {a} {b}", str(a * b), self.name)
+        def terse_response(self, problem):
+            return problem.answer
+
+Responses must end in an answer that `minichord.tasks.reward.extract_answer` can read: the
+whole (one-line) response in the terse style, or a last line `answer: ...`.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One prompt with its reference answer; `skill` names the skill that made it."""
+
+    prompt: str
+    answer: str
+    skill: str = "task"
+
+    def __post_init__(self) -> None:
+        for field in ("prompt", "answer", "skill"):
+            value = getattr(self, field)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"Problem.{field} must be a non-empty string, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """An expert demonstration: a prompt and the full response to imitate.
+
+    `answer` is optional (user-supplied demonstrations need not carry one)."""
+
+    prompt: str
+    response: str
+    answer: str | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("prompt", "response"):
+            value = getattr(self, field)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"Demonstration.{field} must be a non-empty string, got {value!r}")
+
+
+class Skill(ABC):
+    """A family of problems: `generate` one at a given difficulty, answer it tersely,
+    and (target skills only) answer it the expert's step-by-step way."""
+
+    name: str = "skill"
+
+    @abstractmethod
+    def generate(self, rng: random.Random, difficulty: int) -> Problem:
+        """A random problem; `difficulty` is skill-specific (digits, string length)."""
+
+    @abstractmethod
+    def terse_response(self, problem: Problem) -> str:
+        """The base model's style: the answer alone, on one line."""
+
+    def expert_response(self, problem: Problem) -> str:
+        """The expert's style (step by step, ending in `answer: ...`)."""
+        raise NotImplementedError(f"skill {self.name!r} has no expert solver")
+
+    @property
+    def has_expert(self) -> bool:
+        return type(self).expert_response is not Skill.expert_response

@@ -1,0 +1,248 @@
+"""The CPU-scale toy task: the same structure as the CHORD paper's setting, in miniature.
+
+    paper                                   toy
+    instruct model, its own answer style    base model pre-trained here, terse answers
+    target skill (competition math)         multi-digit addition          "add 47 85" -> "132"
+    general capabilities (retention)        reverse / sort / copy         "sort 5 2 9" -> "2 5 9"
+    expert data (long CoT, other style)     step-by-step column sums:
+                                                7+5=12 carry 1
+                                                4+8+1=13 carry 1
+                                                answer: 132
+    limited expert set, disjoint RL set     `make_splits`: n_expert demos, n_rl prompts, disjoint
+    held-out tests                          in_domain (train digits), harder (more digits),
+                                            other_skills (retention)
+
+Letters and digits of the other skills are written space-separated so that any tokenizer
+gives one token per symbol (a BPE merge inside "abcd" would hide the letters from the model).
+Every split is drawn from one seeded `random.Random`; prompts are unique across all splits.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from dataclasses import dataclass, field
+from typing import Callable
+
+from minichord.tasks.base import Demonstration, Problem, Skill
+
+TARGET_SKILL = "add"
+OTHER_SKILLS = ("reverse", "sort", "copy")
+SPLIT_NAMES = ("in_domain", "harder", "other_skills")
+
+
+def _number(rng: random.Random, n_digits: int) -> int:
+    """A uniformly random integer with exactly `n_digits` digits (no leading zero)."""
+    if n_digits < 1:
+        raise ValueError(f"n_digits must be >= 1, got {n_digits}")
+    return rng.randrange(10 ** (n_digits - 1) if n_digits > 1 else 0, 10**n_digits)
+
+
+class Addition(Skill):
+    """The target skill: "add A B" with A, B of `difficulty` digits each."""
+
+    name = "add"
+
+    def generate(self, rng: random.Random, difficulty: int) -> Problem:
+        a, b = _number(rng, difficulty), _number(rng, difficulty)
+        return Problem(f"add {a} {b}", str(a + b), self.name)
+
+    @staticmethod
+    def operands(problem: Problem) -> tuple[str, str]:
+        parts = problem.prompt.split()
+        if len(parts) != 3 or parts[0] != "add" or not (parts[1].isdigit() and parts[2].isdigit()):
+            raise ValueError(f"not an addition prompt: {problem.prompt!r}")
+        return parts[1], parts[2]
+
+    def terse_response(self, problem: Problem) -> str:
+        return problem.answer
+
+    def expert_response(self, problem: Problem) -> str:
+        """Column addition, right to left: one line `a+b(+carry)=s carry c` per column.
+
+        The answer is computed here from the digits, independently of `problem.answer`."""
+        a, b = self.operands(problem)
+        width = max(len(a), len(b))
+        a, b = a.zfill(width), b.zfill(width)
+        lines, digits, carry = [], [], 0
+        for da, db in zip(reversed(a), reversed(b)):
+            column = int(da) + int(db) + carry
+            terms = f"{da}+{db}" + (f"+{carry}" if carry else "")
+            carry = column // 10
+            lines.append(f"{terms}={column} carry {carry}")
+            digits.append(str(column % 10))
+        if carry:
+            digits.append(str(carry))
+        lines.append("answer: " + "".join(reversed(digits)).lstrip("0").rjust(1, "0"))
+        return "\n".join(lines)
+
+
+def _symbols(rng: random.Random, alphabet: str, n: int) -> list[str]:
+    return [rng.choice(alphabet) for _ in range(n)]
+
+
+class Reverse(Skill):
+    """"reverse c a t" -> "t a c" (`difficulty` letters)."""
+
+    name = "reverse"
+
+    def generate(self, rng: random.Random, difficulty: int) -> Problem:
+        letters = _symbols(rng, string.ascii_lowercase, difficulty)
+        return Problem(f"reverse {' '.join(letters)}", " ".join(reversed(letters)), self.name)
+
+    def terse_response(self, problem: Problem) -> str:
+        return problem.answer
+
+
+class Sort(Skill):
+    """"sort 5 2 9" -> "2 5 9" (`difficulty` digits, repeats allowed)."""
+
+    name = "sort"
+
+    def generate(self, rng: random.Random, difficulty: int) -> Problem:
+        digits = _symbols(rng, string.digits, difficulty)
+        return Problem(f"sort {' '.join(digits)}", " ".join(sorted(digits)), self.name)
+
+    def terse_response(self, problem: Problem) -> str:
+        return problem.answer
+
+
+class Copy(Skill):
+    """"copy x y z" -> "x y z" (`difficulty` letters)."""
+
+    name = "copy"
+
+    def generate(self, rng: random.Random, difficulty: int) -> Problem:
+        letters = " ".join(_symbols(rng, string.ascii_lowercase, difficulty))
+        return Problem(f"copy {letters}", letters, self.name)
+
+    def terse_response(self, problem: Problem) -> str:
+        return problem.answer
+
+
+SKILLS: dict[str, Skill] = {s.name: s for s in (Addition(), Reverse(), Sort(), Copy())}
+
+
+def terse_response(problem: Problem) -> str:
+    """The base model's answer to `problem`, whatever its skill."""
+    return SKILLS[problem.skill].terse_response(problem)
+
+
+def expert_response(problem: Problem) -> str:
+    """The expert's step-by-step answer (target skill only)."""
+    return SKILLS[problem.skill].expert_response(problem)
+
+
+def _draw(rng: random.Random, skill: Skill, lengths: tuple[int, int]) -> Problem:
+    return skill.generate(rng, rng.randint(*lengths))
+
+
+def _unique(rng: random.Random, n: int, make: Callable[[random.Random], Problem],
+            seen: set[str], what: str) -> list[Problem]:
+    """`n` problems whose prompts are not in `seen` (which is updated)."""
+    out: list[Problem] = []
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise ValueError(f"cannot draw {n} distinct {what} prompts: the problem space is too small "
+                             f"(got {len(out)}); lower the split size or widen the difficulty range")
+        problem = make(rng)
+        if problem.prompt not in seen:
+            seen.add(problem.prompt)
+            out.append(problem)
+    return out
+
+
+def _check_range(name: str, lengths: tuple[int, int]) -> tuple[int, int]:
+    lo, hi = lengths
+    if not 1 <= lo <= hi:
+        raise ValueError(f"{name} must be (lo, hi) with 1 <= lo <= hi, got {lengths}")
+    return int(lo), int(hi)
+
+
+@dataclass
+class ToyTask:
+    """All splits of the toy task; prompts are disjoint across `rl`, `expert` and `tests`."""
+
+    seed: int
+    rl: list[Problem]  # prompts for on-policy rollouts (target skill)
+    expert: list[Demonstration]  # the limited expert set (target skill, expert style)
+    tests: dict[str, list[Problem]]  # "in_domain", "harder", "other_skills"
+    settings: dict = field(default_factory=dict)
+
+    def prompts(self) -> set[str]:
+        """Every prompt used by any split (the pre-training corpus avoids them)."""
+        out = {p.prompt for p in self.rl} | {d.prompt for d in self.expert}
+        for problems in self.tests.values():
+            out |= {p.prompt for p in problems}
+        return out
+
+
+def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test: int = 200,
+                train_digits: tuple[int, int] = (2, 3), harder_digits: tuple[int, int] = (4, 4),
+                other_lengths: tuple[int, int] = (3, 6)) -> ToyTask:
+    """Seeded, prompt-disjoint splits of the toy task.
+
+    rl / expert / in_domain: addition with `train_digits` digits per operand; harder: addition
+    with `harder_digits`; other_skills: `n_test` problems cycling through reverse/sort/copy."""
+    for name, n in (("n_rl", n_rl), ("n_expert", n_expert), ("n_test", n_test)):
+        if n < 0:
+            raise ValueError(f"{name} must be >= 0, got {n}")
+    train_digits = _check_range("train_digits", train_digits)
+    harder_digits = _check_range("harder_digits", harder_digits)
+    other_lengths = _check_range("other_lengths", other_lengths)
+    if harder_digits[0] <= train_digits[1]:
+        raise ValueError(f"harder_digits {harder_digits} must all exceed train_digits {train_digits}")
+    rng = random.Random(f"minichord-toy-{seed}")
+    add = SKILLS[TARGET_SKILL]
+    seen: set[str] = set()
+    in_domain = _unique(rng, n_test, lambda r: _draw(r, add, train_digits), seen, "in-domain test")
+    harder = _unique(rng, n_test, lambda r: _draw(r, add, harder_digits), seen, "harder test")
+    others = [SKILLS[name] for name in OTHER_SKILLS]
+    other = [p for i, skill in enumerate(others)
+             for p in _unique(rng, n_test // len(others) + (i < n_test % len(others)),
+                              lambda r, s=skill: _draw(r, s, other_lengths), seen, f"{skill.name} test")]
+    expert_problems = _unique(rng, n_expert, lambda r: _draw(r, add, train_digits), seen, "expert")
+    rl = _unique(rng, n_rl, lambda r: _draw(r, add, train_digits), seen, "RL")
+    expert = [Demonstration(p.prompt, add.expert_response(p), p.answer) for p in expert_problems]
+    task = ToyTask(seed, rl, expert, {"in_domain": in_domain, "harder": harder, "other_skills": other},
+                   dict(seed=seed, n_rl=n_rl, n_expert=n_expert, n_test=n_test, train_digits=list(train_digits),
+                        harder_digits=list(harder_digits), other_lengths=list(other_lengths)))
+    assert len(task.prompts()) == n_rl + n_expert + 3 * n_test, "splits overlap by prompt"
+    return task
+
+
+def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
+                    target_digits: tuple[int, int] = (1, 3), other_lengths: tuple[int, int] = (3, 6),
+                    exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """`n` (prompt, terse response) pairs covering every skill, none with a prompt in `exclude`.
+
+    A `target_fraction` share is addition with `target_digits` digits; the rest cycles
+    through the other skills. Prompts may repeat (it is a training stream, not a split)."""
+    if n < 0 or not 0.0 <= target_fraction <= 1.0:
+        raise ValueError(f"need n >= 0 and 0 <= target_fraction <= 1, got n={n}, target_fraction={target_fraction}")
+    target_digits = _check_range("target_digits", target_digits)
+    other_lengths = _check_range("other_lengths", other_lengths)
+    others = [SKILLS[name] for name in OTHER_SKILLS]
+    pairs: list[tuple[str, str]] = []
+    while len(pairs) < n:
+        if rng.random() < target_fraction:
+            problem = _draw(rng, SKILLS[TARGET_SKILL], target_digits)
+        else:
+            problem = _draw(rng, others[len(pairs) % len(others)], other_lengths)
+        if problem.prompt not in exclude:
+            pairs.append((problem.prompt, terse_response(problem)))
+    return pairs
+
+
+def style_texts(rng: random.Random, n: int, *, digits: tuple[int, int] = (1, 5),
+                other_lengths: tuple[int, int] = (3, 6)) -> list[str]:
+    """Text in both styles (prompts, terse and expert responses) for training a tokenizer:
+    seeing the expert's tokens is coverage of the vocabulary, not knowledge of the skill."""
+    texts: list[str] = []
+    for i in range(n):
+        add = _draw(rng, SKILLS[TARGET_SKILL], digits)
+        other = _draw(rng, SKILLS[OTHER_SKILLS[i % len(OTHER_SKILLS)]], other_lengths)
+        texts += [add.prompt, add.answer, expert_response(add), other.prompt, other.answer]
+    return texts

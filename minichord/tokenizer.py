@@ -1,0 +1,209 @@
+"""A small byte-level BPE tokenizer with a fixed chat format, built on Hugging Face `tokenizers`.
+
+Vocabulary. Ids 0..4 are the special tokens, in this order:
+
+    0 <|pad|>   1 <|bos|>   2 <|eos|>   3 <|user|>   4 <|assistant|>
+
+then the byte alphabet (each byte is one character of the GPT-2 byte-to-unicode map, so every
+text has a spelling), then the learned BPE merges. By default the alphabet is the 128 ASCII
+bytes, so the smallest vocabulary is 5 + 128 = 133 and the default of 256 leaves 123 merges
+(`full_byte_alphabet=True` takes all 256 bytes: any UTF-8 text, at least 261 ids).
+
+Pre-tokenization (what BPE may never merge across):
+  1. every digit is its own piece (`Digits(individual_digits=True)`), so "1234" is always the
+     four tokens 1 2 3 4 — a model doing arithmetic sees one token per digit, never "12"+"34";
+  2. then GPT-2's byte-level split (words, spaces, punctuation), with no prefix space added,
+     so decode(encode(s)) == s exactly for any ASCII s.
+
+Chat format (one prompt, one response):
+
+    <|bos|> <|user|> {prompt tokens} <|assistant|> {response tokens} <|eos|>
+    '----------- encode_prompt(prompt) ---------'  '------ loss mask True ------'
+
+`encode_prompt` gives the part the sampler continues from; `encode_example` gives the full
+sequence and a mask that is True exactly on the response tokens and the final <|eos|> (the
+tokens a supervised loss is taken on). No spaces or newlines are inserted around the special
+tokens: what you pass is exactly what is tokenized.
+
+Files. `save`/`load` use the standard tokenizer.json, so any Hugging Face tokenizer.json loads
+the same way: the special tokens are looked up by their text. A file that names them
+differently loads with `special_tokens={"eos": "<|endoftext|>", ...}`; a file that lacks them
+gives an error naming the missing ones.
+
+Note: like every `tokenizers` tokenizer, the text "<|eos|>" inside a prompt is read as the
+special token itself (and dropped by `decode(skip_special=True)`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|user|>", "<|assistant|>"]  # ids 0..4
+SPECIAL_ROLES = ["pad", "bos", "eos", "user", "assistant"]  # the role of each, same order
+DEFAULT_SPECIALS = dict(zip(SPECIAL_ROLES, SPECIAL_TOKENS))
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be trained, read, or used as asked."""
+
+
+def _byte_alphabet(full: bool) -> list[str]:
+    """The byte-level characters (GPT-2's byte-to-unicode map) of all 256 bytes, or of ASCII 0..127."""
+    if full:
+        return sorted(pre_tokenizers.ByteLevel.alphabet())
+    to_chars = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    return [to_chars.pre_tokenize_str(chr(b))[0][0] for b in range(128)]  # [128] one char each
+
+
+class Tokenizer:
+    """Wraps a `tokenizers.Tokenizer`; knows the ids of the five special tokens."""
+
+    def __init__(self, hf_tokenizer: HFTokenizer, special_tokens: dict[str, str] | None = None,
+                 source: str = "tokenizer"):
+        self._tok = hf_tokenizer
+        names = {**DEFAULT_SPECIALS, **(special_tokens or {})}
+        unknown_roles = sorted(set(names) - set(SPECIAL_ROLES))
+        if unknown_roles:
+            raise TokenizerError(f"unknown special-token roles {unknown_roles}; valid roles: {SPECIAL_ROLES}")
+        ids = {role: hf_tokenizer.token_to_id(names[role]) for role in SPECIAL_ROLES}
+        missing = [f"{role}={names[role]!r}" for role in SPECIAL_ROLES if ids[role] is None]
+        if missing:
+            raise TokenizerError(
+                f"{source}: special tokens not in the vocabulary: {', '.join(missing)}; pass "
+                f"special_tokens={{role: token text}} to name the ones this file uses"
+            )
+        self.special_tokens: dict[str, str] = {role: names[role] for role in SPECIAL_ROLES}
+        self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
+        self.user_id, self.assistant_id = ids["user"], ids["assistant"]
+        self.vocab_size: int = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    # ---- building ---------------------------------------------------------------------------
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 256, *, min_frequency: int = 2,
+              full_byte_alphabet: bool = False) -> "Tokenizer":
+        """Learn BPE merges on `texts` until `vocab_size` ids (or no pair occurs min_frequency times).
+
+        The result may have fewer than `vocab_size` ids on a small corpus: use `.vocab_size`
+        (the actual count) for the model's embedding size.
+        """
+        alphabet = _byte_alphabet(full_byte_alphabet)
+        smallest = len(SPECIAL_TOKENS) + len(alphabet)
+        if vocab_size < smallest:
+            raise TokenizerError(
+                f"vocab_size={vocab_size} is too small: {len(SPECIAL_TOKENS)} special tokens + "
+                f"{len(alphabet)} byte tokens need at least {smallest}"
+            )
+        if isinstance(texts, str):
+            raise TokenizerError("train() takes an iterable of strings, not one string")
+        corpus = [t for t in texts if t]
+        for t in corpus:
+            if not isinstance(t, str):
+                raise TokenizerError(f"training texts must be str, got {type(t).__name__}: {t!r:.60}")
+        if not corpus:
+            raise TokenizerError("cannot train a tokenizer on an empty corpus (no non-empty texts)")
+
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ])
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=alphabet, show_progress=False,
+        )
+        tok.train_from_iterator(corpus, trainer)
+        for expected_id, text in enumerate(SPECIAL_TOKENS):  # the trainer puts them first, in order
+            assert tok.token_to_id(text) == expected_id, (text, tok.token_to_id(text))
+        return cls(tok)
+
+    @classmethod
+    def from_json(cls, s: str, special_tokens: dict[str, str] | None = None,
+                  source: str = "tokenizer JSON") -> "Tokenizer":
+        """Build from the text of a tokenizer.json (e.g. one embedded in a checkpoint)."""
+        try:
+            json.loads(s)  # a clearer message than the Rust parser's for non-JSON input
+            hf = HFTokenizer.from_str(s)
+        except Exception as e:  # json.JSONDecodeError, or the Rust side's Exception
+            raise TokenizerError(f"{source}: not a valid tokenizer.json: {e}") from None
+        return cls(hf, special_tokens, source)
+
+    def to_json(self) -> str:
+        return self._tok.to_str()
+
+    @classmethod
+    def load(cls, path: str | Path, special_tokens: dict[str, str] | None = None) -> "Tokenizer":
+        """Read a tokenizer.json (ours, or any Hugging Face one). `path` may be its directory."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise TokenizerError(f"tokenizer file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise TokenizerError(f"cannot read tokenizer file {path}: {e}") from None
+        return cls.from_json(text, special_tokens, source=str(path))
+
+    def save(self, path: str | Path) -> Path:
+        """Write tokenizer.json to `path` (a file path, or a directory to put tokenizer.json in)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        path.write_text(self.to_json(), encoding="utf-8")
+        return path
+
+    # ---- text <-> ids -----------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, no special tokens added. Every digit is a single token."""
+        if not isinstance(text, str):
+            raise TokenizerError(f"encode() takes a str, got {type(text).__name__}")
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        # BPE silently drops characters outside its alphabet (e.g. "é" with the ASCII alphabet).
+        # ASCII is always covered; check the rest, unless a normalizer makes decode differ anyway.
+        if not text.isascii() and self._tok.normalizer is None:
+            if self.decode(ids, skip_special=False) != text:
+                lost = sorted({c for c in text if not c.isascii() and not self._tok.encode(c).ids})
+                raise TokenizerError(
+                    f"text contains characters this tokenizer cannot represent: {lost or text!r:.80}"
+                    " (train with full_byte_alphabet=True for non-ASCII text)"
+                )
+        return ids
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        """Text of `ids` (a list or a 1-D tensor); special tokens dropped unless skip_special=False."""
+        ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise TokenizerError(f"ids out of range [0, {self.vocab_size}): {bad[:10]}")
+        return self._tok.decode(ids, skip_special_tokens=skip_special)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """<|bos|> <|user|> prompt <|assistant|> — what generation continues from."""
+        return [self.bos_id, self.user_id, *self.encode(prompt), self.assistant_id]
+
+    def encode_example(self, prompt: str, response: str) -> tuple[list[int], list[bool]]:
+        """(ids, loss_mask): ids = encode_prompt(prompt) + encode(response) + [eos];
+        loss_mask is True exactly on the response tokens and the final eos."""
+        prompt_ids = self.encode_prompt(prompt)
+        response_ids = [*self.encode(response), self.eos_id]
+        ids = prompt_ids + response_ids
+        mask = [False] * len(prompt_ids) + [True] * len(response_ids)
+        return ids, mask
+
+    def token_text(self, token_id: int) -> str | None:
+        """The vocabulary entry of one id (byte-level spelling), for debugging and tutorials."""
+        return self._tok.id_to_token(int(token_id))
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, eos_id={self.eos_id}, pad_id={self.pad_id})"

@@ -1,0 +1,31 @@
+"""What one training run learns from: RL prompts, expert demonstrations, test splits, a reward.
+
+The embedded toy task (minichord.tasks.toy) is the default; `prompts_file` / `experts_file`
+(JSONL, see minichord.data) replace its RL prompts / expert set with a user's own data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from minichord.config import TrainConfig
+from minichord.tasks import Demonstration, Problem, make_splits, reward
+
+
+@dataclasses.dataclass
+class TrainData:
+    prompts: list[Problem]  # RL prompts with reference answers
+    experts: list[Demonstration]  # the (limited) expert set
+    eval_splits: dict[str, list[Problem]]  # held-out test splits
+    reward: Callable[[str, str], float] = reward  # (response, answer) -> reward, no eval/exec
+
+
+def build_train_data(cfg: TrainConfig) -> TrainData:
+    """The toy task's splits (seeded by cfg.seed), with user JSONL files swapped in."""
+    from minichord import data
+
+    toy = make_splits(cfg.seed, n_rl=cfg.n_rl_prompts, n_expert=cfg.n_expert, n_test=cfg.n_test)
+    prompts = data.load_prompts(cfg.prompts_file) if cfg.prompts_file else toy.rl
+    experts = data.load_experts(cfg.experts_file) if cfg.experts_file else toy.expert
+    return TrainData(prompts=prompts, experts=experts, eval_splits=toy.tests)
