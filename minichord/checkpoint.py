@@ -207,6 +207,7 @@ def save_checkpoint(path, model, *, tokenizer=None, optimizer=None, step: int = 
     """Write `model` (with `.cfg`), and optionally the tokenizer, optimizer and RNG states, to the
     directory `path`, atomically (see the module docstring). Returns `path`."""
     path = Path(path)
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper -> the module itself
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"checkpoint path exists and is not a directory: {path}")
     if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file():

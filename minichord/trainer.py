@@ -84,6 +84,7 @@ class Trainer:
         self.step = 0
         self.optimizer = self._new_optimizer(phases[0])
         self._stop_requested = False
+        self.evals: list[dict] = []  # evaluations made by this process, in order
         self.expert_seqs = [(tokenizer.encode_prompt(e.prompt), tokenizer.encode(e.response) + [tokenizer.eos_id])
                             for e in data.experts]
 
@@ -218,6 +219,8 @@ class Trainer:
             metrics.update(m)
         if phase.cfg.experts_per_step > 0 and mu > 0:
             seqs += self._expert_batch(phase.cfg, step)
+        metrics["rollouts"] = sum(not s.is_expert for s in seqs)
+        metrics["experts"] = sum(s.is_expert for s in seqs)
         t0 = time.perf_counter()
         if seqs:
             batch = pack(seqs, self.tok.pad_id, self.model.cfg.max_seq_len)
@@ -231,6 +234,7 @@ class Trainer:
         from minichord.evaluate import evaluate_splits
         self.model.eval()
         result = {"step": step, **evaluate_splits(self.model, self.tok, self.data.eval_splits)}
+        self.evals.append(result)
         with open(self.out / "eval.jsonl", "a") as f:
             f.write(json.dumps(result) + "\n")
         return result

@@ -9,6 +9,7 @@ from minichord.tasks.toy import (
     TARGET_SKILL,
     ToyTask,
     expert_response,
+    is_reserved,
     make_splits,
     pretrain_corpus,
     style_texts,
@@ -17,6 +18,6 @@ from minichord.tasks.toy import (
 
 __all__ = [
     "Demonstration", "Problem", "Skill", "extract_answer", "normalise", "reward", "OTHER_SKILLS",
-    "SKILLS", "SPLIT_NAMES", "TARGET_SKILL", "ToyTask", "expert_response", "make_splits",
+    "SKILLS", "SPLIT_NAMES", "TARGET_SKILL", "ToyTask", "expert_response", "is_reserved", "make_splits",
     "pretrain_corpus", "style_texts", "terse_response",
 ]

@@ -15,12 +15,18 @@
 Letters and digits of the other skills are written space-separated so that any tokenizer
 gives one token per symbol (a BPE merge inside "abcd" would hide the letters from the model).
 Every split is drawn from one seeded `random.Random`; prompts are unique across all splits.
+
+Held-out problems. A fixed quarter of all prompts (by a CRC32 hash of the prompt text, the same
+in every process and for every seed) is *reserved*: `make_splits` draws only reserved prompts
+and `pretrain_corpus` never does, so the cached base model has seen no RL, expert or test
+prompt of any seed.
 """
 
 from __future__ import annotations
 
 import random
 import string
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -29,6 +35,12 @@ from minichord.tasks.base import Demonstration, Problem, Skill
 TARGET_SKILL = "add"
 OTHER_SKILLS = ("reverse", "sort", "copy")
 SPLIT_NAMES = ("in_domain", "harder", "other_skills")
+RESERVED_SHARE = 4  # 1 prompt in 4 is reserved for the splits (never pre-trained on)
+
+
+def is_reserved(prompt: str) -> bool:
+    """True for the fixed quarter of prompts kept out of pre-training (see module docstring)."""
+    return zlib.crc32(prompt.encode("utf-8")) % RESERVED_SHARE == 0
 
 
 def _number(rng: random.Random, n_digits: int) -> int:
@@ -144,11 +156,11 @@ def _unique(rng: random.Random, n: int, make: Callable[[random.Random], Problem]
     attempts = 0
     while len(out) < n:
         attempts += 1
-        if attempts > 50 * n + 1000:
+        if attempts > 200 * n + 1000:
             raise ValueError(f"cannot draw {n} distinct {what} prompts: the problem space is too small "
                              f"(got {len(out)}); lower the split size or widen the difficulty range")
         problem = make(rng)
-        if problem.prompt not in seen:
+        if problem.prompt not in seen and is_reserved(problem.prompt):
             seen.add(problem.prompt)
             out.append(problem)
     return out
@@ -216,7 +228,8 @@ def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test:
 def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
                     target_digits: tuple[int, int] = (1, 3), other_lengths: tuple[int, int] = (3, 6),
                     exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """`n` (prompt, terse response) pairs covering every skill, none with a prompt in `exclude`.
+    """`n` (prompt, terse response) pairs covering every skill; no reserved prompt (so none of
+    any split) and none in `exclude`.
 
     A `target_fraction` share is addition with `target_digits` digits; the rest cycles
     through the other skills. Prompts may repeat (it is a training stream, not a split)."""
@@ -231,7 +244,7 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
             problem = _draw(rng, SKILLS[TARGET_SKILL], target_digits)
         else:
             problem = _draw(rng, others[len(pairs) % len(others)], other_lengths)
-        if problem.prompt not in exclude:
+        if not is_reserved(problem.prompt) and problem.prompt not in exclude:
             pairs.append((problem.prompt, terse_response(problem)))
     return pairs
 

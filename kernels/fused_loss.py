@@ -1,0 +1,263 @@
+"""Tier-2 kernel: fused lm-head matmul + token-weighted CHORD loss, chunked over tokens.
+
+The full [N, V] logits never exist. For each chunk of C tokens:
+
+    logits = hidden_c @ W^T                      [C, V], in the input dtype (one matmul)
+    one Triton program per row:
+        pass 1: online log-sum-exp (+ entropy) over vocab blocks, target logit,
+                logp_t, token loss l_t and g_t = d l_t / d logp_t, all in fp32 registers;
+                store l_t, logp_t, H_t, clipped_t
+        pass 2: overwrite the row IN PLACE with d L / d logits (softmax recomputed)
+    grad_hidden_c = dlogits @ W                  [C, H]
+    grad_W       += dlogits^T @ hidden_c         [V, H], accumulated in fp32
+
+The loss (same definition as minichord.ops.reference_fused_token_loss):
+
+    L = sum_t coef_t * l_t  -  entropy_coef * sum_{t on-policy} coef_t * H_t
+
+Every l_t depends on the logits only through logp_t = z_{t,y_t} - lse_t (z = logits / T),
+so with g_t = d l_t / d logp_t and d logp / dz = onehot(y) - p (and dH/dz = -p (log p + H),
+derived in kernels/logprobs.py):
+
+    d L / d logits_t = coef_t * ( g_t (onehot(y_t) - p_t)
+                                  + [on-policy] entropy_coef * p_t (log p_t + H_t) ) / T
+
+g_t for each token kind (r = exp(clamp(logp - old_logp, -c_r, c_r)), A = advantage):
+
+    PPO-clip       l = max(-A r, -A clip(r, 1-eps_low, 1+eps_high))   g = -A r, or 0 where
+                   [dual clip, A<0: l = min(l, -A c)]                 the clip (or the dual
+                                                                      clip, or the c_r clamp)
+                                                                      is active ("clipped")
+    unclipped      l = -A r                                           g = -A r  (0 if |log r|>c_r)
+    + k3 KL        l += kl_coef (e^d - d - 1), d = ref - logp         g += kl_coef (1 - e^d)
+    SFT            l = -logp                                          g = -1
+    SFT-phi        l = -sg(p (1 - p)) logp                            g = -p (1 - p)
+    SFT-IS         l = -sg(p) logp                                    g = -p
+    LUFFY          l = -A p / (p + gamma)                             g = -A gamma p / (p+gamma)^2
+                   (d/dlogp f(p) = f'(p) p,  f'(p) = gamma / (p + gamma)^2)
+
+The loss kind choices are tl.constexpr, so each configuration compiles to straight-line code.
+The forward pass computes the gradients eagerly (the logits are gone after the chunk) and
+saves them; backward only scales them by grad_output.
+"""
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from minichord.kernels.logprobs import _block_v, _num_warps
+
+EXPERT_KIND = {"none": 0, "phi": 1, "is": 2, "luffy": 3}
+CUDA_CHUNK_BYTES = 256 * 2**20  # a chunk's logits on GPU stay around 256 MB
+CPU_CHUNK_BYTES = 16 * 2**20
+
+
+@triton.jit
+def _fused_token_loss_kernel(
+    logits_ptr,  # [C, V] contiguous; overwritten with d L / d logits when WRITE_GRAD
+    targets_ptr, coef_ptr, is_expert_ptr, adv_ptr, old_logp_ptr, ref_logp_ptr,  # [C]
+    loss_ptr, logp_ptr, entropy_ptr, clipped_ptr,  # [C] outputs
+    vocab_size, inv_temperature, eps_low, eps_high, dual_clip, log_ratio_clamp,
+    luffy_gamma, entropy_coef, kl_coef,
+    BLOCK_V: tl.constexpr, EXPERT: tl.constexpr, ONPOLICY_CLIP: tl.constexpr,
+    DUAL_CLIP: tl.constexpr, HAS_KL: tl.constexpr, HAS_ENTROPY_BONUS: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # int64: row * V may exceed 2^31
+    row_ptr = logits_ptr + row * vocab_size
+    target = tl.load(targets_ptr + row)
+
+    # ---- pass 1: online lse and entropy (see kernels/logprobs.py) -------------------------
+    m = tl.full((), -1e30, tl.float32)
+    s = tl.zeros((), tl.float32)
+    t = tl.zeros((), tl.float32)
+    for start in range(0, vocab_size, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)  # [BLOCK_V]
+        z = tl.load(row_ptr + cols, mask=cols < vocab_size, other=float("-inf"))
+        z = z.to(tl.float32) * inv_temperature  # [BLOCK_V] fp32
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        rescale = tl.exp(m - m_new)
+        e = tl.exp(z - m_new)  # [BLOCK_V]
+        shifted = tl.where(e > 0, z - m_new, 0.0)
+        t = rescale * (t + (m - m_new) * s) + tl.sum(e * shifted, axis=0)
+        s = rescale * s + tl.sum(e, axis=0)
+        m = m_new
+    lse = m + tl.log(s)
+    entropy = tl.log(s) - t / s
+    logp = tl.load(row_ptr + target).to(tl.float32) * inv_temperature - lse
+    p = tl.exp(logp)
+
+    # ---- token loss l and g = d l / d logp, both branches, selected by the token's kind ----
+    adv = tl.load(adv_ptr + row).to(tl.float32)
+    if EXPERT == 0:  # SFT
+        loss_exp = -logp
+        g_exp = tl.full((), -1.0, tl.float32)
+    elif EXPERT == 1:  # SFT-phi, weight sg(p (1 - p))
+        g_exp = -p * (1.0 - p)
+        loss_exp = g_exp * logp
+    elif EXPERT == 2:  # SFT-IS, weight sg(p)
+        g_exp = -p
+        loss_exp = g_exp * logp
+    else:  # LUFFY, -A f(p)
+        loss_exp = -adv * p / (p + luffy_gamma)
+        g_exp = -adv * luffy_gamma * p / ((p + luffy_gamma) * (p + luffy_gamma))
+
+    log_ratio = logp - tl.load(old_logp_ptr + row).to(tl.float32)
+    ratio = tl.exp(tl.minimum(tl.maximum(log_ratio, -log_ratio_clamp), log_ratio_clamp))
+    loss_on = -adv * ratio
+    clipped = tl.abs(log_ratio) > log_ratio_clamp
+    if ONPOLICY_CLIP:
+        ratio_clip = tl.minimum(tl.maximum(ratio, 1.0 - eps_low), 1.0 + eps_high)
+        loss_on = tl.maximum(loss_on, -adv * ratio_clip)
+        clipped = clipped | ((adv > 0) & (ratio > 1.0 + eps_high))
+        clipped = clipped | ((adv < 0) & (ratio < 1.0 - eps_low))
+        if DUAL_CLIP:
+            loss_on = tl.where(adv < 0, tl.minimum(loss_on, -adv * dual_clip), loss_on)
+            clipped = clipped | ((adv < 0) & (ratio > dual_clip))
+    g_on = tl.where(clipped, 0.0, -adv * ratio)
+    if HAS_KL:
+        d = tl.load(ref_logp_ptr + row).to(tl.float32) - logp
+        loss_on += kl_coef * (tl.exp(d) - d - 1.0)
+        g_on += kl_coef * (1.0 - tl.exp(d))
+
+    expert = tl.load(is_expert_ptr + row) != 0
+    loss = tl.where(expert, loss_exp, loss_on)
+    g = tl.where(expert, g_exp, g_on)
+    tl.store(loss_ptr + row, loss)
+    tl.store(logp_ptr + row, logp)
+    tl.store(entropy_ptr + row, entropy)
+    tl.store(clipped_ptr + row, (clipped & (expert == 0)).to(tl.int8))
+
+    # ---- pass 2: d L / d logits, written over the logits -----------------------------------
+    if WRITE_GRAD:
+        coef = tl.load(coef_ptr + row).to(tl.float32)
+        g_scaled = coef * g * inv_temperature
+        ent_scaled = tl.where(expert, 0.0, coef * entropy_coef * inv_temperature)
+        for start in range(0, vocab_size, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)  # [BLOCK_V]
+            in_row = cols < vocab_size
+            z = tl.load(row_ptr + cols, mask=in_row, other=0.0).to(tl.float32) * inv_temperature
+            log_p = z - lse
+            p_v = tl.exp(log_p)  # [BLOCK_V] softmax, fp32
+            dx = g_scaled * ((cols == target).to(tl.float32) - p_v)
+            if HAS_ENTROPY_BONUS:  # - entropy_coef * coef * dH/dz,  dH/dz = -p (log p + H)
+                dx += ent_scaled * p_v * (tl.where(p_v > 0, log_p, 0.0) + entropy)
+            tl.store(row_ptr + cols, dx.to(logits_ptr.dtype.element_ty), mask=in_row)
+
+
+def default_chunk_size(n_tokens: int, vocab_size: int, dtype: torch.dtype, device) -> int:
+    """Tokens per chunk so that one chunk's logits take about 256 MB on GPU (16 MB on CPU)."""
+    budget = CUDA_CHUNK_BYTES if torch.device(device).type == "cuda" else CPU_CHUNK_BYTES
+    row_bytes = vocab_size * torch.tensor([], dtype=dtype).element_size()
+    return max(1, min(n_tokens, budget // row_bytes))
+
+
+def _check_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, spec,
+                  ref_logp, temperature, chunk_size):
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"need hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} "
+                         f"and {tuple(weight.shape)}")
+    if hidden.dtype != weight.dtype or hidden.dtype not in (torch.float32, torch.float16,
+                                                            torch.bfloat16):
+        raise ValueError(f"hidden and weight must share a float dtype (fp32/fp16/bf16), "
+                         f"got {hidden.dtype} and {weight.dtype}")
+    n_tokens = hidden.shape[0]
+    for name, vec in (("targets", targets), ("coef", coef), ("is_expert", is_expert),
+                      ("advantages", advantages), ("old_logp", old_logp), ("ref_logp", ref_logp)):
+        if vec is not None and tuple(vec.shape) != (n_tokens,):
+            raise ValueError(f"{name} must be [N]={n_tokens}, got shape {tuple(vec.shape)}")
+    if spec.kl_coef > 0.0 and ref_logp is None:
+        raise ValueError("spec.kl_coef > 0 needs ref_logp (log-probs under the reference policy)")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    vocab_size = weight.shape[0]
+    bad = (targets < 0) | (targets >= vocab_size)
+    if n_tokens and bool(bad.any()):
+        raise ValueError(f"target id {int(targets[bad][0])} outside [0, {vocab_size})")
+
+
+class _TritonFusedTokenLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp,
+                spec, temperature, chunk_size):
+        n_tokens, vocab_size = hidden.shape[0], weight.shape[0]
+        device = hidden.device
+        need_grad_hidden, need_grad_weight = hidden.requires_grad, weight.requires_grad
+        f32 = dict(dtype=torch.float32, device=device)
+        targets = targets.to(device=device, dtype=torch.int64).contiguous()  # [N]
+        coef = coef.to(**f32).contiguous()  # [N]
+        is_expert = is_expert.to(device=device, dtype=torch.int8).contiguous()  # [N]
+        advantages = advantages.to(**f32).contiguous()  # [N]
+        old_logp = old_logp.to(**f32).contiguous()  # [N]
+        has_kl = spec.kl_coef > 0.0
+        ref_logp = ref_logp.to(**f32).contiguous() if has_kl else old_logp  # dummy when unused
+        hidden, weight = hidden.contiguous(), weight.contiguous()
+
+        loss_tok, logp, entropy = (torch.empty(n_tokens, **f32) for _ in range(3))  # [N] each
+        clipped = torch.empty(n_tokens, dtype=torch.int8, device=device)  # [N]
+        grad_hidden = torch.empty_like(hidden) if need_grad_hidden else None  # [N, H]
+        grad_weight = torch.zeros(weight.shape, **f32) if need_grad_weight else None  # [V, H]
+        write_grad = need_grad_hidden or need_grad_weight
+        block_v = _block_v(vocab_size)
+        if chunk_size is None:
+            chunk_size = default_chunk_size(n_tokens, vocab_size, hidden.dtype, device)
+        for start in range(0, n_tokens, chunk_size):
+            end = min(start + chunk_size, n_tokens)
+            hidden_chunk = hidden[start:end]  # [C, H]
+            logits = hidden_chunk @ weight.T  # [C, V], input dtype
+            _fused_token_loss_kernel[(end - start,)](
+                logits, targets[start:end], coef[start:end], is_expert[start:end],
+                advantages[start:end], old_logp[start:end], ref_logp[start:end],
+                loss_tok[start:end], logp[start:end], entropy[start:end], clipped[start:end],
+                vocab_size, 1.0 / temperature, spec.eps_low, spec.eps_high,
+                float(spec.dual_clip or 0.0), spec.log_ratio_clamp, spec.luffy_gamma,
+                spec.entropy_coef, spec.kl_coef,
+                BLOCK_V=block_v, EXPERT=EXPERT_KIND[spec.expert_weighting],
+                ONPOLICY_CLIP=spec.onpolicy_clip, DUAL_CLIP=spec.dual_clip is not None,
+                HAS_KL=has_kl, HAS_ENTROPY_BONUS=spec.entropy_coef > 0.0,
+                WRITE_GRAD=write_grad, num_warps=_num_warps(block_v))
+            # `logits` now holds d L / d logits for this chunk
+            if need_grad_hidden:
+                torch.mm(logits, weight, out=grad_hidden[start:end])  # [C, H]
+            if need_grad_weight:
+                grad_weight.add_(logits.T @ hidden_chunk)  # [V, H], fp32 accumulation
+            del logits
+
+        onpolicy = is_expert == 0  # [N]
+        loss = (coef * loss_tok).sum() - spec.entropy_coef * (coef * entropy * onpolicy).sum()
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        clipped = clipped.bool()
+        ctx.mark_non_differentiable(logp, entropy, clipped)
+        return loss, logp, entropy, clipped
+
+    @staticmethod
+    def backward(ctx, grad_loss, *unused):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None and ctx.needs_input_grad[0]:
+            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
+        if grad_weight is not None and ctx.needs_input_grad[1]:
+            grad_weight = grad_weight * grad_loss.to(grad_weight.dtype)
+        return grad_hidden, grad_weight, *([None] * 9)
+
+
+def triton_fused_token_loss(hidden, weight, targets, coef, is_expert, advantages, old_logp,
+                            spec, *, ref_logp: Optional[torch.Tensor] = None, temperature=1.0,
+                            chunk_size: Optional[int] = None):
+    """hidden [N, H], weight (lm head) [V, H], targets/coef/is_expert/advantages/old_logp
+    [N], spec: minichord.losses.TokenLossSpec -> minichord.ops.FusedLossOutput with
+    loss (scalar, differentiable wrt hidden and weight), logp, entropy, clipped [N] (detached).
+    Same contract as minichord.ops.fused_token_loss; see the module docstring for the math."""
+    from minichord.ops import FusedLossOutput  # lazy: ops imports this module lazily too
+
+    _check_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, spec,
+                  ref_logp, temperature, chunk_size)
+    loss, logp, entropy, clipped = _TritonFusedTokenLoss.apply(
+        hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
+        float(temperature), chunk_size)
+    return FusedLossOutput(loss=loss, logp=logp, entropy=entropy, clipped=clipped)

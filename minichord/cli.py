@@ -1,0 +1,138 @@
+"""`minichord demo | pretrain | train | eval | reproduce | plot` — see `minichord CMD --help`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from minichord.methods import METHODS
+
+
+def cmd_demo(args) -> None:
+    from minichord.demo import run_demo
+
+    run_demo(Path(args.out), steps=args.steps, seed=args.seed)
+
+
+def cmd_pretrain(args) -> None:
+    from minichord.experiment import default_base_dir
+    from minichord.pretrain import pretrain_base
+
+    kwargs = {"steps": args.steps} if args.steps else {}
+    path = pretrain_base(Path(args.out) if args.out else default_base_dir(), seed=args.seed, **kwargs)
+    print(f"base model: {path}")
+
+
+def cmd_train(args) -> None:
+    from minichord.experiment import prepare_run
+
+    trainer = prepare_run(args.method, args.out, config_file=args.config, overrides=args.set,
+                          resume=not args.no_resume)
+    final = trainer.run()
+    print(f"run directory: {args.out} (metrics.jsonl, eval.jsonl, checkpoint/)")
+    if final:
+        print(json.dumps({k: v["accuracy"] for k, v in final.items() if isinstance(v, dict)}))
+
+
+def cmd_eval(args) -> None:
+    from minichord.checkpoint import load_checkpoint
+    from minichord.evaluate import evaluate_splits
+    from minichord.tasks import make_splits
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if ckpt.tokenizer is None:
+        raise ValueError(f"{args.checkpoint} has no tokenizer.json; cannot decode")
+    splits = make_splits(args.seed, n_rl=0, n_expert=0, n_test=args.n_test).tests
+    if args.prompts:
+        from minichord.data import load_prompts
+
+        splits = {Path(args.prompts).stem: load_prompts(args.prompts)}
+    result = evaluate_splits(ckpt.model, ckpt.tokenizer, splits)
+    for name, m in result.items():
+        print(f"{name:14s} accuracy {m['accuracy']:.3f}  (n={m['n']}, mean length {m['response_length']:.1f})")
+
+
+def cmd_reproduce(args) -> None:
+    from minichord.reproduce import reproduce
+
+    reproduce(args.out, quick=args.quick, seeds=args.seeds, methods=args.methods, steps=args.steps,
+              overrides=args.set)
+
+
+def cmd_plot(args) -> None:
+    from minichord.plot import plot_runs
+
+    print(f"wrote {plot_runs([Path(d) for d in args.runs], Path(args.output))}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="minichord", description="CHORD (arXiv 2508.11408) from scratch: "
+                                "on-policy RL with dynamically weighted SFT on expert data.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="pre-train (or reuse) the toy base model, run CHORD-phi, compare before/after")
+    d.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's setting)")
+    d.add_argument("--seed", type=int, default=0, help="random seed")
+    d.set_defaults(func=cmd_demo)
+
+    pt = sub.add_parser("pretrain", help="pre-train the toy base model (cached; reused when settings match)")
+    pt.add_argument("--out", default=None, help="directory (default $MINICHORD_HOME/base or ~/.cache/minichord/base)")
+    pt.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the tuned setting)")
+    pt.add_argument("--seed", type=int, default=0, help="random seed")
+    pt.set_defaults(func=cmd_pretrain)
+
+    t = sub.add_parser("train", help="train with one method preset; resumes from OUT/checkpoint if present")
+    t.add_argument("--method", required=True, choices=sorted(METHODS), help="method preset")
+    t.add_argument("--config", default=None, help="TOML file of TrainConfig fields")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set steps=50 --set sampler.temperature=0.8")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint exists")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="greedy accuracy of a checkpoint on the toy test splits (or a JSONL file)")
+    e.add_argument("checkpoint", help="checkpoint directory")
+    e.add_argument("--n-test", type=int, default=200, help="problems per toy split")
+    e.add_argument("--seed", type=int, default=0, help="seed of the toy splits")
+    e.add_argument("--prompts", default=None, help="JSONL file of {prompt, answer} to evaluate instead")
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("reproduce", help="every method x seeds on the toy task: table, JSON, curves")
+    r.add_argument("--out", required=True, help="output directory")
+    r.add_argument("--quick", action="store_true", help="1 seed, few steps (about 5 minutes on 2 cores)")
+    r.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 1)")
+    r.add_argument("--methods", nargs="+", default=None, choices=sorted(METHODS), help="subset of methods")
+    r.add_argument("--steps", type=int, default=None, help="optimizer steps per run (matched across methods)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    r.set_defaults(func=cmd_reproduce)
+
+    pl = sub.add_parser("plot", help="plot the curves of run directories into one PNG (needs matplotlib)")
+    pl.add_argument("runs", nargs="+", help="run directories (holding metrics.jsonl / eval.jsonl)")
+    pl.add_argument("-o", "--output", required=True, help="PNG file to write")
+    pl.set_defaults(func=cmd_plot)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from minichord.checkpoint import CheckpointError
+    from minichord.config import ConfigError
+    from minichord.trainer import TrainingError
+
+    try:
+        from minichord.data import DataError
+    except ImportError:  # pragma: no cover
+        DataError = ValueError
+    try:
+        args.func(args)
+    except (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as e:
+        print(f"minichord {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

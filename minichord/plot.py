@@ -1,0 +1,82 @@
+"""Learning curves from run directories (metrics.jsonl, eval.jsonl). Needs matplotlib:
+`pip install 'minichord[plot]'`.
+
+    minichord plot runs/a runs/b -o curves.png
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# (file, key, title); eval keys are "split.accuracy"
+PANELS = [
+    ("eval.jsonl", "in_domain.accuracy", "in-domain accuracy (greedy)"),
+    ("eval.jsonl", "harder.accuracy", "harder-split accuracy"),
+    ("eval.jsonl", "other_skills.accuracy", "other-skill retention"),
+    ("metrics.jsonl", "reward", "rollout reward"),
+    ("metrics.jsonl", "entropy", "rollout token entropy"),
+    ("metrics.jsonl", "mu", "mu (global SFT coefficient)"),
+    ("metrics.jsonl", "response_length", "response length (tokens)"),
+    ("metrics.jsonl", "expert_nll", "expert-token NLL"),
+]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of a dotted key, skipping rows without a finite value."""
+    xs, ys = [], []
+    for row in rows:
+        value = row
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and value == value:
+            xs.append(row["step"])
+            ys.append(float(value))
+    return xs, ys
+
+
+def require_matplotlib():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("plotting needs matplotlib: pip install 'minichord[plot]' (or pip install matplotlib)") from None
+    return plt
+
+
+def plot_runs(run_dirs: list[Path], out_file: Path, labels: list[str] | None = None,
+              panels: list[tuple[str, str, str]] = PANELS) -> Path:
+    """One panel per curve, one line per run; returns the written file."""
+    plt = require_matplotlib()
+    runs = [Path(d) for d in run_dirs]
+    for d in runs:
+        if not (d / "metrics.jsonl").exists() and not (d / "eval.jsonl").exists():
+            raise FileNotFoundError(f"{d} holds no metrics.jsonl or eval.jsonl: is it a run directory?")
+    labels = labels or [d.name if d.name not in ("", ".") else str(d) for d in runs]
+    cols = 4
+    rows_n = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3 * rows_n), squeeze=False)
+    data = {d: {f: read_jsonl(d / f) for f in ("metrics.jsonl", "eval.jsonl")} for d in runs}
+    for ax, (file, key, title) in zip(axes.flat, panels):
+        for d, label in zip(runs, labels):
+            xs, ys = series(data[d][file], key)
+            if xs:
+                ax.plot(xs, ys, label=label, marker="o" if file == "eval.jsonl" else None, markersize=3)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_file, dpi=80)
+    plt.close(fig)
+    return out_file

@@ -1,0 +1,142 @@
+"""The paper's comparison at toy scale: every method, several seeds, matched budgets.
+
+    minichord reproduce --out runs/reproduce            # default: 3 seeds, ~30 min on 2 cores
+    minichord reproduce --quick --out runs/quick        # 1 seed, few steps, ~5 min
+
+Matched budget: every method runs the same number of optimizer steps with the same batch
+shape (B prompts x G rollouts, E expert demonstrations per step where its mu > 0); sft-grpo
+splits those steps between its two stages. Samples seen differ by design (SFT samples no
+rollouts; GRPO sees no expert data) and are reported per method.
+
+Writes results.json (every run's final numbers), results.md (mean ± std over seeds),
+curves.png (seed-0 curves of every method) and sft_curve.png (a long SFT run on the limited
+expert set: does accuracy shift, readapt, then overfit?).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+from minichord.evaluate import evaluate_splits
+from minichord.experiment import build_phases, load_initial_model, prepare_run
+from minichord.plot import read_jsonl
+from minichord.tasks import make_splits
+
+ALL_METHODS = ("sft", "grpo", "sft-grpo", "luffy", "chord-mu", "chord-phi", "sft-is")
+
+
+@dataclasses.dataclass
+class Setting:
+    steps: int
+    seeds: int
+    n_test: int
+    eval_every: int
+    sft_curve_steps: int  # length of the long SFT run (0 = skip)
+
+
+FULL = Setting(steps=80, seeds=3, n_test=200, eval_every=20, sft_curve_steps=240)
+QUICK = Setting(steps=16, seeds=1, n_test=60, eval_every=8, sft_curve_steps=48)
+
+
+def run_summary(run_dir: Path, wall: float) -> dict:
+    """Final test accuracies, final rollout entropy, response length and samples seen."""
+    evals, metrics = read_jsonl(run_dir / "eval.jsonl"), read_jsonl(run_dir / "metrics.jsonl")
+    last = evals[-1]
+    tail = [m["entropy"] for m in metrics[-5:] if isinstance(m.get("entropy"), float) and m["entropy"] == m["entropy"]]
+    return {
+        "in_domain": last["in_domain"]["accuracy"], "harder": last["harder"]["accuracy"],
+        "other_skills": last["other_skills"]["accuracy"],
+        "entropy": sum(tail) / len(tail) if tail else None,
+        "response_length": last["in_domain"]["response_length"],
+        "rollouts_seen": sum(m.get("rollouts", 0) for m in metrics),
+        "experts_seen": sum(m.get("experts", 0) for m in metrics),
+        "wall_s": wall,
+    }
+
+
+def mean_std(values: list[float | None]) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "–"
+    if len(vals) == 1:
+        return f"{vals[0]:.3f}"
+    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+
+
+COLUMNS = [("in_domain", "in-domain acc"), ("harder", "harder acc"), ("other_skills", "other-skill retention"),
+           ("entropy", "final rollout entropy"), ("response_length", "mean response length"),
+           ("rollouts_seen", "rollouts seen"), ("experts_seen", "expert seqs seen"), ("wall_s", "wall s")]
+
+
+def markdown_table(results: dict[str, list[dict]], n_seeds: int) -> str:
+    lines = [f"| method | " + " | ".join(c for _, c in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 1) + "|"]
+    for method, runs in results.items():
+        cells = [mean_std([r.get(k) for r in runs]) if k not in ("rollouts_seen", "experts_seen")
+                 else str(int(runs[0].get(k) or 0)) for k, _ in COLUMNS]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines.append(f"\nmean ± sample std over {n_seeds} seed(s); accuracies are greedy, on held-out splits.")
+    return "\n".join(lines)
+
+
+def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = None,
+              methods: list[str] | None = None, steps: int | None = None, overrides: list[str] = (),
+              sft_curve: bool = True, log: Callable[[str], None] = print) -> dict:
+    setting = dataclasses.replace(QUICK if quick else FULL)
+    setting.seeds = seeds or setting.seeds
+    setting.steps = steps or setting.steps
+    methods = list(methods or ALL_METHODS)
+    for m in methods:
+        build_phases(m)  # refuse unknown method names before any work
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    common = [f"steps={setting.steps}", f"n_test={setting.n_test}", f"eval_every={setting.eval_every}",
+              f"save_every={setting.steps}", *overrides]
+    jobs = [(m, s) for s in range(setting.seeds) for m in methods]
+    total = len(jobs) + (1 if sft_curve and setting.sft_curve_steps else 0)
+    t_start = time.perf_counter()
+    quiet = lambda msg: None  # noqa: E731  (per-step lines would drown the overview)
+
+    model, tok = load_initial_model("", log)
+    results: dict[str, list[dict]] = {"base": []}
+    for s in range(setting.seeds):
+        base_eval = evaluate_splits(model, tok, make_splits(s, n_rl=0, n_expert=0, n_test=setting.n_test).tests)
+        results["base"].append({"in_domain": base_eval["in_domain"]["accuracy"], "harder": base_eval["harder"]["accuracy"],
+                                "other_skills": base_eval["other_skills"]["accuracy"],
+                                "response_length": base_eval["in_domain"]["response_length"], "wall_s": 0.0})
+    for done, (method, seed) in enumerate(jobs):
+        elapsed = time.perf_counter() - t_start
+        eta = f", ~{elapsed / done * (total - done) / 60:.1f} min left" if done else ""
+        log(f"[run {done + 1}/{total}] {method} seed {seed} ({elapsed / 60:.1f} min elapsed{eta})")
+        run_dir = out / method / f"seed{seed}"
+        t0 = time.perf_counter()
+        prepare_run(method, run_dir, overrides=[f"seed={seed}", *common], resume=False, log=quiet).run()
+        results.setdefault(method, []).append({"seed": seed, **run_summary(run_dir, time.perf_counter() - t0)})
+        log(f"    in-domain {results[method][-1]['in_domain']:.3f} | harder {results[method][-1]['harder']:.3f} | "
+            f"other skills {results[method][-1]['other_skills']:.3f}")
+    if sft_curve and setting.sft_curve_steps:
+        log(f"[run {total}/{total}] long SFT run on the limited expert set ({setting.sft_curve_steps} steps)")
+        every = max(1, setting.sft_curve_steps // 24)
+        prepare_run("sft", out / "sft-long", resume=False, log=quiet, overrides=[
+            *common, f"steps={setting.sft_curve_steps}", f"eval_every={every}",
+            f"save_every={setting.sft_curve_steps}"]).run()
+    table = markdown_table(results, setting.seeds)
+    (out / "results.json").write_text(json.dumps({"setting": dataclasses.asdict(setting), "methods": methods,
+                                                  "overrides": list(overrides), "results": results}, indent=1))
+    (out / "results.md").write_text(f"# minichord reproduce ({'quick' if quick else 'full'})\n\n{table}\n")
+    try:
+        from minichord.plot import plot_runs
+
+        plot_runs([out / m / "seed0" for m in methods], out / "curves.png", labels=methods)
+        if (out / "sft-long").exists():
+            plot_runs([out / "sft-long"], out / "sft_curve.png", labels=["sft (long)"])
+    except SystemExit as e:  # matplotlib missing: the table and JSON are still written
+        log(str(e))
+    log(table)
+    log(f"wrote {out / 'results.md'}, {out / 'results.json'} in {(time.perf_counter() - t_start) / 60:.1f} min")
+    return results

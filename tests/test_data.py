@@ -1,0 +1,121 @@
+"""JSONL datasets: every malformed line is reported as file:line, nothing half-loaded."""
+
+import json
+
+import pytest
+
+from minichord.data import DataError, export_toy, load_experts, load_prompts, write_jsonl
+from minichord.tasks import Demonstration, Problem, make_splits
+
+
+def _write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+GOOD_PROMPT = json.dumps({"prompt": "add 1 2", "answer": "3"})
+GOOD_EXPERT = json.dumps({"prompt": "add 1 2", "response": "1+2=3 carry 0\nanswer: 3"})
+
+
+def test_round_trip_prompts_and_experts(tmp_path):
+    problems = [Problem("add 47 85", "132", "add"), Problem("sort 3 1", "1 3", "sort")]
+    demos = [Demonstration("add 47 85", "7+5=12 carry 1\n4+8+1=13 carry 1\nanswer: 132", "132"),
+             Demonstration("copy a", "a")]
+    assert load_prompts(write_jsonl(tmp_path / "p.jsonl", problems)) == problems
+    assert load_experts(write_jsonl(tmp_path / "e.jsonl", demos)) == demos
+    assert load_prompts(write_jsonl(tmp_path / "d.jsonl", [{"prompt": "x", "answer": "y"}])) == [Problem("x", "y")]
+
+
+def test_chat_messages_form(tmp_path):
+    line = json.dumps({"messages": [{"role": "user", "content": "add 1 2"},
+                                    {"role": "assistant", "content": "3"}], "answer": "3"})
+    path = _write(tmp_path / "chat.jsonl", [line, "", GOOD_EXPERT])  # blank lines are skipped
+    assert load_experts(path) == [Demonstration("add 1 2", "3", "3"),
+                                  Demonstration("add 1 2", "1+2=3 carry 0\nanswer: 3")]
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    ('{"prompt": "add 1 2", "answer": ', "invalid JSON"),
+    ('["add 1 2", "3"]', "expected a JSON object"),
+    ('{"prompt": "add 1 2"}', "missing key 'answer'"),
+    ('{"prompt": "add 1 2", "answer": 3}', "'answer' must be a string"),
+    ('{"prompt": "", "answer": "3"}', "'prompt' is empty"),
+    ('{"prompt": "   ", "answer": "3"}', "'prompt' is empty"),
+    ('{"prompt": "add 1 2", "answer": "3", "anwser": "3"}', "unknown key"),
+    ('{"prompt": null, "answer": "3"}', "'prompt' must be a string"),
+])
+def test_malformed_prompt_lines_name_file_and_line(tmp_path, bad_line, message):
+    path = _write(tmp_path / "prompts.jsonl", [GOOD_PROMPT, GOOD_PROMPT, bad_line, GOOD_PROMPT])
+    with pytest.raises(DataError, match=message) as info:
+        load_prompts(path)
+    assert f"{path}:3:" in str(info.value)
+    assert info.value.errors[0][0] == 3
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"prompt": "add 1 2"}, "missing key 'response'"),
+    ({"response": "3"}, "missing key 'prompt'"),
+    ({"question": "add 1 2", "solution": "3"}, "unknown key"),
+    ({"prompt": "add 1 2", "response": ""}, "'response' is empty"),
+    ({"messages": [{"role": "assistant", "content": "3"}, {"role": "user", "content": "add 1 2"}]},
+     "must have role 'user'"),
+    ({"messages": [{"role": "user", "content": "add 1 2"}]}, "exactly two messages"),
+    ({"messages": [{"role": "user", "content": "add 1 2"}, {"role": "assistant", "content": ""}]},
+     r"messages\[1\]: 'content' is empty"),
+    ({"messages": [{"role": "user", "content": "x"}, "3"]}, "must be an object"),
+    ({"messages": "add 1 2"}, "list of exactly two"),
+])
+def test_malformed_expert_lines_name_file_and_line(tmp_path, record, message):
+    path = _write(tmp_path / "expert.jsonl", [GOOD_EXPERT, json.dumps(record)])
+    with pytest.raises(DataError, match=message) as info:
+        load_experts(path)
+    assert f"{path}:2:" in str(info.value)
+
+
+def test_all_bad_lines_reported_and_nothing_returned(tmp_path):
+    path = _write(tmp_path / "p.jsonl", ["{oops", GOOD_PROMPT, '{"prompt": "a"}', GOOD_PROMPT, "7"])
+    with pytest.raises(DataError) as info:
+        load_prompts(path)
+    assert [n for n, _ in info.value.errors] == [1, 3, 5]
+    assert "3 invalid line(s)" in str(info.value) and "nothing was loaded" in str(info.value)
+
+
+def test_invalid_utf8_is_reported(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(GOOD_PROMPT.encode() + b"\n" + b'{"prompt": "\xff", "answer": "1"}\n')
+    with pytest.raises(DataError, match=r"p\.jsonl:2: not valid UTF-8"):
+        load_prompts(path)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_empty_file_is_an_error(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match="empty"):
+        load_prompts(path)
+    with pytest.raises(DataError, match="empty"):
+        load_experts(path)
+
+
+def test_missing_file_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_prompts(tmp_path / "nope.jsonl")
+
+
+def test_write_is_atomic_on_failure(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "answer": "b"}])
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        write_jsonl(path, [{"prompt": "c", "answer": "d"}, object()])  # fails after one row
+    assert path.read_bytes() == before  # the old file survives intact
+    assert [p.name for p in tmp_path.iterdir()] == ["p.jsonl"]  # no temp file left behind
+
+
+def test_export_toy_writes_loadable_splits(tmp_path):
+    task = make_splits(0, n_rl=20, n_expert=10, n_test=9)
+    paths = export_toy(task, tmp_path / "toy")
+    assert set(paths) == {"rl", "expert", "test_in_domain", "test_harder", "test_other_skills"}
+    assert load_prompts(paths["rl"]) == task.rl
+    assert load_experts(paths["expert"]) == task.expert
+    for name, problems in task.tests.items():
+        assert load_prompts(paths[f"test_{name}"]) == problems

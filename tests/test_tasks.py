@@ -1,0 +1,160 @@
+"""The toy task: reward parsing (both styles, no eval), expert correctness, splits."""
+
+import random
+
+import pytest
+
+from minichord.tasks import (OTHER_SKILLS, SKILLS, Problem, expert_response, extract_answer, is_reserved, make_splits,
+                             pretrain_corpus, reward, style_texts, terse_response)
+
+
+# ---- reward ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("response, expected", [
+    ("132", "132"),
+    ("  132 \n", "132"),
+    ("7+5=12 carry 1\n4+8+1=13 carry 1\nanswer: 132", "132"),
+    ("answer:132", "132"),
+    ("Answer:  2 5  9", "2 5 9"),
+    ("reasoning...\n#### 1,234", "1234"),
+    ("answer: 1\nanswer: 7", "7"),  # the last answer line counts
+])
+def test_extract_answer_both_styles(response, expected):
+    assert extract_answer(response) == expected
+
+
+@pytest.mark.parametrize("response", ["", "   ", "\n\n", "line one\nline two", "answer:", "answer:   \n"])
+def test_extract_answer_none_when_no_answer(response):
+    assert extract_answer(response) is None
+
+
+@pytest.mark.parametrize("response", [
+    "1+1", "__import__('os')", "__import__('os').system('true')", "2.0", "02", " 2 2", "answer: 1+1",
+    "two", "2.", "answer 2", "3\nanswer: 1+1", "1\n1", "(2)",
+])
+def test_reward_never_evaluates_and_rejects_near_misses(response):
+    assert reward(response, "2") == 0.0
+
+
+def test_reward_accepts_exact_answers_in_both_styles():
+    assert reward("2", "2") == 1.0
+    assert reward("1+1=2 carry 0\nanswer: 2", "2") == 1.0
+    assert reward("d c b a", "d c  b a") == 1.0  # whitespace is normalised on both sides
+    assert reward("d c b a", "a b c d") == 0.0
+
+
+def test_reward_reads_only_the_answer_line_of_expert_style():
+    assert reward("9+9=18 carry 1\nanswer: 18", "18") == 1.0
+    assert reward("9+9=18 carry 1\nanswer: 17", "18") == 0.0  # the steps contain 18, the answer does not
+
+
+# ---- skills ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("digits", [1, 2, 3, 4, 5, 7])
+def test_expert_responses_are_correct_and_parseable(digits):
+    rng = random.Random(digits)
+    add = SKILLS["add"]
+    for _ in range(300):
+        p = add.generate(rng, digits)
+        a, b = (int(x) for x in p.prompt.split()[1:])
+        assert p.answer == str(a + b)
+        response = expert_response(p)
+        assert response.splitlines()[-1] == f"answer: {a + b}"
+        assert response.count("\n") == digits  # one line per column + the answer line
+        assert reward(response, p.answer) == 1.0
+        assert reward(terse_response(p), p.answer) == 1.0
+
+
+def test_expert_columns_show_carries():
+    resp = expert_response(Problem("add 47 85", "132", "add"))
+    assert resp == "7+5=12 carry 1\n4+8+1=13 carry 1\nanswer: 132"
+    assert expert_response(Problem("add 10 20", "30", "add")) == "0+0=0 carry 0\n1+2=3 carry 0\nanswer: 30"
+
+
+def test_expert_solver_does_not_copy_the_reference_answer():
+    wrong = Problem("add 47 85", "999", "add")  # the expert computes from the digits
+    assert extract_answer(expert_response(wrong)) == "132"
+
+
+def test_other_skills_are_correct():
+    rng = random.Random(0)
+    for _ in range(100):
+        r = SKILLS["reverse"].generate(rng, 5)
+        assert r.answer.split() == r.prompt.split()[1:][::-1]
+        s = SKILLS["sort"].generate(rng, 5)
+        assert s.answer.split() == sorted(s.prompt.split()[1:])
+        c = SKILLS["copy"].generate(rng, 4)
+        assert c.answer.split() == c.prompt.split()[1:]
+        for p in (r, s, c):
+            assert reward(terse_response(p), p.answer) == 1.0
+    with pytest.raises(NotImplementedError):
+        expert_response(Problem("copy a b", "a b", "copy"))
+
+
+def test_terse_and_expert_styles_differ_in_symbols():
+    rng = random.Random(1)
+    terse, expert = set(), set()
+    for _ in range(100):
+        p = SKILLS["add"].generate(rng, 3)
+        terse |= set(terse_response(p))
+        expert |= set(expert_response(p))
+    assert terse <= set("0123456789")
+    assert {"+", "=", ":", "\n"} <= expert - terse
+    assert {"answer:", "carry"} <= set(expert_response(Problem("add 47 85", "132", "add")).split())
+
+
+# ---- splits ---------------------------------------------------------------------------------
+
+def _prompts(task):
+    return [p.prompt for p in task.rl] + [d.prompt for d in task.expert] + \
+        [p.prompt for split in task.tests.values() for p in split]
+
+
+def test_splits_are_disjoint_sized_and_well_formed():
+    task = make_splits(0, n_rl=300, n_expert=64, n_test=90)
+    prompts = _prompts(task)
+    assert len(prompts) == len(set(prompts)) == 300 + 64 + 3 * 90
+    assert all(is_reserved(p) for p in prompts)  # never seen in pre-training, whatever the seed
+    assert all(p.skill == "add" for p in task.rl + task.tests["in_domain"] + task.tests["harder"])
+    assert {p.skill for p in task.tests["other_skills"]} == set(OTHER_SKILLS)
+    assert all(len(p.prompt.split()[1]) in (2, 3) for p in task.rl + task.tests["in_domain"])
+    assert all(len(p.prompt.split()[1]) == 4 for p in task.tests["harder"])
+    for demo in task.expert:
+        assert reward(demo.response, demo.answer) == 1.0 and demo.response.startswith(demo.prompt.split()[1][-1] + "+")
+
+
+def test_splits_are_seeded():
+    a, b, c = make_splits(3, n_rl=50, n_expert=20, n_test=30), make_splits(3, n_rl=50, n_expert=20, n_test=30), \
+        make_splits(4, n_rl=50, n_expert=20, n_test=30)
+    assert _prompts(a) == _prompts(b)
+    assert a.expert == b.expert
+    assert _prompts(a) != _prompts(c)
+    assert len(set(_prompts(a)) & set(_prompts(c))) < 10
+
+
+def test_split_errors_are_clear():
+    with pytest.raises(ValueError, match="harder_digits"):
+        make_splits(0, train_digits=(2, 3), harder_digits=(3, 4))
+    with pytest.raises(ValueError, match="too small"):
+        make_splits(0, n_rl=200, n_expert=0, n_test=10, train_digits=(1, 1))  # only 100 one-digit sums
+
+
+def test_pretrain_corpus_covers_skills_and_avoids_excluded_prompts():
+    task = make_splits(0, n_rl=100, n_expert=50, n_test=60, train_digits=(1, 2))
+    corpus = pretrain_corpus(random.Random(0), 3000, target_digits=(1, 2), exclude=task.prompts())
+    assert len(corpus) == 3000
+    assert not {p for p, _ in corpus} & task.prompts()
+    assert not any(is_reserved(p) for p, _ in corpus)
+    assert 0.2 < sum(map(is_reserved, (f"add {a} {b}" for a in range(10, 60) for b in range(10, 60)))) / 2500 < 0.3
+    assert {p.split()[0] for p, _ in corpus} == {"add", *OTHER_SKILLS}
+    for prompt, response in corpus[:200]:
+        assert "answer" not in response and "\n" not in response  # terse style only
+        if prompt.startswith("add"):
+            a, b = (int(x) for x in prompt.split()[1:])
+            assert response == str(a + b)
+    assert pretrain_corpus(random.Random(5), 50) == pretrain_corpus(random.Random(5), 50)
+
+
+def test_style_texts_cover_both_styles():
+    texts = style_texts(random.Random(0), 20)
+    assert any("answer:" in t for t in texts) and any(t.isdigit() for t in texts)
