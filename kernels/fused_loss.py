@@ -37,6 +37,10 @@ g_t for each token kind (r = exp(clamp(logp - old_logp, -c_r, c_r)), A = advanta
                    (d/dlogp f(p) = f'(p) p,  f'(p) = gamma / (p + gamma)^2)
 
 The loss kind choices are tl.constexpr, so each configuration compiles to straight-line code.
+Rows whose target is -100 (padding) get logp = H = 0 and a zero gradient row, as in the
+reference. Differences from minichord.ops.reference_fused_token_loss, by design: the matmul
+runs in the input dtype (bf16 logits on GPU, fp32 accumulate inside the GEMM; the reference
+upcasts hidden and W to fp32 first), so bf16 results agree to bf16 precision, not bitwise.
 The forward pass computes the gradients eagerly (the logits are gone after the chunk) and
 saves them; backward only scales them by grad_output.
 """
@@ -48,10 +52,12 @@ import triton
 import triton.language as tl
 
 from minichord.kernels.logprobs import _block_v, _num_warps
+from minichord.losses import TokenLossSpec
 
 EXPERT_KIND = {"none": 0, "phi": 1, "is": 2, "luffy": 3}
 CUDA_CHUNK_BYTES = 256 * 2**20  # a chunk's logits on GPU stay around 256 MB
 CPU_CHUNK_BYTES = 16 * 2**20
+IGNORE_INDEX = -100  # target id of padding rows, as in minichord.ops.reference_token_logprobs
 
 
 @triton.jit
@@ -63,11 +69,13 @@ def _fused_token_loss_kernel(
     luffy_gamma, entropy_coef, kl_coef,
     BLOCK_V: tl.constexpr, EXPERT: tl.constexpr, ONPOLICY_CLIP: tl.constexpr,
     DUAL_CLIP: tl.constexpr, HAS_KL: tl.constexpr, HAS_ENTROPY_BONUS: tl.constexpr,
-    WRITE_GRAD: tl.constexpr,
+    WRITE_GRAD: tl.constexpr, IGNORE_INDEX: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # int64: row * V may exceed 2^31
     row_ptr = logits_ptr + row * vocab_size
     target = tl.load(targets_ptr + row)
+    ignored = target == IGNORE_INDEX  # padding: logp = H = 0, zero gradient row
+    target = tl.where(ignored, 0, target)
 
     # ---- pass 1: online lse and entropy (see kernels/logprobs.py) -------------------------
     m = tl.full((), -1e30, tl.float32)
@@ -85,8 +93,9 @@ def _fused_token_loss_kernel(
         s = rescale * s + tl.sum(e, axis=0)
         m = m_new
     lse = m + tl.log(s)
-    entropy = tl.log(s) - t / s
+    entropy = tl.where(ignored, 0.0, tl.log(s) - t / s)
     logp = tl.load(row_ptr + target).to(tl.float32) * inv_temperature - lse
+    logp = tl.where(ignored, 0.0, logp)
     p = tl.exp(logp)
 
     # ---- token loss l and g = d l / d logp, both branches, selected by the token's kind ----
@@ -132,7 +141,7 @@ def _fused_token_loss_kernel(
 
     # ---- pass 2: d L / d logits, written over the logits -----------------------------------
     if WRITE_GRAD:
-        coef = tl.load(coef_ptr + row).to(tl.float32)
+        coef = tl.where(ignored, 0.0, tl.load(coef_ptr + row).to(tl.float32))
         g_scaled = coef * g * inv_temperature
         ent_scaled = tl.where(expert, 0.0, coef * entropy_coef * inv_temperature)
         for start in range(0, vocab_size, BLOCK_V):
@@ -141,7 +150,7 @@ def _fused_token_loss_kernel(
             z = tl.load(row_ptr + cols, mask=in_row, other=0.0).to(tl.float32) * inv_temperature
             log_p = z - lse
             p_v = tl.exp(log_p)  # [BLOCK_V] softmax, fp32
-            dx = g_scaled * ((cols == target).to(tl.float32) - p_v)
+            dx = g_scaled * ((cols == target).to(tl.float32) - p_v)  # (target 0 if ignored: coef 0)
             if HAS_ENTROPY_BONUS:  # - entropy_coef * coef * dH/dz,  dH/dz = -p (log p + H)
                 dx += ent_scaled * p_v * (tl.where(p_v > 0, log_p, 0.0) + entropy)
             tl.store(row_ptr + cols, dx.to(logits_ptr.dtype.element_ty), mask=in_row)
@@ -156,6 +165,8 @@ def default_chunk_size(n_tokens: int, vocab_size: int, dtype: torch.dtype, devic
 
 def _check_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, spec,
                   ref_logp, temperature, chunk_size):
+    if not isinstance(spec, TokenLossSpec):
+        raise ValueError(f"spec must be a TokenLossSpec, got {type(spec).__name__}")
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"need hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} "
                          f"and {tuple(weight.shape)}")
@@ -175,9 +186,10 @@ def _check_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     vocab_size = weight.shape[0]
-    bad = (targets < 0) | (targets >= vocab_size)
+    bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= vocab_size))
     if n_tokens and bool(bad.any()):
-        raise ValueError(f"target id {int(targets[bad][0])} outside [0, {vocab_size})")
+        raise ValueError(f"target id {int(targets[bad][0])} outside [0, {vocab_size}) "
+                         f"and not the padding id {IGNORE_INDEX}")
 
 
 class _TritonFusedTokenLoss(torch.autograd.Function):
@@ -219,12 +231,12 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
                 BLOCK_V=block_v, EXPERT=EXPERT_KIND[spec.expert_weighting],
                 ONPOLICY_CLIP=spec.onpolicy_clip, DUAL_CLIP=spec.dual_clip is not None,
                 HAS_KL=has_kl, HAS_ENTROPY_BONUS=spec.entropy_coef > 0.0,
-                WRITE_GRAD=write_grad, num_warps=_num_warps(block_v))
+                WRITE_GRAD=write_grad, IGNORE_INDEX=IGNORE_INDEX, num_warps=_num_warps(block_v))
             # `logits` now holds d L / d logits for this chunk
             if need_grad_hidden:
                 torch.mm(logits, weight, out=grad_hidden[start:end])  # [C, H]
             if need_grad_weight:
-                grad_weight.add_(logits.T @ hidden_chunk)  # [V, H], fp32 accumulation
+                grad_weight.copy_(logits.T @ hidden_chunk)  # [V, H], fp32 accumulation
             del logits
 
         onpolicy = is_expert == 0  # [N]

@@ -180,7 +180,8 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
         ptr = t.untyped_storage().data_ptr()
         if t.numel():
             seen[key] = name
-        kept[name] = t.cpu().clone() if ptr in storages or not t.is_contiguous() else t.cpu()
+        copy = ptr in storages or not t.is_contiguous()
+        kept[name] = t.cpu().clone(memory_format=torch.contiguous_format) if copy else t.cpu()
         storages.add(ptr)
     return kept, aliases
 
@@ -295,6 +296,13 @@ def _recover(path: Path) -> None:
     if not path.exists() and backup.is_dir() and _is_complete(backup):
         os.replace(backup, path)
         _fsync_dir(path.parent)
+
+
+def checkpoint_exists(path) -> bool:
+    """True if `path` holds a checkpoint (after recovering one from an interrupted save)."""
+    path = Path(path)
+    _recover(path)
+    return (path / CONFIG_FILE).is_file()
 
 
 def _check_manifest(path: Path, config: dict) -> None:

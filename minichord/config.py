@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import sys
+import types
 import typing
 from pathlib import Path
 from typing import Any, Optional
@@ -83,7 +84,7 @@ def _nearest(key: str, valid: list[str]) -> str:
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Convert a TOML value or a `--set` string to the field type `tp`."""
     origin = typing.get_origin(tp)
-    if origin is typing.Union or str(origin) == "types.UnionType":  # Optional[X] / X | None
+    if origin is typing.Union or origin is types.UnionType:  # Optional[X] / X | None
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
@@ -106,9 +107,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             if isinstance(number, bool) or float(number) != int(number):
                 raise ValueError(value)
             return int(number)
+        if tp is float and isinstance(value, bool):
+            raise ValueError(value)
         if tp in (float, str):
             return tp(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{where}: cannot read {value!r} as {tp.__name__}") from None
     return value
 

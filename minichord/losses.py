@@ -274,27 +274,28 @@ class TokenLossSpec:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
-def token_coefficients(is_expert: Tensor, mask: Tensor, mu: Optional[float]) -> Tensor:
+def token_coefficients(is_expert: Tensor, mask: Tensor, mu: Optional[float], *,
+                       dtype: torch.dtype = torch.float32) -> Tensor:
     """Per-token weights so that the batch loss is sum_t coef_t * loss_t.
 
     CHORD (mu a float in [0, 1]):
         coef_t = (1 - mu) / N_on    on-policy tokens,  N_on  = max(1, #on-policy tokens)
         coef_t = mu / N_exp         expert tokens,     N_exp = max(1, #expert tokens)
     Joint token-mean (mu=None, LUFFY): coef_t = 1 / max(1, #tokens) on every token.
-    Masked-out tokens (mask False) get 0. Returns fp32 [N].
+    Masked-out tokens (mask False) get 0. Returns [N] in `dtype` (fp32 by default).
     """
     _check_same_shape(is_expert=is_expert, mask=mask)
     is_expert, mask = is_expert.bool(), mask.bool()
     if mu is None:
-        n_tokens = mask.sum().clamp(min=1).float()
-        return mask.float() / n_tokens  # [N]
+        n_tokens = mask.sum().clamp(min=1).to(dtype)
+        return mask.to(dtype) / n_tokens  # [N]
     if not 0.0 <= mu <= 1.0:
         raise ValueError(f"mu must be in [0, 1] (or None for a joint token-mean), got {mu}")
     onpolicy = mask & ~is_expert  # [N]
     expert = mask & is_expert  # [N]
-    n_on = onpolicy.sum().clamp(min=1).float()
-    n_exp = expert.sum().clamp(min=1).float()
-    return onpolicy.float() * ((1.0 - mu) / n_on) + expert.float() * (mu / n_exp)  # [N]
+    n_on = onpolicy.sum().clamp(min=1).to(dtype)
+    n_exp = expert.sum().clamp(min=1).to(dtype)
+    return onpolicy.to(dtype) * ((1.0 - mu) / n_on) + expert.to(dtype) * (mu / n_exp)  # [N]
 
 
 def token_losses(logp: Tensor, is_expert: Tensor, adv: Tensor, old_logp: Tensor,
@@ -353,7 +354,7 @@ def chord_objective(logp: Tensor, entropy: Optional[Tensor], is_expert: Tensor, 
     (over on-policy tokens), entropy, kl (if ref_logp), mu, n_onpolicy, n_expert.
     """
     is_expert, mask = is_expert.bool(), mask.bool()
-    coef = token_coefficients(is_expert, mask, mu).to(logp.dtype)  # [N]
+    coef = token_coefficients(is_expert, mask, mu, dtype=logp.dtype)  # [N]
     loss_tok, clipped = token_losses(logp, is_expert, adv, old_logp, spec, ref_logp)
     loss = (coef * loss_tok).sum()
     onpolicy, expert = mask & ~is_expert, mask & is_expert  # [N]

@@ -18,6 +18,7 @@ Note on the GRPO loss value: with one update per rollout batch the ratio r is 1,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -31,7 +32,7 @@ import torch
 
 from minichord import losses, ops
 from minichord.batch import Sequence, TokenBatch, pack
-from minichord.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
+from minichord.checkpoint import checkpoint_exists, load_checkpoint, restore_optimizer, save_checkpoint
 from minichord.config import TrainConfig
 from minichord.methods import Method
 from minichord.sampler import generate
@@ -85,6 +86,9 @@ class Trainer:
         self.optimizer = self._new_optimizer(phases[0])
         self._stop_requested = False
         self.evals: list[dict] = []  # evaluations made by this process, in order
+        # KL penalty (off by default): a frozen copy of the initial model gives ref log-probs
+        self.ref_model = copy.deepcopy(model).eval().requires_grad_(False) \
+            if any(p.cfg.kl_coef > 0 for p in phases) else None
         self.expert_seqs = [(tokenizer.encode_prompt(e.prompt), tokenizer.encode(e.response) + [tokenizer.eos_id])
                             for e in data.experts]
 
@@ -100,7 +104,7 @@ class Trainer:
         """Continue from `out/checkpoint` if present: weights, optimizer, step; logs are cut
         back to that step so the files read as one uninterrupted run."""
         path = self.out / "checkpoint"
-        if not (path / "config.json").exists():
+        if not checkpoint_exists(path):  # also recovers a save interrupted mid-swap
             return False
         ckpt = load_checkpoint(path, expect_config=self.model.cfg)
         self.model.load_state_dict(ckpt.model.state_dict())
@@ -164,32 +168,38 @@ class Trainer:
         picked = rng.sample(range(len(self.expert_seqs)), min(cfg.experts_per_step, len(self.expert_seqs)))
         return [Sequence(*self.expert_seqs[i], is_expert=True) for i in picked]
 
-    def _hidden(self, batch: TokenBatch) -> torch.Tensor:
-        hidden = self.model(batch.ids, attention_mask=batch.attention_mask, return_hidden=True)  # [M, L, D]
+    def _hidden(self, batch: TokenBatch, model=None) -> torch.Tensor:
+        model = model or self.model
+        hidden = model(batch.ids, attention_mask=batch.attention_mask, return_hidden=True)  # [M, L, D]
         return hidden[batch.rows, batch.cols]  # [N, D]
 
     @torch.no_grad()
-    def _current_logp(self, batch: TokenBatch, temperature: float) -> torch.Tensor:
-        logits = self._hidden(batch) @ self.model.lm_head_weight.T  # [N, V]
+    def _logp(self, batch: TokenBatch, temperature: float, model=None) -> torch.Tensor:
+        model = model or self.model
+        logits = self._hidden(batch, model) @ model.lm_head_weight.T  # [N, V]
         return ops.token_logprobs(logits, batch.targets, temperature=temperature)  # [N]
 
-    def _update(self, phase: Phase, batch: TokenBatch, mu: float, step: int) -> dict:
+    def _update(self, phase: Phase, batch: TokenBatch, mu: float | None, step: int) -> dict:
         """ppo_epochs x minibatches optimizer steps on one batch (old log-probs recomputed first
         when there is more than one, so ratios and clipping are real)."""
         cfg, spec, T = phase.cfg, phase.loss_spec(), phase.cfg.sampler.temperature
         self.model.train()
         if cfg.ppo_epochs * cfg.minibatches > 1:
-            batch.old_logp = torch.where(batch.is_expert, 0.0, self._current_logp(batch, T))
+            batch.old_logp = torch.where(batch.is_expert, 0.0, self._logp(batch, T))
+        ref_logp = self._logp(batch, T, self.ref_model) if cfg.kl_coef > 0 else None  # [N]
         n_seq = batch.ids.shape[0]
         _, gen = step_rng(cfg.seed, step, 2)
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
             for seq_ids in torch.randperm(n_seq, generator=gen).chunk(cfg.minibatches):
-                mb = batch.select(seq_ids.sort().values) if cfg.minibatches > 1 else batch
+                seq_ids = seq_ids.sort().values
+                mb = batch.select(seq_ids) if cfg.minibatches > 1 else batch
+                mb_ref = None if ref_logp is None else ref_logp[torch.isin(batch.rows, seq_ids)]  # [N_mb]
                 mask = torch.ones_like(mb.is_expert)  # [N]
-                coef = losses.token_coefficients(mb.is_expert, mask, None if phase.method.joint_normalisation else mu)
+                coef = losses.token_coefficients(mb.is_expert, mask, mu)
                 out = ops.fused_token_loss(self._hidden(mb), self.model.lm_head_weight, mb.targets, coef,
-                                           mb.is_expert, mb.advantages, mb.old_logp, spec, temperature=T)
+                                           mb.is_expert, mb.advantages, mb.old_logp, spec, ref_logp=mb_ref,
+                                           temperature=T)
                 self.optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -211,13 +221,13 @@ class Trainer:
 
     def train_step(self, step: int) -> dict:
         phase = self.phase_at(step)
-        mu = phase.mu(step)
+        mu = None if phase.method.joint_normalisation else phase.mu(step)  # LUFFY: one token-mean
         seqs, metrics = [], {"step": step, "method": phase.method.name, "mu": mu}
         if phase.method.uses_rollouts:
             rollout_seqs, m = self._rollouts(phase, step)
             seqs += rollout_seqs
             metrics.update(m)
-        if phase.cfg.experts_per_step > 0 and mu > 0:
+        if phase.cfg.experts_per_step > 0 and mu:
             seqs += self._expert_batch(phase.cfg, step)
         metrics["rollouts"] = sum(not s.is_expert for s in seqs)
         metrics["experts"] = sum(s.is_expert for s in seqs)
@@ -281,7 +291,7 @@ class Trainer:
 
 
 def progress_line(m: dict, steps: int, eta: float) -> str:
-    parts = [f"step {m['step'] + 1:4d}/{steps}", f"{m['method']}", f"mu {m['mu']:.2f}"]
+    parts = [f"step {m['step'] + 1:4d}/{steps}", m["method"], "mu joint" if m["mu"] is None else f"mu {m['mu']:.2f}"]
     for key, label in [("reward", "reward"), ("entropy", "H"), ("response_length", "len"),
                        ("clip_fraction", "clip"), ("expert_nll", "expert nll")]:
         if key in m and not (isinstance(m[key], float) and math.isnan(m[key])):

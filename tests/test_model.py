@@ -65,6 +65,19 @@ def test_left_padding_does_not_change_logits():
             assert (batched[b, 10 - n:] - alone[0]).abs().max().item() <= 1e-4
 
 
+def test_explicit_positions_rope_is_relative():
+    """RoPE scores depend on position differences only: a constant shift changes nothing,
+    any other change of positions does (so `positions` is really used)."""
+    model = tiny_model()
+    ids = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(4))
+    pos = torch.arange(8).expand(2, 8)
+    with torch.no_grad():
+        base = model(ids)
+        assert torch.allclose(model(ids, positions=pos), base, atol=1e-5)
+        assert torch.allclose(model(ids, positions=pos + 5), base, atol=1e-4)
+        assert not torch.allclose(model(ids, positions=pos * 2), base, atol=1e-3)
+
+
 def test_causal_future_tokens_do_not_change_past_logits():
     model = tiny_model()
     ids = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(3))

@@ -1,0 +1,173 @@
+"""Pre-train the toy *base model*: the analogue of the instruct model the CHORD paper starts from.
+
+In about a minute on two CPU cores this makes a small transformer that answers every toy skill
+in its own terse style: addition (the target skill) moderately well, reversing / sorting /
+copying (its "general capabilities") well. RL and expert data then have room to help on the
+target, and room to hurt on the rest. Steps:
+
+  1. a byte-level BPE tokenizer trained on text of *both* styles (knowing the expert's tokens
+     is vocabulary coverage, not knowledge: the model is never trained on expert text here);
+  2. a stream of terse (prompt, answer) examples of all skills, none of them a prompt that
+     any split may use (`minichord.tasks.toy.is_reserved`);
+  3. next-token loss on response tokens only (the tokenizer's loss mask),
+         L = - (1 / #response tokens) * sum_{t in response} log p(x_t | x_<t),
+     AdamW, linear warm-up then cosine decay of the learning rate, right-padded batches;
+  4. a checkpoint with the settings and the accuracy on each test split in its meta.
+
+Cached: when `out_dir` already holds a checkpoint made with the same settings, it is reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from minichord.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minichord.config import ModelConfig, to_dict
+from minichord.evaluate import evaluate_splits
+from minichord.model import Transformer
+from minichord.tasks.toy import make_splits, pretrain_corpus, style_texts
+from minichord.tokenizer import Tokenizer
+
+PRETRAIN_FORMAT = 1  # bump when the recipe changes, so old caches are not reused
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    seed: int = 0
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 3e-3
+    min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    target_fraction: float = 0.5  # share of addition in the pre-training stream
+    target_digits: tuple[int, int] = (1, 3)  # operand lengths of pre-training additions
+    other_lengths: tuple[int, int] = (3, 6)  # string lengths of reverse / sort / copy
+    tokenizer_texts: int = 2000  # problems whose text (both styles) trains the tokenizer
+    n_eval: int = 200  # problems per test split measured at the end (0 = skip)
+
+
+def settings_dict(cfg: PretrainConfig, model_cfg: ModelConfig) -> dict:
+    """Everything that determines the result; a cached checkpoint is reused iff this matches."""
+    out = {"format": PRETRAIN_FORMAT, **dataclasses.asdict(cfg), "model": to_dict(model_cfg)}
+    out.pop("n_eval")  # measuring does not change the model
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def cosine_lr(step: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_frac at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pad_batch(examples: list[tuple[list[int], list[bool]]], pad_id: int):
+    """Right-pad encoded examples -> ids [B, T] long, attention [B, T] bool, loss_mask [B, T] bool."""
+    T = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    attention = torch.zeros(len(examples), T, dtype=torch.bool)
+    loss_mask = torch.zeros(len(examples), T, dtype=torch.bool)
+    for b, (seq, mask) in enumerate(examples):
+        ids[b, :len(seq)] = torch.tensor(seq)
+        attention[b, :len(seq)] = True
+        loss_mask[b, :len(seq)] = torch.tensor(mask)
+    return ids, attention, loss_mask
+
+
+def response_loss(model, ids: torch.Tensor, attention: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL over response tokens (the tokens whose loss_mask is True)."""
+    logits = model(ids[:, :-1], attention_mask=attention[:, :-1])  # [B, T-1, V]
+    targets = ids[:, 1:]  # [B, T-1]
+    scored = loss_mask[:, 1:]  # [B, T-1] predicting a response token (or the eos)
+    return F.cross_entropy(logits[scored].float(), targets[scored])
+
+
+def _cached(out_dir: Path, settings: dict) -> bool:
+    if not (out_dir / "config.json").is_file():
+        return False
+    try:
+        return load_checkpoint(out_dir).meta.get("settings") == settings
+    except CheckpointError:
+        return False
+
+
+def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = None,
+                  config: PretrainConfig | None = None, model_config: ModelConfig | None = None,
+                  log: Callable[[str], None] | None = print, force: bool = False) -> Path:
+    """Pre-train (or reuse) the toy base model in `out_dir`; returns the checkpoint directory.
+
+    `config` holds the recipe (defaults: PretrainConfig()); `seed` and `steps` override it.
+    The default model is ModelConfig() (its vocab_size is the tokenizer's vocabulary budget)."""
+    cfg = dataclasses.replace(config or PretrainConfig(), seed=seed,
+                              **({"steps": steps} if steps is not None else {}))
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got steps={cfg.steps}, batch_size={cfg.batch_size}")
+    model_cfg = model_config or ModelConfig()
+    settings = settings_dict(cfg, model_cfg)
+    out_dir = Path(out_dir)
+    say = log or (lambda _msg: None)
+    if not force and _cached(out_dir, settings):
+        say(f"pretrain: reusing the base model in {out_dir} (same settings)")
+        return out_dir
+
+    t0 = time.perf_counter()
+    rng = random.Random(f"minichord-pretrain-{cfg.seed}")
+    torch.manual_seed(cfg.seed)
+    tokenizer = Tokenizer.train(style_texts(rng, cfg.tokenizer_texts, other_lengths=cfg.other_lengths),
+                                vocab_size=model_cfg.vocab_size)
+    pairs = pretrain_corpus(rng, cfg.steps * cfg.batch_size, target_fraction=cfg.target_fraction,
+                            target_digits=cfg.target_digits, other_lengths=cfg.other_lengths)
+    examples = [tokenizer.encode_example(prompt, response) for prompt, response in pairs]
+    longest = max(len(ids) for ids, _ in examples)
+    if longest > model_cfg.max_seq_len:
+        raise ValueError(f"a pre-training example has {longest} tokens > max_seq_len={model_cfg.max_seq_len}")
+
+    model = Transformer(model_cfg)
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices; not norms / biases
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    say(f"pretrain: {model.num_params() / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, "
+        f"{cfg.steps} steps x {cfg.batch_size} examples -> {out_dir}")
+    model.train()
+    log_every = max(1, cfg.steps // 12)
+    for step in range(cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, cfg)
+        batch = pad_batch(examples[step * cfg.batch_size:(step + 1) * cfg.batch_size], tokenizer.pad_id)
+        loss = response_loss(model, *batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"pretrain: loss is {loss.item()} at step {step}; lower lr (now {cfg.lr})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            say(f"pretrain step {step + 1:4d}/{cfg.steps} | loss {loss.item():.4f} | "
+                f"lr {cosine_lr(step, cfg):.2e} | {time.perf_counter() - t0:5.1f}s")
+    train_seconds = time.perf_counter() - t0
+
+    accuracies: dict = {}
+    if cfg.n_eval > 0:
+        model.eval()
+        splits = make_splits(cfg.seed, n_rl=0, n_expert=0, n_test=cfg.n_eval).tests
+        results = evaluate_splits(model, tokenizer, splits)
+        accuracies = {name: r["accuracy"] for name, r in results.items()}
+        if "per_skill" in results.get("other_skills", {}):
+            accuracies["other_skills_per_skill"] = results["other_skills"]["per_skill"]
+        say("pretrain: accuracy " + " | ".join(f"{k} {v:.3f}" for k, v in accuracies.items() if isinstance(v, float)))
+    meta = {"kind": "toy base model", "settings": settings, "accuracy": accuracies,
+            "n_eval": cfg.n_eval, "train_seconds": round(train_seconds, 1)}
+    save_checkpoint(out_dir, model, tokenizer=tokenizer, step=cfg.steps, meta=meta)
+    say(f"pretrain: saved {out_dir} ({time.perf_counter() - t0:.1f}s in all)")
+    return out_dir
