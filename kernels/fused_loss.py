@@ -236,7 +236,7 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
             if need_grad_hidden:
                 torch.mm(logits, weight, out=grad_hidden[start:end])  # [C, H]
             if need_grad_weight:
-                grad_weight.copy_(logits.T @ hidden_chunk)  # [V, H], fp32 accumulation
+                grad_weight.add_(logits.T @ hidden_chunk)  # [V, H], fp32 accumulation
             del logits
 
         onpolicy = is_expert == 0  # [N]

@@ -58,7 +58,7 @@ def cmd_reproduce(args) -> None:
     from minichord.reproduce import reproduce
 
     reproduce(args.out, quick=args.quick, seeds=args.seeds, methods=args.methods, steps=args.steps,
-              overrides=args.set)
+              overrides=args.set, sft_curve_steps=args.sft_curve_steps)
 
 
 def cmd_plot(args) -> None:
@@ -106,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 1)")
     r.add_argument("--methods", nargs="+", default=None, choices=sorted(METHODS), help="subset of methods")
     r.add_argument("--steps", type=int, default=None, help="optimizer steps per run (matched across methods)")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    r.add_argument("--sft-curve-steps", type=int, default=None,
+                   help="length of the long SFT run on the limited expert set (0 skips it)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every run, e.g. --set init=PATH to start from another checkpoint")
     r.set_defaults(func=cmd_reproduce)
 
     pl = sub.add_parser("plot", help="plot the curves of run directories into one PNG (needs matplotlib)")

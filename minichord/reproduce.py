@@ -86,10 +86,12 @@ def markdown_table(results: dict[str, list[dict]], n_seeds: int) -> str:
 
 def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = None,
               methods: list[str] | None = None, steps: int | None = None, overrides: list[str] = (),
-              sft_curve: bool = True, log: Callable[[str], None] = print) -> dict:
+              sft_curve_steps: int | None = None, log: Callable[[str], None] = print) -> dict:
     setting = dataclasses.replace(QUICK if quick else FULL)
     setting.seeds = seeds or setting.seeds
     setting.steps = steps or setting.steps
+    if sft_curve_steps is not None:
+        setting.sft_curve_steps = sft_curve_steps
     methods = list(methods or ALL_METHODS)
     for m in methods:
         build_phases(m)  # refuse unknown method names before any work
@@ -98,14 +100,16 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
     common = [f"steps={setting.steps}", f"n_test={setting.n_test}", f"eval_every={setting.eval_every}",
               f"save_every={setting.steps}", *overrides]
     jobs = [(m, s) for s in range(setting.seeds) for m in methods]
-    total = len(jobs) + (1 if sft_curve and setting.sft_curve_steps else 0)
+    total = len(jobs) + (1 if setting.sft_curve_steps else 0)
     t_start = time.perf_counter()
     quiet = lambda msg: None  # noqa: E731  (per-step lines would drown the overview)
 
-    model, tok = load_initial_model("", log)
+    first_cfg = build_phases(methods[0], overrides=overrides)[0].cfg
+    model, tok = load_initial_model(first_cfg.init, log)
     results: dict[str, list[dict]] = {"base": []}
     for s in range(setting.seeds):
-        base_eval = evaluate_splits(model, tok, make_splits(s, n_rl=0, n_expert=0, n_test=setting.n_test).tests)
+        base_eval = evaluate_splits(model, tok, make_splits(s, n_rl=0, n_expert=0, n_test=setting.n_test).tests,
+                                    max_new_tokens=first_cfg.sampler.max_new_tokens)
         results["base"].append({"in_domain": base_eval["in_domain"]["accuracy"], "harder": base_eval["harder"]["accuracy"],
                                 "other_skills": base_eval["other_skills"]["accuracy"],
                                 "response_length": base_eval["in_domain"]["response_length"], "wall_s": 0.0})
@@ -119,7 +123,7 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
         results.setdefault(method, []).append({"seed": seed, **run_summary(run_dir, time.perf_counter() - t0)})
         log(f"    in-domain {results[method][-1]['in_domain']:.3f} | harder {results[method][-1]['harder']:.3f} | "
             f"other skills {results[method][-1]['other_skills']:.3f}")
-    if sft_curve and setting.sft_curve_steps:
+    if setting.sft_curve_steps:
         log(f"[run {total}/{total}] long SFT run on the limited expert set ({setting.sft_curve_steps} steps)")
         every = max(1, setting.sft_curve_steps // 24)
         prepare_run("sft", out / "sft-long", resume=False, log=quiet, overrides=[

@@ -243,7 +243,8 @@ class Trainer:
     def evaluate(self, step: int) -> dict:
         from minichord.evaluate import evaluate_splits
         self.model.eval()
-        result = {"step": step, **evaluate_splits(self.model, self.tok, self.data.eval_splits)}
+        result = {"step": step, **evaluate_splits(self.model, self.tok, self.data.eval_splits,
+                                                  max_new_tokens=self.cfg.sampler.max_new_tokens)}
         self.evals.append(result)
         with open(self.out / "eval.jsonl", "a") as f:
             f.write(json.dumps(result) + "\n")

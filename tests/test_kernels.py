@@ -226,7 +226,9 @@ def _tier2_case(dtype, spec, *, mu=0.4, temperature=1.0, seed=0, padding=False):
     gen = torch.Generator().manual_seed(seed)
     hidden = torch.randn(N_TOKENS, HIDDEN, generator=gen).to(dtype)  # [N, H]
     weight = (0.4 * torch.randn(VOCAB, HIDDEN, generator=gen)).to(dtype)  # [V, H]
+    logits = hidden.float() @ weight.float().T  # [N, V], only to place targets and old_logp
     targets = torch.randint(0, VOCAB, (N_TOKENS,), generator=gen)  # [N]
+    targets[::2] = logits[::2].argmax(dim=1)  # likely tokens (p ~ 0.1-0.9): phi != is != none
     is_expert = torch.arange(N_TOKENS) % 3 == 0  # [N] mixed batch
     mask = torch.ones(N_TOKENS, dtype=torch.bool)
     mask[[4, 30]] = False  # response padding: coef 0
@@ -234,7 +236,6 @@ def _tier2_case(dtype, spec, *, mu=0.4, temperature=1.0, seed=0, padding=False):
         targets[30] = -100
     coef = token_coefficients(is_expert, mask, mu)  # [N]
     advantages = torch.randn(N_TOKENS, generator=gen)  # [N]
-    logits = hidden.float() @ weight.float().T  # [N, V], only to place old_logp
     logp = reference_token_logprobs(logits, targets, temperature=temperature)  # [N]
     pick = torch.randint(0, len(LOG_RATIOS), (N_TOKENS,), generator=gen)
     old_logp = logp - LOG_RATIOS[pick]  # [N]
@@ -265,8 +266,8 @@ def _compare_tier2(args, kwargs, dtype, tag, chunk_size=10):
     assert_close(f"logp {tag}", out.logp, ref.logp, 0.0, atol=5e-2 if bf16 else 1e-5)
     assert_close(f"entropy {tag}", out.entropy, ref.entropy, 0.0, atol=5e-2 if bf16 else 1e-5)
     assert torch.equal(out.clipped, ref.clipped), f"clipped differ {tag}"
-    assert_close(f"grad hidden {tag}", grad_hidden, ref_hidden, 3 * tol)
-    assert_close(f"grad weight {tag}", grad_weight, ref_weight, 3 * tol)
+    assert_close(f"grad hidden {tag}", grad_hidden, ref_hidden, 1.5 * tol)
+    assert_close(f"grad weight {tag}", grad_weight, ref_weight, 1.5 * tol)
     return out
 
 

@@ -83,11 +83,11 @@ def test_methods_are_presets_of_one_trainer():
 
 
 def test_grpo_raises_reward(tok, tmp_path):
-    t = make_trainer(tok, tmp_path, "grpo", ["steps=30", "lr=1e-2", "prompts_per_step=8", "group_size=8",
-                                             "save_every=1000"])
+    t = make_trainer(tok, tmp_path, "grpo", ["steps=12", "lr=2e-2", "prompts_per_step=8", "group_size=8",
+                                             "save_every=1000", "sampler.max_new_tokens=2"])
     t.run()
     rewards = [m["reward"] for m in read_metrics(tmp_path)]
-    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert last > first + 0.3, f"GRPO did not learn: reward {first:.3f} -> {last:.3f} ({rewards})"
 
 

@@ -1,0 +1,246 @@
+"""Benchmark the loss kernels: time and peak memory of naive torch, chunked torch and Triton.
+
+    tier 1  token log-probs from logits [N, V]           naive | triton
+    tier 2  lm head + CHORD token loss, hidden [N, H]    naive | chunked | triton
+
+naive   = full logits, log_softmax in fp32, gather (minichord.ops.reference_token_logprobs;
+          for tier 2 the logits are hidden @ W^T in the input dtype, then the reference)
+chunked = minichord.ops.chunked_fused_token_loss (torch, chunks over tokens)
+triton  = minichord.kernels.* (CUDA only; the CPU interpreter is not a performance path)
+
+Peak memory is the extra memory one forward+backward needs on top of its inputs:
+torch.cuda.max_memory_allocated on GPU; on CPU each case runs in a fresh subprocess and
+reports the growth of its peak RSS (resource.getrusage ru_maxrss) during the first call.
+For tier 1 on GPU the table also gives the effective bandwidth, min bytes / time, where min
+bytes is one read of the logits (forward) or one read + one write of a logits-sized tensor
+(forward + backward), and its fraction of the H100's 3.35 TB/s. For tier 2 it gives matmul
+TFLOP/s (6 N V H flops: logits, grad hidden, grad weight).
+
+    python benchmarks/bench_kernels.py --quick          # CPU, about a minute
+    python benchmarks/bench_kernels.py                  # GPU, realistic shapes
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from minichord import ops
+from minichord.losses import TokenLossSpec, token_coefficients, token_losses
+
+H100_BANDWIDTH = 3.35e12  # bytes / s
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+# ---------------------------------------------------------------------------------------
+# the cases
+
+
+def make_inputs(case, device):
+    """Random inputs of one case; the tensors that get gradients require grad."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    n, v, dtype = case["n"], case["v"], DTYPES[case["dtype"]]
+    targets = torch.randint(0, v, (n,), generator=gen).to(device)  # [N]
+    if case["tier"] == 1:
+        logits = (2 * torch.randn(n, v, generator=gen)).to(device, dtype)  # [N, V]
+        return dict(logits=logits.requires_grad_(), targets=targets,
+                    grad=torch.randn(n, generator=gen).to(device))
+    h = case["h"]
+    is_expert = (torch.arange(n) % 4 == 0).to(device)  # [N]: a quarter expert tokens
+    return dict(
+        hidden=torch.randn(n, h, generator=gen).to(device, dtype).requires_grad_(),  # [N, H]
+        weight=(torch.randn(v, h, generator=gen) / h ** 0.5).to(device, dtype).requires_grad_(),
+        targets=targets, is_expert=is_expert,
+        coef=token_coefficients(is_expert, torch.ones_like(is_expert), 0.3),  # [N]
+        advantages=torch.randn(n, generator=gen).to(device),  # [N]
+        old_logp=(-10 + torch.randn(n, generator=gen)).to(device),  # [N]
+        spec=TokenLossSpec(expert_weighting="phi"))
+
+
+def naive_fused_loss(hidden, weight, targets, coef, is_expert, advantages, old_logp, spec):
+    """What one writes first: full logits, reference log-probs, token losses."""
+    logits = hidden @ weight.T  # [N, V], input dtype
+    logp = ops.reference_token_logprobs(logits, targets)  # [N] fp32
+    loss_tok, _ = token_losses(logp, is_expert, advantages, old_logp, spec)
+    return (coef * loss_tok).sum()
+
+
+def tier2_fn(impl):
+    if impl == "naive":
+        return naive_fused_loss
+    if impl == "chunked":
+        return lambda *args: ops.chunked_fused_token_loss(*args).loss
+    from minichord.kernels.fused_loss import triton_fused_token_loss
+    return lambda *args: triton_fused_token_loss(*args).loss
+
+
+def make_steps(case, inputs):
+    """-> (forward-only fn or None, forward+backward fn) for one case."""
+    if case["tier"] == 1:
+        if case["impl"] == "triton":
+            from minichord.kernels.logprobs import triton_token_logprobs as logprobs
+        else:
+            logprobs = ops.reference_token_logprobs
+        x, y, g = inputs["logits"], inputs["targets"], inputs["grad"]
+
+        def forward():
+            with torch.no_grad():
+                return logprobs(x, y)
+
+        def forward_backward():
+            x.grad = None
+            logprobs(x, y).backward(g)
+
+        return forward, forward_backward
+    fn = tier2_fn(case["impl"])
+    args = [inputs[k] for k in ("hidden", "weight", "targets", "coef", "is_expert",
+                                "advantages", "old_logp", "spec")]
+
+    def forward_backward():
+        inputs["hidden"].grad = inputs["weight"].grad = None
+        fn(*args).backward()
+
+    return None, forward_backward
+
+
+# ---------------------------------------------------------------------------------------
+# measuring
+
+
+def time_ms(fn, device, reps):
+    if fn is None:
+        return None
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / reps
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def measure(case, device, reps):
+    """Peak extra memory (MB) of the first forward+backward, then timings."""
+    inputs = make_inputs(case, device)
+    forward, forward_backward = make_steps(case, inputs)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        forward_backward()
+        torch.cuda.synchronize()
+        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+        forward_backward()  # warm-up (compilation happened in the first call)
+        if forward is not None:
+            forward()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        forward_backward()
+        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    return dict(case, peak_mb=peak_mb, fwd_ms=time_ms(forward, device, reps),
+                fwd_bwd_ms=time_ms(forward_backward, device, reps))
+
+
+def measure_in_subprocess(case, reps):
+    """CPU: a fresh process per case, so ru_maxrss (a high-water mark) is this case's."""
+    cmd = [sys.executable, __file__, "--worker", json.dumps(dict(case, reps=reps))]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"case {case} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------
+# reporting
+
+
+def table(rows, device):
+    head = ["tier", "impl", "N", "V", "H", "dtype", "fwd ms", "fwd+bwd ms", "peak extra MB",
+            "GB/s fwd", "GB/s fwd+bwd", "% of 3.35 TB/s (fwd / fwd+bwd)", "TFLOP/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    fmt = lambda x, spec=".1f": "-" if x is None else format(x, spec)  # noqa: E731
+    for r in rows:
+        elt = torch.tensor([], dtype=DTYPES[r["dtype"]]).element_size()
+        gbs_f = gbs_fb = frac = tflops = None
+        if r["tier"] == 1 and device == "cuda":
+            logits_bytes = r["n"] * r["v"] * elt
+            gbs_f = logits_bytes / (r["fwd_ms"] * 1e-3) / 1e9
+            gbs_fb = 2 * logits_bytes / (r["fwd_bwd_ms"] * 1e-3) / 1e9
+            frac = f"{100 * gbs_f * 1e9 / H100_BANDWIDTH:.0f}% / " \
+                   f"{100 * gbs_fb * 1e9 / H100_BANDWIDTH:.0f}%"
+        if r["tier"] == 2:
+            tflops = 6 * r["n"] * r["v"] * r["h"] / (r["fwd_bwd_ms"] * 1e-3) / 1e12
+        lines.append("| " + " | ".join([
+            str(r["tier"]), r["impl"], str(r["n"]), str(r["v"]), str(r.get("h", "-")),
+            r["dtype"], fmt(r["fwd_ms"]), fmt(r["fwd_bwd_ms"]), fmt(r["peak_mb"], ".0f"),
+            fmt(gbs_f, ".0f"), fmt(gbs_fb, ".0f"), frac or "-", fmt(tflops, ".2f")]) + " |")
+    return "\n".join(lines)
+
+
+def build_cases(args, device):
+    impls1 = ["naive"] + (["triton"] if device == "cuda" else [])
+    impls2 = ["naive", "chunked"] + (["triton"] if device == "cuda" else [])
+    if args.quick:
+        # CPU-sized, but includes the target case: tier 2 at N=8192, V=32768, H=256
+        tier1 = [dict(n=1024, v=32768)]
+        tier2 = [dict(n=8192, v=32768, h=256)]
+    else:
+        tier1 = [dict(n=n, v=v) for n in args.n for v in args.vocab]
+        tier2 = [dict(n=n, v=v, h=args.hidden) for n in args.n for v in args.vocab]
+    cases = [dict(tier=1, impl=i, dtype=args.dtype, **s) for s in tier1 for i in impls1]
+    cases += [dict(tier=2, impl=i, dtype=args.dtype, **s) for s in tier2 for i in impls2]
+    return [c for c in cases if c["tier"] in args.tiers]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small CPU-sized shapes (tier 1 N=1024 V=32768; tier 2 N=8192 "
+                             "V=32768 H=256) instead of the realistic grid")
+    parser.add_argument("--n", type=int, nargs="+", default=[4096, 16384],
+                        help="token counts N to benchmark (default: 4096 16384)")
+    parser.add_argument("--vocab", type=int, nargs="+", default=[32768, 151936],
+                        help="vocabulary sizes V (default: 32768 151936, Qwen2's)")
+    parser.add_argument("--hidden", type=int, default=2048, help="hidden size H for tier 2")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
+                        help="logits / hidden / weight dtype (default bf16)")
+    parser.add_argument("--tiers", type=int, nargs="+", default=[1, 2], choices=[1, 2],
+                        help="which tiers to run")
+    parser.add_argument("--reps", type=int, default=None,
+                        help="timed repetitions (default 10 on GPU, 2 on CPU)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one CPU case
+    args = parser.parse_args()
+
+    if args.worker is not None:
+        case = json.loads(args.worker)
+        reps = case.pop("reps")
+        torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+        print(json.dumps(measure(case, "cpu", reps)))
+        return
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    reps = args.reps or (10 if device == "cuda" else 2)
+    rows = []
+    for case in build_cases(args, device):
+        print(f"running {case} ...", file=sys.stderr, flush=True)
+        rows.append(measure(case, device, reps) if device == "cuda"
+                    else measure_in_subprocess(case, reps))
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    print(f"device: {name}, torch {torch.__version__}, reps {reps}\n")
+    print(table(rows, device))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The command line: help, clear errors, and a cut-down `reproduce --quick` end to end."""
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from minichord.checkpoint import save_checkpoint
+from minichord.cli import main
+from minichord.config import ModelConfig
+from minichord.model import Transformer
+from minichord.tasks import style_texts
+from minichord.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A small random model + tokenizer checkpoint standing in for the pre-trained base."""
+    tok = Tokenizer.train(style_texts(random.Random(0), 200), vocab_size=160)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                                    ffn_dim=64, max_seq_len=128))
+    return save_checkpoint(tmp_path_factory.mktemp("base") / "ckpt", model, tokenizer=tok)
+
+
+def test_help_lists_every_subcommand():
+    out = subprocess.run([sys.executable, "-m", "minichord.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for cmd in ("demo", "pretrain", "train", "eval", "reproduce", "plot"):
+        assert cmd in out.stdout
+
+
+def test_unknown_override_is_a_clear_error(tiny_ckpt, tmp_path, capsys):
+    code = main(["train", "--method", "grpo", "--out", str(tmp_path), "--set", f"init={tiny_ckpt}",
+                 "--set", "prompts_per_stp=4"])
+    assert code == 2
+    assert "did you mean 'prompts_per_step'" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_names_the_path(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nope")]) == 2
+    assert str(tmp_path / "nope") in capsys.readouterr().err
+
+
+def test_reproduce_quick_writes_table_json_and_plots(tiny_ckpt, tmp_path):
+    out = tmp_path / "repro"
+    code = main(["reproduce", "--quick", "--methods", "grpo", "chord-phi", "--steps", "2", "--seeds", "1",
+                 "--sft-curve-steps", "2", "--out", str(out), "--set", f"init={tiny_ckpt}", "--set", "n_test=6",
+                 "--set", "prompts_per_step=2", "--set", "group_size=2", "--set", "experts_per_step=2",
+                 "--set", "sampler.max_new_tokens=8"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["results"]) == {"base", "grpo", "chord-phi"}
+    for method in ("grpo", "chord-phi"):
+        (run,) = results["results"][method]
+        assert 0.0 <= run["in_domain"] <= 1.0 and run["wall_s"] > 0
+    table = (out / "results.md").read_text()
+    for method in ("base", "grpo", "chord-phi"):
+        assert f"| {method} |" in table
+    assert (out / "curves.png").stat().st_size > 0 and (out / "sft_curve.png").stat().st_size > 0
+    assert main(["plot", str(out / "grpo" / "seed0"), "-o", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 0
