@@ -104,11 +104,11 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
     t_start = time.perf_counter()
     quiet = lambda msg: None  # noqa: E731  (per-step lines would drown the overview)
 
-    first_cfg = build_phases(methods[0], overrides=overrides)[0].cfg
+    first_cfg = build_phases(methods[0], overrides=common)[0].cfg
     model, tok = load_initial_model(first_cfg.init, log)
     results: dict[str, list[dict]] = {"base": []}
     for s in range(setting.seeds):
-        base_eval = evaluate_splits(model, tok, make_splits(s, n_rl=0, n_expert=0, n_test=setting.n_test).tests,
+        base_eval = evaluate_splits(model, tok, make_splits(s, n_rl=0, n_expert=0, n_test=first_cfg.n_test).tests,
                                     max_new_tokens=first_cfg.sampler.max_new_tokens)
         results["base"].append({"in_domain": base_eval["in_domain"]["accuracy"], "harder": base_eval["harder"]["accuracy"],
                                 "other_skills": base_eval["other_skills"]["accuracy"],
