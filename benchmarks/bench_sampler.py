@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed generations per mode; the median is reported")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="model parameter dtype")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (torch.set_num_threads)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads; 1 by default: on a shared, busy machine more threads can be "
+                   "10x slower (OpenMP threads wait on each other)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, prompts and sampling")
     p.add_argument("--skip-uncached", action="store_true", help="only time the KV-cache path")
     args = p.parse_args(argv)

@@ -195,10 +195,12 @@ def _check_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp
 class _TritonFusedTokenLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp,
-                spec, temperature, chunk_size):
+                spec, temperature, chunk_size, grad_enabled):
         n_tokens, vocab_size = hidden.shape[0], weight.shape[0]
         device = hidden.device
-        need_grad_hidden, need_grad_weight = hidden.requires_grad, weight.requires_grad
+        # no gradient work under torch.no_grad() (needs_input_grad ignores the grad mode)
+        need_grad_hidden = grad_enabled and ctx.needs_input_grad[0]
+        need_grad_weight = grad_enabled and ctx.needs_input_grad[1]
         f32 = dict(dtype=torch.float32, device=device)
         targets = targets.to(device=device, dtype=torch.int64).contiguous()  # [N]
         coef = coef.to(**f32).contiguous()  # [N]
@@ -255,7 +257,7 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
             grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
         if grad_weight is not None and ctx.needs_input_grad[1]:
             grad_weight = grad_weight * grad_loss.to(grad_weight.dtype)
-        return grad_hidden, grad_weight, *([None] * 9)
+        return grad_hidden, grad_weight, *([None] * 10)
 
 
 def triton_fused_token_loss(hidden, weight, targets, coef, is_expert, advantages, old_logp,
@@ -271,5 +273,5 @@ def triton_fused_token_loss(hidden, weight, targets, coef, is_expert, advantages
                   ref_logp, temperature, chunk_size)
     loss, logp, entropy, clipped = _TritonFusedTokenLoss.apply(
         hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
-        float(temperature), chunk_size)
+        float(temperature), chunk_size, torch.is_grad_enabled())
     return FusedLossOutput(loss=loss, logp=logp, entropy=entropy, clipped=clipped)

@@ -128,6 +128,8 @@ def _check_inputs(logits, targets, temperature):
         raise ValueError(f"logits must be [N, V], got shape {tuple(logits.shape)}")
     if targets.shape != (logits.shape[0],):
         raise ValueError(f"targets must be [N]={logits.shape[0]}, got shape {tuple(targets.shape)}")
+    if targets.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"targets must be int64 or int32, got {targets.dtype}")
     if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"logits dtype must be fp32/fp16/bf16, got {logits.dtype}")
     if not temperature > 0:

@@ -31,7 +31,7 @@ from minichord.losses import TokenLossSpec, token_losses
 
 KERNEL_BACKENDS = ("torch", "triton")
 _ENV_VAR = "MINICHORD_KERNELS"
-_CHUNK_ELEMENTS = 1 << 25  # default chunk: about this many fp32 logits (128 MB) at a time
+_CHUNK_ELEMENTS = 1 << 22  # default chunk: about this many fp32 logits (16 MB) at a time
 
 
 def kernel_backend() -> str:
@@ -218,7 +218,7 @@ def chunked_fused_token_loss(hidden: Tensor, weight: Tensor, targets: Tensor, co
                              chunk_size: Optional[int] = None) -> FusedLossOutput:
     """Same result as `reference_fused_token_loss`, with at most chunk_size x V logits alive.
 
-    chunk_size=None picks about 2^25 logits per chunk. Gradients are computed during the
+    chunk_size=None picks about 2^22 logits per chunk. Gradients are computed during the
     forward (memory bounded), so calling backward twice is not supported.
     """
     _check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp,

@@ -86,6 +86,20 @@ def test_token_logprobs_matches_reference(vocab_size, dtype, temperature, return
             assert_close(f"entropy vs fp64 {tag}", entropy, f64_entropy, 1e-5)
 
 
+@pytest.mark.parametrize("through", ["logp", "entropy"])
+def test_token_logprobs_fp16_one_output_differentiated(through):
+    """fp16 logits; only one of the two outputs reaches the loss (the other's grad is None)."""
+    logits, targets, _, _ = _tier1_case(1000, torch.float16, seed=2)
+    grads = []
+    for fn in (triton_token_logprobs, reference_token_logprobs):
+        x = logits.detach().clone().requires_grad_()
+        logp, entropy = fn(x, targets, temperature=1.5, return_entropy=True)
+        (logp if through == "logp" else entropy).square().sum().backward()
+        grads.append(x.grad)
+    assert grads[0].dtype == torch.float16
+    assert_close(f"fp16 dlogits through {through}", grads[0], grads[1], 2e-3)
+
+
 @pytest.mark.parametrize("layout", ["row_stride", "column_stride"])
 def test_token_logprobs_strided_input(layout):
     logits, targets, grad_logp, grad_entropy = _tier1_case(1000, torch.float32, seed=1)
@@ -296,6 +310,10 @@ def test_fused_loss_unclipped_luffy_default_chunk():
     args, kwargs = _tier2_case(torch.float32, spec, mu=None, seed=2)
     out = _compare_tier2(args, kwargs, torch.float32, "luffy unclipped", chunk_size=None)
     assert not out.clipped.any()
+    with torch.no_grad():  # forward only: the kernel skips pass 2 (WRITE_GRAD=False)
+        eval_out = triton_fused_token_loss(*args, **kwargs, chunk_size=7)
+    assert_close("no_grad loss", eval_out.loss, out.loss, 1e-6)
+    assert_close("no_grad logp", eval_out.logp, out.logp, 1e-6)
 
 
 @pytest.mark.parametrize("mu", [0.0, 1.0])
