@@ -14,6 +14,28 @@ seeded with (seed, s), so a resumed run repeats an uninterrupted one exactly. Me
 
 Note on the GRPO loss value: with one update per rollout batch the ratio r is 1, so L_GRPO is
 ~0 in value while its gradient is -A grad log p. Watch the reward, not the loss.
+
+Choices that depart from the paper (arXiv 2508.11408) or its official code:
+- Scale: a ~1M-parameter model on a toy task, lr 5e-5 and B=8 x G=8 + E=16 per step
+  (paper: Qwen2.5-7B-Instruct, lr 1e-6, 32 x 8 rollouts + 64 expert samples).
+- Normalisation: each term is one token-mean over the whole batch (paper-era code); the
+  official code averages tokens per micro-batch and weights micro-batches by their share of
+  sequences.
+- Dual clip (c = 3) is off by default (`dual_clip=3` turns it on; the official code always
+  applies it); the +-20 log-ratio clamp is on (`log_ratio_clamp`), as in the current official code.
+- A group of one response gets advantage 0 (official: R / (1 + 1e-6));
+  `losses.group_advantages(singleton="official")` gives the official value.
+- mu's warm-up and decay are shares of the run (`mu_warmup_frac`, `mu_decay_frac`), the
+  official W=0, D=200 steps scaled to the run length.
+- Reward: 1 for an exactly matching final answer, else 0; no format reward.
+- Expert examples are drawn per step from a generator seeded by (seed, step): without
+  replacement within a step, with replacement across steps (not epoch-wise iteration).
+- With one update per batch the old log-probs are the sampler's (equal in value up to float
+  rounding); with several (ppo_epochs x minibatches) they are recomputed before updating.
+- LUFFY: the expert trace counts as reward 1 in its group; A = R - mean(R) without std; one
+  token-mean over on-policy and expert tokens; on-policy tokens unclipped.
+- SFT->GRPO splits the step budget in half and starts the GRPO stage with a fresh optimizer.
+- AdamW with betas (0.9, 0.95), no weight decay, gradient clipping at 1.0.
 """
 
 from __future__ import annotations

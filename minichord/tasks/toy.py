@@ -3,7 +3,7 @@
     paper                                   toy
     instruct model, its own answer style    base model pre-trained here, terse answers
     target skill (competition math)         multi-digit addition          "add 47 85" -> "132"
-    general capabilities (retention)        reverse / sort / copy         "sort 5 2 9" -> "2 5 9"
+    general capabilities (retention)        reverse / sort / copy         "sort 5292" -> "2259"
     expert data (long CoT, other style)     step-by-step column sums:
                                                 7+5=12 carry 1
                                                 4+8+1=13 carry 1
@@ -12,8 +12,9 @@
     held-out tests                          in_domain (train digits), harder (more digits),
                                             other_skills (retention)
 
-Letters and digits of the other skills are written space-separated so that any tokenizer
-gives one token per symbol (a BPE merge inside "abcd" would hide the letters from the model).
+The other skills work on digit strings too: minichord's tokenizer makes every digit its own
+token, so a string and its reversal are spelled with the same tokens (a BPE merge inside
+"abcd", or " a" vs "a", would hide the symbols from the model).
 Every split is drawn from one seeded `random.Random`; prompts are unique across all splits.
 
 Held-out problems. A fixed quarter of all prompts (by a CRC32 hash of the prompt text, the same
@@ -89,44 +90,44 @@ class Addition(Skill):
         return "\n".join(lines)
 
 
-def _symbols(rng: random.Random, alphabet: str, n: int) -> list[str]:
-    return [rng.choice(alphabet) for _ in range(n)]
+def _digits(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(string.digits) for _ in range(n))
 
 
 class Reverse(Skill):
-    """"reverse c a t" -> "t a c" (`difficulty` letters)."""
+    """"reverse 4719" -> "9174" (`difficulty` digits)."""
 
     name = "reverse"
 
     def generate(self, rng: random.Random, difficulty: int) -> Problem:
-        letters = _symbols(rng, string.ascii_lowercase, difficulty)
-        return Problem(f"reverse {' '.join(letters)}", " ".join(reversed(letters)), self.name)
+        digits = _digits(rng, difficulty)
+        return Problem(f"reverse {digits}", digits[::-1], self.name)
 
     def terse_response(self, problem: Problem) -> str:
         return problem.answer
 
 
 class Sort(Skill):
-    """"sort 5 2 9" -> "2 5 9" (`difficulty` digits, repeats allowed)."""
+    """"sort 5292" -> "2259" (`difficulty` digits, repeats allowed)."""
 
     name = "sort"
 
     def generate(self, rng: random.Random, difficulty: int) -> Problem:
-        digits = _symbols(rng, string.digits, difficulty)
-        return Problem(f"sort {' '.join(digits)}", " ".join(sorted(digits)), self.name)
+        digits = _digits(rng, difficulty)
+        return Problem(f"sort {digits}", "".join(sorted(digits)), self.name)
 
     def terse_response(self, problem: Problem) -> str:
         return problem.answer
 
 
 class Copy(Skill):
-    """"copy x y z" -> "x y z" (`difficulty` letters)."""
+    """"copy 381" -> "381" (`difficulty` digits)."""
 
     name = "copy"
 
     def generate(self, rng: random.Random, difficulty: int) -> Problem:
-        letters = " ".join(_symbols(rng, string.ascii_lowercase, difficulty))
-        return Problem(f"copy {letters}", letters, self.name)
+        digits = _digits(rng, difficulty)
+        return Problem(f"copy {digits}", digits, self.name)
 
     def terse_response(self, problem: Problem) -> str:
         return problem.answer

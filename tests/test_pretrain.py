@@ -1,0 +1,161 @@
+"""Evaluation (accuracy, pass@k) and the cached pre-training of the toy base model."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from minichord.checkpoint import load_checkpoint
+from minichord.config import ModelConfig
+from minichord.evaluate import evaluate, evaluate_pass_at_k, evaluate_splits, pass_at_k, score, summarise
+from minichord.pretrain import PretrainConfig, cosine_lr, pretrain_base
+from minichord.tasks import Problem
+from minichord.tokenizer import Tokenizer
+
+TINY_MODEL = ModelConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64)
+TINY_RECIPE = PretrainConfig(steps=4, batch_size=8, warmup_steps=2, tokenizer_texts=50, n_eval=6)
+
+
+# ---- pass@k ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, c, k, expected", [
+    (5, 0, 1, 0.0),
+    (5, 5, 1, 1.0),
+    (5, 2, 1, 2 / 5),
+    (5, 2, 2, 1 - 3 / 10),  # 1 - C(3,2)/C(5,2)
+    (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5)
+    (4, 1, 4, 1.0),  # every 4-subset of 4 contains the correct one
+    (8, 1, 1, 1 / 8),
+])
+def test_pass_at_k_hand_cases(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+    assert pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k))
+
+
+@pytest.mark.parametrize("n, c, k", [(5, 6, 1), (5, -1, 1), (5, 2, 0), (5, 2, 6)])
+def test_pass_at_k_rejects_bad_counts(n, c, k):
+    with pytest.raises(ValueError):
+        pass_at_k(n, c, k)
+
+
+# ---- accuracy on known responses --------------------------------------------------------------
+
+def test_score_and_summarise_compute_accuracy_and_per_skill():
+    problems = [Problem("add 1 2", "3", "add"), Problem("add 2 2", "4", "add"),
+                Problem("copy 12", "12", "copy"), Problem("sort 21", "12", "sort")]
+    responses = ["3", "1+1=2 carry 0\nanswer: 5", "12", "1+1"]
+    rewards = score(responses, problems)
+    assert rewards == [1.0, 0.0, 1.0, 0.0]
+    out = summarise(problems, responses, rewards, [2, 9, 3, 4], n_samples=2)
+    assert out["accuracy"] == 0.5 and out["n"] == 4 and out["response_length"] == 4.5
+    assert out["per_skill"] == {"add": 0.5, "copy": 1.0, "sort": 0.0}
+    assert out["samples"] == [{"prompt": "add 1 2", "response": "3", "answer": "3"},
+                              {"prompt": "add 2 2", "response": "1+1=2 carry 0\nanswer: 5", "answer": "4"}]
+
+
+class ScriptedModel(torch.nn.Module):
+    """A fake policy that always answers `text` then <|eos|>, whatever the prompt, through the
+    real sampler (it reads how many tokens were generated from the attention mask's length)."""
+
+    def __init__(self, tokenizer, text):
+        super().__init__()
+        self.cfg = ModelConfig(vocab_size=tokenizer.vocab_size, dim=8, n_heads=2, n_kv_heads=1, ffn_dim=8)
+        self.script = tokenizer.encode(text) + [tokenizer.eos_id]
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.prompt_len = None
+
+    def forward(self, ids, attention_mask=None, positions=None, kv_cache=None, return_hidden=False):
+        B, T = ids.shape
+        S = attention_mask.shape[1]
+        if self.prompt_len is None or T > 1:  # the prefill call
+            self.prompt_len = S
+        done = S - self.prompt_len  # tokens generated so far
+        logits = torch.zeros(B, T, self.cfg.vocab_size)
+        logits[:, -1, self.script[min(done, len(self.script) - 1)]] = 10.0
+        return logits
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.train(["add 12 34", "46", "answer: 7", "copy 99", "sort 21"], vocab_size=140)
+
+
+def test_evaluate_scores_real_generations(tokenizer):
+    problems = [Problem("add 5 7", "12", "add"), Problem("add 9 9", "18", "add"),
+                Problem("copy 12", "12", "copy"), Problem("add 6 6", "12", "add")]
+    out = evaluate(ScriptedModel(tokenizer, "12"), tokenizer, problems, batch_size=3)
+    assert out["accuracy"] == 0.75
+    assert out["response_length"] == 3.0  # "1", "2", eos
+    assert out["per_skill"] == {"add": 2 / 3, "copy": 1.0}
+    assert out["samples"][1] == {"prompt": "add 9 9", "response": "12", "answer": "18"}
+    wrong = evaluate(ScriptedModel(tokenizer, "answer: 13"), tokenizer, problems)
+    assert wrong["accuracy"] == 0.0 and "per_skill" in wrong
+
+
+def test_evaluate_splits_and_pass_at_k(tokenizer):
+    splits = {"a": [Problem("add 5 7", "12", "add")], "b": [Problem("add 1 1", "2", "add")], "empty": []}
+    out = evaluate_splits(ScriptedModel(tokenizer, "12"), tokenizer, splits)
+    assert set(out) == {"a", "b"} and out["a"]["accuracy"] == 1.0 and out["b"]["accuracy"] == 0.0
+    assert "per_skill" not in out["a"]
+    result = evaluate_pass_at_k(ScriptedModel(tokenizer, "12"), tokenizer, splits["a"] + splits["b"], n=4,
+                                ks=(1, 4), generator=torch.Generator().manual_seed(0))
+    assert result == {"pass@1": 0.5, "pass@4": 0.5}  # a deterministic policy: pass@k = accuracy
+    with pytest.raises(ValueError, match="at least one problem"):
+        evaluate(ScriptedModel(tokenizer, "12"), tokenizer, [])
+
+
+# ---- pre-training -----------------------------------------------------------------------------
+
+def test_cosine_lr_schedule():
+    cfg = PretrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_frac=0.1)
+    assert cosine_lr(0, cfg) == pytest.approx(0.1)
+    assert cosine_lr(9, cfg) == pytest.approx(1.0)
+    assert cosine_lr(10, cfg) == pytest.approx(1.0)
+    assert cosine_lr(55, cfg) == pytest.approx(0.55)  # halfway through the decay
+    assert cosine_lr(100, cfg) == pytest.approx(0.1)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    lines = []
+    out = pretrain_base(tmp_path_factory.mktemp("pre") / "base", config=TINY_RECIPE, model_config=TINY_MODEL,
+                        log=lines.append)
+    return out, lines
+
+
+def test_tiny_pretrain_writes_checkpoint(tiny_base):
+    out, lines = tiny_base
+    assert out.name == "base"
+    ckpt = load_checkpoint(out)
+    assert ckpt.model_config == TINY_MODEL and ckpt.tokenizer is not None and ckpt.step == 4
+    assert ckpt.meta["settings"]["steps"] == 4 and ckpt.meta["settings"]["model"]["dim"] == 32
+    accuracy = ckpt.meta["accuracy"]
+    assert set(accuracy) >= {"in_domain", "harder", "other_skills"}
+    assert all(0.0 <= accuracy[k] <= 1.0 for k in ("in_domain", "harder", "other_skills"))
+    assert any(line.startswith("pretrain step    4/4 | loss") for line in lines)
+
+
+def test_pretrain_reuses_cache_only_for_same_settings(tiny_base, tmp_path):
+    out, _ = tiny_base
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    lines = []
+    again = pretrain_base(out, config=TINY_RECIPE, model_config=TINY_MODEL, log=lines.append)
+    assert again == out and (out / "model.safetensors").stat().st_mtime_ns == stamp
+    assert lines == [f"pretrain: reusing the base model in {out} (same settings)"]
+
+    fresh = tmp_path / "b"
+    recipe = dataclasses.replace(TINY_RECIPE, n_eval=0)
+    pretrain_base(fresh, config=recipe, model_config=TINY_MODEL, log=None)
+    stamp = (fresh / "model.safetensors").stat().st_mtime_ns
+    pretrain_base(fresh, steps=2, config=recipe, model_config=TINY_MODEL, log=None)  # different settings
+    assert load_checkpoint(fresh).meta["settings"]["steps"] == 2
+    assert (fresh / "model.safetensors").stat().st_mtime_ns != stamp
+
+
+def test_tiny_pretrained_model_evaluates(tiny_base):
+    ckpt = load_checkpoint(tiny_base[0])
+    problems = [Problem("add 12 34", "46", "add"), Problem("copy 123", "123", "copy")]
+    out = evaluate(ckpt.model, ckpt.tokenizer, problems, max_new_tokens=8)
+    assert set(out) == {"accuracy", "n", "response_length", "samples", "per_skill"}
+    assert 0.0 <= out["accuracy"] <= 1.0 and 1.0 <= out["response_length"] <= 8.0
