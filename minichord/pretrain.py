@@ -33,7 +33,7 @@ from minichord.checkpoint import CheckpointError, load_checkpoint, save_checkpoi
 from minichord.config import ModelConfig, to_dict
 from minichord.evaluate import evaluate_splits
 from minichord.model import Transformer
-from minichord.tasks.toy import make_splits, pretrain_corpus, style_texts
+from minichord.tasks.toy import OTHER_LENGTHS, make_splits, pretrain_corpus, style_texts
 from minichord.tokenizer import Tokenizer
 
 PRETRAIN_FORMAT = 1  # bump when the recipe changes, so old caches are not reused
@@ -51,7 +51,7 @@ class PretrainConfig:
     grad_clip: float = 1.0
     target_fraction: float = 0.5  # share of addition in the pre-training stream
     target_digits: tuple[int, int] = (1, 3)  # operand lengths of pre-training additions
-    other_lengths: tuple[int, int] = (3, 6)  # string lengths of reverse / sort / copy
+    other_lengths: tuple[int, int] = OTHER_LENGTHS  # string lengths of reverse / sort / copy
     tokenizer_texts: int = 2000  # problems whose text (both styles) trains the tokenizer
     n_eval: int = 200  # problems per test split measured at the end (0 = skip)
 
@@ -160,7 +160,7 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     accuracies: dict = {}
     if cfg.n_eval > 0:
         model.eval()
-        splits = make_splits(cfg.seed, n_rl=0, n_expert=0, n_test=cfg.n_eval).tests
+        splits = make_splits(cfg.seed, n_rl=0, n_expert=0, n_test=cfg.n_eval, other_lengths=cfg.other_lengths).tests
         results = evaluate_splits(model, tokenizer, splits)
         accuracies = {name: r["accuracy"] for name, r in results.items()}
         if "per_skill" in results.get("other_skills", {}):

@@ -2,7 +2,8 @@
 
 Each tutorial runs in a fresh subprocess, in an empty temporary working directory, with
 MINICHORD_TUTORIAL_QUICK=1 (tutorial 07's small setting, MINICHORD_HOME in a temp dir) and
-TRITON_INTERPRET=1 when there is no CUDA (tutorial 03 runs the Triton kernel on the CPU).
+TRITON_INTERPRET=1 when there is no CUDA (tutorial 03 runs the Triton kernel on the CPU),
+OMP_NUM_THREADS=1.
 New tutorials are picked up by the glob.
 """
 
@@ -28,6 +29,9 @@ def test_tutorial_runs(path, tmp_path):
     env["MINICHORD_TUTORIAL_QUICK"] = "1"
     env["MINICHORD_HOME"] = str(tmp_path / "home")
     env["MPLBACKEND"] = "Agg"
+    # The tutorials' tensors are tiny: one thread per process is faster than two, and avoids
+    # oversubscribing the cores when the suite shares a small CI machine.
+    env["OMP_NUM_THREADS"] = "1"
     env.pop("MINICHORD_KERNELS", None)  # each tutorial sees the default dispatch
     if not torch.cuda.is_available():
         env["TRITON_INTERPRET"] = "1"

@@ -16,10 +16,11 @@
 #   for a few seconds, 4 RL steps, 8 test problems per split. Under a minute on 2 CPU cores,
 #   everything in a temporary directory (MINICHORD_HOME too). The model is too weak to get any
 #   reward: this setting shows the plumbing and the files, not learning.
-# * default: a 0.8M-parameter model pre-trained for a few hundred steps (cached in
-#   $MINICHORD_HOME, default ~/.cache/minichord, so a second run skips it) and 40 RL steps:
-#   a few minutes on 2 CPU cores, and now the curves have something to show. The full-size
-#   experiment is `minichord demo` / `minichord reproduce` (README).
+# * default: a 0.8M-parameter model pre-trained with the library's recipe (600 steps; cached
+#   in $MINICHORD_HOME, default ~/.cache/minichord, so a second run skips it) and 40 RL steps.
+#   The first run takes a few minutes on 2 idle CPU cores (pre-training is most of it; the RL
+#   steps take seconds). Expect small, noisy movements in 40 steps; the full-size experiment
+#   is `minichord demo` / `minichord reproduce` (README).
 
 # %%
 import math
@@ -42,7 +43,6 @@ from minichord.experiment import default_base_dir, prepare_run  # noqa: E402
 from minichord.plot import read_jsonl  # noqa: E402
 from minichord.pretrain import PretrainConfig, pretrain_base  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 t_start = time.perf_counter()
 print(f"setting: {'QUICK' if QUICK else 'default (a few minutes)'}; outputs in {work}")
 
@@ -62,7 +62,7 @@ if QUICK:
     base_dir = work / "base"
 else:
     model_cfg = ModelConfig(vocab_size=144)  # dim 128, 4 layers: 0.8M parameters
-    pre_cfg = PretrainConfig(steps=300, batch_size=64, n_eval=100)
+    pre_cfg = PretrainConfig(n_eval=100)  # the library's tuned recipe: 600 steps x 64 examples
     base_dir = default_base_dir().parent / "tutorial07-base"  # reused if the settings match
 base = pretrain_base(base_dir, config=pre_cfg, model_config=model_cfg, log=print)
 base_meta = load_checkpoint(base).meta

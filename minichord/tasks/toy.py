@@ -36,6 +36,9 @@ from minichord.tasks.base import Demonstration, Problem, Skill
 TARGET_SKILL = "add"
 OTHER_SKILLS = ("reverse", "sort", "copy")
 SPLIT_NAMES = ("in_domain", "harder", "other_skills")
+TRAIN_DIGITS = (2, 3)  # operand lengths of the RL / expert / in_domain additions
+HARDER_DIGITS = (4, 4)  # operand lengths of the harder test split
+OTHER_LENGTHS = (3, 6)  # string lengths of reverse / sort / copy
 RESERVED_SHARE = 4  # 1 prompt in 4 is reserved for the splits (never pre-trained on)
 
 
@@ -193,8 +196,8 @@ class ToyTask:
 
 
 def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test: int = 200,
-                train_digits: tuple[int, int] = (2, 3), harder_digits: tuple[int, int] = (4, 4),
-                other_lengths: tuple[int, int] = (3, 6)) -> ToyTask:
+                train_digits: tuple[int, int] = TRAIN_DIGITS, harder_digits: tuple[int, int] = HARDER_DIGITS,
+                other_lengths: tuple[int, int] = OTHER_LENGTHS) -> ToyTask:
     """Seeded, prompt-disjoint splits of the toy task.
 
     rl / expert / in_domain: addition with `train_digits` digits per operand; harder: addition
@@ -227,7 +230,7 @@ def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test:
 
 
 def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
-                    target_digits: tuple[int, int] = (1, 3), other_lengths: tuple[int, int] = (3, 6),
+                    target_digits: tuple[int, int] = (1, 3), other_lengths: tuple[int, int] = OTHER_LENGTHS,
                     exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """`n` (prompt, terse response) pairs covering every skill; no reserved prompt (so none of
     any split) and none in `exclude`.
@@ -251,7 +254,7 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
 
 
 def style_texts(rng: random.Random, n: int, *, digits: tuple[int, int] = (1, 5),
-                other_lengths: tuple[int, int] = (3, 6)) -> list[str]:
+                other_lengths: tuple[int, int] = OTHER_LENGTHS) -> list[str]:
     """Text in both styles (prompts, terse and expert responses) for training a tokenizer:
     seeing the expert's tokens is coverage of the vocabulary, not knowledge of the skill."""
     texts: list[str] = []
