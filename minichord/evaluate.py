@@ -45,7 +45,7 @@ def _responses(model, tokenizer, prompts: list[str], cfg: SamplerConfig, batch_s
                                       temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                                       greedy=cfg.greedy)
             rollout = generate(model, ids, batch_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                               generator=generator)
+                               generator=generator, vocab_size=tokenizer.vocab_size)
             for tokens, mask in zip(rollout.tokens, rollout.mask):  # [T_new] each
                 kept = tokens[mask]  # generated tokens, eos included
                 texts.append(tokenizer.decode(kept))

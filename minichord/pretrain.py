@@ -36,7 +36,7 @@ from minichord.model import Transformer
 from minichord.tasks.toy import OTHER_LENGTHS, make_splits, pretrain_corpus, style_texts
 from minichord.tokenizer import Tokenizer
 
-PRETRAIN_FORMAT = 1  # bump when the recipe changes, so old caches are not reused
+PRETRAIN_FORMAT = 2  # bump when the recipe changes, so old caches are not reused
 
 
 @dataclasses.dataclass
@@ -132,7 +132,9 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     if longest > model_cfg.max_seq_len:
         raise ValueError(f"a pre-training example has {longest} tokens > max_seq_len={model_cfg.max_seq_len}")
 
-    model = Transformer(model_cfg)
+    # model_cfg.vocab_size is the tokenizer's budget; the model gets exactly the ids it learned
+    # (a small corpus may stop BPE early), so no embedding row is left untrained
+    model = Transformer(dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size))
     decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices; not norms / biases
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},

@@ -10,6 +10,11 @@ the top-k / nucleus set and renormalised, but the returned log-prob is the unres
 (with T = 1 for greedy decoding). That is the policy the trainer differentiates
 (`ops.token_logprobs(logits, y, temperature=T)`), so old and new log-probs agree at the
 first update. top-k / top-p only restrict what can be drawn; they do not change logprob_t.
+
+Padded vocabularies. A model may have more embedding rows than its tokenizer has ids (Qwen2
+pads 151,665 ids to 151,936 rows). `generate(..., vocab_size=tokenizer.vocab_size)` never draws
+an id >= vocab_size: those logits are set to -inf before anything else, so the returned
+log-probs are over the tokenizer's ids. (The toy base model has no padding rows.)
 """
 
 from __future__ import annotations
@@ -95,7 +100,8 @@ def _check_prompts(prompts, vocab_size: int, max_new_tokens: int, max_seq_len: i
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int, pad_id: int,
-             generator: torch.Generator | None = None, use_cache: bool = True) -> Rollout:
+             generator: torch.Generator | None = None, use_cache: bool = True,
+             vocab_size: int | None = None) -> Rollout:
     """Sample continuations of `prompts` (token-id lists of any lengths) from `model`.
 
     Each sequence stops after emitting `eos_id` (an id outside the vocabulary never matches, so
@@ -103,10 +109,14 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     Generation ends when every sequence has stopped, so T_new <= cfg.max_new_tokens.
     `generator` (on the model's device) makes sampling reproducible.
     use_cache=False recomputes the whole sequence every step (slow; for tests and benchmarks).
+    vocab_size (e.g. the tokenizer's): ids >= vocab_size are never drawn (see module docstring).
     """
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     _check_prompts(prompts, model.cfg.vocab_size, cfg.max_new_tokens, model.cfg.max_seq_len)
+    if vocab_size is not None and not 0 < vocab_size <= model.cfg.vocab_size:
+        raise ValueError(f"vocab_size={vocab_size} must be in [1, model vocab {model.cfg.vocab_size}]")
+    drawable = vocab_size or model.cfg.vocab_size
     ids, mask = left_pad(prompts, pad_id, device)  # [B, P]
     B, P = ids.shape
     total = P + cfg.max_new_tokens
@@ -125,6 +135,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     steps = 0
     for t in range(cfg.max_new_tokens):
+        logits = logits[:, :drawable]  # [B, V'] padding rows of the vocabulary are never drawn
         next_tok, next_logp = pick_tokens(logits, cfg, generator)  # [B], [B]
         alive = ~finished
         tokens[:, t] = torch.where(alive, next_tok, pad_id)

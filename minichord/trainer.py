@@ -157,7 +157,7 @@ class Trainer:
         t0 = time.perf_counter()
         self.model.eval()
         out = generate(self.model, prompt_ids, cfg.sampler, eos_id=self.tok.eos_id,
-                       pad_id=self.tok.pad_id, generator=gen)
+                       pad_id=self.tok.pad_id, generator=gen, vocab_size=self.tok.vocab_size)
         t1 = time.perf_counter()
         responses = [out.tokens[i][out.mask[i]].tolist() for i in range(len(prompt_ids))]
         old_logp = [out.logprobs[i][out.mask[i]].tolist() for i in range(len(prompt_ids))]

@@ -128,7 +128,10 @@ def test_tiny_pretrain_writes_checkpoint(tiny_base):
     out, lines = tiny_base
     assert out.name == "base"
     ckpt = load_checkpoint(out)
-    assert ckpt.model_config == TINY_MODEL and ckpt.tokenizer is not None and ckpt.step == 4
+    assert ckpt.tokenizer is not None and ckpt.step == 4
+    # the model gets exactly the tokenizer's ids (TINY_MODEL.vocab_size is only the budget)
+    assert ckpt.model_config == dataclasses.replace(TINY_MODEL, vocab_size=ckpt.tokenizer.vocab_size)
+    assert ckpt.tokenizer.vocab_size < TINY_MODEL.vocab_size
     assert ckpt.meta["settings"]["steps"] == 4 and ckpt.meta["settings"]["model"]["dim"] == 32
     accuracy = ckpt.meta["accuracy"]
     assert set(accuracy) >= {"in_domain", "harder", "other_skills"}

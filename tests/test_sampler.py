@@ -171,3 +171,21 @@ def test_clear_errors():
         generate(model, [[1], []], cfg, eos_id=2, pad_id=PAD)
     with pytest.raises(ValueError, match="outside"):
         generate(model, [[1, 97]], cfg, eos_id=2, pad_id=PAD)
+
+
+def test_padded_vocabulary_rows_are_never_drawn():
+    """A model with more embedding rows than tokenizer ids (Qwen2 pads its vocabulary):
+    `vocab_size=` keeps every draw below it, and log-probs are over the allowed ids only."""
+    model, T, allowed = tiny_model(logit_scale=2.0), 1.5, 40
+    prompts = [[(5 * i + j) % 97 for j in range(1 + i % 4)] for i in range(32)]
+    cfg = SamplerConfig(max_new_tokens=6, temperature=T)
+    out = generate(model, prompts, cfg, eos_id=NO_EOS, pad_id=PAD,
+                   generator=torch.Generator().manual_seed(0), vocab_size=allowed)
+    assert int(out.tokens.max()) < allowed
+    logits = full_forward_logits(model, prompts, out.tokens)[..., :allowed]
+    expected = F.log_softmax(logits / T, dim=-1).gather(-1, out.tokens[..., None]).squeeze(-1)
+    assert (out.logprobs - expected).abs().max().item() <= 1e-4
+    free = generate(model, prompts, cfg, eos_id=NO_EOS, pad_id=PAD, generator=torch.Generator().manual_seed(0))
+    assert int(free.tokens.max()) >= allowed  # without the limit such ids do get drawn
+    with pytest.raises(ValueError, match="vocab_size=98"):
+        generate(model, prompts, cfg, eos_id=NO_EOS, pad_id=PAD, vocab_size=98)

@@ -50,10 +50,9 @@ print(f"setting: {'QUICK' if QUICK else 'default (a few minutes)'}; outputs in {
 # ## 1. The base model
 #
 # One detail: the tokenizer is trained first, with the model's `vocab_size` as its budget, and
-# on this small, repetitive corpus BPE runs out of merges after a few dozen (tutorial 01). We
-# ask for 144 ids (133 byte/special + 11 merges), a budget the corpus certainly fills, so the
-# model's embedding and the tokenizer agree exactly: an embedding row with no token behind it
-# could be sampled but not decoded.
+# on this small, repetitive corpus BPE runs out of merges after a few dozen (tutorial 01).
+# `pretrain_base` then gives the model exactly as many embedding rows as the tokenizer has ids,
+# so every row is trained and every sampled id decodes.
 
 # %%
 if QUICK:
@@ -88,8 +87,7 @@ else:
 run_dir = work / "run"
 trainer = prepare_run("chord-phi", run_dir, resume=False, overrides=[
     f"init={base}", f"steps={steps}", f"eval_every={eval_every}", f"save_every={steps}", *overrides])
-assert trainer.tok.vocab_size == trainer.model.cfg.vocab_size, (
-    f"tokenizer has {trainer.tok.vocab_size} ids, model {trainer.model.cfg.vocab_size}: lower vocab_size above")
+assert trainer.tok.vocab_size == trainer.model.cfg.vocab_size  # one embedding row per token id
 print(f"{trainer.steps} steps of {trainer.cfg.prompts_per_step} prompts x {trainer.cfg.group_size} rollouts "
       f"+ {trainer.cfg.experts_per_step} expert demos; lr {trainer.cfg.lr}")
 trainer.run()
