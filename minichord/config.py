@@ -199,8 +199,8 @@ class TrainConfig:
 
     method: str = "chord-phi"
     seed: int = 0
-    steps: int = 120
-    lr: float = 5e-5
+    steps: int = 100
+    lr: float = 2e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     # batch: B prompts x G samples on-policy + E expert demonstrations (DESIGN.md §4)
@@ -226,7 +226,7 @@ class TrainConfig:
     # data: the embedded toy task unless JSONL files are given
     prompts_file: str = ""
     experts_file: str = ""
-    n_rl_prompts: int = 2000
+    n_rl_prompts: int = 1000
     n_expert: int = 256
     n_test: int = 200
     # sampling, evaluation, checkpoints

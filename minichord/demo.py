@@ -15,7 +15,7 @@ from pathlib import Path
 from minichord.experiment import prepare_run
 
 DEMO_OVERRIDES = ["n_test=100", "eval_every=1000", "save_every=1000"]
-DEMO_STEPS = 60
+DEMO_STEPS = 100
 
 
 def run_demo(out_dir: Path, *, steps: int | None = None, seed: int = 0) -> dict:
@@ -27,8 +27,6 @@ def run_demo(out_dir: Path, *, steps: int | None = None, seed: int = 0) -> dict:
     print(f"step 2/3: CHORD-phi for {trainer.steps} steps ({trainer.cfg.prompts_per_step} prompts x "
           f"{trainer.cfg.group_size} rollouts + {trainer.cfg.experts_per_step} expert demos per step, "
           f"mu = {trainer.cfg.mu_peak})")
-    for name in ("metrics.jsonl", "eval.jsonl"):  # a fresh demo run each time
-        (Path(out_dir) / name).unlink(missing_ok=True)
     after = trainer.run()
     before = trainer.evals[0]
     print("step 3/3: results (greedy decoding on held-out splits)\n")

@@ -42,7 +42,7 @@ PRETRAIN_FORMAT = 2  # bump when the recipe changes, so old caches are not reuse
 @dataclasses.dataclass
 class PretrainConfig:
     seed: int = 0
-    steps: int = 600
+    steps: int = 1200
     batch_size: int = 64
     lr: float = 3e-3
     min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
@@ -52,6 +52,8 @@ class PretrainConfig:
     target_fraction: float = 0.5  # share of addition in the pre-training stream
     target_digits: tuple[int, int] = (1, 3)  # operand lengths of pre-training additions
     other_lengths: tuple[int, int] = OTHER_LENGTHS  # string lengths of reverse / sort / copy
+    expert_style_fraction: float = 0.1  # share of additions written step by step (small ones)
+    expert_style_digits: tuple[int, int] = (1, 1)  # operand lengths of those
     tokenizer_texts: int = 2000  # problems whose text (both styles) trains the tokenizer
     n_eval: int = 200  # problems per test split measured at the end (0 = skip)
 
@@ -126,7 +128,9 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     tokenizer = Tokenizer.train(style_texts(rng, cfg.tokenizer_texts, other_lengths=cfg.other_lengths),
                                 vocab_size=model_cfg.vocab_size)
     pairs = pretrain_corpus(rng, cfg.steps * cfg.batch_size, target_fraction=cfg.target_fraction,
-                            target_digits=cfg.target_digits, other_lengths=cfg.other_lengths)
+                            target_digits=cfg.target_digits, other_lengths=cfg.other_lengths,
+                            expert_style_fraction=cfg.expert_style_fraction,
+                            expert_style_digits=cfg.expert_style_digits)
     examples = [tokenizer.encode_example(prompt, response) for prompt, response in pairs]
     longest = max(len(ids) for ids, _ in examples)
     if longest > model_cfg.max_seq_len:

@@ -39,8 +39,8 @@ class Setting:
     sft_curve_steps: int  # length of the long SFT run (0 = skip)
 
 
-FULL = Setting(steps=80, seeds=3, n_test=200, eval_every=20, sft_curve_steps=240)
-QUICK = Setting(steps=16, seeds=1, n_test=60, eval_every=8, sft_curve_steps=48)
+FULL = Setting(steps=100, seeds=3, n_test=150, eval_every=25, sft_curve_steps=300)
+QUICK = Setting(steps=24, seeds=1, n_test=60, eval_every=12, sft_curve_steps=60)
 
 
 def run_summary(run_dir: Path, wall: float) -> dict:

@@ -16,7 +16,7 @@ Note on the GRPO loss value: with one update per rollout batch the ratio r is 1,
 ~0 in value while its gradient is -A grad log p. Watch the reward, not the loss.
 
 Choices that depart from the paper (arXiv 2508.11408) or its official code:
-- Scale: a ~1M-parameter model on a toy task, lr 5e-5 and B=8 x G=8 + E=16 per step
+- Scale: a ~1M-parameter model on a toy task, lr 2e-4 and B=8 x G=8 + E=16 per step
   (paper: Qwen2.5-7B-Instruct, lr 1e-6, 32 x 8 rollouts + 64 expert samples).
 - Normalisation: each term is one token-mean over the whole batch (paper-era code); the
   official code averages tokens per micro-batch and weights micro-batches by their share of
@@ -288,8 +288,11 @@ class Trainer:
         previous = signal.signal(signal.SIGINT, self._request_stop)
         last_eval: dict = {}
         try:
-            if self.step == 0 and self.data.eval_splits:
-                last_eval = self.evaluate(0)
+            if self.step == 0:  # a fresh run (no checkpoint resumed): logs start over too
+                for name in ("metrics.jsonl", "eval.jsonl"):
+                    (self.out / name).unlink(missing_ok=True)
+                if self.data.eval_splits:
+                    last_eval = self.evaluate(0)
             t_start = time.perf_counter()
             first = self.step
             while self.step < self.steps and not self._stop_requested:

@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from minichord.tasks.toy import HARDER_DIGITS, TRAIN_DIGITS
 from minichord.tasks import (OTHER_SKILLS, SKILLS, Problem, expert_response, extract_answer, is_reserved, make_splits,
                              pretrain_corpus, reward, style_texts, terse_response)
 
@@ -117,8 +118,10 @@ def test_splits_are_disjoint_sized_and_well_formed():
     assert all(is_reserved(p) for p in prompts)  # never seen in pre-training, whatever the seed
     assert all(p.skill == "add" for p in task.rl + task.tests["in_domain"] + task.tests["harder"])
     assert {p.skill for p in task.tests["other_skills"]} == set(OTHER_SKILLS)
-    assert all(len(p.prompt.split()[1]) in (2, 3) for p in task.rl + task.tests["in_domain"])
-    assert all(len(p.prompt.split()[1]) == 4 for p in task.tests["harder"])
+    assert all(len(p.prompt.split()[1]) in range(TRAIN_DIGITS[0], TRAIN_DIGITS[1] + 1)
+               for p in task.rl + task.tests["in_domain"])
+    assert all(len(p.prompt.split()[1]) == HARDER_DIGITS[0] for p in task.tests["harder"])
+    assert TRAIN_DIGITS[1] < HARDER_DIGITS[0]
     for demo in task.expert:
         assert reward(demo.response, demo.answer) == 1.0 and demo.response.startswith(demo.prompt.split()[1][-1] + "+")
 
@@ -158,3 +161,14 @@ def test_pretrain_corpus_covers_skills_and_avoids_excluded_prompts():
 def test_style_texts_cover_both_styles():
     texts = style_texts(random.Random(0), 20)
     assert any("answer:" in t for t in texts) and any(t.isdigit() for t in texts)
+
+
+def test_pretrain_corpus_writes_the_expert_style_only_where_asked():
+    """expert_style_fraction: that share of additions is step by step, with the given digits."""
+    pairs = pretrain_corpus(random.Random(0), 2000, target_fraction=1.0, expert_style_fraction=0.2,
+                            expert_style_digits=(1, 1))
+    stepwise = [(p, r) for p, r in pairs if "answer:" in r]
+    assert 0.1 < len(stepwise) / len(pairs) < 0.3
+    assert all(len(p.split()[1]) == 1 and len(p.split()[2]) == 1 for p, _ in stepwise)
+    assert all(reward(r, str(int(p.split()[1]) + int(p.split()[2]))) == 1.0 for p, r in stepwise)
+    assert not any("answer:" in r for _, r in pretrain_corpus(random.Random(0), 500, target_fraction=1.0))

@@ -158,3 +158,11 @@ def test_reward_that_never_parses_is_reported(tok, tmp_path):
     rows = read_metrics(tmp_path)
     assert all(m["reward"] == 0 and m["zero_variance_groups"] == 1.0 for m in rows)
     assert all(not math.isnan(m["grad_norm"]) for m in rows)
+
+
+def test_fresh_run_in_a_used_directory_starts_its_logs_over(tok, tmp_path):
+    """Starting over (no checkpoint resumed) must not append to an earlier run's metrics."""
+    make_trainer(tok, tmp_path, "grpo", ["steps=3"]).run()
+    (tmp_path / "checkpoint").rename(tmp_path / "old-checkpoint")  # as with --no-resume
+    make_trainer(tok, tmp_path, "grpo", ["steps=2"]).run()
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1]

@@ -36,8 +36,8 @@ from minichord.tasks.base import Demonstration, Problem, Skill
 TARGET_SKILL = "add"
 OTHER_SKILLS = ("reverse", "sort", "copy")
 SPLIT_NAMES = ("in_domain", "harder", "other_skills")
-TRAIN_DIGITS = (2, 3)  # operand lengths of the RL / expert / in_domain additions
-HARDER_DIGITS = (4, 4)  # operand lengths of the harder test split
+TRAIN_DIGITS = (2, 2)  # operand lengths of the RL / expert / in_domain additions
+HARDER_DIGITS = (3, 3)  # operand lengths of the harder test split
 OTHER_LENGTHS = (3, 6)  # string lengths of reverse / sort / copy
 RESERVED_SHARE = 4  # 1 prompt in 4 is reserved for the splits (never pre-trained on)
 
@@ -231,12 +231,16 @@ def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test:
 
 def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
                     target_digits: tuple[int, int] = (1, 3), other_lengths: tuple[int, int] = OTHER_LENGTHS,
+                    expert_style_fraction: float = 0.0, expert_style_digits: tuple[int, int] = (1, 1),
                     exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """`n` (prompt, terse response) pairs covering every skill; no reserved prompt (so none of
-    any split) and none in `exclude`.
+    """`n` (prompt, response) pairs covering every skill; no reserved prompt (so none of any
+    split) and none in `exclude`.
 
-    A `target_fraction` share is addition with `target_digits` digits; the rest cycles
-    through the other skills. Prompts may repeat (it is a training stream, not a split)."""
+    A `target_fraction` share is addition with `target_digits` digits, in the terse style; the
+    rest cycles through the other skills. An `expert_style_fraction` share of the additions is
+    instead written step by step, with `expert_style_digits` digits: the base model has *seen*
+    the expert's format on small problems (as an instruct model has seen some reasoning), so
+    expert tokens are unlikely but not impossible under it. Prompts may repeat."""
     if n < 0 or not 0.0 <= target_fraction <= 1.0:
         raise ValueError(f"need n >= 0 and 0 <= target_fraction <= 1, got n={n}, target_fraction={target_fraction}")
     target_digits = _check_range("target_digits", target_digits)
@@ -245,6 +249,11 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
     pairs: list[tuple[str, str]] = []
     while len(pairs) < n:
         if rng.random() < target_fraction:
+            if rng.random() < expert_style_fraction:
+                problem = _draw(rng, SKILLS[TARGET_SKILL], expert_style_digits)
+                if not is_reserved(problem.prompt) and problem.prompt not in exclude:
+                    pairs.append((problem.prompt, expert_response(problem)))
+                continue
             problem = _draw(rng, SKILLS[TARGET_SKILL], target_digits)
         else:
             problem = _draw(rng, others[len(pairs) % len(others)], other_lengths)
