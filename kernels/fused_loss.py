@@ -51,7 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minichord.kernels.logprobs import _block_v, _num_warps
+from minichord.kernels.logprobs import _block_v, _num_warps, _row_lse_entropy
 from minichord.losses import TokenLossSpec
 
 EXPERT_KIND = {"none": 0, "phi": 1, "is": 2, "luffy": 3}
@@ -78,22 +78,8 @@ def _fused_token_loss_kernel(
     target = tl.where(ignored, 0, target)
 
     # ---- pass 1: online lse and entropy (see kernels/logprobs.py) -------------------------
-    m = tl.full((), -1e30, tl.float32)
-    s = tl.zeros((), tl.float32)
-    t = tl.zeros((), tl.float32)
-    for start in range(0, vocab_size, BLOCK_V):
-        cols = start + tl.arange(0, BLOCK_V)  # [BLOCK_V]
-        z = tl.load(row_ptr + cols, mask=cols < vocab_size, other=float("-inf"))
-        z = z.to(tl.float32) * inv_temperature  # [BLOCK_V] fp32
-        m_new = tl.maximum(m, tl.max(z, axis=0))
-        rescale = tl.exp(m - m_new)
-        e = tl.exp(z - m_new)  # [BLOCK_V]
-        shifted = tl.where(e > 0, z - m_new, 0.0)
-        t = rescale * (t + (m - m_new) * s) + tl.sum(e * shifted, axis=0)
-        s = rescale * s + tl.sum(e, axis=0)
-        m = m_new
-    lse = m + tl.log(s)
-    entropy = tl.where(ignored, 0.0, tl.log(s) - t / s)
+    lse, entropy = _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V, True)
+    entropy = tl.where(ignored, 0.0, entropy)
     logp = tl.load(row_ptr + target).to(tl.float32) * inv_temperature - lse
     logp = tl.where(ignored, 0.0, logp)
     p = tl.exp(logp)

@@ -51,18 +51,12 @@ def _num_warps(block_v: int) -> int:
 
 
 @triton.jit
-def _token_logprobs_fwd_kernel(
-    logits_ptr, row_stride, targets_ptr, logp_ptr, lse_ptr, entropy_ptr,
-    vocab_size, inv_temperature, ignore_index,
-    BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)  # int64 before the multiply: N*V may exceed 2^31
-    row_ptr = logits_ptr + row * row_stride
-    target = tl.load(targets_ptr + row)
-    ignored = target == ignore_index
-    safe_target = tl.where(ignored, 0, target)
+def _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V: tl.constexpr,
+                     WITH_ENTROPY: tl.constexpr):
+    """One row, streamed in vocab blocks: lse = log sum_v exp(z_v) and H = log s - t / s.
 
-    # online log-sum-exp: m = running max, s = sum exp(z - m), t = sum exp(z - m) (z - m)
+    m = running max, s = sum exp(z - m), t = sum exp(z - m) (z - m); rescaled when m grows.
+    (H is only meaningful with WITH_ENTROPY; both kernels call this.)"""
     m = tl.full((), -1e30, tl.float32)  # finite start keeps (m_old - m_new) * s free of inf*0
     s = tl.zeros((), tl.float32)
     t = tl.zeros((), tl.float32)
@@ -78,14 +72,28 @@ def _token_logprobs_fwd_kernel(
             t = rescale * (t + (m - m_new) * s) + tl.sum(e * shifted, axis=0)
         s = rescale * s + tl.sum(e, axis=0)
         m = m_new
-    lse = m + tl.log(s)
+    return m + tl.log(s), tl.log(s) - t / s
+
+
+@triton.jit
+def _token_logprobs_fwd_kernel(
+    logits_ptr, row_stride, targets_ptr, logp_ptr, lse_ptr, entropy_ptr,
+    vocab_size, inv_temperature, ignore_index,
+    BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # int64 before the multiply: N*V may exceed 2^31
+    row_ptr = logits_ptr + row * row_stride
+    target = tl.load(targets_ptr + row)
+    ignored = target == ignore_index
+    safe_target = tl.where(ignored, 0, target)
+
+    lse, entropy = _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V, WITH_ENTROPY)
     z_target = tl.load(row_ptr + safe_target).to(tl.float32) * inv_temperature
     logp = tl.where(ignored, 0.0, z_target - lse)
     tl.store(logp_ptr + row, logp)
     tl.store(lse_ptr + row, lse)
     if WITH_ENTROPY:
-        entropy = tl.where(ignored, 0.0, tl.log(s) - t / s)
-        tl.store(entropy_ptr + row, entropy)
+        tl.store(entropy_ptr + row, tl.where(ignored, 0.0, entropy))
 
 
 @triton.jit
