@@ -200,7 +200,7 @@ class TrainConfig:
     method: str = "chord-phi"
     seed: int = 0
     steps: int = 100
-    lr: float = 2e-4
+    lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     # batch: B prompts x G samples on-policy + E expert demonstrations (DESIGN.md §4)

@@ -42,7 +42,7 @@ PRETRAIN_FORMAT = 2  # bump when the recipe changes, so old caches are not reuse
 @dataclasses.dataclass
 class PretrainConfig:
     seed: int = 0
-    steps: int = 1200
+    steps: int = 500
     batch_size: int = 64
     lr: float = 3e-3
     min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
@@ -50,7 +50,7 @@ class PretrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     target_fraction: float = 0.5  # share of addition in the pre-training stream
-    target_digits: tuple[int, int] = (1, 3)  # operand lengths of pre-training additions
+    target_digits: tuple[int, int] = (1, 2)  # operand lengths of pre-training additions
     other_lengths: tuple[int, int] = OTHER_LENGTHS  # string lengths of reverse / sort / copy
     expert_style_fraction: float = 0.1  # share of additions written step by step (small ones)
     expert_style_digits: tuple[int, int] = (1, 1)  # operand lengths of those

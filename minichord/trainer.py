@@ -16,7 +16,7 @@ Note on the GRPO loss value: with one update per rollout batch the ratio r is 1,
 ~0 in value while its gradient is -A grad log p. Watch the reward, not the loss.
 
 Choices that depart from the paper (arXiv 2508.11408) or its official code:
-- Scale: a ~1M-parameter model on a toy task, lr 2e-4 and B=8 x G=8 + E=16 per step
+- Scale: a ~1M-parameter model on a toy task, lr 1e-4 and B=8 x G=8 + E=16 per step
   (paper: Qwen2.5-7B-Instruct, lr 1e-6, 32 x 8 rollouts + 64 expert samples).
 - Normalisation: each term is one token-mean over the whole batch (paper-era code); the
   official code averages tokens per micro-batch and weights micro-batches by their share of

@@ -230,7 +230,7 @@ def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test:
 
 
 def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
-                    target_digits: tuple[int, int] = (1, 3), other_lengths: tuple[int, int] = OTHER_LENGTHS,
+                    target_digits: tuple[int, int] = (1, 2), other_lengths: tuple[int, int] = OTHER_LENGTHS,
                     expert_style_fraction: float = 0.0, expert_style_digits: tuple[int, int] = (1, 1),
                     exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """`n` (prompt, response) pairs covering every skill; no reserved prompt (so none of any
