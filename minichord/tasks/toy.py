@@ -241,24 +241,23 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
     instead written step by step, with `expert_style_digits` digits: the base model has *seen*
     the expert's format on small problems (as an instruct model has seen some reasoning), so
     expert tokens are unlikely but not impossible under it. Prompts may repeat."""
-    if n < 0 or not 0.0 <= target_fraction <= 1.0:
-        raise ValueError(f"need n >= 0 and 0 <= target_fraction <= 1, got n={n}, target_fraction={target_fraction}")
+    if n < 0 or not 0.0 <= target_fraction <= 1.0 or not 0.0 <= expert_style_fraction <= 1.0:
+        raise ValueError(f"need n >= 0 and fractions in [0, 1], got n={n}, target_fraction={target_fraction}, "
+                         f"expert_style_fraction={expert_style_fraction}")
     target_digits = _check_range("target_digits", target_digits)
+    expert_style_digits = _check_range("expert_style_digits", expert_style_digits)
     other_lengths = _check_range("other_lengths", other_lengths)
     others = [SKILLS[name] for name in OTHER_SKILLS]
     pairs: list[tuple[str, str]] = []
     while len(pairs) < n:
+        stepwise = False
         if rng.random() < target_fraction:
-            if rng.random() < expert_style_fraction:
-                problem = _draw(rng, SKILLS[TARGET_SKILL], expert_style_digits)
-                if not is_reserved(problem.prompt) and problem.prompt not in exclude:
-                    pairs.append((problem.prompt, expert_response(problem)))
-                continue
-            problem = _draw(rng, SKILLS[TARGET_SKILL], target_digits)
+            stepwise = rng.random() < expert_style_fraction
+            problem = _draw(rng, SKILLS[TARGET_SKILL], expert_style_digits if stepwise else target_digits)
         else:
             problem = _draw(rng, others[len(pairs) % len(others)], other_lengths)
         if not is_reserved(problem.prompt) and problem.prompt not in exclude:
-            pairs.append((problem.prompt, terse_response(problem)))
+            pairs.append((problem.prompt, (expert_response if stepwise else terse_response)(problem)))
     return pairs
 
 
