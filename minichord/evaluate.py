@@ -125,6 +125,27 @@ def evaluate_pass_at_k(model, tokenizer, problems: Sequence[Problem], *, n: int 
     return {f"pass@{k}": sum(pass_at_k(n, c, k) for c in correct) / len(problems) for k in ks}
 
 
+@torch.no_grad()
+def expert_token_probs(model, tokenizer, demos: Sequence) -> dict[str, float]:
+    """How far off-policy an expert set is for `model`: the probability it gives each expert
+    token, teacher-forced at T = 1, p_t = pi(y_t | x, y_<t), summarised over all tokens:
+    median p, the shares with p < 1e-3 (phi silences them) and p > 0.5, and mean phi = p(1 - p)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    probs = []
+    for demo in demos:
+        prompt = tokenizer.encode_prompt(demo.prompt)
+        response = tokenizer.encode(demo.response) + [tokenizer.eos_id]
+        logits = model(torch.tensor([prompt + response], device=device))[0, len(prompt) - 1:-1]  # [T, V]
+        targets = torch.tensor(response, device=device)[:, None]  # [T, 1]
+        probs.append(logits.float().softmax(-1).gather(1, targets).squeeze(1))  # [T]
+    model.train(was_training)
+    p = torch.cat(probs)  # [all expert tokens]
+    return {"median_p": p.median().item(), "share_p_below_1e-3": (p < 1e-3).float().mean().item(),
+            "share_p_above_0.5": (p > 0.5).float().mean().item(), "mean_phi": (p * (1 - p)).mean().item()}
+
+
 def evaluate_splits(model, tokenizer, splits: dict[str, Sequence[Problem]], **kwargs) -> dict[str, dict]:
     """`evaluate` on each named split, e.g. {"in_domain": ..., "harder": ..., "other_skills": ...};
     a split mixing skills (other_skills) also reports "per_skill" accuracy."""

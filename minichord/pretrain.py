@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from minichord.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minichord.config import ModelConfig, to_dict
-from minichord.evaluate import evaluate_splits
+from minichord.evaluate import evaluate_splits, expert_token_probs
 from minichord.model import Transformer
 from minichord.tasks.toy import OTHER_LENGTHS, make_splits, pretrain_corpus, style_texts
 from minichord.tokenizer import Tokenizer
@@ -164,15 +164,18 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     train_seconds = time.perf_counter() - t0
 
     accuracies: dict = {}
+    expert_tokens: dict = {}
     if cfg.n_eval > 0:
         model.eval()
-        splits = make_splits(cfg.seed, n_rl=0, n_expert=0, n_test=cfg.n_eval, other_lengths=cfg.other_lengths).tests
-        results = evaluate_splits(model, tokenizer, splits)
+        task = make_splits(cfg.seed, n_rl=0, n_expert=256, n_test=cfg.n_eval, other_lengths=cfg.other_lengths)
+        results = evaluate_splits(model, tokenizer, task.tests)
         accuracies = {name: r["accuracy"] for name, r in results.items()}
         if "per_skill" in results.get("other_skills", {}):
             accuracies["other_skills_per_skill"] = results["other_skills"]["per_skill"]
         say("pretrain: accuracy " + " | ".join(f"{k} {v:.3f}" for k, v in accuracies.items() if isinstance(v, float)))
-    meta = {"kind": "toy base model", "settings": settings, "accuracy": accuracies,
+        expert_tokens = expert_token_probs(model, tokenizer, task.expert)  # how off-policy the expert set is
+        say("pretrain: expert tokens under the base: " + " | ".join(f"{k} {v:.3f}" for k, v in expert_tokens.items()))
+    meta = {"kind": "toy base model", "settings": settings, "accuracy": accuracies, "expert_tokens": expert_tokens,
             "n_eval": cfg.n_eval, "train_seconds": round(train_seconds, 1)}
     save_checkpoint(out_dir, model, tokenizer=tokenizer, step=cfg.steps, meta=meta)
     say(f"pretrain: saved {out_dir} ({time.perf_counter() - t0:.1f}s in all)")

@@ -8,9 +8,10 @@ import torch
 
 from minichord.checkpoint import load_checkpoint
 from minichord.config import ModelConfig
-from minichord.evaluate import evaluate, evaluate_pass_at_k, evaluate_splits, pass_at_k, score, summarise
+from minichord.evaluate import (evaluate, evaluate_pass_at_k, evaluate_splits, expert_token_probs, pass_at_k,
+                                score, summarise)
 from minichord.pretrain import PretrainConfig, cosine_lr, pretrain_base
-from minichord.tasks import Problem
+from minichord.tasks import Demonstration, Problem
 from minichord.tokenizer import Tokenizer
 
 TINY_MODEL = ModelConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64)
@@ -162,3 +163,31 @@ def test_tiny_pretrained_model_evaluates(tiny_base):
     out = evaluate(ckpt.model, ckpt.tokenizer, problems, max_new_tokens=8)
     assert set(out) == {"accuracy", "n", "response_length", "samples", "per_skill"}
     assert 0.0 <= out["accuracy"] <= 1.0 and 1.0 <= out["response_length"] <= 8.0
+
+
+class FixedLogitsModel(torch.nn.Module):
+    """The same logits at every position: 0 everywhere, `peak` on token `peak_id` (if any)."""
+
+    def __init__(self, vocab_size, peak_id=None, peak=0.0):
+        super().__init__()
+        self.cfg = ModelConfig(vocab_size=vocab_size, dim=8, n_heads=2, n_kv_heads=1, ffn_dim=8)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.logits = torch.zeros(vocab_size)
+        if peak_id is not None:
+            self.logits[peak_id] = peak
+
+    def forward(self, ids, **_):
+        return self.logits.expand(*ids.shape, -1)
+
+
+def test_expert_token_probs_summarises_teacher_forced_probabilities(tokenizer):
+    demos = [Demonstration("add 5 7", "5+7=12 carry 1\nanswer: 12", "12"), Demonstration("copy 9", "9", "9")]
+    V = tokenizer.vocab_size
+    uniform = expert_token_probs(FixedLogitsModel(V), tokenizer, demos)
+    assert uniform["median_p"] == pytest.approx(1 / V) and uniform["mean_phi"] == pytest.approx((1 / V) * (1 - 1 / V))
+    assert uniform["share_p_below_1e-3"] == 0.0 and uniform["share_p_above_0.5"] == 0.0
+    # all mass on "9": demo 2 is ["9", eos] -> p ~ 1 then p ~ 0
+    (nine,) = tokenizer.encode("9")
+    peaked = expert_token_probs(FixedLogitsModel(V, nine, 30.0), tokenizer, demos[1:])
+    assert peaked["share_p_above_0.5"] == 0.5 and peaked["share_p_below_1e-3"] == 0.5
+    assert peaked["mean_phi"] < 1e-6
