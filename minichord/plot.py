@@ -58,22 +58,27 @@ def plot_runs(run_dirs: list[Path], out_file: Path, labels: list[str] | None = N
     for d in runs:
         if not (d / "metrics.jsonl").exists() and not (d / "eval.jsonl").exists():
             raise FileNotFoundError(f"{d} holds no metrics.jsonl or eval.jsonl: is it a run directory?")
-    labels = labels or [d.name if d.name not in ("", ".") else str(d) for d in runs]
+    if labels is None:  # directory names, with their parent's when they repeat (a/seed0, b/seed0)
+        labels = [d.resolve().name for d in runs]
+        if len(set(labels)) < len(labels):
+            labels = [f"{d.resolve().parent.name}/{d.resolve().name}" for d in runs]
     cols = 4
     rows_n = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3 * rows_n), squeeze=False)
     data = {d: {f: read_jsonl(d / f) for f in ("metrics.jsonl", "eval.jsonl")} for d in runs}
+    handles = {}  # label -> a line of that run, for one legend covering every run
     for ax, (file, key, title) in zip(axes.flat, panels):
-        for d, label in zip(runs, labels):
+        for i, (d, label) in enumerate(zip(runs, labels)):
             xs, ys = series(data[d][file], key)
-            if xs:
-                ax.plot(xs, ys, label=label, marker="o" if file == "eval.jsonl" else None, markersize=3)
+            if xs:  # a run's colour is fixed (C0, C1, ...) even in panels where others have no data
+                (handles[label],) = ax.plot(xs, ys, label=label, color=f"C{i % 10}",
+                                            marker="o" if file == "eval.jsonl" else None, markersize=3)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    axes.flat[0].legend(list(handles.values()), list(handles), fontsize=7)
     fig.tight_layout()
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)

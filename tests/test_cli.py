@@ -63,3 +63,21 @@ def test_reproduce_quick_writes_table_json_and_plots(tiny_ckpt, tmp_path):
     assert (out / "curves.png").stat().st_size > 0 and (out / "sft_curve.png").stat().st_size > 0
     assert main(["plot", str(out / "grpo" / "seed0"), "-o", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_plot_keeps_each_runs_colour_in_every_panel(tmp_path, monkeypatch):
+    """A run missing a curve (SFT has no rollout reward) must not shift the others' colours."""
+    import matplotlib.axes  # the `plot` extra, installed by `make test`
+    from minichord.plot import plot_runs
+
+    for name, has_reward in (("sft", False), ("grpo", True)):
+        (tmp_path / name).mkdir()
+        rows = [{"step": s, "mu": 0.5, **({"reward": 0.1 * s} if has_reward else {})} for s in range(3)]
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = []
+    real_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **k: seen.append((k["label"], k["color"])) or real_plot(self, *a, **k))
+    plot_runs([tmp_path / "sft", tmp_path / "grpo"], tmp_path / "p.png")
+    assert ("grpo", "C1") in seen and ("sft", "C0") in seen
+    assert len(set(seen)) == 2  # one colour per run, whatever the panel
