@@ -27,6 +27,11 @@ from minichord.experiment import build_phases, load_initial_model, prepare_run
 from minichord.plot import read_jsonl
 from minichord.tasks import make_splits
 
+# the long SFT run: does it shift (accuracy drops as the style changes), readapt, then overfit?
+SFT_CURVE_PANELS = [("eval.jsonl", "in_domain.accuracy", "in-domain accuracy (greedy)"),
+                    ("eval.jsonl", "other_skills.accuracy", "other-skill retention"),
+                    ("eval.jsonl", "in_domain.response_length", "in-domain response length (tokens)"),
+                    ("metrics.jsonl", "expert_nll", "expert-token NLL (training batches)")]
 ALL_METHODS = ("sft", "grpo", "sft-grpo", "luffy", "chord-mu", "chord-phi", "sft-is")
 
 
@@ -138,7 +143,7 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
 
         plot_runs([out / m / "seed0" for m in methods], out / "curves.png", labels=methods)
         if (out / "sft-long").exists():
-            plot_runs([out / "sft-long"], out / "sft_curve.png", labels=["sft (long)"])
+            plot_runs([out / "sft-long"], out / "sft_curve.png", labels=["sft (long)"], panels=SFT_CURVE_PANELS)
     except SystemExit as e:  # matplotlib missing: the table and JSON are still written
         log(str(e))
     log(table)
