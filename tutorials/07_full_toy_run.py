@@ -16,11 +16,11 @@
 #   for a few seconds, 4 RL steps, 8 test problems per split. Under a minute on 2 CPU cores,
 #   everything in a temporary directory (MINICHORD_HOME too). The model is too weak to get any
 #   reward: this setting shows the plumbing and the files, not learning.
-# * default: a 0.8M-parameter model pre-trained with the library's recipe (500 steps; cached
-#   in $MINICHORD_HOME, default ~/.cache/minichord, so a second run skips it) and 40 RL steps.
-#   The first run takes a few minutes on 2 idle CPU cores (pre-training is most of it; the RL
-#   steps take seconds). Expect small, noisy movements in 40 steps; the full-size experiment
-#   is `minichord demo` / `minichord reproduce` (README).
+# * default: the library's own toy base model (0.8M parameters, 500 pre-training steps; the
+#   one `minichord demo` uses, cached in $MINICHORD_HOME, default ~/.cache/minichord, so it is
+#   made at most once) and 40 RL steps. About 2 minutes on 2 CPU cores the first time (one of
+#   them pre-training), well under one after. Expect small, noisy movements in 40 steps; the
+#   full-size experiment is `minichord demo` / `minichord reproduce` (README).
 
 # %%
 import math
@@ -60,9 +60,9 @@ if QUICK:
     pre_cfg = PretrainConfig(steps=25, batch_size=32, warmup_steps=3, n_eval=8)
     base_dir = work / "base"
 else:
-    model_cfg = ModelConfig(vocab_size=144)  # dim 128, 4 layers: 0.8M parameters
-    pre_cfg = PretrainConfig(n_eval=100)  # the library's tuned recipe: 500 steps x 64 examples
-    base_dir = default_base_dir().parent / "tutorial07-base"  # reused if the settings match
+    model_cfg = ModelConfig()  # dim 128, 4 layers: 0.8M parameters
+    pre_cfg = PretrainConfig()  # the library's recipe: 500 steps x 64 examples
+    base_dir = default_base_dir()  # the demo's base model, reused if already made
 base = pretrain_base(base_dir, config=pre_cfg, model_config=model_cfg, log=print)
 base_meta = load_checkpoint(base).meta
 print("base model accuracy:", {k: v for k, v in base_meta["accuracy"].items() if isinstance(v, float)})
