@@ -73,7 +73,3 @@ class Skill(ABC):
     def expert_response(self, problem: Problem) -> str:
         """The expert's style (step by step, ending in `answer: ...`)."""
         raise NotImplementedError(f"skill {self.name!r} has no expert solver")
-
-    @property
-    def has_expert(self) -> bool:
-        return type(self).expert_response is not Skill.expert_response
