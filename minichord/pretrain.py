@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from minichord.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from minichord.config import ModelConfig, to_dict
+from minichord.config import ModelConfig, TrainConfig, to_dict
 from minichord.evaluate import evaluate_splits, expert_token_probs
 from minichord.model import Transformer
-from minichord.tasks.toy import OTHER_LENGTHS, make_splits, pretrain_corpus, style_texts
+from minichord.tasks.toy import OTHER_LENGTHS, PRETRAIN_DIGITS, make_splits, pretrain_corpus, style_texts
 from minichord.tokenizer import Tokenizer
 
 PRETRAIN_FORMAT = 2  # bump when the recipe changes, so old caches are not reused
@@ -55,7 +55,7 @@ class PretrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     target_fraction: float = 0.5  # share of addition in the pre-training stream
-    target_digits: tuple[int, int] = (1, 2)  # operand lengths of pre-training additions
+    target_digits: tuple[int, int] = PRETRAIN_DIGITS  # operand lengths of pre-training additions
     other_lengths: tuple[int, int] = OTHER_LENGTHS  # string lengths of reverse / sort / copy
     expert_style_fraction: float = 0.1  # share of additions written step by step (small ones)
     expert_style_digits: tuple[int, int] = (1, 1)  # operand lengths of those
@@ -172,8 +172,8 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     expert_tokens: dict = {}
     if cfg.n_eval > 0:
         model.eval()
-        task = make_splits(cfg.seed, n_rl=0, n_expert=256, n_test=cfg.n_eval,  # 256: the trainer's expert set
-                           other_lengths=cfg.other_lengths)
+        task = make_splits(cfg.seed, n_rl=0, n_expert=TrainConfig().n_expert, n_test=cfg.n_eval,
+                           other_lengths=cfg.other_lengths)  # the trainer's default expert set
         results = evaluate_splits(model, tokenizer, task.tests)
         accuracies = {name: r["accuracy"] for name, r in results.items()}
         if "per_skill" in results.get("other_skills", {}):

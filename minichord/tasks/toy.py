@@ -39,6 +39,7 @@ SPLIT_NAMES = ("in_domain", "harder", "other_skills")
 TRAIN_DIGITS = (2, 2)  # operand lengths of the RL / expert / in_domain additions
 HARDER_DIGITS = (3, 3)  # operand lengths of the harder test split
 OTHER_LENGTHS = (3, 6)  # string lengths of reverse / sort / copy
+PRETRAIN_DIGITS = (1, 2)  # operand lengths of the base model's (terse) pre-training additions
 RESERVED_SHARE = 4  # 1 prompt in 4 is reserved for the splits (never pre-trained on)
 
 
@@ -230,7 +231,7 @@ def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test:
 
 
 def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
-                    target_digits: tuple[int, int] = (1, 2), other_lengths: tuple[int, int] = OTHER_LENGTHS,
+                    target_digits: tuple[int, int] = PRETRAIN_DIGITS, other_lengths: tuple[int, int] = OTHER_LENGTHS,
                     expert_style_fraction: float = 0.0, expert_style_digits: tuple[int, int] = (1, 1),
                     exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """`n` (prompt, response) pairs covering every skill; no reserved prompt (so none of any
