@@ -21,7 +21,7 @@ import torch
 
 from minichord.checkpoint import load_checkpoint
 from minichord.config import ModelConfig
-from minichord.experiment import build_phases
+from minichord.experiment import build_stages
 from minichord.model import Transformer
 from minichord.tasks import style_texts
 from minichord.tokenizer import Tokenizer
@@ -48,10 +48,10 @@ def main() -> None:
         torch.manual_seed(0)
         model = Transformer(ModelConfig(vocab_size=tok.vocab_size))
     steps = args.warmup + args.steps
-    phases = build_phases(args.method, overrides=[f"steps={steps}", "eval_every=100000", "save_every=100000",
+    stages = build_stages(args.method, overrides=[f"steps={steps}", "eval_every=100000", "save_every=100000",
                                                   *args.set])
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(phases, model, tok, build_train_data(phases[0].cfg), tmp, log=lambda s: None)
+        trainer = Trainer(stages, model, tok, build_train_data(stages[0].cfg), tmp, log=lambda s: None)
         rows = []
         for step in range(steps):
             t0 = time.perf_counter()
@@ -61,7 +61,7 @@ def main() -> None:
                 rows.append(m)
     med = {k: statistics.median(r[k] for r in rows)
            for k in ("time_sample", "time_score", "time_train", "time_total", "tokens", "response_length")}
-    cfg = phases[0].cfg
+    cfg = stages[0].cfg
     gen_tokens = med["response_length"] * cfg.prompts_per_step * cfg.group_size
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"model {model.num_params() / 1e6:.2f}M params | {args.method} | B={cfg.prompts_per_step} G={cfg.group_size} "

@@ -1,4 +1,5 @@
-"""Tier-2 kernel: fused lm-head matmul + token-weighted CHORD loss, chunked over tokens.
+"""Tier-2 kernel (see minichord/ops.py for the two tiers): fused lm-head matmul + the CHORD
+loss of minichord.losses.chord_loss, chunked over tokens.
 
 The full [N, V] logits never exist. For each chunk of C tokens:
 
@@ -11,7 +12,7 @@ The full [N, V] logits never exist. For each chunk of C tokens:
     grad_hidden_c = dlogits @ W                  [C, H]
     grad_W       += dlogits^T @ hidden_c         [V, H], accumulated in fp32
 
-The loss (same definition as minichord.ops.reference_fused_token_loss):
+The loss (minichord.losses.chord_loss, which the tests compare this kernel against):
 
     L = sum_t coef_t * l_t  -  entropy_coef * sum_{t on-policy} coef_t * H_t
 
@@ -38,7 +39,7 @@ g_t for each token kind (r = exp(clamp(logp - old_logp, -c_r, c_r)), A = advanta
 
 The loss kind choices are tl.constexpr, so each configuration compiles to straight-line code.
 Rows whose target is -100 (padding) get logp = H = 0 and a zero gradient row, as in the
-reference. Differences from minichord.ops.reference_fused_token_loss, by design: the matmul
+reference. Differences from the torch path (minichord.ops), by design: the matmul
 runs in the input dtype (bf16 logits on GPU, fp32 accumulate inside the GEMM; the reference
 upcasts hidden and W to fp32 first), so bf16 results agree to bf16 precision, not bitwise.
 The forward pass computes the gradients eagerly (the logits are gone after the chunk) and
@@ -52,12 +53,11 @@ import triton
 import triton.language as tl
 
 from minichord.kernels.logprobs import _block_v, _num_warps, _row_lse_entropy
-from minichord.losses import TokenLossSpec
+from minichord.ops import IGNORE_INDEX, FusedLossOutput, check_fused_inputs
 
-EXPERT_KIND = {"none": 0, "phi": 1, "is": 2, "luffy": 3}
+EXPERT_KIND = {"uniform": 0, "phi": 1, "is": 2}  # spec.expert_weighting; 3 = LUFFY (spec.luffy)
 CUDA_CHUNK_BYTES = 256 * 2**20  # a chunk's logits on GPU stay around 256 MB
 CPU_CHUNK_BYTES = 16 * 2**20
-IGNORE_INDEX = -100  # target id of padding rows, as in minichord.ops.reference_token_logprobs
 
 
 @triton.jit
@@ -78,9 +78,10 @@ def _fused_token_loss_kernel(
     target = tl.where(ignored, 0, target)
 
     # ---- pass 1: online lse and entropy (see kernels/logprobs.py) -------------------------
-    lse, entropy = _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V, True)
+    m, log_s, entropy = _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V, True)
+    lse = m + log_s
     entropy = tl.where(ignored, 0.0, entropy)
-    logp = tl.load(row_ptr + target).to(tl.float32) * inv_temperature - lse
+    logp = (tl.load(row_ptr + target).to(tl.float32) * inv_temperature - m) - log_s  # see logprobs.py
     logp = tl.where(ignored, 0.0, logp)
     p = tl.exp(logp)
 
@@ -129,6 +130,9 @@ def _fused_token_loss_kernel(
     if WRITE_GRAD:
         coef = tl.where(ignored, 0.0, tl.load(coef_ptr + row).to(tl.float32))
         g_scaled = coef * g * inv_temperature
+        # 1 - p_y = -expm1(logp_y): a series near p_y = 1, where 1 - exp(logp_y) would cancel
+        one_minus_p_y = tl.where(logp > -1e-2, -logp * (1.0 + logp * (0.5 + logp * (1.0 / 6.0 + logp / 24.0))),
+                                 1.0 - p)
         ent_scaled = tl.where(expert, 0.0, coef * entropy_coef * inv_temperature)
         for start in range(0, vocab_size, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V)  # [BLOCK_V]
@@ -136,7 +140,7 @@ def _fused_token_loss_kernel(
             z = tl.load(row_ptr + cols, mask=in_row, other=0.0).to(tl.float32) * inv_temperature
             log_p = z - lse
             p_v = tl.exp(log_p)  # [BLOCK_V] softmax, fp32
-            dx = g_scaled * ((cols == target).to(tl.float32) - p_v)  # (target 0 if ignored: coef 0)
+            dx = g_scaled * tl.where(cols == target, one_minus_p_y, -p_v)  # (target 0 if ignored: coef 0)
             if HAS_ENTROPY_BONUS:  # - entropy_coef * coef * dH/dz,  dH/dz = -p (log p + H)
                 dx += ent_scaled * p_v * (tl.where(p_v > 0, log_p, 0.0) + entropy)
             tl.store(row_ptr + cols, dx.to(logits_ptr.dtype.element_ty), mask=in_row)
@@ -147,35 +151,6 @@ def default_chunk_size(n_tokens: int, vocab_size: int, dtype: torch.dtype, devic
     budget = CUDA_CHUNK_BYTES if torch.device(device).type == "cuda" else CPU_CHUNK_BYTES
     row_bytes = vocab_size * torch.tensor([], dtype=dtype).element_size()
     return max(1, min(n_tokens, budget // row_bytes))
-
-
-def _check_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, spec,
-                  ref_logp, temperature, chunk_size):
-    if not isinstance(spec, TokenLossSpec):
-        raise ValueError(f"spec must be a TokenLossSpec, got {type(spec).__name__}")
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"need hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} "
-                         f"and {tuple(weight.shape)}")
-    if hidden.dtype != weight.dtype or hidden.dtype not in (torch.float32, torch.float16,
-                                                            torch.bfloat16):
-        raise ValueError(f"hidden and weight must share a float dtype (fp32/fp16/bf16), "
-                         f"got {hidden.dtype} and {weight.dtype}")
-    n_tokens = hidden.shape[0]
-    for name, vec in (("targets", targets), ("coef", coef), ("is_expert", is_expert),
-                      ("advantages", advantages), ("old_logp", old_logp), ("ref_logp", ref_logp)):
-        if vec is not None and tuple(vec.shape) != (n_tokens,):
-            raise ValueError(f"{name} must be [N]={n_tokens}, got shape {tuple(vec.shape)}")
-    if spec.kl_coef > 0.0 and ref_logp is None:
-        raise ValueError("spec.kl_coef > 0 needs ref_logp (log-probs under the reference policy)")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    vocab_size = weight.shape[0]
-    bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= vocab_size))
-    if n_tokens and bool(bad.any()):
-        raise ValueError(f"target id {int(targets[bad][0])} outside [0, {vocab_size}) "
-                         f"and not the padding id {IGNORE_INDEX}")
 
 
 class _TritonFusedTokenLoss(torch.autograd.Function):
@@ -216,8 +191,8 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
                 vocab_size, 1.0 / temperature, spec.eps_low, spec.eps_high,
                 float(spec.dual_clip or 0.0), spec.log_ratio_clamp, spec.luffy_gamma,
                 spec.entropy_coef, spec.kl_coef,
-                BLOCK_V=block_v, EXPERT=EXPERT_KIND[spec.expert_weighting],
-                ONPOLICY_CLIP=spec.onpolicy_clip, DUAL_CLIP=spec.dual_clip is not None,
+                BLOCK_V=block_v, EXPERT=3 if spec.luffy else EXPERT_KIND[spec.expert_weighting],
+                ONPOLICY_CLIP=not spec.luffy, DUAL_CLIP=spec.dual_clip is not None,
                 HAS_KL=has_kl, HAS_ENTROPY_BONUS=spec.entropy_coef > 0.0,
                 WRITE_GRAD=write_grad, IGNORE_INDEX=IGNORE_INDEX, num_warps=_num_warps(block_v))
             # `logits` now holds d L / d logits for this chunk
@@ -253,10 +228,11 @@ def triton_fused_token_loss(hidden, weight, targets, coef, is_expert, advantages
     [N], spec: minichord.losses.TokenLossSpec -> minichord.ops.FusedLossOutput with
     loss (scalar, differentiable wrt hidden and weight), logp, entropy, clipped [N] (detached).
     Same contract as minichord.ops.fused_token_loss; see the module docstring for the math."""
-    from minichord.ops import FusedLossOutput  # lazy: ops imports this module lazily too
-
-    _check_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, spec,
-                  ref_logp, temperature, chunk_size)
+    check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
+                       temperature, chunk_size)
+    if hidden.dtype != weight.dtype or hidden.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"hidden and weight must share a float dtype (fp32/fp16/bf16), "
+                         f"got {hidden.dtype} and {weight.dtype}")
     loss, logp, entropy, clipped = _TritonFusedTokenLoss.apply(
         hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
         float(temperature), chunk_size, torch.is_grad_enabled())

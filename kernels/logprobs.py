@@ -1,6 +1,8 @@
-"""Tier-1 kernel: per-token log-probabilities (and entropies) from logits, in Triton.
+"""Tier-1 kernel (see minichord/ops.py for the two tiers): per-token log-probabilities and
+entropies from logits, in Triton.
 
-    logp_t = z_{t,y_t} - lse_t,   z_t = logits_t / T,   lse_t = log sum_v exp(z_{t,v})
+    logp_t = (z_{t,y_t} - m_t) - log s_t,   z_t = logits_t / T,   m_t = max_v z_{t,v},
+    s_t = sum_v exp(z_{t,v} - m_t)   (so lse_t = m_t + log s_t)
     H_t    = -sum_v p_{t,v} log p_{t,v} = lse_t - sum_v p_{t,v} z_{t,v}
 
 Forward: one program per row streams the vocabulary in blocks of BLOCK_V and keeps an
@@ -8,6 +10,9 @@ Forward: one program per row streams the vocabulary in blocks of BLOCK_V and kee
 is read exactly once and never held whole. For the entropy it also keeps
 t = sum exp(z - m) * (z - m), rescaled whenever m grows, so that H = log s - t / s
 (shifting by m avoids the cancellation of lse - E[z] when logits are large).
+logp is formed as (z_y - m) - log s, not z_y - lse: subtracting m first is exact in the common
+case z_y = m, so a near-certain token keeps its tiny logp even when the logits are ~1000
+(z_y - lse would round away the last bits of the large lse).
 Everything is fp32 in registers: each load is upcast right away (bf16 arithmetic is both
 imprecise and mishandled by the Triton CPU interpreter).
 
@@ -29,7 +34,8 @@ The gradient is formed in fp32 and cast to the logits dtype only at the store: i
 onehot - p for a row whose true class has p = 0.999 would round 1 - 0.999 to 0.
 
 Ignored rows (target == ignore_index) get logp = 0, entropy = 0 and a zero gradient row,
-the same as `minichord.ops.reference_token_logprobs`.
+the same as `minichord.ops.reference_token_logprobs`; inputs are checked by
+`minichord.ops.check_logits_targets`, the same checks as the torch path.
 
 Row addresses are `row * row_stride` computed in int64 (program_id is int32), so tensors with
 N * V > 2^31 elements are addressed correctly.
@@ -38,6 +44,8 @@ N * V > 2^31 elements are addressed correctly.
 import torch
 import triton
 import triton.language as tl
+
+from minichord.ops import IGNORE_INDEX, check_logits_targets
 
 MAX_BLOCK_V = 4096  # vocabulary block per loop iteration (a power of two)
 
@@ -53,10 +61,10 @@ def _num_warps(block_v: int) -> int:
 @triton.jit
 def _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V: tl.constexpr,
                      WITH_ENTROPY: tl.constexpr):
-    """One row, streamed in vocab blocks: lse = log sum_v exp(z_v) and H = log s - t / s.
+    """One row, streamed in vocab blocks -> (m, log s, H): max, log sum_v exp(z_v - m), entropy.
 
     m = running max, s = sum exp(z - m), t = sum exp(z - m) (z - m); rescaled when m grows.
-    (H is only meaningful with WITH_ENTROPY; both kernels call this.)"""
+    H = log s - t / s (only meaningful with WITH_ENTROPY; both kernels call this)."""
     m = tl.full((), -1e30, tl.float32)  # finite start keeps (m_old - m_new) * s free of inf*0
     s = tl.zeros((), tl.float32)
     t = tl.zeros((), tl.float32)
@@ -72,7 +80,7 @@ def _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V: tl.constexpr
             t = rescale * (t + (m - m_new) * s) + tl.sum(e * shifted, axis=0)
         s = rescale * s + tl.sum(e, axis=0)
         m = m_new
-    return m + tl.log(s), tl.log(s) - t / s
+    return m, tl.log(s), tl.log(s) - t / s
 
 
 @triton.jit
@@ -87,11 +95,11 @@ def _token_logprobs_fwd_kernel(
     ignored = target == ignore_index
     safe_target = tl.where(ignored, 0, target)
 
-    lse, entropy = _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V, WITH_ENTROPY)
+    m, log_s, entropy = _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V, WITH_ENTROPY)
     z_target = tl.load(row_ptr + safe_target).to(tl.float32) * inv_temperature
-    logp = tl.where(ignored, 0.0, z_target - lse)
+    logp = tl.where(ignored, 0.0, (z_target - m) - log_s)
     tl.store(logp_ptr + row, logp)
-    tl.store(lse_ptr + row, lse)
+    tl.store(lse_ptr + row, m + log_s)
     if WITH_ENTROPY:
         tl.store(entropy_ptr + row, tl.where(ignored, 0.0, entropy))
 
@@ -131,19 +139,6 @@ def _token_logprobs_bwd_kernel(
         tl.store(grad_row_ptr + cols, dx.to(grad_logits_ptr.dtype.element_ty), mask=in_row)
 
 
-def _check_inputs(logits, targets, temperature):
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be [N, V], got shape {tuple(logits.shape)}")
-    if targets.shape != (logits.shape[0],):
-        raise ValueError(f"targets must be [N]={logits.shape[0]}, got shape {tuple(targets.shape)}")
-    if targets.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"targets must be int64 or int32, got {targets.dtype}")
-    if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"logits dtype must be fp32/fp16/bf16, got {logits.dtype}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-
-
 class _TritonTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, temperature, ignore_index, return_entropy):
@@ -151,10 +146,6 @@ class _TritonTokenLogprobs(torch.autograd.Function):
             logits = logits.contiguous()
         n_rows, vocab_size = logits.shape
         targets = targets.to(torch.int64).contiguous()
-        bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab_size))
-        if n_rows and bool(bad.any()):
-            raise ValueError(f"target id {int(targets[bad][0])} outside [0, {vocab_size}) "
-                             f"and not ignore_index={ignore_index}")
         logp = torch.empty(n_rows, dtype=torch.float32, device=logits.device)  # [N]
         lse = torch.empty_like(logp)  # [N]
         entropy = torch.empty_like(logp) if return_entropy else lse  # dummy ptr when unused
@@ -193,11 +184,11 @@ class _TritonTokenLogprobs(torch.autograd.Function):
         return grad_logits, None, None, None, None
 
 
-def triton_token_logprobs(logits, targets, *, temperature=1.0, ignore_index=-100,
-                          return_entropy=False):
-    """logits [N, V] (fp32/fp16/bf16, last dim contiguous or copied), targets [N] int ->
-    logp [N] fp32, or (logp [N], entropy [N]) fp32 if return_entropy. Differentiable wrt
-    logits (gradient in the logits dtype). Same contract as minichord.ops.token_logprobs."""
-    _check_inputs(logits, targets, temperature)
-    return _TritonTokenLogprobs.apply(logits, targets, float(temperature), int(ignore_index),
-                                      bool(return_entropy))
+def triton_token_logprobs(logits, targets, *, temperature=1.0, return_entropy=False):
+    """logits [N, V] (fp32/fp16/bf16) , targets [N] int -> logp [N] fp32, or (logp [N], entropy [N])
+    fp32 if return_entropy. Differentiable w.r.t. logits (gradient in the logits dtype).
+    Same contract as minichord.ops.reference_token_logprobs."""
+    check_logits_targets(logits, targets, temperature)
+    if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"logits dtype must be fp32/fp16/bf16, got {logits.dtype}")
+    return _TritonTokenLogprobs.apply(logits, targets, float(temperature), IGNORE_INDEX, bool(return_entropy))

@@ -30,7 +30,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class ModelConfig:
-    """A Qwen2-family decoder (names follow minichord, `from_hf` maps Qwen2's)."""
+    """A Qwen2-family decoder (minichord's names for Qwen2's sizes)."""
 
     vocab_size: int = 256
     dim: int = 128  # hidden size
@@ -197,26 +197,25 @@ class TrainConfig:
     """One training run. `minichord train --method NAME` starts from that method's preset
     (minichord/methods.py), then a TOML file, then `--set key=value` overrides."""
 
-    method: str = "chord-phi"
     seed: int = 0
     steps: int = 100
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    # batch: B prompts x G samples on-policy + E expert demonstrations (DESIGN.md §4)
+    # batch: B prompts x G samples on-policy + E expert demonstrations 
     prompts_per_step: int = 8
     group_size: int = 8
     experts_per_step: int = 16
     ppo_epochs: int = 1  # updates per rollout batch; > 1 makes ratios and clipping real
     minibatches: int = 1
-    # global coefficient mu(step): warm-up W, cosine decay D, peak, valley (DESIGN.md §4).
+    # global coefficient mu(step): warm-up W, cosine decay D, peak, valley .
     # W and D are shares of `steps` (the official W=0, D=200 scaled to the run's length).
     mu_warmup_frac: float = 0.0
     mu_decay_frac: float = 0.0
     mu_peak: float = 0.1
     mu_valley: float = 0.1
     # token losses (minichord.losses.TokenLossSpec)
-    expert_weighting: str = "none"  # none | phi | is | luffy
+    expert_weighting: str = "uniform"  # uniform (SFT) | phi (CHORD-phi) | is (SFT-IS); see losses.chord_loss
     eps_low: float = 0.2
     eps_high: float = 0.2
     dual_clip: Optional[float] = None

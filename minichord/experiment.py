@@ -16,10 +16,10 @@ from typing import Callable
 import torch
 
 from minichord.checkpoint import load_checkpoint
-from minichord.config import TrainConfig, load_config
-from minichord.methods import get_method
+from minichord.config import ConfigError, TrainConfig, load_config
 from minichord.traindata import build_train_data
-from minichord.trainer import Phase, Trainer
+from minichord.methods import Stage, get_method
+from minichord.trainer import Trainer
 
 
 def default_base_dir() -> Path:
@@ -28,25 +28,28 @@ def default_base_dir() -> Path:
     return Path(home) / "base"
 
 
-def build_phases(method_name: str, config_file: str | None = None,
-                 overrides: list[str] | tuple[str, ...] = ()) -> list[Phase]:
-    """Each phase's config = its method's preset <- the TOML file <- the overrides.
+def build_stages(method_name: str, config_file: str | None = None,
+                 overrides: list[str] | tuple[str, ...] = ()) -> list[Stage]:
+    """Each stage's config = its method's preset <- the TOML file <- the overrides.
     A staged method (sft-grpo) splits `steps` between its stages."""
     method = get_method(method_name)
 
     def config_for(name: str) -> TrainConfig:
         return load_config(TrainConfig, config_file, list(overrides),
-                           base={**get_method(name).preset, "method": method_name})
+                           base=get_method(name).preset)
 
     top = config_for(method_name)
     if not method.stages:
-        return [Phase(method, top, 0, top.steps)]
-    phases, start = [], 0
+        return [Stage(method, top, 0, top.steps)]
+    stages, start = [], 0
     for i, (stage, share) in enumerate(method.stages):
         end = top.steps if i == len(method.stages) - 1 else start + round(share * top.steps)
-        phases.append(Phase(get_method(stage), config_for(stage), start, end))
+        if end <= start:
+            raise ConfigError(f"steps={top.steps}: method {method_name} needs >= {len(method.stages)} steps "
+                              f"(one per stage)")
+        stages.append(Stage(get_method(stage), config_for(stage), start, end))
         start = end
-    return phases
+    return stages
 
 
 def load_initial_model(init: str, log: Callable[[str], None] = print):
@@ -65,11 +68,11 @@ def load_initial_model(init: str, log: Callable[[str], None] = print):
 def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | None = None,
                 overrides: list[str] | tuple[str, ...] = (), resume: bool = True,
                 log: Callable[[str], None] = print) -> Trainer:
-    phases = build_phases(method_name, config_file, overrides)
-    cfg = phases[0].cfg
+    stages = build_stages(method_name, config_file, overrides)
+    cfg = stages[0].cfg
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_initial_model(cfg.init, log)
-    trainer = Trainer(phases, model, tokenizer, build_train_data(cfg), Path(out_dir), log=log)
+    trainer = Trainer(stages, model, tokenizer, build_train_data(cfg), Path(out_dir), log=log)
     if resume:
         trainer.resume()
     return trainer

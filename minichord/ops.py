@@ -1,21 +1,24 @@
-"""Torch implementations of the two hot ops, and dispatch to the Triton kernels.
+"""The two hot operations of a training step, in torch, and dispatch to the Triton kernels.
 
-Tier 1, token log-probs:  logits [N, V], targets [N] -> logp [N] (+ entropy [N])
+The kernels come in two levels, named "tier 1" and "tier 2" throughout (benchmarks, tests):
 
-    logp_t = log softmax(logits_t / T)[y_t]
-    H_t    = -sum_v p_tv log p_tv,   p_t = softmax(logits_t / T)
+tier 1, token log-probs (kernels/logprobs.py): logits [N, V], targets [N] -> logp [N] (+ H [N])
 
-Tier 2, fused linear + token loss:  hidden [N, H], lm_head weight [V, H] -> scalar loss
+    logp_t = log softmax(logits_t / T)[y_t],    H_t = -sum_v p_tv log p_tv
 
-    logits = hidden @ weight^T            (never materialised for all N at once when chunked)
-    loss   = sum_t coef_t * l_t(logp_t)  -  entropy_coef * sum_{on-policy t} coef_t * H_t
+    used where the logits already exist: old / reference log-probs, evaluation.
 
-with l_t the per-token loss of `losses.token_losses`. All math is done in fp32 (fp64 if the
-input is fp64, so gradcheck works) whatever the input dtype; gradients come back in the
-input dtypes.
+tier 2, fused lm-head + loss (kernels/fused_loss.py): hidden [N, H], lm-head weight [V, H] -> L
 
-Dispatch: `kernel_backend()` reads MINICHORD_KERNELS=torch|triton; unset means Triton iff
-CUDA is available (and, when unset, CPU tensors always take the torch path).
+    logits = hidden @ weight^T,   L = losses.chord_loss(logp(logits), ...)
+
+    the training loss. The [N, V] logits of a whole batch (151,936 columns for Qwen2) are never
+    alive at once: tokens are processed in chunks, and each chunk's gradient is computed
+    while its logits exist.
+
+All math is fp32 (fp64 if an input is fp64, so gradcheck works) whatever the input dtype;
+gradients come back in the input dtypes. Backend: MINICHORD_KERNELS=torch|triton; unset
+means Triton for CUDA tensors, torch otherwise.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from minichord.losses import TokenLossSpec, token_losses
+from minichord.losses import TokenLossSpec, chord_loss
 
 KERNEL_BACKENDS = ("torch", "triton")
 _ENV_VAR = "MINICHORD_KERNELS"
-_CHUNK_ELEMENTS = 1 << 22  # default chunk: about this many fp32 logits (16 MB) at a time
+_CHUNK_ELEMENTS = 1 << 22  # torch path: about this many fp32 logits (16 MB) per chunk
+IGNORE_INDEX = -100  # target of rows that carry no token (padding): logp = H = 0, no gradient
 
 
 def kernel_backend() -> str:
@@ -40,16 +44,14 @@ def kernel_backend() -> str:
     if not value:
         return "triton" if torch.cuda.is_available() else "torch"
     if value not in KERNEL_BACKENDS:
-        raise ValueError(f"{_ENV_VAR}={os.environ[_ENV_VAR]!r} is not valid; "
-                         f"use one of {list(KERNEL_BACKENDS)}")
+        raise ValueError(f"{_ENV_VAR}={os.environ[_ENV_VAR]!r} is not valid; use one of {list(KERNEL_BACKENDS)}")
     return value
 
 
 def _use_triton(tensor: Tensor) -> bool:
-    backend = kernel_backend()
     if os.environ.get(_ENV_VAR, "").strip():
-        return backend == "triton"  # forced: on CPU this needs TRITON_INTERPRET=1
-    return backend == "triton" and tensor.is_cuda
+        return kernel_backend() == "triton"  # forced: on CPU this needs TRITON_INTERPRET=1
+    return tensor.is_cuda
 
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -60,32 +62,37 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return dtype
 
 
-# ----------------------------------------------------------------------------------------
-# Tier 1: token log-probs
+def check_logits_targets(logits: Tensor, targets: Tensor, temperature: float) -> None:
+    """The input checks of tier 1 (also used by its kernel)."""
+    if logits.dim() != 2 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a float [N, V] tensor, got {logits.dtype} {tuple(logits.shape)}")
+    if targets.shape != logits.shape[:1] or targets.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"targets must be int [N]={logits.shape[0]}, got {targets.dtype} {tuple(targets.shape)}")
+    check_targets(targets, logits.shape[1], temperature)
+
+
+def check_targets(targets: Tensor, vocab_size: int, temperature: float) -> None:
+    if not temperature > 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= vocab_size))  # [N]
+    if bad.any():
+        raise ValueError(f"target id {int(targets[bad][0])} outside [0, {vocab_size}) "
+                         f"and not the padding id {IGNORE_INDEX}")
 
 
 def reference_token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0,
-                             ignore_index: int = -100, return_entropy: bool = False):
-    """The readable definition: log_softmax in fp32 and a gather.
+                             return_entropy: bool = False):
+    """Tier 1, the readable definition: log_softmax in fp32 and a gather.
 
-        logp_t = (logits_t / T)[y_t] - logsumexp_v(logits_tv / T)
-        H_t    = -sum_v p_tv log p_tv
+        logp_t = (logits_t / T)[y_t] - logsumexp_v(logits_tv / T),   H_t = -sum_v p_tv log p_tv
 
-    Rows whose target is `ignore_index` get logp = 0 and entropy = 0, with no gradient.
-    logits [N, V] any float dtype, targets [N] long. Returns logp [N] (and entropy [N]) in
-    fp32 (fp64 for fp64 logits).
+    Rows whose target is IGNORE_INDEX get logp = 0 and H = 0, with no gradient. Returns logp [N]
+    (and H [N]) in fp32 (fp64 for fp64 logits).
     """
-    _check_logits_targets(logits, targets, temperature)
-    valid = targets != ignore_index  # [N]
-    vocab = logits.shape[1]
-    if (valid & ((targets < 0) | (targets >= vocab))).any():
-        bad = targets[valid & ((targets < 0) | (targets >= vocab))]
-        raise ValueError(f"targets out of range [0, {vocab}): e.g. {bad[:5].tolist()} "
-                         f"(ignore_index={ignore_index})")
-    scaled = logits.to(_compute_dtype(logits)) / temperature  # [N, V]
-    logprobs = torch.log_softmax(scaled, dim=-1)  # [N, V]
-    safe_targets = torch.where(valid, targets, 0)  # [N]
-    logp = logprobs.gather(1, safe_targets[:, None]).squeeze(1)  # [N]
+    check_logits_targets(logits, targets, temperature)
+    valid = targets != IGNORE_INDEX  # [N]
+    logprobs = torch.log_softmax(logits.to(_compute_dtype(logits)) / temperature, dim=-1)  # [N, V]
+    logp = logprobs.gather(1, torch.where(valid, targets, 0)[:, None]).squeeze(1)  # [N]
     logp = torch.where(valid, logp, 0.0)  # [N]
     if not return_entropy:
         return logp
@@ -95,22 +102,12 @@ def reference_token_logprobs(logits: Tensor, targets: Tensor, *, temperature: fl
     return logp, torch.where(valid, entropy, 0.0)
 
 
-def token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0,
-                   ignore_index: int = -100, return_entropy: bool = False):
-    """Token log-probs (and entropy), autograd-aware: Triton on CUDA, torch elsewhere.
-
-    Same contract as `reference_token_logprobs`.
-    """
+def token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0, return_entropy: bool = False):
+    """Tier 1, autograd-aware: the Triton kernel on CUDA, `reference_token_logprobs` elsewhere."""
     if _use_triton(logits):
         from minichord.kernels.logprobs import triton_token_logprobs
-        return triton_token_logprobs(logits, targets, temperature=temperature,
-                                     ignore_index=ignore_index, return_entropy=return_entropy)
-    return reference_token_logprobs(logits, targets, temperature=temperature,
-                                    ignore_index=ignore_index, return_entropy=return_entropy)
-
-
-# ----------------------------------------------------------------------------------------
-# Tier 2: fused linear + token-weighted loss
+        return triton_token_logprobs(logits, targets, temperature=temperature, return_entropy=return_entropy)
+    return reference_token_logprobs(logits, targets, temperature=temperature, return_entropy=return_entropy)
 
 
 @dataclass
@@ -121,71 +118,36 @@ class FusedLossOutput:
     clipped: Tensor  # [N] bool, tokens whose gradient the PPO clip zeroes
 
 
-def _loss_from_hidden(hidden: Tensor, weight: Tensor, targets: Tensor, coef: Tensor,
-                      is_expert: Tensor, advantages: Tensor, old_logp: Tensor,
-                      ref_logp: Optional[Tensor], spec: TokenLossSpec, temperature: float):
-    """hidden [n, H], weight [V, H] (both already in the compute dtype) -> loss of n tokens.
-
-        loss = sum_t coef_t l_t - entropy_coef * sum_{on-policy t} coef_t H_t
-    """
-    logits = hidden @ weight.T  # [n, V]
-    logp, entropy = reference_token_logprobs(logits, targets, temperature=temperature,
-                                             return_entropy=True)  # [n], [n]
-    loss_tok, clipped = token_losses(logp, is_expert, advantages, old_logp, spec, ref_logp)
-    coef = coef.to(logp.dtype)  # [n]
-    loss = (coef * loss_tok).sum()
-    if spec.entropy_coef > 0.0:
-        onpolicy = ~is_expert.bool()  # [n]
-        loss = loss - spec.entropy_coef * (coef * entropy * onpolicy).sum()
-    return loss, logp, entropy, clipped
-
-
-def reference_fused_token_loss(hidden: Tensor, weight: Tensor, targets: Tensor, coef: Tensor,
-                               is_expert: Tensor, advantages: Tensor, old_logp: Tensor,
-                               spec: TokenLossSpec, *, ref_logp: Optional[Tensor] = None,
-                               temperature: float = 1.0,
-                               chunk_size: Optional[int] = None) -> FusedLossOutput:
-    """Unchunked reference: full logits [N, V] in fp32, then the reference log-probs and
-    `losses.token_losses`. `chunk_size` is accepted for a uniform signature and ignored."""
-    _check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp,
-                        ref_logp, spec, temperature, chunk_size)
-    dtype = _compute_dtype(hidden, weight)
-    loss, logp, entropy, clipped = _loss_from_hidden(
-        hidden.to(dtype), weight.to(dtype), targets, coef, is_expert, advantages, old_logp,
-        ref_logp, spec, temperature)
-    return FusedLossOutput(loss, logp.detach(), entropy.detach(), clipped.detach())
-
-
 class _ChunkedFusedLoss(torch.autograd.Function):
-    """Forward walks over token chunks; each chunk's logits live only inside its iteration.
+    """Tier 2 in torch. Forward walks over token chunks; per chunk c:
 
-    Per chunk c: logits_c = hidden_c W^T, loss_c as in `_loss_from_hidden`, and at once
-    grad_hidden_c = d loss_c / d hidden_c, grad_W += d loss_c / d W (torch.autograd.grad).
-    The gradients are stored; backward only scales them by the incoming grad_output. This
-    is exact because the loss is a sum over tokens with precomputed coefficients.
+        logits_c = hidden_c W^T,  L_c = chord_loss(logp(logits_c), ...),
+        grad_hidden_c = dL_c / dhidden_c,  grad_W += dL_c / dW   (torch.autograd.grad, at once)
+
+    so a chunk's logits live only inside its iteration. Backward only scales the stored
+    gradients by grad_output: exact, since L is a sum over tokens with fixed coefficients.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp,
                 spec, temperature, chunk_size):
-        n_tokens = hidden.shape[0]
-        dtype = _compute_dtype(hidden, weight)
+        n_tokens, dtype, device = hidden.shape[0], _compute_dtype(hidden, weight), hidden.device
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         weight_c = weight.detach().to(dtype).requires_grad_(need_weight)  # [V, H]
-        grad_hidden = torch.zeros(hidden.shape, dtype=dtype, device=hidden.device) if need_hidden else None
+        grad_hidden = torch.zeros(hidden.shape, dtype=dtype, device=device) if need_hidden else None  # [N, H]
         grad_weight = torch.zeros_like(weight_c) if need_weight else None  # [V, H]
-        loss = torch.zeros((), dtype=dtype, device=hidden.device)
-        logp = torch.zeros(n_tokens, dtype=dtype, device=hidden.device)  # [N]
-        entropy = torch.zeros(n_tokens, dtype=dtype, device=hidden.device)  # [N]
-        clipped = torch.zeros(n_tokens, dtype=torch.bool, device=hidden.device)  # [N]
+        loss = torch.zeros((), dtype=dtype, device=device)
+        logp, entropy = torch.zeros(n_tokens, dtype=dtype, device=device), torch.zeros(n_tokens, dtype=dtype, device=device)
+        clipped = torch.zeros(n_tokens, dtype=torch.bool, device=device)  # [N]
         for start in range(0, n_tokens, chunk_size):
             rows = slice(start, min(start + chunk_size, n_tokens))
             hidden_c = hidden[rows].detach().to(dtype).requires_grad_(need_hidden)  # [n, H]
             with torch.enable_grad():
-                loss_c, logp_c, entropy_c, clipped_c = _loss_from_hidden(
-                    hidden_c, weight_c, targets[rows], coef[rows], is_expert[rows],
-                    advantages[rows], old_logp[rows],
-                    None if ref_logp is None else ref_logp[rows], spec, temperature)
+                logp_c, entropy_c = reference_token_logprobs(hidden_c @ weight_c.T, targets[rows],
+                                                             temperature=temperature, return_entropy=True)  # [n]
+                loss_c, _, clipped[rows] = chord_loss(
+                    logp_c, entropy_c, is_expert[rows], advantages[rows], old_logp[rows], coef[rows], spec,
+                    None if ref_logp is None else ref_logp[rows])
             wrt = [t for t, need in ((hidden_c, need_hidden), (weight_c, need_weight)) if need]
             if wrt:
                 grads = list(torch.autograd.grad(loss_c, wrt))
@@ -194,7 +156,7 @@ class _ChunkedFusedLoss(torch.autograd.Function):
                 if need_weight:
                     grad_weight += grads.pop(0)  # [V, H]
             loss += loss_c.detach()
-            logp[rows], entropy[rows], clipped[rows] = logp_c.detach(), entropy_c.detach(), clipped_c
+            logp[rows], entropy[rows] = logp_c.detach(), entropy_c.detach()
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.input_dtypes = (hidden.dtype, weight.dtype)
         ctx.mark_non_differentiable(logp, entropy, clipped)
@@ -203,84 +165,47 @@ class _ChunkedFusedLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_logp, _grad_entropy, _grad_clipped):
         grad_hidden, grad_weight = ctx.saved_tensors
-        hidden_dtype, weight_dtype = ctx.input_dtypes
         if grad_hidden is not None:
-            grad_hidden = (grad_hidden * grad_loss).to(hidden_dtype)
+            grad_hidden = (grad_hidden * grad_loss).to(ctx.input_dtypes[0])
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_loss).to(weight_dtype)
+            grad_weight = (grad_weight * grad_loss).to(ctx.input_dtypes[1])
         return (grad_hidden, grad_weight) + (None,) * 9
 
 
-def chunked_fused_token_loss(hidden: Tensor, weight: Tensor, targets: Tensor, coef: Tensor,
-                             is_expert: Tensor, advantages: Tensor, old_logp: Tensor,
-                             spec: TokenLossSpec, *, ref_logp: Optional[Tensor] = None,
-                             temperature: float = 1.0,
-                             chunk_size: Optional[int] = None) -> FusedLossOutput:
-    """Same result as `reference_fused_token_loss`, with at most chunk_size x V logits alive.
-
-    chunk_size=None picks about 2^22 logits per chunk. Gradients are computed during the
-    forward (memory bounded), so calling backward twice is not supported.
-    """
-    _check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp,
-                        ref_logp, spec, temperature, chunk_size)
-    if chunk_size is None:
-        chunk_size = max(1, _CHUNK_ELEMENTS // weight.shape[0])
-    loss, logp, entropy, clipped = _ChunkedFusedLoss.apply(
-        hidden, weight, targets, coef.detach(), is_expert, advantages.detach(),
-        old_logp.detach(), None if ref_logp is None else ref_logp.detach(), spec,
-        float(temperature), int(chunk_size))
-    return FusedLossOutput(loss, logp, entropy, clipped)
-
-
-def fused_token_loss(hidden: Tensor, weight: Tensor, targets: Tensor, coef: Tensor,
-                     is_expert: Tensor, advantages: Tensor, old_logp: Tensor,
-                     spec: TokenLossSpec, *, ref_logp: Optional[Tensor] = None,
-                     temperature: float = 1.0,
+def fused_token_loss(hidden: Tensor, weight: Tensor, targets: Tensor, coef: Tensor, is_expert: Tensor,
+                     advantages: Tensor, old_logp: Tensor, spec: TokenLossSpec, *,
+                     ref_logp: Optional[Tensor] = None, temperature: float = 1.0,
                      chunk_size: Optional[int] = None) -> FusedLossOutput:
-    """Fused lm-head + CHORD token loss: Triton on CUDA, chunked torch elsewhere."""
-    args = (hidden, weight, targets, coef, is_expert, advantages, old_logp, spec)
-    kwargs = dict(ref_logp=ref_logp, temperature=temperature, chunk_size=chunk_size)
+    """Tier 2: the loss of `losses.chord_loss` from hidden states and the lm-head weight, with at
+    most chunk_size x V logits alive (None: about 2^22 logits per chunk on the torch path).
+    The Triton kernel on CUDA, the chunked torch path elsewhere. Gradients are computed during
+    the forward, so calling backward twice is not supported."""
+    check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
+                       temperature, chunk_size)
     if _use_triton(hidden):
         from minichord.kernels.fused_loss import triton_fused_token_loss
-        return triton_fused_token_loss(*args, **kwargs)
-    return chunked_fused_token_loss(*args, **kwargs)
+        return triton_fused_token_loss(hidden, weight, targets, coef, is_expert, advantages, old_logp, spec,
+                                       ref_logp=ref_logp, temperature=temperature, chunk_size=chunk_size)
+    chunk_size = chunk_size or max(1, _CHUNK_ELEMENTS // weight.shape[0])
+    detached = [None if t is None else t.detach() for t in (coef, advantages, old_logp, ref_logp)]
+    return FusedLossOutput(*_ChunkedFusedLoss.apply(hidden, weight, targets, detached[0], is_expert, *detached[1:],
+                                                    spec, float(temperature), int(chunk_size)))
 
 
-# ----------------------------------------------------------------------------------------
-# Input checks
-
-
-def _check_logits_targets(logits: Tensor, targets: Tensor, temperature: float) -> None:
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be [N, V], got shape {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise ValueError(f"logits must be floating point, got {logits.dtype}")
-    if targets.shape != logits.shape[:1]:
-        raise ValueError(f"targets must be [N]={logits.shape[0]}, got shape {tuple(targets.shape)}")
-    if targets.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"targets must be int64 or int32, got {targets.dtype}")
-    if not temperature > 0.0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-
-
-def _check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp,
-                        ref_logp, spec, temperature, chunk_size) -> None:
+def check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
+                       temperature, chunk_size) -> None:
+    """The input checks of tier 2 (also used by its kernel)."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"need hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} "
-                         f"and {tuple(weight.shape)}")
-    n_tokens = hidden.shape[0]
-    vectors = dict(targets=targets, coef=coef, is_expert=is_expert, advantages=advantages,
-                   old_logp=old_logp)
-    if ref_logp is not None:
-        vectors["ref_logp"] = ref_logp
+        raise ValueError(f"need hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+    vectors = dict(targets=targets, coef=coef, is_expert=is_expert, advantages=advantages, old_logp=old_logp,
+                   ref_logp=ref_logp)
     for name, vec in vectors.items():
-        if tuple(vec.shape) != (n_tokens,):
-            raise ValueError(f"{name} must be [N]=[{n_tokens}], got shape {tuple(vec.shape)}")
+        if vec is not None and tuple(vec.shape) != (hidden.shape[0],):
+            raise ValueError(f"{name} must be [N]=[{hidden.shape[0]}], got shape {tuple(vec.shape)}")
     if not isinstance(spec, TokenLossSpec):
         raise ValueError(f"spec must be a TokenLossSpec, got {type(spec).__name__}")
     if spec.kl_coef > 0.0 and ref_logp is None:
         raise ValueError("spec.kl_coef > 0 needs ref_logp")
-    if not temperature > 0.0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    check_targets(targets, weight.shape[0], temperature)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from minichord.evaluate import evaluate_splits
-from minichord.experiment import build_phases, load_initial_model, prepare_run
+from minichord.experiment import build_stages, load_initial_model, prepare_run
 from minichord.plot import read_jsonl
 from minichord.tasks import make_splits
 
@@ -99,7 +99,7 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
         setting.sft_curve_steps = sft_curve_steps
     methods = list(methods or ALL_METHODS)
     for m in methods:
-        build_phases(m)  # refuse unknown method names before any work
+        build_stages(m)  # refuse unknown method names before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     common = [f"steps={setting.steps}", f"n_test={setting.n_test}", f"eval_every={setting.eval_every}",
@@ -109,7 +109,7 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
     t_start = time.perf_counter()
     quiet = lambda msg: None  # noqa: E731  (per-step lines would drown the overview)
 
-    first_cfg = build_phases(methods[0], overrides=common)[0].cfg
+    first_cfg = build_stages(methods[0], overrides=common)[0].cfg
     model, tok = load_initial_model(first_cfg.init, log)
     results: dict[str, list[dict]] = {"base": []}
     for s in range(setting.seeds):

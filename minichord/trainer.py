@@ -5,17 +5,17 @@
         rollouts = sample(B prompts x G)  ;  R = reward(rollouts)
         A = group_advantages(R)                                  # per sequence, broadcast to tokens
         batch = pack(rollouts (A, old logp) + E expert demonstrations)
-        L = sum_t coef_t * loss_t       (coef: (1-mu)/N_on on rollout tokens, mu/N_exp on expert ones)
-        L.backward(); clip_grad_norm(1.0); optimizer.step()
+        L = sum_t coef_t * l_t  (coef: (1-mu)/N_on on rollout tokens, mu/N_exp on expert ones)
+        L.backward(); clip_grad_norm(1.0); optimizer.step(); check the weights are still finite
 
 Every random choice of step s (prompts, expert examples, sampling) comes from generators
 seeded with (seed, s), so a resumed run repeats an uninterrupted one exactly. Metrics go to
-`metrics.jsonl` (one line per step) and `eval.jsonl`; the checkpoint to `checkpoint/`.
+`metrics.jsonl` (one line per step) and `eval.jsonl`; checkpoints to `checkpoint/`.
+Ctrl-C or SIGTERM finishes the step, saves and stops with TrainingInterrupted; a diverged
+update stops with TrainingError before anything is saved, so the last checkpoint stays good.
 
-Note on the GRPO loss value: with one update per rollout batch the ratio r is 1, so L_GRPO is
-~0 in value while its gradient is -A grad log p. Watch the reward, not the loss.
-
-Choices that depart from the paper (arXiv 2508.11408) or its official code:
+The departures from the paper (arXiv 2508.11408) and its official code (the one list; the
+README links here):
 - Scale: a ~1M-parameter model on a toy task, lr 1e-4 and B=8 x G=8 + E=16 per step
   (paper: Qwen2.5-7B-Instruct, lr 1e-6, 32 x 8 rollouts + 64 expert samples).
 - Normalisation: each term is one token-mean over the whole batch (paper-era code); the
@@ -32,8 +32,8 @@ Choices that depart from the paper (arXiv 2508.11408) or its official code:
   replacement within a step, with replacement across steps (not epoch-wise iteration).
 - With one update per batch the old log-probs are the sampler's (equal in value up to float
   rounding); with several (ppo_epochs x minibatches) they are recomputed before updating.
-- LUFFY: the expert trace counts as reward 1 in its group; A = R - mean(R) without std; one
-  token-mean over on-policy and expert tokens; on-policy tokens unclipped.
+- LUFFY (minichord/luffy.py): the expert trace counts as reward 1 in its group; A = R - mean(R)
+  without std; one token-mean over on-policy and expert tokens; on-policy tokens unclipped.
 - SFT->GRPO splits the step budget in half and starts the GRPO stage with a fresh optimizer.
 - AdamW with betas (0.9, 0.95), no weight decay, gradient clipping at 1.0.
 """
@@ -52,41 +52,21 @@ from typing import Callable
 
 import torch
 
-from minichord import losses, ops
+from minichord import losses, luffy, ops
 from minichord.batch import Sequence, TokenBatch, pack
-from minichord.checkpoint import checkpoint_exists, load_checkpoint, restore_optimizer, save_checkpoint
-from minichord.config import TrainConfig
-from minichord.methods import Method
+from minichord.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, restore_optimizer, save_checkpoint
+from minichord.config import ConfigError, TrainConfig
+from minichord.methods import Stage
 from minichord.sampler import generate
 from minichord.traindata import TrainData
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+    """Training cannot go on (e.g. a non-finite loss or weights); the last good checkpoint is kept."""
 
 
-@dataclasses.dataclass
-class Phase:
-    """A stretch of steps run with one method (sft-grpo has two phases, others one)."""
-
-    method: Method
-    cfg: TrainConfig
-    start: int
-    end: int
-
-    def mu(self, step: int) -> float:
-        n = self.end - self.start
-        return losses.mu_schedule(step - self.start, warmup=round(self.cfg.mu_warmup_frac * n),
-                                  decay=round(self.cfg.mu_decay_frac * n),
-                                  peak=self.cfg.mu_peak, valley=self.cfg.mu_valley)
-
-    def loss_spec(self) -> losses.TokenLossSpec:
-        c = self.cfg
-        return losses.TokenLossSpec(eps_low=c.eps_low, eps_high=c.eps_high, dual_clip=c.dual_clip,
-                                    log_ratio_clamp=c.log_ratio_clamp,
-                                    onpolicy_clip=not self.method.mixing.in_group,
-                                    expert_weighting=c.expert_weighting,
-                                    entropy_coef=c.entropy_coef, kl_coef=c.kl_coef)
+class TrainingInterrupted(TrainingError):
+    """Stopped by Ctrl-C or SIGTERM after saving a checkpoint; rerunning the command resumes."""
 
 
 def step_rng(seed: int, step: int, stream: int) -> tuple[random.Random, torch.Generator]:
@@ -96,63 +76,83 @@ def step_rng(seed: int, step: int, stream: int) -> tuple[random.Random, torch.Ge
 
 
 class Trainer:
-    def __init__(self, phases: list[Phase], model, tokenizer, data: TrainData, out_dir: Path,
+    def __init__(self, stages: list[Stage], model, tokenizer, data: TrainData, out_dir: Path,
                  log: Callable[[str], None] = print):
-        self.phases, self.model, self.tok, self.data = phases, model, tokenizer, data
+        self.stages, self.model, self.tok, self.data = stages, model, tokenizer, data
+        for stage in stages:
+            stage.check_data(data)
+        self.method_name = "-".join(s.method.name for s in stages)  # sft-grpo: "sft" then "grpo"
         self.out = Path(out_dir)
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"--out {self.out}: exists and is not a directory")
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = log
-        self.cfg = phases[0].cfg
-        self.steps = phases[-1].end
+        self.cfg = stages[0].cfg
+        self.steps = stages[-1].end
         self.step = 0
-        self.optimizer = self._new_optimizer(phases[0])
-        self._stop_requested = False
+        self.optimizer = self._new_optimizer(stages[0])
+        self._stop_signal: str | None = None
         self.evals: list[dict] = []  # evaluations made by this process, in order
         # KL penalty (off by default): a frozen copy of the initial model gives ref log-probs
         self.ref_model = copy.deepcopy(model).eval().requires_grad_(False) \
-            if any(p.cfg.kl_coef > 0 for p in phases) else None
+            if any(s.cfg.kl_coef > 0 for s in stages) else None
         self.expert_seqs = [(tokenizer.encode_prompt(e.prompt), tokenizer.encode(e.response) + [tokenizer.eos_id])
                             for e in data.experts]
 
     # ----------------------------------------------------------------- set-up / resume
-    def _new_optimizer(self, phase: Phase) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters(), lr=phase.cfg.lr, betas=(0.9, 0.95),
-                                 weight_decay=phase.cfg.weight_decay)
+    def _new_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=stage.cfg.lr, betas=(0.9, 0.95),
+                                 weight_decay=stage.cfg.weight_decay)
 
-    def phase_at(self, step: int) -> Phase:
-        return next(p for p in self.phases if p.start <= step < p.end)
+    def stage_at(self, step: int) -> Stage:
+        return next(s for s in self.stages if s.start <= step < s.end)
 
     def resume(self) -> bool:
         """Continue from `out/checkpoint` if present: weights, optimizer, step; logs are cut
         back to that step so the files read as one uninterrupted run."""
         path = self.out / "checkpoint"
-        if not checkpoint_exists(path):  # also recovers a save interrupted mid-swap
+        if not checkpoint_exists(path):
             return False
         ckpt = load_checkpoint(path, expect_config=self.model.cfg)
+        if ckpt.tokenizer is not None and ckpt.tokenizer.to_json() != self.tok.to_json():
+            raise CheckpointError(f"{path}: its tokenizer differs from the one of this run's initial model; "
+                                  f"use --no-resume or another --out")
         self.model.load_state_dict(ckpt.model.state_dict())
         self.step = ckpt.step
         if self.step < self.steps:
-            self.optimizer = self._new_optimizer(self.phase_at(self.step))
-        if ckpt.optimizer_state is not None:
-            restore_optimizer(self.optimizer, ckpt)
+            stage = self.stage_at(self.step)
+            self.optimizer = self._new_optimizer(stage)
+            if self.step != stage.start or stage is self.stages[0]:  # a new stage starts afresh
+                restore_optimizer(self.optimizer, ckpt)
         for name in ("metrics.jsonl", "eval.jsonl"):
-            f = self.out / name
-            if f.exists():
-                rows = [r for r in f.read_text().splitlines() if json.loads(r)["step"] < self.step
-                        or (name == "eval.jsonl" and json.loads(r)["step"] == self.step)]
-                f.write_text("".join(r + "\n" for r in rows))
+            self._cut_log(self.out / name, keep_step=self.step if name == "eval.jsonl" else None)
         self.log(f"resumed from {path} at step {self.step}")
         return True
 
+    def _cut_log(self, file: Path, keep_step: int | None) -> None:
+        """Keep rows with step < self.step (and == keep_step); a torn last line is dropped."""
+        if not file.exists():
+            return
+        rows, lines = [], file.read_text(encoding="utf-8", errors="replace").splitlines()
+        for n, line in enumerate(lines, 1):
+            try:
+                step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError):
+                if n < len(lines):
+                    raise TrainingError(f"{file}:{n}: not a metrics row; move the file away to resume") from None
+                self.log(f"{file}:{n}: dropped a torn last line (the run was killed while writing it)")
+                continue
+            if step < self.step or step == keep_step:
+                rows.append(line)
+        file.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+
     # ----------------------------------------------------------------- one step
-    def _rollouts(self, phase: Phase, step: int) -> tuple[list[Sequence], dict]:
-        cfg, in_group = phase.cfg, phase.method.mixing.in_group
+    def _rollouts(self, stage: Stage, step: int) -> tuple[list[Sequence], dict]:
+        cfg, is_luffy = stage.cfg, stage.method.luffy
         rng, gen = step_rng(cfg.seed, step, 0)
-        pool = self.data.experts if in_group else self.data.prompts  # LUFFY needs expert traces
-        if not pool:
-            raise TrainingError(f"method {phase.method.name} needs {'expert' if in_group else 'RL'} prompts")
+        pool = self.data.experts if is_luffy else self.data.prompts  # LUFFY groups need an expert trace
         picked = rng.sample(range(len(pool)), min(cfg.prompts_per_step, len(pool)))
-        n_on = cfg.group_size - 1 if in_group else cfg.group_size
+        n_on = cfg.group_size - 1 if is_luffy else cfg.group_size
         prompt_ids = [self.tok.encode_prompt(pool[i].prompt) for i in picked for _ in range(n_on)]
         t0 = time.perf_counter()
         self.model.eval()
@@ -164,24 +164,20 @@ class Trainer:
         rewards = torch.tensor([self.data.reward(self.tok.decode(r), pool[picked[i // n_on]].answer)
                                 for i, r in enumerate(responses)]).view(len(picked), n_on)  # [B, n_on]
         seqs = []
-        if in_group:  # LUFFY: the expert trace scores 1 and joins its group; A = R - mean(R)
-            group_r = torch.cat([rewards, torch.ones(len(picked), 1)], dim=1)  # [B, G]
-            adv = losses.group_advantages(group_r, scale_by_std=False)  # [B, G]
-            for b, i in enumerate(picked):
-                p_ids, r_ids = self.expert_seqs[i]
-                seqs.append(Sequence(p_ids, r_ids, True, float(adv[b, -1])))
+        if is_luffy:  # the expert trace joins its group as its last member
+            adv = luffy.mixed_group_advantages(rewards)  # [B, G]
+            seqs += [Sequence(*self.expert_seqs[i], True, float(adv[b, -1])) for b, i in enumerate(picked)]
         else:
-            group_r = rewards
             adv = losses.group_advantages(rewards)  # [B, G]
         for k, r in enumerate(responses):
             b, j = divmod(k, n_on)
             seqs.append(Sequence(prompt_ids[k], r, False, float(adv[b, j]), old_logp[k]))
         t2 = time.perf_counter()
-        lengths = out.mask.sum(1).float()  # [B * n_on]
+        group_r = torch.cat([rewards, torch.ones(len(picked), 1)], 1) if is_luffy else rewards  # [B, G]
         return seqs, {
             "reward": rewards.mean().item(), "accuracy": (rewards == 1).float().mean().item(),
             "zero_variance_groups": losses.zero_variance_fraction(group_r),
-            "response_length": lengths.mean().item(), "truncated": (~out.finished).float().mean().item(),
+            "response_length": out.mask.sum(1).float().mean().item(), "truncated": (~out.finished).float().mean().item(),
             "time_sample": t1 - t0, "time_score": t2 - t1,
         }
 
@@ -201,24 +197,34 @@ class Trainer:
         logits = self._hidden(batch, model) @ model.lm_head_weight.T  # [N, V]
         return ops.token_logprobs(logits, batch.targets, temperature=temperature)  # [N]
 
-    def _update(self, phase: Phase, batch: TokenBatch, mu: float | None, step: int) -> dict:
+    def _check_finite_weights(self, step: int, batch: TokenBatch) -> None:
+        """After an update: the weights and the logits of one trained sequence must be finite."""
+        params_ok = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if params_ok:
+            probe = batch.select(torch.tensor([0]))
+            params_ok = bool(torch.isfinite(self._logp(probe, 1.0)).all())
+        if not params_ok:
+            raise TrainingError(f"step {step}: the update made the weights or logits non-finite (diverged; "
+                                f"lr={self.stage_at(step).cfg.lr}); nothing saved, the last good checkpoint "
+                                f"is {self.out / 'checkpoint'}")
+
+    def _update(self, stage: Stage, batch: TokenBatch, mu: float | None, step: int) -> dict:
         """ppo_epochs x minibatches optimizer steps on one batch (old log-probs recomputed first
         when there is more than one, so ratios and clipping are real)."""
-        cfg, spec, T = phase.cfg, phase.loss_spec(), phase.cfg.sampler.temperature
+        cfg, spec, T = stage.cfg, stage.loss_spec(), stage.cfg.sampler.temperature
         self.model.train()
         if cfg.ppo_epochs * cfg.minibatches > 1:
             batch.old_logp = torch.where(batch.is_expert, 0.0, self._logp(batch, T))
         ref_logp = self._logp(batch, T, self.ref_model) if cfg.kl_coef > 0 else None  # [N]
-        n_seq = batch.ids.shape[0]
         _, gen = step_rng(cfg.seed, step, 2)
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
-            for seq_ids in torch.randperm(n_seq, generator=gen).chunk(cfg.minibatches):
+            for seq_ids in torch.randperm(batch.ids.shape[0], generator=gen).chunk(cfg.minibatches):
                 seq_ids = seq_ids.sort().values
                 mb = batch.select(seq_ids) if cfg.minibatches > 1 else batch
                 mb_ref = None if ref_logp is None else ref_logp[torch.isin(batch.rows, seq_ids)]  # [N_mb]
-                mask = torch.ones_like(mb.is_expert)  # [N]
-                coef = losses.token_coefficients(mb.is_expert, mask, mu)
+                coef = luffy.coefficients(mb.is_expert) if stage.method.luffy \
+                    else losses.token_coefficients(mb.is_expert, mu)  # [N_mb]
                 out = ops.fused_token_loss(self._hidden(mb), self.model.lm_head_weight, mb.targets, coef,
                                            mb.is_expert, mb.advantages, mb.old_logp, spec, ref_logp=mb_ref,
                                            temperature=T)
@@ -230,6 +236,7 @@ class Trainer:
                         f"step {step}: non-finite loss ({out.loss.item()}) or gradient norm ({grad_norm.item()}); "
                         f"stopped before the update. The last good checkpoint is {self.out / 'checkpoint'}")
                 self.optimizer.step()
+                self._check_finite_weights(step, mb)
                 on, ex = ~mb.is_expert, mb.is_expert
                 p_exp = out.logp[ex].exp()  # [N_exp]
                 for k, v in {"loss": out.loss.item(), "grad_norm": grad_norm.item(),
@@ -242,22 +249,21 @@ class Trainer:
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
     def train_step(self, step: int) -> dict:
-        phase = self.phase_at(step)
-        mu = None if phase.method.joint_normalisation else phase.mu(step)  # LUFFY: one token-mean
-        seqs, metrics = [], {"step": step, "method": phase.method.name, "mu": mu}
-        if phase.method.uses_rollouts:
-            rollout_seqs, m = self._rollouts(phase, step)
+        stage = self.stage_at(step)
+        mu = None if stage.method.luffy else stage.mu(step)  # LUFFY has no mu: one joint token-mean
+        seqs, metrics = [], {"step": step, "method": stage.method.name, "mu": mu}
+        if stage.method.uses_rollouts:
+            rollout_seqs, m = self._rollouts(stage, step)
             seqs += rollout_seqs
             metrics.update(m)
-        if phase.cfg.experts_per_step > 0 and mu:
-            seqs += self._expert_batch(phase.cfg, step)
+        if stage.cfg.experts_per_step > 0 and mu:
+            seqs += self._expert_batch(stage.cfg, step)
         metrics["rollouts"] = sum(not s.is_expert for s in seqs)
         metrics["experts"] = sum(s.is_expert for s in seqs)
         t0 = time.perf_counter()
-        if seqs:
-            batch = pack(seqs, self.tok.pad_id, self.model.cfg.max_seq_len)
-            metrics.update(self._update(phase, batch, mu, step))
-            metrics["tokens"] = batch.num_tokens
+        batch = pack(seqs, self.tok.pad_id, self.model.cfg.max_seq_len)
+        metrics.update(self._update(stage, batch, mu, step))
+        metrics["tokens"] = batch.num_tokens
         metrics["time_train"] = time.perf_counter() - t0
         return metrics
 
@@ -274,18 +280,21 @@ class Trainer:
 
     def save(self) -> None:
         save_checkpoint(self.out / "checkpoint", self.model, tokenizer=self.tok, optimizer=self.optimizer,
-                        step=self.step, meta={"method": self.phases[0].method.name,
-                                              "config": dataclasses.asdict(self.cfg)})
+                        step=self.step, meta={"method": self.method_name, "config": dataclasses.asdict(self.cfg)})
 
-    def _request_stop(self, signum, frame) -> None:
-        if self._stop_requested:
+    def request_stop(self, reason: str) -> None:
+        """Finish the current step, save, then stop (what Ctrl-C and SIGTERM do)."""
+        self._stop_signal = reason
+        self.log(f"\n{reason}: finishing this step, saving a checkpoint, then stopping (Ctrl-C again to abort)")
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self._stop_requested = True
-        self.log("\ninterrupt: finishing this step, saving a checkpoint, then stopping (Ctrl-C again to abort)")
+        self.request_stop(signal.Signals(signum).name)
 
     def run(self) -> dict:
-        """Train until `steps` (or an interrupt, after which the checkpoint is saved)."""
-        previous = signal.signal(signal.SIGINT, self._request_stop)
+        """Train until `steps`. On Ctrl-C / SIGTERM: finish the step, save, raise TrainingInterrupted."""
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         last_eval: dict = {}
         try:
             if self.step == 0:  # a fresh run (no checkpoint resumed): logs start over too
@@ -293,26 +302,28 @@ class Trainer:
                     (self.out / name).unlink(missing_ok=True)
                 if self.data.eval_splits:
                     last_eval = self.evaluate(0)
-            t_start = time.perf_counter()
-            first = self.step
-            while self.step < self.steps and not self._stop_requested:
-                if self.step > first and self.step == self.phase_at(self.step).start:
-                    self.optimizer = self._new_optimizer(self.phase_at(self.step))  # a new stage
+            t_start, first = time.perf_counter(), self.step
+            while self.step < self.steps and self._stop_signal is None:
+                if self.step > first and self.step == self.stage_at(self.step).start:
+                    self.optimizer = self._new_optimizer(self.stage_at(self.step))  # a new stage
                 metrics = self.train_step(self.step)
                 self.step += 1
                 with open(self.out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(metrics) + "\n")
-                done = self.step - first
-                eta = (time.perf_counter() - t_start) / done * (self.steps - self.step)
+                eta = (time.perf_counter() - t_start) / (self.step - first) * (self.steps - self.step)
                 self.log(progress_line(metrics, self.steps, eta))
                 if self.data.eval_splits and (self.step % self.cfg.eval_every == 0 or self.step == self.steps):
                     last_eval = self.evaluate(self.step)
                     self.log("  eval " + " | ".join(f"{k} {v['accuracy']:.3f}" for k, v in last_eval.items()
                                                     if isinstance(v, dict)))
-                if self.step % self.cfg.save_every == 0 or self.step == self.steps or self._stop_requested:
+                if self.step % self.cfg.save_every == 0 or self.step == self.steps or self._stop_signal:
                     self.save()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, previous in handlers.items():
+                signal.signal(sig, previous)
+        if self.step < self.steps:
+            raise TrainingInterrupted(f"stopped by {self._stop_signal} after step {self.step}/{self.steps}; "
+                                      f"checkpoint saved in {self.out / 'checkpoint'}; rerun the command to resume")
         return last_eval
 
 

@@ -9,6 +9,7 @@ import torch
 
 from minichord import losses, ops
 from minichord.losses import TokenLossSpec
+from reference_impl import reference_fused_token_loss
 
 # ---------------------------------------------------------------- tier 1: token log-probs
 
@@ -41,9 +42,8 @@ def test_reference_token_logprobs_gradcheck(return_entropy):
 
 def test_ignore_index_gives_zero_and_no_gradient():
     logits = torch.randn(3, 5, requires_grad=True)
-    targets = torch.tensor([1, -1, 4])
-    logp, entropy = ops.reference_token_logprobs(logits, targets, ignore_index=-1,
-                                                 return_entropy=True)
+    targets = torch.tensor([1, ops.IGNORE_INDEX, 4])
+    logp, entropy = ops.reference_token_logprobs(logits, targets, return_entropy=True)
     assert logp[1].item() == 0.0 and entropy[1].item() == 0.0
     (grad,) = torch.autograd.grad((logp + entropy).sum(), logits)
     assert torch.all(grad[1] == 0) and torch.any(grad[0] != 0)
@@ -64,7 +64,7 @@ def test_logprobs_dtypes_and_masked_vocab():
 
 
 def test_logprobs_bad_input():
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="target id 5 outside"):
         ops.reference_token_logprobs(torch.zeros(2, 5), torch.tensor([1, 5]))
     with pytest.raises(ValueError, match=r"\[N, V\]"):
         ops.reference_token_logprobs(torch.zeros(5), torch.tensor([1]))
@@ -89,7 +89,7 @@ def _fused_batch(n=37, vocab=1000, hidden=24, dtype=torch.float32, seed=0, kl=Fa
         logp = ops.reference_token_logprobs(h.float() @ w.float().T, targets)
     old_logp = logp + 0.4 * torch.randn(n, generator=gen)  # |log r| ~ .4: many tokens clipped
     ref_logp = logp + 0.3 * torch.randn(n, generator=gen) if kl else None
-    coef = losses.token_coefficients(is_expert, mask, 0.3)
+    coef = torch.where(mask, losses.token_coefficients(is_expert, 0.3), 0.0)  # padding rows: coef 0
     return dict(hidden=h, weight=w, targets=targets, coef=coef, is_expert=is_expert,
                 advantages=adv, old_logp=old_logp), ref_logp
 
@@ -104,10 +104,10 @@ def _loss_and_grads(fn, batch, spec, **kw):
 
 
 CASES = [  # (spec, vocab, chunk_size, kl)
-    (TokenLossSpec(expert_weighting="none"), 1000, 5, False),
+    (TokenLossSpec(expert_weighting="uniform"), 1000, 5, False),
     (TokenLossSpec(expert_weighting="phi"), 5003, 16, False),
     (TokenLossSpec(expert_weighting="is"), 1000, 37, False),
-    (TokenLossSpec(expert_weighting="luffy", onpolicy_clip=False), 1000, 10, False),
+    (TokenLossSpec(luffy=True), 1000, 10, False),
     (TokenLossSpec(expert_weighting="phi", dual_clip=3.0, entropy_coef=0.01, kl_coef=0.1),
      5003, 8, True),
     (TokenLossSpec(), 1000, None, False),
@@ -122,15 +122,15 @@ PARAMS = [case + (torch.float32,) for case in CASES] + [CASES[1] + (torch.bfloat
 def test_chunked_matches_reference(spec, vocab, chunk_size, kl, dtype):
     batch, ref_logp = _fused_batch(vocab=vocab, dtype=dtype, kl=kl)
     kw = dict(ref_logp=ref_logp, temperature=0.9)
-    ref, ref_gh, ref_gw = _loss_and_grads(ops.reference_fused_token_loss, batch, spec, **kw)
-    out, gh, gw = _loss_and_grads(ops.chunked_fused_token_loss, batch, spec,
+    ref, ref_gh, ref_gw = _loss_and_grads(reference_fused_token_loss, batch, spec, **kw)
+    out, gh, gw = _loss_and_grads(ops.fused_token_loss, batch, spec,
                                   chunk_size=chunk_size, **kw)
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=2e-2)
     torch.testing.assert_close(out.loss, ref.loss, **tol)
     torch.testing.assert_close(out.logp, ref.logp, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.entropy, ref.entropy, atol=1e-5, rtol=1e-5)
     assert torch.equal(out.clipped, ref.clipped)
-    if spec.onpolicy_clip:
+    if not spec.luffy:
         assert out.clipped.any(), "the batch must exercise clipping"
     assert not out.clipped[batch["is_expert"]].any()
     assert gh.dtype == dtype and gw.dtype == dtype
@@ -140,16 +140,17 @@ def test_chunked_matches_reference(spec, vocab, chunk_size, kl, dtype):
 
 
 def test_reference_fused_matches_losses_on_logits():
-    # the fused reference is exactly: logits -> reference log-probs -> chord_objective
+    # the fused reference is exactly: logits -> reference log-probs -> chord_loss, and padding
+    # rows (coef 0) add nothing
     batch, ref_logp = _fused_batch(kl=True)
     spec = TokenLossSpec(expert_weighting="phi", dual_clip=3.0, entropy_coef=0.02, kl_coef=0.1)
-    out = ops.reference_fused_token_loss(**batch, spec=spec, ref_logp=ref_logp)
+    out = reference_fused_token_loss(**batch, spec=spec, ref_logp=ref_logp)
     logp, entropy = ops.reference_token_logprobs(batch["hidden"] @ batch["weight"].T,
                                                  batch["targets"], return_entropy=True)
-    mask = batch["targets"] != -100
-    expected, _ = losses.chord_objective(logp, entropy, batch["is_expert"], mask,
-                                         batch["advantages"], batch["old_logp"], 0.3, spec,
-                                         ref_logp)
+    keep = batch["targets"] != -100
+    kept = {k: v[keep] for k, v in batch.items() if k not in ("hidden", "weight", "targets")}
+    expected, _, _ = losses.chord_loss(logp[keep], entropy[keep], kept["is_expert"], kept["advantages"],
+                                       kept["old_logp"], kept["coef"], spec, ref_logp[keep])
     torch.testing.assert_close(out.loss, expected)
 
 
@@ -157,10 +158,10 @@ def test_chunked_backward_scales_with_grad_output_and_partial_grads():
     batch, _ = _fused_batch(n=9, vocab=50, hidden=8)
     spec = TokenLossSpec(expert_weighting="phi")
     hidden = batch["hidden"].clone().requires_grad_()
-    out = ops.chunked_fused_token_loss(**dict(batch, hidden=hidden), spec=spec, chunk_size=4)
+    out = ops.fused_token_loss(**dict(batch, hidden=hidden), spec=spec, chunk_size=4)
     (3.0 * out.loss).backward()  # weight does not require grad here
     hidden2 = batch["hidden"].clone().requires_grad_()
-    ref = ops.reference_fused_token_loss(**dict(batch, hidden=hidden2), spec=spec)
+    ref = reference_fused_token_loss(**dict(batch, hidden=hidden2), spec=spec)
     (grad_ref,) = torch.autograd.grad(3.0 * ref.loss, hidden2)
     torch.testing.assert_close(hidden.grad, grad_ref)
 
@@ -168,13 +169,15 @@ def test_chunked_backward_scales_with_grad_output_and_partial_grads():
 def test_fused_bad_input():
     batch, _ = _fused_batch(n=6, vocab=20, hidden=4)
     with pytest.raises(ValueError, match="advantages"):
-        ops.chunked_fused_token_loss(**dict(batch, advantages=torch.zeros(5)), spec=TokenLossSpec())
+        ops.fused_token_loss(**dict(batch, advantages=torch.zeros(5)), spec=TokenLossSpec())
     with pytest.raises(ValueError, match="ref_logp"):
-        ops.chunked_fused_token_loss(**batch, spec=TokenLossSpec(kl_coef=0.1))
+        ops.fused_token_loss(**batch, spec=TokenLossSpec(kl_coef=0.1))
     with pytest.raises(ValueError, match="chunk_size"):
-        ops.chunked_fused_token_loss(**batch, spec=TokenLossSpec(), chunk_size=0)
+        ops.fused_token_loss(**batch, spec=TokenLossSpec(), chunk_size=0)
     with pytest.raises(ValueError, match=r"\[V, H\]"):
-        ops.reference_fused_token_loss(**dict(batch, weight=torch.zeros(20, 5)), spec=TokenLossSpec())
+        ops.fused_token_loss(**dict(batch, weight=torch.zeros(20, 5)), spec=TokenLossSpec())
+    with pytest.raises(ValueError, match="target id 20 outside"):
+        ops.fused_token_loss(**dict(batch, targets=torch.full((6,), 20)), spec=TokenLossSpec())
 
 
 # ---------------------------------------------------------------- dispatch
@@ -199,7 +202,7 @@ def test_dispatch_torch_path(monkeypatch):
                        ops.reference_token_logprobs(logits, targets))
     batch, _ = _fused_batch(n=7, vocab=30, hidden=4)
     out = ops.fused_token_loss(**batch, spec=TokenLossSpec(), chunk_size=3)
-    ref = ops.chunked_fused_token_loss(**batch, spec=TokenLossSpec(), chunk_size=3)
+    ref = reference_fused_token_loss(**batch, spec=TokenLossSpec())
     torch.testing.assert_close(out.loss, ref.loss)
 
 
@@ -216,5 +219,5 @@ def test_dispatch_triton_path_imports_lazily(monkeypatch):
     assert ops.token_logprobs(torch.zeros(2, 3), torch.tensor([0, 1]), temperature=0.5) == "lp"
     batch, _ = _fused_batch(n=4, vocab=10, hidden=4)
     assert ops.fused_token_loss(**batch, spec=TokenLossSpec(), chunk_size=2) == "fl"
-    assert calls[0] == ("logprobs", dict(temperature=0.5, ignore_index=-100, return_entropy=False))
+    assert calls[0] == ("logprobs", dict(temperature=0.5, return_entropy=False))
     assert calls[1] == ("fused", dict(ref_logp=None, temperature=1.0, chunk_size=2))

@@ -13,12 +13,12 @@ from minichord import trainer as trainer_mod
 from minichord.batch import Sequence, pack
 from minichord.checkpoint import load_checkpoint
 from minichord.config import ConfigError, ModelConfig
-from minichord.experiment import build_phases
+from minichord.experiment import build_stages
 from minichord.model import Transformer
 from minichord.tasks import Demonstration, Problem, style_texts
 from minichord.tokenizer import Tokenizer
 from minichord.traindata import TrainData
-from minichord.trainer import Trainer, TrainingError
+from minichord.trainer import Trainer, TrainingError, TrainingInterrupted
 
 TINY = ["n_test=8", "eval_every=1000", "save_every=2", "sampler.max_new_tokens=6", "prompts_per_step=4",
         "group_size=4", "experts_per_step=4"]
@@ -44,7 +44,7 @@ def make_trainer(tok, tmp_path, method: str, overrides: list[str], data=None, se
     torch.manual_seed(seed)
     model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1,
                                     ffn_dim=64, max_seq_len=64))
-    return Trainer(build_phases(method, overrides=[*TINY, *overrides]), model, tok, data or tiny_data(),
+    return Trainer(build_stages(method, overrides=[*TINY, *overrides]), model, tok, data or tiny_data(),
                    tmp_path, log=log)
 
 
@@ -68,18 +68,18 @@ def test_pack_aligns_hidden_positions_with_targets():
 
 
 def test_methods_are_presets_of_one_trainer():
-    assert build_phases("grpo")[0].mu(5) == 0.0
-    assert build_phases("sft")[0].mu(5) == 1.0
-    chord_mu = build_phases("chord-mu", overrides=["steps=100"])[0]
+    assert build_stages("grpo")[0].mu(5) == 0.0
+    assert build_stages("sft")[0].mu(5) == 1.0
+    chord_mu = build_stages("chord-mu", overrides=["steps=100"])[0]
     assert chord_mu.mu(0) == pytest.approx(0.9) and chord_mu.mu(99) == pytest.approx(0.05, abs=1e-3)
-    staged = build_phases("sft-grpo", overrides=["steps=10"])
+    staged = build_stages("sft-grpo", overrides=["steps=10"])
     assert [(p.method.name, p.start, p.end) for p in staged] == [("sft", 0, 5), ("grpo", 5, 10)]
-    assert build_phases("chord-phi")[0].loss_spec().expert_weighting == "phi"
-    assert build_phases("luffy")[0].loss_spec().onpolicy_clip is False
+    assert build_stages("chord-phi")[0].loss_spec().expert_weighting == "phi"
+    assert build_stages("luffy")[0].loss_spec().luffy is True
     with pytest.raises(ConfigError, match="did you mean 'chord-phi'"):
-        build_phases("chord-phy")
+        build_stages("chord-phy")
     with pytest.raises(ConfigError, match="did you mean 'group_size'"):
-        build_phases("grpo", overrides=["group_sise=4"])
+        build_stages("grpo", overrides=["group_sise=4"])
 
 
 def test_grpo_raises_reward(tok, tmp_path):
@@ -106,11 +106,12 @@ def test_resume_repeats_an_uninterrupted_run(tok, tmp_path, method):
 
     def stop_after_two(line, box={}):
         if line.startswith("step    2/"):
-            box["trainer"]._stop_requested = True
+            box["trainer"].request_stop("test")
 
     interrupted = make_trainer(tok, tmp_path / "cut", method, overrides, log=stop_after_two)
     stop_after_two.__defaults__[0]["trainer"] = interrupted
-    interrupted.run()
+    with pytest.raises(TrainingInterrupted, match="after step 2/4"):
+        interrupted.run()
     assert load_checkpoint(tmp_path / "cut" / "checkpoint").step == 2
     resumed = make_trainer(tok, tmp_path / "cut", method, overrides, seed=123)  # different init: must be replaced
     assert resumed.resume() and resumed.step == 2
@@ -140,16 +141,19 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tok, tmp_path, mo
     assert all(torch.isfinite(p).all() for p in t.model.parameters()), "the bad update was applied"
 
 
-def test_ctrl_c_saves_and_exits_cleanly(tok, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_save_and_stop_with_an_error(tok, tmp_path, signum):
     def interrupt(line):
         if line.startswith("step    2/"):
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
 
     t = make_trainer(tok, tmp_path, "grpo", ["steps=8", "save_every=1000"], log=interrupt)
-    t.run()  # returns instead of raising KeyboardInterrupt
+    with pytest.raises(TrainingInterrupted, match=signal.Signals(signum).name):
+        t.run()  # finishes the step and saves, then says it did not finish
     assert t.step == 2
     assert load_checkpoint(tmp_path / "checkpoint").step == 2
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_reward_that_never_parses_is_reported(tok, tmp_path):

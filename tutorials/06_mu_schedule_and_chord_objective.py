@@ -17,7 +17,7 @@
 import torch
 
 from minichord.config import TrainConfig
-from minichord.experiment import build_phases
+from minichord.experiment import build_stages
 from minichord.losses import (TokenLossSpec, chord_objective, mu_schedule, ppo_clip_loss, sft_loss,
                               token_coefficients)
 from minichord.methods import METHODS
@@ -35,21 +35,21 @@ torch.manual_seed(0)
 #     mu = mu_v                                                     s >= W + D
 #
 # The official CHORD-mu config uses W = 0, D = 200 steps; minichord stores W and D as shares of
-# the run's length (`mu_warmup_frac`, `mu_decay_frac` in TrainConfig). `build_phases` turns a
-# method name + overrides into exactly the phases the trainer runs, so `phase.mu(step)` is the
+# the run's length (`mu_warmup_frac`, `mu_decay_frac` in TrainConfig). `build_stages` turns a
+# method name + overrides into exactly the stages the trainer runs, so `stage.mu(step)` is the
 # value the trainer will use.
 
 # %%
 steps = 100
-(mu_phase,) = build_phases("chord-mu", overrides=[f"steps={steps}"])
-(phi_phase,) = build_phases("chord-phi", overrides=[f"steps={steps}"])
+(mu_stage,) = build_stages("chord-mu", overrides=[f"steps={steps}"])
+(phi_stage,) = build_stages("chord-phi", overrides=[f"steps={steps}"])
 print(f"{'step':>5s} | {'chord-mu':>8s} {'chord-phi':>9s}")
 for s in range(0, steps + 1, 10):
-    print(f"{s:5d} | {mu_phase.mu(s):8.4f} {phi_phase.mu(s):9.4f}")
+    print(f"{s:5d} | {mu_stage.mu(s):8.4f} {phi_stage.mu(s):9.4f}")
 
 # hand check at the middle of the decay: 0.05 + (0.9 - 0.05) * (1 + cos(pi/2)) / 2 = 0.475
-assert abs(mu_phase.mu(50) - 0.475) < 1e-12 and mu_phase.mu(0) == 0.9 and mu_phase.mu(100) == 0.05
-assert all(phi_phase.mu(s) == 0.1 for s in range(steps))
+assert abs(mu_stage.mu(50) - 0.475) < 1e-12 and mu_stage.mu(0) == 0.9 and mu_stage.mu(100) == 0.05
+assert all(phi_stage.mu(s) == 0.1 for s in range(steps))
 # a warm-up: linear from 0 to the peak over W steps
 assert abs(mu_schedule(5, warmup=10, decay=20, peak=0.8, valley=0.1) - 0.4) < 1e-12
 print("check: mu(50) = 0.475, mu(0) = 0.9, mu(100) = 0.05, chord-phi constant 0.1, "
