@@ -5,7 +5,7 @@
 
 naive   = full logits, log_softmax in fp32, gather (minichord.ops.reference_token_logprobs;
           for tier 2 the logits are hidden @ W^T in the input dtype, then the reference)
-chunked = minichord.ops.chunked_fused_token_loss (torch, chunks over tokens)
+chunked = minichord.ops.fused_token_loss on its torch path (chunks over tokens)
 triton  = minichord.kernels.* (CUDA only; the CPU interpreter is not a performance path)
 
 Peak memory is the extra memory one forward+backward needs on top of its inputs:
@@ -21,6 +21,7 @@ TFLOP/s (6 N V H flops: logits, grad hidden, grad weight).
 """
 
 import argparse
+import os
 import json
 import resource
 import subprocess
@@ -30,7 +31,7 @@ import time
 import torch
 
 from minichord import ops
-from minichord.losses import TokenLossSpec, token_coefficients, token_losses
+from minichord.losses import TokenLossSpec, chord_loss, token_coefficients
 
 H100_BANDWIDTH = 3.35e12  # bytes / s
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -57,7 +58,7 @@ def make_inputs(case, device):
         hidden=randn(n, h).requires_grad_(),  # [N, H]
         weight=randn(v, h).div_(h ** 0.5).requires_grad_(),  # [V, H]
         targets=targets, is_expert=is_expert,
-        coef=token_coefficients(is_expert, torch.ones_like(is_expert), 0.3),  # [N]
+        coef=token_coefficients(is_expert, 0.3),  # [N]
         advantages=torch.randn(n, generator=gen).to(device),  # [N]
         old_logp=(-10 + torch.randn(n, generator=gen)).to(device),  # [N]
         spec=TokenLossSpec(expert_weighting="phi"))
@@ -67,15 +68,24 @@ def naive_fused_loss(hidden, weight, targets, coef, is_expert, advantages, old_l
     """What one writes first: full logits, reference log-probs, token losses."""
     logits = hidden @ weight.T  # [N, V], input dtype
     logp = ops.reference_token_logprobs(logits, targets)  # [N] fp32
-    loss_tok, _ = token_losses(logp, is_expert, advantages, old_logp, spec)
-    return (coef * loss_tok).sum()
+    return chord_loss(logp, None, is_expert, advantages, old_logp, coef, spec)[0]
+
+
+def chunked_torch_loss(*args):
+    """ops.fused_token_loss forced onto its torch path (on CUDA it would take the kernel)."""
+    previous = os.environ.get("MINICHORD_KERNELS")
+    os.environ["MINICHORD_KERNELS"] = "torch"
+    try:
+        return ops.fused_token_loss(*args).loss
+    finally:
+        os.environ.pop("MINICHORD_KERNELS") if previous is None else os.environ.update(MINICHORD_KERNELS=previous)
 
 
 def tier2_fn(impl):
     if impl == "naive":
         return naive_fused_loss
     if impl == "chunked":
-        return lambda *args: ops.chunked_fused_token_loss(*args).loss
+        return chunked_torch_loss
     from minichord.kernels.fused_loss import triton_fused_token_loss
     return lambda *args: triton_fused_token_loss(*args).loss
 

@@ -22,28 +22,36 @@ import tempfile
 
 import torch
 
-from minichord.losses import sft_loss
+from minichord.losses import TokenLossSpec, chord_loss
 
 torch.manual_seed(0)
+
+
+def sft_loss(logp: torch.Tensor, weighting: str) -> torch.Tensor:
+    """The expert term of minichord's loss, per token: `chord_loss` on a batch of expert tokens."""
+    n = logp.shape[0]
+    _, per_token, _ = chord_loss(logp, None, torch.ones(n, dtype=torch.bool), torch.zeros(n), torch.zeros(n),
+                                 torch.full((n,), 1.0 / n), TokenLossSpec(expert_weighting=weighting))
+    return per_token  # [n]
 
 # %% [markdown]
 # ## 1. The weight curves, read off the library's loss
 #
 # Since the weight is detached, d l_t / d log p_t = -w(p_t) exactly: we get w from autograd
-# applied to `minichord.losses.sft_loss`, not from a formula written here.
+# applied to `minichord.losses.chord_loss`, not from a formula written here.
 
 # %%
 ps = torch.tensor([0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
 weights = {}
-for kind in ("none", "phi", "is"):
+for kind in ("uniform", "phi", "is"):
     logp = ps.log().clone().requires_grad_(True)
     sft_loss(logp, kind).sum().backward()
     weights[kind] = -logp.grad  # [len(ps)]
 
 print(f"{'p':>6s} | {'SFT w=1':>8s} {'phi p(1-p)':>10s} {'IS w=p':>8s}")
 for i, p in enumerate(ps):
-    print(f"{p.item():6.3f} | {weights['none'][i].item():8.3f} {weights['phi'][i].item():10.4f} {weights['is'][i].item():8.3f}")
-errs = [(weights["none"] - 1).abs().max(), (weights["phi"] - ps * (1 - ps)).abs().max(), (weights["is"] - ps).abs().max()]
+    print(f"{p.item():6.3f} | {weights['uniform'][i].item():8.3f} {weights['phi'][i].item():10.4f} {weights['is'][i].item():8.3f}")
+errs = [(weights["uniform"] - 1).abs().max(), (weights["phi"] - ps * (1 - ps)).abs().max(), (weights["is"] - ps).abs().max()]
 print(f"check vs 1, p(1-p), p: max |diff| = {max(e.item() for e in errs):.1e} (tolerance 1e-6)")
 assert max(e.item() for e in errs) < 1e-6
 
@@ -84,13 +92,13 @@ V = 6
 z = torch.randn(V) * 2
 for y in range(V):
     grads = {}
-    for kind in ("none", "phi", "is"):
+    for kind in ("uniform", "phi", "is"):
         logits = z.clone().requires_grad_(True)
         sft_loss(torch.log_softmax(logits, -1)[y].reshape(1), kind).sum().backward()
         grads[kind] = logits.grad
     p_y = torch.softmax(z, -1)[y]
-    err_phi = (grads["phi"] - grads["none"] * p_y * (1 - p_y)).abs().max().item()
-    err_is = (grads["is"] - grads["none"] * p_y).abs().max().item()
+    err_phi = (grads["phi"] - grads["uniform"] * p_y * (1 - p_y)).abs().max().item()
+    err_is = (grads["is"] - grads["uniform"] * p_y).abs().max().item()
     assert err_phi < 1e-7 and err_is < 1e-7, (y, err_phi, err_is)
 print("check: grad(phi) = grad(NLL) * p(1-p) and grad(IS) = grad(NLL) * p for every target "
       "(max |diff| < 1e-7)")
@@ -109,14 +117,14 @@ print(f"{'expert token':>12s} {'p before':>9s} | {'dp SFT':>8s} {'dp phi':>8s} {
 rows = []
 for y in range(len(z)):
     dps = {}
-    for kind in ("none", "phi", "is"):
+    for kind in ("uniform", "phi", "is"):
         logits = z.clone().requires_grad_(True)
         sft_loss(torch.log_softmax(logits, -1)[y].reshape(1), kind).sum().backward()
         with torch.no_grad():
             dps[kind] = (torch.softmax(logits - 1.0 * logits.grad, -1)[y] - p0[y]).item()
     rows.append(dps)
     grad_ratio = (p0[y] * (1 - p0[y])).item()  # the gradient *vectors* differ by exactly this factor
-    print(f"{y:12d} {p0[y].item():9.4f} | {dps['none']:+8.4f} {dps['phi']:+8.4f} {dps['is']:+8.4f} | {grad_ratio:.4f}")
+    print(f"{y:12d} {p0[y].item():9.4f} | {dps['uniform']:+8.4f} {dps['phi']:+8.4f} {dps['is']:+8.4f} | {grad_ratio:.4f}")
 
 # %% [markdown]
 # Reading the table:
@@ -133,6 +141,6 @@ for y in range(len(z)):
 
 # %%
 unlikely, likely = len(z) - 1, 0
-assert rows[unlikely]["phi"] < 0.01 * rows[unlikely]["none"]  # phi barely moves a p ~ 0.001 token
-assert rows[likely]["phi"] < rows[likely]["is"] < rows[likely]["none"]  # and slows down on a learned one
+assert rows[unlikely]["phi"] < 0.01 * rows[unlikely]["uniform"]  # phi barely moves a p ~ 0.001 token
+assert rows[likely]["phi"] < rows[likely]["is"] < rows[likely]["uniform"]  # and slows down on a learned one
 print("check: phi moves the unlikely token < 1% of what SFT does, and moves the likely one less than IS")

@@ -18,8 +18,7 @@ import torch
 
 from minichord.config import TrainConfig
 from minichord.experiment import build_stages
-from minichord.losses import (TokenLossSpec, chord_objective, mu_schedule, ppo_clip_loss, sft_loss,
-                              token_coefficients)
+from minichord.losses import TokenLossSpec, chord_loss, mu_schedule, ppo_clip_loss, token_coefficients
 from minichord.methods import METHODS
 from minichord.ops import fused_token_loss
 
@@ -69,27 +68,26 @@ for name, m in METHODS.items():
                                               "mu_valley", "expert_weighting")}, **m.preset}
     if m.stages:
         sched = " -> ".join(f"{stage} ({share:.0%})" for stage, share in m.stages)
-    elif m.joint_normalisation:
+    elif m.luffy:
         sched = "none: one token-mean over all"
     elif p["mu_peak"] == p["mu_valley"]:
         sched = f"constant {p['mu_peak']}"
     else:
         sched = f"cosine {p['mu_peak']} -> {p['mu_valley']} over {p['mu_decay_frac']:.0%}"
-    weighting = "" if m.stages else p["expert_weighting"]
+    weighting = "" if m.stages else "luffy" if m.luffy else p["expert_weighting"]
     print(f"{name:10s} {sched:34s} {weighting:8s} {str(m.uses_rollouts):8s} {m.summary}")
 
 # %% [markdown]
 # ## 3. The objective: mu = 0 is GRPO, mu = 1 is SFT
 #
 # A toy batch: 12 on-policy tokens (with advantages and the sampler's old log-probs) and 8
-# expert tokens, all predicted by one set of logits. `chord_objective` builds the loss as
+# expert tokens, all predicted by one set of logits. `chord_loss` builds the loss as
 # sum_t coef_t * l_t with coef = (1 - mu)/N_on on rollout tokens and mu/N_exp on expert tokens.
 # We compare its gradient with the gradients of the two terms computed separately.
 
 # %%
 N_on, N_exp, V = 12, 8, 16
 is_expert = torch.tensor([False] * N_on + [True] * N_exp)
-mask = torch.ones(N_on + N_exp, dtype=torch.bool)
 targets = torch.randint(0, V, (N_on + N_exp,))
 adv = torch.where(is_expert, 0.0, torch.randn(N_on + N_exp))
 base_logits = torch.randn(N_on + N_exp, V)
@@ -109,17 +107,24 @@ def grad_of(loss_fn):
 
 
 def chord(mu):
-    return lambda logits: chord_objective(logp_of(logits), None, is_expert, mask, adv, old_logp, mu, spec)[0]
+    coef = token_coefficients(is_expert, mu)  # [N]: (1-mu)/N_on on rollout tokens, mu/N_exp on expert ones
+    return lambda logits: chord_loss(logp_of(logits), None, is_expert, adv, old_logp, coef, spec)[0]
 
 
-g_grpo = grad_of(lambda lg: ppo_clip_loss(logp_of(lg)[:N_on], old_logp[:N_on], adv[:N_on])[0].mean())
-g_sft = grad_of(lambda lg: sft_loss(logp_of(lg)[N_on:], "phi").mean())
+def phi_sft_loss(logp):  # the CHORD-phi expert term, written out: -sg(p (1 - p)) log p
+    p = logp.detach().exp()
+    return -(p * (1 - p)) * logp
+
+
+g_grpo = grad_of(lambda lg: ppo_clip_loss(logp_of(lg)[:N_on], old_logp[:N_on], adv[:N_on], spec)[0].mean())
+g_sft = grad_of(lambda lg: phi_sft_loss(logp_of(lg)[N_on:]).mean())
 for mu, expected in [(0.0, g_grpo), (1.0, g_sft), (0.3, 0.7 * g_grpo + 0.3 * g_sft)]:
     err = (grad_of(chord(mu)) - expected).abs().max().item()
-    print(f"mu = {mu}: grad of chord_objective vs (1-mu) grad L_GRPO + mu grad L_SFT: max |diff| = {err:.1e} (tolerance 1e-7)")
+    print(f"mu = {mu}: grad of chord_loss vs (1-mu) grad L_GRPO + mu grad L_SFT: max |diff| = {err:.1e} (tolerance 1e-7)")
     assert err < 1e-7
-_, metrics = chord_objective(logp_of(base_logits), None, is_expert, mask, adv, old_logp, 0.3, spec)
-print("metrics at mu = 0.3:", {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+_, per_token, _ = chord_loss(logp_of(base_logits), None, is_expert, adv, old_logp, token_coefficients(is_expert, 0.3), spec)
+print(f"mu = 0.3: GRPO term {per_token[~is_expert].mean():.4f} (~0: r = 1, zero-mean A), "
+      f"SFT term {per_token[is_expert].mean():.4f}")
 
 # %% [markdown]
 # Each term is normalised by its *own* token count. That matters: expert traces are long
@@ -135,15 +140,15 @@ print("metrics at mu = 0.3:", {k: round(v, 4) if isinstance(v, float) else v for
 H = 8
 hidden = torch.randn(N_on + N_exp, H, requires_grad=True)
 weight = torch.randn(V, H, requires_grad=True)
-coef = token_coefficients(is_expert, mask, 0.3)  # [N]: (1-mu)/N_on on rollout tokens, mu/N_exp on expert ones
+coef = token_coefficients(is_expert, 0.3)  # [N]: (1-mu)/N_on on rollout tokens, mu/N_exp on expert ones
 fused = fused_token_loss(hidden, weight, targets, coef, is_expert, adv, old_logp, spec, chunk_size=7)
 fused.loss.backward()
 g_hidden = hidden.grad.clone()
 hidden.grad = None
-ref_loss, _ = chord_objective(logp_of(hidden @ weight.T), None, is_expert, mask, adv, old_logp, 0.3, spec)
+ref_loss, _, _ = chord_loss(logp_of(hidden @ weight.T), None, is_expert, adv, old_logp, coef, spec)
 ref_loss.backward()
 err = max(abs(fused.loss.item() - ref_loss.item()), (g_hidden - hidden.grad).abs().max().item())
-print(f"fused_token_loss (chunks of 7 tokens) vs chord_objective: max |diff| loss/grad = {err:.1e} (tolerance 1e-5)")
+print(f"fused_token_loss (chunks of 7 tokens) vs chord_loss: max |diff| loss/grad = {err:.1e} (tolerance 1e-5)")
 assert err < 1e-5
 
 # %% [markdown]

@@ -88,7 +88,7 @@ print(f"sampled on {out.tokens.device} with a bf16 model: tokens {tuple(out.toke
 hidden = model16(ids, return_hidden=True)[:, :-1].reshape(-1, cfg.dim)  # [N, D] bf16
 N = hidden.shape[0]
 is_expert = torch.arange(N, device=device) >= N // 2  # second half: expert tokens
-coef = token_coefficients(is_expert, torch.ones_like(is_expert), 0.1)
+coef = token_coefficients(is_expert, 0.1)
 adv = torch.where(is_expert, 0.0, torch.randn(N, device=device))
 fused = ops.fused_token_loss(hidden, model16.lm_head_weight, targets, coef, is_expert, adv,
                              torch.where(is_expert, 0.0, logp16), TokenLossSpec(expert_weighting="phi"))
