@@ -117,10 +117,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     ids, mask = left_pad(prompts, pad_id, device)  # [B, P]
     B, P = ids.shape
     total = P + cfg.max_new_tokens
-    # Sequence buffer: prompt + every token fed back so far. Generated slots count as real.
-    seq = torch.full((B, total), pad_id, dtype=torch.long, device=device)
-    seq[:, :P] = ids
-    seq_mask = torch.ones(B, total, dtype=torch.bool, device=device)
+    seq_mask = torch.ones(B, total, dtype=torch.bool, device=device)  # generated slots count as real
     seq_mask[:, :P] = mask
 
     cache = KVCache(model.cfg, B, total, device, dtype) if use_cache else None
@@ -139,12 +136,11 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
         finished = finished | (alive & (next_tok == eos_id))
         if bool(finished.all()) or t + 1 == cfg.max_new_tokens:
             break
-        seq[:, P + t] = tokens[:, t]
-        end = P + t + 1
+        end = P + t + 1  # feed tokens[:, t] back (pad_id for stopped sequences)
         if use_cache:
-            logits = model(seq[:, end - 1:end], attention_mask=seq_mask[:, :end], kv_cache=cache)[:, -1]
+            logits = model(tokens[:, t:t + 1], attention_mask=seq_mask[:, :end], kv_cache=cache)[:, -1]
         else:
-            logits = model(seq[:, :end], attention_mask=seq_mask[:, :end])[:, -1]
+            logits = model(torch.cat([ids, tokens[:, :t + 1]], dim=1), attention_mask=seq_mask[:, :end])[:, -1]
     steps = t + 1
     return Rollout(tokens=tokens[:, :steps], logprobs=logprobs[:, :steps],
                    mask=out_mask[:, :steps], finished=finished)
