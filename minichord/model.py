@@ -4,10 +4,8 @@
     for each layer:  h = x + Attn(RMSNorm(x));  x = h + MLP(RMSNorm(h))
     logits = RMSNorm(x) @ W_lm^T            (W_lm = the embedding when tied)
 
-Parameter names are Hugging Face Qwen2's (`embed_tokens`, `layers.N.self_attn.q_proj`,
-`layers.N.mlp.gate_proj`, `input_layernorm`, `post_attention_layernorm`, `norm`, `lm_head`;
-HF adds a `model.` prefix to all but `lm_head`), so real Qwen2 weights map by renaming.
-A tied embedding has no `lm_head` parameter at all (one tensor, one name).
+Parameter names are Hugging Face Qwen2's (HF adds a `model.` prefix to all but `lm_head`), so
+real Qwen2 weights map by renaming; a tied embedding has no `lm_head` parameter at all.
 
 Padding: `attention_mask` is True on real tokens, and positions count real tokens only, so
 padding never shifts RoPE. The sampler left-pads its prompts; training batches are right-padded.

@@ -7,12 +7,8 @@ mask of which tokens were generated.
 A token is drawn from softmax(logits / T) restricted to the top-k / nucleus set, but the
 returned log-prob is the unrestricted one (T = 1 for greedy decoding):
     logprob_t = log_softmax(logits_t / T)[y_t]
-That is the policy the trainer differentiates (`ops.token_logprobs(logits, y, temperature=T)`),
-so old and new log-probs agree at the first update.
-
-A model may have more embedding rows than its tokenizer has ids (Qwen2 pads 151,665 ids to
-151,936 rows): with `vocab_size=tokenizer.vocab_size`, `generate` drops the extra logits before
-anything else, so they are never drawn and log-probs are over the tokenizer's ids.
+the policy the trainer differentiates (`ops.token_logprobs(logits, y, temperature=T)`), so old
+and new log-probs agree at the first update.
 """
 
 from __future__ import annotations
@@ -106,7 +102,9 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     matches); its later slots hold pad_id, mask False, logprob 0. Generation ends when every
     sequence has stopped, so T_new <= cfg.max_new_tokens. `generator` (on the model's device)
     makes sampling reproducible; use_cache=False recomputes the whole sequence every step (slow;
-    for tests and benchmarks); vocab_size: ids >= vocab_size are never drawn.
+    for tests and benchmarks). vocab_size (the tokenizer's, where the model has more embedding
+    rows, as Qwen2 pads 151,665 ids to 151,936): the extra logits are dropped before anything
+    else, so they are never drawn and log-probs are over the tokenizer's ids.
     """
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
