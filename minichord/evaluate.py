@@ -1,12 +1,10 @@
-"""Evaluation: greedy accuracy on held-out splits, pass@k, retention of the other skills.
+"""Evaluation: greedy accuracy on held-out splits and retention of the other skills.
 
-    accuracy  = mean over problems of reward(greedy response, answer)            (0/1 rewards)
-    pass@k    = E_problems[ 1 - C(n-c, k) / C(n, k) ]   from n samples, c of them correct
+    accuracy = mean over problems of reward(greedy response, answer)            (0/1 rewards)
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from typing import Callable, Sequence
 
@@ -20,9 +18,9 @@ from minichord.tasks.reward import reward as default_reward
 RewardFn = Callable[[str, str], float]
 
 
-def _responses(model, tokenizer, prompts: list[str], cfg: SamplerConfig, batch_size: int,
-               generator: torch.Generator | None) -> tuple[list[str], list[int]]:
-    """Generate one response per prompt, in batches: (texts, lengths in tokens incl. eos)."""
+def _responses(model, tokenizer, prompts: list[str], max_new_tokens: int,
+               batch_size: int) -> tuple[list[str], list[int]]:
+    """Greedy-decode one response per prompt, in batches: (texts, lengths in tokens incl. eos)."""
     texts, lengths = [], []
     was_training = model.training
     model.eval()
@@ -33,9 +31,9 @@ def _responses(model, tokenizer, prompts: list[str], cfg: SamplerConfig, batch_s
             if room < 1:
                 raise ValueError(f"a prompt of {max(len(p) for p in ids)} tokens leaves no room to answer "
                                  f"within max_seq_len={model.cfg.max_seq_len}")
-            batch_cfg = dataclasses.replace(cfg, max_new_tokens=min(cfg.max_new_tokens, room))
-            rollout = generate(model, ids, batch_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                               generator=generator, vocab_size=tokenizer.vocab_size)
+            cfg = SamplerConfig(max_new_tokens=min(max_new_tokens, room), greedy=True)
+            rollout = generate(model, ids, cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                               vocab_size=tokenizer.vocab_size)
             for tokens, mask in zip(rollout.tokens, rollout.mask):  # [T_new] each
                 texts.append(tokenizer.decode(tokens[mask]))  # generated tokens, eos included
                 lengths.append(int(mask.sum()))
@@ -71,45 +69,15 @@ def summarise(problems: Sequence[Problem], responses: Sequence[str], rewards: Se
 
 
 def evaluate(model, tokenizer, problems: Sequence[Problem], *, batch_size: int = 128,
-             max_new_tokens: int = 96, reward_fn: RewardFn = default_reward, n_samples: int = 3) -> dict:
+             max_new_tokens: int = 96, reward_fn: RewardFn = default_reward) -> dict:
     """Greedy-decode every problem and score it; returns `summarise`'s dict."""
     problems = list(problems)
     if not problems:
         raise ValueError("evaluate() needs at least one problem")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    cfg = SamplerConfig(max_new_tokens=max_new_tokens, greedy=True)
-    responses, lengths = _responses(model, tokenizer, [p.prompt for p in problems], cfg, batch_size, None)
-    return summarise(problems, responses, score(responses, problems, reward_fn), lengths, n_samples)
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct: the chance that k of them drawn without
-    replacement include a correct one, 1 - C(n-c, k) / C(n, k), computed as a product to avoid
-    huge binomials:  C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i)."""
-    if not (0 <= c <= n and 1 <= k <= n):
-        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:  # every k-subset contains a correct sample
-        return 1.0
-    all_wrong = 1.0
-    for i in range(n - c + 1, n + 1):
-        all_wrong *= 1.0 - k / i
-    return 1.0 - all_wrong
-
-
-def evaluate_pass_at_k(model, tokenizer, problems: Sequence[Problem], *, n: int = 8, ks: Sequence[int] = (1, 8),
-                       temperature: float = 1.0, max_new_tokens: int = 96, batch_size: int = 128,
-                       generator: torch.Generator | None = None, reward_fn: RewardFn = default_reward) -> dict:
-    """Sample n responses per problem at `temperature`; mean pass@k over problems for each k."""
-    problems = list(problems)
-    if not problems:
-        raise ValueError("evaluate_pass_at_k() needs at least one problem")
-    repeated = [p for p in problems for _ in range(n)]  # n consecutive copies of each problem
-    cfg = SamplerConfig(max_new_tokens=max_new_tokens, temperature=temperature)
-    responses, _ = _responses(model, tokenizer, [p.prompt for p in repeated], cfg, batch_size, generator)
-    rewards = score(responses, repeated, reward_fn)
-    correct = [int(sum(rewards[i * n:(i + 1) * n])) for i in range(len(problems))]
-    return {f"pass@{k}": sum(pass_at_k(n, c, k) for c in correct) / len(problems) for k in ks}
+    responses, lengths = _responses(model, tokenizer, [p.prompt for p in problems], max_new_tokens, batch_size)
+    return summarise(problems, responses, score(responses, problems, reward_fn), lengths)
 
 
 @torch.no_grad()
