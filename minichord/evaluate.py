@@ -42,13 +42,6 @@ def _responses(model, tokenizer, prompts: list[str], max_new_tokens: int,
     return texts, lengths
 
 
-def score(responses: Sequence[str], problems: Sequence[Problem], reward_fn: RewardFn = default_reward) -> list[float]:
-    """Reward of each response against its problem's answer."""
-    if len(responses) != len(problems):
-        raise ValueError(f"{len(responses)} responses for {len(problems)} problems")
-    return [float(reward_fn(r, p.answer)) for r, p in zip(responses, problems)]
-
-
 def summarise(problems: Sequence[Problem], responses: Sequence[str], rewards: Sequence[float],
               lengths: Sequence[int], n_samples: int = 3) -> dict:
     """{"accuracy", "n", "response_length" (mean tokens, eos included), "samples": the first
@@ -77,7 +70,8 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], *, batch_size: int =
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     responses, lengths = _responses(model, tokenizer, [p.prompt for p in problems], max_new_tokens, batch_size)
-    return summarise(problems, responses, score(responses, problems, reward_fn), lengths)
+    rewards = [float(reward_fn(r, p.answer)) for r, p in zip(responses, problems)]
+    return summarise(problems, responses, rewards, lengths)
 
 
 @torch.no_grad()

@@ -7,9 +7,9 @@ import torch
 
 from minichord.checkpoint import load_checkpoint
 from minichord.config import ModelConfig
-from minichord.evaluate import evaluate, evaluate_splits, expert_token_probs, score, summarise
+from minichord.evaluate import evaluate, evaluate_splits, expert_token_probs, summarise
 from minichord.pretrain import PretrainConfig, cosine_lr, pretrain_base
-from minichord.tasks import Demonstration, Problem
+from minichord.tasks import Demonstration, Problem, reward
 from minichord.tokenizer import Tokenizer
 
 TINY_MODEL = ModelConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64)
@@ -18,11 +18,11 @@ TINY_RECIPE = PretrainConfig(steps=4, batch_size=8, warmup_steps=2, tokenizer_te
 
 # ---- accuracy on known responses --------------------------------------------------------------
 
-def test_score_and_summarise_compute_accuracy_and_per_skill():
+def test_summarise_computes_accuracy_and_per_skill():
     problems = [Problem("add 1 2", "3", "add"), Problem("add 2 2", "4", "add"),
                 Problem("copy 12", "12", "copy"), Problem("sort 21", "12", "sort")]
     responses = ["3", "1+1=2 carry 0\nanswer: 5", "12", "1+1"]
-    rewards = score(responses, problems)
+    rewards = [reward(r, p.answer) for r, p in zip(responses, problems)]
     assert rewards == [1.0, 0.0, 1.0, 0.0]
     out = summarise(problems, responses, rewards, [2, 9, 3, 4], n_samples=2)
     assert out["accuracy"] == 0.5 and out["n"] == 4 and out["response_length"] == 4.5
