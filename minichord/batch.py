@@ -55,16 +55,15 @@ def pack(sequences: list[Sequence], pad_id: int, max_len: int) -> TokenBatch:
     if not sequences:
         raise ValueError("cannot pack an empty list of sequences")
     lengths = [len(s.prompt_ids) + len(s.response_ids) for s in sequences]
-    if max(lengths) > max_len:
-        raise ValueError(f"a sequence of {max(lengths)} tokens exceeds the model context {max_len}")
     L = max(lengths)
+    if L > max_len:
+        raise ValueError(f"a sequence of {L} tokens exceeds the model context {max_len}")
     ids = torch.full((len(sequences), L), pad_id, dtype=torch.long)  # [M, L]
-    attention_mask = torch.zeros((len(sequences), L), dtype=torch.bool)  # [M, L]
+    attention_mask = torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]  # [M, L], True on real tokens
     rows, cols, is_expert, advantages, old_logp = [], [], [], [], []
     for i, s in enumerate(sequences):
         p, r = len(s.prompt_ids), len(s.response_ids)
         ids[i, : p + r] = torch.tensor(s.prompt_ids + s.response_ids)
-        attention_mask[i, : p + r] = True
         rows += [i] * r
         cols += range(p - 1, p + r - 1)
         is_expert += [s.is_expert] * r

@@ -1,9 +1,8 @@
 """`minichord demo` (`make demo`): the main job on the embedded toy task, on a CPU.
 
-1. pre-train the tiny base model, or reuse the cached one (terse answers, ~0.8 accuracy on
-   2-digit addition, ~0.95 on the other skills);
+1. pre-train the tiny base model (terse answers), or reuse the cached one;
 2. train it with CHORD-phi: GRPO on its own rollouts + phi-weighted SFT on a limited set of
-   step-by-step expert demonstrations, mu = 0.1;
+   step-by-step expert demonstrations;
 3. print accuracy before/after on each held-out split and a few outputs, base vs trained.
 """
 

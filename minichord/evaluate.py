@@ -1,11 +1,6 @@
-"""Evaluation: greedy accuracy on held-out splits, pass@k, retention of the other skills.
+"""Evaluation: greedy accuracy on held-out splits and retention of the other skills.
 
-    accuracy  = mean over problems of reward(greedy response, answer)            (0/1 rewards)
-    pass@k    = E_problems[ 1 - C(n-c, k) / C(n, k) ]   from n samples, c of them correct
-
-The pass@k estimator is the unbiased one: the chance that k responses drawn without
-replacement from the n sampled contain at least one correct. Computed as a product to avoid
-huge binomials:  C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i).
+    accuracy = mean over problems of reward(greedy response, answer)            (0/1 rewards)
 """
 
 from __future__ import annotations
@@ -23,48 +18,34 @@ from minichord.tasks.reward import reward as default_reward
 RewardFn = Callable[[str, str], float]
 
 
-def _max_new_tokens(model, prompts: list[list[int]], wanted: int) -> int:
-    """`wanted`, shortened so that the longest prompt still fits in the model's context."""
-    room = model.cfg.max_seq_len - max(len(p) for p in prompts)
-    if room < 1:
-        raise ValueError(f"a prompt of {max(len(p) for p in prompts)} tokens leaves no room to answer "
-                         f"within max_seq_len={model.cfg.max_seq_len}")
-    return min(wanted, room)
-
-
-def _responses(model, tokenizer, prompts: list[str], cfg: SamplerConfig, batch_size: int,
-               generator: torch.Generator | None) -> tuple[list[str], list[int]]:
-    """Generate one response per prompt, in batches: (texts, lengths in tokens incl. eos)."""
+def _responses(model, tokenizer, prompts: list[str], max_new_tokens: int,
+               batch_size: int) -> tuple[list[str], list[int]]:
+    """Greedy-decode one response per prompt, in batches: (texts, lengths in tokens incl. eos)."""
     texts, lengths = [], []
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(prompts), batch_size):
             ids = [tokenizer.encode_prompt(p) for p in prompts[start:start + batch_size]]
-            batch_cfg = SamplerConfig(max_new_tokens=_max_new_tokens(model, ids, cfg.max_new_tokens),
-                                      temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                      greedy=cfg.greedy)
-            rollout = generate(model, ids, batch_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                               generator=generator, vocab_size=tokenizer.vocab_size)
+            room = model.cfg.max_seq_len - max(len(p) for p in ids)  # answers are cut to fit the context
+            if room < 1:
+                raise ValueError(f"a prompt of {max(len(p) for p in ids)} tokens leaves no room to answer "
+                                 f"within max_seq_len={model.cfg.max_seq_len}")
+            cfg = SamplerConfig(max_new_tokens=min(max_new_tokens, room), greedy=True)
+            rollout = generate(model, ids, cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                               vocab_size=tokenizer.vocab_size)
             for tokens, mask in zip(rollout.tokens, rollout.mask):  # [T_new] each
-                kept = tokens[mask]  # generated tokens, eos included
-                texts.append(tokenizer.decode(kept))
+                texts.append(tokenizer.decode(tokens[mask]))  # generated tokens, eos included
                 lengths.append(int(mask.sum()))
     finally:
         model.train(was_training)
     return texts, lengths
 
 
-def score(responses: Sequence[str], problems: Sequence[Problem], reward_fn: RewardFn = default_reward) -> list[float]:
-    """Reward of each response against its problem's answer."""
-    if len(responses) != len(problems):
-        raise ValueError(f"{len(responses)} responses for {len(problems)} problems")
-    return [float(reward_fn(r, p.answer)) for r, p in zip(responses, problems)]
-
-
 def summarise(problems: Sequence[Problem], responses: Sequence[str], rewards: Sequence[float],
               lengths: Sequence[int], n_samples: int = 3) -> dict:
-    """accuracy, mean response length, per-skill accuracy (if several skills), a few samples."""
+    """{"accuracy", "n", "response_length" (mean tokens, eos included), "samples": the first
+    n_samples as [{"prompt", "response", "answer"}, ...], "per_skill" (only when several skills)}."""
     by_skill: dict[str, list[float]] = defaultdict(list)
     for p, r in zip(problems, rewards):
         by_skill[p.skill].append(r)
@@ -81,48 +62,16 @@ def summarise(problems: Sequence[Problem], responses: Sequence[str], rewards: Se
 
 
 def evaluate(model, tokenizer, problems: Sequence[Problem], *, batch_size: int = 128,
-             max_new_tokens: int = 96, generator: torch.Generator | None = None,
-             reward_fn: RewardFn = default_reward, n_samples: int = 3) -> dict:
-    """Greedy-decode every problem and score it.
-
-    Returns {"accuracy", "n", "response_length" (mean tokens, eos included), "samples":
-    [{"prompt", "response", "answer"}, ...], "per_skill" (only when several skills)}.
-    `generator` is unused by greedy decoding; it is accepted for a uniform signature."""
+             max_new_tokens: int = 96, reward_fn: RewardFn = default_reward) -> dict:
+    """Greedy-decode every problem and score it; returns `summarise`'s dict."""
     problems = list(problems)
     if not problems:
         raise ValueError("evaluate() needs at least one problem")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    cfg = SamplerConfig(max_new_tokens=max_new_tokens, greedy=True)
-    responses, lengths = _responses(model, tokenizer, [p.prompt for p in problems], cfg, batch_size, generator)
-    return summarise(problems, responses, score(responses, problems, reward_fn), lengths, n_samples)
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
-    if not (0 <= c <= n and 1 <= k <= n):
-        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:  # every k-subset contains a correct sample
-        return 1.0
-    all_wrong = 1.0
-    for i in range(n - c + 1, n + 1):
-        all_wrong *= 1.0 - k / i
-    return 1.0 - all_wrong
-
-
-def evaluate_pass_at_k(model, tokenizer, problems: Sequence[Problem], *, n: int = 8, ks: Sequence[int] = (1, 8),
-                       temperature: float = 1.0, max_new_tokens: int = 96, batch_size: int = 128,
-                       generator: torch.Generator | None = None, reward_fn: RewardFn = default_reward) -> dict:
-    """Sample n responses per problem at `temperature`; mean pass@k over problems for each k."""
-    problems = list(problems)
-    if not problems:
-        raise ValueError("evaluate_pass_at_k() needs at least one problem")
-    repeated = [p for p in problems for _ in range(n)]  # n consecutive copies of each problem
-    cfg = SamplerConfig(max_new_tokens=max_new_tokens, temperature=temperature)
-    responses, _ = _responses(model, tokenizer, [p.prompt for p in repeated], cfg, batch_size, generator)
-    rewards = score(responses, repeated, reward_fn)
-    correct = [int(sum(rewards[i * n:(i + 1) * n])) for i in range(len(problems))]
-    return {f"pass@{k}": sum(pass_at_k(n, c, k) for c in correct) / len(problems) for k in ks}
+    responses, lengths = _responses(model, tokenizer, [p.prompt for p in problems], max_new_tokens, batch_size)
+    rewards = [float(reward_fn(r, p.answer)) for r, p in zip(responses, problems)]
+    return summarise(problems, responses, rewards, lengths)
 
 
 @torch.no_grad()

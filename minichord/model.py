@@ -4,13 +4,11 @@
     for each layer:  h = x + Attn(RMSNorm(x));  x = h + MLP(RMSNorm(h))
     logits = RMSNorm(x) @ W_lm^T            (W_lm = the embedding when tied)
 
-Parameter names follow Hugging Face's Qwen2 (`embed_tokens`, `layers.N.self_attn.q_proj`,
-`layers.N.mlp.gate_proj`, `input_layernorm`, `post_attention_layernorm`, `norm`, `lm_head`;
-HF adds a `model.` prefix to all but `lm_head`), so real Qwen2 weights map by renaming.
-When the embedding is tied there is no `lm_head` parameter at all (one tensor, one name).
+Parameter names are Hugging Face Qwen2's (HF adds a `model.` prefix to all but `lm_head`), so
+real Qwen2 weights map by renaming; a tied embedding has no `lm_head` parameter at all.
 
-Padding convention: batches are LEFT-padded; `attention_mask` is True on real tokens.
-Each sequence's positions count only its real tokens, so padding never shifts RoPE.
+Padding: `attention_mask` is True on real tokens, and positions count real tokens only, so
+padding never shifts RoPE. The sampler left-pads its prompts; training batches are right-padded.
 """
 
 from __future__ import annotations
@@ -26,16 +24,14 @@ from minichord.config import ModelConfig
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Position of every slot counting real tokens only: cumsum(mask) - 1, clamped at 0.
-    [B, S] bool -> [B, S] long (left pads get position 0; their outputs are never used)."""
+    [B, S] bool -> [B, S] long (pads get a position too, but their outputs are never used)."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 class KVCache:
-    """Preallocated keys/values for incremental decoding.
-
-    k[l], v[l]: [B, n_kv_heads, max_len, head_dim] for layer l; slots [0, length) are filled.
-    The model writes each forward's new k/v at [length, length + T) and advances `length`.
-    """
+    """Preallocated keys/values for incremental decoding: k[l], v[l] are [B, n_kv_heads,
+    max_len, head_dim] for layer l, filled in slots [0, length); each forward writes its T new
+    keys/values at [length, length + T) and advances `length`."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
         shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
@@ -148,19 +144,16 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        self.apply(self._init_weights)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
         # GPT-2-style scaling: each residual branch's output projection gets std 0.02/sqrt(2L),
         # so the residual stream's variance does not grow with depth.
         for name, p in self.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
@@ -171,12 +164,10 @@ class Transformer(nn.Module):
         """Number of distinct parameters (a tied embedding counts once)."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, ids, attention_mask=None, positions=None, kv_cache: KVCache | None = None,
-                return_hidden: bool = False):
+    def forward(self, ids, attention_mask=None, kv_cache: KVCache | None = None, return_hidden: bool = False):
         """ids [B, T] -> logits [B, T, V] (or final-normed hidden [B, T, D] if return_hidden).
 
         attention_mask: [B, S] bool, S = cached length + T, True on real tokens (default all True).
-        positions: [B, T] long; default = positions_from_mask(attention_mask)[:, -T:].
         kv_cache: appends this call's keys/values and attends to everything cached before.
         Query i (absolute slot past+i) may see key j iff j <= past+i and attention_mask[b, j];
         it always sees itself, so rows for padding stay finite (and are never used).
@@ -196,10 +187,7 @@ class Transformer(nn.Module):
         if attention_mask.shape != (B, S):
             raise ValueError(f"attention_mask must be [B, cached+T] = {(B, S)}, got {tuple(attention_mask.shape)}")
         attention_mask = attention_mask.bool()
-        if positions is None:
-            positions = positions_from_mask(attention_mask)[:, past:]  # [B, T]
-        if positions.shape != (B, T):
-            raise ValueError(f"positions must be [B, T] = {(B, T)}, got {tuple(positions.shape)}")
+        positions = positions_from_mask(attention_mask)[:, past:]  # [B, T]
 
         query_slot = torch.arange(past, S, device=ids.device)[:, None]  # [T, 1]
         key_slot = torch.arange(S, device=ids.device)[None, :]  # [1, S]
@@ -213,6 +201,4 @@ class Transformer(nn.Module):
         if kv_cache is not None:
             kv_cache.length = S
         hidden = self.norm(x)  # [B, T, D]
-        if return_hidden:
-            return hidden
-        return hidden @ self.lm_head_weight.t()  # [B, T, V]
+        return hidden if return_hidden else hidden @ self.lm_head_weight.t()  # [B, T, V]

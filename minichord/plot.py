@@ -1,5 +1,4 @@
-"""Learning curves from run directories (metrics.jsonl, eval.jsonl). Needs matplotlib:
-`pip install 'minichord[plot]'`.
+"""Learning curves from run directories (metrics.jsonl, eval.jsonl); needs matplotlib.
 
     minichord plot runs/a runs/b -o curves.png
 """
@@ -39,7 +38,9 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
-def require_matplotlib():
+def plot_runs(run_dirs: list[Path], out_file: Path, labels: list[str] | None = None,
+              panels: list[tuple[str, str, str]] = PANELS) -> Path:
+    """One panel per curve, one line per run; returns the written file."""
     try:
         import matplotlib
 
@@ -47,13 +48,6 @@ def require_matplotlib():
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("plotting needs matplotlib: pip install 'minichord[plot]' (or pip install matplotlib)") from None
-    return plt
-
-
-def plot_runs(run_dirs: list[Path], out_file: Path, labels: list[str] | None = None,
-              panels: list[tuple[str, str, str]] = PANELS) -> Path:
-    """One panel per curve, one line per run; returns the written file."""
-    plt = require_matplotlib()
     runs = [Path(d) for d in run_dirs]
     for d in runs:
         if not (d / "metrics.jsonl").exists() and not (d / "eval.jsonl").exists():

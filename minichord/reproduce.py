@@ -1,12 +1,12 @@
 """The paper's comparison at toy scale: every method, several seeds, matched budgets.
 
-    minichord reproduce --out runs/reproduce            # default: 3 seeds, ~30 min on 2 cores
-    minichord reproduce --quick --out runs/quick        # 1 seed, few steps, ~5 min
+    minichord reproduce --out runs/reproduce            # the FULL setting below
+    minichord reproduce --quick --out runs/quick        # the QUICK setting below
 
-Matched budget: every method runs the same number of optimizer steps with the same batch
-shape (B prompts x G rollouts, E expert demonstrations per step where its mu > 0); sft-grpo
-splits those steps between its two stages. Samples seen differ by design (SFT samples no
-rollouts; GRPO sees no expert data) and are reported per method.
+(Measured wall times: README.md.) Matched budget: every method runs the same number of
+optimizer steps with the same batch shape (B prompts x G rollouts, E expert demonstrations per
+step where its mu > 0); sft-grpo splits those steps between its two stages. Samples seen differ
+by design (SFT samples no rollouts; GRPO sees no expert data) and are reported per method.
 
 Writes results.json (every run's final numbers), results.md (mean ± std over seeds),
 curves.png (seed-0 curves of every method) and sft_curve.png (a long SFT run on the limited
@@ -24,10 +24,9 @@ from typing import Callable
 
 from minichord.evaluate import evaluate_splits
 from minichord.experiment import build_stages, load_initial_model, prepare_run
-from minichord.plot import read_jsonl
+from minichord.plot import plot_runs, read_jsonl
 from minichord.tasks import make_splits
 
-# the long SFT run: does it shift (accuracy drops as the style changes), readapt, then overfit?
 SFT_CURVE_PANELS = [("eval.jsonl", "in_domain.accuracy", "in-domain accuracy (greedy)"),
                     ("eval.jsonl", "other_skills.accuracy", "other-skill retention"),
                     ("eval.jsonl", "in_domain.response_length", "in-domain response length (tokens)"),
@@ -48,16 +47,20 @@ FULL = Setting(steps=100, seeds=3, n_test=150, eval_every=25, sft_curve_steps=30
 QUICK = Setting(steps=24, seeds=1, n_test=60, eval_every=12, sft_curve_steps=60)
 
 
+def split_summary(evaluation: dict) -> dict:
+    """Accuracy on each held-out split and the in-domain mean response length."""
+    return {"in_domain": evaluation["in_domain"]["accuracy"], "harder": evaluation["harder"]["accuracy"],
+            "other_skills": evaluation["other_skills"]["accuracy"],
+            "response_length": evaluation["in_domain"]["response_length"]}
+
+
 def run_summary(run_dir: Path, wall: float) -> dict:
-    """Final test accuracies, final rollout entropy, response length and samples seen."""
+    """`split_summary` of the last evaluation, final rollout entropy and samples seen."""
     evals, metrics = read_jsonl(run_dir / "eval.jsonl"), read_jsonl(run_dir / "metrics.jsonl")
-    last = evals[-1]
     tail = [m["entropy"] for m in metrics[-5:] if isinstance(m.get("entropy"), float) and m["entropy"] == m["entropy"]]
     return {
-        "in_domain": last["in_domain"]["accuracy"], "harder": last["harder"]["accuracy"],
-        "other_skills": last["other_skills"]["accuracy"],
+        **split_summary(evals[-1]),
         "entropy": sum(tail) / len(tail) if tail else None,
-        "response_length": last["in_domain"]["response_length"],
         "rollouts_seen": sum(m.get("rollouts", 0) for m in metrics),
         "experts_seen": sum(m.get("experts", 0) for m in metrics),
         "wall_s": wall,
@@ -115,9 +118,7 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
     for s in range(setting.seeds):
         base_eval = evaluate_splits(model, tok, make_splits(s, n_rl=0, n_expert=0, n_test=first_cfg.n_test).tests,
                                     max_new_tokens=first_cfg.sampler.max_new_tokens)
-        results["base"].append({"in_domain": base_eval["in_domain"]["accuracy"], "harder": base_eval["harder"]["accuracy"],
-                                "other_skills": base_eval["other_skills"]["accuracy"],
-                                "response_length": base_eval["in_domain"]["response_length"], "wall_s": 0.0})
+        results["base"].append({**split_summary(base_eval), "wall_s": 0.0})
     for done, (method, seed) in enumerate(jobs):
         elapsed = time.perf_counter() - t_start
         eta = f", ~{elapsed / done * (total - done) / 60:.1f} min left" if done else ""
@@ -125,9 +126,9 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
         run_dir = out / method / f"seed{seed}"
         t0 = time.perf_counter()
         prepare_run(method, run_dir, overrides=[f"seed={seed}", *common], resume=False, log=quiet).run()
-        results.setdefault(method, []).append({"seed": seed, **run_summary(run_dir, time.perf_counter() - t0)})
-        log(f"    in-domain {results[method][-1]['in_domain']:.3f} | harder {results[method][-1]['harder']:.3f} | "
-            f"other skills {results[method][-1]['other_skills']:.3f}")
+        r = {"seed": seed, **run_summary(run_dir, time.perf_counter() - t0)}
+        results.setdefault(method, []).append(r)
+        log(f"    in-domain {r['in_domain']:.3f} | harder {r['harder']:.3f} | other skills {r['other_skills']:.3f}")
     if setting.sft_curve_steps:
         log(f"[run {total}/{total}] long SFT run on the limited expert set ({setting.sft_curve_steps} steps)")
         every = max(1, setting.sft_curve_steps // 24)
@@ -139,8 +140,6 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
                                                   "overrides": list(overrides), "results": results}, indent=1))
     (out / "results.md").write_text(f"# minichord reproduce ({'quick' if quick else 'full'})\n\n{table}\n")
     try:
-        from minichord.plot import plot_runs
-
         plot_runs([out / m / "seed0" for m in methods], out / "curves.png", labels=methods)
         if (out / "sft-long").exists():
             plot_runs([out / "sft-long"], out / "sft_curve.png", labels=["sft (long)"], panels=SFT_CURVE_PANELS)

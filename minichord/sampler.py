@@ -1,20 +1,14 @@
-"""Batched generation with a KV cache, returning what the trainer needs: tokens, the
-log-probability of each sampled token, and a mask of which tokens were generated.
+"""Batched generation with a KV cache: the sampled tokens, the log-probability of each, and a
+mask of which tokens were generated.
 
     prompts (ragged) --left-pad--> [B, P] --prefill (one forward)--> cache + last logits
-    repeat max_new_tokens times:  pick token from logits -> feed it back (one forward on [B, 1])
+    repeat up to max_new_tokens times:  pick a token from the logits, feed it back ([B, 1])
 
-Which log-probability is returned. A token is *drawn* from softmax(logits / T) restricted to
-the top-k / nucleus set and renormalised, but the returned log-prob is the unrestricted
+A token is drawn from softmax(logits / T) restricted to the top-k / nucleus set, but the
+returned log-prob is the unrestricted one (T = 1 for greedy decoding):
     logprob_t = log_softmax(logits_t / T)[y_t]
-(with T = 1 for greedy decoding). That is the policy the trainer differentiates
-(`ops.token_logprobs(logits, y, temperature=T)`), so old and new log-probs agree at the
-first update. top-k / top-p only restrict what can be drawn; they do not change logprob_t.
-
-Padded vocabularies. A model may have more embedding rows than its tokenizer has ids (Qwen2
-pads 151,665 ids to 151,936 rows). `generate(..., vocab_size=tokenizer.vocab_size)` never draws
-an id >= vocab_size: those logits are set to -inf before anything else, so the returned
-log-probs are over the tokenizer's ids. (The toy base model has no padding rows.)
+the policy the trainer differentiates (`ops.token_logprobs(logits, y, temperature=T)`), so old
+and new log-probs agree at the first update.
 """
 
 from __future__ import annotations
@@ -104,12 +98,13 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
              vocab_size: int | None = None) -> Rollout:
     """Sample continuations of `prompts` (token-id lists of any lengths) from `model`.
 
-    Each sequence stops after emitting `eos_id` (an id outside the vocabulary never matches, so
-    e.g. eos_id=-1 disables stopping); later slots hold pad_id, mask False, logprob 0.
-    Generation ends when every sequence has stopped, so T_new <= cfg.max_new_tokens.
-    `generator` (on the model's device) makes sampling reproducible.
-    use_cache=False recomputes the whole sequence every step (slow; for tests and benchmarks).
-    vocab_size (e.g. the tokenizer's): ids >= vocab_size are never drawn (see module docstring).
+    Each sequence stops after emitting `eos_id` (an id outside the vocabulary, e.g. -1, never
+    matches); its later slots hold pad_id, mask False, logprob 0. Generation ends when every
+    sequence has stopped, so T_new <= cfg.max_new_tokens. `generator` (on the model's device)
+    makes sampling reproducible; use_cache=False recomputes the whole sequence every step (slow;
+    for tests and benchmarks). vocab_size (the tokenizer's, where the model has more embedding
+    rows, as Qwen2 pads 151,665 ids to 151,936): the extra logits are dropped before anything
+    else, so they are never drawn and log-probs are over the tokenizer's ids.
     """
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
@@ -120,10 +115,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     ids, mask = left_pad(prompts, pad_id, device)  # [B, P]
     B, P = ids.shape
     total = P + cfg.max_new_tokens
-    # Sequence buffer: prompt + every token fed back so far. Generated slots count as real.
-    seq = torch.full((B, total), pad_id, dtype=torch.long, device=device)
-    seq[:, :P] = ids
-    seq_mask = torch.ones(B, total, dtype=torch.bool, device=device)
+    seq_mask = torch.ones(B, total, dtype=torch.bool, device=device)  # generated slots count as real
     seq_mask[:, :P] = mask
 
     cache = KVCache(model.cfg, B, total, device, dtype) if use_cache else None
@@ -133,23 +125,20 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     logprobs = torch.zeros(B, cfg.max_new_tokens, dtype=torch.float32, device=device)
     out_mask = torch.zeros(B, cfg.max_new_tokens, dtype=torch.bool, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
-    steps = 0
     for t in range(cfg.max_new_tokens):
-        logits = logits[:, :drawable]  # [B, V'] padding rows of the vocabulary are never drawn
-        next_tok, next_logp = pick_tokens(logits, cfg, generator)  # [B], [B]
+        next_tok, next_logp = pick_tokens(logits[:, :drawable], cfg, generator)  # [B], [B]
         alive = ~finished
         tokens[:, t] = torch.where(alive, next_tok, pad_id)
         logprobs[:, t] = torch.where(alive, next_logp, 0.0)
         out_mask[:, t] = alive
         finished = finished | (alive & (next_tok == eos_id))
-        steps = t + 1
         if bool(finished.all()) or t + 1 == cfg.max_new_tokens:
             break
-        seq[:, P + t] = tokens[:, t]
-        end = P + t + 1
+        end = P + t + 1  # feed tokens[:, t] back (pad_id for stopped sequences)
         if use_cache:
-            logits = model(seq[:, end - 1:end], attention_mask=seq_mask[:, :end], kv_cache=cache)[:, -1]
+            logits = model(tokens[:, t:t + 1], attention_mask=seq_mask[:, :end], kv_cache=cache)[:, -1]
         else:
-            logits = model(seq[:, :end], attention_mask=seq_mask[:, :end])[:, -1]
+            logits = model(torch.cat([ids, tokens[:, :t + 1]], dim=1), attention_mask=seq_mask[:, :end])[:, -1]
+    steps = t + 1
     return Rollout(tokens=tokens[:, :steps], logprobs=logprobs[:, :steps],
                    mask=out_mask[:, :steps], finished=finished)

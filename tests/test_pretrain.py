@@ -1,52 +1,28 @@
-"""Evaluation (accuracy, pass@k) and the cached pre-training of the toy base model."""
+"""Evaluation (accuracy) and the cached pre-training of the toy base model."""
 
 import dataclasses
-import math
 
 import pytest
 import torch
 
 from minichord.checkpoint import load_checkpoint
 from minichord.config import ModelConfig
-from minichord.evaluate import (evaluate, evaluate_pass_at_k, evaluate_splits, expert_token_probs, pass_at_k,
-                                score, summarise)
+from minichord.evaluate import evaluate, evaluate_splits, expert_token_probs, summarise
 from minichord.pretrain import PretrainConfig, cosine_lr, pretrain_base
-from minichord.tasks import Demonstration, Problem
+from minichord.tasks import Demonstration, Problem, reward
 from minichord.tokenizer import Tokenizer
 
 TINY_MODEL = ModelConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64)
 TINY_RECIPE = PretrainConfig(steps=4, batch_size=8, warmup_steps=2, tokenizer_texts=50, n_eval=6)
 
 
-# ---- pass@k ---------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("n, c, k, expected", [
-    (5, 0, 1, 0.0),
-    (5, 5, 1, 1.0),
-    (5, 2, 1, 2 / 5),
-    (5, 2, 2, 1 - 3 / 10),  # 1 - C(3,2)/C(5,2)
-    (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5)
-    (4, 1, 4, 1.0),  # every 4-subset of 4 contains the correct one
-    (8, 1, 1, 1 / 8),
-])
-def test_pass_at_k_hand_cases(n, c, k, expected):
-    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
-    assert pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k))
-
-
-@pytest.mark.parametrize("n, c, k", [(5, 6, 1), (5, -1, 1), (5, 2, 0), (5, 2, 6)])
-def test_pass_at_k_rejects_bad_counts(n, c, k):
-    with pytest.raises(ValueError):
-        pass_at_k(n, c, k)
-
-
 # ---- accuracy on known responses --------------------------------------------------------------
 
-def test_score_and_summarise_compute_accuracy_and_per_skill():
+def test_summarise_computes_accuracy_and_per_skill():
     problems = [Problem("add 1 2", "3", "add"), Problem("add 2 2", "4", "add"),
                 Problem("copy 12", "12", "copy"), Problem("sort 21", "12", "sort")]
     responses = ["3", "1+1=2 carry 0\nanswer: 5", "12", "1+1"]
-    rewards = score(responses, problems)
+    rewards = [reward(r, p.answer) for r, p in zip(responses, problems)]
     assert rewards == [1.0, 0.0, 1.0, 0.0]
     out = summarise(problems, responses, rewards, [2, 9, 3, 4], n_samples=2)
     assert out["accuracy"] == 0.5 and out["n"] == 4 and out["response_length"] == 4.5
@@ -94,14 +70,11 @@ def test_evaluate_scores_real_generations(tokenizer):
     assert wrong["accuracy"] == 0.0 and "per_skill" in wrong
 
 
-def test_evaluate_splits_and_pass_at_k(tokenizer):
+def test_evaluate_splits(tokenizer):
     splits = {"a": [Problem("add 5 7", "12", "add")], "b": [Problem("add 1 1", "2", "add")], "empty": []}
     out = evaluate_splits(ScriptedModel(tokenizer, "12"), tokenizer, splits)
     assert set(out) == {"a", "b"} and out["a"]["accuracy"] == 1.0 and out["b"]["accuracy"] == 0.0
     assert "per_skill" not in out["a"]
-    result = evaluate_pass_at_k(ScriptedModel(tokenizer, "12"), tokenizer, splits["a"] + splits["b"], n=4,
-                                ks=(1, 4), generator=torch.Generator().manual_seed(0))
-    assert result == {"pass@1": 0.5, "pass@4": 0.5}  # a deterministic policy: pass@k = accuracy
     with pytest.raises(ValueError, match="at least one problem"):
         evaluate(ScriptedModel(tokenizer, "12"), tokenizer, [])
 
