@@ -124,6 +124,8 @@ class Trainer:
             self.optimizer = self._new_optimizer(stage)
             if self.step != stage.start or stage is self.stages[0]:  # a new stage starts afresh
                 restore_optimizer(self.optimizer, ckpt)
+                for group in self.optimizer.param_groups:  # this run's settings win over the saved ones
+                    group.update(lr=stage.cfg.lr, weight_decay=stage.cfg.weight_decay)
         for name in ("metrics.jsonl", "eval.jsonl"):
             self._cut_log(self.out / name, keep_step=self.step if name == "eval.jsonl" else None)
         self.log(f"resumed from {path} at step {self.step}")
@@ -204,7 +206,7 @@ class Trainer:
             probe = batch.select(torch.tensor([0]))
             params_ok = bool(torch.isfinite(self._logp(probe, 1.0)).all())
         if not params_ok:
-            raise TrainingError(f"step {step}: the update made the weights or logits non-finite (diverged; "
+            raise TrainingError(f"step {step}: the update diverged: it made the weights or logits non-finite ("
                                 f"lr={self.stage_at(step).cfg.lr}); nothing saved, the last good checkpoint "
                                 f"is {self.out / 'checkpoint'}")
 
@@ -235,7 +237,11 @@ class Trainer:
                     raise TrainingError(
                         f"step {step}: non-finite loss ({out.loss.item()}) or gradient norm ({grad_norm.item()}); "
                         f"stopped before the update. The last good checkpoint is {self.out / 'checkpoint'}")
-                self.optimizer.step()
+                try:
+                    self.optimizer.step()
+                except RuntimeError as e:  # e.g. AdamW's "value cannot be converted to type float without overflow"
+                    raise TrainingError(f"step {step}: the update diverged ({e}; lr={cfg.lr}); nothing saved, the "
+                                        f"last good checkpoint is {self.out / 'checkpoint'}") from None
                 self._check_finite_weights(step, mb)
                 on, ex = ~mb.is_expert, mb.is_expert
                 p_exp = out.logp[ex].exp()  # [N_exp]
@@ -270,8 +276,7 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
     def evaluate(self, step: int) -> dict:
         from minichord.evaluate import evaluate_splits
-        self.model.eval()
-        result = {"step": step, **evaluate_splits(self.model, self.tok, self.data.eval_splits,
+        result = {"step": step, **evaluate_splits(self.model, self.tok, self.data.eval_splits, reward_fn=self.data.reward,
                                                   max_new_tokens=self.cfg.sampler.max_new_tokens)}
         self.evals.append(result)
         with open(self.out / "eval.jsonl", "a") as f:
