@@ -9,7 +9,7 @@ TORCH ?= torch
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.minichord-installed
 
-.PHONY: install test demo reproduce bench clean
+.PHONY: install test demo reproduce bench lines clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sampler.py
 	$(BIN)/python benchmarks/bench_kernels.py --quick
 	$(BIN)/python benchmarks/bench_train.py
+
+# The core's size as the README quotes it: non-blank lines of minichord/ and kernels/, and the largest files.
+lines:
+	@cat minichord/*.py minichord/tasks/*.py kernels/*.py | grep -cv '^[[:space:]]*$$' | sed 's/^/core non-blank lines: /'
+	@for f in minichord/*.py minichord/tasks/*.py kernels/*.py; do echo "$$(grep -cv '^[[:space:]]*$$' $$f) $$f"; done | sort -n | tail -3
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

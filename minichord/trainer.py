@@ -36,6 +36,9 @@ README links here):
   without std; one token-mean over on-policy and expert tokens; on-policy tokens unclipped.
 - SFT->GRPO splits the step budget in half and starts the GRPO stage with a fresh optimizer.
 - AdamW with betas (0.9, 0.95), no weight decay, gradient clipping at 1.0.
+- The toy base model has seen the expert's format on one-digit additions (10 % of its additions),
+  so expert tokens are unlikely but not impossible (median p printed by `minichord pretrain`);
+  without it the median expert token had p ~ 2e-6 and phi = p(1 - p) silenced the expert term.
 """
 
 from __future__ import annotations
