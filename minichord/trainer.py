@@ -14,31 +14,26 @@ seeded with (seed, s), so a resumed run repeats an uninterrupted one exactly. Me
 Ctrl-C or SIGTERM finishes the step, saves and stops with TrainingInterrupted; a diverged
 update stops with TrainingError before anything is saved, so the last checkpoint stays good.
 
-The departures from the paper (arXiv 2508.11408) and its official code (the one list; the
-README links here):
-- Scale: a ~1M-parameter model on a toy task, lr 1e-4 and B=8 x G=8 + E=16 per step
+The departures from the paper (arXiv 2508.11408) and its official code, the one list:
+- Scale: a ~1M-parameter model on a toy task, lr 1e-4, B=8 x G=8 + E=16 per step
   (paper: Qwen2.5-7B-Instruct, lr 1e-6, 32 x 8 rollouts + 64 expert samples).
-- Normalisation: each term is one token-mean over the whole batch (paper-era code); the
-  official code averages tokens per micro-batch and weights micro-batches by their share of
-  sequences.
-- Dual clip (c = 3) is off by default (`dual_clip=3` turns it on; the official code always
-  applies it); the +-20 log-ratio clamp is on (`log_ratio_clamp`), as in the current official code.
-- A group of one response gets advantage 0 (official: R / (1 + 1e-6));
-  `losses.group_advantages(singleton="official")` gives the official value.
-- mu's warm-up and decay are shares of the run (`mu_warmup_frac`, `mu_decay_frac`), the
-  official W=0, D=200 steps scaled to the run length.
+- Normalisation: each term is one token-mean over the whole batch (paper-era code); the official
+  code averages tokens per micro-batch and weights micro-batches by their share of sequences.
+- Dual clip (c = 3) off by default (`dual_clip=3`; the official code always applies it); the
+  +-20 log-ratio clamp on (`log_ratio_clamp`), as in the current official code.
+- A group of one gets A = 0 (official: R / (1 + 1e-6), `group_advantages(singleton="official")`).
+- mu's warm-up and decay are shares of the run (official: W=0, D=200 steps).
 - Reward: 1 for an exactly matching final answer, else 0; no format reward.
-- Expert examples are drawn per step from a generator seeded by (seed, step): without
-  replacement within a step, with replacement across steps (not epoch-wise iteration).
-- With one update per batch the old log-probs are the sampler's (equal in value up to float
-  rounding); with several (ppo_epochs x minibatches) they are recomputed before updating.
-- LUFFY (minichord/luffy.py): the expert trace counts as reward 1 in its group; A = R - mean(R)
-  without std; one token-mean over on-policy and expert tokens; on-policy tokens unclipped.
-- SFT->GRPO splits the step budget in half and starts the GRPO stage with a fresh optimizer.
-- AdamW with betas (0.9, 0.95), no weight decay, gradient clipping at 1.0.
-- The toy base model has seen the expert's format on one-digit additions (10 % of its additions),
-  so expert tokens are unlikely but not impossible (median p printed by `minichord pretrain`);
-  without it the median expert token had p ~ 2e-6 and phi = p(1 - p) silenced the expert term.
+- Expert examples are drawn per step, seeded by (seed, step): without replacement within a step,
+  with replacement across steps (not epoch-wise).
+- Old log-probs are the sampler's with one update per batch; recomputed with several.
+- LUFFY (minichord/luffy.py): the expert trace is reward 1 in its group; A = R - mean(R) without
+  std; one token-mean over all tokens; on-policy tokens unclipped.
+- SFT->GRPO splits the steps in half; the GRPO stage starts with a fresh optimizer.
+- AdamW, betas (0.9, 0.95), no weight decay, gradient clipping at 1.0.
+- The toy base model has seen the expert's format on one-digit additions (10 % of its additions):
+  expert tokens are unlikely, not impossible (median p: `minichord pretrain`); without it the
+  median was p ~ 2e-6 and phi = p(1 - p) silenced the expert term.
 """
 
 from __future__ import annotations
@@ -178,10 +173,9 @@ class Trainer:
             b, j = divmod(k, n_on)
             seqs.append(Sequence(prompt_ids[k], r, False, float(adv[b, j]), old_logp[k]))
         t2 = time.perf_counter()
-        group_r = torch.cat([rewards, torch.ones(len(picked), 1)], 1) if is_luffy else rewards  # [B, G]
         return seqs, {
             "reward": rewards.mean().item(), "accuracy": (rewards == 1).float().mean().item(),
-            "zero_variance_groups": losses.zero_variance_fraction(group_r),
+            "zero_variance_groups": losses.zero_variance_fraction(adv),  # equal rewards give A = 0 exactly
             "response_length": out.mask.sum(1).float().mean().item(), "truncated": (~out.finished).float().mean().item(),
             "time_sample": t1 - t0, "time_score": t2 - t1,
         }
@@ -204,11 +198,8 @@ class Trainer:
 
     def _check_finite_weights(self, step: int, batch: TokenBatch) -> None:
         """After an update: the weights and the logits of one trained sequence must be finite."""
-        params_ok = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
-        if params_ok:
-            probe = batch.select(torch.tensor([0]))
-            params_ok = bool(torch.isfinite(self._logp(probe, 1.0)).all())
-        if not params_ok:
+        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if not (finite and bool(torch.isfinite(self._logp(batch.select(torch.tensor([0])), 1.0)).all())):
             raise TrainingError(f"step {step}: the update diverged: it made the weights or logits non-finite ("
                                 f"lr={self.stage_at(step).cfg.lr}); nothing saved, the last good checkpoint "
                                 f"is {self.out / 'checkpoint'}")
