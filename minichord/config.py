@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 import types
 import typing
@@ -45,6 +46,8 @@ class ModelConfig:
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
+        validate(self, dict.fromkeys(("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim",
+                                      "max_seq_len"), "[1, inf)") | {"rope_theta": "(0, inf)", "norm_eps": "(0, inf)"})
         if self.dim % self.n_heads:
             raise ConfigError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
@@ -67,13 +70,37 @@ class SamplerConfig:
     top_p: float = 1.0  # 1.0 = off
     greedy: bool = False
 
-    def __post_init__(self) -> None:
-        if self.temperature <= 0 and not self.greedy:
-            raise ConfigError(f"temperature must be > 0 (got {self.temperature}); use greedy=true")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1] (got {self.top_p})")
-        if self.top_k < 0 or self.max_new_tokens < 1:
-            raise ConfigError("top_k must be >= 0 and max_new_tokens >= 1")
+    def __post_init__(self) -> None:  # temperature 0 only with greedy=true (which ignores it)
+        validate(self, {"max_new_tokens": "[1, inf)", "temperature": f"{'[' if self.greedy is True else '('}0, inf)",
+                        "top_k": "[0, inf)", "top_p": "(0, 1]"})
+
+
+def _allowed(tp: Any, bounds: str | None) -> str:
+    kind = {bool: "true or false", int: "an integer", float: "a finite number"}.get(tp, f"a {tp.__name__}")
+    if bounds is None:
+        return kind
+    lo, hi = bounds[1:-1].split(", ")
+    return f"{kind} {'>=' if bounds[0] == '[' else '>'} {lo}" if hi == "inf" else f"{kind} in {bounds}"
+
+
+def validate(cfg: Any, ranges: dict[str, str]) -> None:
+    """Check the type of every field of dataclass `cfg` (a bool is not an int; a float is finite)
+    and the range `ranges` gives (interval notation, e.g. "[0, 1)", "(0, inf)"); None skips Optional."""
+    for name, tp in _field_types(type(cfg)).items():
+        value, bounds = getattr(cfg, name), ranges.get(name)
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            if value is None:
+                continue
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if tp not in (bool, int, float, str):
+            continue
+        ok = isinstance(value, (int, float) if tp is float else tp) and (tp is bool or not isinstance(value, bool))
+        ok = ok and (tp is not float or isinstance(value, int) or math.isfinite(value))
+        if ok and tp in (int, float) and bounds:
+            lo, hi = (float(x) for x in bounds[1:-1].split(", "))
+            ok = (lo < value or (bounds[0] == "[" and value == lo)) and (value < hi or (bounds[-1] == "]" and value == hi))
+        if not ok:
+            raise ConfigError(f"{name}={value!r}: must be {_allowed(tp, bounds)}")
 
 
 def _nearest(key: str, valid: list[str]) -> str:
@@ -97,22 +124,19 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if tp is bool:
             if isinstance(value, bool):
                 return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
+            return {**dict.fromkeys(("1", "true", "yes", "on"), True),
+                    **dict.fromkeys(("0", "false", "no", "off"), False)}[value.lower()]
+        if isinstance(value, bool) or (tp is str and not isinstance(value, str)):
             raise ValueError(value)
-        if tp is int:
-            number = float(value) if isinstance(value, str) else value
-            if isinstance(number, bool) or float(number) != int(number):
+        if tp is int:  # "12" exactly, "1e3" via float; never 2.5
+            number = float(value) if isinstance(value, str) and not value.strip().lstrip("+-").isdigit() else value
+            if isinstance(number, float) and not number.is_integer():
                 raise ValueError(value)
             return int(number)
-        if tp is float and isinstance(value, bool):
-            raise ValueError(value)
         if tp in (float, str):
             return tp(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{where}: cannot read {value!r} as {tp.__name__}") from None
+    except (TypeError, ValueError, OverflowError, KeyError, AttributeError):
+        raise ConfigError(f"{where}: cannot read {value!r:.80} as {tp.__name__}") from None
     return value
 
 
@@ -140,7 +164,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
             kwargs[key] = from_dict(tp, {**default, **value}, f"{where}.{key}")
         else:
             kwargs[key] = _convert(value, tp, f"{where}.{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -183,8 +210,10 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
                 file_data = tomllib.load(f)
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ConfigError(f"{path}: invalid TOML: {str(e) or 'nested too deeply'}") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
         where = str(path)
         for k, v in file_data.items():
             data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
@@ -234,3 +263,17 @@ class TrainConfig:
     eval_every: int = 40
     save_every: int = 40
     init: str = ""  # checkpoint to start from; empty = the cached pre-trained toy base model
+
+    def __post_init__(self) -> None:  # `method` and `expert_weighting` are checked by their users
+        validate(self, {"seed": "[0, 4294967295]", "lr": "(0, inf)", "weight_decay": "[0, inf)", "grad_clip": "(0, inf)",
+                        "group_size": "[2, inf)", "eps_low": "[0, 1)", "eps_high": "[0, inf)", "dual_clip": "(1, inf)",
+                        "log_ratio_clamp": "(0, inf)", "entropy_coef": "[0, inf)", "kl_coef": "[0, inf)"}
+                 | dict.fromkeys(("steps", "prompts_per_step", "ppo_epochs", "minibatches", "eval_every", "save_every"),
+                                 "[1, inf)")
+                 | dict.fromkeys(("experts_per_step", "n_rl_prompts", "n_expert", "n_test"), "[0, inf)")
+                 | dict.fromkeys(("mu_warmup_frac", "mu_decay_frac", "mu_peak", "mu_valley"), "[0, 1]"))
+        if self.mu_warmup_frac + self.mu_decay_frac > 1:
+            raise ConfigError(f"mu_warmup_frac + mu_decay_frac = {self.mu_warmup_frac + self.mu_decay_frac}: "
+                              "must be <= 1 (shares of the same steps)")
+        if not isinstance(self.sampler, SamplerConfig):
+            raise ConfigError(f"sampler={self.sampler!r}: must be a SamplerConfig")
