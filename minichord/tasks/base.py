@@ -70,6 +70,10 @@ class Skill(ABC):
     def terse_response(self, problem: Problem) -> str:
         """The base model's style: the answer alone, on one line."""
 
+    def count(self, difficulty: int) -> int | None:
+        """How many distinct prompts `generate` can make at `difficulty` (None = unknown)."""
+        return None
+
     def expert_response(self, problem: Problem) -> str:
         """The expert's style (step by step, ending in `answer: ...`)."""
         raise NotImplementedError(f"skill {self.name!r} has no expert solver")
