@@ -9,8 +9,10 @@ One JSON object per line (blank lines are skipped):
                     (either form, + optional "answer")
 
 A file is validated completely before anything is returned, so no run ever trains on half a
-file: every bad line (not JSON, not an object, missing or unknown key, a non-string or empty
-value, wrong chat roles) is reported as `file:line: what is wrong` in one `DataError`.
+file: every bad line (not JSON, nested too deeply, not an object, missing or unknown key, a
+non-string, empty or non-UTF-8 value, wrong chat roles) is reported as `file:line: what is
+wrong` in one one-line `DataError`. Records remember their `where` ("file:line"), so
+`check_lengths` can name the line of a prompt or demonstration the model has no room for.
 `write_jsonl` writes atomically (temp file + os.replace), so a crash never leaves half a file.
 """
 
@@ -26,7 +28,7 @@ from typing import Any, Callable, Iterable
 from minichord.tasks.base import Demonstration, Problem
 from minichord.tasks.toy import ToyTask
 
-_MAX_REPORTED = 20  # errors listed in one DataError message
+_MAX_REPORTED = 5  # errors listed in one DataError message
 
 
 class DataError(ValueError):
@@ -35,6 +37,13 @@ class DataError(ValueError):
     def __init__(self, message: str, errors: list[tuple[int, str]] | None = None):
         super().__init__(message)
         self.errors = errors or []
+
+    @classmethod
+    def of(cls, head: str, errors: list[tuple[Any, str]], where: str = "") -> "DataError":
+        """One line: `head: where:N: msg; ...` listing the first few errors."""
+        shown = "; ".join(f"{where}{n}: {msg}" for n, msg in errors[:_MAX_REPORTED])
+        more = f"; ... and {len(errors) - _MAX_REPORTED} more" if len(errors) > _MAX_REPORTED else ""
+        return cls(f"{head}: {shown}{more}", errors)
 
 
 def _string(record: dict, key: str, *, required: bool = True) -> str | None:
@@ -47,6 +56,10 @@ def _string(record: dict, key: str, *, required: bool = True) -> str | None:
         raise ValueError(f"{key!r} must be a string, got {type(value).__name__} {value!r:.40}")
     if not value.strip():
         raise ValueError(f"{key!r} is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{key!r} is not encodable as UTF-8 ({e.reason} at character {e.start})") from None
     return value
 
 
@@ -56,10 +69,10 @@ def _check_keys(record: dict, allowed: set[str]) -> None:
         raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
 
 
-def _parse_prompt(record: dict) -> Problem:
+def _parse_prompt(record: dict, where: str) -> Problem:
     _check_keys(record, {"prompt", "answer", "skill"})
     prompt, answer = _string(record, "prompt"), _string(record, "answer")
-    return Problem(prompt, answer, _string(record, "skill", required=False) or "task")
+    return Problem(prompt, answer, _string(record, "skill", required=False) or "task", where)
 
 
 def _parse_messages(messages: Any) -> tuple[str, str]:
@@ -79,7 +92,7 @@ def _parse_messages(messages: Any) -> tuple[str, str]:
     return contents[0], contents[1]
 
 
-def _parse_expert(record: dict) -> Demonstration:
+def _parse_expert(record: dict, where: str) -> Demonstration:
     answer = _string(record, "answer", required=False)
     if "messages" in record:
         _check_keys(record, {"messages", "answer"})
@@ -89,13 +102,13 @@ def _parse_expert(record: dict) -> Demonstration:
         if "prompt" not in record and "response" not in record:
             raise ValueError("needs 'prompt' and 'response' keys, or a 'messages' list")
         prompt, response = _string(record, "prompt"), _string(record, "response")
-    return Demonstration(prompt, response, answer)
+    return Demonstration(prompt, response, answer, where)
 
 
-def _load(path: str | Path, parse: Callable[[dict], Any], what: str) -> list:
+def _load(path: str | Path, parse: Callable[[dict, str], Any], what: str) -> list:
     path = Path(path)
     try:
-        raw_lines = path.read_bytes().split(b"\n")
+        raw_lines = path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a UTF-8 BOM is allowed
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as e:
@@ -114,18 +127,19 @@ def _load(path: str | Path, parse: Callable[[dict], Any], what: str) -> list:
         except json.JSONDecodeError as e:
             errors.append((number, f"invalid JSON: {e.msg} (column {e.colno})"))
             continue
+        except RecursionError:
+            errors.append((number, "invalid JSON: nested too deeply"))
+            continue
         if not isinstance(record, dict):
             errors.append((number, f"expected a JSON object, got {type(record).__name__}"))
             continue
         try:
-            items.append(parse(record))
+            items.append(parse(record, f"{path}:{number}"))
         except ValueError as e:
             errors.append((number, str(e)))
     if errors:
-        shown = "\n".join(f"{path}:{n}: {msg}" for n, msg in errors[:_MAX_REPORTED])
-        more = f"\n... and {len(errors) - _MAX_REPORTED} more" if len(errors) > _MAX_REPORTED else ""
-        raise DataError(f"{path}: {len(errors)} invalid line(s) in {what} file; nothing was loaded\n{shown}{more}",
-                        errors)
+        raise DataError.of(f"{path}: {len(errors)} invalid line(s) in {what} file; nothing was loaded", errors,
+                           f"{path}:")
     if not items:
         raise DataError(f"{path}: no {what} records (the file is empty)")
     return items
@@ -141,9 +155,32 @@ def load_experts(path: str | Path) -> list[Demonstration]:
     return _load(path, _parse_expert, "expert")
 
 
+def check_lengths(items: list, tokenizer, max_seq_len: int, max_new_tokens: int = 0) -> None:
+    """Refuse, naming each record's file:line, what the model cannot take: a prompt with no room
+    for `max_new_tokens` more tokens, a demonstration (prompt + response + eos) longer than
+    `max_seq_len`, text the tokenizer cannot spell."""
+    from minichord.tokenizer import TokenizerError
+
+    errors = []
+    for i, item in enumerate(items):
+        where = item.where or f"record {i}"
+        try:
+            n = len(tokenizer.encode_prompt(item.prompt))
+            whole = len(tokenizer.encode_example(item.prompt, item.response)[0]) if isinstance(item, Demonstration) else 0
+        except TokenizerError as e:
+            errors.append((where, str(e)))
+            continue
+        if n + max_new_tokens > max_seq_len:
+            errors.append((where, f"prompt of {n} tokens + max_new_tokens={max_new_tokens} > max_seq_len={max_seq_len}"))
+        elif whole > max_seq_len:
+            errors.append((where, f"prompt + response is {whole} tokens > the model's max_seq_len={max_seq_len}"))
+    if errors:
+        raise DataError.of(f"{len(errors)} record(s) do not fit the model", errors)
+
+
 def _as_dict(row: Any) -> dict:
     if dataclasses.is_dataclass(row) and not isinstance(row, type):
-        row = {k: v for k, v in dataclasses.asdict(row).items() if v is not None}
+        row = {k: v for k, v in dataclasses.asdict(row).items() if v is not None and k != "where"}
     if not isinstance(row, dict):
         raise TypeError(f"write_jsonl rows must be dicts or dataclasses, got {type(row).__name__}")
     return row

@@ -68,8 +68,10 @@ def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | Non
     phases = build_phases(method_name, config_file, overrides)
     cfg = phases[0].cfg
     torch.manual_seed(cfg.seed)
+    data = build_train_data(cfg)  # bad files and split sizes are refused before any model loads
     model, tokenizer = load_initial_model(cfg.init, log)
-    trainer = Trainer(phases, model, tokenizer, build_train_data(cfg), Path(out_dir), log=log)
+    data.check_fits(tokenizer, model.cfg.max_seq_len, phases)  # file:line, before any step or evaluation
+    trainer = Trainer(phases, model, tokenizer, data, Path(out_dir), log=log)
     if resume:
         trainer.resume()
     return trainer

@@ -20,6 +20,16 @@ class TrainData:
     eval_splits: dict[str, list[Problem]]  # held-out test splits
     reward: Callable[[str, str], float] = reward  # (response, answer) -> reward, no eval/exec
 
+    def check_fits(self, tokenizer, max_seq_len: int, phases) -> None:
+        """Refuse (one DataError naming file:line) what the model has no room for, before any step:
+        RL prompts (and LUFFY's expert prompts) need max_new_tokens, test prompts 1, demonstrations fit whole."""
+        from minichord.data import check_lengths
+
+        new = max(p.cfg.sampler.max_new_tokens for p in phases)
+        check_lengths(self.prompts, tokenizer, max_seq_len, new)
+        check_lengths(self.experts, tokenizer, max_seq_len, new if any(p.method.mixing.in_group for p in phases) else 0)
+        check_lengths([p for split in self.eval_splits.values() for p in split], tokenizer, max_seq_len, 1)
+
 
 def build_train_data(cfg: TrainConfig) -> TrainData:
     """The toy task's splits (seeded by cfg.seed), with user JSONL files swapped in."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field as _field
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Problem:
     prompt: str
     answer: str
     skill: str = "task"
+    where: str | None = _field(default=None, compare=False, repr=False)  # "file:line" if loaded from one
 
     def __post_init__(self) -> None:
         for field in ("prompt", "answer", "skill"):
@@ -48,6 +49,7 @@ class Demonstration:
     prompt: str
     response: str
     answer: str | None = None
+    where: str | None = _field(default=None, compare=False, repr=False)  # "file:line" if loaded from one
 
     def __post_init__(self) -> None:
         for field in ("prompt", "response"):
