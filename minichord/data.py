@@ -163,7 +163,7 @@ def check_lengths(items: list, tokenizer, max_seq_len: int, max_new_tokens: int 
 
     errors = []
     for i, item in enumerate(items):
-        where = item.where or f"record {i}"
+        where = item.where or f"{type(item).__name__} {i}"
         try:
             n = len(tokenizer.encode_prompt(item.prompt))
             whole = len(tokenizer.encode_example(item.prompt, item.response)[0]) if isinstance(item, Demonstration) else 0

@@ -146,7 +146,7 @@ def test_split_sizes_beyond_the_problem_space_fail_fast():
     """A request no seed can satisfy is refused before drawing, with the number that is possible."""
     import time
     t0 = time.perf_counter()
-    with pytest.raises(ValueError, match="n_rl_prompts \\+ n_expert \\+ n_test = 10000456 is more than the 2025"):
+    with pytest.raises(ValueError, match="n_rl_prompts=10000000 \\+ n_expert=256 \\+ n_test=200 = 10000456 is more than the 2025"):
         make_splits(0, n_rl=10_000_000)
     with pytest.raises(ValueError, match="n_test / 3 = 3 is more than the 2 distinct reverse prompts"):
         make_splits(0, n_test=9, other_lengths=(1, 1))  # 10 one-digit strings per skill

@@ -222,8 +222,8 @@ def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test:
         raise ValueError(f"harder_digits {harder_digits} must all exceed train_digits {train_digits}")
     rng = random.Random(f"minichord-toy-{seed}")
     add, others = SKILLS[TARGET_SKILL], [SKILLS[name] for name in OTHER_SKILLS]
-    for what, n, skill, lengths in [("n_rl_prompts + n_expert + n_test", n_rl + n_expert + n_test, add, train_digits),
-                                    ("n_test", n_test, add, harder_digits),
+    for what, n, skill, lengths in [(f"n_rl_prompts={n_rl} + n_expert={n_expert} + n_test={n_test}",
+                                     n_rl + n_expert + n_test, add, train_digits), ("n_test", n_test, add, harder_digits),
                                     *((f"n_test / {len(others)}", -(-n_test // len(others)), s, other_lengths)
                                       for s in others)]:  # fail fast, before drawing
         if (room := _room(skill, lengths)) is not None and n > room:
