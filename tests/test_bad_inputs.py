@@ -301,7 +301,7 @@ def _jsonl_mutations(rng: random.Random) -> list[tuple[str, str, bytes]]:
             "deep object": [lines[0], '{"prompt": ' + '{"a": ' * 20_000 + "1" + "}" * 20_001],
             "surrogate": [lines[0], json.dumps({**good, "prompt": "add \ud800 1"})],
             "escaped surrogate": [lines[0], '{"prompt": "add \\udfff", "answer": "1", "response": "1"}'],
-            "huge string": [lines[0], json.dumps({**good, "prompt": "add " + "7" * 1_000_000})],
+            "huge string": [lines[0], json.dumps({**good, "prompt": "add " + "7" * 100_000})],
             "overlong prompt": [lines[0], json.dumps({**good, "prompt": "copy " + "5" * 300})],
             "overlong response": [lines[0], json.dumps({**good, "response": "3\n" * 200})],
             "not an object": [lines[0], json.dumps([good])],
@@ -337,8 +337,10 @@ def test_mutations_are_accepted_or_refused_in_one_line(tok, ckpt, tmp_path, caps
             if cfg.prompts_file or cfg.experts_file or label.split()[0] in (".n_rl_prompts", ".n_expert", ".n_test"):
                 outcomes.pop()
                 _attempt(outcomes, f"toml {label} + data", lambda: build_train_data(cfg))
-            if len(accepted_runs) < 2 and ("sampler" in label or "ppo" in label):
-                accepted_runs.append(["--config", str(path)])
+            if len(accepted_runs) < 2 and "sampler" in label:
+                keep = path.with_name(f"accepted{len(accepted_runs)}.toml")
+                keep.write_text(text)
+                accepted_runs.append(["--config", str(keep)])
     for override in SET_MUTATIONS:
         if _attempt(outcomes, f"--set {override[:40]}", lambda: load_config(TrainConfig, overrides=[override])) \
                 and len(accepted_runs) < 4:
@@ -356,7 +358,7 @@ def test_mutations_are_accepted_or_refused_in_one_line(tok, ckpt, tmp_path, caps
     for i, extra in enumerate(accepted_runs):
         out = tmp_path / f"run{i}"
         argv = ["train", "--method", "chord-phi", "--out", str(out), "--set", f"init={ckpt}",
-                *sum((["--set", o] for o in TINY), []), *extra]
+                *sum((["--set", o] for o in TINY), []), *extra, "--set", "steps=1"]  # bounded, whatever was accepted
         code = main(argv)
         err = capsys.readouterr().err
         if code != 0:  # an accepted config may still be refused by the run (e.g. its toy splits): one line
