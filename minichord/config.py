@@ -85,7 +85,7 @@ def _allowed(tp: Any, bounds: str | None) -> str:
 
 def validate(cfg: Any, ranges: dict[str, str]) -> None:
     """Check the type of every field of dataclass `cfg` (a bool is not an int; a float is finite)
-    and the range `ranges` gives (interval notation, e.g. "[0, 1)", "(0, inf)"); None skips Optional."""
+    and the range `ranges` gives (interval notation, e.g. "[0, 1)", "(0, inf)"); an Optional field may be None."""
     for name, tp in _field_types(type(cfg)).items():
         value, bounds = getattr(cfg, name), ranges.get(name)
         if typing.get_origin(tp) in (typing.Union, types.UnionType):
@@ -96,6 +96,8 @@ def validate(cfg: Any, ranges: dict[str, str]) -> None:
             continue
         ok = isinstance(value, (int, float) if tp is float else tp) and (tp is bool or not isinstance(value, bool))
         ok = ok and (tp is not float or isinstance(value, int) or math.isfinite(value))
+        if ok and tp is int and value > 2**32 - 1 and (bounds or "").endswith("inf)"):  # counts and seeds fit 32 bits
+            bounds = bounds.replace("inf)", f"{2**32 - 1}]")
         if ok and tp in (int, float) and bounds:
             lo, hi = (float(x) for x in bounds[1:-1].split(", "))
             ok = (lo < value or (bounds[0] == "[" and value == lo)) and (value < hi or (bounds[-1] == "]" and value == hi))
