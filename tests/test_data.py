@@ -154,7 +154,7 @@ def test_check_lengths_names_file_and_line(tmp_path):
     with pytest.raises(DataError, match=rf"p\.jsonl:2: prompt of {n} tokens \+ max_new_tokens=5 > max_seq_len={n + 4}"):
         check_lengths(prompts, tok, max_seq_len=n + 4, max_new_tokens=5)
     experts = load_experts(_write(tmp_path / "e.jsonl", [GOOD_EXPERT, json.dumps({"prompt": "a", "response": "1" * 70})]))
-    with pytest.raises(DataError, match=r"e\.jsonl:2: prompt \+ response is 76 tokens > the model's max_seq_len=64"):
+    with pytest.raises(DataError, match=r"e\.jsonl:2: prompt \+ response is 75 tokens > the model's max_seq_len=64"):
         check_lengths(experts, tok, max_seq_len=64)
     with pytest.raises(DataError, match="Problem 0: text contains characters"):
         check_lengths([Problem("add é", "1")], tok, max_seq_len=64)
