@@ -10,32 +10,19 @@ from pathlib import Path
 from minichord.methods import METHODS
 
 
-def _int_from(lo: int):
-    """An argparse `type` for integers >= lo (a bad one is argparse's one-line error, exit 2)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"{value} must be an integer >= {lo}")
-        return value
+def _checked(ok, allowed: str, convert=str):
+    """An argparse `type`: a value failing `ok` is argparse's one-line error (exit 2) saying `allowed`."""
+    def parse(text: str):
+        if not ok(text):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {allowed}")
+        return convert(text)
     return parse
 
 
-def _path(kind: str):
-    """An argparse `type`: "file" must be a readable file; "out" may not be an existing non-directory."""
-    def parse(text: str) -> str:
-        path = Path(text)
-        if kind == "file" and not path.is_file():
-            raise argparse.ArgumentTypeError(f"{text}: {'is not a file' if path.exists() else 'no such file'}")
-        if kind == "out" and path.exists() and not path.is_dir():
-            raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")
-        return text
-    return parse
-
-
-POSITIVE, COUNT, SEED, FILE, OUT = _int_from(1), _int_from(0), _int_from(0), _path("file"), _path("out")
+POSITIVE = _checked(lambda t: t.isdigit() and int(t) >= 1, "an integer >= 1", int)
+COUNT = SEED = _checked(str.isdigit, "an integer >= 0", int)
+FILE = _checked(lambda t: Path(t).is_file(), "a readable file")
+OUT = _checked(lambda t: not Path(t).exists() or Path(t).is_dir(), "a directory (or a new path), not an existing file")
 
 
 def cmd_demo(args) -> None:

@@ -75,14 +75,6 @@ class SamplerConfig:
                         "top_k": "[0, inf)", "top_p": "(0, 1]"})
 
 
-def _allowed(tp: Any, bounds: str | None) -> str:
-    kind = {bool: "true or false", int: "an integer", float: "a finite number"}.get(tp, f"a {tp.__name__}")
-    if bounds is None:
-        return kind
-    lo, hi = bounds[1:-1].split(", ")
-    return f"{kind} {'>=' if bounds[0] == '[' else '>'} {lo}" if hi == "inf" else f"{kind} in {bounds}"
-
-
 def validate(cfg: Any, ranges: dict[str, str]) -> None:
     """Check the type of every field of dataclass `cfg` (a bool is not an int; a float is finite)
     and the range `ranges` gives (interval notation, e.g. "[0, 1)", "(0, inf)"); an Optional field may be None."""
@@ -98,11 +90,14 @@ def validate(cfg: Any, ranges: dict[str, str]) -> None:
         ok = ok and (tp is not float or isinstance(value, int) or math.isfinite(value))
         if ok and tp is int and value > 2**32 - 1 and (bounds or "").endswith("inf)"):  # counts and seeds fit 32 bits
             bounds = bounds.replace("inf)", f"{2**32 - 1}]")
-        if ok and tp in (int, float) and bounds:
-            lo, hi = (float(x) for x in bounds[1:-1].split(", "))
-            ok = (lo < value or (bounds[0] == "[" and value == lo)) and (value < hi or (bounds[-1] == "]" and value == hi))
+        lo, hi = bounds[1:-1].split(", ") if bounds else ("-inf", "inf")
+        if ok and tp in (int, float):
+            ok = (float(lo) < value or (bounds[0] == "[" and value == float(lo))) and \
+                (value < float(hi) or (bounds[-1] == "]" and value == float(hi)))
         if not ok:
-            raise ConfigError(f"{name}={value!r}: must be {_allowed(tp, bounds)}")
+            kind = {bool: "true or false", int: "an integer", float: "a finite number"}.get(tp, f"a {tp.__name__}")
+            rule = "" if not bounds else f" {'>=' if bounds[0] == '[' else '>'} {lo}" if hi == "inf" else f" in {bounds}"
+            raise ConfigError(f"{name}={value!r}: must be {kind}{rule}")
 
 
 def _nearest(key: str, valid: list[str]) -> str:
@@ -270,12 +265,8 @@ class TrainConfig:
         validate(self, {"seed": "[0, 4294967295]", "lr": "(0, inf)", "weight_decay": "[0, inf)", "grad_clip": "(0, inf)",
                         "group_size": "[2, inf)", "eps_low": "[0, 1)", "eps_high": "[0, inf)", "dual_clip": "(1, inf)",
                         "log_ratio_clamp": "(0, inf)", "entropy_coef": "[0, inf)", "kl_coef": "[0, inf)"}
-                 | dict.fromkeys(("steps", "prompts_per_step", "ppo_epochs", "minibatches", "eval_every", "save_every"),
-                                 "[1, inf)")
+                 | dict.fromkeys(("steps", "prompts_per_step", "ppo_epochs", "minibatches", "eval_every", "save_every"), "[1, inf)")
                  | dict.fromkeys(("experts_per_step", "n_rl_prompts", "n_expert", "n_test"), "[0, inf)")
                  | dict.fromkeys(("mu_warmup_frac", "mu_decay_frac", "mu_peak", "mu_valley"), "[0, 1]"))
-        if self.mu_warmup_frac + self.mu_decay_frac > 1:
-            raise ConfigError(f"mu_warmup_frac + mu_decay_frac = {self.mu_warmup_frac + self.mu_decay_frac}: "
-                              "must be <= 1 (shares of the same steps)")
-        if not isinstance(self.sampler, SamplerConfig):
-            raise ConfigError(f"sampler={self.sampler!r}: must be a SamplerConfig")
+        if self.mu_warmup_frac + self.mu_decay_frac > 1:  # shares of the same steps
+            raise ConfigError(f"mu_warmup_frac + mu_decay_frac = {self.mu_warmup_frac + self.mu_decay_frac}: must be <= 1")

@@ -9,10 +9,9 @@ One JSON object per line (blank lines are skipped):
                     (either form, + optional "answer")
 
 A file is validated completely before anything is returned, so no run ever trains on half a
-file: every bad line (not JSON, nested too deeply, not an object, missing or unknown key, a
-non-string, empty or non-UTF-8 value, wrong chat roles) is reported as `file:line: what is
-wrong` in one one-line `DataError`. Records remember their `where` ("file:line"), so
-`check_lengths` can name the line of a prompt or demonstration the model has no room for.
+file: every bad line (not JSON, not an object, missing or unknown key, a non-string, empty or
+non-UTF-8 value, wrong chat roles) is reported as `file:line: what is wrong` in one line.
+Records keep their `where` ("file:line") for `check_lengths` (does the model have room?).
 `write_jsonl` writes atomically (temp file + os.replace), so a crash never leaves half a file.
 """
 
@@ -40,10 +39,9 @@ class DataError(ValueError):
 
     @classmethod
     def of(cls, head: str, errors: list[tuple[Any, str]], where: str = "") -> "DataError":
-        """One line: `head: where:N: msg; ...` listing the first few errors."""
-        shown = "; ".join(f"{where}{n}: {msg}" for n, msg in errors[:_MAX_REPORTED])
+        """One line: `head: where:N: msg; ...`, the first few errors."""
         more = f"; ... and {len(errors) - _MAX_REPORTED} more" if len(errors) > _MAX_REPORTED else ""
-        return cls(f"{head}: {shown}{more}", errors)
+        return cls(f"{head}: " + "; ".join(f"{where}{n}: {msg}" for n, msg in errors[:_MAX_REPORTED]) + more, errors)
 
 
 def _string(record: dict, key: str, *, required: bool = True) -> str | None:
@@ -56,10 +54,7 @@ def _string(record: dict, key: str, *, required: bool = True) -> str | None:
         raise ValueError(f"{key!r} must be a string, got {type(value).__name__} {value!r:.40}")
     if not value.strip():
         raise ValueError(f"{key!r} is empty")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(f"{key!r} is not encodable as UTF-8 ({e.reason} at character {e.start})") from None
+    value.encode("utf-8")  # a lone surrogate ("\\ud800") raises UnicodeEncodeError, a ValueError: file:line
     return value
 
 
@@ -156,9 +151,8 @@ def load_experts(path: str | Path) -> list[Demonstration]:
 
 
 def check_lengths(items: list, tokenizer, max_seq_len: int, max_new_tokens: int = 0) -> None:
-    """Refuse, naming each record's file:line, what the model cannot take: a prompt with no room
-    for `max_new_tokens` more tokens, a demonstration (prompt + response + eos) longer than
-    `max_seq_len`, text the tokenizer cannot spell."""
+    """Refuse (file:line) a prompt with no room for `max_new_tokens` more tokens, a demonstration
+    (prompt + response + eos) longer than `max_seq_len`, text the tokenizer cannot spell."""
     from minichord.tokenizer import TokenizerError
 
     errors = []

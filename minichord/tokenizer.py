@@ -169,10 +169,9 @@ class Tokenizer:
         """Token ids of `text`, no special tokens added. Every digit is a single token."""
         if not isinstance(text, str):
             raise TokenizerError(f"encode() takes a str, got {type(text).__name__}")
-        try:
-            ids = self._tok.encode(text, add_special_tokens=False).ids
-        except TypeError:  # the Rust side refuses str with lone surrogates (not valid UTF-8)
-            raise TokenizerError(f"text is not encodable as UTF-8 (a lone surrogate?): {text!r:.80}") from None
+        if not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text):  # the Rust side would TypeError
+            raise TokenizerError(f"text has a lone surrogate (not encodable as UTF-8): {text!r:.80}")
+        ids = self._tok.encode(text, add_special_tokens=False).ids
         # BPE silently drops characters outside its alphabet (e.g. "é" with the ASCII alphabet).
         # ASCII is always covered; check the rest, unless a normalizer makes decode differ anyway.
         if not text.isascii() and self._tok.normalizer is None:

@@ -21,8 +21,7 @@ class TrainData:
     reward: Callable[[str, str], float] = reward  # (response, answer) -> reward, no eval/exec
 
     def check_fits(self, tokenizer, max_seq_len: int, phases) -> None:
-        """Refuse (one DataError naming file:line) what the model has no room for, before any step:
-        RL prompts (and LUFFY's expert prompts) need max_new_tokens, test prompts 1, demonstrations fit whole."""
+        """DataError (file:line) unless RL prompts (and LUFFY's expert ones) leave room for max_new_tokens."""
         from minichord.data import check_lengths
 
         new = max(p.cfg.sampler.max_new_tokens for p in phases)

@@ -127,7 +127,7 @@ def test_deep_nesting_and_surrogates_are_line_errors(tmp_path):
     with pytest.raises(DataError) as info:
         load_prompts(path)
     assert f"{path}:2: invalid JSON: nested too deeply" in str(info.value)
-    assert f"{path}:3: 'prompt' is not encodable as UTF-8" in str(info.value)
+    assert f"{path}:3: 'utf-8' codec can't encode character '\\ud800'" in str(info.value)
     assert "\n" not in str(info.value)
 
 
