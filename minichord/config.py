@@ -100,11 +100,6 @@ def validate(cfg: Any, ranges: dict[str, str]) -> None:
             raise ConfigError(f"{name}={value!r}: must be {kind}{rule}")
 
 
-def _nearest(key: str, valid: list[str]) -> str:
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
-    return match[0] if match else "(none)"
-
-
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Convert a TOML value or a `--set` string to the field type `tp`."""
     origin = typing.get_origin(tp)
@@ -148,10 +143,8 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in types:
-            raise ConfigError(
-                f"{where}: unknown key {key!r}; did you mean {_nearest(key, list(types))!r}? "
-                f"valid keys: {', '.join(types)}"
-            )
+            raise ConfigError(f"{where}: unknown key {key!r}; did you mean "
+                              f"{difflib.get_close_matches(key, list(types), 1, 0.0)[0]!r}? valid keys: {', '.join(types)}")
         tp = types[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):

@@ -112,25 +112,19 @@ def _load(path: str | Path, parse: Callable[[dict, str], Any], what: str) -> lis
     for number, raw in enumerate(raw_lines, start=1):
         try:
             line = raw.decode("utf-8")
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+            items.append(parse(record, f"{path}:{number}"))
         except UnicodeDecodeError as e:
             errors.append((number, f"not valid UTF-8 ({e.reason} at byte {e.start})"))
-            continue
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
         except json.JSONDecodeError as e:
             errors.append((number, f"invalid JSON: {e.msg} (column {e.colno})"))
-            continue
         except RecursionError:
             errors.append((number, "invalid JSON: nested too deeply"))
-            continue
-        if not isinstance(record, dict):
-            errors.append((number, f"expected a JSON object, got {type(record).__name__}"))
-            continue
-        try:
-            items.append(parse(record, f"{path}:{number}"))
-        except ValueError as e:
+        except ValueError as e:  # from parse: a missing key, a wrong type, ...
             errors.append((number, str(e)))
     if errors:
         raise DataError.of(f"{path}: {len(errors)} invalid line(s) in {what} file; nothing was loaded", errors,
@@ -157,17 +151,15 @@ def check_lengths(items: list, tokenizer, max_seq_len: int, max_new_tokens: int 
 
     errors = []
     for i, item in enumerate(items):
-        where = item.where or f"{type(item).__name__} {i}"
         try:
             n = len(tokenizer.encode_prompt(item.prompt))
             whole = len(tokenizer.encode_example(item.prompt, item.response)[0]) if isinstance(item, Demonstration) else 0
+            problem = (f"prompt of {n} tokens + max_new_tokens={max_new_tokens} > max_seq_len={max_seq_len}"
+                       if n + max_new_tokens > max_seq_len else f"prompt + response is {whole} tokens > the model's "
+                       f"max_seq_len={max_seq_len}" if whole > max_seq_len else "")
         except TokenizerError as e:
-            errors.append((where, str(e)))
-            continue
-        if n + max_new_tokens > max_seq_len:
-            errors.append((where, f"prompt of {n} tokens + max_new_tokens={max_new_tokens} > max_seq_len={max_seq_len}"))
-        elif whole > max_seq_len:
-            errors.append((where, f"prompt + response is {whole} tokens > the model's max_seq_len={max_seq_len}"))
+            problem = str(e)
+        errors += [(item.where or f"{type(item).__name__} {i}", problem)] if problem else []
     if errors:
         raise DataError.of(f"{len(errors)} record(s) do not fit the model", errors)
 

@@ -80,8 +80,7 @@ class Tokenizer:
         self.vocab_size: int = hf_tokenizer.get_vocab_size(with_added_tokens=True)
         outside = [f"{role}={names[role]!r} has id {ids[role]}" for role in SPECIAL_ROLES if ids[role] >= self.vocab_size]
         if outside:  # e.g. an eos the model can never emit: generation would never stop
-            raise TokenizerError(f"{source}: special token ids outside the vocabulary of {self.vocab_size} "
-                                 f"ids [0, {self.vocab_size}): {', '.join(outside)}")
+            raise TokenizerError(f"{source}: special token ids outside the vocabulary [0, {self.vocab_size}): {', '.join(outside)}")
         self.special_tokens: dict[str, str] = {role: names[role] for role in SPECIAL_ROLES}
         self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
         self.user_id, self.assistant_id = ids["user"], ids["assistant"]

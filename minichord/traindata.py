@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from minichord.config import ConfigError, TrainConfig
+from minichord.config import TrainConfig
 from minichord.tasks import Demonstration, Problem, make_splits, reward
 
 
@@ -34,10 +34,7 @@ def build_train_data(cfg: TrainConfig) -> TrainData:
     """The toy task's splits (seeded by cfg.seed), with user JSONL files swapped in."""
     from minichord import data
 
-    try:
-        toy = make_splits(cfg.seed, n_rl=cfg.n_rl_prompts, n_expert=cfg.n_expert, n_test=cfg.n_test)
-    except ValueError as e:  # split sizes the toy task cannot satisfy
-        raise ConfigError(str(e)) from None
+    toy = make_splits(cfg.seed, n_rl=cfg.n_rl_prompts, n_expert=cfg.n_expert, n_test=cfg.n_test)
     prompts = data.load_prompts(cfg.prompts_file) if cfg.prompts_file else toy.rl
     experts = data.load_experts(cfg.experts_file) if cfg.experts_file else toy.expert
     return TrainData(prompts=prompts, experts=experts, eval_splits=toy.tests)

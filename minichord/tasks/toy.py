@@ -28,9 +28,10 @@ from __future__ import annotations
 import random
 import string
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
+from minichord.config import ConfigError
 from minichord.tasks.base import Demonstration, Problem, Skill
 
 TARGET_SKILL = "add"
@@ -158,12 +159,6 @@ def _draw(rng: random.Random, skill: Skill, lengths: tuple[int, int]) -> Problem
     return skill.generate(rng, rng.randint(*lengths))
 
 
-def _room(skill: Skill, lengths: tuple[int, int]) -> int | None:
-    """How many reserved prompts (about 1 in RESERVED_SHARE) `skill` makes at these lengths; None = unknown."""
-    counts = [skill.count(d) for d in range(lengths[0], lengths[1] + 1)]
-    return None if None in counts else sum(counts) // RESERVED_SHARE
-
-
 def _unique(rng: random.Random, n: int, make: Callable[[random.Random], Problem],
             seen: set[str], what: str) -> list[Problem]:
     """`n` problems whose prompts are not in `seen` (which is updated)."""
@@ -196,14 +191,10 @@ class ToyTask:
     rl: list[Problem]  # prompts for on-policy rollouts (target skill)
     expert: list[Demonstration]  # the limited expert set (target skill, expert style)
     tests: dict[str, list[Problem]]  # "in_domain", "harder", "other_skills"
-    settings: dict = field(default_factory=dict)
 
     def prompts(self) -> set[str]:
         """Every prompt used by any split (the pre-training corpus avoids them)."""
-        out = {p.prompt for p in self.rl} | {d.prompt for d in self.expert}
-        for problems in self.tests.values():
-            out |= {p.prompt for p in problems}
-        return out
+        return {p.prompt for p in [*self.rl, *self.expert, *(q for split in self.tests.values() for q in split)]}
 
 
 def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test: int = 200,
@@ -226,9 +217,10 @@ def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test:
                                      n_rl + n_expert + n_test, add, train_digits), ("n_test", n_test, add, harder_digits),
                                     *((f"n_test / {len(others)}", -(-n_test // len(others)), s, other_lengths)
                                       for s in others)]:  # fail fast, before drawing
-        if (room := _room(skill, lengths)) is not None and n > room:
-            raise ValueError(f"{what} = {n} is more than the {room} distinct {skill.name} prompts with "
-                             f"lengths {lengths} that the splits may use; lower it")
+        counts = [skill.count(d) for d in range(lengths[0], lengths[1] + 1)]  # None: unknown
+        if None not in counts and n > (room := sum(counts) // RESERVED_SHARE):  # 1 in RESERVED_SHARE is reserved
+            raise ConfigError(f"{what} = {n} is more than the {room} distinct {skill.name} prompts with "
+                              f"lengths {lengths} that the splits may use; lower it")
     seen: set[str] = set()
     in_domain = _unique(rng, n_test, lambda r: _draw(r, add, train_digits), seen, "in-domain test")
     harder = _unique(rng, n_test, lambda r: _draw(r, add, harder_digits), seen, "harder test")
@@ -238,9 +230,7 @@ def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test:
     expert_problems = _unique(rng, n_expert, lambda r: _draw(r, add, train_digits), seen, "expert")
     rl = _unique(rng, n_rl, lambda r: _draw(r, add, train_digits), seen, "RL")
     expert = [Demonstration(p.prompt, add.expert_response(p), p.answer) for p in expert_problems]
-    task = ToyTask(seed, rl, expert, {"in_domain": in_domain, "harder": harder, "other_skills": other},
-                   dict(seed=seed, n_rl=n_rl, n_expert=n_expert, n_test=n_test, train_digits=list(train_digits),
-                        harder_digits=list(harder_digits), other_lengths=list(other_lengths)))
+    task = ToyTask(seed, rl, expert, {"in_domain": in_domain, "harder": harder, "other_skills": other})
     assert len(task.prompts()) == n_rl + n_expert + 3 * n_test, "splits overlap by prompt"
     return task
 
