@@ -135,12 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from minichord.checkpoint import CheckpointError
-    from minichord.config import ConfigError
     from minichord.trainer import TrainingError
 
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, TrainingError, OSError, ValueError) as e:  # DataError, TokenizerError too
+    except (CheckpointError, TrainingError, OSError, ValueError) as e:  # ValueError: ConfigError, DataError, ...
         message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
         print(f"minichord {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -80,10 +80,8 @@ def validate(cfg: Any, ranges: dict[str, str]) -> None:
     and the range `ranges` gives (interval notation, e.g. "[0, 1)", "(0, inf)"); an Optional field may be None."""
     for name, tp in _field_types(type(cfg)).items():
         value, bounds = getattr(cfg, name), ranges.get(name)
-        if typing.get_origin(tp) in (typing.Union, types.UnionType):
-            if value is None:
-                continue
-            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # Optional[X]: None, or an X
+            tp = type(None) if value is None else next(a for a in typing.get_args(tp) if a is not type(None))
         if tp not in (bool, int, float, str):
             continue
         ok = isinstance(value, (int, float) if tp is float else tp) and (tp is bool or not isinstance(value, bool))

@@ -75,9 +75,6 @@ class Addition(Skill):
     def count(self, difficulty: int) -> int:
         return (10 if difficulty == 1 else 9 * 10 ** (difficulty - 1)) ** 2
 
-    def terse_response(self, problem: Problem) -> str:
-        return problem.answer
-
     def expert_response(self, problem: Problem) -> str:
         """Column addition, right to left: one line `a+b(+carry)=s carry c` per column.
 
@@ -103,13 +100,10 @@ def _digits(rng: random.Random, n: int) -> str:
 
 
 class _DigitString(Skill):
-    """A skill on one string of `difficulty` digits (10**difficulty prompts), answered tersely."""
+    """A skill on one string of `difficulty` digits (10**difficulty prompts)."""
 
     def count(self, difficulty: int) -> int:
         return 10**difficulty
-
-    def terse_response(self, problem: Problem) -> str:
-        return problem.answer
 
 
 class Reverse(_DigitString):
