@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import sys
 import types
 import typing
@@ -46,8 +45,8 @@ class ModelConfig:
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
-        validate(self, dict.fromkeys(("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim",
-                                      "max_seq_len"), "[1, inf)") | {"rope_theta": "(0, inf)", "norm_eps": "(0, inf)"})
+        validate(self, {"[1, inf)": "vocab_size dim n_layers n_heads n_kv_heads ffn_dim max_seq_len",
+                        "(0, inf)": "rope_theta norm_eps"})
         if self.dim % self.n_heads:
             raise ConfigError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
@@ -71,30 +70,30 @@ class SamplerConfig:
     greedy: bool = False
 
     def __post_init__(self) -> None:  # temperature 0 only with greedy=true (which ignores it)
-        validate(self, {"max_new_tokens": "[1, inf)", "temperature": f"{'[' if self.greedy is True else '('}0, inf)",
-                        "top_k": "[0, inf)", "top_p": "(0, 1]"})
+        validate(self, {"[1, inf)": "max_new_tokens", "[0, inf)": "top_k" + " temperature" * (self.greedy is True),
+                        "(0, inf)": "temperature" * (self.greedy is not True), "(0, 1]": "top_p"})
 
 
 def validate(cfg: Any, ranges: dict[str, str]) -> None:
-    """Check the type of every field of dataclass `cfg` (a bool is not an int; a float is finite)
-    and the range `ranges` gives (interval notation, e.g. "[0, 1)", "(0, inf)"); an Optional field may be None."""
+    """Check the type of every field of dataclass `cfg` (a bool is not an int; a float is finite) and
+    the ranges: {interval, e.g. "[0, 1)" or "(0, inf)": "field names"}; an Optional field may be None."""
+    ranges = {name: interval for interval, names in ranges.items() for name in names.split()}
     for name, tp in _field_types(type(cfg)).items():
-        value, bounds = getattr(cfg, name), ranges.get(name)
+        value, bounds = getattr(cfg, name), ranges.get(name, "(-inf, inf)")  # open: NaN and inf never fit
         if typing.get_origin(tp) in (typing.Union, types.UnionType):  # Optional[X]: None, or an X
             tp = type(None) if value is None else next(a for a in typing.get_args(tp) if a is not type(None))
         if tp not in (bool, int, float, str):
             continue
-        ok = isinstance(value, (int, float) if tp is float else tp) and (tp is bool or not isinstance(value, bool))
-        ok = ok and (tp is not float or isinstance(value, int) or math.isfinite(value))
-        if ok and tp is int and value > 2**32 - 1 and (bounds or "").endswith("inf)"):  # counts and seeds fit 32 bits
+        if tp is int and isinstance(value, int) and value > 2**32 - 1 and bounds.endswith("inf)"):  # fits 32 bits
             bounds = bounds.replace("inf)", f"{2**32 - 1}]")
-        lo, hi = bounds[1:-1].split(", ") if bounds else ("-inf", "inf")
+        lo, hi = bounds[1:-1].split(", ")
+        ok = isinstance(value, (int, float) if tp is float else tp) and (tp is bool or not isinstance(value, bool))
         if ok and tp in (int, float):
             ok = (float(lo) < value or (bounds[0] == "[" and value == float(lo))) and \
                 (value < float(hi) or (bounds[-1] == "]" and value == float(hi)))
         if not ok:
             kind = {bool: "true or false", int: "an integer", float: "a finite number"}.get(tp, f"a {tp.__name__}")
-            rule = "" if not bounds else f" {'>=' if bounds[0] == '[' else '>'} {lo}" if hi == "inf" else f" in {bounds}"
+            rule = "" if tp in (bool, str) else f" {'>=' if bounds[0] == '[' else '>'} {lo}" if hi == "inf" else f" in {bounds}"
             raise ConfigError(f"{name}={value!r}: must be {kind}{rule}")
 
 
@@ -253,11 +252,9 @@ class TrainConfig:
     init: str = ""  # checkpoint to start from; empty = the cached pre-trained toy base model
 
     def __post_init__(self) -> None:  # `method` and `expert_weighting` are checked by their users
-        validate(self, {"seed": "[0, 4294967295]", "lr": "(0, inf)", "weight_decay": "[0, inf)", "grad_clip": "(0, inf)",
-                        "group_size": "[2, inf)", "eps_low": "[0, 1)", "eps_high": "[0, inf)", "dual_clip": "(1, inf)",
-                        "log_ratio_clamp": "(0, inf)", "entropy_coef": "[0, inf)", "kl_coef": "[0, inf)"}
-                 | dict.fromkeys(("steps", "prompts_per_step", "ppo_epochs", "minibatches", "eval_every", "save_every"), "[1, inf)")
-                 | dict.fromkeys(("experts_per_step", "n_rl_prompts", "n_expert", "n_test"), "[0, inf)")
-                 | dict.fromkeys(("mu_warmup_frac", "mu_decay_frac", "mu_peak", "mu_valley"), "[0, 1]"))
+        validate(self, {"[1, inf)": "steps prompts_per_step ppo_epochs minibatches eval_every save_every",
+                        "[0, inf)": "experts_per_step n_rl_prompts n_expert n_test weight_decay eps_high entropy_coef kl_coef",
+                        "(0, inf)": "lr grad_clip log_ratio_clamp", "[0, 1]": "mu_warmup_frac mu_decay_frac mu_peak mu_valley",
+                        "[0, 1)": "eps_low", "(1, inf)": "dual_clip", "[2, inf)": "group_size", "[0, 4294967295]": "seed"})
         if self.mu_warmup_frac + self.mu_decay_frac > 1:  # shares of the same steps
             raise ConfigError(f"mu_warmup_frac + mu_decay_frac = {self.mu_warmup_frac + self.mu_decay_frac}: must be <= 1")

@@ -27,8 +27,6 @@ from typing import Any, Callable, Iterable
 from minichord.tasks.base import Demonstration, Problem
 from minichord.tasks.toy import ToyTask
 
-_MAX_REPORTED = 5  # errors listed in one DataError message
-
 
 class DataError(ValueError):
     """A dataset file that cannot be used; `errors` holds (line number, message) pairs."""
@@ -39,21 +37,21 @@ class DataError(ValueError):
 
     @classmethod
     def of(cls, head: str, errors: list[tuple[Any, str]], where: str = "") -> "DataError":
-        """One line: `head: where:N: msg; ...`, the first few errors."""
-        more = f"; ... and {len(errors) - _MAX_REPORTED} more" if len(errors) > _MAX_REPORTED else ""
-        return cls(f"{head}: " + "; ".join(f"{where}{n}: {msg}" for n, msg in errors[:_MAX_REPORTED]) + more, errors)
+        """One line: `head: where:N: msg; ...`, the first five errors."""
+        more = f"; ... and {len(errors) - 5} more" if len(errors) > 5 else ""
+        return cls(f"{head}: " + "; ".join(f"{where}{n}: {msg}" for n, msg in errors[:5]) + more, errors)
 
 
-def _string(record: dict, key: str, *, required: bool = True) -> str | None:
+def _string(record: dict, key: str, *, required: bool = True, at: str = "") -> str | None:
     if key not in record:
         if required:
-            raise ValueError(f"missing key {key!r}")
+            raise ValueError(f"{at}missing key {key!r}")
         return None
     value = record[key]
     if not isinstance(value, str):
-        raise ValueError(f"{key!r} must be a string, got {type(value).__name__} {value!r:.40}")
+        raise ValueError(f"{at}{key!r} must be a string, got {type(value).__name__} {value!r:.40}")
     if not value.strip():
-        raise ValueError(f"{key!r} is empty")
+        raise ValueError(f"{at}{key!r} is empty")
     value.encode("utf-8")  # a lone surrogate ("\\ud800") raises UnicodeEncodeError, a ValueError: file:line
     return value
 
@@ -80,10 +78,7 @@ def _parse_messages(messages: Any) -> tuple[str, str]:
         _check_keys(message, {"role", "content"})
         if message.get("role") != role:
             raise ValueError(f"messages[{i}] must have role {role!r}, got {message.get('role')!r}")
-        try:
-            contents.append(_string(message, "content"))
-        except ValueError as e:
-            raise ValueError(f"messages[{i}]: {e}") from None
+        contents.append(_string(message, "content", at=f"messages[{i}]: "))
     return contents[0], contents[1]
 
 
@@ -104,10 +99,8 @@ def _load(path: str | Path, parse: Callable[[dict, str], Any], what: str) -> lis
     path = Path(path)
     try:
         raw_lines = path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a UTF-8 BOM is allowed
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
     except OSError as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
+        raise DataError(f"{path}: " + ("file not found" if isinstance(e, FileNotFoundError) else f"cannot read: {e}")) from None
     items, errors = [], []
     for number, raw in enumerate(raw_lines, start=1):
         try:
@@ -145,8 +138,7 @@ def load_experts(path: str | Path) -> list[Demonstration]:
 
 
 def check_lengths(items: list, tokenizer, max_seq_len: int, max_new_tokens: int = 0) -> None:
-    """Refuse (file:line) a prompt with no room for `max_new_tokens` more tokens, a demonstration
-    (prompt + response + eos) longer than `max_seq_len`, text the tokenizer cannot spell."""
+    """DataError (file:line): prompts without room for max_new_tokens, demos over max_seq_len, unspellable text."""
     from minichord.tokenizer import TokenizerError
 
     errors = []
