@@ -10,6 +10,21 @@ from pathlib import Path
 from minichord.methods import METHODS
 
 
+def _checked(ok, allowed: str, convert=str):
+    """An argparse `type`: a value failing `ok` is argparse's one-line error (exit 2) saying `allowed`."""
+    def parse(text: str):
+        if not ok(text):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {allowed}")
+        return convert(text)
+    return parse
+
+
+POSITIVE = _checked(lambda t: t.isdigit() and int(t) >= 1, "an integer >= 1", int)
+COUNT = SEED = _checked(str.isdigit, "an integer >= 0", int)
+FILE = _checked(lambda t: Path(t).is_file(), "a readable file")
+OUT = _checked(lambda t: not Path(t).exists() or Path(t).is_dir(), "a directory (or a new path), not an existing file")
+
+
 def cmd_demo(args) -> None:
     from minichord.demo import run_demo
 
@@ -20,8 +35,7 @@ def cmd_pretrain(args) -> None:
     from minichord.experiment import default_base_dir
     from minichord.pretrain import pretrain_base
 
-    kwargs = {"steps": args.steps} if args.steps else {}
-    path = pretrain_base(Path(args.out) if args.out else default_base_dir(), seed=args.seed, **kwargs)
+    path = pretrain_base(Path(args.out) if args.out else default_base_dir(), seed=args.seed, steps=args.steps)
     print(f"base model: {path}")
 
 
@@ -37,18 +51,17 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    from minichord import data
     from minichord.checkpoint import load_checkpoint
     from minichord.evaluate import evaluate_splits
     from minichord.tasks import make_splits
 
+    splits = ({Path(args.prompts).stem: data.load_prompts(args.prompts)} if args.prompts
+              else make_splits(args.seed, n_rl=0, n_expert=0, n_test=args.n_test).tests)
     ckpt = load_checkpoint(args.checkpoint)
     if ckpt.tokenizer is None:
         raise ValueError(f"{args.checkpoint} has no tokenizer.json; cannot decode")
-    splits = make_splits(args.seed, n_rl=0, n_expert=0, n_test=args.n_test).tests
-    if args.prompts:
-        from minichord.data import load_prompts
-
-        splits = {Path(args.prompts).stem: load_prompts(args.prompts)}
+    data.check_lengths([p for s in splits.values() for p in s], ckpt.tokenizer, ckpt.model_config.max_seq_len, 1)
     result = evaluate_splits(ckpt.model, ckpt.tokenizer, splits)
     for name, m in result.items():
         print(f"{name:14s} accuracy {m['accuracy']:.3f}  (n={m['n']}, mean length {m['response_length']:.1f})")
@@ -73,40 +86,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="pre-train (or reuse) the toy base model, run CHORD-phi, compare before/after")
-    d.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's setting)")
-    d.add_argument("--seed", type=int, default=0, help="random seed")
+    d.add_argument("--out", type=OUT, default="runs/demo", help="run directory (default runs/demo)")
+    d.add_argument("--steps", type=POSITIVE, default=None, help="training steps (default: the demo's setting)")
+    d.add_argument("--seed", type=SEED, default=0, help="random seed")
     d.set_defaults(func=cmd_demo)
 
     pt = sub.add_parser("pretrain", help="pre-train the toy base model (cached; reused when settings match)")
-    pt.add_argument("--out", default=None, help="directory (default $MINICHORD_HOME/base or ~/.cache/minichord/base)")
-    pt.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the tuned setting)")
-    pt.add_argument("--seed", type=int, default=0, help="random seed")
+    pt.add_argument("--out", type=OUT, default=None, help="directory (default $MINICHORD_HOME/base or ~/.cache/minichord/base)")
+    pt.add_argument("--steps", type=POSITIVE, default=None, help="optimizer steps (default: the tuned setting)")
+    pt.add_argument("--seed", type=SEED, default=0, help="random seed")
     pt.set_defaults(func=cmd_pretrain)
 
     t = sub.add_parser("train", help="train with one method preset; resumes from OUT/checkpoint if present")
     t.add_argument("--method", required=True, choices=sorted(METHODS), help="method preset")
-    t.add_argument("--config", default=None, help="TOML file of TrainConfig fields")
+    t.add_argument("--config", type=FILE, default=None, help="TOML file of TrainConfig fields")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set steps=50 --set sampler.temperature=0.8")
-    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--out", type=OUT, required=True, help="run directory")
     t.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint exists")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="greedy accuracy of a checkpoint on the toy test splits (or a JSONL file)")
     e.add_argument("checkpoint", help="checkpoint directory")
-    e.add_argument("--n-test", type=int, default=200, help="problems per toy split")
-    e.add_argument("--seed", type=int, default=0, help="seed of the toy splits")
-    e.add_argument("--prompts", default=None, help="JSONL file of {prompt, answer} to evaluate instead")
+    e.add_argument("--n-test", type=POSITIVE, default=200, help="problems per toy split")
+    e.add_argument("--seed", type=SEED, default=0, help="seed of the toy splits")
+    e.add_argument("--prompts", type=FILE, default=None, help="JSONL file of {prompt, answer} to evaluate instead")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("reproduce", help="every method x seeds on the toy task: table, JSON, curves")
-    r.add_argument("--out", required=True, help="output directory")
+    r.add_argument("--out", type=OUT, required=True, help="output directory")
     r.add_argument("--quick", action="store_true", help="1 seed, few steps (about 5 minutes on 2 cores)")
-    r.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 1)")
+    r.add_argument("--seeds", type=POSITIVE, default=None, help="number of seeds (default 3, quick 1)")
     r.add_argument("--methods", nargs="+", default=None, choices=sorted(METHODS), help="subset of methods")
-    r.add_argument("--steps", type=int, default=None, help="optimizer steps per run (matched across methods)")
-    r.add_argument("--sft-curve-steps", type=int, default=None,
+    r.add_argument("--steps", type=POSITIVE, default=None, help="optimizer steps per run (matched across methods)")
+    r.add_argument("--sft-curve-steps", type=COUNT, default=None,
                    help="length of the long SFT run on the limited expert set (0 skips it)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every run, e.g. --set init=PATH to start from another checkpoint")
@@ -122,17 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from minichord.checkpoint import CheckpointError
-    from minichord.config import ConfigError
     from minichord.trainer import TrainingError
 
     try:
-        from minichord.data import DataError
-    except ImportError:  # pragma: no cover
-        DataError = ValueError
-    try:
         args.func(args)
-    except (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as e:
-        print(f"minichord {args.command}: error: {e}", file=sys.stderr)
+    except (CheckpointError, TrainingError, OSError, ValueError) as e:  # ValueError: ConfigError, DataError, ...
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+        print(f"minichord {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

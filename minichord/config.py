@@ -45,6 +45,8 @@ class ModelConfig:
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
+        validate(self, {"[1, inf)": "vocab_size dim n_layers n_heads n_kv_heads ffn_dim max_seq_len",
+                        "(0, inf)": "rope_theta norm_eps"})
         if self.dim % self.n_heads:
             raise ConfigError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
@@ -67,18 +69,32 @@ class SamplerConfig:
     top_p: float = 1.0  # 1.0 = off
     greedy: bool = False
 
-    def __post_init__(self) -> None:
-        if self.temperature <= 0 and not self.greedy:
-            raise ConfigError(f"temperature must be > 0 (got {self.temperature}); use greedy=true")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1] (got {self.top_p})")
-        if self.top_k < 0 or self.max_new_tokens < 1:
-            raise ConfigError("top_k must be >= 0 and max_new_tokens >= 1")
+    def __post_init__(self) -> None:  # temperature 0 only with greedy=true (which ignores it)
+        validate(self, {"[1, inf)": "max_new_tokens", "[0, inf)": "top_k" + " temperature" * (self.greedy is True),
+                        "(0, inf)": "temperature" * (self.greedy is not True), "(0, 1]": "top_p"})
 
 
-def _nearest(key: str, valid: list[str]) -> str:
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
-    return match[0] if match else "(none)"
+def validate(cfg: Any, ranges: dict[str, str]) -> None:
+    """Check the type of every field of dataclass `cfg` (a bool is not an int; a float is finite) and
+    the ranges: {interval, e.g. "[0, 1)" or "(0, inf)": "field names"}; an Optional field may be None."""
+    ranges = {name: interval for interval, names in ranges.items() for name in names.split()}
+    for name, tp in _field_types(type(cfg)).items():
+        value, bounds = getattr(cfg, name), ranges.get(name, "(-inf, inf)")  # open: NaN and inf never fit
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # Optional[X]: None, or an X
+            tp = type(None) if value is None else next(a for a in typing.get_args(tp) if a is not type(None))
+        if tp not in (bool, int, float, str):
+            continue
+        if tp is int and isinstance(value, int) and value > 2**32 - 1 and bounds.endswith("inf)"):  # fits 32 bits
+            bounds = bounds.replace("inf)", f"{2**32 - 1}]")
+        lo, hi = bounds[1:-1].split(", ")
+        ok = isinstance(value, (int, float) if tp is float else tp) and (tp is bool or not isinstance(value, bool))
+        if ok and tp in (int, float):
+            ok = (float(lo) < value or (bounds[0] == "[" and value == float(lo))) and \
+                (value < float(hi) or (bounds[-1] == "]" and value == float(hi)))
+        if not ok:
+            kind = {bool: "true or false", int: "an integer", float: "a finite number"}.get(tp, f"a {tp.__name__}")
+            rule = "" if tp in (bool, str) else f" {'>=' if bounds[0] == '[' else '>'} {lo}" if hi == "inf" else f" in {bounds}"
+            raise ConfigError(f"{name}={value!r}: must be {kind}{rule}")
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
@@ -97,22 +113,19 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if tp is bool:
             if isinstance(value, bool):
                 return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
+            return {**dict.fromkeys(("1", "true", "yes", "on"), True),
+                    **dict.fromkeys(("0", "false", "no", "off"), False)}[value.lower()]
+        if isinstance(value, bool) or (tp is str and not isinstance(value, str)):
             raise ValueError(value)
-        if tp is int:
-            number = float(value) if isinstance(value, str) else value
-            if isinstance(number, bool) or float(number) != int(number):
+        if tp is int:  # "12" exactly, "1e3" via float; never 2.5
+            number = float(value) if isinstance(value, str) and not value.strip().lstrip("+-").isdigit() else value
+            if isinstance(number, float) and not number.is_integer():
                 raise ValueError(value)
             return int(number)
-        if tp is float and isinstance(value, bool):
-            raise ValueError(value)
         if tp in (float, str):
             return tp(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{where}: cannot read {value!r} as {tp.__name__}") from None
+    except (TypeError, ValueError, OverflowError, KeyError, AttributeError):
+        raise ConfigError(f"{where}: cannot read {value!r:.80} as {tp.__name__}") from None
     return value
 
 
@@ -127,10 +140,8 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in types:
-            raise ConfigError(
-                f"{where}: unknown key {key!r}; did you mean {_nearest(key, list(types))!r}? "
-                f"valid keys: {', '.join(types)}"
-            )
+            raise ConfigError(f"{where}: unknown key {key!r}; did you mean "
+                              f"{difflib.get_close_matches(key, list(types), 1, 0.0)[0]!r}? valid keys: {', '.join(types)}")
         tp = types[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
@@ -140,7 +151,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
             kwargs[key] = from_dict(tp, {**default, **value}, f"{where}.{key}")
         else:
             kwargs[key] = _convert(value, tp, f"{where}.{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -183,8 +197,10 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
                 file_data = tomllib.load(f)
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ConfigError(f"{path}: invalid TOML: {str(e) or 'nested too deeply'}") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
         where = str(path)
         for k, v in file_data.items():
             data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
@@ -233,3 +249,13 @@ class TrainConfig:
     eval_every: int = 40
     save_every: int = 40
     init: str = ""  # checkpoint to start from; empty = the cached pre-trained toy base model
+
+    def __post_init__(self) -> None:
+        if self.expert_weighting not in ("uniform", "phi", "is"):  # losses.EXPERT_WEIGHTINGS
+            raise ConfigError(f"expert_weighting={self.expert_weighting!r}: must be one of uniform, phi, is")
+        validate(self, {"[1, inf)": "steps prompts_per_step ppo_epochs minibatches eval_every save_every",
+                        "[0, inf)": "experts_per_step n_rl_prompts n_expert n_test weight_decay eps_high entropy_coef kl_coef",
+                        "(0, inf)": "lr grad_clip log_ratio_clamp", "[0, 1]": "mu_warmup_frac mu_decay_frac mu_peak mu_valley",
+                        "[0, 1)": "eps_low", "(1, inf)": "dual_clip", "[2, inf)": "group_size", "[0, 4294967295]": "seed"})
+        if self.mu_warmup_frac + self.mu_decay_frac > 1:  # shares of the same steps
+            raise ConfigError(f"mu_warmup_frac + mu_decay_frac = {self.mu_warmup_frac + self.mu_decay_frac}: must be <= 1")

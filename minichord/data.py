@@ -9,8 +9,9 @@ One JSON object per line (blank lines are skipped):
                     (either form, + optional "answer")
 
 A file is validated completely before anything is returned, so no run ever trains on half a
-file: every bad line (not JSON, not an object, missing or unknown key, a non-string or empty
-value, wrong chat roles) is reported as `file:line: what is wrong` in one `DataError`.
+file: every bad line (not JSON, not an object, missing or unknown key, a non-string, empty or
+non-UTF-8 value, wrong chat roles) is reported as `file:line: what is wrong` in one line.
+Records keep their `where` ("file:line") for `check_lengths` (does the model have room?).
 `write_jsonl` writes atomically (temp file + os.replace), so a crash never leaves half a file.
 """
 
@@ -26,8 +27,6 @@ from typing import Any, Callable, Iterable
 from minichord.tasks.base import Demonstration, Problem
 from minichord.tasks.toy import ToyTask
 
-_MAX_REPORTED = 20  # errors listed in one DataError message
-
 
 class DataError(ValueError):
     """A dataset file that cannot be used; `errors` holds (line number, message) pairs."""
@@ -36,17 +35,24 @@ class DataError(ValueError):
         super().__init__(message)
         self.errors = errors or []
 
+    @classmethod
+    def of(cls, head: str, errors: list[tuple[Any, str]], where: str = "") -> "DataError":
+        """One line: `head: where:N: msg; ...`, the first five errors."""
+        more = f"; ... and {len(errors) - 5} more" if len(errors) > 5 else ""
+        return cls(f"{head}: " + "; ".join(f"{where}{n}: {msg}" for n, msg in errors[:5]) + more, errors)
 
-def _string(record: dict, key: str, *, required: bool = True) -> str | None:
+
+def _string(record: dict, key: str, *, required: bool = True, at: str = "") -> str | None:
     if key not in record:
         if required:
-            raise ValueError(f"missing key {key!r}")
+            raise ValueError(f"{at}missing key {key!r}")
         return None
     value = record[key]
     if not isinstance(value, str):
-        raise ValueError(f"{key!r} must be a string, got {type(value).__name__} {value!r:.40}")
+        raise ValueError(f"{at}{key!r} must be a string, got {type(value).__name__} {value!r:.40}")
     if not value.strip():
-        raise ValueError(f"{key!r} is empty")
+        raise ValueError(f"{at}{key!r} is empty")
+    value.encode("utf-8")  # a lone surrogate ("\\ud800") raises UnicodeEncodeError, a ValueError: file:line
     return value
 
 
@@ -56,10 +62,10 @@ def _check_keys(record: dict, allowed: set[str]) -> None:
         raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
 
 
-def _parse_prompt(record: dict) -> Problem:
+def _parse_prompt(record: dict, where: str) -> Problem:
     _check_keys(record, {"prompt", "answer", "skill"})
     prompt, answer = _string(record, "prompt"), _string(record, "answer")
-    return Problem(prompt, answer, _string(record, "skill", required=False) or "task")
+    return Problem(prompt, answer, _string(record, "skill", required=False) or "task", where)
 
 
 def _parse_messages(messages: Any) -> tuple[str, str]:
@@ -72,14 +78,11 @@ def _parse_messages(messages: Any) -> tuple[str, str]:
         _check_keys(message, {"role", "content"})
         if message.get("role") != role:
             raise ValueError(f"messages[{i}] must have role {role!r}, got {message.get('role')!r}")
-        try:
-            contents.append(_string(message, "content"))
-        except ValueError as e:
-            raise ValueError(f"messages[{i}]: {e}") from None
+        contents.append(_string(message, "content", at=f"messages[{i}]: "))
     return contents[0], contents[1]
 
 
-def _parse_expert(record: dict) -> Demonstration:
+def _parse_expert(record: dict, where: str) -> Demonstration:
     answer = _string(record, "answer", required=False)
     if "messages" in record:
         _check_keys(record, {"messages", "answer"})
@@ -89,43 +92,36 @@ def _parse_expert(record: dict) -> Demonstration:
         if "prompt" not in record and "response" not in record:
             raise ValueError("needs 'prompt' and 'response' keys, or a 'messages' list")
         prompt, response = _string(record, "prompt"), _string(record, "response")
-    return Demonstration(prompt, response, answer)
+    return Demonstration(prompt, response, answer, where)
 
 
-def _load(path: str | Path, parse: Callable[[dict], Any], what: str) -> list:
+def _load(path: str | Path, parse: Callable[[dict, str], Any], what: str) -> list:
     path = Path(path)
     try:
-        raw_lines = path.read_bytes().split(b"\n")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        raw_lines = path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a UTF-8 BOM is allowed
     except OSError as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
+        raise DataError(f"{path}: " + ("file not found" if isinstance(e, FileNotFoundError) else f"cannot read: {e}")) from None
     items, errors = [], []
     for number, raw in enumerate(raw_lines, start=1):
         try:
             line = raw.decode("utf-8")
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+            items.append(parse(record, f"{path}:{number}"))
         except UnicodeDecodeError as e:
             errors.append((number, f"not valid UTF-8 ({e.reason} at byte {e.start})"))
-            continue
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
         except json.JSONDecodeError as e:
             errors.append((number, f"invalid JSON: {e.msg} (column {e.colno})"))
-            continue
-        if not isinstance(record, dict):
-            errors.append((number, f"expected a JSON object, got {type(record).__name__}"))
-            continue
-        try:
-            items.append(parse(record))
-        except ValueError as e:
+        except RecursionError:
+            errors.append((number, "invalid JSON: nested too deeply"))
+        except ValueError as e:  # from parse: a missing key, a wrong type, ...
             errors.append((number, str(e)))
     if errors:
-        shown = "\n".join(f"{path}:{n}: {msg}" for n, msg in errors[:_MAX_REPORTED])
-        more = f"\n... and {len(errors) - _MAX_REPORTED} more" if len(errors) > _MAX_REPORTED else ""
-        raise DataError(f"{path}: {len(errors)} invalid line(s) in {what} file; nothing was loaded\n{shown}{more}",
-                        errors)
+        raise DataError.of(f"{path}: {len(errors)} invalid line(s) in {what} file; nothing was loaded", errors,
+                           f"{path}:")
     if not items:
         raise DataError(f"{path}: no {what} records (the file is empty)")
     return items
@@ -141,9 +137,28 @@ def load_experts(path: str | Path) -> list[Demonstration]:
     return _load(path, _parse_expert, "expert")
 
 
+def check_lengths(items: list, tokenizer, max_seq_len: int, max_new_tokens: int = 0) -> None:
+    """DataError (file:line): prompts without room for max_new_tokens, demos over max_seq_len, unspellable text."""
+    from minichord.tokenizer import TokenizerError
+
+    errors = []
+    for i, item in enumerate(items):
+        try:
+            n = len(tokenizer.encode_prompt(item.prompt))
+            whole = len(tokenizer.encode_example(item.prompt, item.response)[0]) if isinstance(item, Demonstration) else 0
+            problem = (f"prompt of {n} tokens + max_new_tokens={max_new_tokens} > max_seq_len={max_seq_len}"
+                       if n + max_new_tokens > max_seq_len else f"prompt + response is {whole} tokens > the model's "
+                       f"max_seq_len={max_seq_len}" if whole > max_seq_len else "")
+        except TokenizerError as e:
+            problem = str(e)
+        errors += [(item.where or f"{type(item).__name__} {i}", problem)] if problem else []
+    if errors:
+        raise DataError.of(f"{len(errors)} record(s) do not fit the model", errors)
+
+
 def _as_dict(row: Any) -> dict:
     if dataclasses.is_dataclass(row) and not isinstance(row, type):
-        row = {k: v for k, v in dataclasses.asdict(row).items() if v is not None}
+        row = {k: v for k, v in dataclasses.asdict(row).items() if v is not None and k != "where"}
     if not isinstance(row, dict):
         raise TypeError(f"write_jsonl rows must be dicts or dataclasses, got {type(row).__name__}")
     return row

@@ -71,8 +71,10 @@ def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | Non
     stages = build_stages(method_name, config_file, overrides)
     cfg = stages[0].cfg
     torch.manual_seed(cfg.seed)
+    data = build_train_data(cfg)  # bad files and split sizes are refused before any model loads
     model, tokenizer = load_initial_model(cfg.init, log)
-    trainer = Trainer(stages, model, tokenizer, build_train_data(cfg), Path(out_dir), log=log)
+    data.check_fits(tokenizer, model.cfg.max_seq_len, stages)  # file:line, before any step or evaluation
+    trainer = Trainer(stages, model, tokenizer, data, Path(out_dir), log=log)
     if resume:
         trainer.resume()
     return trainer

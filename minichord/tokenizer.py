@@ -77,10 +77,13 @@ class Tokenizer:
                 f"{source}: special tokens not in the vocabulary: {', '.join(missing)}; pass "
                 f"special_tokens={{role: token text}} to name the ones this file uses"
             )
+        self.vocab_size: int = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        outside = [f"{role}={names[role]!r} has id {ids[role]}" for role in SPECIAL_ROLES if ids[role] >= self.vocab_size]
+        if outside:  # e.g. an eos the model can never emit: generation would never stop
+            raise TokenizerError(f"{source}: special token ids outside the vocabulary [0, {self.vocab_size}): {', '.join(outside)}")
         self.special_tokens: dict[str, str] = {role: names[role] for role in SPECIAL_ROLES}
         self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
         self.user_id, self.assistant_id = ids["user"], ids["assistant"]
-        self.vocab_size: int = hf_tokenizer.get_vocab_size(with_added_tokens=True)
 
     # ---- building ---------------------------------------------------------------------------
 
@@ -165,6 +168,8 @@ class Tokenizer:
         """Token ids of `text`, no special tokens added. Every digit is a single token."""
         if not isinstance(text, str):
             raise TokenizerError(f"encode() takes a str, got {type(text).__name__}")
+        if not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text):  # the Rust side would TypeError
+            raise TokenizerError(f"text has a lone surrogate (not encodable as UTF-8): {text!r:.80}")
         ids = self._tok.encode(text, add_special_tokens=False).ids
         # BPE silently drops characters outside its alphabet (e.g. "é" with the ASCII alphabet).
         # ASCII is always covered; check the rest, unless a normalizer makes decode differ anyway.

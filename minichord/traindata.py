@@ -20,6 +20,15 @@ class TrainData:
     eval_splits: dict[str, list[Problem]]  # held-out test splits
     reward: Callable[[str, str], float] = reward  # (response, answer) -> reward, no eval/exec
 
+    def check_fits(self, tokenizer, max_seq_len: int, stages) -> None:
+        """DataError (file:line) unless RL prompts (and LUFFY's expert ones) leave room for max_new_tokens."""
+        from minichord.data import check_lengths
+
+        new = max(s.cfg.sampler.max_new_tokens for s in stages)
+        check_lengths(self.prompts, tokenizer, max_seq_len, new)
+        check_lengths(self.experts, tokenizer, max_seq_len, new if any(s.method.luffy for s in stages) else 0)
+        check_lengths([p for split in self.eval_splits.values() for p in split], tokenizer, max_seq_len, 1)
+
 
 def build_train_data(cfg: TrainConfig) -> TrainData:
     """The toy task's splits (seeded by cfg.seed), with user JSONL files swapped in."""

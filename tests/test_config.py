@@ -129,3 +129,54 @@ def test_pep604_optional_is_converted():
 def test_infinite_int_is_a_config_error():
     with pytest.raises(ConfigError, match="steps"):
         load_config(RunConfig, overrides=["steps=inf"])
+
+
+# ---- every field validated where the config is built (one line: key, value, what is allowed) ------
+
+@pytest.mark.parametrize("override, message", [
+    ("steps=0", "steps=0: must be an integer >= 1"),
+    ("lr=0", "lr=0.0: must be a finite number > 0"),
+    ("lr=nan", "lr=nan: must be a finite number > 0"),
+    ("grad_clip=-1", "grad_clip=-1.0: must be a finite number > 0"),
+    ("weight_decay=-0.1", "weight_decay=-0.1: must be a finite number >= 0"),
+    ("mu_peak=1.5", "mu_peak=1.5: must be a finite number in [0, 1]"),
+    ("eps_low=1", "eps_low=1.0: must be a finite number in [0, 1)"),
+    ("dual_clip=1", "dual_clip=1.0: must be a finite number > 1"),
+    ("group_size=1", "group_size=1: must be an integer >= 2"),
+    ("n_expert=-1", "n_expert=-1: must be an integer >= 0"),
+    ("minibatches=99999999999", "minibatches=99999999999: must be an integer in [1, 4294967295]"),
+    ("sampler.top_k=-1", "top_k=-1: must be an integer >= 0"),
+    ("sampler.temperature=inf", "temperature=inf: must be a finite number > 0"),
+])
+def test_train_config_values_are_validated(override, message):
+    from minichord.config import TrainConfig
+
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, overrides=[override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_types_are_strict_and_every_model_size_checked():
+    from minichord.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="steps=True: must be an integer >= 1"):
+        TrainConfig(steps=True)
+    with pytest.raises(ConfigError, match="qkv_bias=1: must be true or false"):
+        ModelConfig(qkv_bias=1)
+    with pytest.raises(ConfigError, match="n_heads=0: must be an integer >= 1"):
+        ModelConfig(n_heads=0)  # refused before the divisibility check divides by it
+    with pytest.raises(ConfigError, match="rope_theta=nan"):
+        ModelConfig(rope_theta=float("nan"))
+    with pytest.raises(ConfigError, match="mu_warmup_frac \\+ mu_decay_frac = 1.5"):
+        load_config(TrainConfig, overrides=["mu_warmup_frac=0.5", "mu_decay_frac=1"])
+    with pytest.raises(ConfigError, match="init: cannot read 3 as str"):
+        from_dict(TrainConfig, {"init": 3})
+    assert load_config(TrainConfig, overrides=["steps=4294967295", "dual_clip=none"]).steps == 4294967295  # exact, no float
+
+
+def test_unreadable_config_files_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(RunConfig, tmp_path)  # a directory
+    (tmp_path / "deep.toml").write_text("x = " + "[" * 5000 + "]" * 5000)
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(RunConfig, tmp_path / "deep.toml")

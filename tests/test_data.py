@@ -119,3 +119,43 @@ def test_export_toy_writes_loadable_splits(tmp_path):
     assert load_experts(paths["expert"]) == task.expert
     for name, problems in task.tests.items():
         assert load_prompts(paths[f"test_{name}"]) == problems
+
+
+def test_deep_nesting_and_surrogates_are_line_errors(tmp_path):
+    path = _write(tmp_path / "p.jsonl", [GOOD_PROMPT, "[" * 100_000 + "]" * 100_000,
+                                         '{"prompt": "add \\ud800", "answer": "1"}'])
+    with pytest.raises(DataError) as info:
+        load_prompts(path)
+    assert f"{path}:2: invalid JSON: nested too deeply" in str(info.value)
+    assert f"{path}:3: 'utf-8' codec can't encode character '\\ud800'" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_many_errors_are_one_line_listing_the_first_few(tmp_path):
+    path = _write(tmp_path / "p.jsonl", ["{"] * 30)
+    with pytest.raises(DataError) as info:
+        load_prompts(path)
+    assert "30 invalid line(s)" in str(info.value) and "... and 25 more" in str(info.value)
+    assert "\n" not in str(info.value) and len(info.value.errors) == 30
+
+
+def test_check_lengths_names_file_and_line(tmp_path):
+    import random
+
+    from minichord.data import check_lengths
+    from minichord.tasks import style_texts
+    from minichord.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(style_texts(random.Random(0), 50), vocab_size=160)
+    prompts = load_prompts(_write(tmp_path / "p.jsonl", [GOOD_PROMPT, json.dumps({"prompt": "copy " + "1" * 50, "answer": "1"})]))
+    assert prompts[1].where == f"{tmp_path / 'p.jsonl'}:2"
+    n = len(tok.encode_prompt(prompts[1].prompt))
+    check_lengths(prompts, tok, max_seq_len=n + 4, max_new_tokens=4)
+    with pytest.raises(DataError, match=rf"p\.jsonl:2: prompt of {n} tokens \+ max_new_tokens=5 > max_seq_len={n + 4}"):
+        check_lengths(prompts, tok, max_seq_len=n + 4, max_new_tokens=5)
+    experts = load_experts(_write(tmp_path / "e.jsonl", [GOOD_EXPERT, json.dumps({"prompt": "a", "response": "1" * 70})]))
+    with pytest.raises(DataError, match=r"e\.jsonl:2: prompt \+ response is 75 tokens > the model's max_seq_len=64"):
+        check_lengths(experts, tok, max_seq_len=64)
+    with pytest.raises(DataError, match="Problem 0: text contains characters"):
+        check_lengths([Problem("add é", "1")], tok, max_seq_len=64)
+    assert write_jsonl(tmp_path / "again.jsonl", prompts).read_text().count("where") == 0

@@ -138,8 +138,22 @@ def test_splits_are_seeded():
 def test_split_errors_are_clear():
     with pytest.raises(ValueError, match="harder_digits"):
         make_splits(0, train_digits=(2, 3), harder_digits=(3, 4))
-    with pytest.raises(ValueError, match="too small"):
-        make_splits(0, n_rl=200, n_expert=0, n_test=10, train_digits=(1, 1))  # only 100 one-digit sums
+    with pytest.raises(ValueError, match="= 210 is more than the 25 distinct add prompts"):
+        make_splits(0, n_rl=200, n_expert=0, n_test=10, train_digits=(1, 1))  # 100 one-digit sums, 1/4 reserved
+
+
+def test_split_sizes_beyond_the_problem_space_fail_fast():
+    """A request no seed can satisfy is refused before drawing, with the number that is possible."""
+    import time
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="n_rl_prompts=10000000 \\+ n_expert=256 \\+ n_test=200 = 10000456 is more than the 2025"):
+        make_splits(0, n_rl=10_000_000)
+    with pytest.raises(ValueError, match="n_test / 3 = 3 is more than the 2 distinct reverse prompts"):
+        make_splits(0, n_test=9, other_lengths=(1, 1))  # 10 one-digit strings per skill
+    assert time.perf_counter() - t0 < 1.0
+    full = make_splits(0, n_rl=2025 - 456, n_expert=256, n_test=200)  # exactly the whole space still works
+    assert len(full.rl) == 1569 and len(full.prompts()) == 2025 + 400
+    assert SKILLS["add"].count(1) == 100 and SKILLS["add"].count(3) == 810_000 and SKILLS["sort"].count(4) == 10**4
 
 
 def test_pretrain_corpus_covers_skills_and_avoids_excluded_prompts():

@@ -152,3 +152,15 @@ def test_load_errors_name_the_file(tmp_path):
         with pytest.raises(TokenizerError) as err:
             Tokenizer.load(bad)
         assert str(bad) in str(err.value)
+
+
+def test_special_token_ids_must_lie_inside_the_vocabulary(tok):
+    """An eos id beyond the vocabulary can never be sampled: generation would never stop."""
+    d = json.loads(tok.to_json())
+    d["model"]["vocab"]["<|eos|>"] = 500
+    next(t for t in d["added_tokens"] if t["content"] == "<|eos|>")["id"] = 500
+    with pytest.raises(TokenizerError, match=r"eos='<\|eos\|>' has id 500") as err:
+        Tokenizer.from_json(json.dumps(d))
+    assert f"[0, {tok.vocab_size})" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(TokenizerError, match="lone surrogate"):
+        tok.encode("add \ud800 1")

@@ -3,15 +3,13 @@
 A *skill* makes problems (`generate`) and knows how to answer them. Every skill answers in
 the base model's own *terse* style (just the answer); the target skill also has an *expert*
 style, the step-by-step traces that play the part of the stronger model's demonstrations in
-the CHORD paper. Adding a task = writing one `Skill` subclass:
+the CHORD paper. Adding a task = one `Skill` subclass (the terse response defaults to the answer):
 
     class Multiply(Skill):
         name = "mul"
         def generate(self, rng, difficulty):
             a, b = rng.randrange(10 ** difficulty), rng.randrange(10)
             return Problem(f"mul {a} {b}", str(a * b), self.name)
-        def terse_response(self, problem):
-            return problem.answer
 
 Responses must end in an answer that `minichord.tasks.reward.extract_answer` can read: the
 whole (one-line) response in the terse style, or a last line `answer: ...`.
@@ -21,7 +19,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field as _field
 
 
 @dataclass(frozen=True)
@@ -31,6 +29,7 @@ class Problem:
     prompt: str
     answer: str
     skill: str = "task"
+    where: str | None = _field(default=None, compare=False, repr=False)  # "file:line" if loaded from one
 
     def __post_init__(self) -> None:
         for field in ("prompt", "answer", "skill"):
@@ -48,6 +47,7 @@ class Demonstration:
     prompt: str
     response: str
     answer: str | None = None
+    where: str | None = _field(default=None, compare=False, repr=False)  # "file:line" if loaded from one
 
     def __post_init__(self) -> None:
         for field in ("prompt", "response"):
@@ -66,9 +66,13 @@ class Skill(ABC):
     def generate(self, rng: random.Random, difficulty: int) -> Problem:
         """A random problem; `difficulty` is skill-specific (digits, string length)."""
 
-    @abstractmethod
     def terse_response(self, problem: Problem) -> str:
         """The base model's style: the answer alone, on one line."""
+        return problem.answer
+
+    def count(self, difficulty: int) -> int | None:
+        """How many distinct prompts `generate` can make at `difficulty` (None = unknown)."""
+        return None
 
     def expert_response(self, problem: Problem) -> str:
         """The expert's style (step by step, ending in `answer: ...`)."""

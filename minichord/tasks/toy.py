@@ -28,9 +28,10 @@ from __future__ import annotations
 import random
 import string
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
+from minichord.config import ConfigError
 from minichord.tasks.base import Demonstration, Problem, Skill
 
 TARGET_SKILL = "add"
@@ -71,8 +72,8 @@ class Addition(Skill):
             raise ValueError(f"not an addition prompt: {problem.prompt!r}")
         return parts[1], parts[2]
 
-    def terse_response(self, problem: Problem) -> str:
-        return problem.answer
+    def count(self, difficulty: int) -> int:
+        return (10 if difficulty == 1 else 9 * 10 ** (difficulty - 1)) ** 2
 
     def expert_response(self, problem: Problem) -> str:
         """Column addition, right to left: one line `a+b(+carry)=s carry c` per column.
@@ -98,7 +99,14 @@ def _digits(rng: random.Random, n: int) -> str:
     return "".join(rng.choice(string.digits) for _ in range(n))
 
 
-class Reverse(Skill):
+class _DigitString(Skill):
+    """A skill on one string of `difficulty` digits (10**difficulty prompts)."""
+
+    def count(self, difficulty: int) -> int:
+        return 10**difficulty
+
+
+class Reverse(_DigitString):
     """"reverse 4719" -> "9174" (`difficulty` digits)."""
 
     name = "reverse"
@@ -107,11 +115,8 @@ class Reverse(Skill):
         digits = _digits(rng, difficulty)
         return Problem(f"reverse {digits}", digits[::-1], self.name)
 
-    def terse_response(self, problem: Problem) -> str:
-        return problem.answer
 
-
-class Sort(Skill):
+class Sort(_DigitString):
     """"sort 5292" -> "2259" (`difficulty` digits, repeats allowed)."""
 
     name = "sort"
@@ -120,11 +125,8 @@ class Sort(Skill):
         digits = _digits(rng, difficulty)
         return Problem(f"sort {digits}", "".join(sorted(digits)), self.name)
 
-    def terse_response(self, problem: Problem) -> str:
-        return problem.answer
 
-
-class Copy(Skill):
+class Copy(_DigitString):
     """"copy 381" -> "381" (`difficulty` digits)."""
 
     name = "copy"
@@ -132,9 +134,6 @@ class Copy(Skill):
     def generate(self, rng: random.Random, difficulty: int) -> Problem:
         digits = _digits(rng, difficulty)
         return Problem(f"copy {digits}", digits, self.name)
-
-    def terse_response(self, problem: Problem) -> str:
-        return problem.answer
 
 
 SKILLS: dict[str, Skill] = {s.name: s for s in (Addition(), Reverse(), Sort(), Copy())}
@@ -161,7 +160,7 @@ def _unique(rng: random.Random, n: int, make: Callable[[random.Random], Problem]
     attempts = 0
     while len(out) < n:
         attempts += 1
-        if attempts > 200 * n + 1000:
+        if attempts > 100 * n + 1000:
             raise ValueError(f"cannot draw {n} distinct {what} prompts: the problem space is too small "
                              f"(got {len(out)}); lower the split size or widen the difficulty range")
         problem = make(rng)
@@ -186,14 +185,10 @@ class ToyTask:
     rl: list[Problem]  # prompts for on-policy rollouts (target skill)
     expert: list[Demonstration]  # the limited expert set (target skill, expert style)
     tests: dict[str, list[Problem]]  # "in_domain", "harder", "other_skills"
-    settings: dict = field(default_factory=dict)
 
     def prompts(self) -> set[str]:
         """Every prompt used by any split (the pre-training corpus avoids them)."""
-        out = {p.prompt for p in self.rl} | {d.prompt for d in self.expert}
-        for problems in self.tests.values():
-            out |= {p.prompt for p in problems}
-        return out
+        return {p.prompt for p in [*self.rl, *self.expert, *(q for split in self.tests.values() for q in split)]}
 
 
 def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test: int = 200,
@@ -203,29 +198,33 @@ def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test:
 
     rl / expert / in_domain: addition with `train_digits` digits per operand; harder: addition
     with `harder_digits`; other_skills: `n_test` problems cycling through reverse/sort/copy."""
-    for name, n in (("n_rl", n_rl), ("n_expert", n_expert), ("n_test", n_test)):
-        if n < 0:
-            raise ValueError(f"{name} must be >= 0, got {n}")
+    if min(n_rl, n_expert, n_test) < 0:
+        raise ValueError(f"n_rl, n_expert, n_test must be >= 0, got {n_rl}, {n_expert}, {n_test}")
     train_digits = _check_range("train_digits", train_digits)
     harder_digits = _check_range("harder_digits", harder_digits)
     other_lengths = _check_range("other_lengths", other_lengths)
     if harder_digits[0] <= train_digits[1]:
         raise ValueError(f"harder_digits {harder_digits} must all exceed train_digits {train_digits}")
     rng = random.Random(f"minichord-toy-{seed}")
-    add = SKILLS[TARGET_SKILL]
+    add, others = SKILLS[TARGET_SKILL], [SKILLS[name] for name in OTHER_SKILLS]
+    for what, n, skill, lengths in [(f"n_rl_prompts={n_rl} + n_expert={n_expert} + n_test={n_test}",
+                                     n_rl + n_expert + n_test, add, train_digits), ("n_test", n_test, add, harder_digits),
+                                    *((f"n_test / {len(others)}", -(-n_test // len(others)), s, other_lengths)
+                                      for s in others)]:  # fail fast, before drawing
+        counts = [skill.count(d) for d in range(lengths[0], lengths[1] + 1)]  # None: unknown
+        if None not in counts and n > (room := sum(counts) // RESERVED_SHARE):  # 1 in RESERVED_SHARE is reserved
+            raise ConfigError(f"{what} = {n} is more than the {room} distinct {skill.name} prompts with "
+                              f"lengths {lengths} that the splits may use; lower it")
     seen: set[str] = set()
     in_domain = _unique(rng, n_test, lambda r: _draw(r, add, train_digits), seen, "in-domain test")
     harder = _unique(rng, n_test, lambda r: _draw(r, add, harder_digits), seen, "harder test")
-    others = [SKILLS[name] for name in OTHER_SKILLS]
     other = [p for i, skill in enumerate(others)
              for p in _unique(rng, n_test // len(others) + (i < n_test % len(others)),
                               lambda r, s=skill: _draw(r, s, other_lengths), seen, f"{skill.name} test")]
     expert_problems = _unique(rng, n_expert, lambda r: _draw(r, add, train_digits), seen, "expert")
     rl = _unique(rng, n_rl, lambda r: _draw(r, add, train_digits), seen, "RL")
     expert = [Demonstration(p.prompt, add.expert_response(p), p.answer) for p in expert_problems]
-    task = ToyTask(seed, rl, expert, {"in_domain": in_domain, "harder": harder, "other_skills": other},
-                   dict(seed=seed, n_rl=n_rl, n_expert=n_expert, n_test=n_test, train_digits=list(train_digits),
-                        harder_digits=list(harder_digits), other_lengths=list(other_lengths)))
+    task = ToyTask(seed, rl, expert, {"in_domain": in_domain, "harder": harder, "other_skills": other})
     assert len(task.prompts()) == n_rl + n_expert + 3 * n_test, "splits overlap by prompt"
     return task
 
