@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
         print(f"minichord {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it
+        print(f"minichord {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
