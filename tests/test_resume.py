@@ -6,7 +6,12 @@ sft-grpo is cut at its stage boundary (the GRPO stage starts with a fresh optimi
 inside each stage.
 """
 
+import json
 import random
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -82,11 +87,7 @@ def test_diverged_update_keeps_the_last_good_checkpoint(tok, tmp_path):  # noqa:
 
 @pytest.mark.parametrize("setting", ["lr=1e30", "lr=1e38"])
 def test_diverging_cli_run_exits_non_zero_with_one_line(tmp_path, capsys, setting):
-    tokenizer = Tokenizer.train(style_texts(random.Random(0), 200), vocab_size=160)
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1,
-                                    ffn_dim=64, max_seq_len=128))
-    init = save_checkpoint(tmp_path / "base", model, tokenizer=tokenizer)
+    init = _tiny_init(tmp_path / "base")
     code = main(["train", "--method", "chord-phi", "--out", str(tmp_path / "run"), "--set", f"init={init}",
                  "--set", "steps=3", "--set", "save_every=1", "--set", "n_test=4", "--set", setting,
                  "--set", "sampler.max_new_tokens=8", "--set", "prompts_per_step=2", "--set", "group_size=2",
@@ -96,3 +97,49 @@ def test_diverging_cli_run_exits_non_zero_with_one_line(tmp_path, capsys, settin
     assert len(err.splitlines()) == 1 and "step 0: the update diverged" in err and "Traceback" not in err, err
     assert not (tmp_path / "run" / "checkpoint").exists() or all(
         torch.isfinite(p).all() for p in load_checkpoint(tmp_path / "run" / "checkpoint").model.parameters())
+
+
+def _tiny_init(path):
+    tokenizer = Tokenizer.train(style_texts(random.Random(0), 200), vocab_size=160)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                                    ffn_dim=64, max_seq_len=128))
+    return save_checkpoint(path, model, tokenizer=tokenizer)
+
+
+def test_sigterm_saves_and_exits_non_zero_with_one_line(tmp_path):
+    init, out = _tiny_init(tmp_path / "base"), tmp_path / "run"
+    cmd = [sys.executable, "-m", "minichord.cli", "train", "--method", "grpo", "--out", str(out)]
+    for setting in (f"init={init}", "steps=100000", "save_every=100000", "n_test=4", "eval_every=100000",
+                    "sampler.max_new_tokens=6", "prompts_per_step=2", "group_size=2"):
+        cmd += ["--set", setting]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 2:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("minichord train: error: stopped by SIGTERM after step"), err
+    step = int(last.split("after step ")[1].split("/")[0])
+    assert load_checkpoint(out / "checkpoint").step == step >= 2
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == step
+
+
+def test_torn_last_log_line_is_dropped_on_resume(tok, tmp_path):  # noqa: F811
+    make_trainer(tok, tmp_path, "grpo", ["steps=2", "save_every=1"]).run()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "rew')  # killed mid-write
+    lines = []
+    t = make_trainer(tok, tmp_path, "grpo", ["steps=3"], log=lines.append)
+    assert t.resume()
+    assert any("dropped a torn last line" in line and "metrics.jsonl:3" in line for line in lines)
+    t.run()
+    assert [json.loads(r)["step"] for r in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write("garbage\n{\"step\": 3}\n")  # not the last line: refused with file:line, not guessed
+    with pytest.raises(TrainingError, match=r"metrics.jsonl:4: not a metrics row"):
+        make_trainer(tok, tmp_path, "grpo", ["steps=5"]).resume()
