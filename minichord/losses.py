@@ -5,14 +5,12 @@
     L_GRPO = (1 / N_on)  * sum_{on-policy tokens t} l_t^PPO      (token-mean over the batch)
     L_SFT  = (1 / N_exp) * sum_{expert tokens t}    l_t^SFT      (token-mean over the batch)
 
-`token_coefficients` turns the two token-means into one coefficient per token, and
-`chord_loss` computes sum_t coef_t * l_t: the torch path (minichord.ops) calls it chunk by
-chunk, the Triton kernel (kernels/fused_loss.py) computes the same thing and is tested
-against it. Every l_t depends on the logits only through its own logp_t.
+`token_coefficients` turns the two token-means into one coefficient per token and `chord_loss`
+computes sum_t coef_t * l_t, chunk by chunk on the torch path (minichord.ops); the Triton kernel
+computes the same and is tested against it. Each l_t depends on the logits only through logp_t.
 
-A note on the GRPO loss value: with one update per rollout batch, logp == old_logp, so
-r_t = 1 and l_t = -A_t; advantages are zero-mean within a group, so the logged GRPO loss is
-~0. Its gradient, -A_t grad logp_t, is what matters: watch the reward, not the loss.
+With one update per rollout batch logp == old_logp, so r_t = 1 and the logged GRPO loss is
+-mean(A) ~ 0; its gradient, -A_t grad logp_t, is what matters: watch the reward, not the loss.
 """
 
 from __future__ import annotations
@@ -34,9 +32,8 @@ def group_advantages(rewards: Tensor, *, scale_by_std: bool = True, eps: float =
         A_i = (R_i - mean(R)) / (std(R) + eps)     std unbiased (divides by G - 1)
         A_i = R_i - mean(R)                         with scale_by_std=False (LUFFY, Dr.GRPO)
 
-    A group whose rewards are all equal gets A = 0 exactly (not rounding noise / eps). A group
-    of one has no unbiased std: singleton="zero" gives A = 0 (minichord's default: one sample
-    carries no relative signal); "official" mimics the official code (mean 0, std 1), A = R / (1 + eps).
+    Equal rewards give A = 0 exactly. A group of one has no unbiased std: singleton="zero" gives
+    A = 0 (one sample carries no relative signal); "official" as the official code, A = R / (1 + eps).
     """
     rewards = torch.as_tensor(rewards)
     if rewards.dim() != 2:
@@ -176,12 +173,10 @@ def chord_loss(logp: Tensor, entropy: Optional[Tensor], is_expert: Tensor, adv: 
                       w_t = 1 (SFT),  p_t (1 - p_t) (CHORD-phi),  p_t (SFT-IS)
         spec.luffy:   LUFFY's unclipped on-policy term and shaped expert term (minichord/luffy.py)
 
-    phi = p(1 - p) scales the NLL gradient per token: tokens the policy finds very unlikely
-    (far off-policy) and tokens it already knows contribute little. With coef from
-    `token_coefficients(is_expert, mu)` this is (1 - mu) L_GRPO + mu L_SFT.
-
-    Each branch sees only its own tokens (the others are replaced by 0 first), so an overflow
-    in one branch can never turn into a NaN gradient through torch.where.
+    phi = p(1 - p) scales each token's NLL gradient: very unlikely (far off-policy) tokens and
+    already known ones contribute little. With coef = `token_coefficients(is_expert, mu)` this is
+    (1 - mu) L_GRPO + mu L_SFT. Each branch sees only its own tokens (the others are zeroed
+    first), so an overflow in one branch cannot become a NaN gradient through torch.where.
     Returns (L scalar, l [N], clipped [N] bool, False on expert tokens).
     """
     shapes = {tuple(t.shape) for t in (logp, is_expert, adv, old_logp, coef)}

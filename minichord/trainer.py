@@ -90,7 +90,7 @@ class Trainer:
         self.step = 0
         self.optimizer = self._new_optimizer(stages[0])
         self._stop_signal: str | None = None
-        self.evals: list[dict] = []  # evaluations made by this process, in order
+        self.evals: list[dict] = []  # evaluations made by this process, in order (the demo reads them)
         # KL penalty (off by default): a frozen copy of the initial model gives ref log-probs
         self.ref_model = copy.deepcopy(model).eval().requires_grad_(False) \
             if any(s.cfg.kl_coef > 0 for s in stages) else None
@@ -251,21 +251,15 @@ class Trainer:
     def train_step(self, step: int) -> dict:
         stage = self.stage_at(step)
         mu = None if stage.method.luffy else stage.mu(step)  # LUFFY has no mu: one joint token-mean
-        seqs, metrics = [], {"step": step, "method": stage.method.name, "mu": mu}
-        if stage.method.uses_rollouts:
-            rollout_seqs, m = self._rollouts(stage, step)
-            seqs += rollout_seqs
-            metrics.update(m)
+        seqs, metrics = self._rollouts(stage, step) if stage.method.uses_rollouts else ([], {})
         if stage.cfg.experts_per_step > 0 and mu:
             seqs += self._expert_batch(stage.cfg, step)
-        metrics["rollouts"] = sum(not s.is_expert for s in seqs)
-        metrics["experts"] = sum(s.is_expert for s in seqs)
         t0 = time.perf_counter()
         batch = pack(seqs, self.tok.pad_id, self.model.cfg.max_seq_len)
-        metrics.update(self._update(stage, batch, mu, step))
-        metrics["tokens"] = batch.num_tokens
-        metrics["time_train"] = time.perf_counter() - t0
-        return metrics
+        return {"step": step, "method": stage.method.name, "mu": mu, **metrics,
+                "rollouts": sum(not s.is_expert for s in seqs), "experts": sum(s.is_expert for s in seqs),
+                **self._update(stage, batch, mu, step), "tokens": batch.num_tokens,
+                "time_train": time.perf_counter() - t0}
 
     # ----------------------------------------------------------------- the loop
     def evaluate(self, step: int) -> dict:
