@@ -20,45 +20,43 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field as _field
+from typing import ClassVar
+
+
+class _Texts:
+    required: ClassVar[tuple[str, ...]]  # the fields that must be non-empty strings
+
+    def __post_init__(self) -> None:
+        for field in self.required:
+            value = getattr(self, field)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{type(self).__name__}.{field} must be a non-empty string, got {value!r}")
 
 
 @dataclass(frozen=True)
-class Problem:
+class Problem(_Texts):
     """One prompt with its reference answer; `skill` names the skill that made it."""
 
+    required = ("prompt", "answer", "skill")
     prompt: str
     answer: str
     skill: str = "task"
     where: str | None = _field(default=None, compare=False, repr=False)  # "file:line" if loaded from one
 
-    def __post_init__(self) -> None:
-        for field in ("prompt", "answer", "skill"):
-            value = getattr(self, field)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"Problem.{field} must be a non-empty string, got {value!r}")
-
 
 @dataclass(frozen=True)
-class Demonstration:
-    """An expert demonstration: a prompt and the full response to imitate.
+class Demonstration(_Texts):
+    """An expert demonstration: a prompt and the full response to imitate (`answer` is optional)."""
 
-    `answer` is optional (user-supplied demonstrations need not carry one)."""
-
+    required = ("prompt", "response")
     prompt: str
     response: str
     answer: str | None = None
     where: str | None = _field(default=None, compare=False, repr=False)  # "file:line" if loaded from one
 
-    def __post_init__(self) -> None:
-        for field in ("prompt", "response"):
-            value = getattr(self, field)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"Demonstration.{field} must be a non-empty string, got {value!r}")
-
 
 class Skill(ABC):
-    """A family of problems: `generate` one at a given difficulty, answer it tersely,
-    and (target skills only) answer it the expert's step-by-step way."""
+    """A family of problems: `generate` one, answer it tersely, (target skills) answer it as the expert."""
 
     name: str = "skill"
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import re
 
-# A line that announces the final answer: `answer: X` or GSM8K's `#### X`.
 _ANSWER_LINE = re.compile(r"^\s*(?:answer\s*:|####)(.*)$", re.IGNORECASE)
-# A plain number written with thousands separators, e.g. -1,234,567.89
 _GROUPED_NUMBER = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 
 
@@ -34,18 +32,14 @@ def normalise(text: str) -> str:
 
 
 def extract_answer(response: str) -> str | None:
-    """The normalised final answer of a response in either style, or None if it has none.
-
-    Expert style wins when present: the *last* `answer:` line. Otherwise a terse response
-    must be exactly one non-empty line, which is the answer."""
+    """The normalised final answer: that of the *last* `answer:` line if there is one, else the whole
+    response if it is exactly one non-empty line, else None."""
     if not isinstance(response, str):
         return None
     lines = response.strip().splitlines()
     for line in reversed(lines):
-        marked = _ANSWER_LINE.match(line)
-        if marked:
-            answer = normalise(marked.group(1))
-            return answer or None
+        if marked := _ANSWER_LINE.match(line):
+            return normalise(marked.group(1)) or None
     if len(lines) == 1:
         return normalise(lines[0]) or None
     return None

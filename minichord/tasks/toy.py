@@ -36,7 +36,6 @@ from minichord.tasks.base import Demonstration, Problem, Skill
 
 TARGET_SKILL = "add"
 OTHER_SKILLS = ("reverse", "sort", "copy")
-SPLIT_NAMES = ("in_domain", "harder", "other_skills")
 TRAIN_DIGITS = (2, 2)  # operand lengths of the RL / expert / in_domain additions
 HARDER_DIGITS = (3, 3)  # operand lengths of the harder test split
 OTHER_LENGTHS = (3, 6)  # string lengths of reverse / sort / copy
@@ -65,23 +64,17 @@ class Addition(Skill):
         a, b = _number(rng, difficulty), _number(rng, difficulty)
         return Problem(f"add {a} {b}", str(a + b), self.name)
 
-    @staticmethod
-    def operands(problem: Problem) -> tuple[str, str]:
-        parts = problem.prompt.split()
-        if len(parts) != 3 or parts[0] != "add" or not (parts[1].isdigit() and parts[2].isdigit()):
-            raise ValueError(f"not an addition prompt: {problem.prompt!r}")
-        return parts[1], parts[2]
-
     def count(self, difficulty: int) -> int:
         return (10 if difficulty == 1 else 9 * 10 ** (difficulty - 1)) ** 2
 
     def expert_response(self, problem: Problem) -> str:
         """Column addition, right to left: one line `a+b(+carry)=s carry c` per column.
-
         The answer is computed here from the digits, independently of `problem.answer`."""
-        a, b = self.operands(problem)
-        width = max(len(a), len(b))
-        a, b = a.zfill(width), b.zfill(width)
+        parts = problem.prompt.split()
+        if len(parts) != 3 or parts[0] != "add" or not (parts[1].isdigit() and parts[2].isdigit()):
+            raise ValueError(f"not an addition prompt: {problem.prompt!r}")
+        width = max(len(parts[1]), len(parts[2]))
+        a, b = parts[1].zfill(width), parts[2].zfill(width)
         lines, digits, carry = [], [], 0
         for da, db in zip(reversed(a), reversed(b)):
             column = int(da) + int(db) + carry
@@ -95,48 +88,24 @@ class Addition(Skill):
         return "\n".join(lines)
 
 
-def _digits(rng: random.Random, n: int) -> str:
-    return "".join(rng.choice(string.digits) for _ in range(n))
+class DigitString(Skill):
+    """A skill on one string of `difficulty` digits: "reverse 4719" -> "9174", "sort 5292" -> "2259"
+    (repeats allowed), "copy 381" -> "381"."""
 
+    def __init__(self, name: str, solve: Callable[[str], str]):
+        self.name, self.solve = name, solve
 
-class _DigitString(Skill):
-    """A skill on one string of `difficulty` digits (10**difficulty prompts)."""
+    def generate(self, rng: random.Random, difficulty: int) -> Problem:
+        digits = "".join(rng.choice(string.digits) for _ in range(difficulty))
+        return Problem(f"{self.name} {digits}", self.solve(digits), self.name)
 
     def count(self, difficulty: int) -> int:
         return 10**difficulty
 
 
-class Reverse(_DigitString):
-    """"reverse 4719" -> "9174" (`difficulty` digits)."""
-
-    name = "reverse"
-
-    def generate(self, rng: random.Random, difficulty: int) -> Problem:
-        digits = _digits(rng, difficulty)
-        return Problem(f"reverse {digits}", digits[::-1], self.name)
-
-
-class Sort(_DigitString):
-    """"sort 5292" -> "2259" (`difficulty` digits, repeats allowed)."""
-
-    name = "sort"
-
-    def generate(self, rng: random.Random, difficulty: int) -> Problem:
-        digits = _digits(rng, difficulty)
-        return Problem(f"sort {digits}", "".join(sorted(digits)), self.name)
-
-
-class Copy(_DigitString):
-    """"copy 381" -> "381" (`difficulty` digits)."""
-
-    name = "copy"
-
-    def generate(self, rng: random.Random, difficulty: int) -> Problem:
-        digits = _digits(rng, difficulty)
-        return Problem(f"copy {digits}", digits, self.name)
-
-
-SKILLS: dict[str, Skill] = {s.name: s for s in (Addition(), Reverse(), Sort(), Copy())}
+SKILLS: dict[str, Skill] = {s.name: s for s in (Addition(), DigitString("reverse", lambda d: d[::-1]),
+                                                DigitString("sort", lambda d: "".join(sorted(d))),
+                                                DigitString("copy", lambda d: d))}
 
 
 def terse_response(problem: Problem) -> str:
@@ -156,8 +125,7 @@ def _draw(rng: random.Random, skill: Skill, lengths: tuple[int, int]) -> Problem
 def _unique(rng: random.Random, n: int, make: Callable[[random.Random], Problem],
             seen: set[str], what: str) -> list[Problem]:
     """`n` problems whose prompts are not in `seen` (which is updated)."""
-    out: list[Problem] = []
-    attempts = 0
+    out, attempts = [], 0
     while len(out) < n:
         attempts += 1
         if attempts > 100 * n + 1000:
@@ -233,14 +201,12 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
                     target_digits: tuple[int, int] = PRETRAIN_DIGITS, other_lengths: tuple[int, int] = OTHER_LENGTHS,
                     expert_style_fraction: float = 0.0, expert_style_digits: tuple[int, int] = (1, 1),
                     exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """`n` (prompt, response) pairs covering every skill; no reserved prompt (so none of any
-    split) and none in `exclude`.
+    """`n` (prompt, response) pairs, prompts not reserved (so in no split) nor in `exclude`, may repeat.
 
-    A `target_fraction` share is addition with `target_digits` digits, in the terse style; the
-    rest cycles through the other skills. An `expert_style_fraction` share of the additions is
-    instead written step by step, with `expert_style_digits` digits: the base model has *seen*
-    the expert's format on small problems (as an instruct model has seen some reasoning), so
-    expert tokens are unlikely but not impossible under it. Prompts may repeat."""
+    A `target_fraction` share is terse addition with `target_digits` digits; the rest cycles through the
+    other skills. An `expert_style_fraction` share of the additions is written step by step instead, with
+    `expert_style_digits` digits: the base model has *seen* the expert's format on small problems (as an
+    instruct model has seen some reasoning), so expert tokens are unlikely but not impossible under it."""
     if n < 0 or not 0.0 <= target_fraction <= 1.0 or not 0.0 <= expert_style_fraction <= 1.0:
         raise ValueError(f"need n >= 0 and fractions in [0, 1], got n={n}, target_fraction={target_fraction}, "
                          f"expert_style_fraction={expert_style_fraction}")
