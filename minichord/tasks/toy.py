@@ -122,16 +122,15 @@ def _draw(rng: random.Random, skill: Skill, lengths: tuple[int, int]) -> Problem
     return skill.generate(rng, rng.randint(*lengths))
 
 
-def _unique(rng: random.Random, n: int, make: Callable[[random.Random], Problem],
-            seen: set[str], what: str) -> list[Problem]:
-    """`n` problems whose prompts are not in `seen` (which is updated)."""
+def _unique(rng, n: int, skill: Skill, lengths: tuple[int, int], seen: set[str], what: str) -> list[Problem]:
+    """`n` reserved problems whose prompts are not in `seen` (which is updated)."""
     out, attempts = [], 0
     while len(out) < n:
         attempts += 1
         if attempts > 100 * n + 1000:
             raise ValueError(f"cannot draw {n} distinct {what} prompts: the problem space is too small "
                              f"(got {len(out)}); lower the split size or widen the difficulty range")
-        problem = make(rng)
+        problem = _draw(rng, skill, lengths)
         if problem.prompt not in seen and is_reserved(problem.prompt):
             seen.add(problem.prompt)
             out.append(problem)
@@ -184,14 +183,13 @@ def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test:
             raise ConfigError(f"{what} = {n} is more than the {room} distinct {skill.name} prompts with "
                               f"lengths {lengths} that the splits may use; lower it")
     seen: set[str] = set()
-    in_domain = _unique(rng, n_test, lambda r: _draw(r, add, train_digits), seen, "in-domain test")
-    harder = _unique(rng, n_test, lambda r: _draw(r, add, harder_digits), seen, "harder test")
-    other = [p for i, skill in enumerate(others)
-             for p in _unique(rng, n_test // len(others) + (i < n_test % len(others)),
-                              lambda r, s=skill: _draw(r, s, other_lengths), seen, f"{skill.name} test")]
-    expert_problems = _unique(rng, n_expert, lambda r: _draw(r, add, train_digits), seen, "expert")
-    rl = _unique(rng, n_rl, lambda r: _draw(r, add, train_digits), seen, "RL")
-    expert = [Demonstration(p.prompt, add.expert_response(p), p.answer) for p in expert_problems]
+    in_domain = _unique(rng, n_test, add, train_digits, seen, "in-domain test")
+    harder = _unique(rng, n_test, add, harder_digits, seen, "harder test")
+    other = [p for i, skill in enumerate(others) for p in _unique(
+        rng, n_test // len(others) + (i < n_test % len(others)), skill, other_lengths, seen, f"{skill.name} test")]
+    expert = [Demonstration(p.prompt, add.expert_response(p), p.answer)
+              for p in _unique(rng, n_expert, add, train_digits, seen, "expert")]
+    rl = _unique(rng, n_rl, add, train_digits, seen, "RL")
     task = ToyTask(seed, rl, expert, {"in_domain": in_domain, "harder": harder, "other_skills": other})
     assert len(task.prompts()) == n_rl + n_expert + 3 * n_test, "splits overlap by prompt"
     return task
