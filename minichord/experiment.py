@@ -35,8 +35,7 @@ def build_stages(method_name: str, config_file: str | None = None,
     method = get_method(method_name)
 
     def config_for(name: str) -> TrainConfig:
-        return load_config(TrainConfig, config_file, list(overrides),
-                           base=get_method(name).preset)
+        return load_config(TrainConfig, config_file, list(overrides), base=get_method(name).preset)
 
     top = config_for(method_name)
     if not method.stages:
