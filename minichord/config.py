@@ -207,8 +207,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """One training run. `minichord train --method NAME` starts from that method's preset
-    (minichord/methods.py), then a TOML file, then `--set key=value` overrides."""
+    """One training run: `minichord train --method NAME` loads it as in experiment.build_stages."""
 
     seed: int = 0
     steps: int = 100

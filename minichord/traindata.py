@@ -1,8 +1,4 @@
-"""What one training run learns from: RL prompts, expert demonstrations, test splits, a reward.
-
-The embedded toy task (minichord.tasks.toy) is the default; `prompts_file` / `experts_file`
-(JSONL, see minichord.data) replace its RL prompts / expert set with a user's own data.
-"""
+"""What one training run learns from: RL prompts, expert demonstrations, test splits, a reward."""
 
 from __future__ import annotations
 
@@ -30,7 +26,7 @@ class TrainData:
 
 
 def build_train_data(cfg: TrainConfig) -> TrainData:
-    """The toy task's splits (seeded by cfg.seed), with user JSONL files swapped in."""
+    """The toy task's splits (seeded by cfg.seed), with the user's JSONL files (minichord.data) swapped in."""
     toy = make_splits(cfg.seed, n_rl=cfg.n_rl_prompts, n_expert=cfg.n_expert, n_test=cfg.n_test)
     prompts = load_prompts(cfg.prompts_file) if cfg.prompts_file else toy.rl
     experts = load_experts(cfg.experts_file) if cfg.experts_file else toy.expert

@@ -7,8 +7,7 @@ response is untrusted text, and "1+1" is not the answer "2"):
     expert  "7+5=12 carry 1\\n...\\nanswer: 132"   the last line starting with `answer:`
             (GSM8K's `#### 132` marker is read the same way)
 
-    reward(response, answer) = 1.0 if normalise(extract_answer(response)) == normalise(answer)
-                               else 0.0
+    reward(response, answer) = 1.0 if normalise(extract_answer(response)) == normalise(answer) else 0.0
 
 `normalise` strips surrounding whitespace, collapses inner runs of whitespace to one space and
 drops thousands separators from plain numbers ("1,234" -> "1234"). Nothing else is forgiven:
@@ -26,9 +25,7 @@ _GROUPED_NUMBER = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 def normalise(text: str) -> str:
     """Canonical form of an answer string (see module docstring)."""
     text = " ".join(text.split())
-    if _GROUPED_NUMBER.match(text):
-        text = text.replace(",", "")
-    return text
+    return text.replace(",", "") if _GROUPED_NUMBER.match(text) else text
 
 
 def extract_answer(response: str) -> str | None:
@@ -40,9 +37,7 @@ def extract_answer(response: str) -> str | None:
     for line in reversed(lines):
         if marked := _ANSWER_LINE.match(line):
             return normalise(marked.group(1)) or None
-    if len(lines) == 1:
-        return normalise(lines[0]) or None
-    return None
+    return (normalise(lines[0]) or None) if len(lines) == 1 else None
 
 
 def reward(response: str, answer: str) -> float:

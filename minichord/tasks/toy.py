@@ -12,15 +12,14 @@
     held-out tests                          in_domain (train digits), harder (more digits),
                                             other_skills (retention)
 
-The other skills work on digit strings too: minichord's tokenizer makes every digit its own
-token, so a string and its reversal are spelled with the same tokens (a BPE merge inside
-"abcd", or " a" vs "a", would hide the symbols from the model).
-Every split is drawn from one seeded `random.Random`; prompts are unique across all splits.
+The other skills work on digit strings too: minichord's tokenizer makes every digit its own token, so
+a string and its reversal are spelled with the same tokens (a BPE merge inside "abcd", or " a" vs "a",
+would hide the symbols from the model). Every split is drawn from one seeded `random.Random`; prompts
+are unique across all splits.
 
-Held-out problems. A fixed quarter of all prompts (by a CRC32 hash of the prompt text, the same
-in every process and for every seed) is *reserved*: `make_splits` draws only reserved prompts
-and `pretrain_corpus` never does, so the cached base model has seen no RL, expert or test
-prompt of any seed.
+Held-out problems. A fixed quarter of all prompts (by a CRC32 hash of the prompt text, the same in
+every process and for every seed) is *reserved*: `make_splits` draws only reserved prompts and
+`pretrain_corpus` never does, so the cached base model has seen no RL, expert or test prompt of any seed.
 """
 
 from __future__ import annotations
@@ -161,10 +160,8 @@ class ToyTask:
 def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test: int = 200,
                 train_digits: tuple[int, int] = TRAIN_DIGITS, harder_digits: tuple[int, int] = HARDER_DIGITS,
                 other_lengths: tuple[int, int] = OTHER_LENGTHS) -> ToyTask:
-    """Seeded, prompt-disjoint splits of the toy task.
-
-    rl / expert / in_domain: addition with `train_digits` digits per operand; harder: addition
-    with `harder_digits`; other_skills: `n_test` problems cycling through reverse/sort/copy."""
+    """Seeded, prompt-disjoint splits. rl / expert / in_domain: addition with `train_digits` digits per
+    operand; harder: with `harder_digits`; other_skills: `n_test` problems cycling through reverse/sort/copy."""
     if min(n_rl, n_expert, n_test) < 0:
         raise ValueError(f"n_rl, n_expert, n_test must be >= 0, got {n_rl}, {n_expert}, {n_test}")
     train_digits = _check_range("train_digits", train_digits)
