@@ -42,9 +42,8 @@ def cmd_pretrain(args) -> None:
 def cmd_train(args) -> None:
     from minichord.experiment import prepare_run
 
-    trainer = prepare_run(args.method, args.out, config_file=args.config, overrides=args.set,
-                          resume=not args.no_resume)
-    final = trainer.run()
+    final = prepare_run(args.method, args.out, config_file=args.config, overrides=args.set,
+                        resume=not args.no_resume).run()
     print(f"run directory: {args.out} (metrics.jsonl, eval.jsonl, checkpoint/)")
     if final:
         print(json.dumps({k: v["accuracy"] for k, v in final.items() if isinstance(v, dict)}))

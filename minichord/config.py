@@ -201,8 +201,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         where = str(path)
         for k, v in file_data.items():
             data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
-    data = apply_overrides(data, overrides or [])
-    return from_dict(cls, data, where)
+    return from_dict(cls, apply_overrides(data, overrides or []), where)
 
 
 @dataclasses.dataclass

@@ -125,13 +125,11 @@ def _load(path: str | Path, parse: Callable[[dict, str], Any], what: str) -> lis
     return items
 
 
-def load_prompts(path: str | Path) -> list[Problem]:
-    """RL prompts with reference answers: lines of {"prompt", "answer"[, "skill"]}."""
+def load_prompts(path: str | Path) -> list[Problem]:  # the formats: see the module docstring
     return _load(path, _parse_prompt, "prompt")
 
 
 def load_experts(path: str | Path) -> list[Demonstration]:
-    """Expert demonstrations: {"prompt", "response"} or {"messages": [user, assistant]}."""
     return _load(path, _parse_expert, "expert")
 
 

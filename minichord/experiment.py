@@ -26,8 +26,7 @@ def default_base_dir() -> Path:
 
 def build_stages(method_name: str, config_file: str | None = None,
                  overrides: list[str] | tuple[str, ...] = ()) -> list[Stage]:
-    """Each stage's config = its method's preset <- the TOML file <- the overrides. A staged method
-    (sft-grpo) splits `steps` between its stages."""
+    """Each stage's config = its method's preset <- config_file <- overrides; a staged method (sft-grpo) splits `steps`."""
     method = get_method(method_name)
 
     def config_for(name: str) -> TrainConfig:

@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-DEFAULT_SPECIALS = {"pad": "<|pad|>", "bos": "<|bos|>", "eos": "<|eos|>", "user": "<|user|>", "assistant": "<|assistant|>"}
+DEFAULT_SPECIALS = {role: f"<|{role}|>" for role in ("pad", "bos", "eos", "user", "assistant")}  # role -> text
 SPECIAL_TOKENS, SPECIAL_ROLES = list(DEFAULT_SPECIALS.values()), list(DEFAULT_SPECIALS)  # ids 0..4
 
 
@@ -143,11 +143,10 @@ class Tokenizer:
         ids = self._tok.encode(text, add_special_tokens=False).ids
         # BPE silently drops characters outside its alphabet (e.g. "é" with the ASCII alphabet): check non-ASCII
         # text round-trips, unless a normalizer makes decode differ anyway.
-        if not text.isascii() and self._tok.normalizer is None:
-            if self.decode(ids, skip_special=False) != text:
-                lost = sorted({c for c in text if not c.isascii() and not self._tok.encode(c).ids})
-                raise TokenizerError(f"text contains characters this tokenizer cannot represent: {lost or text!r:.80}"
-                                     " (train with full_byte_alphabet=True for non-ASCII text)")
+        if not text.isascii() and self._tok.normalizer is None and self.decode(ids, skip_special=False) != text:
+            lost = sorted({c for c in text if not c.isascii() and not self._tok.encode(c).ids})
+            raise TokenizerError(f"text contains characters this tokenizer cannot represent: {lost or text!r:.80}"
+                                 " (train with full_byte_alphabet=True for non-ASCII text)")
         return ids
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:

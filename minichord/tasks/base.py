@@ -1,9 +1,8 @@
 """What a task is: problems with a checkable answer, written in one or two styles.
 
-A *skill* makes problems (`generate`) and knows how to answer them. Every skill answers in
-the base model's own *terse* style (just the answer); the target skill also has an *expert*
-style, the step-by-step traces that play the part of the stronger model's demonstrations in
-the CHORD paper. Adding a task = one `Skill` subclass (the terse response defaults to the answer):
+A *skill* makes problems (`generate`) and answers them in the base model's own *terse* style (just the
+answer); the target skill also has an *expert* style, the step-by-step traces that play the part of the
+stronger model's demonstrations in the CHORD paper. Adding a task = one `Skill` subclass:
 
     class Multiply(Skill):
         name = "mul"
@@ -11,8 +10,7 @@ the CHORD paper. Adding a task = one `Skill` subclass (the terse response defaul
             a, b = rng.randrange(10 ** difficulty), rng.randrange(10)
             return Problem(f"mul {a} {b}", str(a * b), self.name)
 
-Responses must end in an answer that `minichord.tasks.reward.extract_answer` can read: the
-whole (one-line) response in the terse style, or a last line `answer: ...`.
+Responses must end in an answer that `minichord.tasks.reward.extract_answer` can read (see there).
 """
 
 from __future__ import annotations

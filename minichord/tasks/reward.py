@@ -40,7 +40,6 @@ def extract_answer(response: str) -> str | None:
     return (normalise(lines[0]) or None) if len(lines) == 1 else None
 
 
-def reward(response: str, answer: str) -> float:
-    """1.0 if the response's final answer equals the reference answer, else 0.0."""
+def reward(response: str, answer: str) -> float:  # see the module docstring
     got = extract_answer(response)
     return 1.0 if got is not None and got == normalise(answer) else 0.0

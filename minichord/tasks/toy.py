@@ -108,12 +108,10 @@ SKILLS: dict[str, Skill] = {s.name: s for s in (Addition(), DigitString("reverse
 
 
 def terse_response(problem: Problem) -> str:
-    """The base model's answer to `problem`, whatever its skill."""
     return SKILLS[problem.skill].terse_response(problem)
 
 
 def expert_response(problem: Problem) -> str:
-    """The expert's step-by-step answer (target skill only)."""
     return SKILLS[problem.skill].expert_response(problem)
 
 
