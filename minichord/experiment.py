@@ -26,7 +26,7 @@ def default_base_dir() -> Path:
 
 def build_stages(method_name: str, config_file: str | None = None,
                  overrides: list[str] | tuple[str, ...] = ()) -> list[Stage]:
-    """Each stage's config = its method's preset <- config_file <- overrides; a staged method (sft-grpo) splits `steps`."""
+    """Each stage's config = its method's preset <- config_file <- overrides; sft-grpo's stages split `steps`."""
     method = get_method(method_name)
 
     def config_for(name: str) -> TrainConfig:

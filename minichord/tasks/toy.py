@@ -88,8 +88,7 @@ class Addition(Skill):
 
 
 class DigitString(Skill):
-    """A skill on one string of `difficulty` digits: "reverse 4719" -> "9174", "sort 5292" -> "2259"
-    (repeats allowed), "copy 381" -> "381"."""
+    """A skill on a string of `difficulty` digits: "reverse 4719" -> "9174", "sort 5292" -> "2259", "copy 381"."""
 
     def __init__(self, name: str, solve: Callable[[str], str]):
         self.name, self.solve = name, solve
