@@ -42,9 +42,8 @@ def cmd_pretrain(args) -> None:
 def cmd_train(args) -> None:
     from minichord.experiment import prepare_run
 
-    trainer = prepare_run(args.method, args.out, config_file=args.config, overrides=args.set,
-                          resume=not args.no_resume)
-    final = trainer.run()
+    final = prepare_run(args.method, args.out, config_file=args.config, overrides=args.set,
+                        resume=not args.no_resume).run()
     print(f"run directory: {args.out} (metrics.jsonl, eval.jsonl, checkpoint/)")
     if final:
         print(json.dumps({k: v["accuracy"] for k, v in final.items() if isinstance(v, dict)}))
@@ -80,6 +79,10 @@ def cmd_plot(args) -> None:
     print(f"wrote {plot_runs([Path(d) for d in args.runs], Path(args.output))}")
 
 
+COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "train": cmd_train, "eval": cmd_eval,
+            "reproduce": cmd_reproduce, "plot": cmd_plot}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minichord", description="CHORD (arXiv 2508.11408) from scratch: "
                                 "on-policy RL with dynamically weighted SFT on expert data.")
@@ -89,13 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=OUT, default="runs/demo", help="run directory (default runs/demo)")
     d.add_argument("--steps", type=POSITIVE, default=None, help="training steps (default: the demo's setting)")
     d.add_argument("--seed", type=SEED, default=0, help="random seed")
-    d.set_defaults(func=cmd_demo)
 
     pt = sub.add_parser("pretrain", help="pre-train the toy base model (cached; reused when settings match)")
     pt.add_argument("--out", type=OUT, default=None, help="directory (default $MINICHORD_HOME/base or ~/.cache/minichord/base)")
     pt.add_argument("--steps", type=POSITIVE, default=None, help="optimizer steps (default: the tuned setting)")
     pt.add_argument("--seed", type=SEED, default=0, help="random seed")
-    pt.set_defaults(func=cmd_pretrain)
 
     t = sub.add_parser("train", help="train with one method preset; resumes from OUT/checkpoint if present")
     t.add_argument("--method", required=True, choices=sorted(METHODS), help="method preset")
@@ -104,14 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config field, e.g. --set steps=50 --set sampler.temperature=0.8")
     t.add_argument("--out", type=OUT, required=True, help="run directory")
     t.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint exists")
-    t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="greedy accuracy of a checkpoint on the toy test splits (or a JSONL file)")
     e.add_argument("checkpoint", help="checkpoint directory")
     e.add_argument("--n-test", type=POSITIVE, default=200, help="problems per toy split")
     e.add_argument("--seed", type=SEED, default=0, help="seed of the toy splits")
     e.add_argument("--prompts", type=FILE, default=None, help="JSONL file of {prompt, answer} to evaluate instead")
-    e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("reproduce", help="every method x seeds on the toy task: table, JSON, curves")
     r.add_argument("--out", type=OUT, required=True, help="output directory")
@@ -123,12 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="length of the long SFT run on the limited expert set (0 skips it)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every run, e.g. --set init=PATH to start from another checkpoint")
-    r.set_defaults(func=cmd_reproduce)
 
     pl = sub.add_parser("plot", help="plot the curves of run directories into one PNG (needs matplotlib)")
     pl.add_argument("runs", nargs="+", help="run directories (holding metrics.jsonl / eval.jsonl)")
     pl.add_argument("-o", "--output", required=True, help="PNG file to write")
-    pl.set_defaults(func=cmd_plot)
     return p
 
 
@@ -138,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from minichord.trainer import TrainingError
 
     try:
-        args.func(args)
+        COMMANDS[args.command](args)
     except (CheckpointError, TrainingError, OSError, ValueError) as e:  # ValueError: ConfigError, DataError, ...
         message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
         print(f"minichord {args.command}: error: {message}", file=sys.stderr)

@@ -2,10 +2,9 @@
 
     cfg = load_config(TrainConfig, "run.toml", ["lr=3e-4", "model.n_layers=2"])
 
-A TOML file is a flat table of a dataclass's fields (nested dataclasses are sub-tables).
-Unknown keys are refused with the nearest valid key, so a typo never silently does nothing.
-No code is executed to read a config (no exec, no eval): TOML values and `--set` strings
-are converted to the field's declared type.
+A TOML file is a flat table of a dataclass's fields (nested dataclasses are sub-tables). Unknown keys
+are refused with the nearest valid key, so a typo never silently does nothing. No code is executed to
+read a config (no exec, no eval): TOML values and `--set` strings are converted to the declared type.
 """
 
 from __future__ import annotations
@@ -97,24 +96,23 @@ def validate(cfg: Any, ranges: dict[str, str]) -> None:
             raise ConfigError(f"{name}={value!r}: must be {kind}{rule}")
 
 
+_BOOLS = {**dict.fromkeys(("1", "true", "yes", "on"), True), **dict.fromkeys(("0", "false", "no", "off"), False)}
+
+
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Convert a TOML value or a `--set` string to the field type `tp`."""
     origin = typing.get_origin(tp)
     if origin is typing.Union or origin is types.UnionType:  # Optional[X] / X | None
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
-        return _convert(value, args[0], where)
+        return _convert(value, next(a for a in typing.get_args(tp) if a is not type(None)), where)
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(tp) or (str,)
         items = value.split(",") if isinstance(value, str) else list(value)
         return origin(_convert(v.strip() if isinstance(v, str) else v, inner, where) for v in items)
     try:
         if tp is bool:
-            if isinstance(value, bool):
-                return value
-            return {**dict.fromkeys(("1", "true", "yes", "on"), True),
-                    **dict.fromkeys(("0", "false", "no", "off"), False)}[value.lower()]
+            return value if isinstance(value, bool) else _BOOLS[value.lower()]
         if isinstance(value, bool) or (tp is str and not isinstance(value, str)):
             raise ValueError(value)
         if tp is int:  # "12" exactly, "1e3" via float; never 2.5
@@ -193,8 +191,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
     if path is not None:
         path = Path(path)
         try:
-            with path.open("rb") as f:
-                file_data = tomllib.load(f)
+            file_data = tomllib.loads(path.read_bytes().decode())  # what tomllib.load does
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
@@ -204,14 +201,12 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         where = str(path)
         for k, v in file_data.items():
             data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
-    data = apply_overrides(data, overrides or [])
-    return from_dict(cls, data, where)
+    return from_dict(cls, apply_overrides(data, overrides or []), where)
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """One training run. `minichord train --method NAME` starts from that method's preset
-    (minichord/methods.py), then a TOML file, then `--set key=value` overrides."""
+    """One training run: `minichord train --method NAME` loads it as in experiment.build_stages."""
 
     seed: int = 0
     steps: int = 100

@@ -11,8 +11,6 @@ One JSON object per line (blank lines are skipped):
 A file is validated completely before anything is returned, so no run ever trains on half a
 file: every bad line (not JSON, not an object, missing or unknown key, a non-string, empty or
 non-UTF-8 value, wrong chat roles) is reported as `file:line: what is wrong` in one line.
-Records keep their `where` ("file:line") for `check_lengths` (does the model have room?).
-`write_jsonl` writes atomically (temp file + os.replace), so a crash never leaves half a file.
 """
 
 from __future__ import annotations
@@ -127,13 +125,11 @@ def _load(path: str | Path, parse: Callable[[dict, str], Any], what: str) -> lis
     return items
 
 
-def load_prompts(path: str | Path) -> list[Problem]:
-    """RL prompts with reference answers: lines of {"prompt", "answer"[, "skill"]}."""
+def load_prompts(path: str | Path) -> list[Problem]:  # the formats: see the module docstring
     return _load(path, _parse_prompt, "prompt")
 
 
 def load_experts(path: str | Path) -> list[Demonstration]:
-    """Expert demonstrations: {"prompt", "response"} or {"messages": [user, assistant]}."""
     return _load(path, _parse_expert, "expert")
 
 
@@ -156,23 +152,20 @@ def check_lengths(items: list, tokenizer, max_seq_len: int, max_new_tokens: int 
         raise DataError.of(f"{len(errors)} record(s) do not fit the model", errors)
 
 
-def _as_dict(row: Any) -> dict:
-    if dataclasses.is_dataclass(row) and not isinstance(row, type):
-        row = {k: v for k, v in dataclasses.asdict(row).items() if v is not None and k != "where"}
-    if not isinstance(row, dict):
-        raise TypeError(f"write_jsonl rows must be dicts or dataclasses, got {type(row).__name__}")
-    return row
-
-
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
-    """Write rows (dicts, `Problem`s, `Demonstration`s) one JSON object per line, atomically."""
+    """Write rows (dicts, `Problem`s, `Demonstration`s) one JSON object per line, atomically
+    (temp file + os.replace), so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for row in rows:
-                f.write(json.dumps(_as_dict(row), ensure_ascii=False) + "\n")
+                if dataclasses.is_dataclass(row) and not isinstance(row, type):
+                    row = {k: v for k, v in dataclasses.asdict(row).items() if v is not None and k != "where"}
+                if not isinstance(row, dict):
+                    raise TypeError(f"write_jsonl rows must be dicts or dataclasses, got {type(row).__name__}")
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -183,11 +176,6 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
 
 
 def export_toy(task: ToyTask, out_dir: str | Path) -> dict[str, Path]:
-    """Write the toy splits as JSONL (the format to copy for your own data):
-    rl.jsonl, expert.jsonl and test_<split>.jsonl."""
-    out_dir = Path(out_dir)
-    paths = {"rl": write_jsonl(out_dir / "rl.jsonl", task.rl),
-             "expert": write_jsonl(out_dir / "expert.jsonl", task.expert)}
-    for name, problems in task.tests.items():
-        paths[f"test_{name}"] = write_jsonl(out_dir / f"test_{name}.jsonl", problems)
-    return paths
+    """Write the toy splits as rl.jsonl, expert.jsonl and test_<split>.jsonl (the format to copy for your data)."""
+    splits = {"rl": task.rl, "expert": task.expert, **{f"test_{name}": split for name, split in task.tests.items()}}
+    return {name: write_jsonl(Path(out_dir) / f"{name}.jsonl", rows) for name, rows in splits.items()}

@@ -2,9 +2,6 @@
 
     trainer = prepare_run("chord-phi", out_dir="runs/x", overrides=["steps=50"])
     trainer.run()
-
-The model starts from `init` (a checkpoint directory) or, when empty, from the toy base model
-that `minichord pretrain` makes once and caches (see `default_base_dir`).
 """
 
 from __future__ import annotations
@@ -24,19 +21,16 @@ from minichord.trainer import Trainer
 
 def default_base_dir() -> Path:
     """Where the toy base model is cached: $MINICHORD_HOME/base (default ~/.cache/minichord)."""
-    home = os.environ.get("MINICHORD_HOME") or Path.home() / ".cache" / "minichord"
-    return Path(home) / "base"
+    return Path(os.environ.get("MINICHORD_HOME") or Path.home() / ".cache" / "minichord") / "base"
 
 
 def build_stages(method_name: str, config_file: str | None = None,
                  overrides: list[str] | tuple[str, ...] = ()) -> list[Stage]:
-    """Each stage's config = its method's preset <- the TOML file <- the overrides.
-    A staged method (sft-grpo) splits `steps` between its stages."""
+    """Each stage's config = its method's preset <- config_file <- overrides; sft-grpo's stages split `steps`."""
     method = get_method(method_name)
 
     def config_for(name: str) -> TrainConfig:
-        return load_config(TrainConfig, config_file, list(overrides),
-                           base=get_method(name).preset)
+        return load_config(TrainConfig, config_file, list(overrides), base=get_method(name).preset)
 
     top = config_for(method_name)
     if not method.stages:
@@ -54,14 +48,13 @@ def build_stages(method_name: str, config_file: str | None = None,
 
 def load_initial_model(init: str, log: Callable[[str], None] = print):
     """(model, tokenizer) from `init`, or from the cached toy base model (made on first use)."""
-    if init:
-        ckpt = load_checkpoint(init)
-    else:
+    if not init:
         from minichord.pretrain import pretrain_base
 
-        ckpt = load_checkpoint(pretrain_base(default_base_dir(), log=log))
+        init = str(pretrain_base(default_base_dir(), log=log))
+    ckpt = load_checkpoint(init)
     if ckpt.tokenizer is None:
-        raise ValueError(f"checkpoint {init or default_base_dir()} has no tokenizer.json")
+        raise ValueError(f"checkpoint {init} has no tokenizer.json")
     return ckpt.model, ckpt.tokenizer
 
 

@@ -1,37 +1,24 @@
 """A small byte-level BPE tokenizer with a fixed chat format, built on Hugging Face `tokenizers`.
 
-Vocabulary. Ids 0..4 are the special tokens, in this order:
-
-    0 <|pad|>   1 <|bos|>   2 <|eos|>   3 <|user|>   4 <|assistant|>
-
-then the byte alphabet (each byte is one character of the GPT-2 byte-to-unicode map, so every
-text has a spelling), then the learned BPE merges. By default the alphabet is the 128 ASCII
-bytes, so the smallest vocabulary is 5 + 128 = 133 and the default of 256 leaves 123 merges
+Vocabulary: ids 0..4 are the special tokens <|pad|> <|bos|> <|eos|> <|user|> <|assistant|>, then the
+byte alphabet (each byte is one character of GPT-2's byte-to-unicode map, so every text has a
+spelling), then the learned BPE merges. By default the alphabet is the 128 ASCII bytes, so the
+smallest vocabulary is 5 + 128 = 133 and the default of 256 leaves 123 merges
 (`full_byte_alphabet=True` takes all 256 bytes: any UTF-8 text, at least 261 ids).
 
-Pre-tokenization (what BPE may never merge across):
-  1. every digit is its own piece (`Digits(individual_digits=True)`), so "1234" is always the
-     four tokens 1 2 3 4 — a model doing arithmetic sees one token per digit, never "12"+"34";
-  2. then GPT-2's byte-level split (words, spaces, punctuation), with no prefix space added,
-     so decode(encode(s)) == s exactly for any ASCII s.
+Pre-tokenization (what BPE may never merge across): every digit is its own piece, so "1234" is
+always the four tokens 1 2 3 4 (a model doing arithmetic never sees "12"+"34"); then GPT-2's
+byte-level split (words, spaces, punctuation) with no prefix space added, so decode(encode(s)) == s
+exactly for any ASCII s.
 
-Chat format (one prompt, one response):
+Chat format (one prompt, one response; nothing is inserted around the special tokens):
 
     <|bos|> <|user|> {prompt tokens} <|assistant|> {response tokens} <|eos|>
     '----------- encode_prompt(prompt) ---------'  '------ loss mask True ------'
 
-`encode_prompt` gives the part the sampler continues from; `encode_example` gives the full
-sequence and a mask that is True exactly on the response tokens and the final <|eos|> (the
-tokens a supervised loss is taken on). No spaces or newlines are inserted around the special
-tokens: what you pass is exactly what is tokenized.
-
-Files. `save`/`load` use the standard tokenizer.json, so any Hugging Face tokenizer.json loads
-the same way: the special tokens are looked up by their text. A file that names them
-differently loads with `special_tokens={"eos": "<|endoftext|>", ...}`; a file that lacks them
-gives an error naming the missing ones.
-
-Note: like every `tokenizers` tokenizer, the text "<|eos|>" inside a prompt is read as the
-special token itself (and dropped by `decode(skip_special=True)`).
+Files: `save`/`load` use the standard tokenizer.json, so any Hugging Face tokenizer.json loads; the
+special tokens are looked up by their text (`special_tokens={"eos": "<|endoftext|>", ...}` renames
+them). Like every `tokenizers` tokenizer, the text "<|eos|>" inside a prompt is the special token.
 """
 
 from __future__ import annotations
@@ -43,9 +30,8 @@ from typing import Iterable, Sequence
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|user|>", "<|assistant|>"]  # ids 0..4
-SPECIAL_ROLES = ["pad", "bos", "eos", "user", "assistant"]  # the role of each, same order
-DEFAULT_SPECIALS = dict(zip(SPECIAL_ROLES, SPECIAL_TOKENS))
+DEFAULT_SPECIALS = {role: f"<|{role}|>" for role in ("pad", "bos", "eos", "user", "assistant")}  # role -> text
+SPECIAL_TOKENS, SPECIAL_ROLES = list(DEFAULT_SPECIALS.values()), list(DEFAULT_SPECIALS)  # ids 0..4
 
 
 class TokenizerError(ValueError):
@@ -73,35 +59,27 @@ class Tokenizer:
         ids = {role: hf_tokenizer.token_to_id(names[role]) for role in SPECIAL_ROLES}
         missing = [f"{role}={names[role]!r}" for role in SPECIAL_ROLES if ids[role] is None]
         if missing:
-            raise TokenizerError(
-                f"{source}: special tokens not in the vocabulary: {', '.join(missing)}; pass "
-                f"special_tokens={{role: token text}} to name the ones this file uses"
-            )
+            raise TokenizerError(f"{source}: special tokens not in the vocabulary: {', '.join(missing)}; pass "
+                                 f"special_tokens={{role: token text}} to name the ones this file uses")
         self.vocab_size: int = hf_tokenizer.get_vocab_size(with_added_tokens=True)
         outside = [f"{role}={names[role]!r} has id {ids[role]}" for role in SPECIAL_ROLES if ids[role] >= self.vocab_size]
         if outside:  # e.g. an eos the model can never emit: generation would never stop
-            raise TokenizerError(f"{source}: special token ids outside the vocabulary [0, {self.vocab_size}): {', '.join(outside)}")
+            raise TokenizerError(f"{source}: special token ids outside the vocabulary [0, {self.vocab_size}): "
+                                 f"{', '.join(outside)}")
         self.special_tokens: dict[str, str] = {role: names[role] for role in SPECIAL_ROLES}
         self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
         self.user_id, self.assistant_id = ids["user"], ids["assistant"]
 
-    # ---- building ---------------------------------------------------------------------------
-
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 256, *, min_frequency: int = 2,
               full_byte_alphabet: bool = False) -> "Tokenizer":
-        """Learn BPE merges on `texts` until `vocab_size` ids (or no pair occurs min_frequency times).
-
-        The result may have fewer than `vocab_size` ids on a small corpus: use `.vocab_size`
-        (the actual count) for the model's embedding size.
-        """
+        """Learn BPE merges on `texts` until `vocab_size` ids (or no pair occurs min_frequency times):
+        on a small corpus there may be fewer, so size the model's embedding by `.vocab_size`."""
         alphabet = _byte_alphabet(full_byte_alphabet)
         smallest = len(SPECIAL_TOKENS) + len(alphabet)
         if vocab_size < smallest:
-            raise TokenizerError(
-                f"vocab_size={vocab_size} is too small: {len(SPECIAL_TOKENS)} special tokens + "
-                f"{len(alphabet)} byte tokens need at least {smallest}"
-            )
+            raise TokenizerError(f"vocab_size={vocab_size} is too small: {len(SPECIAL_TOKENS)} special tokens + "
+                                 f"{len(alphabet)} byte tokens need at least {smallest}")
         if isinstance(texts, str):
             raise TokenizerError("train() takes an iterable of strings, not one string")
         corpus = [t for t in texts if t]
@@ -112,18 +90,12 @@ class Tokenizer:
             raise TokenizerError("cannot train a tokenizer on an empty corpus (no non-empty texts)")
 
         tok = HFTokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ])
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
-            initial_alphabet=alphabet, show_progress=False,
-        )
-        tok.train_from_iterator(corpus, trainer)
-        for expected_id, text in enumerate(SPECIAL_TOKENS):  # the trainer puts them first, in order
-            assert tok.token_to_id(text) == expected_id, (text, tok.token_to_id(text))
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
+                                      initial_alphabet=alphabet, show_progress=False)
+        tok.train_from_iterator(corpus, trainer)  # puts SPECIAL_TOKENS first, in order (tests/test_tokenizer.py)
         return cls(tok)
 
     @classmethod
@@ -162,8 +134,6 @@ class Tokenizer:
         path.write_text(self.to_json(), encoding="utf-8")
         return path
 
-    # ---- text <-> ids -----------------------------------------------------------------------
-
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, no special tokens added. Every digit is a single token."""
         if not isinstance(text, str):
@@ -171,15 +141,12 @@ class Tokenizer:
         if not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text):  # the Rust side would TypeError
             raise TokenizerError(f"text has a lone surrogate (not encodable as UTF-8): {text!r:.80}")
         ids = self._tok.encode(text, add_special_tokens=False).ids
-        # BPE silently drops characters outside its alphabet (e.g. "é" with the ASCII alphabet).
-        # ASCII is always covered; check the rest, unless a normalizer makes decode differ anyway.
-        if not text.isascii() and self._tok.normalizer is None:
-            if self.decode(ids, skip_special=False) != text:
-                lost = sorted({c for c in text if not c.isascii() and not self._tok.encode(c).ids})
-                raise TokenizerError(
-                    f"text contains characters this tokenizer cannot represent: {lost or text!r:.80}"
-                    " (train with full_byte_alphabet=True for non-ASCII text)"
-                )
+        # BPE silently drops characters outside its alphabet (e.g. "é" with the ASCII alphabet): check non-ASCII
+        # text round-trips, unless a normalizer makes decode differ anyway.
+        if not text.isascii() and self._tok.normalizer is None and self.decode(ids, skip_special=False) != text:
+            lost = sorted({c for c in text if not c.isascii() and not self._tok.encode(c).ids})
+            raise TokenizerError(f"text contains characters this tokenizer cannot represent: {lost or text!r:.80}"
+                                 " (train with full_byte_alphabet=True for non-ASCII text)")
         return ids
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
@@ -195,20 +162,13 @@ class Tokenizer:
         return [self.bos_id, self.user_id, *self.encode(prompt), self.assistant_id]
 
     def encode_example(self, prompt: str, response: str) -> tuple[list[int], list[bool]]:
-        """(ids, loss_mask): ids = encode_prompt(prompt) + encode(response) + [eos];
-        loss_mask is True exactly on the response tokens and the final eos."""
-        prompt_ids = self.encode_prompt(prompt)
-        response_ids = [*self.encode(response), self.eos_id]
-        ids = prompt_ids + response_ids
-        mask = [False] * len(prompt_ids) + [True] * len(response_ids)
-        return ids, mask
+        """(ids, loss_mask): the whole chat sequence, and True on the response tokens and the final eos."""
+        prompt_ids, response_ids = self.encode_prompt(prompt), [*self.encode(response), self.eos_id]
+        return prompt_ids + response_ids, [False] * len(prompt_ids) + [True] * len(response_ids)
 
     def token_text(self, token_id: int) -> str | None:
         """The vocabulary entry of one id (byte-level spelling), for debugging and tutorials."""
         return self._tok.id_to_token(int(token_id))
-
-    def __len__(self) -> int:
-        return self.vocab_size
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, eos_id={self.eos_id}, pad_id={self.pad_id})"

@@ -1,8 +1,4 @@
-"""What one training run learns from: RL prompts, expert demonstrations, test splits, a reward.
-
-The embedded toy task (minichord.tasks.toy) is the default; `prompts_file` / `experts_file`
-(JSONL, see minichord.data) replace its RL prompts / expert set with a user's own data.
-"""
+"""What one training run learns from: RL prompts, expert demonstrations, test splits, a reward."""
 
 from __future__ import annotations
 
@@ -10,6 +6,7 @@ import dataclasses
 from typing import Callable
 
 from minichord.config import TrainConfig
+from minichord.data import check_lengths, load_experts, load_prompts
 from minichord.tasks import Demonstration, Problem, make_splits, reward
 
 
@@ -22,8 +19,6 @@ class TrainData:
 
     def check_fits(self, tokenizer, max_seq_len: int, stages) -> None:
         """DataError (file:line) unless RL prompts (and LUFFY's expert ones) leave room for max_new_tokens."""
-        from minichord.data import check_lengths
-
         new = max(s.cfg.sampler.max_new_tokens for s in stages)
         check_lengths(self.prompts, tokenizer, max_seq_len, new)
         check_lengths(self.experts, tokenizer, max_seq_len, new if any(s.method.luffy for s in stages) else 0)
@@ -31,10 +26,8 @@ class TrainData:
 
 
 def build_train_data(cfg: TrainConfig) -> TrainData:
-    """The toy task's splits (seeded by cfg.seed), with user JSONL files swapped in."""
-    from minichord import data
-
+    """The toy task's splits (seeded by cfg.seed), with the user's JSONL files (minichord.data) swapped in."""
     toy = make_splits(cfg.seed, n_rl=cfg.n_rl_prompts, n_expert=cfg.n_expert, n_test=cfg.n_test)
-    prompts = data.load_prompts(cfg.prompts_file) if cfg.prompts_file else toy.rl
-    experts = data.load_experts(cfg.experts_file) if cfg.experts_file else toy.expert
+    prompts = load_prompts(cfg.prompts_file) if cfg.prompts_file else toy.rl
+    experts = load_experts(cfg.experts_file) if cfg.experts_file else toy.expert
     return TrainData(prompts=prompts, experts=experts, eval_splits=toy.tests)

@@ -2,22 +2,5 @@
 
 from minichord.tasks.base import Demonstration, Problem, Skill
 from minichord.tasks.reward import extract_answer, normalise, reward
-from minichord.tasks.toy import (
-    OTHER_SKILLS,
-    SKILLS,
-    SPLIT_NAMES,
-    TARGET_SKILL,
-    ToyTask,
-    expert_response,
-    is_reserved,
-    make_splits,
-    pretrain_corpus,
-    style_texts,
-    terse_response,
-)
-
-__all__ = [
-    "Demonstration", "Problem", "Skill", "extract_answer", "normalise", "reward", "OTHER_SKILLS",
-    "SKILLS", "SPLIT_NAMES", "TARGET_SKILL", "ToyTask", "expert_response", "is_reserved", "make_splits",
-    "pretrain_corpus", "style_texts", "terse_response",
-]
+from minichord.tasks.toy import (OTHER_SKILLS, SKILLS, TARGET_SKILL, ToyTask, expert_response, is_reserved,
+                                 make_splits, pretrain_corpus, style_texts, terse_response)

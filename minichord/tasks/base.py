@@ -1,9 +1,8 @@
 """What a task is: problems with a checkable answer, written in one or two styles.
 
-A *skill* makes problems (`generate`) and knows how to answer them. Every skill answers in
-the base model's own *terse* style (just the answer); the target skill also has an *expert*
-style, the step-by-step traces that play the part of the stronger model's demonstrations in
-the CHORD paper. Adding a task = one `Skill` subclass (the terse response defaults to the answer):
+A *skill* makes problems (`generate`) and answers them in the base model's own *terse* style (just the
+answer); the target skill also has an *expert* style, the step-by-step traces that play the part of the
+stronger model's demonstrations in the CHORD paper. Adding a task = one `Skill` subclass:
 
     class Multiply(Skill):
         name = "mul"
@@ -11,8 +10,7 @@ the CHORD paper. Adding a task = one `Skill` subclass (the terse response defaul
             a, b = rng.randrange(10 ** difficulty), rng.randrange(10)
             return Problem(f"mul {a} {b}", str(a * b), self.name)
 
-Responses must end in an answer that `minichord.tasks.reward.extract_answer` can read: the
-whole (one-line) response in the terse style, or a last line `answer: ...`.
+Responses must end in an answer that `minichord.tasks.reward.extract_answer` can read (see there).
 """
 
 from __future__ import annotations
@@ -20,45 +18,43 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field as _field
+from typing import ClassVar
+
+
+class _Texts:
+    required: ClassVar[tuple[str, ...]]  # the fields that must be non-empty strings
+
+    def __post_init__(self) -> None:
+        for field in self.required:
+            value = getattr(self, field)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{type(self).__name__}.{field} must be a non-empty string, got {value!r}")
 
 
 @dataclass(frozen=True)
-class Problem:
+class Problem(_Texts):
     """One prompt with its reference answer; `skill` names the skill that made it."""
 
+    required = ("prompt", "answer", "skill")
     prompt: str
     answer: str
     skill: str = "task"
     where: str | None = _field(default=None, compare=False, repr=False)  # "file:line" if loaded from one
 
-    def __post_init__(self) -> None:
-        for field in ("prompt", "answer", "skill"):
-            value = getattr(self, field)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"Problem.{field} must be a non-empty string, got {value!r}")
-
 
 @dataclass(frozen=True)
-class Demonstration:
-    """An expert demonstration: a prompt and the full response to imitate.
+class Demonstration(_Texts):
+    """An expert demonstration: a prompt and the full response to imitate (`answer` is optional)."""
 
-    `answer` is optional (user-supplied demonstrations need not carry one)."""
-
+    required = ("prompt", "response")
     prompt: str
     response: str
     answer: str | None = None
     where: str | None = _field(default=None, compare=False, repr=False)  # "file:line" if loaded from one
 
-    def __post_init__(self) -> None:
-        for field in ("prompt", "response"):
-            value = getattr(self, field)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"Demonstration.{field} must be a non-empty string, got {value!r}")
-
 
 class Skill(ABC):
-    """A family of problems: `generate` one at a given difficulty, answer it tersely,
-    and (target skills only) answer it the expert's step-by-step way."""
+    """A family of problems: `generate` one, answer it tersely, (target skills) answer it as the expert."""
 
     name: str = "skill"
 

@@ -7,8 +7,7 @@ response is untrusted text, and "1+1" is not the answer "2"):
     expert  "7+5=12 carry 1\\n...\\nanswer: 132"   the last line starting with `answer:`
             (GSM8K's `#### 132` marker is read the same way)
 
-    reward(response, answer) = 1.0 if normalise(extract_answer(response)) == normalise(answer)
-                               else 0.0
+    reward(response, answer) = 1.0 if normalise(extract_answer(response)) == normalise(answer) else 0.0
 
 `normalise` strips surrounding whitespace, collapses inner runs of whitespace to one space and
 drops thousands separators from plain numbers ("1,234" -> "1234"). Nothing else is forgiven:
@@ -19,39 +18,28 @@ from __future__ import annotations
 
 import re
 
-# A line that announces the final answer: `answer: X` or GSM8K's `#### X`.
 _ANSWER_LINE = re.compile(r"^\s*(?:answer\s*:|####)(.*)$", re.IGNORECASE)
-# A plain number written with thousands separators, e.g. -1,234,567.89
 _GROUPED_NUMBER = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 
 
 def normalise(text: str) -> str:
     """Canonical form of an answer string (see module docstring)."""
     text = " ".join(text.split())
-    if _GROUPED_NUMBER.match(text):
-        text = text.replace(",", "")
-    return text
+    return text.replace(",", "") if _GROUPED_NUMBER.match(text) else text
 
 
 def extract_answer(response: str) -> str | None:
-    """The normalised final answer of a response in either style, or None if it has none.
-
-    Expert style wins when present: the *last* `answer:` line. Otherwise a terse response
-    must be exactly one non-empty line, which is the answer."""
+    """The normalised final answer: that of the *last* `answer:` line if there is one, else the whole
+    response if it is exactly one non-empty line, else None."""
     if not isinstance(response, str):
         return None
     lines = response.strip().splitlines()
     for line in reversed(lines):
-        marked = _ANSWER_LINE.match(line)
-        if marked:
-            answer = normalise(marked.group(1))
-            return answer or None
-    if len(lines) == 1:
-        return normalise(lines[0]) or None
-    return None
+        if marked := _ANSWER_LINE.match(line):
+            return normalise(marked.group(1)) or None
+    return (normalise(lines[0]) or None) if len(lines) == 1 else None
 
 
-def reward(response: str, answer: str) -> float:
-    """1.0 if the response's final answer equals the reference answer, else 0.0."""
+def reward(response: str, answer: str) -> float:  # see the module docstring
     got = extract_answer(response)
     return 1.0 if got is not None and got == normalise(answer) else 0.0

@@ -12,15 +12,14 @@
     held-out tests                          in_domain (train digits), harder (more digits),
                                             other_skills (retention)
 
-The other skills work on digit strings too: minichord's tokenizer makes every digit its own
-token, so a string and its reversal are spelled with the same tokens (a BPE merge inside
-"abcd", or " a" vs "a", would hide the symbols from the model).
-Every split is drawn from one seeded `random.Random`; prompts are unique across all splits.
+The other skills work on digit strings too: minichord's tokenizer makes every digit its own token, so
+a string and its reversal are spelled with the same tokens (a BPE merge inside "abcd", or " a" vs "a",
+would hide the symbols from the model). Every split is drawn from one seeded `random.Random`; prompts
+are unique across all splits.
 
-Held-out problems. A fixed quarter of all prompts (by a CRC32 hash of the prompt text, the same
-in every process and for every seed) is *reserved*: `make_splits` draws only reserved prompts
-and `pretrain_corpus` never does, so the cached base model has seen no RL, expert or test
-prompt of any seed.
+Held-out problems. A fixed quarter of all prompts (by a CRC32 hash of the prompt text, the same in
+every process and for every seed) is *reserved*: `make_splits` draws only reserved prompts and
+`pretrain_corpus` never does, so the cached base model has seen no RL, expert or test prompt of any seed.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from minichord.tasks.base import Demonstration, Problem, Skill
 
 TARGET_SKILL = "add"
 OTHER_SKILLS = ("reverse", "sort", "copy")
-SPLIT_NAMES = ("in_domain", "harder", "other_skills")
 TRAIN_DIGITS = (2, 2)  # operand lengths of the RL / expert / in_domain additions
 HARDER_DIGITS = (3, 3)  # operand lengths of the harder test split
 OTHER_LENGTHS = (3, 6)  # string lengths of reverse / sort / copy
@@ -65,23 +63,17 @@ class Addition(Skill):
         a, b = _number(rng, difficulty), _number(rng, difficulty)
         return Problem(f"add {a} {b}", str(a + b), self.name)
 
-    @staticmethod
-    def operands(problem: Problem) -> tuple[str, str]:
-        parts = problem.prompt.split()
-        if len(parts) != 3 or parts[0] != "add" or not (parts[1].isdigit() and parts[2].isdigit()):
-            raise ValueError(f"not an addition prompt: {problem.prompt!r}")
-        return parts[1], parts[2]
-
     def count(self, difficulty: int) -> int:
         return (10 if difficulty == 1 else 9 * 10 ** (difficulty - 1)) ** 2
 
     def expert_response(self, problem: Problem) -> str:
         """Column addition, right to left: one line `a+b(+carry)=s carry c` per column.
-
         The answer is computed here from the digits, independently of `problem.answer`."""
-        a, b = self.operands(problem)
-        width = max(len(a), len(b))
-        a, b = a.zfill(width), b.zfill(width)
+        parts = problem.prompt.split()
+        if len(parts) != 3 or parts[0] != "add" or not (parts[1].isdigit() and parts[2].isdigit()):
+            raise ValueError(f"not an addition prompt: {problem.prompt!r}")
+        width = max(len(parts[1]), len(parts[2]))
+        a, b = parts[1].zfill(width), parts[2].zfill(width)
         lines, digits, carry = [], [], 0
         for da, db in zip(reversed(a), reversed(b)):
             column = int(da) + int(db) + carry
@@ -95,57 +87,30 @@ class Addition(Skill):
         return "\n".join(lines)
 
 
-def _digits(rng: random.Random, n: int) -> str:
-    return "".join(rng.choice(string.digits) for _ in range(n))
+class DigitString(Skill):
+    """A skill on a string of `difficulty` digits: "reverse 4719" -> "9174", "sort 5292" -> "2259", "copy 381"."""
 
+    def __init__(self, name: str, solve: Callable[[str], str]):
+        self.name, self.solve = name, solve
 
-class _DigitString(Skill):
-    """A skill on one string of `difficulty` digits (10**difficulty prompts)."""
+    def generate(self, rng: random.Random, difficulty: int) -> Problem:
+        digits = "".join(rng.choice(string.digits) for _ in range(difficulty))
+        return Problem(f"{self.name} {digits}", self.solve(digits), self.name)
 
     def count(self, difficulty: int) -> int:
         return 10**difficulty
 
 
-class Reverse(_DigitString):
-    """"reverse 4719" -> "9174" (`difficulty` digits)."""
-
-    name = "reverse"
-
-    def generate(self, rng: random.Random, difficulty: int) -> Problem:
-        digits = _digits(rng, difficulty)
-        return Problem(f"reverse {digits}", digits[::-1], self.name)
-
-
-class Sort(_DigitString):
-    """"sort 5292" -> "2259" (`difficulty` digits, repeats allowed)."""
-
-    name = "sort"
-
-    def generate(self, rng: random.Random, difficulty: int) -> Problem:
-        digits = _digits(rng, difficulty)
-        return Problem(f"sort {digits}", "".join(sorted(digits)), self.name)
-
-
-class Copy(_DigitString):
-    """"copy 381" -> "381" (`difficulty` digits)."""
-
-    name = "copy"
-
-    def generate(self, rng: random.Random, difficulty: int) -> Problem:
-        digits = _digits(rng, difficulty)
-        return Problem(f"copy {digits}", digits, self.name)
-
-
-SKILLS: dict[str, Skill] = {s.name: s for s in (Addition(), Reverse(), Sort(), Copy())}
+SKILLS: dict[str, Skill] = {s.name: s for s in (Addition(), DigitString("reverse", lambda d: d[::-1]),
+                                                DigitString("sort", lambda d: "".join(sorted(d))),
+                                                DigitString("copy", lambda d: d))}
 
 
 def terse_response(problem: Problem) -> str:
-    """The base model's answer to `problem`, whatever its skill."""
     return SKILLS[problem.skill].terse_response(problem)
 
 
 def expert_response(problem: Problem) -> str:
-    """The expert's step-by-step answer (target skill only)."""
     return SKILLS[problem.skill].expert_response(problem)
 
 
@@ -153,17 +118,15 @@ def _draw(rng: random.Random, skill: Skill, lengths: tuple[int, int]) -> Problem
     return skill.generate(rng, rng.randint(*lengths))
 
 
-def _unique(rng: random.Random, n: int, make: Callable[[random.Random], Problem],
-            seen: set[str], what: str) -> list[Problem]:
-    """`n` problems whose prompts are not in `seen` (which is updated)."""
-    out: list[Problem] = []
-    attempts = 0
+def _unique(rng, n: int, skill: Skill, lengths: tuple[int, int], seen: set[str], what: str) -> list[Problem]:
+    """`n` reserved problems whose prompts are not in `seen` (which is updated)."""
+    out, attempts = [], 0
     while len(out) < n:
         attempts += 1
         if attempts > 100 * n + 1000:
             raise ValueError(f"cannot draw {n} distinct {what} prompts: the problem space is too small "
                              f"(got {len(out)}); lower the split size or widen the difficulty range")
-        problem = make(rng)
+        problem = _draw(rng, skill, lengths)
         if problem.prompt not in seen and is_reserved(problem.prompt):
             seen.add(problem.prompt)
             out.append(problem)
@@ -194,10 +157,8 @@ class ToyTask:
 def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test: int = 200,
                 train_digits: tuple[int, int] = TRAIN_DIGITS, harder_digits: tuple[int, int] = HARDER_DIGITS,
                 other_lengths: tuple[int, int] = OTHER_LENGTHS) -> ToyTask:
-    """Seeded, prompt-disjoint splits of the toy task.
-
-    rl / expert / in_domain: addition with `train_digits` digits per operand; harder: addition
-    with `harder_digits`; other_skills: `n_test` problems cycling through reverse/sort/copy."""
+    """Seeded, prompt-disjoint splits. rl / expert / in_domain: addition with `train_digits` digits per
+    operand; harder: with `harder_digits`; other_skills: `n_test` problems cycling through reverse/sort/copy."""
     if min(n_rl, n_expert, n_test) < 0:
         raise ValueError(f"n_rl, n_expert, n_test must be >= 0, got {n_rl}, {n_expert}, {n_test}")
     train_digits = _check_range("train_digits", train_digits)
@@ -216,14 +177,13 @@ def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test:
             raise ConfigError(f"{what} = {n} is more than the {room} distinct {skill.name} prompts with "
                               f"lengths {lengths} that the splits may use; lower it")
     seen: set[str] = set()
-    in_domain = _unique(rng, n_test, lambda r: _draw(r, add, train_digits), seen, "in-domain test")
-    harder = _unique(rng, n_test, lambda r: _draw(r, add, harder_digits), seen, "harder test")
-    other = [p for i, skill in enumerate(others)
-             for p in _unique(rng, n_test // len(others) + (i < n_test % len(others)),
-                              lambda r, s=skill: _draw(r, s, other_lengths), seen, f"{skill.name} test")]
-    expert_problems = _unique(rng, n_expert, lambda r: _draw(r, add, train_digits), seen, "expert")
-    rl = _unique(rng, n_rl, lambda r: _draw(r, add, train_digits), seen, "RL")
-    expert = [Demonstration(p.prompt, add.expert_response(p), p.answer) for p in expert_problems]
+    in_domain = _unique(rng, n_test, add, train_digits, seen, "in-domain test")
+    harder = _unique(rng, n_test, add, harder_digits, seen, "harder test")
+    other = [p for i, skill in enumerate(others) for p in _unique(
+        rng, n_test // len(others) + (i < n_test % len(others)), skill, other_lengths, seen, f"{skill.name} test")]
+    expert = [Demonstration(p.prompt, add.expert_response(p), p.answer)
+              for p in _unique(rng, n_expert, add, train_digits, seen, "expert")]
+    rl = _unique(rng, n_rl, add, train_digits, seen, "RL")
     task = ToyTask(seed, rl, expert, {"in_domain": in_domain, "harder": harder, "other_skills": other})
     assert len(task.prompts()) == n_rl + n_expert + 3 * n_test, "splits overlap by prompt"
     return task
@@ -233,14 +193,12 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
                     target_digits: tuple[int, int] = PRETRAIN_DIGITS, other_lengths: tuple[int, int] = OTHER_LENGTHS,
                     expert_style_fraction: float = 0.0, expert_style_digits: tuple[int, int] = (1, 1),
                     exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """`n` (prompt, response) pairs covering every skill; no reserved prompt (so none of any
-    split) and none in `exclude`.
+    """`n` (prompt, response) pairs, prompts not reserved (so in no split) nor in `exclude`, may repeat.
 
-    A `target_fraction` share is addition with `target_digits` digits, in the terse style; the
-    rest cycles through the other skills. An `expert_style_fraction` share of the additions is
-    instead written step by step, with `expert_style_digits` digits: the base model has *seen*
-    the expert's format on small problems (as an instruct model has seen some reasoning), so
-    expert tokens are unlikely but not impossible under it. Prompts may repeat."""
+    A `target_fraction` share is terse addition with `target_digits` digits; the rest cycles through the
+    other skills. An `expert_style_fraction` share of the additions is written step by step instead, with
+    `expert_style_digits` digits: the base model has *seen* the expert's format on small problems (as an
+    instruct model has seen some reasoning), so expert tokens are unlikely but not impossible under it."""
     if n < 0 or not 0.0 <= target_fraction <= 1.0 or not 0.0 <= expert_style_fraction <= 1.0:
         raise ValueError(f"need n >= 0 and fractions in [0, 1], got n={n}, target_fraction={target_fraction}, "
                          f"expert_style_fraction={expert_style_fraction}")
