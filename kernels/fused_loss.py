@@ -37,13 +37,11 @@ g_t for each token kind (r = exp(clamp(logp - old_logp, -c_r, c_r)), A = advanta
     LUFFY          l = -A p / (p + gamma)                             g = -A gamma p / (p+gamma)^2
                    (d/dlogp f(p) = f'(p) p,  f'(p) = gamma / (p + gamma)^2)
 
-The loss kind choices are tl.constexpr, so each configuration compiles to straight-line code.
-Rows whose target is -100 (padding) get logp = H = 0 and a zero gradient row, as in the
-reference. Differences from the torch path (minichord.ops), by design: the matmul
-runs in the input dtype (bf16 logits on GPU, fp32 accumulate inside the GEMM; the reference
-upcasts hidden and W to fp32 first), so bf16 results agree to bf16 precision, not bitwise.
-The forward pass computes the gradients eagerly (the logits are gone after the chunk) and
-saves them; backward only scales them by grad_output.
+The loss kinds are tl.constexpr: each configuration compiles to straight-line code. Padding
+rows (target -100) get logp = H = 0 and a zero gradient row. Unlike the torch path, the matmul
+runs in the input dtype (bf16 logits, fp32 accumulation in the GEMM), so bf16 results agree to
+bf16 precision. Gradients are computed in the forward (the logits are gone after the chunk);
+backward only scales them by grad_output.
 """
 
 from typing import Optional
@@ -56,8 +54,7 @@ from minichord.kernels.logprobs import _block_v, _num_warps, _row_lse_entropy
 from minichord.ops import IGNORE_INDEX, FusedLossOutput, check_fused_inputs
 
 EXPERT_KIND = {"uniform": 0, "phi": 1, "is": 2}  # spec.expert_weighting; 3 = LUFFY (spec.luffy)
-CUDA_CHUNK_BYTES = 256 * 2**20  # a chunk's logits on GPU stay around 256 MB
-CPU_CHUNK_BYTES = 16 * 2**20
+CHUNK_BYTES = {"cuda": 256 * 2**20, "cpu": 16 * 2**20}  # what one chunk's logits may take
 
 
 @triton.jit
@@ -146,13 +143,6 @@ def _fused_token_loss_kernel(
             tl.store(row_ptr + cols, dx.to(logits_ptr.dtype.element_ty), mask=in_row)
 
 
-def default_chunk_size(n_tokens: int, vocab_size: int, dtype: torch.dtype, device) -> int:
-    """Tokens per chunk so that one chunk's logits take about 256 MB on GPU (16 MB on CPU)."""
-    budget = CUDA_CHUNK_BYTES if torch.device(device).type == "cuda" else CPU_CHUNK_BYTES
-    row_bytes = vocab_size * torch.tensor([], dtype=dtype).element_size()
-    return max(1, min(n_tokens, budget // row_bytes))
-
-
 class _TritonFusedTokenLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp,
@@ -178,8 +168,9 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, **f32) if need_grad_weight else None  # [V, H]
         write_grad = need_grad_hidden or need_grad_weight
         block_v = _block_v(vocab_size)
-        if chunk_size is None:
-            chunk_size = default_chunk_size(n_tokens, vocab_size, hidden.dtype, device)
+        if chunk_size is None:  # about CHUNK_BYTES of logits per chunk
+            budget = CHUNK_BYTES["cuda" if device.type == "cuda" else "cpu"]
+            chunk_size = max(1, min(n_tokens, budget // (vocab_size * hidden.element_size())))
         for start in range(0, n_tokens, chunk_size):
             end = min(start + chunk_size, n_tokens)
             hidden_chunk = hidden[start:end]  # [C, H]

@@ -1,24 +1,19 @@
-"""The two hot operations of a training step, in torch, and dispatch to the Triton kernels.
+"""The two hot operations of a training step in torch, and dispatch to the Triton kernels.
 
-The kernels come in two levels, named "tier 1" and "tier 2" throughout (benchmarks, tests):
+The kernels come in two levels, "tier 1" and "tier 2" throughout (benchmarks, tests):
 
 tier 1, token log-probs (kernels/logprobs.py): logits [N, V], targets [N] -> logp [N] (+ H [N])
-
-    logp_t = log softmax(logits_t / T)[y_t],    H_t = -sum_v p_tv log p_tv
-
-    used where the logits already exist: old / reference log-probs, evaluation.
+    logp_t = log softmax(logits_t / T)[y_t],   H_t = -sum_v p_tv log p_tv
+    for old / reference log-probs and evaluation, where the logits already exist.
 
 tier 2, fused lm-head + loss (kernels/fused_loss.py): hidden [N, H], lm-head weight [V, H] -> L
-
     logits = hidden @ weight^T,   L = losses.chord_loss(logp(logits), ...)
+    the training loss; the batch's [N, V] logits (V = 151,936 for Qwen2) never exist at once:
+    tokens go in chunks, each chunk's gradient computed while its logits exist.
 
-    the training loss. The [N, V] logits of a whole batch (151,936 columns for Qwen2) are never
-    alive at once: tokens are processed in chunks, and each chunk's gradient is computed
-    while its logits exist.
-
-All math is fp32 (fp64 if an input is fp64, so gradcheck works) whatever the input dtype;
-gradients come back in the input dtypes. Backend: MINICHORD_KERNELS=torch|triton; unset
-means Triton for CUDA tensors, torch otherwise.
+Math is fp32 (fp64 for fp64 inputs, for gradcheck) whatever the input dtype; gradients come
+back in the input dtypes. Backend: MINICHORD_KERNELS=torch|triton; unset: Triton for CUDA
+tensors, torch otherwise.
 """
 
 from __future__ import annotations
