@@ -1,22 +1,16 @@
-"""Checkpoints: step directories of safetensors + JSON, published atomically, read without pickle.
+"""Checkpoints: step directories of safetensors + JSON, published atomically, never unpickled.
 
-    root/latest                 the name of the newest complete step directory (one line)
-    root/step-000040/
-      config.json               format, version, step, meta, dtype, model_config, tokenizer special
-                                tokens, and `files`: {name: sha256} of every other file
-      model.safetensors         the model's state_dict
-      tokenizer.json            optional (Hugging Face format)
-      optimizer.safetensors     optional: the tensors of an AdamW-style optimizer.state_dict(),
-      optimizer.json              named state.<param index>.<key>; param_groups + other values here
+    root/latest                   names the newest complete step directory
+    root/step-000040/config.json  format, version, step, meta, dtype, model_config, tokenizer special
+                                  tokens, files: {name: sha256} of the other files, all required
+      model.safetensors, tokenizer.json (optional), optimizer.safetensors + optimizer.json (optional:
+      an AdamW-like state_dict, tensors named state.<param index>.<name>, the rest as JSON)
 
-Save: write everything into `root/.tmp-step-000040-<pid>` (fsynced), rename it to `step-000040`,
-then replace `latest` (temp file, fsync, os.replace), then delete older steps beyond `keep` and
-stray temp entries. A kill at any moment leaves `latest` naming a complete directory. (Re-saving
-an existing step first points `latest` at the complete temp dir, then swaps in a hard-linked copy.)
-Load checks every field and every file's sha256; any problem is one CheckpointError line.
+Save writes `root/.tmp-step-000040-<random>`, renames it to `step-000040`, replaces `latest`, then
+deletes steps beyond `keep` and stray temp entries; every write is fsynced before its rename, so a
+kill at any moment leaves `latest` naming a complete directory (re-saving a step points `latest` at
+the temp directory while a hard-linked copy replaces the old one). Load checks every field and file.
 """
-
-from __future__ import annotations
 
 import dataclasses
 import hashlib
@@ -25,8 +19,8 @@ import math
 import os
 import re
 import shutil
+import uuid
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load as st_load, save as st_save
@@ -36,9 +30,7 @@ from minichord.config import ModelConfig, from_dict, to_dict
 FORMAT, VERSION, CONFIG, LATEST = "minichord-checkpoint", 2, "config.json", "latest"
 MODEL, TOKENIZER, OPT_TENSORS, OPT_JSON = "model.safetensors", "tokenizer.json", "optimizer.safetensors", "optimizer.json"
 KEYS = {"format", "version", "step", "meta", "dtype", "model_config", "files", "tokenizer_special_tokens"}
-DTYPES = ("float32", "bfloat16", "float16")
-STEP_DIR = re.compile(r"step-(\d+)")
-LATEST_NAME = re.compile(r"(\.tmp-)?step-\d+(-\d+)?")
+DTYPES, STEP_DIR = ("float32", "bfloat16", "float16"), re.compile(r"step-(\d+)")
 
 
 class CheckpointError(RuntimeError):
@@ -52,7 +44,7 @@ class CheckpointError(RuntimeError):
 class Checkpoint:
     model: torch.nn.Module
     model_config: ModelConfig
-    tokenizer: Any  # minichord.tokenizer.Tokenizer | None
+    tokenizer: object  # minichord.tokenizer.Tokenizer | None
     optimizer_state: dict | None  # an optimizer.state_dict(), tensors on CPU
     step: int
     meta: dict
@@ -61,90 +53,62 @@ class Checkpoint:
 
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    os.fsync(fd)
+    os.close(fd)
 
 
 def _write(path: Path, data: bytes) -> str:
     with open(path, "wb") as f:
         f.write(data)
-        f.flush()
         os.fsync(f.fileno())
     return hashlib.sha256(data).hexdigest()
 
 
-def _plain(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str)) or (
-        isinstance(v, (list, tuple)) and all(_plain(x) for x in v))
-
-
-def _optimizer_files(optimizer) -> tuple[bytes, bytes]:
-    """optimizer.state_dict() as (safetensors bytes, JSON bytes); anything else is refused."""
-    sd, tensors, scalars = optimizer.state_dict(), {}, {}
-    for i, values in sd["state"].items():
-        for key, v in values.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"state.{i}.{key}"] = v.detach().cpu().contiguous()
-            elif _plain(v) and isinstance(i, int):
-                scalars.setdefault(str(i), {})[key] = v
-            else:
-                raise CheckpointError(f"optimizer state[{i!r}][{key!r}]: cannot store a {type(v).__name__} without pickle")
-    for group in sd["param_groups"]:
-        bad = [k for k, v in group.items() if not _plain(v)]
-        if bad:
-            raise CheckpointError(f"optimizer param_groups: cannot store {bad} without pickle")
-    return st_save(tensors), json.dumps({"param_groups": sd["param_groups"], "state": scalars}).encode()
-
-
-def _ours(name: str) -> bool:
-    return name == LATEST or name.startswith(".tmp-") or STEP_DIR.fullmatch(name) is not None
-
-
 def _set_latest(root: Path, name: str) -> None:
-    tmp = root / f".tmp-latest-{os.getpid()}"
-    _write(tmp, name.encode() + b"\n")
-    os.replace(tmp, root / LATEST)
+    _write(root / f".tmp-latest-{os.getpid()}", name.encode())
+    os.replace(root / f".tmp-latest-{os.getpid()}", root / LATEST)
     _fsync(root)
 
 
 def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 0, meta: dict | None = None,
                     keep: int = 3) -> Path:
-    """Save as `root/step-<step>` and point `root/latest` at it (see the module docstring)."""
-    root, cfg, meta = Path(root), getattr(model, "cfg", None), {} if meta is None else meta
-    if not isinstance(cfg, ModelConfig):
-        raise CheckpointError(f"model must have a .cfg ModelConfig, got {type(cfg).__name__}")
-    if type(step) is not int or step < 0 or type(keep) is not int or keep < 1:
-        raise CheckpointError(f"step must be an int >= 0 and keep an int >= 1, got step={step!r}, keep={keep!r}")
+    """Save as `root/step-<step>`, point `root/latest` at it, keep the last `keep` steps; returns the step dir."""
+    root, cfg = Path(root), getattr(model, "cfg", None)
+    ours = lambda name: name == LATEST or name.startswith(".tmp-") or STEP_DIR.fullmatch(name)  # noqa: E731
+    if root.exists() and not (root.is_dir() and all(ours(p.name) for p in root.iterdir())):
+        raise CheckpointError(f"refusing to save into {root}: it is not a directory of checkpoints")
+    if not isinstance(cfg, ModelConfig) or type(step) is not int or step < 0 or type(keep) is not int or keep < 1:
+        raise CheckpointError(f"need a model with a .cfg ModelConfig, step >= 0 and keep >= 1, got {step=}, {keep=}")
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise CheckpointError(f"vocab_size: tokenizer has {tokenizer.vocab_size}, model has {cfg.vocab_size}")
-    if root.exists() and not root.is_dir():
-        raise CheckpointError(f"checkpoint root exists and is not a directory: {root}")
-    if root.is_dir() and not all(_ours(p.name) for p in root.iterdir()):
-        raise CheckpointError(f"refusing to save into {root}: a non-empty directory that is not a checkpoint root")
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     dtypes = {str(t.dtype).removeprefix("torch.") for t in weights.values() if t.is_floating_point()}
     if len(dtypes) != 1 or not dtypes <= set(DTYPES):
         raise CheckpointError(f"model weights must all be one of {', '.join(DTYPES)}, got {sorted(dtypes)}")
-    try:
-        config = {"format": FORMAT, "version": VERSION, "step": step, "meta": json.loads(json.dumps(meta)),
-                  "dtype": dtypes.pop(), "model_config": to_dict(cfg)}
-        blobs = {MODEL: st_save(weights)}
-    except (TypeError, ValueError, RuntimeError) as e:  # meta not JSON; tensors sharing memory
-        raise CheckpointError(f"cannot save checkpoint: {e}") from None
-    if not isinstance(config["meta"], dict):
-        raise CheckpointError(f"meta must be a dict, got {type(meta).__name__}")
+    config = {"format": FORMAT, "version": VERSION, "step": step, "meta": meta or {}, "dtype": dtypes.pop(),
+              "model_config": to_dict(cfg)}
+    blobs = {MODEL: weights}
     if tokenizer is not None:
         blobs[TOKENIZER] = tokenizer.to_json().encode()
         config["tokenizer_special_tokens"] = tokenizer.special_tokens
-    if optimizer is not None:
-        blobs[OPT_TENSORS], blobs[OPT_JSON] = _optimizer_files(optimizer)
+    if optimizer is not None:  # AdamW-like: {int: {name: tensor or number}}, groups of JSON values
+        sd = optimizer.state_dict()
+        blobs[OPT_TENSORS] = {f"state.{i}.{k}": v.detach().cpu().contiguous()
+                              for i, s in sd["state"].items() for k, v in s.items() if isinstance(v, torch.Tensor)}
+        blobs[OPT_JSON] = {"param_groups": sd["param_groups"], "state": {
+            i: {k: v for k, v in s.items() if not isinstance(v, torch.Tensor)} for i, s in sd["state"].items()}}
+    try:  # non-JSON meta or optimizer values, and tensors sharing memory, are refused here (never pickled)
+        blobs = {k: st_save(v) if k.endswith(".safetensors") else v if k == TOKENIZER else json.dumps(v).encode()
+                 for k, v in blobs.items()}
+        if not isinstance(json.loads(json.dumps(config["meta"])), dict) or optimizer and any(
+                type(i) is not int for i in sd["state"]):
+            raise TypeError("meta must be a dict, and the optimizer's state keys parameter indices")
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot save a checkpoint without pickle: {e}") from None
 
     name = f"step-{step:06d}"
     root.mkdir(parents=True, exist_ok=True)
-    tmp, final = root / f".tmp-{name}-{os.getpid()}", root / name
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp, final = root / f".tmp-{name}-{uuid.uuid4().hex}", root / name
     tmp.mkdir()
     try:
         config["files"] = {file: _write(tmp / file, data) for file, data in blobs.items()}
@@ -156,38 +120,42 @@ def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 
     if final.exists():  # re-saving a step: `latest` names the complete temp dir while the old one goes
         _set_latest(root, tmp.name)
         shutil.rmtree(final)
-        linked = root / f".tmp-link-{name}-{os.getpid()}"
-        shutil.copytree(tmp, linked, copy_function=os.link)
-        _fsync(linked)
-        tmp = linked
+        tmp = shutil.copytree(tmp, root / f".tmp-link-{uuid.uuid4().hex}", copy_function=os.link)
     os.replace(tmp, final)
     _fsync(root)
     _set_latest(root, name)
     older = sorted((int(m[1]), p) for p in root.iterdir() if (m := STEP_DIR.fullmatch(p.name)) and int(m[1]) < step)
-    kept = {p for _, p in older[len(older) - keep + 1:]} if keep > 1 else set()
-    for p in root.iterdir():  # older steps beyond `keep`, stray temp entries, steps of an abandoned run
-        if p != final and p.name != LATEST and p not in kept:
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    kept = {final, root / LATEST, *(p for _, p in older[len(older) - keep + 1:])}
+    for p in set(root.iterdir()) - kept:  # older steps, steps of an abandoned run, stray temp entries
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     return final
 
-
-# ---- load ---------------------------------------------------------------------------------------
 
 def checkpoint_exists(path) -> bool:
     """True if `path` is a checkpoint root with a `latest` pointer, or a step directory."""
     return (Path(path) / LATEST).is_file() or (Path(path) / CONFIG).is_file()
 
 
-def _read(d: Path, name: str) -> bytes:
+def _check(ok: object, where: Path, field: str, allowed: str, value: object) -> None:
+    if not ok:
+        raise CheckpointError(f"{where}: field {field!r} must be {allowed}, got {value!r:.100}")
+
+
+def _read(d: Path, name: str, kind: str = "", sha: str | None = None) -> object:
+    """d/name as bytes, or parsed (kind "json" or "safetensors"), after checking its sha256 if given."""
     p = d / name
-    if p.is_symlink():
-        raise CheckpointError(f"{p}: is a symlink; a checkpoint holds plain files only")
     try:
-        return p.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{p}: missing checkpoint file") from None
-    except OSError as e:
-        raise CheckpointError(f"{p}: cannot read: {e.strerror or e}") from None
+        if p.is_symlink():
+            raise ValueError("a symlink (a checkpoint holds plain files only)")
+        data = p.read_bytes()
+        if sha is not None and hashlib.sha256(data).hexdigest() != sha:
+            raise ValueError(f"its sha256 differs from the one in {CONFIG}")
+        obj = json.loads(data) if kind == "json" else st_load(data) if kind == "safetensors" else data
+    except Exception as e:  # OSError, bad JSON (ValueError, RecursionError), safetensors' own error types
+        why = "missing" if isinstance(e, FileNotFoundError) else "unreadable or corrupt"
+        raise CheckpointError(f"{p}: {why}: {getattr(e, 'strerror', None) or e}") from None
+    _check(kind != "json" or isinstance(obj, dict), p, "(top level)", "a JSON object", obj)
+    return obj
 
 
 def _step_dir(path: Path) -> Path:
@@ -195,48 +163,11 @@ def _step_dir(path: Path) -> Path:
         return path
     if not path.is_dir():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        name = _read(path, LATEST).decode().strip()
-    except UnicodeDecodeError:
-        name = "(not text)"
-    if not LATEST_NAME.fullmatch(name):
-        raise CheckpointError(f"{path / LATEST}: {name[:80]!r} is not a step directory name such as 'step-000040'")
-    if (path / name).is_symlink() or not (path / name).is_dir():
-        raise CheckpointError(f"{path / LATEST}: names {name}, which is not a directory in {path}")
+    name = _read(path, LATEST).decode(errors="replace").strip()
+    _check(re.fullmatch(r"(\.tmp-)?step-\d+(-[0-9a-f]+)?", name), path / LATEST, "(content)", "a step directory name", name)
+    _check((path / name).is_dir() and not (path / name).is_symlink(), path / LATEST, "(content)",
+           f"the name of a directory in {path}", name)
     return path / name
-
-
-def _parse_json(d: Path, name: str, data: bytes) -> dict:
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as e:
-        raise CheckpointError(f"{d / name}: not valid JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{d / name}: must hold a JSON object, got {type(obj).__name__}")
-    return obj
-
-
-def _check(ok: bool, where: Path, field: str, allowed: str, value: Any) -> None:
-    if not ok:
-        raise CheckpointError(f"{where}: field {field!r} must be {allowed}, got {value!r:.80}")
-
-
-def _model_config(where: Path, raw: Any) -> ModelConfig:
-    _check(isinstance(raw, dict), where, "model_config", "a table of ModelConfig fields", raw)
-    try:
-        cfg = from_dict(ModelConfig, raw, where=f"{where} model_config")
-    except (ValueError, TypeError, ArithmeticError) as e:  # ConfigError, or n_heads=0 dividing
-        raise CheckpointError(f"{where}: field 'model_config': {e}") from None
-    for k, v in to_dict(cfg).items():
-        _check(isinstance(v, bool) or 0 < v < math.inf, where, f"model_config.{k}", "a positive finite number", v)
-    return cfg
-
-
-def _tensors(p: Path, data: bytes) -> dict[str, torch.Tensor]:
-    try:
-        return st_load(data)
-    except Exception as e:  # safetensors raises its own error types for bad headers and sizes
-        raise CheckpointError(f"{p}: not a valid safetensors file: {e}") from None
 
 
 def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = None,
@@ -246,83 +177,75 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
     from minichord.tokenizer import SPECIAL_ROLES, Tokenizer, TokenizerError
 
     d = _step_dir(Path(path))
-    where, c = d / CONFIG, _parse_json(d, CONFIG, _read(d, CONFIG))
-    _check(c.get("format") == FORMAT and c.get("version") == VERSION and type(c.get("version")) is int, where,
-           "format/version", f"{FORMAT!r} version {VERSION}", (c.get("format"), c.get("version")))
-    _check(set(c) <= KEYS, where, "keys", f"among {sorted(KEYS)}", sorted(set(c) - KEYS))
+    where, c = d / CONFIG, _read(d, CONFIG, "json")
+    _check(c.get("format") == FORMAT and type(c.get("version")) is int and c["version"] == VERSION, where,
+           "format/version", f"{FORMAT!r} version {VERSION}", [c.get("format"), c.get("version")])
+    _check(set(c) <= KEYS, where, "(keys)", f"among {sorted(KEYS)}", sorted(set(c) - KEYS))
     step, m = c.get("step"), STEP_DIR.fullmatch(d.name)
     _check(type(step) is int and step >= 0 and (not m or int(m[1]) == step), where, "step",
-           f"an int >= 0{f' equal to {int(m[1])} (the directory name)' if m else ''}", step)
+           "an int >= 0" + (f" equal to the {int(m[1])} in the directory name" if m else ""), step)
     _check(isinstance(c.get("meta"), dict), where, "meta", "an object", c.get("meta"))
     _check(c.get("dtype") in DTYPES, where, "dtype", " or ".join(DTYPES), c.get("dtype"))
-    files, known = c.get("files"), (MODEL, TOKENIZER, OPT_TENSORS, OPT_JSON)
-    _check(isinstance(files, dict) and MODEL in files and set(files) <= set(known)
-           and all(isinstance(v, str) for v in files.values()), where, "files",
-           f"a table {{name: sha256}} of {', '.join(known)} with {MODEL}", files)
-    for name in known:
-        _check(name in files or not os.path.lexists(d / name), where, "files", f"a table listing {name}", files)
-    _check((OPT_TENSORS in files) == (OPT_JSON in files), where, "files", f"listing both {OPT_TENSORS} and {OPT_JSON}", files)
+    files, known = c.get("files"), [MODEL, TOKENIZER, OPT_TENSORS, OPT_JSON]
+    _check(isinstance(files, dict) and MODEL in files and set(files) <= set(known) and (OPT_JSON in files) == (
+        OPT_TENSORS in files) and all(isinstance(v, str) for v in files.values()), where, "files",
+           f"{{name: sha256}} naming {MODEL} and optionally {', '.join(known[1:])} (the last two together)", files)
+    stray = [n for n in known if n not in files and os.path.lexists(d / n)]
+    _check(not stray, where, "files", f"a table that lists every checkpoint file in {d}; it omits", stray)
     specials = c.get("tokenizer_special_tokens")
     _check(specials is None or isinstance(specials, dict) and all(isinstance(v, str) for v in specials.values()),
            where, "tokenizer_special_tokens", "an object {role: token text}", specials)
-    cfg = _model_config(where, c.get("model_config"))
-    problems = []
-    if expect_config is not None:
-        have, want = to_dict(cfg), to_dict(expect_config)
-        problems = [f"{k}: checkpoint has {have[k]}, expected {want[k]}" for k in have if have[k] != want[k]]
+    _check(isinstance(c.get("model_config"), dict), where, "model_config", "a table", c.get("model_config"))
+    try:
+        cfg = from_dict(ModelConfig, c["model_config"], where=f"{where}: model_config")
+    except (ValueError, TypeError, ArithmeticError) as e:  # ConfigError, or n_heads=0 dividing
+        raise CheckpointError(str(e)) from None
+    for k, v in to_dict(cfg).items():
+        _check(isinstance(v, bool) or 0 < v < math.inf, where, f"model_config.{k}", "a positive finite number", v)
+    problems = [f"{k}: checkpoint has {v}, expected {w}" for (k, v), w in
+                zip(to_dict(cfg).items(), to_dict(expect_config).values()) if v != w] if expect_config else []
     if expect_vocab_size is not None and cfg.vocab_size != expect_vocab_size:
         problems.append(f"vocab_size: checkpoint has {cfg.vocab_size}, expected {expect_vocab_size}")
     if problems:
         raise CheckpointError(f"checkpoint {d} does not match: " + "; ".join(dict.fromkeys(problems)))
-    blobs = {name: _read(d, name) for name in files}
-    for name, data in blobs.items():
-        if hashlib.sha256(data).hexdigest() != files[name]:
-            raise CheckpointError(f"{d / name}: corrupt: its sha256 differs from the one in {where}")
 
-    weights = _tensors(d / MODEL, blobs[MODEL])
+    weights = _read(d, MODEL, "safetensors", files[MODEL])
     stored = sorted({str(t.dtype).removeprefix("torch.") for t in weights.values() if t.is_floating_point()})
     _check(stored == [c["dtype"]], where, "dtype", f"the dtype of the weights in {MODEL}, {stored}", c["dtype"])
     _check(cfg.n_layers <= len(weights), where, "model_config.n_layers", f"<= the {len(weights)} tensors", cfg.n_layers)
     try:
-        with torch.device("meta"):
+        with torch.device("meta"):  # no memory yet: the loaded tensors become the parameters
             model = Transformer(cfg)
-    except (RuntimeError, ValueError, OverflowError) as e:
-        raise CheckpointError(f"{where}: field 'model_config' does not build a model: {e}") from None
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in weights.items()}
-    diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
-    if diff:
-        raise CheckpointError(f"{d / MODEL}: does not fit model_config ({len(diff)} tensors differ), e.g. "
-                              f"{diff[0]}: file has {have.get(diff[0])}, model_config needs {want.get(diff[0])}")
-    model.load_state_dict(weights, strict=True, assign=True)
+        model.load_state_dict(weights, strict=True, assign=True)
+    except (RuntimeError, ValueError, OverflowError) as e:  # missing / unexpected names, wrong shapes
+        raise CheckpointError(f"{d / MODEL}: does not fit model_config: {e}") from None
     model.to(device)
 
     tokenizer = None
     if TOKENIZER in files:
         try:
-            tokenizer = Tokenizer.from_json(blobs[TOKENIZER].decode(), specials, source=str(d / TOKENIZER))
+            text = _read(d, TOKENIZER, "", files[TOKENIZER]).decode()
+            tokenizer = Tokenizer.from_json(text, specials, source=str(d / TOKENIZER))
         except (TokenizerError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{d / TOKENIZER}: {e}") from None
-        bad = [f"{r} id {getattr(tokenizer, f'{r}_id')} >= model vocab_size {cfg.vocab_size}" for r in SPECIAL_ROLES
-               if getattr(tokenizer, f"{r}_id") >= cfg.vocab_size]
-        if tokenizer.vocab_size > cfg.vocab_size or bad:
-            raise CheckpointError(f"{d / TOKENIZER}: does not fit the model: " + "; ".join(
-                bad or [f"vocab size {tokenizer.vocab_size} > model vocab_size {cfg.vocab_size}"]))
+        ids = {f"{r} id": getattr(tokenizer, f"{r}_id") for r in SPECIAL_ROLES}
+        bad = [f"{k} {i}" for k, i in {**ids, "largest id": tokenizer.vocab_size - 1}.items() if i >= cfg.vocab_size]
+        _check(not bad, d / TOKENIZER, "(token ids)", f"< the model's vocab_size {cfg.vocab_size}", bad)
 
     optimizer_state = None
     if OPT_JSON in files:
-        j, p = _parse_json(d, OPT_JSON, blobs[OPT_JSON]), d / OPT_JSON
-        groups, scalars = j.get("param_groups"), j.get("state")
-        _check(isinstance(groups, list) and all(isinstance(g, dict) and isinstance(g.get("params"), list)
-                                                for g in groups), p, "param_groups", "a list of {params: [...]}", groups)
-        _check(isinstance(scalars, dict) and all(re.fullmatch("[0-9]{1,9}", k) and isinstance(v, dict)
-                                                 for k, v in scalars.items()), p, "state", "{index: {...}}", scalars)
-        state = {int(k): dict(v) for k, v in scalars.items()}
-        for key, t in _tensors(d / OPT_TENSORS, blobs[OPT_TENSORS]).items():
+        j, p = _read(d, OPT_JSON, "json", files[OPT_JSON]), d / OPT_JSON
+        groups, state = j.get("param_groups"), j.get("state")
+        _check(isinstance(groups, list) and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
+               and isinstance(state, dict) and all(re.fullmatch("[0-9]{1,9}", k) and isinstance(v, dict)
+                                                   for k, v in state.items()), p, "param_groups/state",
+               "[{params: [...], ...}] / {param index: {name: value}}", j)
+        state = {int(k): v for k, v in state.items()}
+        for key, t in _read(d, OPT_TENSORS, "safetensors", files[OPT_TENSORS]).items():
             m = re.fullmatch(r"state\.([0-9]{1,9})\.(.+)", key)
-            _check(m is not None, d / OPT_TENSORS, "tensor name", "state.<index>.<name>", key)
+            _check(m, d / OPT_TENSORS, "(tensor name)", "state.<index>.<name>", key)
             state.setdefault(int(m[1]), {})[m[2]] = t
-        optimizer_state = {"state": state, "param_groups": [
+        optimizer_state = {"state": state, "param_groups": [  # JSON made betas a list: a tuple again
             {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()} for g in groups]}
     return Checkpoint(model=model, model_config=cfg, tokenizer=tokenizer, optimizer_state=optimizer_state,
                       step=step, meta=c["meta"], path=d)
@@ -334,10 +257,8 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> Non
         raise CheckpointError(f"checkpoint {ckpt.path} has no optimizer state")
     try:
         optimizer.load_state_dict(ckpt.optimizer_state)
+        if any(isinstance(v, torch.Tensor) and v.dim() and v.shape != p.shape
+               for p, s in optimizer.state.items() for v in s.values()):
+            raise ValueError("a state tensor does not have its parameter's shape")
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
         raise CheckpointError(f"optimizer state in {ckpt.path} does not fit this optimizer: {e}") from None
-    for p, values in optimizer.state.items():
-        for k, v in values.items():
-            if isinstance(v, torch.Tensor) and v.dim() and v.shape != p.shape:
-                raise CheckpointError(f"optimizer state in {ckpt.path}: {k} has shape {tuple(v.shape)}, "
-                                      f"its parameter {tuple(p.shape)}")
