@@ -126,7 +126,7 @@ class Trainer:
         """Continue from `out/checkpoint` if present: weights, optimizer, step; logs are cut
         back to that step so the files read as one uninterrupted run."""
         path = self.out / "checkpoint"
-        if not checkpoint_exists(path):  # also recovers a save interrupted mid-swap
+        if not checkpoint_exists(path):
             return False
         ckpt = load_checkpoint(path, expect_config=self.model.cfg)
         self.model.load_state_dict(ckpt.model.state_dict())
