@@ -187,21 +187,25 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
     _check(isinstance(c.get("meta"), dict), where, "meta", "an object", c.get("meta"))
     _check(c.get("dtype") in DTYPES, where, "dtype", " or ".join(DTYPES), c.get("dtype"))
     files, known = c.get("files"), [MODEL, TOKENIZER, OPT_TENSORS, OPT_JSON]
-    _check(isinstance(files, dict) and MODEL in files and set(files) <= set(known) and (OPT_JSON in files) == (
-        OPT_TENSORS in files) and all(isinstance(v, str) for v in files.values()), where, "files",
-           f"{{name: sha256}} naming {MODEL} and optionally {', '.join(known[1:])} (the last two together)", files)
-    stray = [n for n in known if n not in files and os.path.lexists(d / n)]
-    _check(not stray, where, "files", f"a table that lists every checkpoint file in {d}; it omits", stray)
+    _check(isinstance(files, dict) and all(isinstance(v, str) for v in files.values()), where, "files",
+           "a table {file name: sha256}", files)
+    odd = sorted(set(files) - set(known)) + [n for n in known if n not in files and os.path.lexists(d / n)]
+    _check(not odd and MODEL in files and (OPT_JSON in files) == (OPT_TENSORS in files), where, "files", f"a table "
+           f"of {MODEL} and optionally {', '.join(known[1:])} (the last two together), listing each one present",
+           odd or sorted(files))
     specials = c.get("tokenizer_special_tokens")
-    _check(specials is None or isinstance(specials, dict) and all(isinstance(v, str) for v in specials.values()),
-           where, "tokenizer_special_tokens", "an object {role: token text}", specials)
-    _check(isinstance(c.get("model_config"), dict), where, "model_config", "a table", c.get("model_config"))
+    _check(isinstance(specials, dict) and all(isinstance(v, str) for v in specials.values()) if TOKENIZER in files
+           else specials is None, where, "tokenizer_special_tokens", "{role: token text} with tokenizer.json", specials)
+    raw = c.get("model_config")
+    _check(isinstance(raw, dict) and {f.name for f in dataclasses.fields(ModelConfig)} <= set(raw), where,
+           "model_config", "a table of every ModelConfig field", raw)
+    for k, v in raw.items():  # before ModelConfig divides by any of them
+        _check(isinstance(v, bool) or isinstance(v, (int, float)) and 0 < v < math.inf, where, f"model_config.{k}",
+               "true, false or a positive finite number", v)
     try:
-        cfg = from_dict(ModelConfig, c["model_config"], where=f"{where}: model_config")
-    except (ValueError, TypeError, ArithmeticError) as e:  # ConfigError, or n_heads=0 dividing
+        cfg = from_dict(ModelConfig, raw, where=f"{where}: field model_config")
+    except (ValueError, TypeError, ArithmeticError) as e:  # a ConfigError, or what its checks let through
         raise CheckpointError(str(e)) from None
-    for k, v in to_dict(cfg).items():
-        _check(isinstance(v, bool) or 0 < v < math.inf, where, f"model_config.{k}", "a positive finite number", v)
     problems = [f"{k}: checkpoint has {v}, expected {w}" for (k, v), w in
                 zip(to_dict(cfg).items(), to_dict(expect_config).values()) if v != w] if expect_config else []
     if expect_vocab_size is not None and cfg.vocab_size != expect_vocab_size:
@@ -217,7 +221,7 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
         with torch.device("meta"):  # no memory yet: the loaded tensors become the parameters
             model = Transformer(cfg)
         model.load_state_dict(weights, strict=True, assign=True)
-    except (RuntimeError, ValueError, OverflowError) as e:  # missing / unexpected names, wrong shapes
+    except (RuntimeError, ValueError, TypeError, OverflowError) as e:  # missing/unexpected names, shapes
         raise CheckpointError(f"{d / MODEL}: does not fit model_config: {e}") from None
     model.to(device)
 
