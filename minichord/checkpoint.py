@@ -1,25 +1,17 @@
 """Checkpoints: step directories of safetensors + JSON, published atomically, never unpickled.
 
-    root/latest                   names the newest complete step directory
-    root/step-000040/config.json  format, version, step, meta, dtype, model_config, tokenizer special
-                                  tokens, files: {name: sha256} of the other files, all required
-      model.safetensors, tokenizer.json (optional), optimizer.safetensors + optimizer.json (optional:
-      an AdamW-like state_dict, tensors named state.<param index>.<name>, the rest as JSON)
+    root/latest                  the name of the newest complete step directory
+    root/step-000040/config.json format, version, step, meta, dtype, model_config, tokenizer special
+        tokens, and files: {name: sha256} of model.safetensors, tokenizer.json (optional) and
+        optimizer.safetensors + optimizer.json (optional: AdamW-like state, tensors named state.<i>.<name>)
 
 Save writes `root/.tmp-step-000040-<random>`, renames it to `step-000040`, replaces `latest`, then
-deletes steps beyond `keep` and stray temp entries; every write is fsynced before its rename, so a
-kill at any moment leaves `latest` naming a complete directory (re-saving a step points `latest` at
-the temp directory while a hard-linked copy replaces the old one). Load checks every field and file.
+deletes steps beyond `keep` and stray temp entries. Every write is fsynced before its rename, so a kill
+at any moment leaves `latest` naming a complete directory (to re-save a step, `latest` names the temp
+directory while a hard-linked copy replaces the old one). Load checks every field and every file.
 """
 
-import dataclasses
-import hashlib
-import json
-import math
-import os
-import re
-import shutil
-import uuid
+import dataclasses, hashlib, json, math, os, re, shutil, uuid  # noqa: E401
 from pathlib import Path
 
 import torch
@@ -29,7 +21,7 @@ from minichord.config import ModelConfig, from_dict, to_dict
 
 FORMAT, VERSION, CONFIG, LATEST = "minichord-checkpoint", 2, "config.json", "latest"
 MODEL, TOKENIZER, OPT_TENSORS, OPT_JSON = "model.safetensors", "tokenizer.json", "optimizer.safetensors", "optimizer.json"
-KEYS = {"format", "version", "step", "meta", "dtype", "model_config", "files", "tokenizer_special_tokens"}
+KEYS = {"format", "version", "step", "meta", "dtype", "files", "model_config", "tokenizer_special_tokens"}
 DTYPES, STEP_DIR = ("float32", "bfloat16", "float16"), re.compile(r"step-(\d+)")
 
 
@@ -65,17 +57,17 @@ def _write(path: Path, data: bytes) -> str:
 
 
 def _set_latest(root: Path, name: str) -> None:
-    _write(root / f".tmp-latest-{os.getpid()}", name.encode())
-    os.replace(root / f".tmp-latest-{os.getpid()}", root / LATEST)
+    _write(root / ".tmp-latest", name.encode())
+    os.replace(root / ".tmp-latest", root / LATEST)
     _fsync(root)
 
 
 def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 0, meta: dict | None = None,
                     keep: int = 3) -> Path:
     """Save as `root/step-<step>`, point `root/latest` at it, keep the last `keep` steps; returns the step dir."""
-    root, cfg = Path(root), getattr(model, "cfg", None)
-    ours = lambda name: name == LATEST or name.startswith(".tmp-") or STEP_DIR.fullmatch(name)  # noqa: E731
-    if root.exists() and not (root.is_dir() and all(ours(p.name) for p in root.iterdir())):
+    root, cfg, meta = Path(root), getattr(model, "cfg", None), {} if meta is None else meta
+    if root.exists() and not (root.is_dir() and all(p.name == LATEST or p.name.startswith(".tmp-")
+                                                    or STEP_DIR.fullmatch(p.name) for p in root.iterdir())):
         raise CheckpointError(f"refusing to save into {root}: it is not a directory of checkpoints")
     if not isinstance(cfg, ModelConfig) or type(step) is not int or step < 0 or type(keep) is not int or keep < 1:
         raise CheckpointError(f"need a model with a .cfg ModelConfig, step >= 0 and keep >= 1, got {step=}, {keep=}")
@@ -85,29 +77,28 @@ def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 
     dtypes = {str(t.dtype).removeprefix("torch.") for t in weights.values() if t.is_floating_point()}
     if len(dtypes) != 1 or not dtypes <= set(DTYPES):
         raise CheckpointError(f"model weights must all be one of {', '.join(DTYPES)}, got {sorted(dtypes)}")
-    config = {"format": FORMAT, "version": VERSION, "step": step, "meta": meta or {}, "dtype": dtypes.pop(),
+    config = {"format": FORMAT, "version": VERSION, "step": step, "meta": meta, "dtype": dtypes.pop(),
               "model_config": to_dict(cfg)}
     blobs = {MODEL: weights}
     if tokenizer is not None:
-        blobs[TOKENIZER] = tokenizer.to_json().encode()
-        config["tokenizer_special_tokens"] = tokenizer.special_tokens
-    if optimizer is not None:  # AdamW-like: {int: {name: tensor or number}}, groups of JSON values
+        config["tokenizer_special_tokens"], blobs[TOKENIZER] = tokenizer.special_tokens, tokenizer.to_json().encode()
+    if optimizer is not None:  # AdamW-like: {int: {name: tensor or number}}, param_groups of JSON values
         sd = optimizer.state_dict()
         blobs[OPT_TENSORS] = {f"state.{i}.{k}": v.detach().cpu().contiguous()
-                              for i, s in sd["state"].items() for k, v in s.items() if isinstance(v, torch.Tensor)}
+                              for i, s in sd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
         blobs[OPT_JSON] = {"param_groups": sd["param_groups"], "state": {
-            i: {k: v for k, v in s.items() if not isinstance(v, torch.Tensor)} for i, s in sd["state"].items()}}
+            i: {k: v for k, v in s.items() if not torch.is_tensor(v)} for i, s in sd["state"].items()}}
     try:  # non-JSON meta or optimizer values, and tensors sharing memory, are refused here (never pickled)
+        if not isinstance(meta, dict) or optimizer and any(type(i) is not int for i in sd["state"]):
+            raise TypeError("meta must be a dict, and the optimizer's state keys parameter indices")
         blobs = {k: st_save(v) if k.endswith(".safetensors") else v if k == TOKENIZER else json.dumps(v).encode()
                  for k, v in blobs.items()}
-        if not isinstance(json.loads(json.dumps(config["meta"])), dict) or optimizer and any(
-                type(i) is not int for i in sd["state"]):
-            raise TypeError("meta must be a dict, and the optimizer's state keys parameter indices")
+        json.dumps(config)
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"cannot save a checkpoint without pickle: {e}") from None
 
-    name = f"step-{step:06d}"
     root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:06d}"
     tmp, final = root / f".tmp-{name}-{uuid.uuid4().hex}", root / name
     tmp.mkdir()
     try:
@@ -158,47 +149,40 @@ def _read(d: Path, name: str, kind: str = "", sha: str | None = None) -> object:
     return obj
 
 
-def _step_dir(path: Path) -> Path:
-    if (path / CONFIG).is_file() and not (path / LATEST).exists():
-        return path
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    name = _read(path, LATEST).decode(errors="replace").strip()
-    _check(re.fullmatch(r"(\.tmp-)?step-\d+(-[0-9a-f]+)?", name), path / LATEST, "(content)", "a step directory name", name)
-    _check((path / name).is_dir() and not (path / name).is_symlink(), path / LATEST, "(content)",
-           f"the name of a directory in {path}", name)
-    return path / name
-
-
 def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = None,
                     expect_vocab_size: int | None = None) -> Checkpoint:
     """Read a checkpoint root (follows `latest`) or a step directory, checking every field and file."""
     from minichord.model import Transformer  # here, so checkpoint.py imports without model.py
     from minichord.tokenizer import SPECIAL_ROLES, Tokenizer, TokenizerError
 
-    d = _step_dir(Path(path))
+    d = Path(path)
+    if not (d / CONFIG).is_file() or (d / LATEST).exists():  # a root: follow `latest`
+        if not d.is_dir():
+            raise CheckpointError(f"checkpoint not found: {d}")
+        name = _read(d, LATEST).decode(errors="replace").strip()
+        _check(re.fullmatch(r"(\.tmp-)?step-\d+(-[0-9a-f]+)?", name) and (d / name).is_dir()
+               and not (d / name).is_symlink(), d / LATEST, "(content)", f"a step directory in {d}", name)
+        d = d / name
     where, c = d / CONFIG, _read(d, CONFIG, "json")
-    _check(c.get("format") == FORMAT and type(c.get("version")) is int and c["version"] == VERSION, where,
-           "format/version", f"{FORMAT!r} version {VERSION}", [c.get("format"), c.get("version")])
-    _check(set(c) <= KEYS, where, "(keys)", f"among {sorted(KEYS)}", sorted(set(c) - KEYS))
-    step, m = c.get("step"), STEP_DIR.fullmatch(d.name)
-    _check(type(step) is int and step >= 0 and (not m or int(m[1]) == step), where, "step",
-           "an int >= 0" + (f" equal to the {int(m[1])} in the directory name" if m else ""), step)
-    _check(isinstance(c.get("meta"), dict), where, "meta", "an object", c.get("meta"))
-    _check(c.get("dtype") in DTYPES, where, "dtype", " or ".join(DTYPES), c.get("dtype"))
-    files, known = c.get("files"), [MODEL, TOKENIZER, OPT_TENSORS, OPT_JSON]
-    _check(isinstance(files, dict) and all(isinstance(v, str) for v in files.values()), where, "files",
-           "a table {file name: sha256}", files)
-    odd = sorted(set(files) - set(known)) + [n for n in known if n not in files and os.path.lexists(d / n)]
-    _check(not odd and MODEL in files and (OPT_JSON in files) == (OPT_TENSORS in files), where, "files", f"a table "
-           f"of {MODEL} and optionally {', '.join(known[1:])} (the last two together), listing each one present",
-           odd or sorted(files))
-    specials = c.get("tokenizer_special_tokens")
-    _check(isinstance(specials, dict) and all(isinstance(v, str) for v in specials.values()) if TOKENIZER in files
-           else specials is None, where, "tokenizer_special_tokens", "{role: token text} with tokenizer.json", specials)
-    raw = c.get("model_config")
-    _check(isinstance(raw, dict) and {f.name for f in dataclasses.fields(ModelConfig)} <= set(raw), where,
-           "model_config", "a table of every ModelConfig field", raw)
+    files, specials, raw = c.get("files"), c.get("tokenizer_special_tokens"), c.get("model_config")
+    known, m, listed = [MODEL, TOKENIZER, OPT_TENSORS, OPT_JSON], STEP_DIR.fullmatch(d.name), set(files if isinstance(files, dict) else ())
+    odd = sorted(listed - set(known)) + [n for n in known if n not in listed and os.path.lexists(d / n)]
+    for field, ok, allowed in [
+            ("format", c.get("format") == FORMAT, repr(FORMAT)),
+            ("version", type(c.get("version")) is int and c["version"] == VERSION, str(VERSION)),
+            ("step", type(c.get("step")) is int and c["step"] >= 0 and (not m or int(m[1]) == c["step"]),
+             "an int >= 0" + (f", {int(m[1])} as in the directory name" if m else "")),
+            ("meta", isinstance(c.get("meta"), dict), "an object"),
+            ("dtype", c.get("dtype") in DTYPES, " or ".join(DTYPES)),
+            ("files", isinstance(files, dict) and all(isinstance(v, str) for v in files.values()) and not odd
+             and MODEL in listed and (OPT_JSON in listed) == (OPT_TENSORS in listed), f"{{name: sha256}} of {MODEL} and "
+             f"optionally {', '.join(known[1:])} (the last two together), listing each one present"),
+            ("tokenizer_special_tokens", isinstance(specials, dict) and all(isinstance(v, str) for v in specials.values())
+             if TOKENIZER in listed else specials is None, "{role: token text} if there is a tokenizer.json"),
+            ("model_config", isinstance(raw, dict) and {f.name for f in dataclasses.fields(ModelConfig)} <= set(raw),
+             "a table of every ModelConfig field"),
+            ("(unknown keys)", set(c) <= KEYS, f"among {sorted(KEYS)}")]:
+        _check(ok, where, field, allowed, {"files": odd or files, "(unknown keys)": set(c) - KEYS}.get(field, c.get(field)))
     for k, v in raw.items():  # before ModelConfig divides by any of them
         _check(isinstance(v, bool) or isinstance(v, (int, float)) and 0 < v < math.inf, where, f"model_config.{k}",
                "true, false or a positive finite number", v)
@@ -206,12 +190,10 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
         cfg = from_dict(ModelConfig, raw, where=f"{where}: field model_config")
     except (ValueError, TypeError, ArithmeticError) as e:  # a ConfigError, or what its checks let through
         raise CheckpointError(str(e)) from None
-    problems = [f"{k}: checkpoint has {v}, expected {w}" for (k, v), w in
-                zip(to_dict(cfg).items(), to_dict(expect_config).values()) if v != w] if expect_config else []
-    if expect_vocab_size is not None and cfg.vocab_size != expect_vocab_size:
-        problems.append(f"vocab_size: checkpoint has {cfg.vocab_size}, expected {expect_vocab_size}")
-    if problems:
-        raise CheckpointError(f"checkpoint {d} does not match: " + "; ".join(dict.fromkeys(problems)))
+    want = {**(to_dict(expect_config) if expect_config else {}),
+            **({} if expect_vocab_size is None else {"vocab_size": expect_vocab_size})}
+    if problems := [f"{k}: checkpoint has {v}, expected {want[k]}" for k, v in to_dict(cfg).items() if want.get(k, v) != v]:
+        raise CheckpointError(f"checkpoint {d} does not match: " + "; ".join(problems))
 
     weights = _read(d, MODEL, "safetensors", files[MODEL])
     stored = sorted({str(t.dtype).removeprefix("torch.") for t in weights.values() if t.is_floating_point()})
@@ -223,20 +205,16 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
         model.load_state_dict(weights, strict=True, assign=True)
     except (RuntimeError, ValueError, TypeError, OverflowError) as e:  # missing/unexpected names, shapes
         raise CheckpointError(f"{d / MODEL}: does not fit model_config: {e}") from None
-    model.to(device)
 
-    tokenizer = None
+    tokenizer = optimizer_state = None
     if TOKENIZER in files:
         try:
-            text = _read(d, TOKENIZER, "", files[TOKENIZER]).decode()
-            tokenizer = Tokenizer.from_json(text, specials, source=str(d / TOKENIZER))
+            tokenizer = Tokenizer.from_json(_read(d, TOKENIZER, "", files[TOKENIZER]).decode(), specials, str(d / TOKENIZER))
         except (TokenizerError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{d / TOKENIZER}: {e}") from None
-        ids = {f"{r} id": getattr(tokenizer, f"{r}_id") for r in SPECIAL_ROLES}
-        bad = [f"{k} {i}" for k, i in {**ids, "largest id": tokenizer.vocab_size - 1}.items() if i >= cfg.vocab_size]
+        ids = {**{f"{r} id": getattr(tokenizer, f"{r}_id") for r in SPECIAL_ROLES}, "largest id": tokenizer.vocab_size - 1}
+        bad = [f"{k} {i}" for k, i in ids.items() if i >= cfg.vocab_size]
         _check(not bad, d / TOKENIZER, "(token ids)", f"< the model's vocab_size {cfg.vocab_size}", bad)
-
-    optimizer_state = None
     if OPT_JSON in files:
         j, p = _read(d, OPT_JSON, "json", files[OPT_JSON]), d / OPT_JSON
         groups, state = j.get("param_groups"), j.get("state")
@@ -251,8 +229,8 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
             state.setdefault(int(m[1]), {})[m[2]] = t
         optimizer_state = {"state": state, "param_groups": [  # JSON made betas a list: a tuple again
             {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()} for g in groups]}
-    return Checkpoint(model=model, model_config=cfg, tokenizer=tokenizer, optimizer_state=optimizer_state,
-                      step=step, meta=c["meta"], path=d)
+    return Checkpoint(model=model.to(device), model_config=cfg, tokenizer=tokenizer, optimizer_state=optimizer_state,
+                      step=c["step"], meta=c["meta"], path=d)
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
@@ -261,8 +239,7 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> Non
         raise CheckpointError(f"checkpoint {ckpt.path} has no optimizer state")
     try:
         optimizer.load_state_dict(ckpt.optimizer_state)
-        if any(isinstance(v, torch.Tensor) and v.dim() and v.shape != p.shape
-               for p, s in optimizer.state.items() for v in s.values()):
+        if any(torch.is_tensor(v) and v.dim() and v.shape != p.shape for p, s in optimizer.state.items() for v in s.values()):
             raise ValueError("a state tensor does not have its parameter's shape")
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
         raise CheckpointError(f"optimizer state in {ckpt.path} does not fit this optimizer: {e}") from None
