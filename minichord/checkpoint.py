@@ -1,14 +1,11 @@
 """Checkpoints: step directories of safetensors + JSON, published atomically, never unpickled.
 
-    root/latest                  the name of the newest complete step directory
-    root/step-000040/config.json format, version, step, meta, dtype, model_config, tokenizer special
-        tokens, and files: {name: sha256} of model.safetensors, tokenizer.json (optional) and
-        optimizer.safetensors + optimizer.json (optional: AdamW-like state, tensors named state.<i>.<name>)
-
-Save writes `root/.tmp-step-000040-<random>`, renames it to `step-000040`, replaces `latest`, then
-deletes steps beyond `keep` and stray temp entries. Every write is fsynced before its rename, so a kill
-at any moment leaves `latest` naming a complete directory (to re-save a step, `latest` names the temp
-directory while a hard-linked copy replaces the old one). Load checks every field and every file.
+root/latest names the newest complete step directory. root/step-000040/config.json holds format, version,
+step, meta, dtype, model_config, tokenizer special tokens, optimizer (param_groups and numbers of an AdamW-like
+state_dict) and files: {name: sha256} of model.safetensors, tokenizer.json and optimizer.safetensors (its
+tensors named state.<param index>.<name>). Save writes `root/.tmp-step-000040-<random>`, renames it to
+`step-000040`, replaces `latest`, then deletes steps beyond `keep` and stray temp entries; each write is fsynced
+before its rename, so a kill at any moment leaves `latest` naming a complete directory.
 """
 
 import dataclasses, hashlib, json, math, os, re, shutil, uuid  # noqa: E401
@@ -20,9 +17,9 @@ from safetensors.torch import load as st_load, save as st_save
 from minichord.config import ModelConfig, from_dict, to_dict
 
 FORMAT, VERSION, CONFIG, LATEST = "minichord-checkpoint", 2, "config.json", "latest"
-MODEL, TOKENIZER, OPT_TENSORS, OPT_JSON = "model.safetensors", "tokenizer.json", "optimizer.safetensors", "optimizer.json"
-KEYS = {"format", "version", "step", "meta", "dtype", "files", "model_config", "tokenizer_special_tokens"}
-DTYPES, STEP_DIR = ("float32", "bfloat16", "float16"), re.compile(r"step-(\d+)")
+MODEL, TOKENIZER, OPTIMIZER = "model.safetensors", "tokenizer.json", "optimizer.safetensors"
+KEYS = {"format", "version", "step", "meta", "dtype", "model_config", "tokenizer_special_tokens", "optimizer", "files"}
+DTYPES, STEP_DIR, OURS = ("float32", "bfloat16", "float16"), re.compile(r"step-(\d+)"), re.compile(r"latest|\.tmp-.*|step-\d+")
 
 
 class CheckpointError(RuntimeError):
@@ -66,8 +63,7 @@ def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 
                     keep: int = 3) -> Path:
     """Save as `root/step-<step>`, point `root/latest` at it, keep the last `keep` steps; returns the step dir."""
     root, cfg, meta = Path(root), getattr(model, "cfg", None), {} if meta is None else meta
-    if root.exists() and not (root.is_dir() and all(p.name == LATEST or p.name.startswith(".tmp-")
-                                                    or STEP_DIR.fullmatch(p.name) for p in root.iterdir())):
+    if root.exists() and not (root.is_dir() and all(OURS.fullmatch(p.name) for p in root.iterdir())):
         raise CheckpointError(f"refusing to save into {root}: it is not a directory of checkpoints")
     if not isinstance(cfg, ModelConfig) or type(step) is not int or step < 0 or type(keep) is not int or keep < 1:
         raise CheckpointError(f"need a model with a .cfg ModelConfig, step >= 0 and keep >= 1, got {step=}, {keep=}")
@@ -84,40 +80,33 @@ def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 
         config["tokenizer_special_tokens"], blobs[TOKENIZER] = tokenizer.special_tokens, tokenizer.to_json().encode()
     if optimizer is not None:  # AdamW-like: {int: {name: tensor or number}}, param_groups of JSON values
         sd = optimizer.state_dict()
-        blobs[OPT_TENSORS] = {f"state.{i}.{k}": v.detach().cpu().contiguous()
-                              for i, s in sd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
-        blobs[OPT_JSON] = {"param_groups": sd["param_groups"], "state": {
+        blobs[OPTIMIZER] = {f"state.{i}.{k}": v.detach().cpu().contiguous()
+                            for i, s in sd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+        config["optimizer"] = {"param_groups": sd["param_groups"], "state": {
             i: {k: v for k, v in s.items() if not torch.is_tensor(v)} for i, s in sd["state"].items()}}
     try:  # non-JSON meta or optimizer values, and tensors sharing memory, are refused here (never pickled)
         if not isinstance(meta, dict) or optimizer and any(type(i) is not int for i in sd["state"]):
             raise TypeError("meta must be a dict, and the optimizer's state keys parameter indices")
-        blobs = {k: st_save(v) if k.endswith(".safetensors") else v if k == TOKENIZER else json.dumps(v).encode()
-                 for k, v in blobs.items()}
+        blobs = {k: v if k == TOKENIZER else st_save(v) for k, v in blobs.items()}
         json.dumps(config)
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"cannot save a checkpoint without pickle: {e}") from None
 
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:06d}"
-    tmp, final = root / f".tmp-{name}-{uuid.uuid4().hex}", root / name
-    tmp.mkdir()
-    try:
-        config["files"] = {file: _write(tmp / file, data) for file, data in blobs.items()}
-        _write(tmp / CONFIG, json.dumps(config, indent=1).encode())
-        _fsync(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():  # re-saving a step: `latest` names the complete temp dir while the old one goes
+    final = root / f"step-{step:06d}"
+    (tmp := root / f".tmp-{final.name}-{uuid.uuid4().hex}").mkdir()
+    config["files"] = {file: _write(tmp / file, data) for file, data in blobs.items()}  # a failed write leaves
+    _write(tmp / CONFIG, json.dumps(config, indent=1).encode())  # a stray temp dir; the next save deletes it
+    _fsync(tmp)
+    if final.exists():  # re-saving a step: `latest` names the complete temp dir while a hard-linked copy moves in
         _set_latest(root, tmp.name)
         shutil.rmtree(final)
         tmp = shutil.copytree(tmp, root / f".tmp-link-{uuid.uuid4().hex}", copy_function=os.link)
     os.replace(tmp, final)
     _fsync(root)
-    _set_latest(root, name)
+    _set_latest(root, final.name)
     older = sorted((int(m[1]), p) for p in root.iterdir() if (m := STEP_DIR.fullmatch(p.name)) and int(m[1]) < step)
-    kept = {final, root / LATEST, *(p for _, p in older[len(older) - keep + 1:])}
-    for p in set(root.iterdir()) - kept:  # older steps, steps of an abandoned run, stray temp entries
+    for p in set(root.iterdir()) - {final, root / LATEST, *(p for _, p in older[len(older) - keep + 1:])}:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     return final
 
@@ -133,7 +122,6 @@ def _check(ok: object, where: Path, field: str, allowed: str, value: object) -> 
 
 
 def _read(d: Path, name: str, kind: str = "", sha: str | None = None) -> object:
-    """d/name as bytes, or parsed (kind "json" or "safetensors"), after checking its sha256 if given."""
     p = d / name
     try:
         if p.is_symlink():
@@ -164,9 +152,12 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
                and not (d / name).is_symlink(), d / LATEST, "(content)", f"a step directory in {d}", name)
         d = d / name
     where, c = d / CONFIG, _read(d, CONFIG, "json")
-    files, specials, raw = c.get("files"), c.get("tokenizer_special_tokens"), c.get("model_config")
-    known, m, listed = [MODEL, TOKENIZER, OPT_TENSORS, OPT_JSON], STEP_DIR.fullmatch(d.name), set(files if isinstance(files, dict) else ())
-    odd = sorted(listed - set(known)) + [n for n in known if n not in listed and os.path.lexists(d / n)]
+    files, specials, raw, opt = (c.get(k) for k in ("files", "tokenizer_special_tokens", "model_config", "optimizer"))
+    listed, m = set(files) if isinstance(files, dict) else set(), STEP_DIR.fullmatch(d.name)
+    bad = {k: v for k, v in raw.items() if not isinstance(v, bool) and not (isinstance(v, (int, float)) and 0 < v < math.inf)
+           } if isinstance(raw, dict) else raw  # checked before ModelConfig divides by any of them
+    odd = sorted(listed - {MODEL, TOKENIZER, OPTIMIZER}) + [  # not ours, or present but not listed
+        n for n in (MODEL, TOKENIZER, OPTIMIZER) if n not in listed and os.path.lexists(d / n)]
     for field, ok, allowed in [
             ("format", c.get("format") == FORMAT, repr(FORMAT)),
             ("version", type(c.get("version")) is int and c["version"] == VERSION, str(VERSION)),
@@ -175,23 +166,19 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
             ("meta", isinstance(c.get("meta"), dict), "an object"),
             ("dtype", c.get("dtype") in DTYPES, " or ".join(DTYPES)),
             ("files", isinstance(files, dict) and all(isinstance(v, str) for v in files.values()) and not odd
-             and MODEL in listed and (OPT_JSON in listed) == (OPT_TENSORS in listed), f"{{name: sha256}} of {MODEL} and "
-             f"optionally {', '.join(known[1:])} (the last two together), listing each one present"),
+             and MODEL in listed, f"{{name: sha256}} of {MODEL}, and {TOKENIZER} and {OPTIMIZER} if present"),
             ("tokenizer_special_tokens", isinstance(specials, dict) and all(isinstance(v, str) for v in specials.values())
              if TOKENIZER in listed else specials is None, "{role: token text} if there is a tokenizer.json"),
-            ("model_config", isinstance(raw, dict) and {f.name for f in dataclasses.fields(ModelConfig)} <= set(raw),
-             "a table of every ModelConfig field"),
+            ("model_config", isinstance(raw, dict) and {f.name for f in dataclasses.fields(ModelConfig)} <= set(raw)
+             and not bad, "a table of every ModelConfig field, each true, false or a positive finite number"),
+            ("optimizer", isinstance(opt, dict) if OPTIMIZER in listed else opt is None, f"an object with {OPTIMIZER}"),
             ("(unknown keys)", set(c) <= KEYS, f"among {sorted(KEYS)}")]:
-        _check(ok, where, field, allowed, {"files": odd or files, "(unknown keys)": set(c) - KEYS}.get(field, c.get(field)))
-    for k, v in raw.items():  # before ModelConfig divides by any of them
-        _check(isinstance(v, bool) or isinstance(v, (int, float)) and 0 < v < math.inf, where, f"model_config.{k}",
-               "true, false or a positive finite number", v)
+        _check(ok, where, field, allowed, {"files": odd or files, "model_config": bad or raw, "(unknown keys)": set(c) - KEYS}.get(field, c.get(field)))
     try:
         cfg = from_dict(ModelConfig, raw, where=f"{where}: field model_config")
     except (ValueError, TypeError, ArithmeticError) as e:  # a ConfigError, or what its checks let through
         raise CheckpointError(str(e)) from None
-    want = {**(to_dict(expect_config) if expect_config else {}),
-            **({} if expect_vocab_size is None else {"vocab_size": expect_vocab_size})}
+    want = {**(to_dict(expect_config) if expect_config else {}), **({"vocab_size": expect_vocab_size} if expect_vocab_size else {})}
     if problems := [f"{k}: checkpoint has {v}, expected {want[k]}" for k, v in to_dict(cfg).items() if want.get(k, v) != v]:
         raise CheckpointError(f"checkpoint {d} does not match: " + "; ".join(problems))
 
@@ -215,20 +202,18 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
         ids = {**{f"{r} id": getattr(tokenizer, f"{r}_id") for r in SPECIAL_ROLES}, "largest id": tokenizer.vocab_size - 1}
         bad = [f"{k} {i}" for k, i in ids.items() if i >= cfg.vocab_size]
         _check(not bad, d / TOKENIZER, "(token ids)", f"< the model's vocab_size {cfg.vocab_size}", bad)
-    if OPT_JSON in files:
-        j, p = _read(d, OPT_JSON, "json", files[OPT_JSON]), d / OPT_JSON
-        groups, state = j.get("param_groups"), j.get("state")
-        _check(isinstance(groups, list) and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
-               and isinstance(state, dict) and all(re.fullmatch("[0-9]{1,9}", k) and isinstance(v, dict)
-                                                   for k, v in state.items()), p, "param_groups/state",
-               "[{params: [...], ...}] / {param index: {name: value}}", j)
-        state = {int(k): v for k, v in state.items()}
-        for key, t in _read(d, OPT_TENSORS, "safetensors", files[OPT_TENSORS]).items():
-            m = re.fullmatch(r"state\.([0-9]{1,9})\.(.+)", key)
-            _check(m, d / OPT_TENSORS, "(tensor name)", "state.<index>.<name>", key)
-            state.setdefault(int(m[1]), {})[m[2]] = t
-        optimizer_state = {"state": state, "param_groups": [  # JSON made betas a list: a tuple again
-            {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()} for g in groups]}
+    if OPTIMIZER in files:
+        try:
+            state = {int(i): dict(s) for i, s in opt["state"].items()}
+            for key, t in _read(d, OPTIMIZER, "safetensors", files[OPTIMIZER]).items():
+                _, i, k = key.split(".", 2)
+                state.setdefault(int(i), {})[k] = t
+            groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+                      for g in opt["param_groups"]]  # JSON made betas a list: a tuple again
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{where}: field 'optimizer' must hold state: {{index: {{name: value}}}} and "
+                                  f"param_groups: [{{params: [...], ...}}], and {OPTIMIZER} state.<index>.<name> tensors: {e!r}") from None
+        optimizer_state = {"state": state, "param_groups": groups}
     return Checkpoint(model=model.to(device), model_config=cfg, tokenizer=tokenizer, optimizer_state=optimizer_state,
                       step=c["step"], meta=c["meta"], path=d)
 
@@ -239,7 +224,5 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> Non
         raise CheckpointError(f"checkpoint {ckpt.path} has no optimizer state")
     try:
         optimizer.load_state_dict(ckpt.optimizer_state)
-        if any(torch.is_tensor(v) and v.dim() and v.shape != p.shape for p, s in optimizer.state.items() for v in s.values()):
-            raise ValueError("a state tensor does not have its parameter's shape")
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
         raise CheckpointError(f"optimizer state in {ckpt.path} does not fit this optimizer: {e}") from None

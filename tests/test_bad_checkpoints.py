@@ -163,12 +163,11 @@ def test_files_table_is_required_and_verified(root):
         edit_config(root, lambda c: c["files"].__setitem__(name, "0" * 64))
         refused(root, None, str(config), "files", name)
         edit_config(root, lambda c: c["files"].pop(name))
-    edit_config(root, lambda c: c["files"].pop("optimizer.json"))
-    refused(root, None, "files", "optimizer.json")
+    edit_config(root, lambda c: c["files"].pop("optimizer.safetensors"))
+    refused(root, None, "files", "optimizer.safetensors")
 
 
-@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "optimizer.safetensors",
-                                  "optimizer.json"])
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "optimizer.safetensors"])
 def test_a_flipped_bit_in_any_file_is_caught_by_its_sha256(root, name):
     path = root / STEP / name
     data = bytearray(path.read_bytes())
@@ -214,10 +213,15 @@ def test_tokenizer_ids_must_fit_the_model_rows(root, tok):
     assert "largest id" in message
 
 
+@pytest.mark.parametrize("value", [[], None, {"param_groups": 3, "state": {}}, {"param_groups": [], "state": {"x": {}}},
+                                   {"param_groups": [], "state": []}, {"state": {}}])
+def test_optimizer_field_is_checked(root, value):
+    edit_config(root, set_key("optimizer", value))
+    refused(root, None, "config.json", "optimizer")
+
+
 def test_garbage_tokenizer_and_optimizer_files_are_refused(root):
     for name, data in [("tokenizer.json", b"{not json"), ("tokenizer.json", b'{"a": 1}'),
-                       ("optimizer.json", b"[]"), ("optimizer.json", b'{"param_groups": 3, "state": {}}'),
-                       ("optimizer.json", b'{"param_groups": [], "state": {"x": {}}}'),
                        ("optimizer.safetensors", st_save({"exp_avg": torch.zeros(2)})),
                        ("optimizer.safetensors", b"\xff" * 16)]:
         saved = (root / STEP / name).read_bytes()
