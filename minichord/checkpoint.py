@@ -1,11 +1,11 @@
 """Checkpoints: step directories of safetensors + JSON, published atomically, never unpickled.
 
-root/latest names the newest complete step directory. root/step-000040/config.json holds format, version,
-step, meta, dtype, model_config, tokenizer special tokens, optimizer (param_groups and numbers of an AdamW-like
-state_dict) and files: {name: sha256} of model.safetensors, tokenizer.json and optimizer.safetensors (its
-tensors named state.<param index>.<name>). Save writes `root/.tmp-step-000040-<random>`, renames it to
-`step-000040`, replaces `latest`, then deletes steps beyond `keep` and stray temp entries; each write is fsynced
-before its rename, so a kill at any moment leaves `latest` naming a complete directory.
+root/latest names the newest complete step directory, e.g. root/step-000040/: model.safetensors, tokenizer.json
+and optimizer.safetensors (optional; AdamW-like state tensors, named state.<param index>.<name>), and config.json:
+format, version, step, meta, dtype, model_config, tokenizer special tokens, optimizer (param_groups, non-tensor
+state) and files {name: sha256}. Save writes `.tmp-step-000040-<random>`, renames it, replaces `latest`, deletes
+steps beyond `keep` and stray temp entries, fsyncing each write first: a kill at any moment leaves `latest`
+naming a complete directory. Load checks every field and file: any problem is one CheckpointError line.
 """
 
 import dataclasses, hashlib, json, math, os, re, shutil, uuid  # noqa: E401
@@ -94,9 +94,9 @@ def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 
 
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    (tmp := root / f".tmp-{final.name}-{uuid.uuid4().hex}").mkdir()
-    config["files"] = {file: _write(tmp / file, data) for file, data in blobs.items()}  # a failed write leaves
-    _write(tmp / CONFIG, json.dumps(config, indent=1).encode())  # a stray temp dir; the next save deletes it
+    (tmp := root / f".tmp-{final.name}-{uuid.uuid4().hex}").mkdir()  # a failed write leaves it to the next save
+    config["files"] = {file: _write(tmp / file, data) for file, data in blobs.items()}
+    _write(tmp / CONFIG, json.dumps(config, indent=1).encode())
     _fsync(tmp)
     if final.exists():  # re-saving a step: `latest` names the complete temp dir while a hard-linked copy moves in
         _set_latest(root, tmp.name)
@@ -107,7 +107,7 @@ def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 
     _set_latest(root, final.name)
     older = sorted((int(m[1]), p) for p in root.iterdir() if (m := STEP_DIR.fullmatch(p.name)) and int(m[1]) < step)
     for p in set(root.iterdir()) - {final, root / LATEST, *(p for _, p in older[len(older) - keep + 1:])}:
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()  # also steps of an abandoned run
     return final
 
 
@@ -124,13 +124,12 @@ def _check(ok: object, where: Path, field: str, allowed: str, value: object) -> 
 def _read(d: Path, name: str, kind: str = "", sha: str | None = None) -> object:
     p = d / name
     try:
-        if p.is_symlink():
-            raise ValueError("a symlink (a checkpoint holds plain files only)")
-        data = p.read_bytes()
+        with open(os.open(p, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:  # a symlink: "too many levels of ..."
+            data = f.read()
         if sha is not None and hashlib.sha256(data).hexdigest() != sha:
             raise ValueError(f"its sha256 differs from the one in {CONFIG}")
-        obj = json.loads(data) if kind == "json" else st_load(data) if kind == "safetensors" else data
-    except Exception as e:  # OSError, bad JSON (ValueError, RecursionError), safetensors' own error types
+        obj = json.loads(data) if kind == "json" else st_load(data) if kind == "safetensors" else data.decode()
+    except Exception as e:  # OSError, UnicodeError, bad JSON (ValueError, RecursionError), safetensors' errors
         why = "missing" if isinstance(e, FileNotFoundError) else "unreadable or corrupt"
         raise CheckpointError(f"{p}: {why}: {getattr(e, 'strerror', None) or e}") from None
     _check(kind != "json" or isinstance(obj, dict), p, "(top level)", "a JSON object", obj)
@@ -147,38 +146,41 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
     if not (d / CONFIG).is_file() or (d / LATEST).exists():  # a root: follow `latest`
         if not d.is_dir():
             raise CheckpointError(f"checkpoint not found: {d}")
-        name = _read(d, LATEST).decode(errors="replace").strip()
+        name = _read(d, LATEST).strip()
         _check(re.fullmatch(r"(\.tmp-)?step-\d+(-[0-9a-f]+)?", name) and (d / name).is_dir()
                and not (d / name).is_symlink(), d / LATEST, "(content)", f"a step directory in {d}", name)
         d = d / name
-    where, c = d / CONFIG, _read(d, CONFIG, "json")
-    files, specials, raw, opt = (c.get(k) for k in ("files", "tokenizer_special_tokens", "model_config", "optimizer"))
-    listed, m = set(files) if isinstance(files, dict) else set(), STEP_DIR.fullmatch(d.name)
-    bad = {k: v for k, v in raw.items() if not isinstance(v, bool) and not (isinstance(v, (int, float)) and 0 < v < math.inf)
-           } if isinstance(raw, dict) else raw  # checked before ModelConfig divides by any of them
+    where, c, m = d / CONFIG, _read(d, CONFIG, "json"), STEP_DIR.fullmatch(d.name)
+    files, raw, opt, specials = (c.get(k) for k in ("files", "model_config", "optimizer", "tokenizer_special_tokens"))
+    listed = set(files) if isinstance(files, dict) else set()
     odd = sorted(listed - {MODEL, TOKENIZER, OPTIMIZER}) + [  # not ours, or present but not listed
         n for n in (MODEL, TOKENIZER, OPTIMIZER) if n not in listed and os.path.lexists(d / n)]
-    for field, ok, allowed in [
-            ("format", c.get("format") == FORMAT, repr(FORMAT)),
-            ("version", type(c.get("version")) is int and c["version"] == VERSION, str(VERSION)),
-            ("step", type(c.get("step")) is int and c["step"] >= 0 and (not m or int(m[1]) == c["step"]),
-             "an int >= 0" + (f", {int(m[1])} as in the directory name" if m else "")),
-            ("meta", isinstance(c.get("meta"), dict), "an object"),
-            ("dtype", c.get("dtype") in DTYPES, " or ".join(DTYPES)),
-            ("files", isinstance(files, dict) and all(isinstance(v, str) for v in files.values()) and not odd
-             and MODEL in listed, f"{{name: sha256}} of {MODEL}, and {TOKENIZER} and {OPTIMIZER} if present"),
-            ("tokenizer_special_tokens", isinstance(specials, dict) and all(isinstance(v, str) for v in specials.values())
-             if TOKENIZER in listed else specials is None, "{role: token text} if there is a tokenizer.json"),
-            ("model_config", isinstance(raw, dict) and {f.name for f in dataclasses.fields(ModelConfig)} <= set(raw)
-             and not bad, "a table of every ModelConfig field, each true, false or a positive finite number"),
-            ("optimizer", isinstance(opt, dict) if OPTIMIZER in listed else opt is None, f"an object with {OPTIMIZER}"),
-            ("(unknown keys)", set(c) <= KEYS, f"among {sorted(KEYS)}")]:
-        _check(ok, where, field, allowed, {"files": odd or files, "model_config": bad or raw, "(unknown keys)": set(c) - KEYS}.get(field, c.get(field)))
+    bad = {k: v for k, v in raw.items() if not isinstance(v, bool)  # before ModelConfig divides by them
+           and not (isinstance(v, (int, float)) and 0 < v < math.inf)} if isinstance(raw, dict) else raw
+    rules = [  # (field, is it fine, what is allowed)
+        ("format", c.get("format") == FORMAT, repr(FORMAT)),
+        ("version", type(c.get("version")) is int and c["version"] == VERSION, str(VERSION)),
+        ("step", type(c.get("step")) is int and c["step"] >= 0 and (not m or int(m[1]) == c["step"]),
+         "an int >= 0, the one in the directory name"),
+        ("meta", isinstance(c.get("meta"), dict), "an object"),
+        ("dtype", c.get("dtype") in DTYPES, " or ".join(DTYPES)),
+        ("files", isinstance(files, dict) and all(isinstance(v, str) for v in files.values()) and not odd
+         and MODEL in listed, f"{{name: sha256}} of {MODEL}, and {TOKENIZER} and {OPTIMIZER} if present"),
+        ("model_config", isinstance(raw, dict) and {f.name for f in dataclasses.fields(ModelConfig)} <= set(raw)
+         and not bad, "a table of every ModelConfig field, each true, false or a positive finite number"),
+        ("tokenizer_special_tokens", isinstance(specials, dict) and all(isinstance(v, str) for v in specials.values())
+         if TOKENIZER in listed else specials is None, "{role: token text}, with tokenizer.json only"),
+        ("optimizer", isinstance(opt, dict) if OPTIMIZER in listed else opt is None, f"an object, with {OPTIMIZER} only"),
+        ("(unknown keys)", set(c) <= KEYS, f"among {sorted(KEYS)}")]
+    shown = {"files": odd or files, "model_config": bad or raw, "(unknown keys)": set(c) - KEYS}
+    for field, ok, allowed in rules:
+        _check(ok, where, field, allowed, shown.get(field, c.get(field)))
     try:
         cfg = from_dict(ModelConfig, raw, where=f"{where}: field model_config")
     except (ValueError, TypeError, ArithmeticError) as e:  # a ConfigError, or what its checks let through
         raise CheckpointError(str(e)) from None
-    want = {**(to_dict(expect_config) if expect_config else {}), **({"vocab_size": expect_vocab_size} if expect_vocab_size else {})}
+    want = (to_dict(expect_config) if expect_config else {}) | ({"vocab_size": expect_vocab_size} if expect_vocab_size
+                                                                 is not None else {})
     if problems := [f"{k}: checkpoint has {v}, expected {want[k]}" for k, v in to_dict(cfg).items() if want.get(k, v) != v]:
         raise CheckpointError(f"checkpoint {d} does not match: " + "; ".join(problems))
 
@@ -196,24 +198,22 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
     tokenizer = optimizer_state = None
     if TOKENIZER in files:
         try:
-            tokenizer = Tokenizer.from_json(_read(d, TOKENIZER, "", files[TOKENIZER]).decode(), specials, str(d / TOKENIZER))
-        except (TokenizerError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{d / TOKENIZER}: {e}") from None
-        ids = {**{f"{r} id": getattr(tokenizer, f"{r}_id") for r in SPECIAL_ROLES}, "largest id": tokenizer.vocab_size - 1}
+            tokenizer = Tokenizer.from_json(_read(d, TOKENIZER, "", files[TOKENIZER]), specials, str(d / TOKENIZER))
+        except TokenizerError as e:
+            raise CheckpointError(f"{d / TOKENIZER} with the tokenizer_special_tokens in {where}: {e}") from None
+        ids = {f"{r} id": getattr(tokenizer, f"{r}_id") for r in SPECIAL_ROLES} | {"largest id": tokenizer.vocab_size - 1}
         bad = [f"{k} {i}" for k, i in ids.items() if i >= cfg.vocab_size]
         _check(not bad, d / TOKENIZER, "(token ids)", f"< the model's vocab_size {cfg.vocab_size}", bad)
-    if OPTIMIZER in files:
+    if OPTIMIZER in files:  # JSON made betas a list: AdamW takes that as it is
         try:
-            state = {int(i): dict(s) for i, s in opt["state"].items()}
+            optimizer_state = {"state": {int(i): dict(s) for i, s in opt["state"].items()},
+                               "param_groups": [dict(g) for g in opt["param_groups"]]}
             for key, t in _read(d, OPTIMIZER, "safetensors", files[OPTIMIZER]).items():
                 _, i, k = key.split(".", 2)
-                state.setdefault(int(i), {})[k] = t
-            groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
-                      for g in opt["param_groups"]]  # JSON made betas a list: a tuple again
+                optimizer_state["state"].setdefault(int(i), {})[k] = t
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise CheckpointError(f"{where}: field 'optimizer' must hold state: {{index: {{name: value}}}} and "
-                                  f"param_groups: [{{params: [...], ...}}], and {OPTIMIZER} state.<index>.<name> tensors: {e!r}") from None
-        optimizer_state = {"state": state, "param_groups": groups}
+                                  f"param_groups, and {OPTIMIZER} tensors state.<index>.<name>: {e!r}") from None
     return Checkpoint(model=model.to(device), model_config=cfg, tokenizer=tokenizer, optimizer_state=optimizer_state,
                       step=c["step"], meta=c["meta"], path=d)
 

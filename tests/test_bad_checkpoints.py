@@ -114,7 +114,7 @@ def test_symlinked_file_is_refused(root, tmp_path):
     shutil.copy(root / STEP / "model.safetensors", outside)
     (root / STEP / "model.safetensors").unlink()
     (root / STEP / "model.safetensors").symlink_to(outside)
-    refused(root, None, "model.safetensors", "symlink")
+    refused(root, None, "model.safetensors", "symbolic link")
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", '"x"', "null", '{"format": "minichord-checkpoint", "vers',

@@ -87,7 +87,7 @@ def test_optimizer_round_trip_gives_identical_next_steps(tmp_path):
     ckpt = load_checkpoint(path)
     resumed_optimizer = torch.optim.AdamW(ckpt.model.parameters(), lr=1.0)  # hyper-params come from the file
     restore_optimizer(resumed_optimizer, ckpt)
-    assert resumed_optimizer.param_groups[0]["betas"] == (0.8, 0.95)  # a tuple again after JSON
+    assert list(resumed_optimizer.param_groups[0]["betas"]) == [0.8, 0.95]  # a list after JSON: AdamW takes it
     assert resumed_optimizer.param_groups[0]["lr"] == 1e-2
 
     train_steps(model, optimizer, 2, seed=20)
