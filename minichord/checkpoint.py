@@ -1,11 +1,10 @@
 """Checkpoints: step directories of safetensors + JSON, published atomically, never unpickled.
 
-root/latest names the newest complete step directory, e.g. root/step-000040/: model.safetensors, tokenizer.json
-and optimizer.safetensors (optional; AdamW-like state tensors, named state.<param index>.<name>), and config.json:
-format, version, step, meta, dtype, model_config, tokenizer special tokens, optimizer (param_groups, non-tensor
-state) and files {name: sha256}. Save writes `.tmp-step-000040-<random>`, renames it, replaces `latest`, deletes
-steps beyond `keep` and stray temp entries, fsyncing each write first: a kill at any moment leaves `latest`
-naming a complete directory. Load checks every field and file: any problem is one CheckpointError line.
+`root/latest` names the newest complete step directory, e.g. `root/step-000040/` with model.safetensors, optional
+tokenizer.json and optimizer.safetensors (AdamW-like state tensors as state.<param index>.<name>) and config.json
+(format, version, step, meta, dtype, model_config, tokenizer special tokens, optimizer param_groups and non-tensor
+state, files {name: sha256}). Save writes `.tmp-step-000040-<random>`, renames it, replaces `latest`, deletes steps
+beyond `keep` and stray temp entries, fsyncing each write first: a kill at any moment leaves a complete `latest`.
 """
 
 import dataclasses, hashlib, json, math, os, re, shutil, uuid  # noqa: E401
@@ -18,13 +17,10 @@ from minichord.config import ModelConfig, from_dict, to_dict
 
 FORMAT, VERSION, CONFIG, LATEST = "minichord-checkpoint", 2, "config.json", "latest"
 MODEL, TOKENIZER, OPTIMIZER = "model.safetensors", "tokenizer.json", "optimizer.safetensors"
-KEYS = {"format", "version", "step", "meta", "dtype", "model_config", "tokenizer_special_tokens", "optimizer", "files"}
-DTYPES, STEP_DIR, OURS = ("float32", "bfloat16", "float16"), re.compile(r"step-(\d+)"), re.compile(r"latest|\.tmp-.*|step-\d+")
+DTYPES, STEP_DIR, OURS = ("float32", "bfloat16", "float16"), re.compile(r"step-(\d+)"), r"latest|\.tmp-.*|step-\d+"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written, or is missing, corrupt or not what was expected (one line)."""
-
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
 
@@ -42,15 +38,13 @@ class Checkpoint:
 
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
+    os.fsync(fd), os.close(fd)
 
 
-def _write(path: Path, data: bytes) -> str:
+def _write(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
         os.fsync(f.fileno())
-    return hashlib.sha256(data).hexdigest()
 
 
 def _set_latest(root: Path, name: str) -> None:
@@ -63,7 +57,7 @@ def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 
                     keep: int = 3) -> Path:
     """Save as `root/step-<step>`, point `root/latest` at it, keep the last `keep` steps; returns the step dir."""
     root, cfg, meta = Path(root), getattr(model, "cfg", None), {} if meta is None else meta
-    if root.exists() and not (root.is_dir() and all(OURS.fullmatch(p.name) for p in root.iterdir())):
+    if root.exists() and not (root.is_dir() and all(re.fullmatch(OURS, p.name) for p in root.iterdir())):
         raise CheckpointError(f"refusing to save into {root}: it is not a directory of checkpoints")
     if not isinstance(cfg, ModelConfig) or type(step) is not int or step < 0 or type(keep) is not int or keep < 1:
         raise CheckpointError(f"need a model with a .cfg ModelConfig, step >= 0 and keep >= 1, got {step=}, {keep=}")
@@ -88,15 +82,15 @@ def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 
         if not isinstance(meta, dict) or optimizer and any(type(i) is not int for i in sd["state"]):
             raise TypeError("meta must be a dict, and the optimizer's state keys parameter indices")
         blobs = {k: v if k == TOKENIZER else st_save(v) for k, v in blobs.items()}
-        json.dumps(config)
+        config["files"] = {k: hashlib.sha256(v).hexdigest() for k, v in blobs.items()}
+        blobs[CONFIG] = json.dumps(config, indent=1).encode()  # written last
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"cannot save a checkpoint without pickle: {e}") from None
 
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    (tmp := root / f".tmp-{final.name}-{uuid.uuid4().hex}").mkdir()  # a failed write leaves it to the next save
-    config["files"] = {file: _write(tmp / file, data) for file, data in blobs.items()}
-    _write(tmp / CONFIG, json.dumps(config, indent=1).encode())
+    (tmp := root / f".tmp-{final.name}-{uuid.uuid4().hex}").mkdir(parents=True)  # a failed write leaves it to
+    for name, data in blobs.items():  # the next save, which deletes stray temp entries
+        _write(tmp / name, data)
     _fsync(tmp)
     if final.exists():  # re-saving a step: `latest` names the complete temp dir while a hard-linked copy moves in
         _set_latest(root, tmp.name)
@@ -105,8 +99,8 @@ def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 
     os.replace(tmp, final)
     _fsync(root)
     _set_latest(root, final.name)
-    older = sorted((int(m[1]), p) for p in root.iterdir() if (m := STEP_DIR.fullmatch(p.name)) and int(m[1]) < step)
-    for p in set(root.iterdir()) - {final, root / LATEST, *(p for _, p in older[len(older) - keep + 1:])}:
+    steps = sorted((int(m[1]), p) for p in root.iterdir() if (m := STEP_DIR.fullmatch(p.name)) and int(m[1]) <= step)
+    for p in set(root.iterdir()) - {final, root / LATEST, *(p for _, p in steps[-keep:])}:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()  # also steps of an abandoned run
     return final
 
@@ -118,21 +112,20 @@ def checkpoint_exists(path) -> bool:
 
 def _check(ok: object, where: Path, field: str, allowed: str, value: object) -> None:
     if not ok:
-        raise CheckpointError(f"{where}: field {field!r} must be {allowed}, got {value!r:.100}")
+        raise CheckpointError(f"{where}: field {field!r} must be {allowed}, got {value!r:.300}")
 
 
 def _read(d: Path, name: str, kind: str = "", sha: str | None = None) -> object:
-    p = d / name
     try:
-        with open(os.open(p, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:  # a symlink: "too many levels of ..."
+        with open(os.open(d / name, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:  # a symlink: "too many levels of ..."
             data = f.read()
         if sha is not None and hashlib.sha256(data).hexdigest() != sha:
             raise ValueError(f"its sha256 differs from the one in {CONFIG}")
         obj = json.loads(data) if kind == "json" else st_load(data) if kind == "safetensors" else data.decode()
     except Exception as e:  # OSError, UnicodeError, bad JSON (ValueError, RecursionError), safetensors' errors
         why = "missing" if isinstance(e, FileNotFoundError) else "unreadable or corrupt"
-        raise CheckpointError(f"{p}: {why}: {getattr(e, 'strerror', None) or e}") from None
-    _check(kind != "json" or isinstance(obj, dict), p, "(top level)", "a JSON object", obj)
+        raise CheckpointError(f"{d / name}: {why}: {getattr(e, 'strerror', None) or e}") from None
+    _check(kind != "json" or isinstance(obj, dict), d / name, "(top level)", "a JSON object", obj)
     return obj
 
 
@@ -144,45 +137,37 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
 
     d = Path(path)
     if not (d / CONFIG).is_file() or (d / LATEST).exists():  # a root: follow `latest`
-        if not d.is_dir():
-            raise CheckpointError(f"checkpoint not found: {d}")
         name = _read(d, LATEST).strip()
         _check(re.fullmatch(r"(\.tmp-)?step-\d+(-[0-9a-f]+)?", name) and (d / name).is_dir()
                and not (d / name).is_symlink(), d / LATEST, "(content)", f"a step directory in {d}", name)
         d = d / name
     where, c, m = d / CONFIG, _read(d, CONFIG, "json"), STEP_DIR.fullmatch(d.name)
     files, raw, opt, specials = (c.get(k) for k in ("files", "model_config", "optimizer", "tokenizer_special_tokens"))
-    listed = set(files) if isinstance(files, dict) else set()
-    odd = sorted(listed - {MODEL, TOKENIZER, OPTIMIZER}) + [  # not ours, or present but not listed
-        n for n in (MODEL, TOKENIZER, OPTIMIZER) if n not in listed and os.path.lexists(d / n)]
-    bad = {k: v for k, v in raw.items() if not isinstance(v, bool)  # before ModelConfig divides by them
-           and not (isinstance(v, (int, float)) and 0 < v < math.inf)} if isinstance(raw, dict) else raw
-    rules = [  # (field, is it fine, what is allowed)
+    listed, ours = set(files) if isinstance(files, dict) else set(), {MODEL, TOKENIZER, OPTIMIZER}
+    odd = sorted(n for n in listed | ours if n in listed - ours or n in ours - listed and os.path.lexists(d / n))
+    for field, ok, allowed in [  # (field, is it fine, what is allowed); model_config before ModelConfig divides
         ("format", c.get("format") == FORMAT, repr(FORMAT)),
         ("version", type(c.get("version")) is int and c["version"] == VERSION, str(VERSION)),
-        ("step", type(c.get("step")) is int and c["step"] >= 0 and (not m or int(m[1]) == c["step"]),
-         "an int >= 0, the one in the directory name"),
+        ("step", type(c.get("step")) is int and c["step"] >= 0 and (not m or int(m[1]) == c["step"]), "its dir's int"),
         ("meta", isinstance(c.get("meta"), dict), "an object"),
         ("dtype", c.get("dtype") in DTYPES, " or ".join(DTYPES)),
         ("files", isinstance(files, dict) and all(isinstance(v, str) for v in files.values()) and not odd
          and MODEL in listed, f"{{name: sha256}} of {MODEL}, and {TOKENIZER} and {OPTIMIZER} if present"),
         ("model_config", isinstance(raw, dict) and {f.name for f in dataclasses.fields(ModelConfig)} <= set(raw)
-         and not bad, "a table of every ModelConfig field, each true, false or a positive finite number"),
+         and all(type(v) is bool or type(v) in (int, float) and 0 < v < math.inf for v in raw.values()),
+         "a table of every ModelConfig field, each true, false or a positive finite number"),
         ("tokenizer_special_tokens", isinstance(specials, dict) and all(isinstance(v, str) for v in specials.values())
          if TOKENIZER in listed else specials is None, "{role: token text}, with tokenizer.json only"),
-        ("optimizer", isinstance(opt, dict) if OPTIMIZER in listed else opt is None, f"an object, with {OPTIMIZER} only"),
-        ("(unknown keys)", set(c) <= KEYS, f"among {sorted(KEYS)}")]
-    shown = {"files": odd or files, "model_config": bad or raw, "(unknown keys)": set(c) - KEYS}
-    for field, ok, allowed in rules:
-        _check(ok, where, field, allowed, shown.get(field, c.get(field)))
+        ("optimizer", isinstance(opt, dict) if OPTIMIZER in listed else opt is None, f"an object with {OPTIMIZER}")]:
+        _check(ok, where, field, allowed, odd or files if field == "files" else c.get(field))
     try:
         cfg = from_dict(ModelConfig, raw, where=f"{where}: field model_config")
     except (ValueError, TypeError, ArithmeticError) as e:  # a ConfigError, or what its checks let through
         raise CheckpointError(str(e)) from None
-    want = (to_dict(expect_config) if expect_config else {}) | ({"vocab_size": expect_vocab_size} if expect_vocab_size
-                                                                 is not None else {})
-    if problems := [f"{k}: checkpoint has {v}, expected {want[k]}" for k, v in to_dict(cfg).items() if want.get(k, v) != v]:
-        raise CheckpointError(f"checkpoint {d} does not match: " + "; ".join(problems))
+    want = [*(to_dict(expect_config) if expect_config else {}).items(), ("vocab_size", expect_vocab_size)]
+    if problems := [f"{k}: checkpoint has {getattr(cfg, k)}, expected {w}" for k, w in want
+                    if w not in (None, getattr(cfg, k))]:
+        raise CheckpointError(f"checkpoint {d} does not match: " + "; ".join(dict.fromkeys(problems)))
 
     weights = _read(d, MODEL, "safetensors", files[MODEL])
     stored = sorted({str(t.dtype).removeprefix("torch.") for t in weights.values() if t.is_floating_point()})
@@ -201,9 +186,8 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
             tokenizer = Tokenizer.from_json(_read(d, TOKENIZER, "", files[TOKENIZER]), specials, str(d / TOKENIZER))
         except TokenizerError as e:
             raise CheckpointError(f"{d / TOKENIZER} with the tokenizer_special_tokens in {where}: {e}") from None
-        ids = {f"{r} id": getattr(tokenizer, f"{r}_id") for r in SPECIAL_ROLES} | {"largest id": tokenizer.vocab_size - 1}
-        bad = [f"{k} {i}" for k, i in ids.items() if i >= cfg.vocab_size]
-        _check(not bad, d / TOKENIZER, "(token ids)", f"< the model's vocab_size {cfg.vocab_size}", bad)
+        ids = {f"{r} id": getattr(tokenizer, f"{r}_id") for r in SPECIAL_ROLES} | {"last id": tokenizer.vocab_size - 1}
+        _check(max(ids.values()) < cfg.vocab_size, d / TOKENIZER, "ids", f"< model vocab_size {cfg.vocab_size}", ids)
     if OPTIMIZER in files:  # JSON made betas a list: AdamW takes that as it is
         try:
             optimizer_state = {"state": {int(i): dict(s) for i, s in opt["state"].items()},
@@ -212,8 +196,7 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
                 _, i, k = key.split(".", 2)
                 optimizer_state["state"].setdefault(int(i), {})[k] = t
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise CheckpointError(f"{where}: field 'optimizer' must hold state: {{index: {{name: value}}}} and "
-                                  f"param_groups, and {OPTIMIZER} tensors state.<index>.<name>: {e!r}") from None
+            raise CheckpointError(f"{where}: field 'optimizer' (state, param_groups) or {OPTIMIZER}: {e!r}") from None
     return Checkpoint(model=model.to(device), model_config=cfg, tokenizer=tokenizer, optimizer_state=optimizer_state,
                       step=c["step"], meta=c["meta"], path=d)
 

@@ -238,7 +238,7 @@ def test_tokenizer_larger_than_model_vocab_is_refused(tmp_path):
 
 
 def test_save_refuses_a_file_or_a_foreign_directory(tmp_path):
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match="missing"):
         load_checkpoint(tmp_path / "nothing")
     precious = tmp_path / "notes"
     precious.mkdir()
