@@ -19,9 +19,11 @@ from minichord.model import Transformer
 SMALL = dict(vocab_size=64, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=16)
 
 # Saves forever, each step twice (the second save replaces the step directory `latest` names).
-# The weights of step s are drawn from seed s; each finished save prints its step.
+# The weights of step s are drawn from seed s; each finished save prints its step. Every rename
+# waits 10 ms first (a slow disk), so that kills often land between the renames of one save.
 SAVER = f"""
-import sys, torch
+import os, sys, time, torch
+os.replace = lambda src, dst, replace=os.replace: (time.sleep(0.01), replace(src, dst))[1]
 from minichord.checkpoint import save_checkpoint
 from minichord.config import ModelConfig
 from minichord.model import Transformer
