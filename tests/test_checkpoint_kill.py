@@ -75,16 +75,19 @@ def launch():
                                 text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     count = iter(range(10**6))
 
-    def start(code: str, tmp_path, *argv, kill_after: float | None = None) -> tuple[list[str], bool]:
-        """Run `code` in a fresh child; with kill_after, SIGKILL it that many seconds after its first
-        line of output. Returns its output lines and whether it was killed."""
+    def start(code: str, tmp_path, *argv, kill_after: float | None = None, lines: int = 1,
+              prefix: str = "") -> tuple[list[str], bool]:
+        """Run `code` in a fresh child; with kill_after, SIGKILL it that many seconds after its
+        output has `lines` lines starting with `prefix`. Returns its output lines and whether it
+        was killed."""
         out = tmp_path / f"child-{next(count)}.out"
         launcher.stdin.write(json.dumps([code, str(out), *map(str, argv)]) + "\n")
         launcher.stdin.flush()
         pid = int(launcher.stdout.readline())
         if kill_after is not None:
-            deadline = time.monotonic() + 60
-            while not (out.exists() and out.read_text()) and time.monotonic() < deadline:
+            deadline = time.monotonic() + 30
+            while (not out.exists() or sum(line.startswith(prefix) for line in out.read_text().splitlines()) < lines
+                   ) and time.monotonic() < deadline:
                 time.sleep(0.005)
             time.sleep(kill_after)
             os.kill(pid, signal.SIGKILL)  # if the child ended already, it is an unreaped zombie
@@ -152,16 +155,16 @@ print("done", flush=True)
 
 
 def test_killed_and_resumed_training_is_bit_identical_to_an_uninterrupted_run(tmp_path, launch):
-    t0 = time.monotonic()
     assert launch(TRAINER, tmp_path, tmp_path / "full")[0][-1] == "done"
-    duration = time.monotonic() - t0
 
     rng, cut, kills = random.Random(99), tmp_path / "cut", 0
-    while kills < 4:  # each run resumes from what the killed one before it saved
-        lines, killed = launch(TRAINER, tmp_path, cut, kill_after=rng.uniform(0.05, 0.5) * duration)
-        assert killed or lines[-1] == "done"
+    for _ in range(4):  # each run resumes from the checkpoint the killed one before it left
+        start = load_checkpoint(cut / "checkpoint").step if checkpoint_exists(cut / "checkpoint") else 0
+        # killed at a random step (of 12; at least 4 steps before the end) and a random moment in it
+        lines, killed = launch(TRAINER, tmp_path, cut, kill_after=rng.uniform(0.0, 0.005),
+                               lines=rng.randint(1, max(1, 8 - start)), prefix="step ")
         kills += killed
-    assert checkpoint_exists(cut / "checkpoint")
+    assert kills >= 3 and checkpoint_exists(cut / "checkpoint")
     assert launch(TRAINER, tmp_path, cut)[0][-1] == "done"
 
     full, resumed = load_checkpoint(tmp_path / "full" / "checkpoint"), load_checkpoint(cut / "checkpoint")
