@@ -1,11 +1,11 @@
 """Checkpoints: step directories of safetensors + JSON, published atomically, never unpickled.
 
-`root/latest` names the newest complete step directory, e.g. `root/step-000040/` with model.safetensors, optional
-tokenizer.json and optimizer.safetensors (AdamW-like state tensors as state.<param index>.<name>) and config.json
+`root/latest` names the newest complete step directory, e.g. `root/step-000040/`: model.safetensors, optional
+tokenizer.json and optimizer.safetensors (AdamW-like state tensors as state.<param index>.<name>), config.json
 (format, version, step, meta, dtype, model_config, tokenizer special tokens, optimizer param_groups and non-tensor
-state, files {name: sha256}). Save writes `.tmp-step-000040-<random>`, renames it, replaces `latest`, deletes steps
-beyond `keep` and stray temp entries, fsyncing each write first: a kill at any moment leaves a complete `latest`.
-"""
+state, files {name: sha256}). Save writes `.tmp-step-000040-<random>`, renames it, replaces `latest`, deletes
+steps beyond `keep` and stray temp entries, fsyncing each write first: a kill at any moment leaves a complete
+`latest`. Load checks every field and file; any problem is one CheckpointError line."""
 
 import dataclasses, hashlib, json, math, os, re, shutil, uuid  # noqa: E401
 from pathlib import Path
@@ -67,9 +67,8 @@ def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 
     dtypes = {str(t.dtype).removeprefix("torch.") for t in weights.values() if t.is_floating_point()}
     if len(dtypes) != 1 or not dtypes <= set(DTYPES):
         raise CheckpointError(f"model weights must all be one of {', '.join(DTYPES)}, got {sorted(dtypes)}")
-    config = {"format": FORMAT, "version": VERSION, "step": step, "meta": meta, "dtype": dtypes.pop(),
-              "model_config": to_dict(cfg)}
-    blobs = {MODEL: weights}
+    config, blobs = {"format": FORMAT, "version": VERSION, "step": step, "meta": meta, "dtype": dtypes.pop(),
+                     "model_config": to_dict(cfg)}, {MODEL: weights}
     if tokenizer is not None:
         config["tokenizer_special_tokens"], blobs[TOKENIZER] = tokenizer.special_tokens, tokenizer.to_json().encode()
     if optimizer is not None:  # AdamW-like: {int: {name: tensor or number}}, param_groups of JSON values
@@ -148,7 +147,8 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
     for field, ok, allowed in [  # (field, is it fine, what is allowed); model_config before ModelConfig divides
         ("format", c.get("format") == FORMAT, repr(FORMAT)),
         ("version", type(c.get("version")) is int and c["version"] == VERSION, str(VERSION)),
-        ("step", type(c.get("step")) is int and c["step"] >= 0 and (not m or int(m[1]) == c["step"]), "its dir's int"),
+        ("step", type(c.get("step")) is int and c["step"] >= 0 and (not m or int(m[1]) == c["step"]),
+         "an int >= 0" + (f", {int(m[1])} as in the directory name" if m else "")),
         ("meta", isinstance(c.get("meta"), dict), "an object"),
         ("dtype", c.get("dtype") in DTYPES, " or ".join(DTYPES)),
         ("files", isinstance(files, dict) and all(isinstance(v, str) for v in files.values()) and not odd
