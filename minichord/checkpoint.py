@@ -1,385 +1,204 @@
-"""Checkpoints: a directory of safetensors + JSON files, written atomically, read without pickle.
+"""Checkpoints: step directories of safetensors + JSON, published atomically, never unpickled.
 
-    ckpt_dir/
-      config.json           format tag, model config, step, meta, dtype, tied-weight aliases,
-                            and a manifest {file: [size, sha256]} of every other file
-      model.safetensors     model weights (a tensor shared by two names is stored once)
-      tokenizer.json        optional, Hugging Face format
-      optimizer.safetensors optional: every tensor of optimizer.state_dict() ...
-      optimizer.json        ... and the rest of it (param_groups, Python-number step counters)
-      rng.safetensors       torch CPU (and CUDA) generator states ...
-      rng.json              ... and Python `random` / numpy states
+`root/latest` names the newest complete step directory, e.g. `root/step-000040/`: model.safetensors, optional
+tokenizer.json and optimizer.safetensors (AdamW-like state tensors as state.<param index>.<name>), config.json
+(format, version, step, meta, dtype, model_config, tokenizer special tokens, optimizer param_groups and non-tensor
+state, files {name: sha256}). Save writes `.tmp-step-000040-<random>`, renames it, replaces `latest`, deletes
+steps beyond `keep` and stray temp entries, fsyncing each write first: a kill at any moment leaves a complete
+`latest`. Load checks every field and file; any problem is one CheckpointError line."""
 
-Nothing is ever unpickled: tensors come from safetensors, everything else is JSON. Non-JSON
-values (tuples, int dict keys, tensors inside a state dict) are written as small tagged JSON
-objects ({"__tuple__": [...]}, {"__int_keys__": {...}}, {"__tensor__": "name"}).
-
-Atomic save (a crash at any instant leaves a complete checkpoint at `path` or at the backup):
-  1. write every file into a temporary sibling `.NAME.tmp-<pid>-<random>`, fsync each file,
-     config.json (with the manifest) last, then fsync the directory;
-  2. if `path` exists, rename it to the backup sibling `.NAME.old` (stale backup removed first);
-  3. rename the temporary directory to `path`; fsync the parent directory;
-  4. delete the backup.
-A crash during 1 leaves the old `path` untouched (the stray temp dir is cleared next save);
-between 2 and 3 `path` is missing but `.NAME.old` is complete, and `load_checkpoint` puts it
-back; after 3 `path` is the new checkpoint. Renames within one directory are atomic on POSIX.
-"""
-
-from __future__ import annotations
-
-import dataclasses
-import hashlib
-import json
-import os
-import random
-import shutil
-import uuid
+import dataclasses, hashlib, json, math, os, re, shutil, uuid  # noqa: E401
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as st_load, save as st_save
 
-from minichord.config import ConfigError, ModelConfig, from_dict, to_dict
+from minichord.config import ModelConfig, from_dict, to_dict
 
-FORMAT = "minichord-checkpoint"
-FORMAT_VERSION = 1
-CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
-OPTIM_TENSORS, OPTIM_JSON = "optimizer.safetensors", "optimizer.json"
-RNG_TENSORS, RNG_JSON = "rng.safetensors", "rng.json"
+FORMAT, VERSION, CONFIG, LATEST = "minichord-checkpoint", 2, "config.json", "latest"
+MODEL, TOKENIZER, OPTIMIZER = "model.safetensors", "tokenizer.json", "optimizer.safetensors"
+DTYPES, STEP_DIR, OURS = ("float32", "bfloat16", "float16"), re.compile(r"step-(\d+)"), r"latest|\.tmp-.*|step-\d+"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written, is missing or corrupt, or does not match what was expected."""
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 @dataclasses.dataclass
 class Checkpoint:
     model: torch.nn.Module
     model_config: ModelConfig
-    tokenizer: Any  # minichord.tokenizer.Tokenizer | None
+    tokenizer: object  # minichord.tokenizer.Tokenizer | None
     optimizer_state: dict | None  # an optimizer.state_dict(), tensors on CPU
     step: int
     meta: dict
-    rng: dict | None  # {"torch": ByteTensor, "cuda": [ByteTensor], "python": state, "numpy": state}
-    path: Path | None = None
+    path: Path | None = None  # the step directory
 
 
-# ---- JSON with tensors, tuples and int keys (never pickle) -------------------------------------
-
-def _encode_tree(obj: Any, name: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """JSON-able copy of `obj`; tensors move into `tensors` under `name` and leave a reference."""
-    if isinstance(obj, torch.Tensor):
-        tensors[name] = obj.detach().cpu().contiguous()
-        return {"__tensor__": name}
-    if isinstance(obj, np.ndarray):
-        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, tuple):
-        return {"__tuple__": [_encode_tree(v, f"{name}.{i}", tensors) for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_encode_tree(v, f"{name}.{i}", tensors) for i, v in enumerate(obj)]
-    if isinstance(obj, dict):
-        encoded = {str(k): _encode_tree(v, f"{name}.{k}", tensors) for k, v in obj.items()}
-        if all(isinstance(k, str) for k in obj):
-            return encoded
-        if all(isinstance(k, int) and not isinstance(k, bool) for k in obj):
-            return {"__int_keys__": encoded}
-        raise CheckpointError(f"{name}: dict keys must be all str or all int, got {list(obj)[:5]}")
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    raise CheckpointError(f"{name}: cannot store a {type(obj).__name__} without pickle: {obj!r:.80}")
-
-
-def _decode_tree(obj: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
-    if isinstance(obj, list):
-        return [_decode_tree(v, tensors, where) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    if "__tensor__" in obj:
-        if obj["__tensor__"] not in tensors:
-            raise CheckpointError(f"{where}: tensor {obj['__tensor__']!r} is missing from its safetensors file")
-        return tensors[obj["__tensor__"]]
-    if "__ndarray__" in obj:
-        return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
-    if "__tuple__" in obj:
-        return tuple(_decode_tree(v, tensors, where) for v in obj["__tuple__"])
-    if "__int_keys__" in obj:
-        return {int(k): _decode_tree(v, tensors, where) for k, v in obj["__int_keys__"].items()}
-    return {k: _decode_tree(v, tensors, where) for k, v in obj.items()}
-
-
-# ---- files --------------------------------------------------------------------------------------
-
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    os.fsync(fd), os.close(fd)
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
         os.fsync(f.fileno())
 
 
-def _write_json(path: Path, data: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, allow_nan=True)
-        f.flush()
-        os.fsync(f.fileno())
+def _set_latest(root: Path, name: str) -> None:
+    _write(root / ".tmp-latest", name.encode())
+    os.replace(root / ".tmp-latest", root / LATEST)
+    _fsync(root)
 
 
-def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file(tensors, str(path))
-    _fsync_file(path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"missing checkpoint file: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"corrupt checkpoint file {path}: {e}") from None
-
-
-def _read_tensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"missing checkpoint file: {path}")
-    try:
-        return load_file(str(path), device=str(device))
-    except Exception as e:  # safetensors raises its own error types for bad headers / sizes
-        raise CheckpointError(f"corrupt checkpoint file {path}: {e}") from None
-
-
-def _dedupe_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """safetensors refuses two names for one storage: keep the first name of each identical
-    view and return {alias: kept name}; tensors that merely overlap are copied."""
-    kept: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple, str] = {}
-    storages: set[int] = set()
-    for name, t in state.items():
-        t = t.detach()
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
-        if t.numel() and key in seen:
-            aliases[name] = seen[key]
-            continue
-        ptr = t.untyped_storage().data_ptr()
-        if t.numel():
-            seen[key] = name
-        copy = ptr in storages or not t.is_contiguous()
-        kept[name] = t.cpu().clone(memory_format=torch.contiguous_format) if copy else t.cpu()
-        storages.add(ptr)
-    return kept, aliases
-
-
-def _backup_of(path: Path) -> Path:
-    return path.parent / f".{path.name}.old"
-
-
-def _is_complete(path: Path) -> bool:
-    """A directory whose config.json is ours and whose manifest files all exist with their size."""
-    try:
-        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-        return config.get("format") == FORMAT and all(
-            (path / f).is_file() and (path / f).stat().st_size == size
-            for f, (size, _) in config["manifest"].items())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-
-
-# ---- save -------------------------------------------------------------------------------------
-
-def save_checkpoint(path, model, *, tokenizer=None, optimizer=None, step: int = 0,
-                    meta: dict | None = None, save_rng: bool = True) -> Path:
-    """Write `model` (with `.cfg`), and optionally the tokenizer, optimizer and RNG states, to the
-    directory `path`, atomically (see the module docstring). Returns `path`."""
-    path = Path(path)
-    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper -> the module itself
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"checkpoint path exists and is not a directory: {path}")
-    if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file():
-        raise CheckpointError(f"refusing to replace {path}: it is a non-empty directory that is not a checkpoint")
-    cfg = getattr(model, "cfg", None)
-    if not isinstance(cfg, ModelConfig):
-        raise CheckpointError(f"model must have a .cfg ModelConfig, got {type(cfg).__name__}")
+def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 0, meta: dict | None = None,
+                    keep: int = 3) -> Path:
+    """Save as `root/step-<step>`, point `root/latest` at it, keep the last `keep` steps; returns the step dir."""
+    root, cfg, meta = Path(root), getattr(model, "cfg", None), {} if meta is None else meta
+    if root.exists() and not (root.is_dir() and all(re.fullmatch(OURS, p.name) for p in root.iterdir())):
+        raise CheckpointError(f"refusing to save into {root}: it is not a directory of checkpoints")
+    if not isinstance(cfg, ModelConfig) or type(step) is not int or step < 0 or type(keep) is not int or keep < 1:
+        raise CheckpointError(f"need a model with a .cfg ModelConfig, step >= 0 and keep >= 1, got {step=}, {keep=}")
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise CheckpointError(f"vocab_size: tokenizer has {tokenizer.vocab_size}, model has {cfg.vocab_size}")
-    meta = dict(meta or {})
-    try:
-        json.dumps(meta)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"meta must be JSON-serialisable: {e}") from None
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by an earlier crash
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        _write_checkpoint_files(tmp, model, cfg, tokenizer, optimizer, int(step), meta, save_rng)
-        _swap_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def _write_checkpoint_files(tmp: Path, model, cfg: ModelConfig, tokenizer, optimizer, step: int,
-                            meta: dict, save_rng: bool) -> None:
-    weights, aliases = _dedupe_shared(model.state_dict())
-    float_dtypes = {str(t.dtype).removeprefix("torch.") for t in weights.values() if t.is_floating_point()}
-    _write_tensors(tmp / MODEL_FILE, weights)
-    config: dict[str, Any] = {
-        "format": FORMAT, "version": FORMAT_VERSION, "model_config": to_dict(cfg), "step": step,
-        "meta": meta, "dtype": float_dtypes.pop() if len(float_dtypes) == 1 else None,
-        "tied_aliases": aliases,
-    }
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    dtypes = {str(t.dtype).removeprefix("torch.") for t in weights.values() if t.is_floating_point()}
+    if len(dtypes) != 1 or not dtypes <= set(DTYPES):
+        raise CheckpointError(f"model weights must all be one of {', '.join(DTYPES)}, got {sorted(dtypes)}")
+    config, blobs = {"format": FORMAT, "version": VERSION, "step": step, "meta": meta, "dtype": dtypes.pop(),
+                     "model_config": to_dict(cfg)}, {MODEL: weights}
     if tokenizer is not None:
-        (tmp / TOKENIZER_FILE).write_text(tokenizer.to_json(), encoding="utf-8")
-        _fsync_file(tmp / TOKENIZER_FILE)
-        config["tokenizer_special_tokens"] = tokenizer.special_tokens
-    if optimizer is not None:
-        tensors: dict[str, torch.Tensor] = {}
-        tree = _encode_tree(optimizer.state_dict(), "optimizer", tensors)
-        _write_tensors(tmp / OPTIM_TENSORS, tensors)
-        _write_json(tmp / OPTIM_JSON, tree)
-    if save_rng:
-        tensors = {}
-        tree = _encode_tree(_capture_rng(), "rng", tensors)
-        _write_tensors(tmp / RNG_TENSORS, tensors)
-        _write_json(tmp / RNG_JSON, tree)
-    # config.json last: it carries the manifest, so a directory with a valid one is complete.
-    config["manifest"] = {f.name: [f.stat().st_size, _sha256(f)] for f in sorted(tmp.iterdir())}
-    _write_json(tmp / CONFIG_FILE, config)
-    _fsync_dir(tmp)
+        config["tokenizer_special_tokens"], blobs[TOKENIZER] = tokenizer.special_tokens, tokenizer.to_json().encode()
+    if optimizer is not None:  # AdamW-like: {int: {name: tensor or number}}, param_groups of JSON values
+        sd = optimizer.state_dict()
+        blobs[OPTIMIZER] = {f"state.{i}.{k}": v.detach().cpu().contiguous()
+                            for i, s in sd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+        config["optimizer"] = {"param_groups": sd["param_groups"], "state": {
+            i: {k: v for k, v in s.items() if not torch.is_tensor(v)} for i, s in sd["state"].items()}}
+    try:  # non-JSON meta or optimizer values, and tensors sharing memory, are refused here (never pickled)
+        if not isinstance(meta, dict) or optimizer and any(type(i) is not int for i in sd["state"]):
+            raise TypeError("meta must be a dict, and the optimizer's state keys parameter indices")
+        blobs = {k: v if k == TOKENIZER else st_save(v) for k, v in blobs.items()}
+        config["files"] = {k: hashlib.sha256(v).hexdigest() for k, v in blobs.items()}
+        blobs[CONFIG] = json.dumps(config, indent=1).encode()  # written last
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot save a checkpoint without pickle: {e}") from None
 
-
-def _swap_into_place(tmp: Path, path: Path) -> None:
-    backup = _backup_of(path)
-    if path.exists():
-        if backup.exists():
-            shutil.rmtree(backup)  # stale: `path` is complete, so this copy is not needed
-        os.replace(path, backup)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    if backup.exists():
-        shutil.rmtree(backup)
-        _fsync_dir(path.parent)
-
-
-def _capture_rng() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-# ---- load -------------------------------------------------------------------------------------
-
-def _recover(path: Path) -> None:
-    """If a save was interrupted between its two renames, put the complete backup back."""
-    backup = _backup_of(path)
-    if not path.exists() and backup.is_dir() and _is_complete(backup):
-        os.replace(backup, path)
-        _fsync_dir(path.parent)
+    final = root / f"step-{step:06d}"
+    (tmp := root / f".tmp-{final.name}-{uuid.uuid4().hex}").mkdir(parents=True)  # a failed write leaves it to
+    for name, data in blobs.items():  # the next save, which deletes stray temp entries
+        _write(tmp / name, data)
+    _fsync(tmp)
+    if final.exists():  # re-saving a step: `latest` names the complete temp dir while a hard-linked copy moves in
+        _set_latest(root, tmp.name)
+        shutil.rmtree(final)
+        tmp = shutil.copytree(tmp, root / f".tmp-link-{uuid.uuid4().hex}", copy_function=os.link)
+    os.replace(tmp, final)
+    _fsync(root)
+    _set_latest(root, final.name)
+    steps = sorted((int(m[1]), p) for p in root.iterdir() if (m := STEP_DIR.fullmatch(p.name)) and int(m[1]) <= step)
+    for p in set(root.iterdir()) - {final, root / LATEST, *(p for _, p in steps[-keep:])}:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()  # also steps of an abandoned run
+    return final
 
 
 def checkpoint_exists(path) -> bool:
-    """True if `path` holds a checkpoint (after recovering one from an interrupted save)."""
-    path = Path(path)
-    _recover(path)
-    return (path / CONFIG_FILE).is_file()
+    """True if `path` is a checkpoint root with a `latest` pointer, or a step directory."""
+    return (Path(path) / LATEST).is_file() or (Path(path) / CONFIG).is_file()
 
 
-def _check_manifest(path: Path, config: dict) -> None:
-    for name, (size, digest) in config.get("manifest", {}).items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"missing checkpoint file: {file}")
-        if file.stat().st_size != size or _sha256(file) != digest:
-            raise CheckpointError(f"corrupt checkpoint file {file}: size or sha256 differs from {path / CONFIG_FILE}")
+def _check(ok: object, where: Path, field: str, allowed: str, value: object) -> None:
+    if not ok:
+        raise CheckpointError(f"{where}: field {field!r} must be {allowed}, got {value!r:.300}")
 
 
-def _check_expected(cfg: ModelConfig, expect_config: ModelConfig | None, expect_vocab_size: int | None) -> None:
-    problems = []
-    if expect_config is not None:
-        have, want = to_dict(cfg), to_dict(expect_config)
-        problems += [f"{k}: checkpoint has {have.get(k)}, expected {want.get(k)}"
-                     for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
-    if expect_vocab_size is not None and cfg.vocab_size != expect_vocab_size:
-        problems.append(f"vocab_size: checkpoint has {cfg.vocab_size}, expected {expect_vocab_size}")
-    if problems:
-        raise CheckpointError("checkpoint does not match: " + "; ".join(dict.fromkeys(problems)))
+def _read(d: Path, name: str, kind: str = "", sha: str | None = None) -> object:
+    try:
+        with open(os.open(d / name, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:  # a symlink: "too many levels of ..."
+            data = f.read()
+        if sha is not None and hashlib.sha256(data).hexdigest() != sha:
+            raise ValueError(f"its sha256 differs from the one in {CONFIG}")
+        obj = json.loads(data) if kind == "json" else st_load(data) if kind == "safetensors" else data.decode()
+    except Exception as e:  # OSError, UnicodeError, bad JSON (ValueError, RecursionError), safetensors' errors
+        why = "missing" if isinstance(e, FileNotFoundError) else "unreadable or corrupt"
+        raise CheckpointError(f"{d / name}: {why}: {getattr(e, 'strerror', None) or e}") from None
+    _check(kind != "json" or isinstance(obj, dict), d / name, "(top level)", "a JSON object", obj)
+    return obj
 
 
 def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = None,
-                    expect_vocab_size: int | None = None, verify: bool = True) -> Checkpoint:
-    """Read a checkpoint directory (safetensors + JSON only). `verify` checks every file's sha256
-    against the manifest. Mismatches with `expect_*` raise CheckpointError naming both values."""
+                    expect_vocab_size: int | None = None) -> Checkpoint:
+    """Read a checkpoint root (follows `latest`) or a step directory, checking every field and file."""
     from minichord.model import Transformer  # here, so checkpoint.py imports without model.py
-    from minichord.tokenizer import Tokenizer, TokenizerError
+    from minichord.tokenizer import SPECIAL_ROLES, Tokenizer, TokenizerError
 
-    path = Path(path)
-    _recover(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory not found: {path}")
-    config = _read_json(path / CONFIG_FILE)
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"corrupt checkpoint file {path / CONFIG_FILE}: not a {FORMAT} config")
-    if config.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path / CONFIG_FILE}: format version {config.get('version')}, expected {FORMAT_VERSION}")
-    if verify:
-        _check_manifest(path, config)
+    d = Path(path)
+    if not (d / CONFIG).is_file() or (d / LATEST).exists():  # a root: follow `latest`
+        name = _read(d, LATEST).strip()
+        _check(re.fullmatch(r"(\.tmp-)?step-\d+(-[0-9a-f]+)?", name) and (d / name).is_dir()
+               and not (d / name).is_symlink(), d / LATEST, "(content)", f"a step directory in {d}", name)
+        d = d / name
+    where, c, m = d / CONFIG, _read(d, CONFIG, "json"), STEP_DIR.fullmatch(d.name)
+    files, raw, opt, specials = (c.get(k) for k in ("files", "model_config", "optimizer", "tokenizer_special_tokens"))
+    listed, ours = set(files) if isinstance(files, dict) else set(), {MODEL, TOKENIZER, OPTIMIZER}
+    odd = sorted(n for n in listed | ours if n in listed - ours or n in ours - listed and os.path.lexists(d / n))
+    for field, ok, allowed in [  # (field, is it fine, what is allowed); model_config before ModelConfig divides
+        ("format", c.get("format") == FORMAT, repr(FORMAT)),
+        ("version", type(c.get("version")) is int and c["version"] == VERSION, str(VERSION)),
+        ("step", type(c.get("step")) is int and c["step"] >= 0 and (not m or int(m[1]) == c["step"]),
+         "an int >= 0" + (f", {int(m[1])} as in the directory name" if m else "")),
+        ("meta", isinstance(c.get("meta"), dict), "an object"),
+        ("dtype", c.get("dtype") in DTYPES, " or ".join(DTYPES)),
+        ("files", isinstance(files, dict) and all(isinstance(v, str) for v in files.values()) and not odd
+         and MODEL in listed, f"{{name: sha256}} of {MODEL}, and {TOKENIZER} and {OPTIMIZER} if present"),
+        ("model_config", isinstance(raw, dict) and {f.name for f in dataclasses.fields(ModelConfig)} <= set(raw)
+         and all(type(v) is bool or type(v) in (int, float) and 0 < v < math.inf for v in raw.values()),
+         "a table of every ModelConfig field, each true, false or a positive finite number"),
+        ("tokenizer_special_tokens", isinstance(specials, dict) and all(isinstance(v, str) for v in specials.values())
+         if TOKENIZER in listed else specials is None, "{role: token text}, with tokenizer.json only"),
+        ("optimizer", isinstance(opt, dict) if OPTIMIZER in listed else opt is None, f"an object with {OPTIMIZER}")]:
+        _check(ok, where, field, allowed, odd or files if field == "files" else c.get(field))
     try:
-        cfg = from_dict(ModelConfig, config["model_config"], where=str(path / CONFIG_FILE))
-    except (ConfigError, KeyError, TypeError) as e:
-        raise CheckpointError(f"corrupt checkpoint file {path / CONFIG_FILE}: {e}") from None
-    _check_expected(cfg, expect_config, expect_vocab_size)
+        cfg = from_dict(ModelConfig, raw, where=f"{where}: field model_config")
+    except (ValueError, TypeError, ArithmeticError) as e:  # a ConfigError, or what its checks let through
+        raise CheckpointError(str(e)) from None
+    want = [*(to_dict(expect_config) if expect_config else {}).items(), ("vocab_size", expect_vocab_size)]
+    if problems := [f"{k}: checkpoint has {getattr(cfg, k)}, expected {w}" for k, w in want
+                    if w not in (None, getattr(cfg, k))]:
+        raise CheckpointError(f"checkpoint {d} does not match: " + "; ".join(dict.fromkeys(problems)))
 
-    weights = _read_tensors(path / MODEL_FILE)
-    for alias, name in config.get("tied_aliases", {}).items():
-        weights[alias] = weights[name]
-    model = Transformer(cfg)
-    if config.get("dtype"):
-        model.to(getattr(torch, config["dtype"]))
+    weights = _read(d, MODEL, "safetensors", files[MODEL])
+    stored = sorted({str(t.dtype).removeprefix("torch.") for t in weights.values() if t.is_floating_point()})
+    _check(stored == [c["dtype"]], where, "dtype", f"the dtype of the weights in {MODEL}, {stored}", c["dtype"])
+    _check(cfg.n_layers <= len(weights), where, "model_config.n_layers", f"<= the {len(weights)} tensors", cfg.n_layers)
     try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as e:  # missing/unexpected keys or shape mismatches
-        raise CheckpointError(f"{path / MODEL_FILE} does not fit Transformer({cfg}): {e}") from None
-    model.to(device)
+        with torch.device("meta"):  # no memory yet: the loaded tensors become the parameters
+            model = Transformer(cfg)
+        model.load_state_dict(weights, strict=True, assign=True)
+    except (RuntimeError, ValueError, TypeError, OverflowError) as e:  # missing/unexpected names, shapes
+        raise CheckpointError(f"{d / MODEL}: does not fit model_config: {e}") from None
 
-    tokenizer = None
-    if (path / TOKENIZER_FILE).exists():
+    tokenizer = optimizer_state = None
+    if TOKENIZER in files:
         try:
-            tokenizer = Tokenizer.load(path / TOKENIZER_FILE, config.get("tokenizer_special_tokens"))
+            tokenizer = Tokenizer.from_json(_read(d, TOKENIZER, "", files[TOKENIZER]), specials, str(d / TOKENIZER))
         except TokenizerError as e:
-            raise CheckpointError(str(e)) from None
-        if tokenizer.vocab_size > cfg.vocab_size:
-            raise CheckpointError(f"vocab_size: tokenizer has {tokenizer.vocab_size}, model has {cfg.vocab_size}")
-
-    optimizer_state = rng = None
-    if (path / OPTIM_JSON).exists() or (path / OPTIM_TENSORS).exists():
-        tensors = _read_tensors(path / OPTIM_TENSORS)
-        optimizer_state = _decode_tree(_read_json(path / OPTIM_JSON), tensors, str(path / OPTIM_JSON))
-    if (path / RNG_JSON).exists() or (path / RNG_TENSORS).exists():
-        tensors = _read_tensors(path / RNG_TENSORS)
-        rng = _decode_tree(_read_json(path / RNG_JSON), tensors, str(path / RNG_JSON))
-    return Checkpoint(model=model, model_config=cfg, tokenizer=tokenizer, optimizer_state=optimizer_state,
-                      step=int(config.get("step", 0)), meta=config.get("meta", {}), rng=rng, path=path)
+            raise CheckpointError(f"{d / TOKENIZER} with the tokenizer_special_tokens in {where}: {e}") from None
+        ids = {f"{r} id": getattr(tokenizer, f"{r}_id") for r in SPECIAL_ROLES} | {"last id": tokenizer.vocab_size - 1}
+        _check(max(ids.values()) < cfg.vocab_size, d / TOKENIZER, "ids", f"< model vocab_size {cfg.vocab_size}", ids)
+    if OPTIMIZER in files:  # JSON made betas a list: AdamW takes that as it is
+        try:
+            optimizer_state = {"state": {int(i): dict(s) for i, s in opt["state"].items()},
+                               "param_groups": [dict(g) for g in opt["param_groups"]]}
+            for key, t in _read(d, OPTIMIZER, "safetensors", files[OPTIMIZER]).items():
+                _, i, k = key.split(".", 2)
+                optimizer_state["state"].setdefault(int(i), {})[k] = t
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{where}: field 'optimizer' (state, param_groups) or {OPTIMIZER}: {e!r}") from None
+    return Checkpoint(model=model.to(device), model_config=cfg, tokenizer=tokenizer, optimizer_state=optimizer_state,
+                      step=c["step"], meta=c["meta"], path=d)
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
@@ -388,18 +207,5 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> Non
         raise CheckpointError(f"checkpoint {ckpt.path} has no optimizer state")
     try:
         optimizer.load_state_dict(ckpt.optimizer_state)
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
         raise CheckpointError(f"optimizer state in {ckpt.path} does not fit this optimizer: {e}") from None
-
-
-def restore_rng(ckpt: Checkpoint) -> None:
-    """Set torch (CPU, and CUDA when saved and present), Python `random` and numpy generators."""
-    if ckpt.rng is None:
-        raise CheckpointError(f"checkpoint {ckpt.path} has no RNG state")
-    torch.set_rng_state(ckpt.rng["torch"])
-    random.setstate(ckpt.rng["python"])
-    np.random.set_state(ckpt.rng["numpy"])
-    if "cuda" in ckpt.rng and torch.cuda.is_available():
-        cuda_states = ckpt.rng["cuda"]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from minichord.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minichord.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
 from minichord.config import ModelConfig, TrainConfig, to_dict
 from minichord.evaluate import evaluate_splits, expert_token_probs
 from minichord.model import Transformer
@@ -100,7 +100,7 @@ def response_loss(model, ids: torch.Tensor, attention: torch.Tensor, loss_mask: 
 
 
 def _cached(out_dir: Path, settings: dict) -> bool:
-    if not (out_dir / "config.json").is_file():
+    if not checkpoint_exists(out_dir):
         return False
     try:
         return load_checkpoint(out_dir).meta.get("settings") == settings

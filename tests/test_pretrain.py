@@ -115,19 +115,19 @@ def test_tiny_pretrain_writes_checkpoint(tiny_base):
 
 def test_pretrain_reuses_cache_only_for_same_settings(tiny_base, tmp_path):
     out, _ = tiny_base
-    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    stamp = (out / "latest").stat().st_mtime_ns
     lines = []
     again = pretrain_base(out, config=TINY_RECIPE, model_config=TINY_MODEL, log=lines.append)
-    assert again == out and (out / "model.safetensors").stat().st_mtime_ns == stamp
+    assert again == out and (out / "latest").stat().st_mtime_ns == stamp
     assert lines == [f"pretrain: reusing the base model in {out} (same settings)"]
 
     fresh = tmp_path / "b"
     recipe = dataclasses.replace(TINY_RECIPE, n_eval=0)
     pretrain_base(fresh, config=recipe, model_config=TINY_MODEL, log=None)
-    stamp = (fresh / "model.safetensors").stat().st_mtime_ns
+    stamp = (fresh / "latest").stat().st_mtime_ns
     pretrain_base(fresh, steps=2, config=recipe, model_config=TINY_MODEL, log=None)  # different settings
     assert load_checkpoint(fresh).meta["settings"]["steps"] == 2
-    assert (fresh / "model.safetensors").stat().st_mtime_ns != stamp
+    assert (fresh / "latest").stat().st_mtime_ns != stamp
 
 
 def test_tiny_pretrained_model_evaluates(tiny_base):
