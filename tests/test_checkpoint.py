@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shutil
 
 import pytest
 import torch
@@ -188,7 +189,7 @@ def test_crash_at_every_rename_leaves_a_complete_checkpoint(tmp_path, monkeypatc
                                                     f"step-{new_step + 1:06d}"}
         assert load_checkpoint(root).step == new_step + 1
         for p in root.iterdir():  # start the next round from scratch
-            (p.unlink() if p.is_file() else __import__("shutil").rmtree(p))
+            p.unlink() if p.is_file() else shutil.rmtree(p)
     assert crash_at >= 3  # the save really did go through several renames
 
 
