@@ -65,8 +65,7 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
     """Rotary angles: inv_freq_i = theta^(-2i/d), angle[b,t,i] = pos[b,t] * inv_freq_i.
     Returns cos, sin: [B, T, head_dim] (the d/2 angles repeated twice, "rotate_half" layout)."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.float()[..., None] * inv_freq  # [B, T, hd/2]
-    angles = torch.cat([angles, angles], dim=-1)  # [B, T, hd]
+    angles = (positions.float()[..., None] * inv_freq).repeat(1, 1, 2)  # [B, T, hd]: the hd/2 angles twice
     return angles.cos(), angles.sin()
 
 
@@ -101,9 +100,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # [B, Hkv, S, hd]
-        n_rep = c.n_heads // c.n_kv_heads
-        k = k.repeat_interleave(n_rep, dim=1)  # [B, H, S, hd]
-        v = v.repeat_interleave(n_rep, dim=1)  # [B, H, S, hd]
+        k, v = (t.repeat_interleave(c.n_heads // c.n_kv_heads, dim=1) for t in (k, v))  # [B, H, S, hd]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, hd]
         return self.o_proj(out.transpose(1, 2).reshape(B, T, c.n_heads * c.head_dim))
 
@@ -122,8 +119,6 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: h = x + Attn(norm(x)); out = h + MLP(norm(h))."""
-
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -191,8 +186,7 @@ class Transformer(nn.Module):
 
         query_slot = torch.arange(past, S, device=ids.device)[:, None]  # [T, 1]
         key_slot = torch.arange(S, device=ids.device)[None, :]  # [1, S]
-        mask = (key_slot <= query_slot) & attention_mask[:, None, None, :]  # [B, 1, T, S]
-        mask = mask | (key_slot == query_slot)  # a query always sees itself
+        mask = ((key_slot <= query_slot) & attention_mask[:, None, None, :]) | (key_slot == query_slot)  # [B, 1, T, S]
 
         x = self.embed_tokens(ids)  # [B, T, D]
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)  # [B, T, hd]

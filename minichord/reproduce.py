@@ -49,8 +49,7 @@ QUICK = Setting(steps=24, seeds=1, n_test=60, eval_every=12, sft_curve_steps=60)
 
 def split_summary(evaluation: dict) -> dict:
     """Accuracy on each held-out split and the in-domain mean response length."""
-    return {"in_domain": evaluation["in_domain"]["accuracy"], "harder": evaluation["harder"]["accuracy"],
-            "other_skills": evaluation["other_skills"]["accuracy"],
+    return {**{split: evaluation[split]["accuracy"] for split in ("in_domain", "harder", "other_skills")},
             "response_length": evaluation["in_domain"]["response_length"]}
 
 
@@ -69,10 +68,8 @@ def run_summary(run_dir: Path, wall: float) -> dict:
 
 def mean_std(values: list[float | None]) -> str:
     vals = [v for v in values if v is not None]
-    if not vals:
-        return "–"
-    if len(vals) == 1:
-        return f"{vals[0]:.3f}"
+    if len(vals) < 2:
+        return f"{vals[0]:.3f}" if vals else "–"
     return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
 
 
@@ -95,11 +92,9 @@ def markdown_table(results: dict[str, list[dict]], n_seeds: int) -> str:
 def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = None,
               methods: list[str] | None = None, steps: int | None = None, overrides: list[str] = (),
               sft_curve_steps: int | None = None, log: Callable[[str], None] = print) -> dict:
-    setting = dataclasses.replace(QUICK if quick else FULL)
-    setting.seeds = seeds or setting.seeds
-    setting.steps = steps or setting.steps
-    if sft_curve_steps is not None:
-        setting.sft_curve_steps = sft_curve_steps
+    base = QUICK if quick else FULL
+    setting = dataclasses.replace(base, seeds=seeds or base.seeds, steps=steps or base.steps,
+                                  sft_curve_steps=base.sft_curve_steps if sft_curve_steps is None else sft_curve_steps)
     methods = list(methods or ALL_METHODS)
     for m in methods:
         build_stages(m)  # refuse unknown method names before any work

@@ -54,42 +54,23 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 def pick_tokens(logits: torch.Tensor, cfg: SamplerConfig, generator: torch.Generator | None):
     """logits [B, V] -> (tokens [B] long, logprobs [B] fp32). See the module docstring."""
-    logits = logits.float()
+    scaled = logits.float() / (1.0 if cfg.greedy else cfg.temperature)  # [B, V]
     if cfg.greedy:
-        tokens = logits.argmax(dim=-1)  # [B]
-        logprobs = F.log_softmax(logits, dim=-1)
+        tokens = scaled.argmax(dim=-1)  # [B]
     else:
-        scaled = logits / cfg.temperature  # [B, V]
-        logprobs = F.log_softmax(scaled, dim=-1)
         probs = filter_logits(scaled, cfg.top_k, cfg.top_p).softmax(dim=-1)
         tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
-    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens, F.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Ragged prompts -> ids [B, P] long and mask [B, P] bool, real tokens at the right end."""
     P = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(prompts), P, dtype=torch.bool)
     for b, prompt in enumerate(prompts):
         ids[b, P - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        mask[b, P - len(prompt):] = True
+    mask = torch.arange(P)[None, :] >= P - torch.tensor([len(p) for p in prompts])[:, None]
     return ids.to(device), mask.to(device)
-
-
-def _check_prompts(prompts, vocab_size: int, max_new_tokens: int, max_seq_len: int) -> None:
-    if not prompts:
-        raise ValueError("generate() needs at least one prompt, got an empty list")
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
-        bad = [t for t in p if not 0 <= int(t) < vocab_size]
-        if bad:
-            raise ValueError(f"prompt {i} has token ids outside [0, {vocab_size}): {bad[:5]}")
-    longest = max(len(p) for p in prompts)
-    if longest + max_new_tokens > max_seq_len:
-        raise ValueError(f"longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "
-                         f"{longest + max_new_tokens} exceeds the model's max_seq_len={max_seq_len}")
 
 
 @torch.no_grad()
@@ -107,14 +88,23 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     else, so they are never drawn and log-probs are over the tokenizer's ids.
     """
     param = next(model.parameters())
-    device, dtype = param.device, param.dtype
-    _check_prompts(prompts, model.cfg.vocab_size, cfg.max_new_tokens, model.cfg.max_seq_len)
-    if vocab_size is not None and not 0 < vocab_size <= model.cfg.vocab_size:
-        raise ValueError(f"vocab_size={vocab_size} must be in [1, model vocab {model.cfg.vocab_size}]")
-    drawable = vocab_size or model.cfg.vocab_size
+    device, dtype, V = param.device, param.dtype, model.cfg.vocab_size
+    if not prompts:
+        raise ValueError("generate() needs at least one prompt, got an empty list")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+        bad = [t for t in p if not 0 <= int(t) < V]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids outside [0, {V}): {bad[:5]}")
     ids, mask = left_pad(prompts, pad_id, device)  # [B, P]
     B, P = ids.shape
     total = P + cfg.max_new_tokens
+    if total > model.cfg.max_seq_len:
+        raise ValueError(f"longest prompt ({P} tokens) + max_new_tokens ({cfg.max_new_tokens}) = "
+                         f"{total} exceeds the model's max_seq_len={model.cfg.max_seq_len}")
+    if vocab_size is not None and not 0 < vocab_size <= V:
+        raise ValueError(f"vocab_size={vocab_size} must be in [1, model vocab {V}]")
     seq_mask = torch.ones(B, total, dtype=torch.bool, device=device)  # generated slots count as real
     seq_mask[:, :P] = mask
 
@@ -126,7 +116,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     out_mask = torch.zeros(B, cfg.max_new_tokens, dtype=torch.bool, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(cfg.max_new_tokens):
-        next_tok, next_logp = pick_tokens(logits[:, :drawable], cfg, generator)  # [B], [B]
+        next_tok, next_logp = pick_tokens(logits[:, :vocab_size or V], cfg, generator)  # [B], [B]
         alive = ~finished
         tokens[:, t] = torch.where(alive, next_tok, pad_id)
         logprobs[:, t] = torch.where(alive, next_logp, 0.0)
