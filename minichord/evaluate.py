@@ -1,7 +1,4 @@
-"""Evaluation: greedy accuracy on held-out splits and retention of the other skills.
-
-    accuracy = mean over problems of reward(greedy response, answer)            (0/1 rewards)
-"""
+"""Evaluation: greedy accuracy (mean 0/1 reward) on held-out splits and retention of the other skills."""
 
 from __future__ import annotations
 
@@ -16,24 +13,11 @@ from minichord.tasks.base import Problem
 from minichord.tasks.reward import reward as default_reward
 
 
-def summarise(problems: Sequence[Problem], responses: Sequence[str], rewards: Sequence[float],
-              lengths: Sequence[int], n_samples: int = 3) -> dict:
-    """{"accuracy", "n", "response_length" (mean tokens, eos included), "samples": the first
-    n_samples as [{"prompt", "response", "answer"}, ...], "per_skill" (only when several skills)}."""
-    by_skill: dict[str, list[float]] = defaultdict(list)
-    for p, r in zip(problems, rewards):
-        by_skill[p.skill].append(r)
-    out = {"accuracy": sum(rewards) / len(rewards), "n": len(rewards), "response_length": sum(lengths) / len(lengths),
-           "samples": [{"prompt": p.prompt, "response": r, "answer": p.answer}
-                       for p, r in list(zip(problems, responses))[:n_samples]]}
-    if len(by_skill) > 1:
-        out["per_skill"] = {skill: sum(v) / len(v) for skill, v in sorted(by_skill.items())}
-    return out
-
-
 def evaluate(model, tokenizer, problems: Sequence[Problem], *, batch_size: int = 128,
              max_new_tokens: int = 96, reward_fn: Callable[[str, str], float] = default_reward) -> dict:
-    """Greedy-decode every problem (in batches) and score it; returns `summarise`'s dict."""
+    """Greedy-decode every problem (in batches) and score it: {"accuracy", "n", "response_length" (mean tokens,
+    eos included), "samples": the first 3 as [{"prompt", "response", "answer"}, ...], "per_skill" (only when
+    several skills)}."""
     problems = list(problems)
     if not problems:
         raise ValueError("evaluate() needs at least one problem")
@@ -58,7 +42,14 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], *, batch_size: int =
     finally:
         model.train(was_training)
     rewards = [float(reward_fn(r, p.answer)) for r, p in zip(responses, problems)]
-    return summarise(problems, responses, rewards, lengths)
+    by_skill: dict[str, list[float]] = defaultdict(list)
+    for p, r in zip(problems, rewards):
+        by_skill[p.skill].append(r)
+    out = {"accuracy": sum(rewards) / len(rewards), "n": len(rewards), "response_length": sum(lengths) / len(lengths),
+           "samples": [dict(prompt=p.prompt, response=r, answer=p.answer) for p, r in zip(problems[:3], responses)]}
+    if len(by_skill) > 1:
+        out["per_skill"] = {skill: sum(v) / len(v) for skill, v in sorted(by_skill.items())}
+    return out
 
 
 @torch.no_grad()

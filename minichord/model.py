@@ -23,8 +23,7 @@ from minichord.config import ModelConfig
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position of every slot counting real tokens only: cumsum(mask) - 1, clamped at 0.
-    [B, S] bool -> [B, S] long (pads get a position too, but their outputs are never used)."""
+    """[B, S] bool -> [B, S] long: cumsum(mask) - 1, clamped at 0 (pads get one too, their outputs are unused)."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
@@ -40,7 +39,6 @@ class KVCache:
         self.batch_size, self.max_len, self.length = batch_size, max_len, 0
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store k, v [B, n_kv, T, hd] after the cached ones; return all keys/values so far."""
         end = self.length + k.shape[2]
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
@@ -94,9 +92,8 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, kv_cache: KVCache | None):
         B, T, _ = x.shape
         c = self.cfg
-        q = self.q_proj(x).view(B, T, c.n_heads, c.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        k = self.k_proj(x).view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
-        v = self.v_proj(x).view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
+        # q: [B, H, T, hd]; k, v: [B, Hkv, T, hd]
+        q, k, v = (lin(x).view(B, T, -1, c.head_dim).transpose(1, 2) for lin in (self.q_proj, self.k_proj, self.v_proj))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # [B, Hkv, S, hd]
@@ -144,8 +141,7 @@ class Transformer(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-        # GPT-2-style scaling: each residual branch's output projection gets std 0.02/sqrt(2L),
-        # so the residual stream's variance does not grow with depth.
+        # GPT-2 style: each residual branch's output projection gets std 0.02/sqrt(2L) (variance flat in depth)
         for name, p in self.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))

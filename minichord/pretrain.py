@@ -99,8 +99,7 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
                   log: Callable[[str], None] | None = print, force: bool = False) -> Path:
     """Pre-train (or reuse) the toy base model in `out_dir`; returns the checkpoint directory.
 
-    `config` holds the recipe (defaults: PretrainConfig()); `seed` and `steps` override it.
-    The default model is ModelConfig() (its vocab_size is the tokenizer's vocabulary budget)."""
+    `config` is the recipe (default PretrainConfig()), `seed` and `steps` override it; `model_config`: ModelConfig()."""
     cfg = dataclasses.replace(config or PretrainConfig(), seed=seed,
                               **({"steps": steps} if steps is not None else {}))
     if cfg.steps < 1 or cfg.batch_size < 1:
@@ -136,7 +135,6 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     say(f"pretrain: {model.num_params() / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, "
         f"{cfg.steps} steps x {cfg.batch_size} examples -> {out_dir}")
-    model.train()
     log_every = max(1, cfg.steps // 12)
     for step in range(cfg.steps):
         for group in optimizer.param_groups:

@@ -1,7 +1,6 @@
 """The paper's comparison at toy scale: every method, several seeds, matched budgets.
 
-    minichord reproduce --out runs/reproduce            # the FULL setting below
-    minichord reproduce --quick --out runs/quick        # the QUICK setting below
+    minichord reproduce [--quick] --out runs/reproduce   # the FULL (QUICK) setting below
 
 (Measured wall times: README.md.) Matched budget: every method runs the same number of
 optimizer steps with the same batch shape (B prompts x G rollouts, E expert demonstrations per
@@ -57,13 +56,9 @@ def run_summary(run_dir: Path, wall: float) -> dict:
     """`split_summary` of the last evaluation, final rollout entropy and samples seen."""
     evals, metrics = read_jsonl(run_dir / "eval.jsonl"), read_jsonl(run_dir / "metrics.jsonl")
     tail = [m["entropy"] for m in metrics[-5:] if isinstance(m.get("entropy"), float) and m["entropy"] == m["entropy"]]
-    return {
-        **split_summary(evals[-1]),
-        "entropy": sum(tail) / len(tail) if tail else None,
-        "rollouts_seen": sum(m.get("rollouts", 0) for m in metrics),
-        "experts_seen": sum(m.get("experts", 0) for m in metrics),
-        "wall_s": wall,
-    }
+    return {**split_summary(evals[-1]), "entropy": sum(tail) / len(tail) if tail else None,
+            "rollouts_seen": sum(m.get("rollouts", 0) for m in metrics),
+            "experts_seen": sum(m.get("experts", 0) for m in metrics), "wall_s": wall}
 
 
 def mean_std(values: list[float | None]) -> str:
@@ -126,10 +121,9 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
         log(f"    in-domain {r['in_domain']:.3f} | harder {r['harder']:.3f} | other skills {r['other_skills']:.3f}")
     if setting.sft_curve_steps:
         log(f"[run {total}/{total}] long SFT run on the limited expert set ({setting.sft_curve_steps} steps)")
-        every = max(1, setting.sft_curve_steps // 24)
+        n = setting.sft_curve_steps
         prepare_run("sft", out / "sft-long", resume=False, log=quiet, overrides=[
-            *common, f"steps={setting.sft_curve_steps}", f"eval_every={every}",
-            f"save_every={setting.sft_curve_steps}"]).run()
+            *common, f"steps={n}", f"eval_every={max(1, n // 24)}", f"save_every={n}"]).run()
     table = markdown_table(results, setting.seeds)
     (out / "results.json").write_text(json.dumps({"setting": dataclasses.asdict(setting), "methods": methods,
                                                   "overrides": list(overrides), "results": results}, indent=1))

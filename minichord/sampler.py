@@ -1,5 +1,4 @@
-"""Batched generation with a KV cache: the sampled tokens, the log-probability of each, and a
-mask of which tokens were generated.
+"""Batched generation with a KV cache, returning a `Rollout`.
 
     prompts (ragged) --left-pad--> [B, P] --prefill (one forward)--> cache + last logits
     repeat up to max_new_tokens times:  pick a token from the logits, feed it back ([B, 1])
@@ -124,11 +123,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
         finished = finished | (alive & (next_tok == eos_id))
         if bool(finished.all()) or t + 1 == cfg.max_new_tokens:
             break
-        end = P + t + 1  # feed tokens[:, t] back (pad_id for stopped sequences)
-        if use_cache:
-            logits = model(tokens[:, t:t + 1], attention_mask=seq_mask[:, :end], kv_cache=cache)[:, -1]
-        else:
-            logits = model(torch.cat([ids, tokens[:, :t + 1]], dim=1), attention_mask=seq_mask[:, :end])[:, -1]
-    steps = t + 1
-    return Rollout(tokens=tokens[:, :steps], logprobs=logprobs[:, :steps],
-                   mask=out_mask[:, :steps], finished=finished)
+        # feed tokens[:, t] back (pad_id for stopped sequences)
+        step_ids = tokens[:, t:t + 1] if use_cache else torch.cat([ids, tokens[:, :t + 1]], dim=1)
+        logits = model(step_ids, attention_mask=seq_mask[:, :P + t + 1], kv_cache=cache)[:, -1]
+    return Rollout(tokens[:, :t + 1], logprobs[:, :t + 1], out_mask[:, :t + 1], finished)
