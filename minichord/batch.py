@@ -45,9 +45,8 @@ class TokenBatch:
         keep = torch.isin(self.rows, seq_ids)  # [N]
         remap = torch.full((self.ids.shape[0],), -1, dtype=torch.long)
         remap[seq_ids] = torch.arange(len(seq_ids))
-        return TokenBatch(self.ids[seq_ids], self.attention_mask[seq_ids], remap[self.rows[keep]],
-                          self.cols[keep], self.targets[keep], self.is_expert[keep],
-                          self.advantages[keep], self.old_logp[keep])
+        return TokenBatch(self.ids[seq_ids], self.attention_mask[seq_ids], remap[self.rows[keep]], self.cols[keep],
+                          self.targets[keep], self.is_expert[keep], self.advantages[keep], self.old_logp[keep])
 
 
 def pack(sequences: list[Sequence], pad_id: int, max_len: int) -> TokenBatch:

@@ -18,8 +18,7 @@ def run_demo(out_dir: Path, *, steps: int | None = None, seed: int = 0) -> dict:
     print(f"step 2/3: CHORD-phi for {trainer.steps} steps ({trainer.cfg.prompts_per_step} prompts x "
           f"{trainer.cfg.group_size} rollouts + {trainer.cfg.experts_per_step} expert demos per step, "
           f"mu = {trainer.cfg.mu_peak})")
-    after = trainer.run()
-    before = trainer.evals[0]
+    after, before = trainer.run(), trainer.evals[0]
     print("step 3/3: results (greedy decoding on held-out splits)\n")
     print(f"{'split':14s} {'before':>8s} {'after':>8s}   {'mean length before -> after'}")
     for split in ("in_domain", "harder", "other_skills"):

@@ -7,8 +7,7 @@
 Parameter names are Hugging Face Qwen2's (HF adds a `model.` prefix to all but `lm_head`), so
 real Qwen2 weights map by renaming; a tied embedding has no `lm_head` parameter at all.
 
-Padding: `attention_mask` is True on real tokens, and positions count real tokens only, so
-padding never shifts RoPE. The sampler left-pads its prompts; training batches are right-padded.
+Padding never shifts RoPE: positions count real tokens only, so left- (sampler) and right-padding alike work.
 """
 
 from __future__ import annotations
@@ -148,7 +147,6 @@ class Transformer(nn.Module):
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
-        """[V, D] output projection: the embedding matrix when tied."""
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def num_params(self) -> int:

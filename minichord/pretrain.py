@@ -10,9 +10,8 @@ picks up 2-digit addition: the same recipe with 450 steps scores 0.09 on it.) St
   1. a byte-level BPE tokenizer trained on text of *both* styles (vocabulary coverage);
   2. a stream of (prompt, answer) examples of all skills, none in any split (`toy.pretrain_corpus`):
      terse answers, but 10 % of the additions are 1-digit ones in the expert's step-by-step format;
-  3. next-token loss on response tokens only (the tokenizer's loss mask),
-         L = - (1 / #response tokens) * sum_{t in response} log p(x_t | x_<t),
-     AdamW, linear warm-up then cosine decay of the learning rate, right-padded batches;
+  3. AdamW (`cosine_lr`) on the next-token loss of response tokens only (the tokenizer's loss mask):
+         L = - (1 / #response tokens) * sum_{t in response} log p(x_t | x_<t);
   4. a checkpoint whose meta holds the settings, the test accuracies and `evaluate.expert_token_probs`.
 
 Cached: when `out_dir` already holds a checkpoint made with the same settings, it is reused.

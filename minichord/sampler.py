@@ -51,17 +51,6 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def pick_tokens(logits: torch.Tensor, cfg: SamplerConfig, generator: torch.Generator | None):
-    """logits [B, V] -> (tokens [B] long, logprobs [B] fp32). See the module docstring."""
-    scaled = logits.float() / (1.0 if cfg.greedy else cfg.temperature)  # [B, V]
-    if cfg.greedy:
-        tokens = scaled.argmax(dim=-1)  # [B]
-    else:
-        probs = filter_logits(scaled, cfg.top_k, cfg.top_p).softmax(dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
-    return tokens, F.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
-
-
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Ragged prompts -> ids [B, P] long and mask [B, P] bool, real tokens at the right end."""
     P = max(len(p) for p in prompts)
@@ -104,8 +93,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
                          f"{total} exceeds the model's max_seq_len={model.cfg.max_seq_len}")
     if vocab_size is not None and not 0 < vocab_size <= V:
         raise ValueError(f"vocab_size={vocab_size} must be in [1, model vocab {V}]")
-    seq_mask = torch.ones(B, total, dtype=torch.bool, device=device)  # generated slots count as real
-    seq_mask[:, :P] = mask
+    seq_mask = torch.cat([mask, torch.ones(B, cfg.max_new_tokens, dtype=torch.bool, device=device)], dim=1)
 
     cache = KVCache(model.cfg, B, total, device, dtype) if use_cache else None
     logits = model(ids, attention_mask=mask, kv_cache=cache)[:, -1]  # [B, V] (prefill)
@@ -115,7 +103,13 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     out_mask = torch.zeros(B, cfg.max_new_tokens, dtype=torch.bool, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(cfg.max_new_tokens):
-        next_tok, next_logp = pick_tokens(logits[:, :vocab_size or V], cfg, generator)  # [B], [B]
+        scaled = logits[:, :vocab_size or V].float() / (1.0 if cfg.greedy else cfg.temperature)  # [B, V]
+        if cfg.greedy:
+            next_tok = scaled.argmax(dim=-1)  # [B]
+        else:
+            probs = filter_logits(scaled, cfg.top_k, cfg.top_p).softmax(dim=-1)
+            next_tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
+        next_logp = F.log_softmax(scaled, dim=-1).gather(-1, next_tok[:, None]).squeeze(-1)  # [B], unrestricted
         alive = ~finished
         tokens[:, t] = torch.where(alive, next_tok, pad_id)
         logprobs[:, t] = torch.where(alive, next_logp, 0.0)
