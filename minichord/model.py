@@ -7,7 +7,7 @@
 Parameter names are Hugging Face Qwen2's (HF adds a `model.` prefix to all but `lm_head`), so
 real Qwen2 weights map by renaming; a tied embedding has no `lm_head` parameter at all.
 
-Padding never shifts RoPE: positions count real tokens only, so left- (sampler) and right-padding alike work.
+Padding never shifts RoPE: positions count real tokens only (the sampler left-pads, training right-pads).
 """
 
 from __future__ import annotations

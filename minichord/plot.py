@@ -1,5 +1,5 @@
-"""Learning curves from run directories (metrics.jsonl, eval.jsonl), e.g. `minichord plot runs/a runs/b -o
-curves.png`; needs matplotlib."""
+"""Learning curves from run directories (metrics.jsonl, eval.jsonl); needs matplotlib.
+Command line: `minichord plot runs/a runs/b -o curves.png`."""
 
 from __future__ import annotations
 

@@ -81,7 +81,8 @@ def pad_batch(examples: list[tuple[list[int], list[bool]]], pad_id: int):
     for b, (seq, mask) in enumerate(examples):
         ids[b, :len(seq)] = torch.tensor(seq)
         loss_mask[b, :len(seq)] = torch.tensor(mask)
-    return ids, torch.arange(T)[None, :] < torch.tensor([len(seq) for seq, _ in examples])[:, None], loss_mask
+    attention = torch.arange(T)[None, :] < torch.tensor([len(seq) for seq, _ in examples])[:, None]
+    return ids, attention, loss_mask
 
 
 def _cached(out_dir: Path, settings: dict) -> bool:
@@ -98,7 +99,7 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
                   log: Callable[[str], None] | None = print, force: bool = False) -> Path:
     """Pre-train (or reuse) the toy base model in `out_dir`; returns the checkpoint directory.
 
-    `config` is the recipe (default PretrainConfig()), `seed` and `steps` override it; `model_config`: ModelConfig()."""
+    Recipe: `config` or PretrainConfig(), `seed` and `steps` overriding it; model: `model_config` or ModelConfig()."""
     cfg = dataclasses.replace(config or PretrainConfig(), seed=seed,
                               **({"steps": steps} if steps is not None else {}))
     if cfg.steps < 1 or cfg.batch_size < 1:
