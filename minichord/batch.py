@@ -45,9 +45,8 @@ class TokenBatch:
         keep = torch.isin(self.rows, seq_ids)  # [N]
         remap = torch.full((self.ids.shape[0],), -1, dtype=torch.long)
         remap[seq_ids] = torch.arange(len(seq_ids))
-        return TokenBatch(self.ids[seq_ids], self.attention_mask[seq_ids], remap[self.rows[keep]],
-                          self.cols[keep], self.targets[keep], self.is_expert[keep],
-                          self.advantages[keep], self.old_logp[keep])
+        return TokenBatch(self.ids[seq_ids], self.attention_mask[seq_ids], remap[self.rows[keep]], self.cols[keep],
+                          self.targets[keep], self.is_expert[keep], self.advantages[keep], self.old_logp[keep])
 
 
 def pack(sequences: list[Sequence], pad_id: int, max_len: int) -> TokenBatch:
@@ -69,12 +68,7 @@ def pack(sequences: list[Sequence], pad_id: int, max_len: int) -> TokenBatch:
         is_expert += [s.is_expert] * r
         advantages += [s.advantage] * r
         old_logp += s.old_logprobs if s.old_logprobs is not None else [0.0] * r
-    rows_t = torch.tensor(rows, dtype=torch.long)  # [N]
-    cols_t = torch.tensor(cols, dtype=torch.long)  # [N]
-    return TokenBatch(
-        ids=ids, attention_mask=attention_mask, rows=rows_t, cols=cols_t,
-        targets=ids[rows_t, cols_t + 1],
-        is_expert=torch.tensor(is_expert, dtype=torch.bool),
-        advantages=torch.tensor(advantages, dtype=torch.float32),
-        old_logp=torch.tensor(old_logp, dtype=torch.float32),
-    )
+    rows_t, cols_t = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)  # [N]
+    return TokenBatch(ids, attention_mask, rows_t, cols_t, ids[rows_t, cols_t + 1],
+                      torch.tensor(is_expert, dtype=torch.bool), torch.tensor(advantages, dtype=torch.float32),
+                      torch.tensor(old_logp, dtype=torch.float32))

@@ -1,10 +1,5 @@
-"""`minichord demo` (`make demo`): the main job on the embedded toy task, on a CPU.
-
-1. pre-train the tiny base model (terse answers), or reuse the cached one;
-2. train it with CHORD-phi: GRPO on its own rollouts + phi-weighted SFT on a limited set of
-   step-by-step expert demonstrations;
-3. print accuracy before/after on each held-out split and a few outputs, base vs trained.
-"""
+"""`minichord demo` (`make demo`): CHORD-phi on the embedded toy task, on a CPU, from the cached
+(or freshly pre-trained) base model; prints accuracy before/after and a few outputs, base vs trained."""
 
 from __future__ import annotations
 
@@ -13,21 +8,17 @@ from pathlib import Path
 
 from minichord.experiment import prepare_run
 
-DEMO_OVERRIDES = ["n_test=100", "eval_every=1000", "save_every=1000"]
-DEMO_STEPS = 100
-
 
 def run_demo(out_dir: Path, *, steps: int | None = None, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     print("minichord demo: CHORD-phi on the toy task (addition; reverse/sort/copy measure retention)")
     print("step 1/3: base model (pre-trained once, then cached)")
-    overrides = [*DEMO_OVERRIDES, f"steps={steps or DEMO_STEPS}", f"seed={seed}"]
+    overrides = ["n_test=100", "eval_every=1000", "save_every=1000", f"steps={steps or 100}", f"seed={seed}"]
     trainer = prepare_run("chord-phi", out_dir, overrides=overrides, resume=False)
     print(f"step 2/3: CHORD-phi for {trainer.steps} steps ({trainer.cfg.prompts_per_step} prompts x "
           f"{trainer.cfg.group_size} rollouts + {trainer.cfg.experts_per_step} expert demos per step, "
           f"mu = {trainer.cfg.mu_peak})")
-    after = trainer.run()
-    before = trainer.evals[0]
+    after, before = trainer.run(), trainer.evals[0]
     print("step 3/3: results (greedy decoding on held-out splits)\n")
     print(f"{'split':14s} {'before':>8s} {'after':>8s}   {'mean length before -> after'}")
     for split in ("in_domain", "harder", "other_skills"):

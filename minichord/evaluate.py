@@ -1,7 +1,4 @@
-"""Evaluation: greedy accuracy on held-out splits and retention of the other skills.
-
-    accuracy = mean over problems of reward(greedy response, answer)            (0/1 rewards)
-"""
+"""Evaluation: greedy accuracy (mean 0/1 reward) on held-out splits and retention of the other skills."""
 
 from __future__ import annotations
 
@@ -15,18 +12,23 @@ from minichord.sampler import generate
 from minichord.tasks.base import Problem
 from minichord.tasks.reward import reward as default_reward
 
-RewardFn = Callable[[str, str], float]
 
-
-def _responses(model, tokenizer, prompts: list[str], max_new_tokens: int,
-               batch_size: int) -> tuple[list[str], list[int]]:
-    """Greedy-decode one response per prompt, in batches: (texts, lengths in tokens incl. eos)."""
-    texts, lengths = [], []
+def evaluate(model, tokenizer, problems: Sequence[Problem], *, batch_size: int = 128,
+             max_new_tokens: int = 96, reward_fn: Callable[[str, str], float] = default_reward) -> dict:
+    """Greedy-decode every problem (in batches) and score it: {"accuracy", "n", "response_length" (mean tokens,
+    eos included), "samples": the first 3 as [{"prompt", "response", "answer"}, ...], "per_skill" (only when
+    several skills)}."""
+    problems = list(problems)
+    if not problems:
+        raise ValueError("evaluate() needs at least one problem")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    responses, lengths = [], []
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(prompts), batch_size):
-            ids = [tokenizer.encode_prompt(p) for p in prompts[start:start + batch_size]]
+        for start in range(0, len(problems), batch_size):
+            ids = [tokenizer.encode_prompt(p.prompt) for p in problems[start:start + batch_size]]
             room = model.cfg.max_seq_len - max(len(p) for p in ids)  # answers are cut to fit the context
             if room < 1:
                 raise ValueError(f"a prompt of {max(len(p) for p in ids)} tokens leaves no room to answer "
@@ -35,43 +37,19 @@ def _responses(model, tokenizer, prompts: list[str], max_new_tokens: int,
             rollout = generate(model, ids, cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                                vocab_size=tokenizer.vocab_size)
             for tokens, mask in zip(rollout.tokens, rollout.mask):  # [T_new] each
-                texts.append(tokenizer.decode(tokens[mask]))  # generated tokens, eos included
+                responses.append(tokenizer.decode(tokens[mask]))  # generated tokens, eos included
                 lengths.append(int(mask.sum()))
     finally:
         model.train(was_training)
-    return texts, lengths
-
-
-def summarise(problems: Sequence[Problem], responses: Sequence[str], rewards: Sequence[float],
-              lengths: Sequence[int], n_samples: int = 3) -> dict:
-    """{"accuracy", "n", "response_length" (mean tokens, eos included), "samples": the first
-    n_samples as [{"prompt", "response", "answer"}, ...], "per_skill" (only when several skills)}."""
+    rewards = [float(reward_fn(r, p.answer)) for r, p in zip(responses, problems)]
     by_skill: dict[str, list[float]] = defaultdict(list)
     for p, r in zip(problems, rewards):
         by_skill[p.skill].append(r)
-    out = {
-        "accuracy": sum(rewards) / len(rewards),
-        "n": len(rewards),
-        "response_length": sum(lengths) / len(lengths),
-        "samples": [{"prompt": p.prompt, "response": r, "answer": p.answer}
-                    for p, r in list(zip(problems, responses))[:n_samples]],
-    }
+    out = {"accuracy": sum(rewards) / len(rewards), "n": len(rewards), "response_length": sum(lengths) / len(lengths),
+           "samples": [dict(prompt=p.prompt, response=r, answer=p.answer) for p, r in zip(problems[:3], responses)]}
     if len(by_skill) > 1:
         out["per_skill"] = {skill: sum(v) / len(v) for skill, v in sorted(by_skill.items())}
     return out
-
-
-def evaluate(model, tokenizer, problems: Sequence[Problem], *, batch_size: int = 128,
-             max_new_tokens: int = 96, reward_fn: RewardFn = default_reward) -> dict:
-    """Greedy-decode every problem and score it; returns `summarise`'s dict."""
-    problems = list(problems)
-    if not problems:
-        raise ValueError("evaluate() needs at least one problem")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    responses, lengths = _responses(model, tokenizer, [p.prompt for p in problems], max_new_tokens, batch_size)
-    rewards = [float(reward_fn(r, p.answer)) for r, p in zip(responses, problems)]
-    return summarise(problems, responses, rewards, lengths)
 
 
 @torch.no_grad()
@@ -96,6 +74,5 @@ def expert_token_probs(model, tokenizer, demos: Sequence) -> dict[str, float]:
 
 
 def evaluate_splits(model, tokenizer, splits: dict[str, Sequence[Problem]], **kwargs) -> dict[str, dict]:
-    """`evaluate` on each named split, e.g. {"in_domain": ..., "harder": ..., "other_skills": ...};
-    a split mixing skills (other_skills) also reports "per_skill" accuracy."""
+    """`evaluate` on each non-empty named split, e.g. {"in_domain": ..., "harder": ..., "other_skills": ...}."""
     return {name: evaluate(model, tokenizer, problems, **kwargs) for name, problems in splits.items() if problems}

@@ -7,8 +7,7 @@
 Parameter names are Hugging Face Qwen2's (HF adds a `model.` prefix to all but `lm_head`), so
 real Qwen2 weights map by renaming; a tied embedding has no `lm_head` parameter at all.
 
-Padding: `attention_mask` is True on real tokens, and positions count real tokens only, so
-padding never shifts RoPE. The sampler left-pads its prompts; training batches are right-padded.
+Padding never shifts RoPE: positions count real tokens only (the sampler left-pads, training right-pads).
 """
 
 from __future__ import annotations
@@ -23,8 +22,7 @@ from minichord.config import ModelConfig
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position of every slot counting real tokens only: cumsum(mask) - 1, clamped at 0.
-    [B, S] bool -> [B, S] long (pads get a position too, but their outputs are never used)."""
+    """[B, S] bool -> [B, S] long: cumsum(mask) - 1, clamped at 0 (pads get one too, their outputs are unused)."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
@@ -40,7 +38,6 @@ class KVCache:
         self.batch_size, self.max_len, self.length = batch_size, max_len, 0
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store k, v [B, n_kv, T, hd] after the cached ones; return all keys/values so far."""
         end = self.length + k.shape[2]
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
@@ -65,8 +62,7 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
     """Rotary angles: inv_freq_i = theta^(-2i/d), angle[b,t,i] = pos[b,t] * inv_freq_i.
     Returns cos, sin: [B, T, head_dim] (the d/2 angles repeated twice, "rotate_half" layout)."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.float()[..., None] * inv_freq  # [B, T, hd/2]
-    angles = torch.cat([angles, angles], dim=-1)  # [B, T, hd]
+    angles = (positions.float()[..., None] * inv_freq).repeat(1, 1, 2)  # [B, T, hd]: the hd/2 angles twice
     return angles.cos(), angles.sin()
 
 
@@ -95,15 +91,12 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, kv_cache: KVCache | None):
         B, T, _ = x.shape
         c = self.cfg
-        q = self.q_proj(x).view(B, T, c.n_heads, c.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        k = self.k_proj(x).view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
-        v = self.v_proj(x).view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
+        # q: [B, H, T, hd]; k, v: [B, Hkv, T, hd]
+        q, k, v = (lin(x).view(B, T, -1, c.head_dim).transpose(1, 2) for lin in (self.q_proj, self.k_proj, self.v_proj))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # [B, Hkv, S, hd]
-        n_rep = c.n_heads // c.n_kv_heads
-        k = k.repeat_interleave(n_rep, dim=1)  # [B, H, S, hd]
-        v = v.repeat_interleave(n_rep, dim=1)  # [B, H, S, hd]
+        k, v = (t.repeat_interleave(c.n_heads // c.n_kv_heads, dim=1) for t in (k, v))  # [B, H, S, hd]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, hd]
         return self.o_proj(out.transpose(1, 2).reshape(B, T, c.n_heads * c.head_dim))
 
@@ -122,8 +115,6 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: h = x + Attn(norm(x)); out = h + MLP(norm(h))."""
-
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -149,15 +140,13 @@ class Transformer(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-        # GPT-2-style scaling: each residual branch's output projection gets std 0.02/sqrt(2L),
-        # so the residual stream's variance does not grow with depth.
+        # GPT-2 style: each residual branch's output projection gets std 0.02/sqrt(2L) (variance flat in depth)
         for name, p in self.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
-        """[V, D] output projection: the embedding matrix when tied."""
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def num_params(self) -> int:
@@ -191,8 +180,7 @@ class Transformer(nn.Module):
 
         query_slot = torch.arange(past, S, device=ids.device)[:, None]  # [T, 1]
         key_slot = torch.arange(S, device=ids.device)[None, :]  # [1, S]
-        mask = (key_slot <= query_slot) & attention_mask[:, None, None, :]  # [B, 1, T, S]
-        mask = mask | (key_slot == query_slot)  # a query always sees itself
+        mask = ((key_slot <= query_slot) & attention_mask[:, None, None, :]) | (key_slot == query_slot)  # [B, 1, T, S]
 
         x = self.embed_tokens(ids)  # [B, T, D]
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)  # [B, T, hd]

@@ -1,7 +1,5 @@
 """Learning curves from run directories (metrics.jsonl, eval.jsonl); needs matplotlib.
-
-    minichord plot runs/a runs/b -o curves.png
-"""
+Command line: `minichord plot runs/a runs/b -o curves.png`."""
 
 from __future__ import annotations
 
@@ -56,9 +54,8 @@ def plot_runs(run_dirs: list[Path], out_file: Path, labels: list[str] | None = N
         labels = [d.resolve().name for d in runs]
         if len(set(labels)) < len(labels):
             labels = [f"{d.resolve().parent.name}/{d.resolve().name}" for d in runs]
-    cols = 4
-    rows_n = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3 * rows_n), squeeze=False)
+    rows_n = (len(panels) + 3) // 4  # 4 panels a row
+    fig, axes = plt.subplots(rows_n, 4, figsize=(16, 3 * rows_n), squeeze=False)
     data = {d: {f: read_jsonl(d / f) for f in ("metrics.jsonl", "eval.jsonl")} for d in runs}
     handles = {}  # label -> a line of that run, for one legend covering every run
     for ax, (file, key, title) in zip(axes.flat, panels):

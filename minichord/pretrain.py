@@ -8,16 +8,11 @@ target, and room to hurt on the rest. (500 steps sits just past the point where 
 picks up 2-digit addition: the same recipe with 450 steps scores 0.09 on it.) Steps:
 
   1. a byte-level BPE tokenizer trained on text of *both* styles (vocabulary coverage);
-  2. a stream of (prompt, answer) examples of all skills, none of them a prompt that any split
-     may use (`minichord.tasks.toy.is_reserved`): terse answers, except that 10 % of the
-     additions are 1-digit ones written in the expert's step-by-step format, so the base has
-     seen that format (as an instruct model has seen some reasoning) but never used it on the
-     target problems;
-  3. next-token loss on response tokens only (the tokenizer's loss mask),
-         L = - (1 / #response tokens) * sum_{t in response} log p(x_t | x_<t),
-     AdamW, linear warm-up then cosine decay of the learning rate, right-padded batches;
-  4. a checkpoint with the settings, the accuracy on each test split and how probable the
-     expert set's tokens are under the base (`evaluate.expert_token_probs`) in its meta.
+  2. a stream of (prompt, answer) examples of all skills, none in any split (`toy.pretrain_corpus`):
+     terse answers, but 10 % of the additions are 1-digit ones in the expert's step-by-step format;
+  3. AdamW (`cosine_lr`) on the next-token loss of response tokens only (the tokenizer's loss mask):
+         L = - (1 / #response tokens) * sum_{t in response} log p(x_t | x_<t);
+  4. a checkpoint whose meta holds the settings, the test accuracies and `evaluate.expert_token_probs`.
 
 Cached: when `out_dir` already holds a checkpoint made with the same settings, it is reused.
 """
@@ -82,21 +77,12 @@ def pad_batch(examples: list[tuple[list[int], list[bool]]], pad_id: int):
     """Right-pad encoded examples -> ids [B, T] long, attention [B, T] bool, loss_mask [B, T] bool."""
     T = max(len(ids) for ids, _ in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    attention = torch.zeros(len(examples), T, dtype=torch.bool)
     loss_mask = torch.zeros(len(examples), T, dtype=torch.bool)
     for b, (seq, mask) in enumerate(examples):
         ids[b, :len(seq)] = torch.tensor(seq)
-        attention[b, :len(seq)] = True
         loss_mask[b, :len(seq)] = torch.tensor(mask)
+    attention = torch.arange(T)[None, :] < torch.tensor([len(seq) for seq, _ in examples])[:, None]
     return ids, attention, loss_mask
-
-
-def response_loss(model, ids: torch.Tensor, attention: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token NLL over response tokens (the tokens whose loss_mask is True)."""
-    logits = model(ids[:, :-1], attention_mask=attention[:, :-1])  # [B, T-1, V]
-    targets = ids[:, 1:]  # [B, T-1]
-    scored = loss_mask[:, 1:]  # [B, T-1] predicting a response token (or the eos)
-    return F.cross_entropy(logits[scored].float(), targets[scored])
 
 
 def _cached(out_dir: Path, settings: dict) -> bool:
@@ -113,8 +99,7 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
                   log: Callable[[str], None] | None = print, force: bool = False) -> Path:
     """Pre-train (or reuse) the toy base model in `out_dir`; returns the checkpoint directory.
 
-    `config` holds the recipe (defaults: PretrainConfig()); `seed` and `steps` override it.
-    The default model is ModelConfig() (its vocab_size is the tokenizer's vocabulary budget)."""
+    Recipe: `config` or PretrainConfig(), `seed` and `steps` overriding it; model: `model_config` or ModelConfig()."""
     cfg = dataclasses.replace(config or PretrainConfig(), seed=seed,
                               **({"steps": steps} if steps is not None else {}))
     if cfg.steps < 1 or cfg.batch_size < 1:
@@ -150,13 +135,15 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     say(f"pretrain: {model.num_params() / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, "
         f"{cfg.steps} steps x {cfg.batch_size} examples -> {out_dir}")
-    model.train()
     log_every = max(1, cfg.steps // 12)
     for step in range(cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, cfg)
-        batch = pad_batch(examples[step * cfg.batch_size:(step + 1) * cfg.batch_size], tokenizer.pad_id)
-        loss = response_loss(model, *batch)
+        ids, attention, loss_mask = pad_batch(examples[step * cfg.batch_size:(step + 1) * cfg.batch_size],
+                                              tokenizer.pad_id)
+        logits = model(ids[:, :-1], attention_mask=attention[:, :-1])  # [B, T-1, V]
+        scored = loss_mask[:, 1:]  # [B, T-1]: predicting a response token (or the eos)
+        loss = F.cross_entropy(logits[scored].float(), ids[:, 1:][scored])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pretrain: loss is {loss.item()} at step {step}; lower lr (now {cfg.lr})")
         optimizer.zero_grad(set_to_none=True)
@@ -168,10 +155,8 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
                 f"lr {cosine_lr(step, cfg):.2e} | {time.perf_counter() - t0:5.1f}s")
     train_seconds = time.perf_counter() - t0
 
-    accuracies: dict = {}
-    expert_tokens: dict = {}
+    accuracies, expert_tokens = {}, {}
     if cfg.n_eval > 0:
-        model.eval()
         task = make_splits(cfg.seed, n_rl=0, n_expert=TrainConfig().n_expert, n_test=cfg.n_eval,
                            other_lengths=cfg.other_lengths)  # the trainer's default expert set
         results = evaluate_splits(model, tokenizer, task.tests)

@@ -1,7 +1,6 @@
 """The paper's comparison at toy scale: every method, several seeds, matched budgets.
 
-    minichord reproduce --out runs/reproduce            # the FULL setting below
-    minichord reproduce --quick --out runs/quick        # the QUICK setting below
+    minichord reproduce [--quick] --out runs/reproduce   # the FULL (QUICK) setting below
 
 (Measured wall times: README.md.) Matched budget: every method runs the same number of
 optimizer steps with the same batch shape (B prompts x G rollouts, E expert demonstrations per
@@ -49,8 +48,7 @@ QUICK = Setting(steps=24, seeds=1, n_test=60, eval_every=12, sft_curve_steps=60)
 
 def split_summary(evaluation: dict) -> dict:
     """Accuracy on each held-out split and the in-domain mean response length."""
-    return {"in_domain": evaluation["in_domain"]["accuracy"], "harder": evaluation["harder"]["accuracy"],
-            "other_skills": evaluation["other_skills"]["accuracy"],
+    return {**{split: evaluation[split]["accuracy"] for split in ("in_domain", "harder", "other_skills")},
             "response_length": evaluation["in_domain"]["response_length"]}
 
 
@@ -58,21 +56,15 @@ def run_summary(run_dir: Path, wall: float) -> dict:
     """`split_summary` of the last evaluation, final rollout entropy and samples seen."""
     evals, metrics = read_jsonl(run_dir / "eval.jsonl"), read_jsonl(run_dir / "metrics.jsonl")
     tail = [m["entropy"] for m in metrics[-5:] if isinstance(m.get("entropy"), float) and m["entropy"] == m["entropy"]]
-    return {
-        **split_summary(evals[-1]),
-        "entropy": sum(tail) / len(tail) if tail else None,
-        "rollouts_seen": sum(m.get("rollouts", 0) for m in metrics),
-        "experts_seen": sum(m.get("experts", 0) for m in metrics),
-        "wall_s": wall,
-    }
+    return {**split_summary(evals[-1]), "entropy": sum(tail) / len(tail) if tail else None,
+            "rollouts_seen": sum(m.get("rollouts", 0) for m in metrics),
+            "experts_seen": sum(m.get("experts", 0) for m in metrics), "wall_s": wall}
 
 
 def mean_std(values: list[float | None]) -> str:
     vals = [v for v in values if v is not None]
-    if not vals:
-        return "–"
-    if len(vals) == 1:
-        return f"{vals[0]:.3f}"
+    if len(vals) < 2:
+        return f"{vals[0]:.3f}" if vals else "–"
     return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
 
 
@@ -95,11 +87,9 @@ def markdown_table(results: dict[str, list[dict]], n_seeds: int) -> str:
 def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = None,
               methods: list[str] | None = None, steps: int | None = None, overrides: list[str] = (),
               sft_curve_steps: int | None = None, log: Callable[[str], None] = print) -> dict:
-    setting = dataclasses.replace(QUICK if quick else FULL)
-    setting.seeds = seeds or setting.seeds
-    setting.steps = steps or setting.steps
-    if sft_curve_steps is not None:
-        setting.sft_curve_steps = sft_curve_steps
+    base = QUICK if quick else FULL
+    setting = dataclasses.replace(base, seeds=seeds or base.seeds, steps=steps or base.steps,
+                                  sft_curve_steps=base.sft_curve_steps if sft_curve_steps is None else sft_curve_steps)
     methods = list(methods or ALL_METHODS)
     for m in methods:
         build_stages(m)  # refuse unknown method names before any work
@@ -131,10 +121,9 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
         log(f"    in-domain {r['in_domain']:.3f} | harder {r['harder']:.3f} | other skills {r['other_skills']:.3f}")
     if setting.sft_curve_steps:
         log(f"[run {total}/{total}] long SFT run on the limited expert set ({setting.sft_curve_steps} steps)")
-        every = max(1, setting.sft_curve_steps // 24)
+        n = setting.sft_curve_steps
         prepare_run("sft", out / "sft-long", resume=False, log=quiet, overrides=[
-            *common, f"steps={setting.sft_curve_steps}", f"eval_every={every}",
-            f"save_every={setting.sft_curve_steps}"]).run()
+            *common, f"steps={n}", f"eval_every={max(1, n // 24)}", f"save_every={n}"]).run()
     table = markdown_table(results, setting.seeds)
     (out / "results.json").write_text(json.dumps({"setting": dataclasses.asdict(setting), "methods": methods,
                                                   "overrides": list(overrides), "results": results}, indent=1))

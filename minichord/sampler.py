@@ -1,5 +1,4 @@
-"""Batched generation with a KV cache: the sampled tokens, the log-probability of each, and a
-mask of which tokens were generated.
+"""Batched generation with a KV cache, returning a `Rollout`.
 
     prompts (ragged) --left-pad--> [B, P] --prefill (one forward)--> cache + last logits
     repeat up to max_new_tokens times:  pick a token from the logits, feed it back ([B, 1])
@@ -52,44 +51,14 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def pick_tokens(logits: torch.Tensor, cfg: SamplerConfig, generator: torch.Generator | None):
-    """logits [B, V] -> (tokens [B] long, logprobs [B] fp32). See the module docstring."""
-    logits = logits.float()
-    if cfg.greedy:
-        tokens = logits.argmax(dim=-1)  # [B]
-        logprobs = F.log_softmax(logits, dim=-1)
-    else:
-        scaled = logits / cfg.temperature  # [B, V]
-        logprobs = F.log_softmax(scaled, dim=-1)
-        probs = filter_logits(scaled, cfg.top_k, cfg.top_p).softmax(dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
-    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
-
-
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Ragged prompts -> ids [B, P] long and mask [B, P] bool, real tokens at the right end."""
     P = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(prompts), P, dtype=torch.bool)
     for b, prompt in enumerate(prompts):
         ids[b, P - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        mask[b, P - len(prompt):] = True
+    mask = torch.arange(P)[None, :] >= P - torch.tensor([len(p) for p in prompts])[:, None]
     return ids.to(device), mask.to(device)
-
-
-def _check_prompts(prompts, vocab_size: int, max_new_tokens: int, max_seq_len: int) -> None:
-    if not prompts:
-        raise ValueError("generate() needs at least one prompt, got an empty list")
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
-        bad = [t for t in p if not 0 <= int(t) < vocab_size]
-        if bad:
-            raise ValueError(f"prompt {i} has token ids outside [0, {vocab_size}): {bad[:5]}")
-    longest = max(len(p) for p in prompts)
-    if longest + max_new_tokens > max_seq_len:
-        raise ValueError(f"longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "
-                         f"{longest + max_new_tokens} exceeds the model's max_seq_len={max_seq_len}")
 
 
 @torch.no_grad()
@@ -107,16 +76,24 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     else, so they are never drawn and log-probs are over the tokenizer's ids.
     """
     param = next(model.parameters())
-    device, dtype = param.device, param.dtype
-    _check_prompts(prompts, model.cfg.vocab_size, cfg.max_new_tokens, model.cfg.max_seq_len)
-    if vocab_size is not None and not 0 < vocab_size <= model.cfg.vocab_size:
-        raise ValueError(f"vocab_size={vocab_size} must be in [1, model vocab {model.cfg.vocab_size}]")
-    drawable = vocab_size or model.cfg.vocab_size
+    device, dtype, V = param.device, param.dtype, model.cfg.vocab_size
+    if not prompts:
+        raise ValueError("generate() needs at least one prompt, got an empty list")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+        bad = [t for t in p if not 0 <= int(t) < V]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids outside [0, {V}): {bad[:5]}")
     ids, mask = left_pad(prompts, pad_id, device)  # [B, P]
     B, P = ids.shape
     total = P + cfg.max_new_tokens
-    seq_mask = torch.ones(B, total, dtype=torch.bool, device=device)  # generated slots count as real
-    seq_mask[:, :P] = mask
+    if total > model.cfg.max_seq_len:
+        raise ValueError(f"longest prompt ({P} tokens) + max_new_tokens ({cfg.max_new_tokens}) = "
+                         f"{total} exceeds the model's max_seq_len={model.cfg.max_seq_len}")
+    if vocab_size is not None and not 0 < vocab_size <= V:
+        raise ValueError(f"vocab_size={vocab_size} must be in [1, model vocab {V}]")
+    seq_mask = torch.cat([mask, torch.ones(B, cfg.max_new_tokens, dtype=torch.bool, device=device)], dim=1)
 
     cache = KVCache(model.cfg, B, total, device, dtype) if use_cache else None
     logits = model(ids, attention_mask=mask, kv_cache=cache)[:, -1]  # [B, V] (prefill)
@@ -126,7 +103,13 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     out_mask = torch.zeros(B, cfg.max_new_tokens, dtype=torch.bool, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(cfg.max_new_tokens):
-        next_tok, next_logp = pick_tokens(logits[:, :drawable], cfg, generator)  # [B], [B]
+        scaled = logits[:, :vocab_size or V].float() / (1.0 if cfg.greedy else cfg.temperature)  # [B, V]
+        if cfg.greedy:
+            next_tok = scaled.argmax(dim=-1)  # [B]
+        else:
+            probs = filter_logits(scaled, cfg.top_k, cfg.top_p).softmax(dim=-1)
+            next_tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
+        next_logp = F.log_softmax(scaled, dim=-1).gather(-1, next_tok[:, None]).squeeze(-1)  # [B], unrestricted
         alive = ~finished
         tokens[:, t] = torch.where(alive, next_tok, pad_id)
         logprobs[:, t] = torch.where(alive, next_logp, 0.0)
@@ -134,11 +117,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
         finished = finished | (alive & (next_tok == eos_id))
         if bool(finished.all()) or t + 1 == cfg.max_new_tokens:
             break
-        end = P + t + 1  # feed tokens[:, t] back (pad_id for stopped sequences)
-        if use_cache:
-            logits = model(tokens[:, t:t + 1], attention_mask=seq_mask[:, :end], kv_cache=cache)[:, -1]
-        else:
-            logits = model(torch.cat([ids, tokens[:, :t + 1]], dim=1), attention_mask=seq_mask[:, :end])[:, -1]
-    steps = t + 1
-    return Rollout(tokens=tokens[:, :steps], logprobs=logprobs[:, :steps],
-                   mask=out_mask[:, :steps], finished=finished)
+        # feed tokens[:, t] back (pad_id for stopped sequences)
+        step_ids = tokens[:, t:t + 1] if use_cache else torch.cat([ids, tokens[:, :t + 1]], dim=1)
+        logits = model(step_ids, attention_mask=seq_mask[:, :P + t + 1], kv_cache=cache)[:, -1]
+    return Rollout(tokens[:, :t + 1], logprobs[:, :t + 1], out_mask[:, :t + 1], finished)

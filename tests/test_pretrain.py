@@ -7,9 +7,9 @@ import torch
 
 from minichord.checkpoint import load_checkpoint
 from minichord.config import ModelConfig
-from minichord.evaluate import evaluate, evaluate_splits, expert_token_probs, summarise
+from minichord.evaluate import evaluate, evaluate_splits, expert_token_probs
 from minichord.pretrain import PretrainConfig, cosine_lr, pretrain_base
-from minichord.tasks import Demonstration, Problem, reward
+from minichord.tasks import Demonstration, Problem
 from minichord.tokenizer import Tokenizer
 
 TINY_MODEL = ModelConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64)
@@ -17,19 +17,6 @@ TINY_RECIPE = PretrainConfig(steps=4, batch_size=8, warmup_steps=2, tokenizer_te
 
 
 # ---- accuracy on known responses --------------------------------------------------------------
-
-def test_summarise_computes_accuracy_and_per_skill():
-    problems = [Problem("add 1 2", "3", "add"), Problem("add 2 2", "4", "add"),
-                Problem("copy 12", "12", "copy"), Problem("sort 21", "12", "sort")]
-    responses = ["3", "1+1=2 carry 0\nanswer: 5", "12", "1+1"]
-    rewards = [reward(r, p.answer) for r, p in zip(responses, problems)]
-    assert rewards == [1.0, 0.0, 1.0, 0.0]
-    out = summarise(problems, responses, rewards, [2, 9, 3, 4], n_samples=2)
-    assert out["accuracy"] == 0.5 and out["n"] == 4 and out["response_length"] == 4.5
-    assert out["per_skill"] == {"add": 0.5, "copy": 1.0, "sort": 0.0}
-    assert out["samples"] == [{"prompt": "add 1 2", "response": "3", "answer": "3"},
-                              {"prompt": "add 2 2", "response": "1+1=2 carry 0\nanswer: 5", "answer": "4"}]
-
 
 class ScriptedModel(torch.nn.Module):
     """A fake policy that always answers `text` then <|eos|>, whatever the prompt, through the
@@ -62,9 +49,10 @@ def test_evaluate_scores_real_generations(tokenizer):
     problems = [Problem("add 5 7", "12", "add"), Problem("add 9 9", "18", "add"),
                 Problem("copy 12", "12", "copy"), Problem("add 6 6", "12", "add")]
     out = evaluate(ScriptedModel(tokenizer, "12"), tokenizer, problems, batch_size=3)
-    assert out["accuracy"] == 0.75
+    assert out["accuracy"] == 0.75 and out["n"] == 4
     assert out["response_length"] == 3.0  # "1", "2", eos
-    assert out["per_skill"] == {"add": 2 / 3, "copy": 1.0}
+    assert out["per_skill"] == {"add": 2 / 3, "copy": 1.0}  # sorted by skill
+    assert len(out["samples"]) == 3  # the first three
     assert out["samples"][1] == {"prompt": "add 9 9", "response": "12", "answer": "18"}
     wrong = evaluate(ScriptedModel(tokenizer, "answer: 13"), tokenizer, problems)
     assert wrong["accuracy"] == 0.0 and "per_skill" in wrong
