@@ -135,6 +135,8 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
     from minichord.tokenizer import SPECIAL_ROLES, Tokenizer, TokenizerError
 
     d = Path(path)
+    if not d.is_dir():
+        raise CheckpointError(f"checkpoint not found: {d} is missing or not a directory")
     if not (d / CONFIG).is_file() or (d / LATEST).exists():  # a root: follow `latest`
         name = _read(d, LATEST).strip()
         _check(re.fullmatch(r"(\.tmp-)?step-\d+(-[0-9a-f]+)?", name) and (d / name).is_dir()

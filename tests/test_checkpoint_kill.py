@@ -129,7 +129,7 @@ def test_kill_during_saves_always_leaves_the_last_complete_checkpoint(tmp_path, 
 TRAINER = """
 import random, sys, torch
 from minichord.config import ModelConfig
-from minichord.experiment import build_phases
+from minichord.experiment import build_stages
 from minichord.model import Transformer
 from minichord.tasks import Demonstration, Problem, style_texts
 from minichord.tokenizer import Tokenizer
@@ -146,7 +146,7 @@ data = TrainData(prompts=prompts, experts=experts, eval_splits={},
 torch.manual_seed(0)
 model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1,
                                 ffn_dim=64, max_seq_len=64))
-trainer = Trainer(build_phases("chord-phi", overrides=TINY), model, tok, data, sys.argv[1],
+trainer = Trainer(build_stages("chord-phi", overrides=TINY), model, tok, data, sys.argv[1],
                   log=lambda line: print(line, flush=True))
 trainer.resume()
 trainer.run()
