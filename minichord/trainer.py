@@ -196,13 +196,9 @@ class Trainer:
         logits = self._hidden(batch, model) @ model.lm_head_weight.T  # [N, V]
         return ops.token_logprobs(logits, batch.targets, temperature=temperature)  # [N]
 
-    def _check_finite_weights(self, step: int, batch: TokenBatch) -> None:
-        """After an update: the weights and the logits of one trained sequence must be finite."""
-        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
-        if not (finite and bool(torch.isfinite(self._logp(batch.select(torch.tensor([0])), 1.0)).all())):
-            raise TrainingError(f"step {step}: the update diverged: it made the weights or logits non-finite ("
-                                f"lr={self.stage_at(step).cfg.lr}); nothing saved, the last good checkpoint "
-                                f"is {self.out / 'checkpoint'}")
+    def _diverged(self, step: int, why: str) -> TrainingError:
+        return TrainingError(f"step {step}: the update diverged: {why} (lr={self.stage_at(step).cfg.lr}); nothing "
+                             f"saved, the last good checkpoint is {self.out / 'checkpoint'}")
 
     def _update(self, stage: Stage, batch: TokenBatch, mu: float | None, step: int) -> dict:
         """ppo_epochs x minibatches optimizer steps on one batch (old log-probs recomputed first
@@ -228,15 +224,15 @@ class Trainer:
                 out.loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 if not (torch.isfinite(out.loss) and torch.isfinite(grad_norm)):
-                    raise TrainingError(
-                        f"step {step}: non-finite loss ({out.loss.item()}) or gradient norm ({grad_norm.item()}); "
-                        f"stopped before the update. The last good checkpoint is {self.out / 'checkpoint'}")
+                    raise self._diverged(step, f"non-finite loss {out.loss.item()} or gradient norm "
+                                               f"{grad_norm.item()}, stopped before the update")
                 try:
                     self.optimizer.step()
                 except RuntimeError as e:  # e.g. AdamW's "value cannot be converted to type float without overflow"
-                    raise TrainingError(f"step {step}: the update diverged ({e}; lr={cfg.lr}); nothing saved, the "
-                                        f"last good checkpoint is {self.out / 'checkpoint'}") from None
-                self._check_finite_weights(step, mb)
+                    raise self._diverged(step, str(e)) from None
+                probe = self._logp(mb.select(torch.tensor([0])), 1.0)  # the logits of one trained sequence
+                if not (all(bool(torch.isfinite(p).all()) for p in self.model.parameters()) and probe.isfinite().all()):
+                    raise self._diverged(step, "it made the weights or logits non-finite")
                 on, ex = ~mb.is_expert, mb.is_expert
                 p_exp = out.logp[ex].exp()  # [N_exp]
                 for k, v in {"loss": out.loss.item(), "grad_norm": grad_norm.item(),
