@@ -15,19 +15,16 @@ The loss (minichord.losses.chord_loss, which the tests compare this kernel again
 
     L = sum_t coef_t * l_t  -  entropy_coef * sum_{t on-policy} coef_t * H_t
 
-Every l_t depends on the logits only through logp_t = z_{t,y_t} - lse_t (z = logits / T),
-so with g_t = d l_t / d logp_t and d logp / dz = onehot(y) - p (and dH/dz = -p (log p + H),
-derived in kernels/logprobs.py):
+Every l_t depends on the logits only through logp_t = z_{t,y_t} - lse_t (z = logits / T), so with
+g_t = d l_t / d logp_t and kernels/logprobs.py's d logp / dz = onehot(y) - p, dH/dz = -p (log p + H):
 
     d L / d logits_t = coef_t * ( g_t (onehot(y_t) - p_t)
                                   + [on-policy] entropy_coef * p_t (log p_t + H_t) ) / T
 
 g_t for each token kind (r = exp(clamp(logp - old_logp, -c_r, c_r)), A = advantage):
 
-    PPO-clip       l = max(-A r, -A clip(r, 1-eps_low, 1+eps_high))   g = -A r, or 0 where
-                   [dual clip, A<0: l = min(l, -A c)]                 the clip (or the dual
-                                                                      clip, or the c_r clamp)
-                                                                      is active ("clipped")
+    PPO-clip       l = max(-A r, -A clip(r, 1-eps_low, 1+eps_high))   g = -A r, or 0 where a clip
+                   [dual clip, A<0: l = min(l, -A c)]                 (PPO, dual, c_r) is active ("clipped")
     unclipped      l = -A r                                           g = -A r  (0 if |log r|>c_r)
     + k3 KL        l += kl_coef (e^d - d - 1), d = ref - logp         g += kl_coef (1 - e^d)
     SFT            l = -logp                                          g = -1
@@ -183,7 +180,6 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
                 ONPOLICY_CLIP=not spec.luffy, DUAL_CLIP=spec.dual_clip is not None,
                 HAS_KL=has_kl, HAS_ENTROPY_BONUS=spec.entropy_coef > 0.0,
                 WRITE_GRAD=write_grad, IGNORE_INDEX=IGNORE_INDEX, num_warps=_num_warps(block_v))
-            # `logits` now holds d L / d logits for this chunk
             if need_grad_hidden:
                 torch.mm(logits, weight, out=grad_hidden[start:end])  # [C, H]
             if need_grad_weight:

@@ -147,7 +147,6 @@ class _TritonTokenLogprobs(torch.autograd.Function):
                 BLOCK_V=block_v, WITH_ENTROPY=return_entropy, num_warps=_num_warps(block_v))
         ctx.save_for_backward(logits, targets, lse, entropy if return_entropy else None)
         ctx.temperature, ctx.ignore_index, ctx.block_v = temperature, ignore_index, block_v
-        ctx.return_entropy = return_entropy
         if return_entropy:
             return logp, entropy
         return logp
@@ -157,7 +156,7 @@ class _TritonTokenLogprobs(torch.autograd.Function):
         logits, targets, lse, entropy = ctx.saved_tensors
         n_rows, vocab_size = logits.shape
         grad_logits = torch.empty((n_rows, vocab_size), dtype=logits.dtype, device=logits.device)
-        has_grad_entropy = ctx.return_entropy and grad_entropy is not None
+        has_grad_entropy = entropy is not None and grad_entropy is not None
         if n_rows:
             _token_logprobs_bwd_kernel[(n_rows,)](
                 logits, logits.stride(0), grad_logits, targets, lse,

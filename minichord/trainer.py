@@ -8,15 +8,13 @@
         L = sum_t coef_t * l_t  (coef: (1-mu)/N_on on rollout tokens, mu/N_exp on expert ones)
         L.backward(); clip_grad_norm(1.0); optimizer.step(); check the weights are still finite
 
-Every random choice of step s (prompts, expert examples, sampling) comes from generators
-seeded with (seed, s), so a resumed run repeats an uninterrupted one exactly. Metrics go to
-`metrics.jsonl` (one line per step) and `eval.jsonl`; checkpoints to `checkpoint/`.
-Ctrl-C or SIGTERM finishes the step, saves and stops with TrainingInterrupted; a diverged
-update stops with TrainingError before anything is saved, so the last checkpoint stays good.
+Every random choice of step s (prompts, expert examples, sampling) comes from generators seeded with
+(seed, s), so a resumed run repeats an uninterrupted one exactly. Metrics go to `metrics.jsonl` (one line
+per step) and `eval.jsonl`; checkpoints to `checkpoint/`. Ctrl-C or SIGTERM finishes the step, saves and
+stops with TrainingInterrupted; a diverged update stops with TrainingError before anything is saved.
 
 The departures from the paper (arXiv 2508.11408) and its official code, the one list:
-- Scale: a ~1M-parameter model on a toy task, lr 1e-4, B=8 x G=8 + E=16 per step
-  (paper: Qwen2.5-7B-Instruct, lr 1e-6, 32 x 8 rollouts + 64 expert samples).
+- Scale: ~1M-parameter toy model, lr 1e-4, B=8 x G=8 + E=16 (paper: Qwen2.5-7B-Instruct, lr 1e-6, 32 x 8 + 64).
 - Normalisation: each term is one token-mean over the whole batch (paper-era code); the official
   code averages tokens per micro-batch and weights micro-batches by their share of sequences.
 - `dual_clip` (c = 3) off by default (official: always on); `log_ratio_clamp` +-20 on, as in current official code.
