@@ -1,5 +1,4 @@
-"""Tier-2 kernel (see minichord/ops.py for the two tiers): fused lm-head matmul + the CHORD
-loss of minichord.losses.chord_loss, chunked over tokens.
+"""Tier-2 kernel (see minichord/ops.py): fused lm-head matmul + minichord.losses.chord_loss, over token chunks.
 
 The full [N, V] logits never exist. For each chunk of C tokens:
 
@@ -16,19 +15,16 @@ The loss (minichord.losses.chord_loss, which the tests compare this kernel again
 
     L = sum_t coef_t * l_t  -  entropy_coef * sum_{t on-policy} coef_t * H_t
 
-Every l_t depends on the logits only through logp_t = z_{t,y_t} - lse_t (z = logits / T),
-so with g_t = d l_t / d logp_t and d logp / dz = onehot(y) - p (and dH/dz = -p (log p + H),
-derived in kernels/logprobs.py):
+Every l_t depends on the logits only through logp_t = z_{t,y_t} - lse_t (z = logits / T), so with
+g_t = d l_t / d logp_t and kernels/logprobs.py's d logp / dz = onehot(y) - p, dH/dz = -p (log p + H):
 
     d L / d logits_t = coef_t * ( g_t (onehot(y_t) - p_t)
                                   + [on-policy] entropy_coef * p_t (log p_t + H_t) ) / T
 
 g_t for each token kind (r = exp(clamp(logp - old_logp, -c_r, c_r)), A = advantage):
 
-    PPO-clip       l = max(-A r, -A clip(r, 1-eps_low, 1+eps_high))   g = -A r, or 0 where
-                   [dual clip, A<0: l = min(l, -A c)]                 the clip (or the dual
-                                                                      clip, or the c_r clamp)
-                                                                      is active ("clipped")
+    PPO-clip       l = max(-A r, -A clip(r, 1-eps_low, 1+eps_high))   g = -A r, or 0 where a clip
+                   [dual clip, A<0: l = min(l, -A c)]                 (PPO, dual, c_r) is active ("clipped")
     unclipped      l = -A r                                           g = -A r  (0 if |log r|>c_r)
     + k3 KL        l += kl_coef (e^d - d - 1), d = ref - logp         g += kl_coef (1 - e^d)
     SFT            l = -logp                                          g = -1
@@ -37,11 +33,9 @@ g_t for each token kind (r = exp(clamp(logp - old_logp, -c_r, c_r)), A = advanta
     LUFFY          l = -A p / (p + gamma)                             g = -A gamma p / (p+gamma)^2
                    (d/dlogp f(p) = f'(p) p,  f'(p) = gamma / (p + gamma)^2)
 
-The loss kinds are tl.constexpr: each configuration compiles to straight-line code. Padding
-rows (target -100) get logp = H = 0 and a zero gradient row. Unlike the torch path, the matmul
-runs in the input dtype (bf16 logits, fp32 accumulation in the GEMM), so bf16 results agree to
-bf16 precision. Gradients are computed in the forward (the logits are gone after the chunk);
-backward only scales them by grad_output.
+The loss kinds are tl.constexpr: each configuration compiles to straight-line code. Unlike the
+torch path, the matmul runs in the input dtype (bf16 logits, fp32 accumulation in the GEMM), so
+bf16 results agree to bf16 precision; backward only scales the forward's gradients by grad_output.
 """
 
 from typing import Optional
@@ -186,7 +180,6 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
                 ONPOLICY_CLIP=not spec.luffy, DUAL_CLIP=spec.dual_clip is not None,
                 HAS_KL=has_kl, HAS_ENTROPY_BONUS=spec.entropy_coef > 0.0,
                 WRITE_GRAD=write_grad, IGNORE_INDEX=IGNORE_INDEX, num_warps=_num_warps(block_v))
-            # `logits` now holds d L / d logits for this chunk
             if need_grad_hidden:
                 torch.mm(logits, weight, out=grad_hidden[start:end])  # [C, H]
             if need_grad_weight:
@@ -204,21 +197,16 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, *unused):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        if grad_hidden is not None and ctx.needs_input_grad[0]:
-            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
-        if grad_weight is not None and ctx.needs_input_grad[1]:
-            grad_weight = grad_weight * grad_loss.to(grad_weight.dtype)
-        return grad_hidden, grad_weight, *([None] * 10)
+        grads = [g * grad_loss.to(g.dtype) if g is not None and need else g
+                 for g, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]  # [N, H], [V, H]
+        return *grads, *([None] * 10)
 
 
 def triton_fused_token_loss(hidden, weight, targets, coef, is_expert, advantages, old_logp,
                             spec, *, ref_logp: Optional[torch.Tensor] = None, temperature=1.0,
                             chunk_size: Optional[int] = None):
-    """hidden [N, H], weight (lm head) [V, H], targets/coef/is_expert/advantages/old_logp
-    [N], spec: minichord.losses.TokenLossSpec -> minichord.ops.FusedLossOutput with
-    loss (scalar, differentiable wrt hidden and weight), logp, entropy, clipped [N] (detached).
-    Same contract as minichord.ops.fused_token_loss; see the module docstring for the math."""
+    """The contract of minichord.ops.fused_token_loss (hidden [N, H], lm-head weight [V, H], [N] vectors,
+    spec -> ops.FusedLossOutput); the math is in the module docstring."""
     check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
                        temperature, chunk_size)
     if hidden.dtype != weight.dtype or hidden.dtype not in (torch.float32, torch.float16, torch.bfloat16):

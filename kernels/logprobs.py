@@ -1,19 +1,14 @@
-"""Tier-1 kernel (see minichord/ops.py for the two tiers): per-token log-probabilities and
-entropies from logits, in Triton.
+"""Tier-1 kernel (see minichord/ops.py for the two tiers): per-token log-probs and entropies, in Triton.
 
     logp_t = (z_{t,y_t} - m_t) - log s_t,   z_t = logits_t / T,   m_t = max_v z_{t,v},
     s_t = sum_v exp(z_{t,v} - m_t)   (so lse_t = m_t + log s_t)
     H_t    = -sum_v p_{t,v} log p_{t,v} = lse_t - sum_v p_{t,v} z_{t,v}
 
-Forward: one program per row streams the vocabulary in blocks of BLOCK_V and keeps an
-*online* log-sum-exp (running max m, running sum s = sum exp(z - m)), so a row of any length
-is read exactly once and never held whole. For the entropy it also keeps
-t = sum exp(z - m) * (z - m), rescaled whenever m grows, so that H = log s - t / s
-(shifting by m avoids the cancellation of lse - E[z] when logits are large).
-logp is formed as (z_y - m) - log s, not z_y - lse: subtracting m first is exact in the common
-case z_y = m, so a near-certain token keeps its tiny logp even when the logits are ~1000
-(z_y - lse would round away the last bits of the large lse).
-Everything is fp32 in registers: each load is upcast right away (bf16 arithmetic is both
+Forward: one program per row streams the vocabulary in blocks of BLOCK_V through an *online*
+log-sum-exp and entropy (`_row_lse_entropy`), so a row of any length is read once, never held whole.
+logp is formed as (z_y - m) - log s, not z_y - lse: exact in the common case z_y = m, so a
+near-certain token keeps its tiny logp even for logits ~1000 (z_y - lse would round away the last
+bits of the large lse). All is fp32 in registers, each load upcast at once (bf16 arithmetic is
 imprecise and mishandled by the Triton CPU interpreter).
 
 Backward (softmax recomputed from the logits and the saved lse, never stored):
@@ -21,8 +16,7 @@ Backward (softmax recomputed from the logits and the saved lse, never stored):
     dlogp_t / dz_{t,v} = onehot(y_t)_v - p_{t,v}
     dH_t / dz_{t,v}    = -p_{t,v} (log p_{t,v} + H_t)
 
-Derivation of the second line: log p_j = z_j - lse, dlse/dz_k = p_k, so
-dp_j/dz_k = p_j (delta_jk - p_k) and
+Derivation of the second line: log p_j = z_j - lse, dlse/dz_k = p_k, so dp_j/dz_k = p_j (delta_jk - p_k):
     dH/dz_k = -sum_j dp_j/dz_k (log p_j + 1)
             = -p_k (log p_k + 1) + p_k sum_j p_j (log p_j + 1)
             = -p_k (log p_k + 1) + p_k (1 - H)  =  -p_k (log p_k + H).
@@ -33,12 +27,7 @@ Since z = logits / T, both are divided by T (chain rule):
 The gradient is formed in fp32 and cast to the logits dtype only at the store: in bf16,
 onehot - p for a row whose true class has p = 0.999 would round 1 - 0.999 to 0.
 
-Ignored rows (target == ignore_index) get logp = 0, entropy = 0 and a zero gradient row,
-the same as `minichord.ops.reference_token_logprobs`; inputs are checked by
-`minichord.ops.check_logits_targets`, the same checks as the torch path.
-
-Row addresses are `row * row_stride` computed in int64 (program_id is int32), so tensors with
-N * V > 2^31 elements are addressed correctly.
+Ignored rows (target == ignore_index) get logp = H = 0 and a zero gradient row, as on the torch path.
 """
 
 import torch
@@ -64,7 +53,8 @@ def _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V: tl.constexpr
     """One row, streamed in vocab blocks -> (m, log s, H): max, log sum_v exp(z_v - m), entropy.
 
     m = running max, s = sum exp(z - m), t = sum exp(z - m) (z - m); rescaled when m grows.
-    H = log s - t / s (only meaningful with WITH_ENTROPY; both kernels call this)."""
+    H = log s - t / s (only meaningful WITH_ENTROPY): shifting by m avoids the cancellation of
+    lse - E[z] when logits are large."""
     m = tl.full((), -1e30, tl.float32)  # finite start keeps (m_old - m_new) * s free of inf*0
     s = tl.zeros((), tl.float32)
     t = tl.zeros((), tl.float32)
@@ -157,7 +147,6 @@ class _TritonTokenLogprobs(torch.autograd.Function):
                 BLOCK_V=block_v, WITH_ENTROPY=return_entropy, num_warps=_num_warps(block_v))
         ctx.save_for_backward(logits, targets, lse, entropy if return_entropy else None)
         ctx.temperature, ctx.ignore_index, ctx.block_v = temperature, ignore_index, block_v
-        ctx.return_entropy = return_entropy
         if return_entropy:
             return logp, entropy
         return logp
@@ -167,17 +156,13 @@ class _TritonTokenLogprobs(torch.autograd.Function):
         logits, targets, lse, entropy = ctx.saved_tensors
         n_rows, vocab_size = logits.shape
         grad_logits = torch.empty((n_rows, vocab_size), dtype=logits.dtype, device=logits.device)
-        has_grad_entropy = ctx.return_entropy and grad_entropy is not None
-        if grad_logp is not None:
-            grad_logp = grad_logp.contiguous()
-        if has_grad_entropy:
-            grad_entropy = grad_entropy.contiguous()
+        has_grad_entropy = entropy is not None and grad_entropy is not None
         if n_rows:
             _token_logprobs_bwd_kernel[(n_rows,)](
                 logits, logits.stride(0), grad_logits, targets, lse,
                 entropy if has_grad_entropy else lse,
-                grad_logp if grad_logp is not None else lse,
-                grad_entropy if has_grad_entropy else lse,
+                grad_logp.contiguous() if grad_logp is not None else lse,
+                grad_entropy.contiguous() if has_grad_entropy else lse,
                 vocab_size, 1.0 / ctx.temperature, ctx.ignore_index,
                 BLOCK_V=ctx.block_v, HAS_GRAD_LOGP=grad_logp is not None,
                 HAS_GRAD_ENTROPY=has_grad_entropy, num_warps=_num_warps(ctx.block_v))
@@ -185,9 +170,8 @@ class _TritonTokenLogprobs(torch.autograd.Function):
 
 
 def triton_token_logprobs(logits, targets, *, temperature=1.0, return_entropy=False):
-    """logits [N, V] (fp32/fp16/bf16) , targets [N] int -> logp [N] fp32, or (logp [N], entropy [N])
-    fp32 if return_entropy. Differentiable w.r.t. logits (gradient in the logits dtype).
-    Same contract as minichord.ops.reference_token_logprobs."""
+    """logits [N, V] fp32/fp16/bf16, targets [N] int -> logp [N] fp32 (and entropy [N] fp32 if return_entropy),
+    gradient in the logits dtype: the contract of minichord.ops.reference_token_logprobs."""
     check_logits_targets(logits, targets, temperature)
     if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"logits dtype must be fp32/fp16/bf16, got {logits.dtype}")

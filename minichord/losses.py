@@ -5,12 +5,9 @@
     L_GRPO = (1 / N_on)  * sum_{on-policy tokens t} l_t^PPO      (token-mean over the batch)
     L_SFT  = (1 / N_exp) * sum_{expert tokens t}    l_t^SFT      (token-mean over the batch)
 
-`token_coefficients` turns the two token-means into one coefficient per token and `chord_loss`
-computes sum_t coef_t * l_t, chunk by chunk on the torch path (minichord.ops); the Triton kernel
-computes the same and is tested against it. Each l_t depends on the logits only through logp_t.
-
-With one update per rollout batch logp == old_logp, so r_t = 1 and the logged GRPO loss is
--mean(A) ~ 0; its gradient, -A_t grad logp_t, is what matters: watch the reward, not the loss.
+`token_coefficients` turns the two token-means into one coefficient per token, `chord_loss` computes
+sum_t coef_t * l_t. With one update per rollout batch r_t = 1, so the logged GRPO loss is -mean(A) ~ 0;
+its gradient, -A_t grad logp_t, is what matters: watch the reward, not the loss.
 """
 
 from __future__ import annotations
@@ -91,10 +88,8 @@ class TokenLossSpec:
     dual_clip            c > 1 bounds the loss of A < 0 tokens at -A c (None = off)
     log_ratio_clamp      clamp of logp - old_logp before exp
     expert_weighting     "uniform" (SFT) | "phi" (CHORD-phi) | "is" (SFT-IS)
-    luffy                True: LUFFY's two terms instead (minichord/luffy.py)
-    luffy_gamma          gamma of LUFFY's shaping p / (p + gamma)
-    entropy_coef         entropy bonus on on-policy tokens (0 = off)
-    kl_coef              k3 KL penalty to a reference policy on on-policy tokens (0 = off)
+    luffy, luffy_gamma   True: LUFFY's two terms instead, shaping p / (p + gamma) (minichord/luffy.py)
+    entropy_coef, kl_coef  on-policy entropy bonus, k3 KL penalty to a reference policy (0 = off)
     """
 
     eps_low: float = 0.2
@@ -173,10 +168,9 @@ def chord_loss(logp: Tensor, entropy: Optional[Tensor], is_expert: Tensor, adv: 
                       w_t = 1 (SFT),  p_t (1 - p_t) (CHORD-phi),  p_t (SFT-IS)
         spec.luffy:   LUFFY's unclipped on-policy term and shaped expert term (minichord/luffy.py)
 
-    phi = p(1 - p) scales each token's NLL gradient: very unlikely (far off-policy) tokens and
-    already known ones contribute little. With coef = `token_coefficients(is_expert, mu)` this is
-    (1 - mu) L_GRPO + mu L_SFT. Each branch sees only its own tokens (the others are zeroed
-    first), so an overflow in one branch cannot become a NaN gradient through torch.where.
+    phi = p(1 - p) damps the NLL gradient of very unlikely (far off-policy) and of already known tokens.
+    With coef = `token_coefficients(is_expert, mu)`, L = (1 - mu) L_GRPO + mu L_SFT. Each branch sees
+    only its own tokens (others zeroed first): an overflow in one cannot become a NaN gradient via torch.where.
     Returns (L scalar, l [N], clipped [N] bool, False on expert tokens).
     """
     shapes = {tuple(t.shape) for t in (logp, is_expert, adv, old_logp, coef)}

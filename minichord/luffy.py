@@ -12,8 +12,7 @@ baseline of the CHORD paper, in one place. It differs from GRPO + SFT in four wa
    d f / d logp = p gamma / (p + gamma)^2: unlikely expert tokens get a far larger gradient
    than under plain importance weighting (f(p) = p).
 
-The trainer uses (1) and (3) when the method is LUFFY (minichord/methods.py); (4) runs
-inside `losses.chord_loss` (spec.luffy) and in the Triton kernel.
+The trainer applies (1)-(3) for the method luffy; (4) runs in `losses.chord_loss` (spec.luffy) and the kernel.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""Every method of the paper's comparison as a preset of the one trainer (the methods table),
-and the `Stage`: a stretch of a run's steps trained with one method (sft-grpo has two).
-
-A method is a preset of `TrainConfig` fields (the mu schedule, the expert-token weighting, the
-batch sizes); LUFFY also changes how expert data enters the batch (minichord/luffy.py).
-Every other method samples B prompts x G rollouts plus E expert demonstrations and takes
-L = (1 - mu) L_GRPO + mu L_SFT, each term a token-mean of its own tokens (losses.chord_loss).
+"""Every method of the paper's comparison as a preset of `TrainConfig` fields (the mu schedule, the
+expert-token weighting, the batch sizes), and the `Stage`: a stretch of a run's steps with one method.
+Every method but LUFFY (minichord/luffy.py) samples B prompts x G rollouts plus E expert demonstrations
+and takes L = (1 - mu) L_GRPO + mu L_SFT, each term a token-mean of its own tokens (losses.chord_loss).
 
 | method     | mu(step)                               | expert tokens            | rollouts |
 |------------|----------------------------------------|--------------------------|----------|

@@ -1,23 +1,19 @@
-"""The two hot operations of a training step in torch, and dispatch to the Triton kernels.
+"""The two hot operations of a training step in torch, and dispatch to the Triton kernels,
+"tier 1" and "tier 2" throughout (benchmarks, tests):
 
-The kernels come in two levels, "tier 1" and "tier 2" throughout (benchmarks, tests):
-
-tier 1, token log-probs (kernels/logprobs.py): logits [N, V], targets [N] -> logp [N] (+ H [N])
-    logp_t = log softmax(logits_t / T)[y_t],   H_t = -sum_v p_tv log p_tv
+tier 1, token log-probs (kernels/logprobs.py): logits [N, V], targets [N] -> logp [N] (+ entropy H [N])
     for old / reference log-probs and evaluation, where the logits already exist.
+tier 2, fused lm-head + loss (kernels/fused_loss.py): hidden [N, H], lm-head weight [V, H] -> the training
+    loss L = losses.chord_loss(logp(hidden @ weight^T), ...) over token chunks, so that the batch's [N, V]
+    logits (V = 151,936 for Qwen2) never exist at once.
 
-tier 2, fused lm-head + loss (kernels/fused_loss.py): hidden [N, H], lm-head weight [V, H] -> L
-    logits = hidden @ weight^T,   L = losses.chord_loss(logp(logits), ...)
-    the training loss; the batch's [N, V] logits (V = 151,936 for Qwen2) never exist at once:
-    tokens go in chunks, each chunk's gradient computed while its logits exist.
-
-Math is fp32 (fp64 for fp64 inputs, for gradcheck) whatever the input dtype; gradients come
-back in the input dtypes. Backend: MINICHORD_KERNELS=torch|triton; unset: Triton for CUDA
-tensors, torch otherwise.
+Math is fp32 (fp64 for fp64 inputs, for gradcheck) whatever the input dtype; gradients come back in
+the input dtypes. Backend: MINICHORD_KERNELS=torch|triton; unset: Triton for CUDA tensors, else torch.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -51,10 +47,7 @@ def _use_triton(tensor: Tensor) -> bool:
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     """fp32, or fp64 when an input is fp64 (bf16 / fp16 inputs are upcast)."""
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
+    return functools.reduce(torch.promote_types, [t.dtype for t in tensors], torch.float32)
 
 
 def check_logits_targets(logits: Tensor, targets: Tensor, temperature: float) -> None:
@@ -77,12 +70,9 @@ def check_targets(targets: Tensor, vocab_size: int, temperature: float) -> None:
 
 def reference_token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0,
                              return_entropy: bool = False):
-    """Tier 1, the readable definition: log_softmax in fp32 and a gather.
+    """Tier 1, the readable definition: log_softmax in fp32 and a gather -> logp [N] (and H [N]).
 
         logp_t = (logits_t / T)[y_t] - logsumexp_v(logits_tv / T),   H_t = -sum_v p_tv log p_tv
-
-    Rows whose target is IGNORE_INDEX get logp = 0 and H = 0, with no gradient. Returns logp [N]
-    (and H [N]) in fp32 (fp64 for fp64 logits).
     """
     check_logits_targets(logits, targets, temperature)
     valid = targets != IGNORE_INDEX  # [N]
@@ -144,12 +134,11 @@ class _ChunkedFusedLoss(torch.autograd.Function):
                     logp_c, entropy_c, is_expert[rows], advantages[rows], old_logp[rows], coef[rows], spec,
                     None if ref_logp is None else ref_logp[rows])
             wrt = [t for t, need in ((hidden_c, need_hidden), (weight_c, need_weight)) if need]
-            if wrt:
-                grads = list(torch.autograd.grad(loss_c, wrt))
-                if need_hidden:
-                    grad_hidden[rows] = grads.pop(0)  # [n, H]
-                if need_weight:
-                    grad_weight += grads.pop(0)  # [V, H]
+            grads = iter(torch.autograd.grad(loss_c, wrt) if wrt else ())
+            if need_hidden:
+                grad_hidden[rows] = next(grads)  # [n, H]
+            if need_weight:
+                grad_weight += next(grads)  # [V, H]
             loss += loss_c.detach()
             logp[rows], entropy[rows] = logp_c.detach(), entropy_c.detach()
         ctx.save_for_backward(grad_hidden, grad_weight)
@@ -159,22 +148,18 @@ class _ChunkedFusedLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_logp, _grad_entropy, _grad_clipped):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        if grad_hidden is not None:
-            grad_hidden = (grad_hidden * grad_loss).to(ctx.input_dtypes[0])
-        if grad_weight is not None:
-            grad_weight = (grad_weight * grad_loss).to(ctx.input_dtypes[1])
-        return (grad_hidden, grad_weight) + (None,) * 9
+        grads = [None if g is None else (g * grad_loss).to(dtype)
+                 for g, dtype in zip(ctx.saved_tensors, ctx.input_dtypes)]  # [N, H], [V, H]
+        return (*grads, *(None,) * 9)
 
 
 def fused_token_loss(hidden: Tensor, weight: Tensor, targets: Tensor, coef: Tensor, is_expert: Tensor,
                      advantages: Tensor, old_logp: Tensor, spec: TokenLossSpec, *,
                      ref_logp: Optional[Tensor] = None, temperature: float = 1.0,
                      chunk_size: Optional[int] = None) -> FusedLossOutput:
-    """Tier 2: the loss of `losses.chord_loss` from hidden states and the lm-head weight, with at
-    most chunk_size x V logits alive (None: about 2^22 logits per chunk on the torch path).
-    The Triton kernel on CUDA, the chunked torch path elsewhere. Gradients are computed during
-    the forward, so calling backward twice is not supported."""
+    """Tier 2: the loss of `losses.chord_loss` from hidden states and the lm-head weight, at most
+    chunk_size x V logits alive (None: _CHUNK_ELEMENTS here, CHUNK_BYTES in the kernel); Triton on CUDA,
+    chunked torch elsewhere. Gradients are computed during the forward: backward twice is not supported."""
     check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
                        temperature, chunk_size)
     if _use_triton(hidden):

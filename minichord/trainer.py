@@ -8,32 +8,26 @@
         L = sum_t coef_t * l_t  (coef: (1-mu)/N_on on rollout tokens, mu/N_exp on expert ones)
         L.backward(); clip_grad_norm(1.0); optimizer.step(); check the weights are still finite
 
-Every random choice of step s (prompts, expert examples, sampling) comes from generators
-seeded with (seed, s), so a resumed run repeats an uninterrupted one exactly. Metrics go to
-`metrics.jsonl` (one line per step) and `eval.jsonl`; checkpoints to `checkpoint/`.
-Ctrl-C or SIGTERM finishes the step, saves and stops with TrainingInterrupted; a diverged
-update stops with TrainingError before anything is saved, so the last checkpoint stays good.
+Every random choice of step s (prompts, expert examples, sampling) comes from generators seeded with
+(seed, s), so a resumed run repeats an uninterrupted one exactly. Metrics go to `metrics.jsonl` (one line
+per step) and `eval.jsonl`; checkpoints to `checkpoint/`. Ctrl-C or SIGTERM finishes the step, saves and
+stops with TrainingInterrupted; a diverged update stops with TrainingError before anything is saved.
 
 The departures from the paper (arXiv 2508.11408) and its official code, the one list:
-- Scale: a ~1M-parameter model on a toy task, lr 1e-4, B=8 x G=8 + E=16 per step
-  (paper: Qwen2.5-7B-Instruct, lr 1e-6, 32 x 8 rollouts + 64 expert samples).
+- Scale: ~1M-parameter toy model, lr 1e-4, B=8 x G=8 + E=16 (paper: Qwen2.5-7B-Instruct, lr 1e-6, 32 x 8 + 64).
 - Normalisation: each term is one token-mean over the whole batch (paper-era code); the official
   code averages tokens per micro-batch and weights micro-batches by their share of sequences.
-- Dual clip (c = 3) off by default (`dual_clip=3`; the official code always applies it); the
-  +-20 log-ratio clamp on (`log_ratio_clamp`), as in the current official code.
+- `dual_clip` (c = 3) off by default (official: always on); `log_ratio_clamp` +-20 on, as in current official code.
 - A group of one gets A = 0 (official: R / (1 + 1e-6), `group_advantages(singleton="official")`).
 - mu's warm-up and decay are shares of the run (official: W=0, D=200 steps).
 - Reward: 1 for an exactly matching final answer, else 0; no format reward.
-- Expert examples are drawn per step, seeded by (seed, step): without replacement within a step,
-  with replacement across steps (not epoch-wise).
+- Expert examples are drawn per step, without replacement within a step, with it across steps (not epochs).
 - Old log-probs are the sampler's with one update per batch; recomputed with several.
-- LUFFY (minichord/luffy.py): the expert trace is reward 1 in its group; A = R - mean(R) without
-  std; one token-mean over all tokens; on-policy tokens unclipped.
+- LUFFY (minichord/luffy.py): expert trace = reward 1 in its group; A = R - mean(R); joint token-mean; no clip.
 - SFT->GRPO splits the steps in half; the GRPO stage starts with a fresh optimizer.
 - AdamW, betas (0.9, 0.95), no weight decay, gradient clipping at 1.0.
-- The toy base model has seen the expert's format on one-digit additions (10 % of its additions):
-  expert tokens are unlikely, not impossible (median p: `minichord pretrain`); without it the
-  median was p ~ 2e-6 and phi = p(1 - p) silenced the expert term.
+- The toy base model saw the expert's format on 10 % of its one-digit additions: expert tokens are unlikely,
+  not impossible (median p: `minichord pretrain`); without it, median p was ~2e-6 and phi silenced them.
 """
 
 from __future__ import annotations
