@@ -117,7 +117,6 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
         finished = finished | (alive & (next_tok == eos_id))
         if bool(finished.all()) or t + 1 == cfg.max_new_tokens:
             break
-        # feed tokens[:, t] back (pad_id for stopped sequences)
         step_ids = tokens[:, t:t + 1] if use_cache else torch.cat([ids, tokens[:, :t + 1]], dim=1)
         logits = model(step_ids, attention_mask=seq_mask[:, :P + t + 1], kv_cache=cache)[:, -1]
     return Rollout(tokens[:, :t + 1], logprobs[:, :t + 1], out_mask[:, :t + 1], finished)
