@@ -79,10 +79,8 @@ def pad_batch(examples: list[tuple[list[int], list[bool]]], pad_id: int):
 
 
 def _cached(out_dir: Path, settings: dict) -> bool:
-    if not checkpoint_exists(out_dir):
-        return False
     try:
-        return load_checkpoint(out_dir).meta.get("settings") == settings
+        return checkpoint_exists(out_dir) and load_checkpoint(out_dir).meta.get("settings") == settings
     except CheckpointError:
         return False
 

@@ -47,7 +47,6 @@ QUICK = Setting(steps=24, seeds=1, n_test=60, eval_every=12, sft_curve_steps=60)
 
 
 def split_summary(evaluation: dict) -> dict:
-    """Accuracy on each held-out split and the in-domain mean response length."""
     return {**{split: evaluation[split]["accuracy"] for split in ("in_domain", "harder", "other_skills")},
             "response_length": evaluation["in_domain"]["response_length"]}
 

@@ -12,9 +12,8 @@
     held-out tests                          in_domain (train digits), harder (more digits),
                                             other_skills (retention)
 
-The other skills work on digit strings too: minichord's tokenizer makes every digit its own token, so
-a string and its reversal are spelled with the same tokens (a BPE merge inside "abcd", or " a" vs "a",
-would hide the symbols from the model).
+The other skills work on digit strings too, as every digit is its own token (see minichord.tokenizer): a
+string and its reversal are spelled with the same tokens (a BPE merge inside "abcd" would hide the symbols).
 
 Held-out problems. A fixed quarter of all prompts (by a CRC32 hash of the prompt text, the same in
 every process and for every seed) is *reserved*: `make_splits` draws only reserved prompts and
