@@ -51,17 +51,15 @@ def cmd_train(args) -> None:
 
 def cmd_eval(args) -> None:
     from minichord import data
-    from minichord.checkpoint import load_checkpoint
     from minichord.evaluate import evaluate_splits
+    from minichord.experiment import load_initial_model
     from minichord.tasks import make_splits
 
     splits = ({Path(args.prompts).stem: data.load_prompts(args.prompts)} if args.prompts
               else make_splits(args.seed, n_rl=0, n_expert=0, n_test=args.n_test).tests)
-    ckpt = load_checkpoint(args.checkpoint)
-    if ckpt.tokenizer is None:
-        raise ValueError(f"{args.checkpoint} has no tokenizer.json; cannot decode")
-    data.check_lengths([p for s in splits.values() for p in s], ckpt.tokenizer, ckpt.model_config.max_seq_len, 1)
-    result = evaluate_splits(ckpt.model, ckpt.tokenizer, splits)
+    model, tokenizer = load_initial_model(args.checkpoint)  # refuses a checkpoint without a tokenizer
+    data.check_lengths([p for s in splits.values() for p in s], tokenizer, model.cfg.max_seq_len, 1)
+    result = evaluate_splits(model, tokenizer, splits)
     for name, m in result.items():
         print(f"{name:14s} accuracy {m['accuracy']:.3f}  (n={m['n']}, mean length {m['response_length']:.1f})")
 
@@ -107,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint exists")
 
     e = sub.add_parser("eval", help="greedy accuracy of a checkpoint on the toy test splits (or a JSONL file)")
-    e.add_argument("checkpoint", help="checkpoint directory")
+    e.add_argument("checkpoint", type=_checked(bool, "a checkpoint directory"), help="checkpoint directory")
     e.add_argument("--n-test", type=POSITIVE, default=200, help="problems per toy split")
     e.add_argument("--seed", type=SEED, default=0, help="seed of the toy splits")
     e.add_argument("--prompts", type=FILE, default=None, help="JSONL file of {prompt, answer} to evaluate instead")

@@ -158,12 +158,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The inverse of `from_dict` (None values are dropped, since TOML has no null)."""
 
-    def strip(d: Any) -> Any:
-        if isinstance(d, dict):
-            return {k: strip(v) for k, v in d.items() if v is not None}
-        return list(d) if isinstance(d, tuple) else d
+    def table(items: list[tuple[str, Any]]) -> dict[str, Any]:  # called for each (nested) dataclass
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in items if v is not None}
 
-    return strip(dataclasses.asdict(cfg))
+    return dataclasses.asdict(cfg, dict_factory=table)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -213,14 +211,13 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    # batch: B prompts x G samples on-policy + E expert demonstrations 
+    # batch: B prompts x G samples on-policy + E expert demonstrations
     prompts_per_step: int = 8
     group_size: int = 8
     experts_per_step: int = 16
     ppo_epochs: int = 1  # updates per rollout batch; > 1 makes ratios and clipping real
     minibatches: int = 1
-    # global coefficient mu(step): warm-up W, cosine decay D, peak, valley .
-    # W and D are shares of `steps` (the official W=0, D=200 scaled to the run's length).
+    # global mu(step): warm-up W, cosine decay D as shares of `steps` (official W=0, D=200, scaled), peak, valley
     mu_warmup_frac: float = 0.0
     mu_decay_frac: float = 0.0
     mu_peak: float = 0.1

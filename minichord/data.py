@@ -153,8 +153,7 @@ def check_lengths(items: list, tokenizer, max_seq_len: int, max_new_tokens: int 
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
-    """Write rows (dicts, `Problem`s, `Demonstration`s) one JSON object per line, atomically
-    (temp file + os.replace), so a crash never leaves half a file."""
+    """Write rows (dicts, `Problem`s, `Demonstration`s), one JSON object a line, atomically (never half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -16,8 +16,7 @@ from minichord.tasks.reward import reward as default_reward
 def evaluate(model, tokenizer, problems: Sequence[Problem], *, batch_size: int = 128,
              max_new_tokens: int = 96, reward_fn: Callable[[str, str], float] = default_reward) -> dict:
     """Greedy-decode every problem (in batches) and score it: {"accuracy", "n", "response_length" (mean tokens,
-    eos included), "samples": the first 3 as [{"prompt", "response", "answer"}, ...], "per_skill" (only when
-    several skills)}."""
+    eos included), "samples" (the first 3), "per_skill" (only when several skills)}."""
     problems = list(problems)
     if not problems:
         raise ValueError("evaluate() needs at least one problem")

@@ -20,8 +20,7 @@ from minichord.trainer import Trainer
 
 
 def default_base_dir() -> Path:
-    """Where the toy base model is cached: $MINICHORD_HOME/base-v2 (default ~/.cache/minichord); v2 is the
-    step-directory checkpoint layout, so a cache in the older flat layout (`base/`) is left alone."""
+    """The toy base model's cache; v2 (step-directory checkpoints) leaves an older flat-layout `base/` alone."""
     return Path(os.environ.get("MINICHORD_HOME") or Path.home() / ".cache" / "minichord") / "base-v2"
 
 

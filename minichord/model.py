@@ -59,8 +59,7 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
-    """Rotary angles: inv_freq_i = theta^(-2i/d), angle[b,t,i] = pos[b,t] * inv_freq_i.
-    Returns cos, sin: [B, T, head_dim] (the d/2 angles repeated twice, "rotate_half" layout)."""
+    """Rotary cos, sin (rotate_half layout): inv_freq_i = theta^(-2i/d), angle[b,t,i] = pos[b,t] * inv_freq_i."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = (positions.float()[..., None] * inv_freq).repeat(1, 1, 2)  # [B, T, hd]: the hd/2 angles twice
     return angles.cos(), angles.sin()
@@ -157,7 +156,6 @@ class Transformer(nn.Module):
         """ids [B, T] -> logits [B, T, V] (or final-normed hidden [B, T, D] if return_hidden).
 
         attention_mask: [B, S] bool, S = cached length + T, True on real tokens (default all True).
-        kv_cache: appends this call's keys/values and attends to everything cached before.
         Query i (absolute slot past+i) may see key j iff j <= past+i and attention_mask[b, j];
         it always sees itself, so rows for padding stay finite (and are never used).
         """

@@ -1,5 +1,4 @@
-"""Learning curves from run directories (metrics.jsonl, eval.jsonl); needs matplotlib.
-Command line: `minichord plot runs/a runs/b -o curves.png`."""
+"""Learning curves from run directories (metrics.jsonl, eval.jsonl), as `minichord plot`; needs matplotlib."""
 
 from __future__ import annotations
 

@@ -58,13 +58,6 @@ class PretrainConfig:
     n_eval: int = 200  # problems per test split measured at the end (0 = skip)
 
 
-def settings_dict(cfg: PretrainConfig, model_cfg: ModelConfig) -> dict:
-    """Everything that determines the result; a cached checkpoint is reused iff this matches."""
-    out = {"format": PRETRAIN_FORMAT, **dataclasses.asdict(cfg), "model": to_dict(model_cfg)}
-    out.pop("n_eval")  # measuring does not change the model
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-
 def cosine_lr(step: int, cfg: PretrainConfig) -> float:
     """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_frac at the last step."""
     if step < cfg.warmup_steps:
@@ -86,10 +79,8 @@ def pad_batch(examples: list[tuple[list[int], list[bool]]], pad_id: int):
 
 
 def _cached(out_dir: Path, settings: dict) -> bool:
-    if not checkpoint_exists(out_dir):
-        return False
     try:
-        return load_checkpoint(out_dir).meta.get("settings") == settings
+        return checkpoint_exists(out_dir) and load_checkpoint(out_dir).meta.get("settings") == settings
     except CheckpointError:
         return False
 
@@ -97,15 +88,16 @@ def _cached(out_dir: Path, settings: dict) -> bool:
 def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = None,
                   config: PretrainConfig | None = None, model_config: ModelConfig | None = None,
                   log: Callable[[str], None] | None = print, force: bool = False) -> Path:
-    """Pre-train (or reuse) the toy base model in `out_dir`; returns the checkpoint directory.
-
-    Recipe: `config` or PretrainConfig(), `seed` and `steps` overriding it; model: `model_config` or ModelConfig()."""
+    """Pre-train (or reuse) the toy base model in `out_dir`; returns the checkpoint directory."""
     cfg = dataclasses.replace(config or PretrainConfig(), seed=seed,
                               **({"steps": steps} if steps is not None else {}))
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={cfg.steps}, batch_size={cfg.batch_size}")
     model_cfg = model_config or ModelConfig()
-    settings = settings_dict(cfg, model_cfg)
+    # everything that determines the model (measuring does not), as the checkpoint's JSON meta will hold it
+    settings = {"format": PRETRAIN_FORMAT, **dataclasses.asdict(cfg), "model": to_dict(model_cfg)}
+    settings.pop("n_eval")
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     out_dir = Path(out_dir)
     say = log or (lambda _msg: None)
     if not force and _cached(out_dir, settings):
@@ -126,8 +118,7 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     if longest > model_cfg.max_seq_len:
         raise ValueError(f"a pre-training example has {longest} tokens > max_seq_len={model_cfg.max_seq_len}")
 
-    # model_cfg.vocab_size is the tokenizer's budget; the model gets exactly the ids it learned
-    # (a small corpus may stop BPE early), so no embedding row is left untrained
+    # model_cfg.vocab_size is the tokenizer's budget, not its size (see Tokenizer.train): no untrained rows
     model = Transformer(dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size))
     decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices; not norms / biases
     no_decay = [p for p in model.parameters() if p.dim() < 2]

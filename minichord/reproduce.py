@@ -23,6 +23,7 @@ from typing import Callable
 
 from minichord.evaluate import evaluate_splits
 from minichord.experiment import build_stages, load_initial_model, prepare_run
+from minichord.methods import METHODS
 from minichord.plot import plot_runs, read_jsonl
 from minichord.tasks import make_splits
 
@@ -30,7 +31,6 @@ SFT_CURVE_PANELS = [("eval.jsonl", "in_domain.accuracy", "in-domain accuracy (gr
                     ("eval.jsonl", "other_skills.accuracy", "other-skill retention"),
                     ("eval.jsonl", "in_domain.response_length", "in-domain response length (tokens)"),
                     ("metrics.jsonl", "expert_nll", "expert-token NLL (training batches)")]
-ALL_METHODS = ("sft", "grpo", "sft-grpo", "luffy", "chord-mu", "chord-phi", "sft-is")
 
 
 @dataclasses.dataclass
@@ -47,7 +47,6 @@ QUICK = Setting(steps=24, seeds=1, n_test=60, eval_every=12, sft_curve_steps=60)
 
 
 def split_summary(evaluation: dict) -> dict:
-    """Accuracy on each held-out split and the in-domain mean response length."""
     return {**{split: evaluation[split]["accuracy"] for split in ("in_domain", "harder", "other_skills")},
             "response_length": evaluation["in_domain"]["response_length"]}
 
@@ -90,7 +89,7 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
     base = QUICK if quick else FULL
     setting = dataclasses.replace(base, seeds=seeds or base.seeds, steps=steps or base.steps,
                                   sft_curve_steps=base.sft_curve_steps if sft_curve_steps is None else sft_curve_steps)
-    methods = list(methods or ALL_METHODS)
+    methods = list(methods or METHODS)
     for m in methods:
         build_stages(m)  # refuse unknown method names before any work
     out = Path(out_dir)

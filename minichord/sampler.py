@@ -67,13 +67,12 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
              vocab_size: int | None = None) -> Rollout:
     """Sample continuations of `prompts` (token-id lists of any lengths) from `model`.
 
-    Each sequence stops after emitting `eos_id` (an id outside the vocabulary, e.g. -1, never
-    matches); its later slots hold pad_id, mask False, logprob 0. Generation ends when every
-    sequence has stopped, so T_new <= cfg.max_new_tokens. `generator` (on the model's device)
-    makes sampling reproducible; use_cache=False recomputes the whole sequence every step (slow;
-    for tests and benchmarks). vocab_size (the tokenizer's, where the model has more embedding
-    rows, as Qwen2 pads 151,665 ids to 151,936): the extra logits are dropped before anything
-    else, so they are never drawn and log-probs are over the tokenizer's ids.
+    Each sequence stops after emitting `eos_id` (an id outside the vocabulary, e.g. -1, never matches;
+    `Rollout` says what fills its later slots). Generation ends when every sequence has stopped, so
+    T_new <= cfg.max_new_tokens. `generator` (on the model's device) makes sampling reproducible;
+    use_cache=False recomputes the whole sequence every step (slow; for tests and benchmarks). vocab_size
+    (the tokenizer's, where the model has more embedding rows, as Qwen2 pads 151,665 ids to 151,936): the
+    extra logits are dropped before anything else, so they are never drawn and log-probs are over its ids.
     """
     param = next(model.parameters())
     device, dtype, V = param.device, param.dtype, model.cfg.vocab_size
@@ -117,7 +116,6 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
         finished = finished | (alive & (next_tok == eos_id))
         if bool(finished.all()) or t + 1 == cfg.max_new_tokens:
             break
-        # feed tokens[:, t] back (pad_id for stopped sequences)
         step_ids = tokens[:, t:t + 1] if use_cache else torch.cat([ids, tokens[:, :t + 1]], dim=1)
         logits = model(step_ids, attention_mask=seq_mask[:, :P + t + 1], kv_cache=cache)[:, -1]
     return Rollout(tokens[:, :t + 1], logprobs[:, :t + 1], out_mask[:, :t + 1], finished)

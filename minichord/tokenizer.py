@@ -38,12 +38,9 @@ class TokenizerError(ValueError):
     """A tokenizer that cannot be trained, read, or used as asked."""
 
 
-def _byte_alphabet(full: bool) -> list[str]:
-    """The byte-level characters (GPT-2's byte-to-unicode map) of all 256 bytes, or of ASCII 0..127."""
-    if full:
-        return sorted(pre_tokenizers.ByteLevel.alphabet())
-    to_chars = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    return [to_chars.pre_tokenize_str(chr(b))[0][0] for b in range(128)]  # [128] one char each
+def _json_file(path: str | Path) -> Path:
+    path = Path(path)
+    return path / "tokenizer.json" if path.is_dir() else path
 
 
 class Tokenizer:
@@ -75,7 +72,11 @@ class Tokenizer:
               full_byte_alphabet: bool = False) -> "Tokenizer":
         """Learn BPE merges on `texts` until `vocab_size` ids (or no pair occurs min_frequency times):
         on a small corpus there may be fewer, so size the model's embedding by `.vocab_size`."""
-        alphabet = _byte_alphabet(full_byte_alphabet)
+        if full_byte_alphabet:
+            alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+        else:  # the byte-level characters of ASCII 0..127, one char each
+            to_chars = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+            alphabet = [to_chars.pre_tokenize_str(chr(b))[0][0] for b in range(128)]
         smallest = len(SPECIAL_TOKENS) + len(alphabet)
         if vocab_size < smallest:
             raise TokenizerError(f"vocab_size={vocab_size} is too small: {len(SPECIAL_TOKENS)} special tokens + "
@@ -114,10 +115,8 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path, special_tokens: dict[str, str] | None = None) -> "Tokenizer":
-        """Read a tokenizer.json (ours, or any Hugging Face one). `path` may be its directory."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
+        """Read a tokenizer.json (ours, or any Hugging Face one), or the one in directory `path`."""
+        path = _json_file(path)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -127,10 +126,8 @@ class Tokenizer:
         return cls.from_json(text, special_tokens, source=str(path))
 
     def save(self, path: str | Path) -> Path:
-        """Write tokenizer.json to `path` (a file path, or a directory to put tokenizer.json in)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
+        """Write tokenizer.json to `path` (a file, or a directory to put it in)."""
+        path = _json_file(path)
         path.write_text(self.to_json(), encoding="utf-8")
         return path
 
@@ -158,7 +155,6 @@ class Tokenizer:
         return self._tok.decode(ids, skip_special_tokens=skip_special)
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        """<|bos|> <|user|> prompt <|assistant|> — what generation continues from."""
         return [self.bos_id, self.user_id, *self.encode(prompt), self.assistant_id]
 
     def encode_example(self, prompt: str, response: str) -> tuple[list[int], list[bool]]:

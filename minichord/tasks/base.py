@@ -53,9 +53,7 @@ class Demonstration(_Texts):
     where: str | None = _field(default=None, compare=False, repr=False)  # "file:line" if loaded from one
 
 
-class Skill(ABC):
-    """A family of problems: `generate` one, answer it tersely, (target skills) answer it as the expert."""
-
+class Skill(ABC):  # see the module docstring
     name: str = "skill"
 
     @abstractmethod
@@ -63,7 +61,6 @@ class Skill(ABC):
         """A random problem; `difficulty` is skill-specific (digits, string length)."""
 
     def terse_response(self, problem: Problem) -> str:
-        """The base model's style: the answer alone, on one line."""
         return problem.answer
 
     def count(self, difficulty: int) -> int | None:

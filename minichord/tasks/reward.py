@@ -29,8 +29,7 @@ def normalise(text: str) -> str:
 
 
 def extract_answer(response: str) -> str | None:
-    """The normalised final answer: that of the *last* `answer:` line if there is one, else the whole
-    response if it is exactly one non-empty line, else None."""
+    """The normalised final answer of either style (the *last* `answer:` line wins), else None."""
     if not isinstance(response, str):
         return None
     lines = response.strip().splitlines()
