@@ -33,8 +33,8 @@ STEP_DIR = re.compile(r"step-(\d+)")
 
 
 class CheckpointError(RuntimeError):
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))  # always one line
+    def __init__(self, message: str):  # always one line
+        super().__init__(" ".join(str(message).split()))
 
 
 @dataclasses.dataclass
@@ -67,7 +67,7 @@ def _set_latest(root: Path, name: str) -> None:
 
 
 def _files_of(model, tokenizer, optimizer, step: int, meta: dict) -> dict[str, bytes]:
-    """{file name: bytes} of one checkpoint; config.json (with every other file's sha256) last."""
+    """{file name: bytes}; config.json (with every other file's sha256) last."""
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     dtypes = {str(t.dtype).removeprefix("torch.") for t in weights.values() if t.is_floating_point()}
     if len(dtypes) != 1 or not dtypes <= set(DTYPES):
@@ -128,8 +128,7 @@ def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 
     return final
 
 
-def checkpoint_exists(path) -> bool:
-    """True if `path` is a checkpoint root with a `latest` pointer, or a step directory."""
+def checkpoint_exists(path) -> bool:  # a root with a `latest` pointer, or a step directory
     return (Path(path) / LATEST).is_file() or (Path(path) / CONFIG).is_file()
 
 
@@ -138,8 +137,7 @@ def _check(ok: object, where: Path, field: str, allowed: str, value: object) -> 
         raise CheckpointError(f"{where}: field {field!r} must be {allowed}, got {value!r:.300}")
 
 
-def _read(d: Path, name: str, kind: str = "", sha: str | None = None) -> object:
-    """File `name` of directory `d` (never through a symlink), checked against `sha`, parsed as `kind`."""
+def _read(d: Path, name: str, kind: str = "", sha: str | None = None) -> object:  # never through a symlink
     try:
         with open(os.open(d / name, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:  # a symlink: "too many levels"
             data = f.read()
@@ -153,8 +151,7 @@ def _read(d: Path, name: str, kind: str = "", sha: str | None = None) -> object:
     return obj
 
 
-def _step_dir(d: Path) -> Path:
-    """A step directory as given, or the one a root's `latest` names (a plain step directory inside it)."""
+def _step_dir(d: Path) -> Path:  # a step directory as given, or the one a root's `latest` names
     if not d.is_dir():
         raise CheckpointError(f"checkpoint not found: {d} is missing or not a directory")
     if (d / CONFIG).is_file() and not (d / LATEST).exists():
@@ -165,8 +162,7 @@ def _step_dir(d: Path) -> Path:
     return d / name
 
 
-def _check_config(d: Path, c: dict) -> None:
-    """Every field of config.json: (field, is it fine, what is allowed)."""
+def _check_config(d: Path, c: dict) -> None:  # every field of config.json: (field, is it fine, what is allowed)
     files, raw, m = c.get("files"), c.get("model_config"), STEP_DIR.fullmatch(d.name)
     listed, ours = set(files) if isinstance(files, dict) else set(), {MODEL, TOKENIZER, OPTIMIZER}
     # names outside our three files, or one of ours on disk but not listed: nothing else is ever read
@@ -194,7 +190,6 @@ def _check_config(d: Path, c: dict) -> None:
 
 def _load_model(d: Path, c: dict, cfg: ModelConfig) -> torch.nn.Module:
     from minichord.model import Transformer  # here, so checkpoint.py imports without model.py
-
     weights = _read(d, MODEL, "safetensors", c["files"][MODEL])
     stored = sorted({str(t.dtype).removeprefix("torch.") for t in weights.values() if t.is_floating_point()})
     _check(stored == [c["dtype"]], d / CONFIG, "dtype", f"the dtype of the weights in {MODEL}, {stored}", c["dtype"])
@@ -211,7 +206,6 @@ def _load_model(d: Path, c: dict, cfg: ModelConfig) -> torch.nn.Module:
 
 def _load_tokenizer(d: Path, c: dict, cfg: ModelConfig):
     from minichord.tokenizer import SPECIAL_ROLES, Tokenizer, TokenizerError
-
     try:
         text = _read(d, TOKENIZER, "", c["files"][TOKENIZER])
         tokenizer = Tokenizer.from_json(text, c["tokenizer_special_tokens"], str(d / TOKENIZER))
@@ -258,8 +252,7 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
                       step=c["step"], meta=c["meta"], path=d)
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
-    """Load the saved optimizer state into `optimizer` (built over the loaded model's parameters)."""
+def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:  # over the loaded model
     if ckpt.optimizer_state is None:
         raise CheckpointError(f"checkpoint {ckpt.path} has no optimizer state")
     try:

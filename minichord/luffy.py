@@ -34,11 +34,6 @@ def coefficients(is_expert: Tensor, dtype: torch.dtype = torch.float32) -> Tenso
     return torch.full(is_expert.shape, 1.0 / max(1, is_expert.numel()), dtype=dtype)
 
 
-def shaping(p: Tensor, gamma: float) -> Tensor:
-    """f(p) = p / (p + gamma)."""
-    return p / (p + gamma)
-
-
 def onpolicy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, spec: TokenLossSpec) -> tuple[Tensor, Tensor]:
     """l_t = -A_t r_t, no PPO clip (all [N]). Returns (l, clipped: only where the log-ratio clamp hits)."""
     log_ratio = logp - old_logp.to(logp.dtype)  # [N]
@@ -48,4 +43,5 @@ def onpolicy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, spec: TokenLossSp
 
 def expert_loss(logp: Tensor, adv: Tensor, spec: TokenLossSpec) -> Tensor:
     """l_t = -A_t f(p_t), f(p) = p / (p + gamma) (all [N]); the gradient flows through p."""
-    return -adv.to(logp.dtype) * shaping(logp.exp(), spec.luffy_gamma)
+    p = logp.exp()  # [N]
+    return -adv.to(logp.dtype) * p / (p + spec.luffy_gamma)

@@ -96,10 +96,10 @@ class Stage:
     def check_data(self, data) -> None:
         """Refuse a method whose data is missing (e.g. CHORD with n_expert=0), before any work."""
         c, name = self.cfg, self.method.name
-        uses_experts = self.method.luffy or (max(c.mu_peak, c.mu_valley) > 0 and c.experts_per_step > 0)
-        if max(c.mu_peak, c.mu_valley) > 0 and not self.method.luffy and c.experts_per_step == 0:
+        sft_share = 0 if self.method.luffy else max(c.mu_peak, c.mu_valley)  # the largest mu of the stage
+        if sft_share > 0 and c.experts_per_step == 0:
             raise ConfigError(f"experts_per_step=0: method {name} has mu > 0 and needs >= 1 expert example per step")
-        if uses_experts and not data.experts:
+        if (self.method.luffy or sft_share > 0) and not data.experts:
             raise ConfigError(f"method {name} needs expert demonstrations: n_expert=0 and no experts_file given")
         if self.method.uses_rollouts and not self.method.luffy and not data.prompts:
             raise ConfigError(f"method {name} needs RL prompts: n_rl_prompts=0 and no prompts_file given")

@@ -47,7 +47,7 @@ import torch
 from minichord import losses, luffy, ops
 from minichord.batch import Sequence, TokenBatch, pack
 from minichord.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, restore_optimizer, save_checkpoint
-from minichord.config import ConfigError, TrainConfig
+from minichord.config import TrainConfig
 from minichord.methods import Stage
 from minichord.sampler import generate
 from minichord.traindata import TrainData
@@ -75,8 +75,6 @@ class Trainer:
             stage.check_data(data)
         self.method_name = "-".join(s.method.name for s in stages)  # sft-grpo: "sft" then "grpo"
         self.out = Path(out_dir)
-        if self.out.exists() and not self.out.is_dir():
-            raise ConfigError(f"--out {self.out}: exists and is not a directory")
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = log
         self.cfg = stages[0].cfg

@@ -174,7 +174,9 @@ def test_sft_phi_gradient_is_scaled_nll_gradient_wrt_logits():
 
 def test_luffy_shaping_value_and_gradient():
     # f(p) = p / (p + .1): f(.1) = .5, f(.3) = .75, f(.9) = .9
-    close(luffy.shaping(torch.tensor([0.1, 0.3, 0.9]), 0.1), [0.5, 0.75, 0.9])
+    probs = torch.tensor([0.1, 0.3, 0.9])
+    shaped = luffy.expert_loss(probs.log(), -torch.ones(3), TokenLossSpec(luffy=True))  # A = -1: l = f(p)
+    close(shaped, [0.5, 0.75, 0.9])
     # l = -A f(p): A = 2, p = .1 -> -1;  d l / d logp = -A p gamma / (p + gamma)^2 = -2 * .01 / .04 = -.5
     # A = -1, p = .3 -> .75;  grad = .3 * .1 / .16 = .1875
     logp = torch.tensor([LN(0.1), LN(0.3)], dtype=torch.float64, requires_grad=True)
