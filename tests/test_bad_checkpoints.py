@@ -327,5 +327,7 @@ def test_mutations_either_load_the_same_weights_or_are_refused_in_one_line(origi
         assert time.perf_counter() - t0 < 5, description
         assert snapshot(root) == before, description
         shutil.rmtree(root)
+    print(f"checkpoint mutations: {len(mutations)} ({outcomes['loaded']} loaded the same weights, "
+          f"{outcomes['refused']} refused in one line)")
     assert len(mutations) >= 80 and sum(outcomes.values()) == len(mutations)
     assert outcomes["refused"] > outcomes["loaded"] > 0, outcomes
