@@ -190,7 +190,7 @@ class Trainer:
 
     def _diverged(self, step: int, why: str) -> TrainingError:
         return TrainingError(f"step {step}: the update diverged: {why} (lr={self.stage_at(step).cfg.lr}); nothing "
-                             f"saved, the last good checkpoint is {self.out / 'checkpoint'}")
+                             f"saved; the last good checkpoint, if any, is in {self.out / 'checkpoint'}")
 
     def _update(self, stage: Stage, batch: TokenBatch, mu: float | None, step: int) -> dict:
         """ppo_epochs x minibatches optimizer steps on one batch (old log-probs recomputed first
