@@ -31,7 +31,7 @@ def mixed_group_advantages(rollout_rewards: Tensor) -> Tensor:
 
 def coefficients(is_expert: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """One token-mean over every token of the batch: coef_t = 1 / max(1, N). [N] -> [N]."""
-    return torch.full(is_expert.shape, 1.0 / max(1, is_expert.numel()), dtype=dtype)
+    return torch.full(is_expert.shape, 1.0 / max(1, is_expert.numel()), dtype=dtype, device=is_expert.device)
 
 
 def onpolicy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, spec: TokenLossSpec) -> tuple[Tensor, Tensor]:
