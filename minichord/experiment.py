@@ -64,7 +64,9 @@ def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | Non
     stages = build_stages(method_name, config_file, overrides)
     cfg = stages[0].cfg
     torch.manual_seed(cfg.seed)
-    data = build_train_data(cfg)  # bad files and split sizes are refused before any model loads
+    data = build_train_data(cfg)  # bad files, split sizes and missing data are refused before any model loads
+    for stage in stages:
+        stage.check_data(data)
     model, tokenizer = load_initial_model(cfg.init, log)
     data.check_fits(tokenizer, model.cfg.max_seq_len, stages)  # file:line, before any step or evaluation
     trainer = Trainer(stages, model, tokenizer, data, Path(out_dir), log=log)

@@ -71,8 +71,6 @@ class Trainer:
     def __init__(self, stages: list[Stage], model, tokenizer, data: TrainData, out_dir: Path,
                  log: Callable[[str], None] = print):
         self.stages, self.model, self.tok, self.data = stages, model, tokenizer, data
-        for stage in stages:
-            stage.check_data(data)
         self.method_name = "-".join(s.method.name for s in stages)  # sft-grpo: "sft" then "grpo"
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -193,8 +191,8 @@ class Trainer:
                              f"saved; the last good checkpoint, if any, is in {self.out / 'checkpoint'}")
 
     def _update(self, stage: Stage, batch: TokenBatch, mu: float | None, step: int) -> dict:
-        """ppo_epochs x minibatches optimizer steps on one batch (old log-probs recomputed first
-        when there is more than one, so ratios and clipping are real)."""
+        """ppo_epochs x minibatches optimizer steps on one batch (old log-probs recomputed first if more than
+        one, so ratios and clipping are real); weights and logits checked once, at the end (before: the loss)."""
         cfg, spec, T = stage.cfg, stage.loss_spec(), stage.cfg.sampler.temperature
         self.model.train()
         if cfg.ppo_epochs * cfg.minibatches > 1:
@@ -222,9 +220,6 @@ class Trainer:
                     self.optimizer.step()
                 except RuntimeError as e:  # e.g. AdamW's "value cannot be converted to type float without overflow"
                     raise self._diverged(step, str(e)) from None
-                probe = self._logp(mb.select(torch.tensor([0])), 1.0)  # the logits of one trained sequence
-                if not (all(bool(torch.isfinite(p).all()) for p in self.model.parameters()) and probe.isfinite().all()):
-                    raise self._diverged(step, "it made the weights or logits non-finite")
                 on, ex = ~mb.is_expert, mb.is_expert
                 p_exp = out.logp[ex].exp()  # [N_exp]
                 for k, v in {"loss": out.loss.item(), "grad_norm": grad_norm.item(),
@@ -234,6 +229,9 @@ class Trainer:
                              "expert_phi": (p_exp * (1 - p_exp)).mean().item() if ex.any() else math.nan,
                              "expert_nll": -out.logp[ex].mean().item() if ex.any() else math.nan}.items():
                     stats.setdefault(k, []).append(v)
+        finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()  # once a step, one sync
+        if not (finite and self._logp(batch.select(torch.tensor([0])), 1.0).isfinite().all()):
+            raise self._diverged(step, "it made the weights or logits non-finite")
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
     def train_step(self, step: int) -> dict:

@@ -371,3 +371,16 @@ def test_mutations_are_accepted_or_refused_in_one_line(tok, ckpt, tmp_path, caps
     assert len(outcomes) >= 150
     assert n_ok >= 10 and len(outcomes) - n_ok >= 100  # both outcomes really happen
     assert sum(code for label, code in outcomes if label.startswith("run")) >= 3  # real 1-step runs succeeded
+
+
+@pytest.mark.parametrize("method, settings, message", [
+    ("chord-phi", ["n_expert=0"], "method chord-phi needs expert demonstrations: n_expert=0"),
+    ("luffy", ["n_expert=0"], "method luffy needs expert demonstrations"),
+    ("sft-is", ["experts_per_step=0"], "experts_per_step=0: method sft-is has mu > 0"),
+    ("grpo", ["n_rl_prompts=0"], "method grpo needs RL prompts: n_rl_prompts=0"),
+])
+def test_a_method_without_its_data_is_refused_before_any_model_loads(capsys, run_dir, method, settings, message):
+    before = snapshot(run_dir)  # no init: reaching the base model would pre-train, which never_pretrain fails
+    argv = ["train", "--method", method, "--out", str(run_dir), *sum((["--set", s] for s in settings), [])]
+    assert message in refused(capsys, argv)
+    assert snapshot(run_dir) == before
