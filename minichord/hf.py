@@ -57,8 +57,8 @@ def _get(hf: dict, path: Path, name: str, tp: type, default=_MISSING):
         return default
     ok = isinstance(value, bool) if tp is bool else (
         isinstance(value, (int, float) if tp is float else tp) and not isinstance(value, bool))
-    if not ok:
-        raise HFError(f"{path}: field {name!r}={value!r} must be {tp.__name__}")
+    if not ok or (tp is int and value <= 0):
+        raise HFError(f"{path}: field {name!r}={value!r} must be {'a positive int' if tp is int else tp.__name__}")
     return float(value) if tp is float else value
 
 
@@ -107,20 +107,22 @@ def hf_model_config(model_dir) -> ModelConfig:
 
     dim, n_heads = _get(hf, path, "hidden_size", int), _get(hf, path, "num_attention_heads", int)
     head_dim = _get(hf, path, "head_dim", int, dim // n_heads)
-    if n_heads <= 0 or head_dim != dim // n_heads:
-        refuse("head_dim", head_dim, f"minichord's head_dim is hidden_size // num_attention_heads = {dim // max(n_heads, 1)}")
+    if head_dim != dim // n_heads:
+        refuse("head_dim", head_dim, f"minichord's head_dim is hidden_size // num_attention_heads = {dim // n_heads}")
+    n_kv_heads = _get(hf, path, "num_key_value_heads", int, n_heads)
+    if n_heads % n_kv_heads:
+        refuse("num_key_value_heads", n_kv_heads, f"num_attention_heads={n_heads} is not a multiple of it")
     vocab_size = _get(hf, path, "vocab_size", int)
     n_ids = _tokenizer_size(path.parent / "tokenizer.json")
     if n_ids is not None and vocab_size < n_ids:
         raise HFError(f"{path}: vocab_size={vocab_size} is smaller than the {n_ids} ids of {path.parent / 'tokenizer.json'}")
-    theta = _get(hf, path, "rope_theta", float, 10000.0)
+    theta = _get(rope, path, "rope_theta", float, _get(hf, path, "rope_theta", float, 10000.0))
     try:
         return ModelConfig(
             vocab_size=vocab_size, dim=dim, n_layers=_get(hf, path, "num_hidden_layers", int), n_heads=n_heads,
-            n_kv_heads=_get(hf, path, "num_key_value_heads", int, n_heads),
-            ffn_dim=_get(hf, path, "intermediate_size", int),
+            n_kv_heads=n_kv_heads, ffn_dim=_get(hf, path, "intermediate_size", int),
             max_seq_len=_get(hf, path, "max_position_embeddings", int),
-            rope_theta=float(rope.get("rope_theta", theta)), norm_eps=_get(hf, path, "rms_norm_eps", float),
+            rope_theta=theta, norm_eps=_get(hf, path, "rms_norm_eps", float),
             qkv_bias=family == "qwen2", tie_embeddings=_get(hf, path, "tie_word_embeddings", bool, False))
     except ConfigError as e:
         raise HFError(f"{path}: {e}") from None

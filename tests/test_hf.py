@@ -158,6 +158,8 @@ def refused(model_dir, *words):
     (dict(hidden_size=...), ["hidden_size", "missing"]),
     (dict(num_hidden_layers="2"), ["num_hidden_layers", "'2'"]),
     (dict(tie_word_embeddings=1), ["tie_word_embeddings", "bool"]),
+    (dict(num_key_value_heads=0), ["num_key_value_heads", "positive"]),
+    (dict(num_key_value_heads=3), ["num_key_value_heads=3", "num_attention_heads=4"]),
     (dict(vocab_size=100), ["vocab_size=100", "tokenizer.json", "300"]),
 ])
 def test_unsupported_configs_are_refused(tmp_path, changes, words):
