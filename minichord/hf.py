@@ -67,7 +67,8 @@ def _tokenizer_size(path: Path) -> int | None:
     if not path.is_file():
         return None
     tok = _read_json(path)
-    ids = [*(tok.get("model", {}).get("vocab") or {}).values(), *(t["id"] for t in tok.get("added_tokens", []))]
+    vocab = tok.get("model", {}).get("vocab") or {}  # BPE/WordPiece: {piece: id}; Unigram: [[piece, score]]
+    ids = [*(vocab.values() if isinstance(vocab, dict) else range(len(vocab))), *(t["id"] for t in tok.get("added_tokens", []))]
     return max(ids) + 1 if ids else None
 
 
