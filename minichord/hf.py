@@ -1,0 +1,258 @@
+"""Hugging Face Qwen2 / Llama checkpoints <-> minichord's Transformer.
+
+    cfg   = hf_model_config("Qwen2.5-0.5B-Instruct")          # config.json -> ModelConfig
+    model = load_hf_model(dir, dtype=torch.bfloat16)          # *.safetensors -> Transformer
+    export_hf(model, "out", tokenizer_dir=dir)                # Transformer -> HF directory
+
+Names map by one rule: HF's tensor = "model." + minichord's name, except `lm_head.weight`. Both
+families are the same decoder (pre-norm RMSNorm, RoPE in rotate-half layout, GQA, SwiGLU); they
+differ only in q/k/v biases (Qwen2 always, Llama never here) and defaults. Anything minichord does
+not compute (RoPE scaling, sliding windows, other activations, ...) is refused with one line naming
+the file, the field and its value, never approximated. Weights are read tensor by tensor with
+`safe_open` and cast to `dtype` on `device` as they arrive, into a model built on the meta device,
+so a bf16 load of a 1.5B model never holds an fp32 copy of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from minichord.config import ConfigError, ModelConfig
+from minichord.model import Transformer
+
+ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                   "special_tokens_map.json", "chat_template.jinja")
+_MISSING = object()
+
+
+class HFError(ValueError):
+    """A Hugging Face directory minichord cannot load exactly (or cannot write)."""
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HFError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HFError(f"{path}: cannot read as JSON: {e}") from None
+
+
+def _get(hf: dict, path: Path, name: str, tp: type, default=_MISSING):
+    """hf[name] checked against `tp` (int accepted for float; bool never for numbers); a missing or
+    null field gives `default`, or an error when there is none."""
+    value = hf.get(name)
+    if value is None:
+        if default is _MISSING:
+            raise HFError(f"{path}: missing required field {name!r}")
+        return default
+    ok = isinstance(value, bool) if tp is bool else (
+        isinstance(value, (int, float) if tp is float else tp) and not isinstance(value, bool))
+    if not ok or (tp is int and value <= 0):
+        raise HFError(f"{path}: field {name!r}={value!r} must be {'a positive int' if tp is int else tp.__name__}")
+    return float(value) if tp is float else value
+
+
+def _tokenizer_size(path: Path) -> int | None:
+    """Number of ids in a tokenizer.json (largest id + 1, added tokens included), None if absent."""
+    if not path.is_file():
+        return None
+    tok = _read_json(path)
+    vocab = tok.get("model", {}).get("vocab") or {}  # BPE/WordPiece: {piece: id}; Unigram: [[piece, score]]
+    ids = [*(vocab.values() if isinstance(vocab, dict) else range(len(vocab))), *(t["id"] for t in tok.get("added_tokens", []))]
+    return max(ids) + 1 if ids else None
+
+
+def hf_model_config(model_dir) -> ModelConfig:
+    """Read `model_dir`/config.json of a Qwen2ForCausalLM or LlamaForCausalLM into a ModelConfig."""
+    path = Path(model_dir) / "config.json"
+    hf = _read_json(path)
+    if not isinstance(hf, dict):
+        raise HFError(f"{path}: not a JSON object")
+    archs = hf.get("architectures")
+    family = ARCHITECTURES.get(archs[0]) if isinstance(archs, list) and archs else (
+        hf.get("model_type") if archs is None and hf.get("model_type") in ("qwen2", "llama") else None)
+    if family is None:
+        raise HFError(f"{path}: architectures={archs!r} (model_type={hf.get('model_type')!r}) is not one "
+                      f"of {sorted(ARCHITECTURES)}")
+
+    def refuse(field, value, why):
+        raise HFError(f"{path}: {field}={value!r} is not supported ({why})")
+
+    if hf.get("rope_scaling") is not None:
+        refuse("rope_scaling", hf["rope_scaling"], "minichord's RoPE is unscaled")
+    rope = _get(hf, path, "rope_parameters", dict, {})  # transformers >= 5 writes rope_theta in here
+    if rope.get("rope_type", "default") != "default" or set(rope) - {"rope_type", "rope_theta"}:
+        refuse("rope_parameters", rope, "minichord's RoPE is unscaled")
+    if family == "qwen2" and _get(hf, path, "use_sliding_window", bool, False):
+        refuse("use_sliding_window", True, "minichord attends to the full context")
+    if any(t != "full_attention" for t in _get(hf, path, "layer_types", list, [])):
+        refuse("layer_types", hf["layer_types"], "minichord attends to the full context")
+    if _get(hf, path, "hidden_act", str, "silu") != "silu":
+        refuse("hidden_act", hf["hidden_act"], "minichord's MLP is SwiGLU with silu")
+    if family == "llama" and _get(hf, path, "attention_bias", bool, False):
+        refuse("attention_bias", True, "Llama's puts a bias on o_proj too; minichord's o_proj has none")
+    if family == "llama" and _get(hf, path, "mlp_bias", bool, False):
+        refuse("mlp_bias", True, "minichord's MLP has no biases")
+    if hf.get("quantization_config") is not None:
+        refuse("quantization_config", hf["quantization_config"], "minichord reads plain float weights")
+
+    dim, n_heads = _get(hf, path, "hidden_size", int), _get(hf, path, "num_attention_heads", int)
+    head_dim = _get(hf, path, "head_dim", int, dim // n_heads)
+    if head_dim != dim // n_heads:
+        refuse("head_dim", head_dim, f"minichord's head_dim is hidden_size // num_attention_heads = {dim // n_heads}")
+    n_kv_heads = _get(hf, path, "num_key_value_heads", int, n_heads)
+    if n_heads % n_kv_heads:
+        refuse("num_key_value_heads", n_kv_heads, f"num_attention_heads={n_heads} is not a multiple of it")
+    vocab_size = _get(hf, path, "vocab_size", int)
+    n_ids = _tokenizer_size(path.parent / "tokenizer.json")
+    if n_ids is not None and vocab_size < n_ids:
+        raise HFError(f"{path}: vocab_size={vocab_size} is smaller than the {n_ids} ids of {path.parent / 'tokenizer.json'}")
+    theta = _get(rope, path, "rope_theta", float, _get(hf, path, "rope_theta", float, 10000.0))
+    try:
+        return ModelConfig(
+            vocab_size=vocab_size, dim=dim, n_layers=_get(hf, path, "num_hidden_layers", int), n_heads=n_heads,
+            n_kv_heads=n_kv_heads, ffn_dim=_get(hf, path, "intermediate_size", int),
+            max_seq_len=_get(hf, path, "max_position_embeddings", int),
+            rope_theta=theta, norm_eps=_get(hf, path, "rms_norm_eps", float),
+            qkv_bias=family == "qwen2", tie_embeddings=_get(hf, path, "tie_word_embeddings", bool, False))
+    except ConfigError as e:
+        raise HFError(f"{path}: {e}") from None
+
+
+def _hf_name(name: str) -> str:
+    return name if name.startswith("lm_head.") else "model." + name
+
+
+def _weight_files(model_dir: Path) -> tuple[dict[str, Path], Path]:
+    """{HF tensor name: the .safetensors file holding it}, and the file that lists them."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise HFError(f"{index}: missing or empty field 'weight_map'")
+        for shard in sorted(set(weight_map.values())):
+            if not (model_dir / shard).is_file():
+                raise HFError(f"{model_dir / shard}: shard listed in {index} is missing")
+        return {name: model_dir / shard for name, shard in weight_map.items()}, index
+    single = model_dir / "model.safetensors"
+    if not single.is_file():
+        raise HFError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
+    with safe_open(single, framework="pt") as f:
+        return {name: single for name in f.keys()}, single
+
+
+def load_hf_model(model_dir, *, dtype: torch.dtype = torch.float32, device="cpu") -> Transformer:
+    """A Transformer with the weights of a Hugging Face Qwen2/Llama directory, in `dtype` on `device`.
+    Strict: every tensor the config implies must be there with its shape, and nothing else (a tied
+    model's redundant `lm_head.weight` and old `rotary_emb.inv_freq` buffers are skipped)."""
+    model_dir = Path(model_dir)
+    cfg = hf_model_config(model_dir)
+    with torch.device("meta"):  # no memory, no init: every parameter is replaced below
+        model = Transformer(cfg)
+    wanted = {_hf_name(n): (n, p) for n, p in model.named_parameters()}
+    files, listing = _weight_files(model_dir)
+    missing = sorted(set(wanted) - set(files))
+    if missing:
+        raise HFError(f"{listing}: tensor {missing[0]!r} is missing ({len(missing)} missing in all)")
+    state = {}
+    for file in sorted(set(files.values())):
+        with safe_open(file, framework="pt", device="cpu") as f:
+            for hf_name in f.keys():
+                if files.get(hf_name) != file or hf_name.endswith("rotary_emb.inv_freq"):
+                    continue
+                if hf_name not in wanted:
+                    if hf_name == "lm_head.weight" and cfg.tie_embeddings:
+                        continue
+                    raise HFError(f"{file}: unexpected tensor {hf_name!r} for {cfg}")
+                name, param = wanted[hf_name]
+                shape = tuple(f.get_slice(hf_name).get_shape())
+                if shape != tuple(param.shape):
+                    raise HFError(f"{file}: tensor {hf_name!r} has shape {shape}, config.json implies {tuple(param.shape)}")
+                state[name] = f.get_tensor(hf_name).to(device=device, dtype=dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype) -> dict:
+    """The config.json of `cfg`: Qwen2ForCausalLM with q/k/v biases, LlamaForCausalLM without."""
+    family = "qwen2" if cfg.qkv_bias else "llama"
+    extra = {"use_sliding_window": False, "sliding_window": None} if cfg.qkv_bias else {"attention_bias": False, "mlp_bias": False}
+    return {"architectures": [{"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}[family]],
+            "model_type": family, "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim,
+            "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "intermediate_size": cfg.ffn_dim,
+            "hidden_act": "silu", "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
+            "rope_theta": cfg.rope_theta, "rope_scaling": None, "tie_word_embeddings": cfg.tie_embeddings,
+            "torch_dtype": str(dtype).removeprefix("torch."), **extra}
+
+
+def _write_atomically(out_dir: Path, fill) -> Path:
+    """Call fill(tmp) on a fresh sibling temp dir, then swap it in for `out_dir` with os.replace
+    (an existing out_dir is moved aside first and deleted after)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def export_hf(model: Transformer, out_dir, *, tokenizer_dir=None, extra_files: dict[str, str] | None = None) -> Path:
+    """Write `model` as a Hugging Face directory (config.json + model.safetensors, in the model's
+    dtype), with the tokenizer files found in `tokenizer_dir` and `extra_files` {name: text}."""
+    tensors = {_hf_name(n): p.detach().cpu().contiguous() for n, p in model.state_dict().items()}
+    dtype = next(iter(tensors.values())).dtype
+
+    def fill(tmp: Path):
+        (tmp / "config.json").write_text(json.dumps(hf_config_dict(model.cfg, dtype), indent=2) + "\n")
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for name in TOKENIZER_FILES if tokenizer_dir is not None else ():
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+    return _write_atomically(Path(out_dir), fill)
+
+
+# minichord's chat format (tokenizer.py) as a Jinja chat template, so `apply_chat_template` works.
+CHAT_TEMPLATE = ("{{ '<|bos|>' }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '<|user|>' + m['content'] }}"
+                 "{% elif m['role'] == 'assistant' %}{{ '<|assistant|>' + m['content'] + '<|eos|>' }}{% endif %}"
+                 "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+
+
+def export_checkpoint(ckpt_path, out_dir) -> Path:
+    """`minichord export CKPT OUT_DIR`: a minichord checkpoint (and its tokenizer) as an HF directory."""
+    from minichord.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
+    tok, files = ckpt.tokenizer, {}
+    if tok is not None:
+        names = tok.special_tokens
+        template = CHAT_TEMPLATE
+        for role in ("bos", "user", "assistant", "eos"):
+            template = template.replace(f"<|{role}|>", names[role])
+        files["tokenizer.json"] = tok.to_json()
+        files["tokenizer_config.json"] = json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": names["bos"], "eos_token": names["eos"],
+            "pad_token": names["pad"], "chat_template": template, "model_max_length": ckpt.model.cfg.max_seq_len}, indent=2)
+        files["generation_config.json"] = json.dumps(
+            {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}, indent=2)
+    return export_hf(ckpt.model, out_dir, extra_files=files)
