@@ -49,6 +49,12 @@ class TokenBatch:
                           self.targets[keep], self.is_expert[keep], self.advantages[keep], self.old_logp[keep])
 
 
+def split_example(ids: list[int], loss_mask: list[bool]) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of a tokenizer's `encode_example`: the response is the masked tail."""
+    start = loss_mask.index(True)
+    return ids[:start], ids[start:]
+
+
 def pack(sequences: list[Sequence], pad_id: int, max_len: int) -> TokenBatch:
     """Right-pad `sequences` into one TokenBatch; refuse sequences longer than `max_len`."""
     if not sequences:

@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from minichord.batch import split_example
 from minichord.config import SamplerConfig
 from minichord.sampler import generate
 from minichord.tasks.base import Problem
@@ -33,7 +34,7 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], *, batch_size: int =
                 raise ValueError(f"a prompt of {max(len(p) for p in ids)} tokens leaves no room to answer "
                                  f"within max_seq_len={model.cfg.max_seq_len}")
             cfg = SamplerConfig(max_new_tokens=min(max_new_tokens, room), greedy=True)
-            rollout = generate(model, ids, cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+            rollout = generate(model, ids, cfg, eos_id=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
                                vocab_size=tokenizer.vocab_size)
             for tokens, mask in zip(rollout.tokens, rollout.mask):  # [T_new] each
                 responses.append(tokenizer.decode(tokens[mask]))  # generated tokens, eos included
@@ -61,8 +62,8 @@ def expert_token_probs(model, tokenizer, demos: Sequence) -> dict[str, float]:
     device = next(model.parameters()).device
     probs = []
     for demo in demos:
-        prompt = tokenizer.encode_prompt(demo.prompt)
-        response = tokenizer.encode(demo.response) + [tokenizer.eos_id]
+        ids, loss_mask = tokenizer.encode_example(demo.prompt, demo.response)
+        prompt, response = split_example(ids, loss_mask)
         logits = model(torch.tensor([prompt + response], device=device))[0, len(prompt) - 1:-1]  # [T, V]
         targets = torch.tensor(response, device=device)[:, None]  # [T, 1]
         probs.append(logits.float().softmax(-1).gather(1, targets).squeeze(1))  # [T]

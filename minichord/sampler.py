@@ -62,12 +62,13 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
-def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int, pad_id: int,
+def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int | list[int], pad_id: int,
              generator: torch.Generator | None = None, use_cache: bool = True,
              vocab_size: int | None = None) -> Rollout:
     """Sample continuations of `prompts` (token-id lists of any lengths) from `model`.
 
-    Each sequence stops after emitting `eos_id` (an id outside the vocabulary, e.g. -1, never matches;
+    Each sequence stops after emitting `eos_id`, or any id of a list (a chat model's stop ids, e.g.
+    Qwen2.5's <|im_end|> and <|endoftext|>); an id outside the vocabulary, e.g. -1, never matches;
     `Rollout` says what fills its later slots). Generation ends when every sequence has stopped, so
     T_new <= cfg.max_new_tokens. `generator` (on the model's device) makes sampling reproducible;
     use_cache=False recomputes the whole sequence every step (slow; for tests and benchmarks). vocab_size
@@ -92,6 +93,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
                          f"{total} exceeds the model's max_seq_len={model.cfg.max_seq_len}")
     if vocab_size is not None and not 0 < vocab_size <= V:
         raise ValueError(f"vocab_size={vocab_size} must be in [1, model vocab {V}]")
+    stop_ids = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), dtype=torch.long, device=device)
     seq_mask = torch.cat([mask, torch.ones(B, cfg.max_new_tokens, dtype=torch.bool, device=device)], dim=1)
 
     cache = KVCache(model.cfg, B, total, device, dtype) if use_cache else None
@@ -113,7 +115,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
         tokens[:, t] = torch.where(alive, next_tok, pad_id)
         logprobs[:, t] = torch.where(alive, next_logp, 0.0)
         out_mask[:, t] = alive
-        finished = finished | (alive & (next_tok == eos_id))
+        finished = finished | (alive & torch.isin(next_tok, stop_ids))
         if bool(finished.all()) or t + 1 == cfg.max_new_tokens:
             break
         step_ids = tokens[:, t:t + 1] if use_cache else torch.cat([ids, tokens[:, :t + 1]], dim=1)

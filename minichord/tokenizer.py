@@ -154,6 +154,11 @@ class Tokenizer:
             raise TokenizerError(f"ids out of range [0, {self.vocab_size}): {bad[:10]}")
         return self._tok.decode(ids, skip_special_tokens=skip_special)
 
+    @property
+    def stop_ids(self) -> list[int]:
+        """The ids that end a generation: the eos alone (a chat model's tokenizer may have several)."""
+        return [self.eos_id]
+
     def encode_prompt(self, prompt: str) -> list[int]:
         return [self.bos_id, self.user_id, *self.encode(prompt), self.assistant_id]
 

@@ -45,7 +45,7 @@ from typing import Callable
 import torch
 
 from minichord import losses, luffy, ops
-from minichord.batch import Sequence, TokenBatch, pack
+from minichord.batch import Sequence, TokenBatch, pack, split_example
 from minichord.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, restore_optimizer, save_checkpoint
 from minichord.config import TrainConfig
 from minichord.methods import Stage
@@ -84,8 +84,7 @@ class Trainer:
         # KL penalty (off by default): a frozen copy of the initial model gives ref log-probs
         self.ref_model = copy.deepcopy(model).eval().requires_grad_(False) \
             if any(s.cfg.kl_coef > 0 for s in stages) else None
-        self.expert_seqs = [(tokenizer.encode_prompt(e.prompt), tokenizer.encode(e.response) + [tokenizer.eos_id])
-                            for e in data.experts]
+        self.expert_seqs = [split_example(*tokenizer.encode_example(e.prompt, e.response)) for e in data.experts]
 
     # ----------------------------------------------------------------- set-up / resume
     def _new_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
@@ -146,7 +145,7 @@ class Trainer:
         prompt_ids = [self.tok.encode_prompt(pool[i].prompt) for i in picked for _ in range(n_on)]
         t0 = time.perf_counter()
         self.model.eval()
-        out = generate(self.model, prompt_ids, cfg.sampler, eos_id=self.tok.eos_id,
+        out = generate(self.model, prompt_ids, cfg.sampler, eos_id=self.tok.stop_ids,
                        pad_id=self.tok.pad_id, generator=gen, vocab_size=self.tok.vocab_size)
         t1 = time.perf_counter()
         responses = [out.tokens[i][out.mask[i]].tolist() for i in range(len(prompt_ids))]
