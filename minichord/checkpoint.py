@@ -3,7 +3,9 @@
     root/latest                  names the newest complete step directory, e.g. "step-000040"
     root/step-000040/            config.json (format, version, step, meta, dtype, model_config, tokenizer
                                  special tokens, optimizer param_groups, files: {name: sha256}),
-                                 model.safetensors, tokenizer.json, optimizer.safetensors (state.<i>.<name>)
+                                 model.safetensors, tokenizer.json, optimizer.safetensors (state.<i>.<name>),
+                                 and for a chat model's tokenizer (minichord/chat.py) its tokenizer_config.json
+                                 (chat template, special tokens) and generation_config.json (stop ids)
 
 Save: write the files into `root/.tmp-step-000040-<random>/` (fsynced), rename it to `step-000040`,
 replace `latest` (temp file + rename), delete steps beyond the last `keep`: a kill at any moment
@@ -28,6 +30,7 @@ from minichord.config import ModelConfig, from_dict, to_dict
 
 FORMAT, VERSION, CONFIG, LATEST = "minichord-checkpoint", 2, "config.json", "latest"
 MODEL, TOKENIZER, OPTIMIZER = "model.safetensors", "tokenizer.json", "optimizer.safetensors"
+CHAT_FILES = ("tokenizer_config.json", "generation_config.json")  # a ChatTokenizer's, beside tokenizer.json
 DTYPES = ("float32", "bfloat16", "float16")
 STEP_DIR = re.compile(r"step-(\d+)")
 
@@ -41,7 +44,7 @@ class CheckpointError(RuntimeError):
 class Checkpoint:
     model: torch.nn.Module
     model_config: ModelConfig
-    tokenizer: object  # minichord.tokenizer.Tokenizer | None
+    tokenizer: object  # minichord.tokenizer.Tokenizer | minichord.chat.ChatTokenizer | None
     optimizer_state: dict | None  # an optimizer.state_dict(), tensors on CPU
     step: int
     meta: dict
@@ -78,6 +81,7 @@ def _files_of(model, tokenizer, optimizer, step: int, meta: dict) -> dict[str, b
     if tokenizer is not None:
         config["tokenizer_special_tokens"] = tokenizer.special_tokens
         files[TOKENIZER] = tokenizer.to_json().encode()
+        files.update({n: t.encode() for n, t in getattr(tokenizer, "files", dict)().items() if n in CHAT_FILES})
     if optimizer is not None:  # AdamW-like: {param index: {name: tensor or number}}, JSON param_groups
         state = optimizer.state_dict()
         if any(type(i) is not int for i in state["state"]):
@@ -164,7 +168,7 @@ def _step_dir(d: Path) -> Path:  # a step directory as given, or the one a root'
 
 def _check_config(d: Path, c: dict) -> None:  # every field of config.json: (field, is it fine, what is allowed)
     files, raw, m = c.get("files"), c.get("model_config"), STEP_DIR.fullmatch(d.name)
-    listed, ours = set(files) if isinstance(files, dict) else set(), {MODEL, TOKENIZER, OPTIMIZER}
+    listed, ours = set(files) if isinstance(files, dict) else set(), {MODEL, TOKENIZER, OPTIMIZER, *CHAT_FILES}
     # names outside our three files, or one of ours on disk but not listed: nothing else is ever read
     odd = sorted(n for n in listed | ours if n in listed - ours or (n in ours - listed and os.path.lexists(d / n)))
     specials = c.get("tokenizer_special_tokens")
@@ -176,7 +180,8 @@ def _check_config(d: Path, c: dict) -> None:  # every field of config.json: (fie
         ("meta", isinstance(c.get("meta"), dict), "an object"),
         ("dtype", c.get("dtype") in DTYPES, " or ".join(DTYPES)),
         ("files", isinstance(files, dict) and all(isinstance(v, str) for v in files.values()) and not odd
-         and MODEL in listed, f"{{name: sha256}} of {MODEL}, and {TOKENIZER} and {OPTIMIZER} if present"),
+         and MODEL in listed and (TOKENIZER in listed or not listed & set(CHAT_FILES)),
+         f"{{name: sha256}} of {MODEL}, and {TOKENIZER} (+ {', '.join(CHAT_FILES)}) and {OPTIMIZER} if present"),
         ("model_config", isinstance(raw, dict) and {f.name for f in dataclasses.fields(ModelConfig)} <= set(raw)
          and all(type(v) is bool or (type(v) in (int, float) and 0 < v < math.inf) for v in raw.values()),
          "a table of every ModelConfig field, each true, false or a positive finite number"),
@@ -205,13 +210,15 @@ def _load_model(d: Path, c: dict, cfg: ModelConfig) -> torch.nn.Module:
 
 
 def _load_tokenizer(d: Path, c: dict, cfg: ModelConfig):
-    from minichord.tokenizer import SPECIAL_ROLES, Tokenizer, TokenizerError
+    from minichord.chat import ChatTokenizer
+    from minichord.tokenizer import Tokenizer, TokenizerError
+    texts = {name: _read(d, name, "", sha) for name, sha in c["files"].items() if name in (TOKENIZER, *CHAT_FILES)}
     try:
-        text = _read(d, TOKENIZER, "", c["files"][TOKENIZER])
-        tokenizer = Tokenizer.from_json(text, c["tokenizer_special_tokens"], str(d / TOKENIZER))
+        tokenizer = ChatTokenizer.from_files(texts, str(d)) if CHAT_FILES[0] in texts else \
+            Tokenizer.from_json(texts[TOKENIZER], c["tokenizer_special_tokens"], str(d / TOKENIZER))
     except TokenizerError as e:
         raise CheckpointError(f"{d / TOKENIZER} with the tokenizer_special_tokens in {d / CONFIG}: {e}") from None
-    ids = {f"{r} id": getattr(tokenizer, f"{r}_id") for r in SPECIAL_ROLES} | {"last id": tokenizer.vocab_size - 1}
+    ids = {"pad id": tokenizer.pad_id, "stop ids": max(tokenizer.stop_ids), "last id": tokenizer.vocab_size - 1}
     _check(max(ids.values()) < cfg.vocab_size, d / TOKENIZER, "ids", f"< model vocab_size {cfg.vocab_size}", ids)
     return tokenizer
 

@@ -1,4 +1,4 @@
-"""`minichord demo | pretrain | train | eval | reproduce | plot` — see `minichord CMD --help`."""
+"""`minichord demo | pretrain | train | eval | chat | export | reproduce | plot` — see `minichord CMD --help`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ def _checked(ok, allowed: str, convert=str):
             raise argparse.ArgumentTypeError(f"{text!r}: must be {allowed}")
         return convert(text)
     return parse
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return float(text) < float("inf")
+    except ValueError:
+        return False
 
 
 POSITIVE = _checked(lambda t: t.isdigit() and int(t) >= 1, "an integer >= 1", int)
@@ -42,7 +49,9 @@ def cmd_pretrain(args) -> None:
 def cmd_train(args) -> None:
     from minichord.experiment import prepare_run
 
-    final = prepare_run(args.method, args.out, config_file=args.config, overrides=args.set,
+    named = {"init": args.model, "prompts_file": args.prompts, "experts_file": args.experts, "eval_file": args.eval}
+    overrides = [f"{k}={v}" for k, v in named.items() if v is not None] + args.set  # --set comes last and wins
+    final = prepare_run(args.method, args.out, config_file=args.config, overrides=overrides,
                         resume=not args.no_resume).run()
     print(f"run directory: {args.out} (metrics.jsonl, eval.jsonl, checkpoint/)")
     if final:
@@ -50,18 +59,53 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from minichord import data
+    from minichord import data, math_reward
     from minichord.evaluate import evaluate_splits
     from minichord.experiment import load_initial_model
+    from minichord.hf import is_hf_dir
     from minichord.tasks import make_splits
 
+    path = args.model or args.checkpoint
+    if not path:
+        raise ValueError("give a model: --model DIR (a Hugging Face directory or a minichord checkpoint)")
+    if is_hf_dir(path) and not args.prompts:
+        raise ValueError(f"{path} is a Hugging Face model: give --prompts FILE (the toy splits are for the toy model)")
     splits = ({Path(args.prompts).stem: data.load_prompts(args.prompts)} if args.prompts
               else make_splits(args.seed, n_rl=0, n_expert=0, n_test=args.n_test).tests)
-    model, tokenizer = load_initial_model(args.checkpoint)  # refuses a checkpoint without a tokenizer
+    model, tokenizer = load_initial_model(path)  # refuses a checkpoint without a tokenizer
     data.check_lengths([p for s in splits.values() for p in s], tokenizer, model.cfg.max_seq_len, 1)
-    result = evaluate_splits(model, tokenizer, splits)
+    scoring = ({"reward_fn": math_reward.strict_reward, "lenient_fn": math_reward.lenient_reward}
+               if args.reward == "math" or (args.reward == "auto" and args.prompts) else {})
+    result = evaluate_splits(model, tokenizer, splits, max_new_tokens=args.max_new_tokens, **scoring)
     for name, m in result.items():
-        print(f"{name:14s} accuracy {m['accuracy']:.3f}  (n={m['n']}, mean length {m['response_length']:.1f})")
+        lenient = f", lenient {m['lenient_accuracy']:.3f}" if "lenient_accuracy" in m else ""
+        print(f"{name:14s} accuracy {m['accuracy']:.3f}{lenient}  (n={m['n']}, mean length {m['response_length']:.1f})")
+
+
+def cmd_chat(args) -> None:
+    import torch
+
+    from minichord.config import SamplerConfig
+    from minichord.experiment import load_initial_model
+    from minichord.sampler import generate
+
+    model, tokenizer = load_initial_model(args.model)
+    prompt = tokenizer.encode_prompt(args.question)
+    room = model.cfg.max_seq_len - len(prompt)
+    if room < 1:
+        raise ValueError(f"the question is {len(prompt)} tokens: no room left in max_seq_len={model.cfg.max_seq_len}")
+    cfg = SamplerConfig(max_new_tokens=min(args.max_new_tokens, room), greedy=args.temperature == 0,
+                        temperature=args.temperature or 1.0)
+    out = generate(model, [prompt], cfg, eos_id=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
+                   vocab_size=tokenizer.vocab_size, generator=torch.Generator().manual_seed(args.seed))
+    print(tokenizer.decode(out.tokens[0][out.mask[0]]))
+
+
+def cmd_export(args) -> None:
+    from minichord.hf import export_checkpoint
+
+    print(f"wrote {export_checkpoint(args.checkpoint, args.out_dir)} (Hugging Face format: config.json, "
+          f"model.safetensors, tokenizer files)")
 
 
 def cmd_reproduce(args) -> None:
@@ -77,8 +121,9 @@ def cmd_plot(args) -> None:
     print(f"wrote {plot_runs([Path(d) for d in args.runs], Path(args.output))}")
 
 
-COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "train": cmd_train, "eval": cmd_eval,
-            "reproduce": cmd_reproduce, "plot": cmd_plot}
+COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "train": cmd_train, "eval": cmd_eval, "chat": cmd_chat,
+            "export": cmd_export, "reproduce": cmd_reproduce, "plot": cmd_plot}
+MODEL_DIR = _checked(lambda t: Path(t).is_dir(), "a directory: a Hugging Face model or a minichord checkpoint")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,14 +146,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", type=FILE, default=None, help="TOML file of TrainConfig fields")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set steps=50 --set sampler.temperature=0.8")
+    t.add_argument("--model", type=MODEL_DIR, default=None, help="start from this Hugging Face model directory "
+                   "or minichord checkpoint (= --set init=DIR; default: the toy base model)")
+    t.add_argument("--prompts", type=FILE, default=None, help="RL prompts JSONL (= --set prompts_file=FILE)")
+    t.add_argument("--experts", type=FILE, default=None, help="expert demonstrations JSONL (= --set experts_file=FILE)")
+    t.add_argument("--eval", type=FILE, default=None, help="held-out prompts JSONL (= --set eval_file=FILE)")
     t.add_argument("--out", type=OUT, required=True, help="run directory")
     t.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint exists")
 
-    e = sub.add_parser("eval", help="greedy accuracy of a checkpoint on the toy test splits (or a JSONL file)")
-    e.add_argument("checkpoint", type=_checked(bool, "a checkpoint directory"), help="checkpoint directory")
+    e = sub.add_parser("eval", help="greedy accuracy of a model on the toy test splits (or a JSONL file)")
+    e.add_argument("checkpoint", nargs="?", type=MODEL_DIR, default=None, help="checkpoint directory (or --model)")
+    e.add_argument("--model", type=MODEL_DIR, default=None, help="a Hugging Face model directory or a checkpoint")
+    e.add_argument("--reward", choices=("auto", "exact", "math"), default="auto",
+                   help="exact: the toy's answer match; math: strict format + lenient last number "
+                        "(auto: math with --prompts)")
+    e.add_argument("--max-new-tokens", type=POSITIVE, default=96, help="answer length limit (tokens)")
     e.add_argument("--n-test", type=POSITIVE, default=200, help="problems per toy split")
     e.add_argument("--seed", type=SEED, default=0, help="seed of the toy splits")
     e.add_argument("--prompts", type=FILE, default=None, help="JSONL file of {prompt, answer} to evaluate instead")
+
+    c = sub.add_parser("chat", help="what a model answers to one question (its chat template, greedy by default)")
+    c.add_argument("question", help="the user message")
+    c.add_argument("--model", type=MODEL_DIR, required=True, help="a Hugging Face model directory or a checkpoint")
+    c.add_argument("--max-new-tokens", type=POSITIVE, default=256, help="answer length limit (tokens)")
+    c.add_argument("--temperature", type=_checked(lambda t: _is_number(t) and float(t) >= 0, "a number >= 0", float),
+                   default=0.0, help="0 = greedy (default); > 0 samples")
+    c.add_argument("--seed", type=SEED, default=0, help="random seed when sampling")
+
+    x = sub.add_parser("export", help="write a checkpoint as a Hugging Face directory (transformers, vLLM load it)")
+    x.add_argument("checkpoint", type=MODEL_DIR, help="minichord checkpoint (a run's checkpoint/ or a step directory)")
+    x.add_argument("out_dir", type=OUT, help="output directory (replaced atomically)")
 
     r = sub.add_parser("reproduce", help="every method x seeds on the toy task: table, JSON, curves")
     r.add_argument("--out", type=OUT, required=True, help="output directory")

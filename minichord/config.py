@@ -230,9 +230,11 @@ class TrainConfig:
     log_ratio_clamp: float = 20.0
     entropy_coef: float = 0.0
     kl_coef: float = 0.0
-    # data: the embedded toy task unless JSONL files are given
+    # data: the embedded toy task unless JSONL files are given (minichord/data.py: toy, GSM8K, MATH, chat rows)
     prompts_file: str = ""
     experts_file: str = ""
+    eval_file: str = ""  # held-out prompts; default: the toy's test splits with the toy model, none with an HF one
+    reward: str = "auto"  # exact (the toy's answer match) | math (minichord/math_reward.py) | auto: math for an HF model
     n_rl_prompts: int = 1000
     n_expert: int = 256
     n_test: int = 200
@@ -240,11 +242,12 @@ class TrainConfig:
     sampler: SamplerConfig = dataclasses.field(default_factory=lambda: SamplerConfig(max_new_tokens=96))
     eval_every: int = 40
     save_every: int = 40
-    init: str = ""  # checkpoint to start from; empty = the cached pre-trained toy base model
+    init: str = ""  # a minichord checkpoint or a Hugging Face model directory; empty = the cached toy base model
 
     def __post_init__(self) -> None:
-        if self.expert_weighting not in ("uniform", "phi", "is"):  # losses.EXPERT_WEIGHTINGS
-            raise ConfigError(f"expert_weighting={self.expert_weighting!r}: must be one of uniform, phi, is")
+        for key, allowed in (("expert_weighting", ("uniform", "phi", "is")), ("reward", ("auto", "exact", "math"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}={getattr(self, key)!r}: must be one of {', '.join(allowed)}")
         validate(self, {"[1, inf)": "steps prompts_per_step ppo_epochs minibatches eval_every save_every",
                         "[0, inf)": "experts_per_step n_rl_prompts n_expert n_test weight_decay eps_high entropy_coef kl_coef",
                         "(0, inf)": "lr grad_clip log_ratio_clamp", "[0, 1]": "mu_warmup_frac mu_decay_frac mu_peak mu_valley",

@@ -15,9 +15,11 @@ from minichord.tasks.reward import reward as default_reward
 
 
 def evaluate(model, tokenizer, problems: Sequence[Problem], *, batch_size: int = 128,
-             max_new_tokens: int = 96, reward_fn: Callable[[str, str], float] = default_reward) -> dict:
+             max_new_tokens: int = 96, reward_fn: Callable[[str, str], float] = default_reward,
+             lenient_fn: Callable[[str, str], float] | None = None) -> dict:
     """Greedy-decode every problem (in batches) and score it: {"accuracy", "n", "response_length" (mean tokens,
-    eos included), "samples" (the first 3), "per_skill" (only when several skills)}."""
+    eos included), "samples" (the first 3), "per_skill" (only when several skills), "lenient_accuracy" (mean
+    lenient_fn, e.g. math's last-number match beside the strict format, when given)}."""
     problems = list(problems)
     if not problems:
         raise ValueError("evaluate() needs at least one problem")
@@ -47,6 +49,8 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], *, batch_size: int =
         by_skill[p.skill].append(r)
     out = {"accuracy": sum(rewards) / len(rewards), "n": len(rewards), "response_length": sum(lengths) / len(lengths),
            "samples": [dict(prompt=p.prompt, response=r, answer=p.answer) for p, r in zip(problems[:3], responses)]}
+    if lenient_fn is not None:
+        out["lenient_accuracy"] = sum(float(lenient_fn(r, p.answer)) for r, p in zip(responses, problems)) / len(problems)
     if len(by_skill) > 1:
         out["per_skill"] = {skill: sum(v) / len(v) for skill, v in sorted(by_skill.items())}
     return out

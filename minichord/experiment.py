@@ -14,6 +14,7 @@ import torch
 
 from minichord.checkpoint import load_checkpoint
 from minichord.config import ConfigError, TrainConfig, load_config
+from minichord.hf import is_hf_dir, load_hf_model
 from minichord.traindata import build_train_data
 from minichord.methods import Stage, get_method
 from minichord.trainer import Trainer
@@ -47,11 +48,16 @@ def build_stages(method_name: str, config_file: str | None = None,
 
 
 def load_initial_model(init: str, log: Callable[[str], None] = print):
-    """(model, tokenizer) from `init`, or from the cached toy base model (made on first use)."""
+    """(model, tokenizer) from `init` (a minichord checkpoint or a Hugging Face model directory with its
+    tokenizer and chat template), or from the cached toy base model (made on first use)."""
     if not init:
         from minichord.pretrain import pretrain_base
 
         init = str(pretrain_base(default_base_dir(), log=log))
+    if is_hf_dir(init):
+        from minichord.chat import load_tokenizer
+
+        return load_hf_model(init), load_tokenizer(init)
     ckpt = load_checkpoint(init)
     if ckpt.tokenizer is None:
         raise ValueError(f"checkpoint {init} has no tokenizer.json")
@@ -64,9 +70,11 @@ def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | Non
     stages = build_stages(method_name, config_file, overrides)
     cfg = stages[0].cfg
     torch.manual_seed(cfg.seed)
-    data = build_train_data(cfg)  # bad files, split sizes and missing data are refused before any model loads
+    data = build_train_data(cfg, hf_model=is_hf_dir(cfg.init))  # bad files, sizes, missing data: before any model loads
     for stage in stages:
         stage.check_data(data)
+    log(f"data: {len(data.prompts)} RL prompts, {len(data.experts)} expert demonstrations, eval splits "
+        f"{sorted(data.eval_splits) or 'none'}; reward {data.reward.__module__}.{data.reward.__name__}")
     model, tokenizer = load_initial_model(cfg.init, log)
     data.check_fits(tokenizer, model.cfg.max_seq_len, stages)  # file:line, before any step or evaluation
     trainer = Trainer(stages, model, tokenizer, data, Path(out_dir), log=log)

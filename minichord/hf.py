@@ -72,6 +72,17 @@ def _tokenizer_size(path: Path) -> int | None:
     return max(ids) + 1 if ids else None
 
 
+def is_hf_dir(path) -> bool:
+    """A Hugging Face model directory: a config.json that is not a minichord checkpoint's."""
+    config = Path(path) / "config.json"
+    if not config.is_file() or (Path(path) / "latest").exists():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("format") != "minichord-checkpoint"
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return True  # hf_model_config says what is wrong with it
+
+
 def hf_model_config(model_dir) -> ModelConfig:
     """Read `model_dir`/config.json of a Qwen2ForCausalLM or LlamaForCausalLM into a ModelConfig."""
     path = Path(model_dir) / "config.json"

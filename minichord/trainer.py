@@ -250,7 +250,7 @@ class Trainer:
     def evaluate(self, step: int) -> dict:
         from minichord.evaluate import evaluate_splits
         result = {"step": step, **evaluate_splits(self.model, self.tok, self.data.eval_splits, reward_fn=self.data.reward,
-                                                  max_new_tokens=self.cfg.sampler.max_new_tokens)}
+                                                  lenient_fn=self.data.lenient, max_new_tokens=self.cfg.sampler.max_new_tokens)}
         self.evals.append(result)
         with open(self.out / "eval.jsonl", "a") as f:
             f.write(json.dumps(result) + "\n")
@@ -292,7 +292,8 @@ class Trainer:
                 self.log(progress_line(metrics, self.steps, eta))
                 if self.data.eval_splits and (self.step % self.cfg.eval_every == 0 or self.step == self.steps):
                     last_eval = self.evaluate(self.step)
-                    self.log("  eval " + " | ".join(f"{k} {v['accuracy']:.3f}" for k, v in last_eval.items()
+                    self.log("  eval " + " | ".join(f"{k} {v['accuracy']:.3f}" + (f" (lenient {v['lenient_accuracy']:.3f})"
+                                                    if "lenient_accuracy" in v else "") for k, v in last_eval.items()
                                                     if isinstance(v, dict)))
                 if self.step % self.cfg.save_every == 0 or self.step == self.steps or self._stop_signal:
                     self.save()
