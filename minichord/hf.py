@@ -255,7 +255,9 @@ def export_checkpoint(ckpt_path, out_dir) -> Path:
 
     ckpt = load_checkpoint(ckpt_path)
     tok, files = ckpt.tokenizer, {}
-    if tok is not None:
+    if hasattr(tok, "files"):  # a chat model's tokenizer (minichord/chat.py) writes its own files
+        files = tok.files()
+    elif tok is not None:
         names = tok.special_tokens
         template = CHAT_TEMPLATE
         for role in ("bos", "user", "assistant", "eos"):
