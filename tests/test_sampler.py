@@ -152,6 +152,20 @@ def test_eos_stops_a_sequence_and_masks_the_rest():
         assert out.tokens[b, :n].tolist() == row[:n] and out.mask[b].sum() == n
 
 
+def test_several_stop_ids_each_stop_a_sequence():  # a chat model's <|im_end|> and <|endoftext|>
+    model = tiny_model()
+    cfg = SamplerConfig(max_new_tokens=10, greedy=True)
+    free = generate(model, PROMPTS, cfg, eos_id=NO_EOS, pad_id=PAD)
+    stops = [int(free.tokens[0, 2]), int(free.tokens[1, 4])]
+    out = generate(model, PROMPTS, cfg, eos_id=stops, pad_id=PAD)
+    for b in range(len(PROMPTS)):
+        row = free.tokens[b].tolist()
+        n = min([row.index(s) + 1 for s in stops if s in row], default=len(row))  # the first stop id emitted
+        assert bool(out.finished[b]) == (n < len(row) or row[-1] in stops)
+        assert out.tokens[b, :n].tolist() == row[:n] and out.mask[b].sum() == n
+    assert out.finished[0] and out.finished[1]
+
+
 def test_generation_ends_early_when_all_sequences_finished():
     model = tiny_model()
     cfg = SamplerConfig(max_new_tokens=10, greedy=True)
