@@ -1,0 +1,291 @@
+"""A checkpoint's own tokenizer and chat template (Hugging Face files), with the interface of `Tokenizer`.
+
+Files read from a model directory (or the same {name: text} dict embedded in a minichord checkpoint):
+
+    tokenizer.json          required; loaded by the `tokenizers` library
+    tokenizer_config.json   bos_token / eos_token / pad_token / unk_token (each a string, an AddedToken-style
+                            {"content": ...} dict, or null) and chat_template (a string, or a list of
+                            {"name", "template"} of which "default" is used)
+    chat_template.jinja     the template as a file of its own (what transformers now writes): when both exist,
+                            this file wins over tokenizer_config.json's chat_template, as in transformers
+    generation_config.json  optional: eos_token_id (an int or a list), bos_token_id, pad_token_id
+
+Ids: `eos_id` is tokenizer_config's eos_token (the end-of-turn token the template writes after an
+assistant message, e.g. <|im_end|>); `stop_ids` is every id that ends a generation (generation_config's
+eos ids, then eos_id); `pad_id` is the pad_token, else generation_config's pad_token_id, else eos_id.
+
+Rendering follows transformers' `apply_chat_template`: a Jinja2 ImmutableSandboxedEnvironment with
+trim_blocks and lstrip_blocks (no keep_trailing_newline), the loop controls extension, the
+`{% generation %}` tag (rendered as its body), `raise_exception`, a `tojson` filter that does not escape
+HTML, `strftime_now`; variables `messages`, `add_generation_prompt`, `tools` and `documents` (None) and
+each special token the config names (`bos_token`, `eos_token`, ...). The text is then tokenized with no
+special tokens added: the template writes the bos itself.
+
+    tok = ChatTokenizer.from_dir("Qwen2.5-0.5B-Instruct")
+    tok.encode_prompt("2+3?")  # <|im_start|>system\\nYou are Qwen, ...<|im_end|>\\n<|im_start|>user\\n2+3?<|im_end|>\\n<|im_start|>assistant\\n
+    ids, mask = tok.encode_example("2+3?", "5")  # the prompt ids, then 5<|im_end|> (mask True on those two)
+    tok.stop_ids  # [151645, 151643]: <|im_end|>, <|endoftext|>
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+import jinja2
+from jinja2.ext import Extension, loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer as HFTokenizer
+
+from minichord.tokenizer import Tokenizer, TokenizerError
+
+FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja")
+SPECIAL_ROLES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")  # the <role>_token names templates may read
+ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")  # of generation_config.json
+
+
+def _one_line(x) -> str:
+    return " ".join(str(x).split())
+
+
+class _GenerationTag(Extension):
+    """transformers' `{% generation %}...{% endgeneration %}` (it marks assistant text): renders the body."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.Scope(body).set_lineno(lineno)
+
+
+def _raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+_ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, loopcontrols])
+_ENV.filters["tojson"] = _tojson
+_ENV.globals.update(raise_exception=_raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+
+
+def _jinja_error(e: Exception) -> str:
+    if isinstance(e, jinja2.TemplateSyntaxError):
+        return _one_line(f"line {e.lineno}: {e.message}")
+    return _one_line(f"{type(e).__name__}: {e}" if not isinstance(e, jinja2.TemplateError) else e)
+
+
+def _json_object(files: dict, name: str, source: str) -> dict:
+    if name not in files:
+        return {}
+    try:
+        value = json.loads(files[name])
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{source}/{name}: not valid JSON: {_one_line(e)}") from None
+    if not isinstance(value, dict):
+        raise TokenizerError(f"{source}/{name}: not a JSON object")
+    return value
+
+
+def _token_text(value, where: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    raise TokenizerError(_one_line(f"{where} must be a string, {{\"content\": ...}} or null, not {value!r:.80}"))
+
+
+def _template(files: dict, config: dict, source: str) -> tuple[str, str]:
+    """(template text, the file it came from)."""
+    if "chat_template.jinja" in files:
+        return files["chat_template.jinja"], f"{source}/chat_template.jinja"
+    where, t = f"{source}/tokenizer_config.json", config.get("chat_template")
+    if t is None:
+        raise TokenizerError(f"{where}: no 'chat_template' (and no chat_template.jinja): minichord needs one to "
+                             "build prompts")
+    if isinstance(t, list):
+        named = {x.get("name"): x.get("template") for x in t if isinstance(x, dict)}
+        if "default" not in named:
+            raise TokenizerError(f"{where}: 'chat_template' is a list with no template named 'default' "
+                                 f"(names: {sorted(map(str, named))})")
+        t = named["default"]
+    if not isinstance(t, str):
+        raise TokenizerError(f"{where}: 'chat_template' must be a string or a list of {{name, template}}, "
+                             f"not {type(t).__name__}")
+    return t, where
+
+
+class ChatTokenizer:
+    """A Hugging Face tokenizer and its chat template; the same interface as the toy `Tokenizer`."""
+
+    def __init__(self, files: dict[str, str], source: str = "tokenizer files", *, system: str | None = None):
+        self._files = {name: text for name, text in files.items() if name in FILES and text is not None}
+        self.source, self.system = source, system
+        if "tokenizer.json" not in self._files:
+            raise TokenizerError(f"{source}/tokenizer.json: file not found")
+        try:
+            json.loads(self._files["tokenizer.json"])
+            self._tok = HFTokenizer.from_str(self._files["tokenizer.json"])
+        except Exception as e:  # json.JSONDecodeError, or the Rust side's Exception
+            raise TokenizerError(_one_line(f"{source}/tokenizer.json: not a valid tokenizer.json: {e}")) from None
+        self._config = _json_object(self._files, "tokenizer_config.json", source)
+        self._gen = _json_object(self._files, "generation_config.json", source)
+        self.chat_template, self._template_file = _template(self._files, self._config, source)
+        self.vocab_size: int = self._tok.get_vocab_size(with_added_tokens=True)
+
+        where, gwhere = f"{source}/tokenizer_config.json", f"{source}/generation_config.json"
+        self.special_tokens: dict[str, str] = {}  # role -> token text, the roles the config names
+        ids = {}
+        for role in SPECIAL_ROLES:
+            text = _token_text(self._config.get(f"{role}_token"), f"{where}: '{role}_token'")
+            if text is None:
+                continue
+            self.special_tokens[role] = text
+            i = self._tok.token_to_id(text)
+            if role in ("bos", "eos", "pad", "unk") and (i is None or i >= self.vocab_size):
+                raise TokenizerError(f"{where}: '{role}_token' {text!r} is not in the vocabulary of tokenizer.json "
+                                     f"({self.vocab_size} ids)")
+            ids[role] = i
+        gen = {}
+        for field in ID_FIELDS:
+            value = self._gen.get(field)
+            values = [] if value is None else value if isinstance(value, list) and field == "eos_token_id" else [value]
+            for v in values:
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < self.vocab_size:
+                    raise TokenizerError(f"{gwhere}: '{field}' {value!r} is not an id of the vocabulary "
+                                         f"[0, {self.vocab_size}) of tokenizer.json")
+            gen[field] = values
+        if "eos" in ids:
+            self.eos_id: int = ids["eos"]
+        elif gen["eos_token_id"]:
+            self.eos_id = gen["eos_token_id"][0]
+        else:
+            raise TokenizerError(f"{where}: no 'eos_token' (and no eos_token_id in generation_config.json): "
+                                 "minichord needs the end-of-turn token")
+        self.stop_ids: list[int] = list(dict.fromkeys([*gen["eos_token_id"], self.eos_id]))
+        self.pad_id: int = ids.get("pad", (gen["pad_token_id"] or [self.eos_id])[0])
+        self.bos_id: int | None = ids.get("bos", (gen["bos_token_id"] or [None])[0])
+        try:
+            self._template = _ENV.from_string(self.chat_template)
+        except Exception as e:  # TemplateSyntaxError, or e.g. a RecursionError on absurd nesting
+            raise TokenizerError(f"{self._template_file}: 'chat_template' does not compile: {_jinja_error(e)}") from None
+        self.encode_prompt("Hello")  # a template that cannot render a prompt fails here, when the files load
+
+    @classmethod
+    def from_files(cls, files: dict[str, str], source: str = "tokenizer files", *,
+                   system: str | None = None) -> "ChatTokenizer":
+        """Build from {file name: text} (e.g. `files()` stored in a checkpoint); `source` names them in errors."""
+        return cls(files, source, system=system)
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, *, system: str | None = None) -> "ChatTokenizer":
+        """Read the tokenizer files of a Hugging Face model directory."""
+        d = Path(model_dir)
+        if not d.is_dir():
+            raise TokenizerError(f"{d}: not a directory")
+        files = {}
+        for name in FILES:
+            try:
+                files[name] = (d / name).read_text(encoding="utf-8")
+            except FileNotFoundError:
+                continue
+            except (OSError, UnicodeDecodeError) as e:
+                raise TokenizerError(_one_line(f"{d / name}: cannot read: {e}")) from None
+        return cls.from_files(files, str(d), system=system)
+
+    def files(self) -> dict[str, str]:
+        """{file name: text} that `from_files`/`from_dir` read back as this tokenizer (the template moves into
+        tokenizer_config.json). The `system` prompt is not part of them."""
+        config = {**self._config, "chat_template": self.chat_template}
+        config.update({f"{role}_token": text for role, text in self.special_tokens.items()})
+        config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+        out = {"tokenizer.json": self.to_json(),
+               "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n"}
+        if any(self._gen.get(field) is not None for field in ID_FIELDS):
+            out["generation_config.json"] = json.dumps(self._gen, indent=2, ensure_ascii=False) + "\n"
+        return out
+
+    def to_json(self) -> str:
+        return self._files["tokenizer.json"]
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False, **variables) -> str:
+        """The chat template's text for `messages` (extra template variables, e.g. tools=[...], by keyword)."""
+        context = {"tools": None, "documents": None, **{f"{r}_token": t for r, t in self.special_tokens.items()},
+                   **variables, "messages": messages, "add_generation_prompt": add_generation_prompt}
+        try:
+            return self._template.render(**context)
+        except Exception as e:  # raise_exception's TemplateError, an undefined variable, a TypeError, ...
+            raise TokenizerError(f"{self._template_file}: 'chat_template' fails to render {len(messages)} "
+                                 f"message(s) (add_generation_prompt={add_generation_prompt}): "
+                                 f"{_jinja_error(e)}") from None
+
+    def _messages(self, prompt: str, response: str | None = None) -> list[dict]:
+        messages = [] if self.system is None else [{"role": "system", "content": self.system}]
+        messages.append({"role": "user", "content": prompt})
+        return messages if response is None else [*messages, {"role": "assistant", "content": response}]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, no special tokens added (special token texts inside it are special tokens)."""
+        if not isinstance(text, str):
+            raise TokenizerError(f"encode() takes a str, got {type(text).__name__}")
+        if not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text):  # the Rust side would TypeError
+            raise TokenizerError(f"text has a lone surrogate (not encodable as UTF-8): {text!r:.80}")
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        """Text of `ids` (a list or a 1-D tensor); special tokens dropped unless skip_special=False."""
+        ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise TokenizerError(f"ids out of range [0, {self.vocab_size}): {bad[:10]}")
+        return self._tok.decode(ids, skip_special_tokens=skip_special)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """The chat up to where the assistant's answer starts: (system,) user, and the generation prompt."""
+        return self.encode(self.render(self._messages(prompt), add_generation_prompt=True))
+
+    def encode_example(self, prompt: str, response: str) -> tuple[list[int], list[bool]]:
+        """(ids, loss_mask) of prompt + response: the loss mask covers assistant tokens only (the response and
+        its end-of-turn token); the ids end at the first stop id, as a rollout does."""
+        # The same template as the RL prompts: the official CHORD code was reported to leave the SFT (expert)
+        # prompts without the chat template, so the expert data was in a format its own rollouts never see.
+        prompt_ids = self.encode_prompt(prompt)
+        ids = self.encode(self.render(self._messages(prompt, response), add_generation_prompt=False))
+        if ids[:len(prompt_ids)] != prompt_ids:
+            raise TokenizerError(f"{self._template_file}: 'chat_template' does not render the prompt "
+                                 "(add_generation_prompt=True) as a prefix of the conversation with the response "
+                                 "(add_generation_prompt=False), so demonstrations cannot be tokenized like rollouts")
+        response_ids, stops = ids[len(prompt_ids):], set(self.stop_ids)
+        end = next((i + 1 for i, t in enumerate(response_ids) if t in stops), None)  # drops e.g. "\n" after <|im_end|>
+        response_ids = response_ids[:end] if end is not None else [*response_ids, self.eos_id]
+        return prompt_ids + response_ids, [False] * len(prompt_ids) + [True] * len(response_ids)
+
+    def token_text(self, token_id: int) -> str | None:
+        """The vocabulary entry of one id, for debugging and tutorials."""
+        return self._tok.id_to_token(int(token_id))
+
+    def __repr__(self) -> str:
+        return (f"ChatTokenizer({self.source!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id}, "
+                f"stop_ids={self.stop_ids}, pad_id={self.pad_id})")
+
+
+def load_tokenizer(path: str | Path, *, system: str | None = None) -> ChatTokenizer | Tokenizer:
+    """A ChatTokenizer if directory `path` has a chat template (chat_template.jinja, or tokenizer_config.json
+    with chat_template), else the toy `Tokenizer.load(path)`."""
+    d = Path(path)
+    if d.is_dir():
+        if (d / "chat_template.jinja").is_file():
+            return ChatTokenizer.from_dir(d, system=system)
+        if (d / "tokenizer_config.json").is_file():
+            try:
+                config = json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8"))
+                has_template = not isinstance(config, dict) or config.get("chat_template") is not None
+            except (OSError, ValueError):  # unreadable: from_dir names the problem
+                has_template = True
+            if has_template:
+                return ChatTokenizer.from_dir(d, system=system)
+    return Tokenizer.load(d)
