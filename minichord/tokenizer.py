@@ -167,11 +167,6 @@ class Tokenizer:
         prompt_ids, response_ids = self.encode_prompt(prompt), [*self.encode(response), self.eos_id]
         return prompt_ids + response_ids, [False] * len(prompt_ids) + [True] * len(response_ids)
 
-    @property
-    def stop_ids(self) -> list[int]:
-        """Every id that ends a generation: the eos (as ChatTokenizer.stop_ids)."""
-        return [self.eos_id]
-
     def token_text(self, token_id: int) -> str | None:
         """The vocabulary entry of one id (byte-level spelling), for debugging and tutorials."""
         return self._tok.id_to_token(int(token_id))

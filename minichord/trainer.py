@@ -61,6 +61,10 @@ class TrainingInterrupted(TrainingError):
     """Stopped by Ctrl-C or SIGTERM after saving a checkpoint; rerunning the command resumes."""
 
 
+def tokenizer_files(tok) -> dict[str, str]:  # what identifies a tokenizer: its files (a chat template too)
+    return tok.files() if hasattr(tok, "files") else {"tokenizer.json": tok.to_json()}
+
+
 def step_rng(seed: int, step: int, stream: int) -> tuple[random.Random, torch.Generator]:
     """Independent, reproducible generators for (seed, step, stream)."""
     key = (seed * 1_000_003 + step) * 7 + stream
@@ -101,7 +105,7 @@ class Trainer:
         if not checkpoint_exists(path):
             return False
         ckpt = load_checkpoint(path, expect_config=self.model.cfg)
-        if ckpt.tokenizer is not None and ckpt.tokenizer.to_json() != self.tok.to_json():
+        if ckpt.tokenizer is not None and tokenizer_files(ckpt.tokenizer) != tokenizer_files(self.tok):
             raise CheckpointError(f"{path}: its tokenizer differs from the one of this run's initial model; "
                                   f"use --no-resume or another --out")
         self.model.load_state_dict(ckpt.model.state_dict())
