@@ -43,9 +43,8 @@ _LIMIT = 2000  # an answer longer than this never matches (a boxed one must clos
 # The response is searched reversed, so the LAST occurrence is the first match and every search is one
 # linear pass with a literal or small class in front (no backtracking over the whole text).
 _HASHES = re.compile(r"####[ \t]*(?:\n|\Z)")  # reversed: a line that starts with "####"
-_COLON = re.compile(r":[ \t]*\**rewsna\b")  # reversed "answer:", "answer**:" (searched lower-cased)
-_IS = re.compile(r"si(?<!\wsi)[ \t]+rewsna\b")  # reversed "answer is"
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_COLON = re.compile(rb":[ \t]*\**rewsna\b")  # reversed "answer:", "answer**:" (in lower-cased ASCII bytes)
+_IS = re.compile(rb"si(?<!\wsi)[ \t]+rewsna\b")  # reversed "answer is"
 _DIGIT = re.compile(r"[0-9]")
 # reversed number ending at the last digit: "3/4", "1,234.5", "12", ".5"
 _INT = r"(?:[0-9]{3},)+[0-9]{1,3}(?![0-9])|[0-9]+"
@@ -93,8 +92,7 @@ def _final(response: str, reverse: str) -> tuple[str | None, bool]:
     n = len(response)
     if (line := _HASHES.search(reverse)) and (text := _rest_of_line(response, n - line.start())):
         return text, True
-    lower = reverse.lower()
-    lower = lower if len(lower) == n else reverse.translate(_ASCII_LOWER)  # same length: same positions
+    lower = reverse.encode("ascii", "replace").lower()  # one byte a character: the same positions
     phrases = [found.start() for found in (_COLON.search(lower), _IS.search(lower)) if found]
     if phrases and (text := _rest_of_line(response, n - min(phrases))):
         return text, True
