@@ -58,8 +58,8 @@ _DECIMAL = re.compile(r"-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?|-?\.[
 _RATIO = re.compile(r"(-?)(?:([0-9]+)/([0-9]+)|\\frac\{(-?[0-9]+)\}\{([0-9]+)\}|\\frac([0-9])([0-9]))")
 
 
-def _boxed(text: str) -> str | None:
-    """The content of the last \\boxed / \\fbox, or None (unclosed, empty, or none at all)."""
+def last_boxed(text: str) -> str | None:
+    """The content of the last \\boxed (or \\fbox) of `text`; None if there is none, or it is empty or unclosed."""
     at = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if at < 0:
         return None
@@ -87,7 +87,7 @@ def extract_final(response: str) -> tuple[str | None, bool]:
 
 
 def _final(response: str, reverse: str) -> tuple[str | None, bool]:
-    if boxed := _boxed(response):
+    if boxed := last_boxed(response):
         return boxed, True
     n = len(response)
     if (line := _HASHES.search(reverse)) and (text := _rest_of_line(response, n - line.start())):
