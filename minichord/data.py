@@ -73,7 +73,7 @@ def _check_keys(record: dict, allowed: set[str], form: str = "") -> None:
 
 
 _FORMS = {"prompt": "plain", "messages": "chat", "question": "GSM8K", "problem": "MATH"}  # the key that names a format
-MATH_KEYS = {"problem", "solution", "answer", "level", "type", "subject", "unique_id"}
+_MATH_KEYS = {"problem", "solution", "answer", "level", "type", "subject", "unique_id"}
 
 
 def _form(record: dict) -> str:
@@ -91,7 +91,7 @@ def _parse_math(record: dict, form: str) -> tuple[str, str, str, str]:
         _check_keys(record, {"question", "answer"}, form)
         question, answer = _string(record, "question"), _string(record, "answer")
         return question, gsm8k_response(answer), gsm8k_answer(answer), "gsm8k"
-    _check_keys(record, MATH_KEYS, form)
+    _check_keys(record, _MATH_KEYS, form)
     problem, solution = _string(record, "problem"), _string(record, "solution")
     return problem, solution, math_answer(solution, _string(record, "answer", required=False)), math_skill(record)
 

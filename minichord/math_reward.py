@@ -18,9 +18,9 @@ backslashes: `\$`, `\\$`, `\%`), `\left`, `\right`, the LaTeX spaces `\! \, \; \
 and trailing periods; unwraps `\text{X}`, `\mbox{X}`, `\textbf{X}`, `\mathrm{X}` to X; writes
 dfrac and tfrac as frac; removes whitespace except one space between two digits ("1 2" != "12").
 A NUMBER (ASCII digits only: "١٢" is not one) then becomes an exact reduced fraction, an integer
-when q = 1: "1,234", "1234.0", "+1234", "\$1,234" -> "1234"; "0.5", "1/2", "\frac{1}{2}",
-"\dfrac12", "\frac{-1}{2}" -> "1/2" or "-1/2"; so "0.75" == "3/4" but "0.33" != "1/3"; "-0" == "0";
-"5%" == "5"; "0132" == "132". Anything else ("\sqrt{2}", "(1,2)", "1e3", "2\frac12", "12 apples")
+when q = 1: "1,234", "1234.0", "+1234", "\$1,234" -> "1234"; "0.5", "1/2", "\frac{1}{2}", "\dfrac12"
+-> "1/2"; "-\frac{1}{2}" == "\frac{-1}{2}" == "-0.5"; "0.75" == "3/4" but "0.33" != "1/3"; "-0" == "0";
+"5%" == "5"; "0132" == "132". Anything else ("\sqrt{2}", "(1,2)", "x=5", "1e3", "2\frac12", "12 apples")
 is compared as the normalised string: "12 apples" != "12", "\dfrac{\sqrt2}{2}" == "\frac{\sqrt2}{2}".
 
     strict_reward(response, answer)   1.0 if a format 1-3 answer normalises to normalise(answer)
@@ -30,7 +30,7 @@ is compared as the normalised string: "12 apples" != "12", "\dfrac{\sqrt2}{2}" =
 The last number: ASCII digits with optional "," thousands groups, ".decimals" or "/denominator";
 "-" before it is a sign unless it follows a letter, digit or bracket ("x = -5" -> -5, "3-5" -> 5).
 Both rewards return 0.0 for non-string input or an answer over 2000 characters, never raise, and
-take a few milliseconds on a 1 MB response.
+take well under 50 ms on a 1 MB response (the searches run on the reversed text: linear time).
 """
 
 from __future__ import annotations
