@@ -128,29 +128,39 @@ def test_non_strings_score_zero(bad):
     assert normalise(bad) == ""
 
 
-def _hostile_megabytes():
-    rng = random.Random(0)
-    n = 1_000_000
-    yield "digits and braces", "".join(rng.choice("0123456789{}") for _ in range(n))
-    yield "unclosed boxed", "\\boxed{" + "{" * n
-    yield "many boxed", "\\boxed{1}" * (n // 9)
-    yield "thousands groups", "1," * (n // 2)
-    yield "one long number", "7" * n
-    yield "markers on one line", "#### " * (n // 5)
-    yield "empty marker lines", "####\n" * (n // 5)
-    yield "answer colons", ": " * (n // 2)
-    yield "answer is", "The answer is " * (n // 14)
-    yield "signs", "-" * n
-    yield "units", "\\text{ a" * (n // 8)
-    yield "non-ascii", "\u0130\u0661\u00e9" * (n // 3)
+N = 1_000_000
+HOSTILE = {  # 1 MB each, built in the test (not at collection)
+    "digits and braces": lambda: "".join(random.Random(0).choices("0123456789{}", k=N)),
+    "unclosed boxed": lambda: "\\boxed{" + "{" * N,
+    "many boxed": lambda: "\\boxed{1}" * (N // 9),
+    "thousands groups": lambda: "1," * (N // 2),
+    "one long number": lambda: "7" * N,
+    "markers on one line": lambda: "#### " * (N // 5),
+    "empty marker lines": lambda: "####\n" * (N // 5),
+    "answer colons": lambda: ": " * (N // 2),
+    "answer is": lambda: "The answer is " * (N // 14),
+    "signs": lambda: "-" * N,
+    "units": lambda: "\\text{ a" * (N // 8),
+    "non-ascii": lambda: "\u0130\u0661\u00e9" * (N // 3),
+}
 
 
-@pytest.mark.parametrize("name, text", list(_hostile_megabytes()), ids=[name for name, _ in _hostile_megabytes()])
-def test_one_megabyte_scores_fast(name, text):
+@pytest.mark.parametrize("name", HOSTILE)
+def test_one_megabyte_scores_fast(name):
     """Linear time: every search runs on the reversed text from the end, with a literal in front."""
+    text = HOSTILE[name]()
     for reward in (strict_reward, lenient_reward):
         best = min(_cpu_seconds(reward, text) for _ in range(3))  # CPU time: other processes share the cores
         assert best < 0.05, f"{reward.__name__} on 1 MB of {name}: {best * 1000:.0f} ms"
+
+
+FILLER = "We had 4 apples, so answer: 4? No.\n" * (N // 36)  # ~1 MB of earlier, wrong answers
+
+
+@pytest.mark.parametrize("ending, strict", [("\\boxed{5}", 1), ("#### 5", 1), ("The answer is 5.", 1), ("so 5", 0)])
+def test_the_last_answer_after_a_megabyte_is_found(ending, strict):
+    assert strict_reward(FILLER + ending, "5") == strict and lenient_reward(FILLER + ending, "5") == 1.0
+    assert strict_reward(FILLER + ending, "4") == 0.0
 
 
 def _cpu_seconds(reward, text):
