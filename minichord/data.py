@@ -1,16 +1,27 @@
-"""JSONL datasets: RL prompts with reference answers, and expert demonstrations.
+r"""JSONL datasets: RL prompts with reference answers, and expert demonstrations.
 
-One JSON object per line (blank lines are skipped):
+One JSON object per line (blank lines are skipped); its keys say its format, rows may mix formats:
 
-    prompts.jsonl   {"prompt": "add 47 85", "answer": "132"}            (+ optional "skill")
-    expert.jsonl    {"prompt": "add 47 85", "response": "7+5=12 ...\\nanswer: 132"}
-                    {"messages": [{"role": "user", "content": "add 47 85"},
-                                  {"role": "assistant", "content": "7+5=12 ..."}]}
-                    (either form, + optional "answer")
+    prompts.jsonl  {"prompt": "add 47 85", "answer": "132"}                           (+ optional "skill")
+                   {"messages": [{"role": "user", "content": "add 47 85"}], "answer": "132"}  (+ "skill";
+                     an assistant message may follow the user's, and is ignored)
+    expert.jsonl   {"prompt": "add 47 85", "response": "7+5=12 ...\nanswer: 132"}     (+ optional "answer")
+                   {"messages": [{"role": "user", "content": "add 47 85"},
+                                 {"role": "assistant", "content": "7+5=12 ..."}]}      (+ optional "answer")
+    either file    GSM8K {"question": "...", "answer": "...<<48/2=24>>24...\n#### 72"}   answer "72"
+                   MATH  {"problem": "...", "solution": "... \boxed{72} ..."}          answer "72"
+                         (+ optional "answer", which then wins, and "level", "type", "subject", "unique_id")
+
+A GSM8K or MATH row is a Problem (prompt = question / problem, answer = the text after the last
+`####` line / the solution's last `\boxed{}`; skill "gsm8k" / the MATH "type") in a prompt file,
+and a Demonstration (response = the solution; GSM8K's `<<48/2=24>>` calculator annotations are
+removed and its `#### 72` line kept) in an expert file: see `minichord.mathdata`. Score such answers
+with `minichord.math_reward`, which normalises both sides ("1,234" == "1234", "0.5" == "\frac12").
 
 A file is validated completely before anything is returned, so no run ever trains on half a
-file: every bad line (not JSON, not an object, missing or unknown key, a non-string, empty or
-non-UTF-8 value, wrong chat roles) is reported as `file:line: what is wrong` in one line.
+file: every bad line (not JSON, not an object, missing or unknown key, keys of two formats, a
+non-string, empty or non-UTF-8 value, wrong chat roles, a GSM8K answer without its `#### N` line,
+a MATH solution without `\boxed{}` or "answer") is reported as `file:line: what is wrong` in one line.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from minichord.mathdata import gsm8k_answer, gsm8k_response, math_answer, math_skill
 from minichord.tasks.base import Demonstration, Problem
 from minichord.tasks.toy import ToyTask
 
@@ -54,21 +66,57 @@ def _string(record: dict, key: str, *, required: bool = True, at: str = "") -> s
     return value
 
 
-def _check_keys(record: dict, allowed: set[str]) -> None:
+def _check_keys(record: dict, allowed: set[str], form: str = "") -> None:
     unknown = sorted(set(record) - allowed)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        raise ValueError(f"unknown key(s) {unknown}; allowed{f' in a {form} row' if form else ''}: {sorted(allowed)}")
+
+
+_FORMS = {"prompt": "plain", "messages": "chat", "question": "GSM8K", "problem": "MATH"}  # the key that names a format
+_MATH_KEYS = {"problem", "solution", "answer", "level", "type", "subject", "unique_id"}
+
+
+def _form(record: dict) -> str:
+    """The format of a row, from its keys (see the module docstring); "plain" when none is named."""
+    named = [key for key in _FORMS if key in record]
+    if len(named) > 1:
+        raise ValueError(f"keys of two formats: {' and '.join(f'{k!r} ({_FORMS[k]})' for k in named)} "
+                         f"(a row has one of {', '.join(map(repr, _FORMS))})")
+    return _FORMS[named[0]] if named else "plain"
+
+
+def _parse_math(record: dict, form: str) -> tuple[str, str, str, str]:
+    """(prompt, response, answer, skill) of a GSM8K or MATH row."""
+    if form == "GSM8K":
+        _check_keys(record, {"question", "answer"}, form)
+        question, answer = _string(record, "question"), _string(record, "answer")
+        return question, gsm8k_response(answer), gsm8k_answer(answer), "gsm8k"
+    _check_keys(record, _MATH_KEYS, form)
+    problem, solution = _string(record, "problem"), _string(record, "solution")
+    return problem, solution, math_answer(solution, _string(record, "answer", required=False)), math_skill(record)
 
 
 def _parse_prompt(record: dict, where: str) -> Problem:
-    _check_keys(record, {"prompt", "answer", "skill"})
-    prompt, answer = _string(record, "prompt"), _string(record, "answer")
+    form = _form(record)
+    if form in ("GSM8K", "MATH"):
+        prompt, _, answer, skill = _parse_math(record, form)
+        return Problem(prompt, answer, skill, where)
+    if form == "chat":
+        _check_keys(record, {"messages", "answer", "skill"}, form)
+        prompt, _ = _parse_messages(record["messages"], prompt_only=True)
+    else:
+        _check_keys(record, {"prompt", "answer", "skill"})
+        if "prompt" not in record:
+            raise ValueError("missing key 'prompt' (or a 'messages' list, GSM8K 'question', MATH 'problem')")
+        prompt = _string(record, "prompt")
+    answer = _string(record, "answer")
     return Problem(prompt, answer, _string(record, "skill", required=False) or "task", where)
 
 
-def _parse_messages(messages: Any) -> tuple[str, str]:
-    if not isinstance(messages, list) or len(messages) != 2:
-        raise ValueError("'messages' must be a list of exactly two messages: user then assistant")
+def _parse_messages(messages: Any, prompt_only: bool = False) -> tuple[str, str | None]:
+    if not isinstance(messages, list) or len(messages) not in ((1, 2) if prompt_only else (2,)):
+        raise ValueError("'messages' must be a list of a user message, then optionally the assistant's" if prompt_only
+                         else "'messages' must be a list of exactly two messages: user then assistant")
     contents = []
     for i, (message, role) in enumerate(zip(messages, ("user", "assistant"))):
         if not isinstance(message, dict):
@@ -77,18 +125,23 @@ def _parse_messages(messages: Any) -> tuple[str, str]:
         if message.get("role") != role:
             raise ValueError(f"messages[{i}] must have role {role!r}, got {message.get('role')!r}")
         contents.append(_string(message, "content", at=f"messages[{i}]: "))
-    return contents[0], contents[1]
+    return contents[0], (contents[1] if len(contents) > 1 else None)
 
 
 def _parse_expert(record: dict, where: str) -> Demonstration:
+    form = _form(record)
+    if form in ("GSM8K", "MATH"):
+        prompt, response, answer, _ = _parse_math(record, form)
+        return Demonstration(prompt, response, answer, where)
     answer = _string(record, "answer", required=False)
-    if "messages" in record:
-        _check_keys(record, {"messages", "answer"})
+    if form == "chat":
+        _check_keys(record, {"messages", "answer"}, form)
         prompt, response = _parse_messages(record["messages"])
     else:
         _check_keys(record, {"prompt", "response", "answer"})
-        if "prompt" not in record and "response" not in record:
-            raise ValueError("needs 'prompt' and 'response' keys, or a 'messages' list")
+        if "response" not in record and "prompt" not in record:
+            raise ValueError("needs 'prompt' and 'response' keys, a 'messages' list, GSM8K 'question' and 'answer' "
+                             "or MATH 'problem' and 'solution'")
         prompt, response = _string(record, "prompt"), _string(record, "response")
     return Demonstration(prompt, response, answer, where)
 

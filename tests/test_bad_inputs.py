@@ -26,6 +26,8 @@ TINY = ["steps=1", "n_test=3", "n_rl_prompts=20", "n_expert=8", "sampler.max_new
         "group_size=2", "experts_per_step=2", "eval_every=1", "save_every=1"]
 GOOD_PROMPT = {"prompt": "add 12 34", "answer": "46"}
 GOOD_EXPERT = {"prompt": "add 12 34", "response": "2+4=6 carry 0\n1+3=4 carry 0\nanswer: 46"}
+GOOD_GSM8K = {"question": "add 12 34", "answer": "2+4 = <<2+4=6>>6\n1+3 = <<1+3=4>>4\n#### 46"}
+GOOD_MATH = {"problem": "add 12 34", "solution": "so $\\boxed{46}$", "level": "Level 1", "type": "add"}
 
 
 @pytest.fixture(autouse=True)
@@ -321,6 +323,14 @@ def _jsonl_mutations(rng: random.Random) -> list[tuple[str, str, bytes]]:
         out.append((f"{kind} CRLF", kind, "".join(line + "\r\n" for line in lines).encode()))
         out.append((f"{kind} latin-1", kind, lines[0].encode() + b"\n" + lines[1].replace("add", "add \xe9").encode("latin-1")))
         out.append((f"{kind} no final newline", kind, "\n".join(lines).encode()))
+    for kind in ("prompts", "experts"):  # GSM8K and MATH rows: read by either loader
+        for form, good, broken in (("gsm8k", GOOD_GSM8K, {"answer": "2+4 = 6, 1+3 = 4: 46"}),
+                                   ("math", GOOD_MATH, {"solution": "so 46"})):
+            variants = {"valid": [good, good], "no final answer": [good, {**good, **broken}],
+                        "mixed formats": [good, {**good, "prompt": "add 1 2"}], "extra key": [good, {**good, "extra": "x"}],
+                        "int value": [good, {**good, rng.choice(sorted(set(good) - {"level", "type"})): 46}]}
+            for label, rows in variants.items():
+                out.append((f"{kind} {form} {label}", kind, "".join(json.dumps(r) + "\n" for r in rows).encode()))
     return out
 
 
@@ -366,6 +376,12 @@ def test_mutations_are_accepted_or_refused_in_one_line(tok, ckpt, tmp_path, caps
         else:
             assert (out / "checkpoint").is_dir(), extra
         outcomes.append((f"run {extra}", code == 0))
+    results = dict(outcomes)
+    for kind in ("prompts", "experts"):
+        for form in ("gsm8k", "math"):
+            assert results[f"jsonl {kind} {form} valid"], (kind, form)
+            assert not any(results[f"jsonl {kind} {form} {label}"]
+                           for label in ("no final answer", "mixed formats", "extra key", "int value")), (kind, form)
     n_ok = sum(ok for _, ok in outcomes)
     print(f"mutations: {len(outcomes)} ({n_ok} accepted, {len(outcomes) - n_ok} refused in one line)")
     assert len(outcomes) >= 150

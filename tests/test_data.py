@@ -159,3 +159,88 @@ def test_check_lengths_names_file_and_line(tmp_path):
     with pytest.raises(DataError, match="Problem 0: text contains characters"):
         check_lengths([Problem("add é", "1")], tok, max_seq_len=64)
     assert write_jsonl(tmp_path / "again.jsonl", prompts).read_text().count("where") == 0
+
+
+# ---- GSM8K, MATH and chat rows --------------------------------------------------------------
+
+GSM8K_ROW = {"question": "Ann has 3 bags of 14 marbles and gives away 2. How many are left?",
+             "answer": "She has 3*14 = <<3*14=42>>42 marbles.\nShe keeps 42-2 = <<42-2=40>>40.\n#### 40"}
+MATH_ROW = {"problem": "What is $\\frac{3}{6}$ in lowest terms?", "level": "Level 1", "type": "Prealgebra",
+            "solution": "Divide by $3$: $\\frac{3}{6} = \\boxed{\\frac{1}{2}}$."}
+
+
+def test_gsm8k_math_and_chat_prompt_rows(tmp_path):
+    from minichord.math_reward import strict_reward
+
+    rows = [GSM8K_ROW, MATH_ROW, {**MATH_ROW, "answer": "0.5", "level": 2, "unique_id": "test/1.json"},
+            {k: v for k, v in MATH_ROW.items() if k != "type"},
+            {"problem": "Give $f(2)$.", "solution": "So $f(2) = \\boxed{\\left( 1, \\frac{2}{3} \\right)}$.",
+             "subject": "Algebra"},
+            {"messages": [{"role": "user", "content": "add 1 2"}], "answer": "3"},
+            {"messages": [{"role": "user", "content": "add 1 2"}, {"role": "assistant", "content": "4"}],
+             "answer": "3", "skill": "add"},
+            {"prompt": "add 1 2", "answer": "3"}]
+    problems = load_prompts(write_jsonl(tmp_path / "p.jsonl", rows))
+    assert problems == [Problem(GSM8K_ROW["question"], "40", "gsm8k"),
+                        Problem(MATH_ROW["problem"], "\\frac{1}{2}", "Prealgebra"),
+                        Problem(MATH_ROW["problem"], "0.5", "Prealgebra"),  # the "answer" field wins
+                        Problem(MATH_ROW["problem"], "\\frac{1}{2}", "math"),
+                        Problem("Give $f(2)$.", "\\left( 1, \\frac{2}{3} \\right)", "Algebra"),
+                        Problem("add 1 2", "3"), Problem("add 1 2", "3", "add"), Problem("add 1 2", "3")]
+    assert [p.where for p in problems] == [f"{tmp_path / 'p.jsonl'}:{i}" for i in range(1, 9)]
+    assert strict_reward("#### 40", problems[0].answer) == strict_reward("$\\boxed{0.5}$", problems[1].answer) == 1.0
+
+
+def test_gsm8k_and_math_expert_rows(tmp_path):
+    from minichord.math_reward import strict_reward
+
+    demos = load_experts(write_jsonl(tmp_path / "e.jsonl", [GSM8K_ROW, MATH_ROW, {**GSM8K_ROW, "answer": "4\n####  1,234 "}]))
+    assert demos == [Demonstration(GSM8K_ROW["question"], "She has 3*14 = 42 marbles.\nShe keeps 42-2 = 40.\n#### 40", "40"),
+                     Demonstration(MATH_ROW["problem"], MATH_ROW["solution"], "\\frac{1}{2}"),
+                     Demonstration(GSM8K_ROW["question"], "4\n####  1,234 ", "1,234")]
+    assert all(strict_reward(d.response, d.answer) == 1.0 for d in demos)  # a demonstration earns its own reward
+
+
+@pytest.mark.parametrize("record, message", [
+    ({**GSM8K_ROW, "answer": "3*14 = 42, minus 2 is 40"}, r"'answer' has no final '#### N' line \(GSM8K format\)"),
+    ({**GSM8K_ROW, "answer": "40\n####   \n"}, r"'answer' has no final '#### N' line"),
+    ({**GSM8K_ROW, "answer": 40}, "'answer' must be a string"),
+    ({"question": "How many?"}, "missing key 'answer'"),
+    ({**GSM8K_ROW, "question": " "}, "'question' is empty"),
+    ({**GSM8K_ROW, "solution": "40"}, r"unknown key\(s\) \['solution'\]; allowed in a GSM8K row"),
+    ({**MATH_ROW, "solution": "It is $\\frac{1}{2}$."}, r"'solution' has no \\boxed\{...\} answer and the row has no 'answer'"),
+    ({**MATH_ROW, "solution": "It is \\boxed{\\frac{1}{2}."}, r"'solution' has no \\boxed"),  # unclosed
+    ({**MATH_ROW, "answer": ""}, "'answer' is empty"),
+    ({**MATH_ROW, "level": [5]}, "'level' must be a string or an integer, got list"),
+    ({**MATH_ROW, "type": None}, "'type' must be a string or an integer, got NoneType"),
+    ({**MATH_ROW, "source": "web"}, r"unknown key\(s\) \['source'\]; allowed in a MATH row"),
+    ({"problem": "What is 1+1?"}, "missing key 'solution'"),
+    ({**MATH_ROW, "question": "x"}, r"keys of two formats: 'question' \(GSM8K\) and 'problem' \(MATH\)"),
+    ({"prompt": "add 1 2", "answer": "3", "response": "3", "question": "x"}, r"keys of two formats: 'prompt' \(plain\)"),
+    ({"messages": [], "problem": "x", "solution": "\\boxed{1}"}, "keys of two formats"),
+])
+@pytest.mark.parametrize("load", [load_prompts, load_experts])
+def test_bad_math_rows_name_file_line_and_field(tmp_path, load, record, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", [GSM8K_ROW, record, MATH_ROW])
+    with pytest.raises(DataError, match=message) as info:
+        load(path)
+    assert f"{path}:2: " in str(info.value) and "\n" not in str(info.value)
+    assert [n for n, _ in info.value.errors] == [2]  # only the bad row; nothing was loaded
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"messages": [{"role": "user", "content": "add 1 2"}]}, "missing key 'answer'"),
+    ({"messages": [], "answer": "3"}, "'messages' must be a list of a user message, then optionally"),
+    ({"messages": [{"role": "user", "content": "a"}] * 3, "answer": "3"}, "'messages' must be a list of a user message"),
+    ({"messages": [{"role": "assistant", "content": "3"}], "answer": "3"}, r"messages\[0\] must have role 'user'"),
+    ({"messages": [{"role": "user", "content": "add 1 2"}], "answer": "3", "response": "3"},
+     r"unknown key\(s\) \['response'\]; allowed in a chat row"),
+])
+def test_bad_chat_prompt_rows(tmp_path, record, message):
+    path = write_jsonl(tmp_path / "p.jsonl", [GOOD_PROMPT_ROW, record])
+    with pytest.raises(DataError, match=message) as info:
+        load_prompts(path)
+    assert f"{path}:2: " in str(info.value) and "\n" not in str(info.value)
+
+
+GOOD_PROMPT_ROW = {"prompt": "add 1 2", "answer": "3"}
