@@ -2,7 +2,7 @@
 
     python scripts/check_smollm2_against_gguf.py --gguf-dir DIR_WITH_GGUF [--converted DIR]
 
-Needs transformers, gguf and minichord importable. Compares: every weight tensor (transformers'
+Needs transformers, gguf, accelerate (transformers wants it for GGUF files) and minichord importable. Compares: every weight tensor (transformers'
 GGUF load vs transformers loading the converted directory), logits of both, token ids of varied
 texts (transformers' GGUF tokenizer vs the converted tokenizer.json), the rendered chat template,
 and minichord's load_hf_model logits vs transformers' on the converted directory.
