@@ -59,8 +59,9 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
-    """Rotary cos, sin (rotate_half layout): inv_freq_i = theta^(-2i/d), angle[b,t,i] = pos[b,t] * inv_freq_i."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    """Rotary cos, sin (rotate_half layout): inv_freq_i = 1 / theta^(2i/d), angle[b,t,i] = pos[b,t] * inv_freq_i.
+    Written 1 / theta^x, not theta^-x: the two differ by 1 ulp in some frequencies, and this is HF's order."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = (positions.float()[..., None] * inv_freq).repeat(1, 1, 2)  # [B, T, hd]: the hd/2 angles twice
     return angles.cos(), angles.sin()
 

@@ -208,7 +208,7 @@ def test_tokenizer_ids_must_fit_the_model_rows(root, tok):
     other = save_checkpoint(root.parent / "small", small, step=3)
     shutil.copy(other / "model.safetensors", root / STEP / "model.safetensors")
     rehash(root, "model.safetensors")
-    refused(root, None, str(root / STEP / "tokenizer.json"), f"'eos id': {tok.vocab_size - 1}",
+    refused(root, None, str(root / STEP / "tokenizer.json"), f"'stop ids': {tok.vocab_size - 1}",
             f"'last id': {tok.vocab_size - 1}", f"model vocab_size {tok.vocab_size - 1}")
 
 

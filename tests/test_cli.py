@@ -41,7 +41,9 @@ def test_unknown_override_is_a_clear_error(tiny_ckpt, tmp_path, capsys):
 
 
 def test_missing_checkpoint_names_the_path(tmp_path, capsys):
-    assert main(["eval", str(tmp_path / "nope")]) == 2
+    with pytest.raises(SystemExit) as exit_:  # argparse's one-line usage error
+        main(["eval", str(tmp_path / "nope")])
+    assert exit_.value.code == 2
     assert str(tmp_path / "nope") in capsys.readouterr().err
 
 
