@@ -30,27 +30,29 @@ def user_advantages(rewards, group_ids, is_expert, *, biased=False, singleton="z
     return adv
 
 
-def user_loss(logp, old_logp, adv, mask, is_expert, micro_batch, mu, *, agg="token", dual_clip=None, clamp=True,
-              detach_phi=True, keep="all"):
-    """CHORD-phi with gradient accumulation over micro-batches, float32; returns (loss, d loss / d logp)."""
-    logp = logp.float().detach().requires_grad_(True)
-    m = mask.float()
+def user_loss(logp, old_logp, adv, mask, is_expert, micro_batch, mu, *, weighting="phi", eps=(0.2, 0.2), agg="token",
+              dual_clip=None, clamp=True, detach_phi=True, keep="all", dtype=torch.float32):
+    """CHORD with gradient accumulation over micro-batches; returns (loss, d loss / d logp)."""
+    logp = logp.detach().to(dtype).requires_grad_(True)
+    micro_batch = torch.zeros(len(is_expert), dtype=torch.long) if micro_batch is None else micro_batch
+    m = mask.to(dtype)
     on, ex = m * (~is_expert)[:, None], m * is_expert[:, None]  # [B, T]
-    a = adv.float()[:, None]
-    log_ratio = logp - old_logp.float()
+    a = adv.to(dtype)[:, None] if adv.dim() == 1 else adv.to(dtype)
+    log_ratio = logp - old_logp.to(dtype)
     ratio = (log_ratio.clamp(-20, 20) if clamp else log_ratio).exp()
-    pg = torch.maximum(-a * ratio, -a * ratio.clamp(0.8, 1.2))
+    pg = torch.maximum(-a * ratio, -a * ratio.clamp(1 - eps[0], 1 + eps[1]))
     if dual_clip:
         pg = torch.where(a < 0, torch.minimum(pg, -a * dual_clip), pg)
     p = logp.exp()
-    phi = p * (1 - p)
-    sft = -(phi.detach() if detach_phi else phi) * logp
-    n_on, n_ex = (~is_expert).sum(), is_expert.sum()
+    w = {"phi": p * (1 - p), "is": p, "uniform": torch.ones_like(p)}[weighting]
+    sft = -(w.detach() if detach_phi else w) * logp
+    n_on, n_ex = (~is_expert).sum().clamp(min=1), is_expert.sum().clamp(min=1)
     total, micro = 0.0, sorted(micro_batch.unique().tolist())
     for k in micro:
-        rows = (micro_batch == k)[:, None].float()
+        rows = (micro_batch == k)[:, None].to(dtype)
         if agg == "token":  # normalised by the whole batch's counts
-            l_on, l_ex = (pg * on * rows).sum() / on.sum(), (sft * ex * rows).sum() / ex.sum()
+            l_on = (pg * on * rows).sum() / on.sum().clamp(min=1)
+            l_ex = (sft * ex * rows).sum() / ex.sum().clamp(min=1)
         elif agg == "sequence":
             per_seq_on = (pg * on).sum(1) / on.sum(1).clamp(min=1)
             per_seq_ex = (sft * ex).sum(1) / ex.sum(1).clamp(min=1)
@@ -67,7 +69,8 @@ def user_loss(logp, old_logp, adv, mask, is_expert, micro_batch, mu, *, agg="tok
             logp.grad = None  # the planted bug: zero_grad inside the accumulation loop
         if keep != "first" or k == micro[0]:
             loss.backward(retain_graph=True)  # one shared forward here; a real loop runs one per micro-batch
-    return torch.tensor(total), logp.grad
+    grad = torch.zeros_like(logp) if logp.grad is None else logp.grad
+    return torch.tensor(total, dtype=torch.float64), grad
 
 
 def batch():
@@ -202,3 +205,67 @@ def test_dump_errors_name_the_key():
         from_tensors({k: v for k, v in tensors.items() if k not in ("advantages", "rewards")}, meta)
     with pytest.raises(DumpError, match="unknown tensor 'logits'"):
         from_tensors({**tensors, "logits": torch.zeros(1)}, meta)
+
+
+# ---------------------------------------------------------------- golden cases
+
+
+def golden_user_fn(convention):
+    """The plain-torch implementation above in the golden cases' signature, float64."""
+    official = convention == "official"
+
+    def fn(logp, old_logp, advantages, mask, is_expert, *, mu, weighting, eps_low, eps_high, micro_batch,
+           rewards, group_ids):
+        if weighting == "luffy":
+            raise NotImplementedError("no LUFFY here")
+        is_expert = is_expert.bool()
+        if advantages is None:
+            advantages = user_advantages(rewards, group_ids, is_expert, singleton="official" if official else "zero")
+        return user_loss(logp, old_logp, advantages, mask, is_expert, micro_batch, mu, weighting=weighting,
+                         eps=(eps_low, eps_high), agg="micro" if official else "token",
+                         dual_clip=3.0 if official else None, dtype=torch.float64)
+    return fn
+
+
+def test_golden_cases_regenerate_byte_identically(tmp_path):
+    from minichord.golden import HERE, load_cases
+    from minichord.golden.make import write
+
+    for new in write(tmp_path):
+        assert new.read_bytes() == (HERE / new.name).read_bytes(), \
+            f"{new.name} drifted from minichord's math: run python -m minichord.golden.make (bump VERSION if a case changed)"
+    cases = load_cases()
+    assert len(cases) >= 50 and (HERE / "cases-v1.safetensors").stat().st_size < 1_000_000
+    names = {c.name.split("/")[1] for c in cases}
+    for needed in ("no_expert_side", "no_rollout_side", "rewards_group_of_one", "rewards_all_equal",
+                   "ppo_at_clip_thresholds", "clamp_beyond_positive", "phi_p_near_zero", "phi_p_near_one",
+                   "mu_zero_with_experts", "mu_one_with_rollouts", "luffy_basic", "two_micro_batches"):
+        assert needed in names
+
+
+@pytest.mark.parametrize("convention", ["paper", "official"])
+def test_an_independent_implementation_passes_the_golden_cases(convention, capsys):
+    from minichord.golden import run_golden
+
+    assert run_golden(golden_user_fn(convention), convention) == 0
+    out = capsys.readouterr().out
+    assert "0 failed" in out and ("4 skipped" in out if convention == "paper" else "0 skipped" in out), out
+    # the other convention's cases fail: the golden set tells the two apart
+    assert run_golden(golden_user_fn(convention), "official" if convention == "paper" else "paper") == 1
+
+
+def test_cli_golden(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_impl.py").write_text(
+        "def chord(logp, old_logp, advantages, mask, is_expert, **settings):\n"
+        "    if advantages is None or settings['weighting'] == 'luffy':\n"
+        "        raise NotImplementedError\n"
+        "    ratio = (logp - old_logp).exp()  # GRPO without clip or SFT term: most cases fail\n"
+        "    return -(advantages * ratio * mask).sum() / mask.sum()\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "--golden", "my_impl:chord"]) == 1
+    out = capsys.readouterr().out
+    assert "PASS paper/grpo_one_token" in out and "FAIL paper/sft_phi" in out and "skipped of" in out
+    assert main(["check", "--golden", "my_impl"]) == 2
+    assert "must be MODULE:FUNCTION" in capsys.readouterr().err
+    assert main(["check", "--golden", "no_such_module:f"]) == 2
+    assert "cannot import module 'no_such_module'" in capsys.readouterr().err
