@@ -231,7 +231,7 @@ class CheckResult:
         lines += [f"  token {t.index} (sequence {t.sequence}, position {t.position}): theirs {t.theirs:.8g}, "
                   f"ours {t.ours:.8g}" for t in self.first_diffs]
         lines += [f"note: {n}" for n in self.notes]
-        lines += [f"not exercised by this batch (gives the same numbers): {u}" for u in self.untested]
+        lines += [f"not tested by this batch (same numbers either way): {u}" for u in self.untested]
         if self.match:
             return "\n".join(["match: your loss and gradient equal minichord's within tolerance"] + lines)
         lines.insert(0, "mismatch: your loss or gradient differs from minichord's")
