@@ -3,7 +3,7 @@
 `minichord check DUMP` recomputes the loss and d loss / d logp from these inputs and compares them with
 yours. B = sequences in the batch, T = the longest response (right-padded; the mask says which tokens count).
 
-Tensors (any float dtype for floats, read as float64; bool or 0/1 integers for flags):
+Tensors (any float dtype for floats, read as float64; flags: bool, or any dtype holding only 0 and 1):
 
     logp         [B, T]  float  log pi_theta(y_t | ...), the values your loss was computed from
     old_logp     [B, T]  float  behaviour (sampler) log-probs; read on on-policy rows only
@@ -91,8 +91,8 @@ def _number(meta: dict, key: str, default: Optional[float], lo: float, hi: float
 
 
 def _flags(name: str, x: Tensor, where: str) -> Tensor:
-    if x.dtype != torch.bool and (x.is_floating_point() or not ((x == 0) | (x == 1)).all()):
-        raise DumpError(f"{where}: tensor {name!r} must hold bool or 0/1 integers, got {x.dtype}")
+    if x.dtype != torch.bool and not ((x == 0) | (x == 1)).all():
+        raise DumpError(f"{where}: tensor {name!r} must hold only 0 and 1 (or bool), got other values")
     return x.bool()
 
 

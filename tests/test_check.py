@@ -205,6 +205,10 @@ def test_dump_errors_name_the_key():
         from_tensors({k: v for k, v in tensors.items() if k not in ("advantages", "rewards")}, meta)
     with pytest.raises(DumpError, match="unknown tensor 'logits'"):
         from_tensors({**tensors, "logits": torch.zeros(1)}, meta)
+    with pytest.raises(DumpError, match="tensor 'mask' must hold only 0 and 1"):
+        from_tensors({**tensors, "mask": tensors["mask"] * 2.0}, meta)
+    float_mask = from_tensors({**tensors, "mask": tensors["mask"].float(), "is_expert": tensors["is_expert"].float()}, meta)
+    assert check_batch(float_mask, "paper").match  # a float 0/1 mask, as many trainers keep it, is fine
 
 
 # ---------------------------------------------------------------- golden cases
@@ -269,3 +273,27 @@ def test_cli_golden(tmp_path, monkeypatch, capsys):
     assert "must be MODULE:FUNCTION" in capsys.readouterr().err
     assert main(["check", "--golden", "no_such_module:f"]) == 2
     assert "cannot import module 'no_such_module'" in capsys.readouterr().err
+
+
+def test_the_trainer_takes_its_convention(tmp_path, monkeypatch):
+    import random
+
+    from minichord import losses, ops
+    from minichord.tasks import style_texts
+    from minichord.tokenizer import Tokenizer
+    from test_trainer import make_trainer
+
+    seen, real = [], ops.fused_token_loss
+
+    def spy(hidden, weight, targets, coef, is_expert, *args, **kwargs):
+        seen.append((coef, is_expert, args[-1]))  # args: advantages, old_logp, spec
+        return real(hidden, weight, targets, coef, is_expert, *args, **kwargs)
+
+    monkeypatch.setattr(ops, "fused_token_loss", spy)
+    tok = Tokenizer.train(style_texts(random.Random(0), 200), vocab_size=160)
+    make_trainer(tok, tmp_path, "chord-phi", ["steps=1", "convention=official", "minibatches=2", "prompts_per_step=2",
+                                              "group_size=2", "experts_per_step=2", "sampler.max_new_tokens=2"]).train_step(0)
+    assert len(seen) == 2
+    for coef, is_expert, spec in seen:  # each PPO minibatch is one micro-batch: a token-mean per side within it
+        assert spec.dual_clip == 3.0
+        torch.testing.assert_close(coef, losses.token_coefficients(is_expert, 0.1))
