@@ -10,8 +10,8 @@ The reference (float64) is minichord's math under a convention (minichord/conven
     CHORD: (a, b) = (1 - mu, mu), c0 / c1 = the convention's coefficients at mu = 0 / mu = 1
     LUFFY: (a, b) = (1, 1),       c0 = c1 = 1 / N on their own side (one joint token-mean)
 
-Tolerance: |theirs - ours| <= atol * scale + rtol * |ours|, scale = max_t |g_t| for the gradient and
-a |L_GRPO| + b |L_SFT| (term by term, in absolute value) for the loss. When the numbers differ, every
+Tolerance: |theirs - ours| <= atol * scale + rtol * |ours|, scale = the median of the nonzero |g_t| for
+the gradient (token by token) and a |L_GRPO| + b |L_SFT| (term by term, in absolute value) for the loss. When the numbers differ, every
 combination of the conventions' choices and of the known bugs below is tried, fewest changes first;
 the variants that reproduce your loss and gradient are reported, in words:
 
@@ -101,9 +101,15 @@ def reference(d: Dump, conv: Convention, bug: Optional[str] = None) -> Reference
                      (a * (c0 * lt).abs().sum() + b * (c1 * lt).abs().sum()).item(), others)
 
 
+def grad_scale(grad: Tensor) -> float:
+    """The median |g_t| over tokens with g_t != 0 (0 if none): one huge token must not widen every token's tolerance."""
+    nonzero = grad[grad != 0].abs()
+    return nonzero.median().item() if nonzero.numel() else 0.0
+
+
 def agrees(ref: Reference, loss: float, grad: Tensor, rtol: float = RTOL, atol: float = ATOL) -> tuple[bool, Tensor]:
     """(loss and gradient within tolerance, per-token gradient agreement [N] bool)."""
-    tok_ok = (grad - ref.grad).abs() <= atol * ref.grad.abs().max() + rtol * ref.grad.abs()  # [N]
+    tok_ok = (grad - ref.grad).abs() <= atol * grad_scale(ref.grad) + rtol * ref.grad.abs()  # [N]
     loss_ok = any(abs(loss - v) <= atol * ref.loss_scale + rtol * abs(v) for v in (ref.loss, *ref.other_losses))
     return bool(loss_ok and tok_ok.all()), tok_ok
 
@@ -224,7 +230,7 @@ class CheckResult:
         lines = [f"convention {c.name}: aggregation {c.aggregation}, dual clip {c.dual_clip or 'off'}, log-ratio "
                  f"clamp {c.log_ratio_clamp or 'off'}, a group of one: {c.singleton}, std {c.std}",
                  f"tolerance: |theirs - ours| <= {self.atol:g} * scale + {self.rtol:g} * |ours| (loss scale "
-                 f"{o.loss_scale:.3g}, gradient scale max|ours| = {o.grad.abs().max().item():.3g})",
+                 f"{o.loss_scale:.3g}, gradient scale median|ours| = {grad_scale(o.grad):.3g})",
                  f"loss: theirs {self.loss_theirs:.10g}, ours {o.loss:.10g} = {g} * L_GRPO + "
                  f"{'mu' if g != '1' else '1'} * L_SFT = {a:g} * {o.grpo:.8g} + {b:g} * {o.sft:.8g}",
                  f"grad_logp: {self.n_diff} of {self.n_tokens} tokens differ"]
@@ -267,19 +273,25 @@ def check_batch(dump: Union[Dump, str, Path], convention: Union[str, Convention,
         result.notes.append("advantages given, not rewards: group-advantage choices (std, a group of one) not checked")
     if d.micro_batch is None and d.weighting != "luffy":
         result.notes.append("no micro_batch ids: micro-batch weighting and dropped micro-batches not checked")
-    found_level = None
+    found_level, closest = None, (len(bad), [])  # closest: (tokens still differing, changes)
     for conv, bug in variants(d, target):
         changes = _changes(target, conv, bug)
+        if ok and len(changes) > 1:
+            break  # a match needs only the single-change scan (for `untested`)
         if not changes or (found_level is not None and len(changes) > found_level):
             continue
         ref = reference(d, conv, bug)
         if len(changes) == 1 and agrees(ref, ours.loss, ours.grad, rtol, atol)[0]:
             result.untested.append(changes[0].text)  # this batch cannot tell the target from this change
             continue
-        if not ok and agrees(ref, d.loss, theirs, rtol, atol)[0]:
+        same, tok_ok = agrees(ref, d.loss, theirs, rtol, atol)
+        if not ok and same:
             found_level = len(changes)
             preset = next((n for n, p in PRESETS.items() if not bug and p.replace(name="variant") == conv), None)
             result.diagnoses.append(Diagnosis(conv, bug, changes, preset))
-        if ok and len(changes) > 1:
-            break  # a match needs only the single-change scan (for `untested`)
+        elif int((~tok_ok).sum()) < closest[0]:
+            closest = (int((~tok_ok).sum()), changes)
+    if not ok and not result.diagnoses and closest[1]:
+        result.notes.append(f"closest variant: {', '.join(c.key for c in closest[1])} (still {closest[0]} of "
+                            f"{len(theirs)} tokens differ): look for a mistake of another kind there")
     return result
