@@ -10,10 +10,10 @@ The reference (float64) is minichord's math under a convention (minichord/conven
     CHORD: (a, b) = (1 - mu, mu), c0 / c1 = the convention's coefficients at mu = 0 / mu = 1
     LUFFY: (a, b) = (1, 1),       c0 = c1 = 1 / N on their own side (one joint token-mean)
 
-Tolerance: |theirs - ours| <= atol * scale + rtol * |ours|, scale = the median of the nonzero |g_t| for
-the gradient (token by token) and a |L_GRPO| + b |L_SFT| (term by term, in absolute value) for the loss. When the numbers differ, every
-combination of the conventions' choices and of the known bugs below is tried, fewest changes first;
-the variants that reproduce your loss and gradient are reported, in words:
+Tolerance: |theirs - ours| <= atol * scale + rtol * |ours|; scale: the median nonzero |g_t| for the
+gradient (token by token), a |L_GRPO| + b |L_SFT| term by term in absolute value for the loss. When the
+numbers differ, every combination of the conventions' choices and of the known bugs below is tried,
+fewest changes first; the variants that reproduce your loss and gradient are reported, in words:
 
     phi_not_detached         the expert weight p(1-p) (or p) keeps its gradient (stop-gradient missing)
     first_micro_batch_only   only the first micro-batch's gradient survives accumulation
@@ -48,7 +48,7 @@ class Reference:
     sft: float  # L_SFT
     weights: tuple[float, float]  # (a, b): L = a L_GRPO + b L_SFT
     loss_scale: float  # a |L_GRPO| + b |L_SFT| term by term
-    other_losses: tuple[float, ...] = ()  # loss values a micro-batch-dropping loop may report instead
+    other_losses: tuple[float, ...] = ()  # the loss a micro-batch-dropping loop may report instead
 
 
 def token_advantages(d: Dump, conv: Convention) -> Tensor:
@@ -66,8 +66,9 @@ def token_advantages(d: Dump, conv: Convention) -> Tensor:
     return d.flat(seq_adv)
 
 
-def reference(d: Dump, conv: Convention, bug: Optional[str] = None) -> Reference:
-    """The loss and gradient of dump `d` under `conv`, with one of BUGS planted when `bug` is given."""
+def reference(d: Dump, conv: Convention, bug: Optional[str] = None, memo: Optional[dict] = None) -> Reference:
+    """The loss and gradient of dump `d` under `conv`, with one of BUGS planted when `bug` is given.
+    `memo` (a dict kept across calls on the same dump) caches the coefficients of each aggregation."""
     is_expert, seq = d.flat(d.is_expert), d.rows()  # [N], [N]
     logp = d.flat(d.logp).clone().requires_grad_(True)  # [N] float64
     old = torch.where(is_expert, 0.0, d.flat(d.old_logp))  # [N]
@@ -86,7 +87,10 @@ def reference(d: Dump, conv: Convention, bug: Optional[str] = None) -> Reference
         c0, c1, (a, b) = (~is_expert) / n, is_expert / n, (1.0, 1.0)
     else:
         mb = None if d.micro_batch is None else d.flat(d.micro_batch)
-        c0, c1 = (conv.coefficients(is_expert, seq, mb, mu, dtype=torch.float64) for mu in (0.0, 1.0))
+        memo = {} if memo is None else memo
+        if conv.aggregation not in memo:
+            memo[conv.aggregation] = [conv.coefficients(is_expert, seq, mb, mu, dtype=torch.float64) for mu in (0.0, 1.0)]
+        c0, c1 = memo[conv.aggregation]
         a, b = 1.0 - d.mu, d.mu
     coef = a * c0 + b * c1  # [N]
     loss = (coef * l).sum()
@@ -257,7 +261,8 @@ def check_batch(dump: Union[Dump, str, Path], convention: Union[str, Convention,
     d = dump if isinstance(dump, Dump) else load_dump(dump)
     target = convention if isinstance(convention, Convention) else get_convention(convention or d.convention)
     theirs = d.flat(d.grad_logp)  # [N]
-    ours = reference(d, target)
+    memo: dict = {}
+    ours = reference(d, target, memo=memo)
     ok, tok_ok = agrees(ours, d.loss, theirs, rtol, atol)
     pos = d.mask.nonzero()  # [N, 2]
     bad = (~tok_ok).nonzero()[:, 0].tolist()
@@ -280,7 +285,7 @@ def check_batch(dump: Union[Dump, str, Path], convention: Union[str, Convention,
             break  # a match needs only the single-change scan (for `untested`)
         if not changes or (found_level is not None and len(changes) > found_level):
             continue
-        ref = reference(d, conv, bug)
+        ref = reference(d, conv, bug, memo)
         if len(changes) == 1 and agrees(ref, ours.loss, ours.grad, rtol, atol)[0]:
             result.untested.append(changes[0].text)  # this batch cannot tell the target from this change
             continue

@@ -68,7 +68,9 @@ class Dump:
     # ------------------------------------------------------------- flat token views, [N] each
     def rows(self) -> Tensor:
         """Sequence index of each masked token, [N] long (tokens in row-major order)."""
-        return self.mask.nonzero()[:, 0]
+        if "_rows" not in self.__dict__:  # computed once: the checker asks for it many times
+            self.__dict__["_rows"] = self.mask.nonzero()[:, 0]
+        return self.__dict__["_rows"]
 
     def flat(self, x: Tensor) -> Tensor:
         """[B, T] -> the masked tokens [N]; [B] -> each token's sequence value [N]."""
