@@ -1,4 +1,4 @@
-"""`minichord demo | pretrain | train | eval | chat | export | reproduce | plot` — see `minichord CMD --help`."""
+"""`minichord demo | pretrain | train | eval | chat | export | check | reproduce | plot` — see `minichord CMD --help`."""
 
 from __future__ import annotations
 
@@ -108,6 +108,20 @@ def cmd_export(args) -> None:
           f"model.safetensors, tokenizer files)")
 
 
+def cmd_check(args) -> int:
+    """0: match (every golden case passes), 1: mismatch (a case fails), 2 (raised): a bad file or argument."""
+    from minichord.check import check_batch
+    from minichord.golden import run_golden
+
+    if bool(args.dump) == bool(args.golden):
+        raise ValueError("give either a DUMP file or --golden module:function")
+    if args.golden:
+        return run_golden(args.golden, args.convention or "paper", print)
+    result = check_batch(args.dump, args.convention, rtol=args.rtol, atol=args.atol)
+    print(result.report())
+    return 0 if result.match else 1
+
+
 def cmd_reproduce(args) -> None:
     from minichord.reproduce import reproduce
 
@@ -122,7 +136,7 @@ def cmd_plot(args) -> None:
 
 
 COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "train": cmd_train, "eval": cmd_eval, "chat": cmd_chat,
-            "export": cmd_export, "reproduce": cmd_reproduce, "plot": cmd_plot}
+            "export": cmd_export, "reproduce": cmd_reproduce, "plot": cmd_plot, "check": cmd_check}
 MODEL_DIR = _checked(lambda t: Path(t).is_dir(), "a directory: a Hugging Face model or a minichord checkpoint")
 
 
@@ -188,6 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every run, e.g. --set init=PATH to start from another checkpoint")
 
+    ck = sub.add_parser("check", help="your CHORD loss and gradient against minichord's, with a diagnosis "
+                        "(DUMP schema: minichord/dump.py), or your loss function over the golden cases")
+    ck.add_argument("dump", nargs="?", default=None, help="a safetensors DUMP of one batch (exit 0 match, 1 mismatch)")
+    ck.add_argument("--golden", default=None, metavar="MODULE:FUNCTION",
+                    help="import FUNCTION from MODULE (the current directory is searched) and run it on every golden "
+                         "case of the convention (signature: minichord/golden/__init__.py)")
+    ck.add_argument("--convention", choices=("paper", "official"), default=None,
+                    help="the convention you meant to implement (default: the dump's metadata, else paper)")
+    positive = _checked(lambda t: _is_number(t) and float(t) > 0, "a number > 0", float)
+    ck.add_argument("--rtol", type=positive, default=1e-5, help="relative tolerance (default 1e-5)")
+    ck.add_argument("--atol", type=positive, default=1e-7, help="absolute tolerance, times the scale (default 1e-7)")
+
     pl = sub.add_parser("plot", help="plot the curves of run directories into one PNG (needs matplotlib)")
     pl.add_argument("runs", nargs="+", help="run directories (holding metrics.jsonl / eval.jsonl)")
     pl.add_argument("-o", "--output", required=True, help="PNG file to write")
@@ -200,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     from minichord.trainer import TrainingError
 
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except (CheckpointError, TrainingError, OSError, ValueError) as e:  # ValueError: ConfigError, DataError, ...
         message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
         print(f"minichord {args.command}: error: {message}", file=sys.stderr)
@@ -208,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it
         print(f"minichord {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

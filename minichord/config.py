@@ -228,6 +228,7 @@ class TrainConfig:
     eps_high: float = 0.2
     dual_clip: Optional[float] = None
     log_ratio_clamp: float = 20.0
+    convention: str = "paper"  # paper | official: aggregation, dual clip, a group of one (minichord/conventions.py)
     entropy_coef: float = 0.0
     kl_coef: float = 0.0
     # data: the embedded toy task unless JSONL files are given (minichord/data.py: toy, GSM8K, MATH, chat rows)
@@ -245,7 +246,8 @@ class TrainConfig:
     init: str = ""  # a minichord checkpoint or a Hugging Face model directory; empty = the cached toy base model
 
     def __post_init__(self) -> None:
-        for key, allowed in (("expert_weighting", ("uniform", "phi", "is")), ("reward", ("auto", "exact", "math"))):
+        for key, allowed in (("expert_weighting", ("uniform", "phi", "is")), ("reward", ("auto", "exact", "math")),
+                             ("convention", ("paper", "official"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}={getattr(self, key)!r}: must be one of {', '.join(allowed)}")
         validate(self, {"[1, inf)": "steps prompts_per_step ppo_epochs minibatches eval_every save_every",

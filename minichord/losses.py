@@ -23,7 +23,7 @@ EXPERT_WEIGHTINGS = ("uniform", "phi", "is")
 
 
 def group_advantages(rewards: Tensor, *, scale_by_std: bool = True, eps: float = 1e-6,
-                     singleton: str = "zero") -> Tensor:
+                     singleton: str = "zero", unbiased: bool = True) -> Tensor:
     """GRPO group-relative advantages, rewards [n_groups, G] -> fp32 [n_groups, G].
 
         A_i = (R_i - mean(R)) / (std(R) + eps)     std unbiased (divides by G - 1)
@@ -31,6 +31,7 @@ def group_advantages(rewards: Tensor, *, scale_by_std: bool = True, eps: float =
 
     Equal rewards give A = 0 exactly. A group of one has no unbiased std: singleton="zero" gives
     A = 0 (one sample carries no relative signal); "official" as the official code, A = R / (1 + eps).
+    unbiased=False divides by G instead (a known mistake; `minichord check` looks for it).
     """
     rewards = torch.as_tensor(rewards)
     if rewards.dim() != 2:
@@ -47,7 +48,7 @@ def group_advantages(rewards: Tensor, *, scale_by_std: bool = True, eps: float =
     flat = rewards.amax(dim=1, keepdim=True) == rewards.amin(dim=1, keepdim=True)  # [n_groups, 1]
     centered = torch.where(flat, 0.0, rewards - rewards.mean(dim=1, keepdim=True))  # [n_groups, G]
     if scale_by_std:
-        centered = centered / (rewards.std(dim=1, keepdim=True, unbiased=True) + eps)
+        centered = centered / (rewards.std(dim=1, keepdim=True, unbiased=unbiased) + eps)
     return centered.float()
 
 

@@ -22,7 +22,7 @@ import dataclasses
 import difflib
 from typing import Any
 
-from minichord import losses
+from minichord import conventions, losses
 from minichord.config import ConfigError, TrainConfig
 
 
@@ -87,9 +87,15 @@ class Stage:
                                   decay=round(self.cfg.mu_decay_frac * n),
                                   peak=self.cfg.mu_peak, valley=self.cfg.mu_valley)
 
+    @property
+    def convention(self) -> conventions.Convention:
+        return conventions.get_convention(self.cfg.convention)
+
     def loss_spec(self) -> losses.TokenLossSpec:
+        """The config's token-loss fields; an unset dual_clip takes the convention's (official: c = 3)."""
         c = self.cfg
-        return losses.TokenLossSpec(eps_low=c.eps_low, eps_high=c.eps_high, dual_clip=c.dual_clip,
+        dual_clip = self.convention.dual_clip if c.dual_clip is None else c.dual_clip
+        return losses.TokenLossSpec(eps_low=c.eps_low, eps_high=c.eps_high, dual_clip=dual_clip,
                                     log_ratio_clamp=c.log_ratio_clamp, expert_weighting=c.expert_weighting,
                                     luffy=self.method.luffy, entropy_coef=c.entropy_coef, kl_coef=c.kl_coef)
 

@@ -17,6 +17,7 @@ The departures from the paper (arXiv 2508.11408) and its official code, the one 
 - Scale: ~1M-parameter toy model, lr 1e-4, B=8 x G=8 + E=16 (paper: Qwen2.5-7B-Instruct, lr 1e-6, 32 x 8 + 64).
 - Normalisation: each term is one token-mean over the whole batch (paper-era code); the official
   code averages tokens per micro-batch and weights micro-batches by their share of sequences.
+  `convention = "official"` switches to the official code's choices (minichord/conventions.py).
 - `dual_clip` (c = 3) off by default (official: always on); `log_ratio_clamp` +-20 on, as in current official code.
 - A group of one gets A = 0 (official: R / (1 + 1e-6), `group_advantages(singleton="official")`).
 - mu's warm-up and decay are shares of the run (official: W=0, D=200 steps).
@@ -161,7 +162,7 @@ class Trainer:
             adv = luffy.mixed_group_advantages(rewards)  # [B, G]
             seqs += [Sequence(*self.expert_seqs[i], True, float(adv[b, -1])) for b, i in enumerate(picked)]
         else:
-            adv = losses.group_advantages(rewards)  # [B, G]
+            adv = stage.convention.group_advantages(rewards)  # [B, G]; a group of one per the convention
         for k, r in enumerate(responses):
             b, j = divmod(k, n_on)
             seqs.append(Sequence(prompt_ids[k], r, False, float(adv[b, j]), old_logp[k]))
@@ -208,8 +209,9 @@ class Trainer:
                 seq_ids = seq_ids.sort().values
                 mb = batch.select(seq_ids) if cfg.minibatches > 1 else batch
                 mb_ref = None if ref_logp is None else ref_logp[torch.isin(batch.rows, seq_ids)]  # [N_mb]
+                # convention "official": each PPO minibatch is one micro-batch until micro-batch ids are passed here
                 coef = luffy.coefficients(mb.is_expert) if stage.method.luffy \
-                    else losses.token_coefficients(mb.is_expert, mu)  # [N_mb]
+                    else stage.convention.coefficients(mb.is_expert, mb.rows, None, mu)  # [N_mb]
                 out = ops.fused_token_loss(self._hidden(mb), self.model.lm_head_weight, mb.targets, coef,
                                            mb.is_expert, mb.advantages, mb.old_logp, spec, ref_logp=mb_ref,
                                            temperature=T)

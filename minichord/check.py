@@ -1,0 +1,302 @@
+"""`minichord check`: your CHORD loss and gradient against minichord's reference, with a diagnosis.
+
+    from minichord.check import check_batch
+    result = check_batch("batch.safetensors")          # a DUMP file (schema: minichord/dump.py) or a Dump
+    print(result.report()); result.match; result.causes
+
+The reference (float64) is minichord's math under a convention (minichord/conventions.py):
+
+    L = a * L_GRPO + b * L_SFT,   L_GRPO = sum_t c0_t l_t,  L_SFT = sum_t c1_t l_t,   g_t = d L / d logp_t
+    CHORD: (a, b) = (1 - mu, mu), c0 / c1 = the convention's coefficients at mu = 0 / mu = 1
+    LUFFY: (a, b) = (1, 1),       c0 = c1 = 1 / N on their own side (one joint token-mean)
+
+Tolerance: |theirs - ours| <= atol * scale + rtol * |ours|; scale: the median nonzero |g_t| for the
+gradient (token by token), a |L_GRPO| + b |L_SFT| term by term in absolute value for the loss. When the
+numbers differ, every combination of the conventions' choices and of the known bugs below is tried,
+fewest changes first; the variants that reproduce your loss and gradient are reported, in words:
+
+    phi_not_detached         the expert weight p(1-p) (or p) keeps its gradient (stop-gradient missing)
+    first_micro_batch_only   only the first micro-batch's gradient survives accumulation
+    last_micro_batch_only    only the last one's (zero_grad inside the accumulation loop)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from minichord import losses
+from minichord.conventions import AGGREGATIONS, PRESETS, SINGLETONS, STDS, Convention, get_convention
+from minichord.dump import Dump, load_dump
+
+BUGS = ("phi_not_detached", "first_micro_batch_only", "last_micro_batch_only")
+RTOL, ATOL = 1e-5, 1e-7
+
+
+@dataclasses.dataclass
+class Reference:
+    """minichord's numbers for one dump under one convention (+ at most one bug)."""
+
+    loss: float
+    grad: Tensor  # [N] float64, d loss / d logp on the masked tokens
+    grpo: float  # L_GRPO
+    sft: float  # L_SFT
+    weights: tuple[float, float]  # (a, b): L = a L_GRPO + b L_SFT
+    loss_scale: float  # a |L_GRPO| + b |L_SFT| term by term
+    other_losses: tuple[float, ...] = ()  # the loss a micro-batch-dropping loop may report instead
+
+
+def token_advantages(d: Dump, conv: Convention) -> Tensor:
+    """A per masked token [N] float64: from rewards + group_ids by the convention, else the dump's."""
+    if d.rewards is None:
+        return d.flat(d.advantages)
+    luffy = d.weighting == "luffy"
+    seq_adv = torch.zeros(d.is_expert.shape, dtype=torch.float64)  # [B]
+    members = torch.ones_like(d.is_expert) if luffy else ~d.is_expert  # LUFFY: the expert trace is in its group
+    for g in d.group_ids[members].unique():
+        rows = members & (d.group_ids == g)  # [B]
+        rewards = d.rewards[rows][None, :]  # [1, G]
+        adv = losses.group_advantages(rewards, scale_by_std=False) if luffy else conv.group_advantages(rewards)
+        seq_adv[rows] = adv[0].double()
+    return d.flat(seq_adv)
+
+
+def reference(d: Dump, conv: Convention, bug: Optional[str] = None, memo: Optional[dict] = None) -> Reference:
+    """The loss and gradient of dump `d` under `conv`, with one of BUGS planted when `bug` is given.
+    `memo` (a dict kept across calls on the same dump) caches the coefficients of each aggregation."""
+    is_expert, seq = d.flat(d.is_expert), d.rows()  # [N], [N]
+    logp = d.flat(d.logp).clone().requires_grad_(True)  # [N] float64
+    old = torch.where(is_expert, 0.0, d.flat(d.old_logp))  # [N]
+    adv = token_advantages(d, conv)  # [N]
+    luffy = d.weighting == "luffy"
+    spec = conv.loss_spec(eps_low=d.eps_low, eps_high=d.eps_high, luffy=luffy,
+                          expert_weighting="uniform" if luffy else d.weighting)
+    if luffy:
+        spec = dataclasses.replace(spec, dual_clip=None)  # LUFFY's on-policy term has no clip at all
+    _, l, _ = losses.chord_loss(logp, None, is_expert, adv, old, torch.ones_like(logp), spec)  # l [N]
+    if bug == "phi_not_detached":
+        p = logp.exp()  # [N], with its gradient
+        l = torch.where(is_expert, -(p * (1 - p) if d.weighting == "phi" else p) * logp, l)
+    if luffy:
+        n = float(logp.numel())
+        c0, c1, (a, b) = (~is_expert) / n, is_expert / n, (1.0, 1.0)
+    else:
+        mb = None if d.micro_batch is None else d.flat(d.micro_batch)
+        memo = {} if memo is None else memo
+        if conv.aggregation not in memo:
+            memo[conv.aggregation] = [conv.coefficients(is_expert, seq, mb, mu, dtype=torch.float64) for mu in (0.0, 1.0)]
+        c0, c1 = memo[conv.aggregation]
+        a, b = 1.0 - d.mu, d.mu
+    coef = a * c0 + b * c1  # [N]
+    loss = (coef * l).sum()
+    keep, others = torch.ones_like(is_expert), ()
+    if bug in ("first_micro_batch_only", "last_micro_batch_only"):
+        mb = d.flat(d.micro_batch)
+        keep = mb == (mb.min() if bug.startswith("first") else mb.max())  # [N]
+        others = ((coef * l * keep).sum().item(),)
+    (grad,) = torch.autograd.grad((coef * l * keep).sum(), logp)
+    lt = l.detach()
+    return Reference(loss.item(), grad, (c0 * lt).sum().item(), (c1 * lt).sum().item(), (a, b),
+                     (a * (c0 * lt).abs().sum() + b * (c1 * lt).abs().sum()).item(), others)
+
+
+def grad_scale(grad: Tensor) -> float:
+    """The median |g_t| over tokens with g_t != 0 (0 if none): one huge token must not widen every token's tolerance."""
+    nonzero = grad[grad != 0].abs()
+    return nonzero.median().item() if nonzero.numel() else 0.0
+
+
+def agrees(ref: Reference, loss: float, grad: Tensor, rtol: float = RTOL, atol: float = ATOL) -> tuple[bool, Tensor]:
+    """(loss and gradient within tolerance, per-token gradient agreement [N] bool)."""
+    tok_ok = (grad - ref.grad).abs() <= atol * grad_scale(ref.grad) + rtol * ref.grad.abs()  # [N]
+    loss_ok = any(abs(loss - v) <= atol * ref.loss_scale + rtol * abs(v) for v in (ref.loss, *ref.other_losses))
+    return bool(loss_ok and tok_ok.all()), tok_ok
+
+
+@dataclasses.dataclass
+class Cause:
+    key: str  # stable name, e.g. "no_dual_clip"
+    text: str
+
+
+def _cause(field: str, target, found) -> Cause:
+    """One difference between the target convention and a variant that reproduces the numbers, in words."""
+    if field == "aggregation":
+        return {"token-mean": Cause("token_mean", "one global token-mean per term instead of the target's "
+                                    f"{target} aggregation"),
+                "sequence-mean": Cause("sequence_mean", "per-sequence mean instead of token mean: each sequence "
+                                       "averaged over its tokens first, then the sequences"),
+                "micro-batch": Cause("micro_batch_weighting", "per-micro-batch token means weighted by each "
+                                     "micro-batch's share of the side's sequences (the official code's aggregation)")}[found]
+    if field == "dual_clip":
+        if found is None:
+            return Cause("no_dual_clip", f"dual clip missing: the target bounds the loss of A < 0 tokens at -A*{target}")
+        return Cause("dual_clip", f"dual clip c = {found} applied to A < 0 tokens; the target has "
+                     + ("none" if target is None else f"c = {target}"))
+    if field == "log_ratio_clamp":
+        if found is None:
+            return Cause("no_clamp", f"no log-ratio clamp: the target clamps logp - old_logp to +-{target} before exp")
+        return Cause("clamp", f"logp - old_logp clamped to +-{found} before exp; the target does not clamp")
+    if field == "singleton":
+        what = {"zero": "A = 0", "official": "A = R / (1 + 1e-6)"}
+        return Cause("wrong_singleton", f"wrong singleton handling: a group of one got {what[found]}, "
+                     f"the target gives {what[target]}")
+    if field == "std":
+        return Cause("biased_std" if found == "biased" else "unbiased_std",
+                     f"{found} std in the group advantages (divides by {'G' if found == 'biased' else 'G - 1'}); "
+                     f"the target's is {target}")
+    return Cause(field, {"phi_not_detached": "phi not detached: the expert weight p(1-p) (or p) keeps its gradient; "
+                                             "it must be a stop-gradient",
+                         "first_micro_batch_only": "micro-batches dropped in accumulation: only the first "
+                                                   "micro-batch's gradient is kept",
+                         "last_micro_batch_only": "micro-batches dropped in accumulation: only the last micro-batch's "
+                                                  "gradient is kept (zero_grad inside the accumulation loop?)"}[field])
+
+
+def variants(d: Dump, target: Convention) -> list[tuple[Convention, Optional[str]]]:
+    """Every (convention, bug) worth trying on `d`, fewest changes from `target` first."""
+    luffy = d.weighting == "luffy"
+    dims = {"aggregation": () if luffy else AGGREGATIONS, "dual_clip": () if luffy else (None, 3.0, target.dual_clip),
+            "log_ratio_clamp": (20.0, None, target.log_ratio_clamp),
+            "singleton": SINGLETONS if d.rewards is not None and not luffy else (),
+            "std": STDS if d.rewards is not None and not luffy else ()}
+    n_mb = 0 if d.micro_batch is None else d.micro_batch[d.mask.any(1)].unique().numel()
+    if n_mb < 2 and not luffy:  # without micro-batches, "micro-batch" is token-mean
+        dims["aggregation"] = ("token-mean", "sequence-mean")
+    bugs = [None] + (["phi_not_detached"] if d.weighting in ("phi", "is") else []) + \
+        (["first_micro_batch_only", "last_micro_batch_only"] if n_mb >= 2 and not luffy else [])
+    fields = [k for k, v in dims.items() if v]
+    seen, out = set(), []
+    for values in itertools.product(*(dict.fromkeys(dims[k]) for k in fields)):
+        conv = target.replace(name="variant", **dict(zip(fields, values)))
+        for bug in bugs:
+            key = (dataclasses.replace(conv, name=""), bug)
+            if key not in seen:
+                seen.add(key)
+                out.append((conv, bug))
+    return sorted(out, key=lambda v: len(_changes(target, *v)))
+
+
+def _changes(target: Convention, conv: Convention, bug: Optional[str]) -> list[Cause]:
+    fields = ("aggregation", "dual_clip", "log_ratio_clamp", "singleton", "std")
+    out = [_cause(f, getattr(target, f), getattr(conv, f)) for f in fields if getattr(target, f) != getattr(conv, f)]
+    return out + ([_cause(bug, None, None)] if bug else [])
+
+
+@dataclasses.dataclass
+class Diagnosis:
+    """A variant that reproduces the researcher's loss and gradient: the target plus `causes`."""
+
+    convention: Convention
+    bug: Optional[str]
+    causes: list[Cause]
+    preset: Optional[str] = None  # the named preset this variant is, if any
+
+
+@dataclasses.dataclass
+class TokenDiff:
+    index: int  # position among the masked tokens
+    sequence: int
+    position: int
+    theirs: float
+    ours: float
+
+
+@dataclasses.dataclass
+class CheckResult:
+    match: bool
+    convention: Convention
+    loss_theirs: float
+    ours: Reference
+    first_diffs: list[TokenDiff]
+    n_diff: int
+    n_tokens: int
+    rtol: float
+    atol: float
+    diagnoses: list[Diagnosis] = dataclasses.field(default_factory=list)
+    untested: list[str] = dataclasses.field(default_factory=list)  # choices this batch cannot tell apart
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def causes(self) -> list[str]:
+        """Cause keys of the simplest diagnosis (empty on a match or when nothing reproduces the numbers)."""
+        return [c.key for c in self.diagnoses[0].causes] if self.diagnoses else []
+
+    def report(self) -> str:
+        """The text `minichord check` prints: verdict, tolerance, terms, differing tokens, diagnosis."""
+        o, c = self.ours, self.convention
+        (a, b), g = o.weights, "(1 - mu)" if o.weights != (1.0, 1.0) else "1"
+        lines = [f"convention {c.name}: aggregation {c.aggregation}, dual clip {c.dual_clip or 'off'}, log-ratio "
+                 f"clamp {c.log_ratio_clamp or 'off'}, a group of one: {c.singleton}, std {c.std}",
+                 f"tolerance: |theirs - ours| <= {self.atol:g} * scale + {self.rtol:g} * |ours| (loss scale "
+                 f"{o.loss_scale:.3g}, gradient scale median|ours| = {grad_scale(o.grad):.3g})",
+                 f"loss: theirs {self.loss_theirs:.10g}, ours {o.loss:.10g} = {g} * L_GRPO + "
+                 f"{'mu' if g != '1' else '1'} * L_SFT = {a:g} * {o.grpo:.8g} + {b:g} * {o.sft:.8g}",
+                 f"grad_logp: {self.n_diff} of {self.n_tokens} tokens differ"]
+        lines += [f"  token {t.index} (sequence {t.sequence}, position {t.position}): theirs {t.theirs:.8g}, "
+                  f"ours {t.ours:.8g}" for t in self.first_diffs]
+        lines += [f"note: {n}" for n in self.notes]
+        lines += [f"not tested by this batch (same numbers either way): {u}" for u in self.untested]
+        if self.match:
+            return "\n".join(["match: your loss and gradient equal minichord's within tolerance"] + lines)
+        lines.insert(0, "mismatch: your loss or gradient differs from minichord's")
+        if not self.diagnoses:
+            lines.append("diagnosis: no known convention or bug reproduces your numbers")
+        for k, dg in enumerate(self.diagnoses):
+            head = "diagnosis: your numbers are reproduced by" if k == 0 else "or equally by"
+            preset = f" (= the {dg.preset!r} preset: --convention {dg.preset})" if dg.preset else ""
+            lines.append(f"{head} convention {c.name} with {len(dg.causes)} change(s){preset}:")
+            lines += [f"  - [{cause.key}] {cause.text}" for cause in dg.causes]
+        return "\n".join(lines)
+
+
+def check_batch(dump: Union[Dump, str, Path], convention: Union[str, Convention, None] = None,
+                rtol: float = RTOL, atol: float = ATOL) -> CheckResult:
+    """Compare a dump's loss and gradient with minichord's under `convention` (default: the dump's)."""
+    d = dump if isinstance(dump, Dump) else load_dump(dump)
+    target = convention if isinstance(convention, Convention) else get_convention(convention or d.convention)
+    theirs = d.flat(d.grad_logp)  # [N]
+    memo: dict = {}
+    ours = reference(d, target, memo=memo)
+    ok, tok_ok = agrees(ours, d.loss, theirs, rtol, atol)
+    pos = d.mask.nonzero()  # [N, 2]
+    bad = (~tok_ok).nonzero()[:, 0].tolist()
+    diffs = [TokenDiff(i, int(pos[i, 0]), int(pos[i, 1]), theirs[i].item(), ours.grad[i].item()) for i in bad[:5]]
+    result = CheckResult(ok, target, d.loss, ours, diffs, len(bad), int(theirs.numel()), rtol, atol)
+    if d.rewards is not None and d.advantages is not None and d.weighting != "luffy":
+        on = ~d.flat(d.is_expert)
+        differ = ((token_advantages(d, target) - d.flat(d.advantages)).abs() > 1e-5)[on]  # [N_on]
+        if differ.any():
+            result.notes.append(f"your advantages differ from minichord's ({target.name} convention, from your rewards) "
+                                f"on {int(differ.sum())} of {int(on.sum())} on-policy tokens")
+    if d.rewards is None and d.weighting != "luffy":
+        result.notes.append("advantages given, not rewards: group-advantage choices (std, a group of one) not checked")
+    if d.micro_batch is None and d.weighting != "luffy":
+        result.notes.append("no micro_batch ids: micro-batch weighting and dropped micro-batches not checked")
+    found_level, closest = None, (len(bad), [])  # closest: (tokens still differing, changes)
+    for conv, bug in variants(d, target):
+        changes = _changes(target, conv, bug)
+        if ok and len(changes) > 1:
+            break  # a match needs only the single-change scan (for `untested`)
+        if not changes or (found_level is not None and len(changes) > found_level):
+            continue
+        ref = reference(d, conv, bug, memo)
+        if len(changes) == 1 and agrees(ref, ours.loss, ours.grad, rtol, atol)[0]:
+            result.untested.append(changes[0].text)  # this batch cannot tell the target from this change
+            continue
+        same, tok_ok = agrees(ref, d.loss, theirs, rtol, atol)
+        if not ok and same:
+            found_level = len(changes)
+            preset = next((n for n, p in PRESETS.items() if not bug and p.replace(name="variant") == conv), None)
+            result.diagnoses.append(Diagnosis(conv, bug, changes, preset))
+        elif int((~tok_ok).sum()) < closest[0]:
+            closest = (int((~tok_ok).sum()), changes)
+    if not ok and not result.diagnoses and closest[1]:
+        result.notes.append(f"closest variant: {', '.join(c.key for c in closest[1])} (still {closest[0]} of "
+                            f"{len(theirs)} tokens differ): look for a mistake of another kind there")
+    return result

@@ -1,0 +1,195 @@
+"""A DUMP: one batch of a CHORD loss exactly as your code saw it, in one safetensors file.
+
+`minichord check DUMP` recomputes the loss and d loss / d logp from these inputs and compares them with
+yours. B = sequences in the batch, T = the longest response (right-padded; the mask says which tokens count).
+
+Tensors (any float dtype for floats, read as float64; flags: bool, or any dtype holding only 0 and 1):
+
+    logp         [B, T]  float  log pi_theta(y_t | ...), the values your loss was computed from
+    old_logp     [B, T]  float  behaviour (sampler) log-probs; read on on-policy rows only
+    mask         [B, T]  0/1    response tokens that carry a loss
+    is_expert    [B]     0/1    1: expert demonstration (SFT term), 0: on-policy rollout (GRPO term)
+    advantages   [B, T] or [B]  float, on-policy rows (and LUFFY's expert rows)  } give one or both;
+    rewards      [B]     float  outcome reward of each on-policy sequence          } with rewards, minichord
+    group_ids    [B]     int    prompt group of each sequence (with rewards)      } computes A itself
+    micro_batch  [B]     int    optional: gradient-accumulation micro-batch of each sequence (>= 0)
+    loss         []      float  your loss for the whole batch (0-d or 1 element)
+    grad_logp    [B, T]  float  d loss / d logp, your gradient (read under the mask only)
+
+Metadata (safetensors `metadata={...}`, all values strings):
+
+    mu           "0.1"                      SFT weight, in [0, 1] (ignored by luffy)
+    weighting    "phi" | "is" | "uniform" | "luffy"   the expert term: sg(p(1-p)), sg(p), 1, or LUFFY
+    eps_low      "0.2"   optional, default 0.2          PPO clip range [1 - eps_low, 1 + eps_high]
+    eps_high     "0.2"   optional, default 0.2
+    convention   "paper" | "official"   optional, default paper (the CLI's --convention wins)
+
+Values outside the mask are never read: padding may hold anything, NaN included. Under the mask every
+value must be finite. A plain-PyTorch dump is in tutorials/09_check_your_loss.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+WEIGHTINGS = ("uniform", "phi", "is", "luffy")
+REQUIRED = ("logp", "old_logp", "mask", "is_expert", "loss", "grad_logp")
+OPTIONAL = ("advantages", "rewards", "group_ids", "micro_batch")
+
+
+class DumpError(ValueError):
+    """A DUMP file that does not follow the schema; the message names the tensor or key."""
+
+
+@dataclasses.dataclass
+class Dump:
+    logp: Tensor  # [B, T] float64
+    old_logp: Tensor  # [B, T] float64
+    mask: Tensor  # [B, T] bool
+    is_expert: Tensor  # [B] bool
+    loss: float
+    grad_logp: Tensor  # [B, T] float64
+    mu: float
+    weighting: str
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    convention: str = "paper"
+    advantages: Optional[Tensor] = None  # [B, T] float64 (per-sequence values broadcast)
+    rewards: Optional[Tensor] = None  # [B] float64
+    group_ids: Optional[Tensor] = None  # [B] long
+    micro_batch: Optional[Tensor] = None  # [B] long
+
+    # ------------------------------------------------------------- flat token views, [N] each
+    def rows(self) -> Tensor:
+        """Sequence index of each masked token, [N] long (tokens in row-major order)."""
+        if "_rows" not in self.__dict__:  # computed once: the checker asks for it many times
+            self.__dict__["_rows"] = self.mask.nonzero()[:, 0]
+        return self.__dict__["_rows"]
+
+    def flat(self, x: Tensor) -> Tensor:
+        """[B, T] -> the masked tokens [N]; [B] -> each token's sequence value [N]."""
+        return x[self.mask] if x.dim() == 2 else x[self.rows()]
+
+
+def _number(meta: dict, key: str, default: Optional[float], lo: float, hi: float, where: str) -> float:
+    text = meta.get(key)
+    if text is None:
+        if default is None:
+            raise DumpError(f"{where}: missing metadata {key!r} (a number in [{lo}, {hi}])")
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not lo <= value <= hi:
+        raise DumpError(f"{where}: metadata {key}={text!r}: must be a number in [{lo}, {hi}]")
+    return value
+
+
+def _flags(name: str, x: Tensor, where: str) -> Tensor:
+    if x.dtype != torch.bool and not ((x == 0) | (x == 1)).all():
+        raise DumpError(f"{where}: tensor {name!r} must hold only 0 and 1 (or bool), got other values")
+    return x.bool()
+
+
+def _finite(name: str, x: Tensor, where: str, under: Optional[Tensor] = None) -> Tensor:
+    if not x.is_floating_point():
+        raise DumpError(f"{where}: tensor {name!r} must be floating point, got {x.dtype}")
+    x = x.double()
+    bad = ~torch.isfinite(x) & (True if under is None else under)
+    if bad.any():
+        at = tuple(bad.nonzero()[0].tolist())
+        raise DumpError(f"{where}: tensor {name!r} has NaN or inf at {list(at)}" +
+                        (" (a masked-in token)" if under is not None else "") + "; it must be finite there")
+    return x
+
+
+def from_tensors(tensors: dict[str, Tensor], meta: dict[str, str], where: str = "dump") -> Dump:
+    """Validate a dump given as tensors + metadata strings (what `load_dump` reads from a file)."""
+    for name in REQUIRED:
+        if name not in tensors:
+            raise DumpError(f"{where}: missing tensor {name!r} (required: {', '.join(REQUIRED)}; "
+                            f"and advantages or rewards + group_ids)")
+    unknown = sorted(set(tensors) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise DumpError(f"{where}: unknown tensor {unknown[0]!r}; allowed: {', '.join(REQUIRED + OPTIONAL)}")
+    logp = tensors["logp"]
+    if logp.dim() != 2:
+        raise DumpError(f"{where}: tensor 'logp' has shape {list(logp.shape)}: must be [B, T]")
+    B, T = logp.shape
+    for name, x in tensors.items():
+        want = {"loss": [()], "advantages": [(B, T), (B,)]}.get(name, [(B, T)] if name in ("old_logp", "mask", "grad_logp")
+                                                                else [(B,)])
+        shape = tuple(x.shape) if not (name == "loss" and x.numel() == 1) else ()
+        if shape not in want and name != "logp":
+            raise DumpError(f"{where}: tensor {name!r} has shape {list(x.shape)}: must be "
+                            f"{' or '.join(str(list(w)) for w in want)} (B={B}, T={T} from logp)")
+    mask = _flags("mask", tensors["mask"], where)
+    is_expert = _flags("is_expert", tensors["is_expert"], where)
+    on_rows = mask & ~is_expert[:, None]  # [B, T]
+    if "advantages" not in tensors and not ("rewards" in tensors and "group_ids" in tensors):
+        raise DumpError(f"{where}: missing tensor 'advantages' (or both 'rewards' and 'group_ids')")
+    if ("rewards" in tensors) != ("group_ids" in tensors):
+        raise DumpError(f"{where}: tensor {'group_ids' if 'rewards' in tensors else 'rewards'!r} missing: "
+                        f"rewards and group_ids go together")
+    weighting = meta.get("weighting")
+    if weighting not in WEIGHTINGS:
+        raise DumpError(f"{where}: metadata weighting={weighting!r}: must be one of {', '.join(WEIGHTINGS)}")
+    convention = meta.get("convention", "paper")
+    if convention not in ("paper", "official"):
+        raise DumpError(f"{where}: metadata convention={convention!r}: must be paper or official")
+    adv_rows = (on_rows | (mask & is_expert[:, None])) if weighting == "luffy" else on_rows  # [B, T]
+    d = Dump(logp=_finite("logp", logp, where, mask), old_logp=_finite("old_logp", tensors["old_logp"], where, on_rows),
+             mask=mask, is_expert=is_expert, loss=_finite("loss", tensors["loss"].reshape(()), where).item(),
+             grad_logp=_finite("grad_logp", tensors["grad_logp"], where, mask),
+             mu=_number(meta, "mu", None if weighting != "luffy" else 0.0, 0.0, 1.0, where), weighting=weighting,
+             eps_low=_number(meta, "eps_low", 0.2, 0.0, 0.999999, where),
+             eps_high=_number(meta, "eps_high", 0.2, 0.0, 1e9, where), convention=convention)
+    if "advantages" in tensors:
+        adv = tensors["advantages"]
+        adv = adv[:, None].expand(B, T) if adv.dim() == 1 else adv
+        d.advantages = _finite("advantages", adv, where, adv_rows)
+    if "rewards" in tensors:
+        d.rewards = _finite("rewards", tensors["rewards"], where, ~is_expert)
+        d.group_ids = _ids("group_ids", tensors["group_ids"], where)
+    if "micro_batch" in tensors:
+        d.micro_batch = _ids("micro_batch", tensors["micro_batch"], where)
+    if not mask.any():
+        raise DumpError(f"{where}: tensor 'mask' selects no token: nothing to check")
+    return d
+
+
+def _ids(name: str, x: Tensor, where: str) -> Tensor:
+    if x.is_floating_point() or x.dtype == torch.bool or (x < 0).any():
+        raise DumpError(f"{where}: tensor {name!r} must hold integers >= 0, got {x.dtype}")
+    return x.long()
+
+
+def load_dump(path: str | Path) -> Dump:
+    """Read and validate a DUMP file; any problem is a DumpError naming the tensor or key."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise DumpError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise DumpError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else e!r})") from None
+    return from_tensors(tensors, meta, where=str(path))
+
+
+def save_dump(path: str | Path, tensors: dict[str, Tensor], **settings) -> None:
+    """Write a DUMP: `tensors` as in the schema, `settings` (mu, weighting, ...) as metadata strings."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path),
+              metadata={k: str(v) for k, v in settings.items()})

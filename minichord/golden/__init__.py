@@ -1,0 +1,137 @@
+"""Golden cases: named small batches with minichord's expected CHORD loss and gradient, for any implementation.
+
+Files (version 1, shipped in this directory, written by `python -m minichord.golden.make`):
+
+    cases-v1.json          {"version": 1, "cases": [entry, ...]}, one entry per case:
+        name               "<convention>/<scenario>", e.g. "official/dual_clip_binds"
+        description        what the case exercises, in words
+        convention         "paper" | "official" (minichord/conventions.py): the numbers are this convention's
+        mu, weighting      SFT weight in [0, 1]; "uniform" | "phi" | "is" | "luffy" (LUFFY: mu unused)
+        eps_low, eps_high  PPO clip range [1 - eps_low, 1 + eps_high]
+        advantages_from_rewards   true: the case gives rewards + group_ids, not advantages
+        expected           {"loss", "L_GRPO", "L_SFT", "loss_scale"} (loss = (1-mu) L_GRPO + mu L_SFT;
+                           LUFFY: L_GRPO + L_SFT; loss_scale sets the loss tolerance, below)
+        tensors            the names present for this case in the safetensors file
+    cases-v1.safetensors   tensor "<name>.<field>", fields as in a DUMP (minichord/dump.py), B x T padded:
+        logp, old_logp [B, T] float64; mask [B, T] bool; is_expert [B] bool; advantages [B, T] float64
+        or rewards [B] float64 + group_ids [B] int64; micro_batch [B] int64 (some cases);
+        grad_logp [B, T] float64: the expected d loss / d logp (0 outside the mask)
+
+Expected numbers are rounded to 10 significant digits. A case passes when
+|loss - expected| <= 1e-7 * loss_scale + 1e-5 * |expected| and, on every masked token,
+|grad - expected| <= 1e-7 * median(nonzero |expected grad|) + 1e-5 * |expected grad|. The cases "ppo_at_clip_thresholds" and
+"clamp_at_threshold" sit exactly on a boundary (r = 1.2, 0.8; log-ratio 20): the gradient there is the
+unclipped one, and a float32 computation may land one ulp beyond it.
+
+Your function, for `minichord check --golden MODULE:FUNCTION` (MODULE is imported, the current directory
+first on the path; no string is ever evaluated):
+
+    def my_loss(logp, old_logp, advantages, mask, is_expert, *, mu, weighting, eps_low, eps_high,
+                micro_batch, rewards, group_ids):
+        ...  # logp [B, T] float64 with requires_grad; advantages [B, T], or None when the case gives
+        ...  # rewards [B] + group_ids [B] instead; micro_batch [B] or None
+        return loss                # autograd gives d loss / d logp
+        # or return loss, grad_logp   ([B, T])
+
+Raise NotImplementedError for a case you do not support (e.g. LUFFY, or advantages from rewards): it is
+reported as skipped, not failed. Run the cases of the convention you implement: `--convention official`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+VERSION = 1
+
+
+@dataclasses.dataclass
+class GoldenCase:
+    name: str
+    description: str
+    settings: dict  # mu, weighting, eps_low, eps_high, convention, expected, ...
+    tensors: dict  # field -> tensor
+
+
+def load_cases(convention: Optional[str] = None, directory: Path = HERE) -> list[GoldenCase]:
+    """Every golden case (of one convention when given), in file order."""
+    from safetensors.torch import load_file
+
+    index = json.loads((directory / f"cases-v{VERSION}.json").read_text(encoding="utf-8"))
+    data = load_file(str(directory / f"cases-v{VERSION}.safetensors"))
+    return [GoldenCase(c["name"], c["description"], c, {f: data[f"{c['name']}.{f}"] for f in c["tensors"]})
+            for c in index["cases"] if convention in (None, c["convention"])]
+
+
+def run_case(fn: Callable, case: GoldenCase, rtol: float = 1e-5, atol: float = 1e-7) -> tuple[str, str]:
+    """("pass" | "fail" | "skip", detail) of `fn` on one case."""
+    t, s = case.tensors, case.settings
+    logp = t["logp"].clone().requires_grad_(True)  # [B, T]
+    try:
+        out = fn(logp, t["old_logp"].clone(), None if s["advantages_from_rewards"] else t["advantages"].clone(),
+                 t["mask"].clone(), t["is_expert"].clone(), mu=s["mu"], weighting=s["weighting"],
+                 eps_low=s["eps_low"], eps_high=s["eps_high"], micro_batch=t.get("micro_batch"),
+                 rewards=t.get("rewards"), group_ids=t.get("group_ids"))
+        loss, grad = out if isinstance(out, tuple) else (out, None)
+        if grad is None:
+            (grad,) = torch.autograd.grad(loss, logp, allow_unused=True)
+            grad = torch.zeros_like(logp) if grad is None else grad
+        loss = float(torch.as_tensor(loss).detach().reshape(()).item())
+        grad = torch.as_tensor(grad).detach().double().reshape(logp.shape)
+    except NotImplementedError as e:
+        return "skip", str(e) or "NotImplementedError"
+    except Exception as e:  # the user's code failing on a case is a failed case, not a crash
+        return "fail", f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    from minichord.check import grad_scale
+
+    want = s["expected"]
+    mask, expected = t["mask"], t["grad_logp"]
+    if not abs(loss - want["loss"]) <= atol * want["loss_scale"] + rtol * abs(want["loss"]):
+        return "fail", f"loss {loss:.10g}, expected {want['loss']:.10g}"
+    ok = (grad - expected).abs() <= atol * grad_scale(expected[mask]) + rtol * expected.abs()  # [B, T]
+    bad = (~ok & mask).nonzero()
+    if len(bad):
+        i, j = bad[0].tolist()
+        return "fail", (f"grad_logp differs at {len(bad)} token(s), first at sequence {i}, position {j}: "
+                        f"{grad[i, j].item():.10g}, expected {expected[i, j].item():.10g}")
+    return "pass", ""
+
+
+def import_function(spec: str) -> Callable:
+    """`module:function` -> the function; the user asked for this import by naming it."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--golden {spec!r}: must be MODULE:FUNCTION, e.g. my_trainer.losses:chord_loss")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"--golden {spec!r}: cannot import module {module_name!r}: {e}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"--golden {spec!r}: module {module_name!r} has no function {attr!r}")
+    return fn
+
+
+def run_golden(spec_or_fn, convention: str = "paper", log: Callable[[str], None] = print) -> int:
+    """Run a function over the golden cases of `convention`; prints one line per case and a summary.
+    Returns 0 when none fails, 1 otherwise."""
+    fn = import_function(spec_or_fn) if isinstance(spec_or_fn, str) else spec_or_fn
+    counts = {"pass": 0, "fail": 0, "skip": 0}
+    cases = load_cases(convention)
+    for case in cases:
+        status, detail = run_case(fn, case)
+        counts[status] += 1
+        log(f"{status.upper():4s} {case.name}" + (f": {detail}" if detail else ""))
+    log(f"golden cases v{VERSION} ({convention}): {counts['pass']} passed, {counts['fail']} failed, "
+        f"{counts['skip']} skipped of {len(cases)}")
+    return 1 if counts["fail"] else 0

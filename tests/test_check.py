@@ -1,0 +1,310 @@
+"""`minichord check`: planted mistakes in a hand-written user implementation are named; the official
+preset on a two-micro-batch case computed by hand; the golden cases regenerate byte-identically; the CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from minichord import conventions
+from minichord.check import check_batch, reference
+from minichord.cli import main
+from minichord.dump import DumpError, from_tensors, save_dump
+
+LN = math.log
+
+# ---------------------------------------------------------------- a researcher's implementation, plain torch
+
+
+def user_advantages(rewards, group_ids, is_expert, *, biased=False, singleton="zero"):
+    """rewards [B] -> A [B]: (R - mean) / (std + 1e-6) within each group of on-policy sequences."""
+    adv = torch.zeros_like(rewards)
+    for g in group_ids[~is_expert].unique():
+        rows = (group_ids == g) & ~is_expert
+        r = rewards[rows]
+        if len(r) == 1:
+            adv[rows] = 0.0 if singleton == "zero" else r / (1 + 1e-6)
+        else:
+            adv[rows] = (r - r.mean()) / (r.std(unbiased=not biased) + 1e-6)
+    return adv
+
+
+def user_loss(logp, old_logp, adv, mask, is_expert, micro_batch, mu, *, weighting="phi", eps=(0.2, 0.2), agg="token",
+              dual_clip=None, clamp=True, detach_phi=True, keep="all", dtype=torch.float32):
+    """CHORD with gradient accumulation over micro-batches; returns (loss, d loss / d logp)."""
+    logp = logp.detach().to(dtype).requires_grad_(True)
+    micro_batch = torch.zeros(len(is_expert), dtype=torch.long) if micro_batch is None else micro_batch
+    m = mask.to(dtype)
+    on, ex = m * (~is_expert)[:, None], m * is_expert[:, None]  # [B, T]
+    a = adv.to(dtype)[:, None] if adv.dim() == 1 else adv.to(dtype)
+    log_ratio = logp - old_logp.to(dtype)
+    ratio = (log_ratio.clamp(-20, 20) if clamp else log_ratio).exp()
+    pg = torch.maximum(-a * ratio, -a * ratio.clamp(1 - eps[0], 1 + eps[1]))
+    if dual_clip:
+        pg = torch.where(a < 0, torch.minimum(pg, -a * dual_clip), pg)
+    p = logp.exp()
+    w = {"phi": p * (1 - p), "is": p, "uniform": torch.ones_like(p)}[weighting]
+    sft = -(w.detach() if detach_phi else w) * logp
+    n_on, n_ex = (~is_expert).sum().clamp(min=1), is_expert.sum().clamp(min=1)
+    total, micro = 0.0, sorted(micro_batch.unique().tolist())
+    for k in micro:
+        rows = (micro_batch == k)[:, None].to(dtype)
+        if agg == "token":  # normalised by the whole batch's counts
+            l_on = (pg * on * rows).sum() / on.sum().clamp(min=1)
+            l_ex = (sft * ex * rows).sum() / ex.sum().clamp(min=1)
+        elif agg == "sequence":
+            per_seq_on = (pg * on).sum(1) / on.sum(1).clamp(min=1)
+            per_seq_ex = (sft * ex).sum(1) / ex.sum(1).clamp(min=1)
+            l_on = (per_seq_on * rows[:, 0] * (~is_expert)).sum() / n_on
+            l_ex = (per_seq_ex * rows[:, 0] * is_expert).sum() / n_ex
+        else:  # official: token mean in the micro-batch x its share of the side's sequences
+            share_on = ((micro_batch == k) & ~is_expert).sum() / n_on
+            share_ex = ((micro_batch == k) & is_expert).sum() / n_ex
+            l_on = (pg * on * rows).sum() / (on * rows).sum().clamp(min=1) * share_on
+            l_ex = (sft * ex * rows).sum() / (ex * rows).sum().clamp(min=1) * share_ex
+        loss = (1 - mu) * l_on + mu * l_ex
+        total += loss.item()
+        if keep == "last":
+            logp.grad = None  # the planted bug: zero_grad inside the accumulation loop
+        if keep != "first" or k == micro[0]:
+            loss.backward(retain_graph=True)  # one shared forward here; a real loop runs one per micro-batch
+    grad = torch.zeros_like(logp) if logp.grad is None else logp.grad
+    return torch.tensor(total, dtype=torch.float64), grad
+
+
+def batch():
+    """8 sequences: groups [1, 0, 0], [0, 1], a group of one [1]; 2 expert demonstrations; 2 micro-batches."""
+    gen = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([3, 5, 4, 2, 5, 3, 4, 2])
+    mask = torch.arange(5)[None, :] < lengths[:, None]  # [8, 5]
+    is_expert = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1], dtype=torch.bool)
+    logp = -torch.rand(8, 5, generator=gen, dtype=torch.float64) * 2.5 - 0.05
+    old_logp = logp + (torch.rand(8, 5, generator=gen, dtype=torch.float64) - 0.5) * 0.6
+    old_logp[1, 0] = logp[1, 0] - LN(4.0)  # A < 0, r = 4: the dual clip binds
+    old_logp[2, 1] = logp[2, 1] - 21.0  # A < 0, log-ratio 21: the clamp binds
+    return dict(logp=logp, old_logp=old_logp, mask=mask, is_expert=is_expert,
+                rewards=torch.tensor([1.0, 0, 0, 0, 1, 1, 1, 1], dtype=torch.float64),
+                group_ids=torch.tensor([0, 0, 0, 1, 1, 2, 3, 4]), micro_batch=torch.tensor([0, 0, 1, 1, 1, 1, 0, 1]))
+
+
+def dump_of(b, mu=0.2, adv_kw=None, **loss_kw):
+    adv = user_advantages(b["rewards"], b["group_ids"], b["is_expert"], **(adv_kw or {}))
+    loss, grad = user_loss(b["logp"], b["old_logp"], adv, b["mask"], b["is_expert"], b["micro_batch"], mu, **loss_kw)
+    return {**b, "advantages": adv, "loss": loss, "grad_logp": grad}, {"mu": str(mu), "weighting": "phi"}
+
+
+PAPER = dict()
+OFFICIAL = dict(agg="micro", dual_clip=3.0, adv_kw=dict(singleton="official"))
+
+
+@pytest.mark.parametrize("preset,impl", [("paper", PAPER), ("official", OFFICIAL)])
+def test_a_correct_implementation_matches_each_preset(preset, impl):
+    result = check_batch(from_tensors(*dump_of(batch(), **impl)), preset)
+    assert result.match, result.report()
+    assert result.report().startswith("match")
+    other = check_batch(from_tensors(*dump_of(batch(), **impl)), "official" if preset == "paper" else "paper")
+    assert not other.match and other.diagnoses[0].preset == preset, other.report()
+
+
+@pytest.mark.parametrize("preset,impl,cause", [
+    ("paper", dict(detach_phi=False), "phi_not_detached"),
+    ("paper", dict(agg="sequence"), "sequence_mean"),
+    ("paper", dict(clamp=False), "no_clamp"),
+    ("official", dict(OFFICIAL, dual_clip=None), "no_dual_clip"),
+    ("paper", dict(adv_kw=dict(biased=True)), "biased_std"),
+    ("official", dict(OFFICIAL, adv_kw=dict(singleton="zero")), "wrong_singleton"),
+    ("paper", dict(adv_kw=dict(singleton="official")), "wrong_singleton"),
+    ("paper", dict(keep="last"), "last_micro_batch_only"),
+    ("official", dict(OFFICIAL, keep="first"), "first_micro_batch_only"),
+    ("paper", dict(agg="micro"), "micro_batch_weighting"),
+])
+def test_each_planted_mistake_is_named(preset, impl, cause):
+    result = check_batch(from_tensors(*dump_of(batch(), **impl)), preset)
+    assert not result.match
+    assert result.causes == [cause], result.report()
+    assert f"[{cause}]" in result.report()
+    assert result.first_diffs or "loss" in result.report()
+
+
+def test_a_mistake_of_another_kind_is_not_explained_away():
+    # no-clamp gradients are ~1e7 on one token: that must not widen the tolerance of the others
+    tensors, meta = dump_of(batch(), agg="sequence", clamp=False)
+    assert check_batch(from_tensors(tensors, meta), "paper").causes == ["sequence_mean", "no_clamp"]
+    tensors["grad_logp"][0, 0] += 0.01
+    result = check_batch(from_tensors(tensors, meta), "paper")
+    assert not result.match and not result.diagnoses and result.first_diffs[0].index == 0
+    assert "no known convention or bug reproduces your numbers" in result.report()
+    assert "closest variant: sequence_mean, no_clamp (still 1 of 28 tokens differ)" in result.report()
+
+
+def test_official_preset_on_a_two_micro_batch_case_by_hand():
+    # mu = .5, eps = .2, dual clip 3, phi weighting. micro-batch 0: rollout a (2 tokens, A = +1, r = 1, 1.5),
+    # expert e (1 token, p = .5); micro-batch 1: rollouts b (1 token, A = -1, r = 4) and c (1 token, A = +1, r = 1).
+    # Per-token losses: a: -1 (r = 1), -1.2 (r = 1.5 clipped, gradient 0); b: max(4, 1.2) = 4 -> min(4, 3) = 3
+    # (dual clip, gradient 0); c: -1; e: -.25 ln .5 = .1732868.
+    # On-policy sequences: a in mb 0, b and c in mb 1 -> shares 1/3, 2/3; the expert: share 1 in mb 0.
+    # L_GRPO = 1/3 * (-1 - 1.2) / 2 + 2/3 * (3 - 1) / 2 = -.3666667 + .6666667 = .3;  L_SFT = .1732868
+    # L = .5 * .3 + .5 * .1732868 = .2366434
+    # d L / d logp: a0: .5 * 1/3 * 1/2 * (-A r) = -.0833333; a1: 0; b: 0; c: .5 * 2/3 * 1/2 * (-1) = -.1666667;
+    #               e: .5 * 1 * 1 * (-.25) = -.125
+    nan = float("nan")
+    logp = torch.tensor([[-1.0, -1.0], [-2.0, nan], [-1.0, nan], [LN(0.5), nan]], dtype=torch.float64)
+    old_logp = logp - torch.tensor([[0.0, LN(1.5)], [LN(4.0), 0], [0.0, 0], [0, 0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1], [1, 0], [1, 0], [1, 0]], dtype=torch.bool)
+    d = from_tensors({"logp": logp, "old_logp": old_logp, "mask": mask, "is_expert": torch.tensor([0, 0, 0, 1]),
+                      "advantages": torch.tensor([1.0, -1.0, 1.0, 0.0]), "micro_batch": torch.tensor([0, 1, 1, 0]),
+                      "loss": torch.tensor(0.2366434), "grad_logp": torch.zeros(4, 2)}, {"mu": "0.5", "weighting": "phi"})
+    ref = reference(d, conventions.PRESETS["official"])
+    assert ref.grpo == pytest.approx(0.3, abs=1e-7) and ref.sft == pytest.approx(0.1732868, abs=1e-7)
+    assert ref.loss == pytest.approx(0.2366434, abs=1e-7)
+    torch.testing.assert_close(ref.grad, torch.tensor([-1 / 12, 0.0, 0.0, -1 / 6, -0.125], dtype=torch.float64))
+    # paper on the same batch: one token-mean, no dual clip: L_GRPO = (-1 - 1.2 + 4 - 1) / 4 = .2
+    paper = reference(d, conventions.PRESETS["paper"])
+    assert paper.grpo == pytest.approx(0.2, abs=1e-7)
+    torch.testing.assert_close(paper.grad[:4], torch.tensor([-0.125, 0.0, 0.5, -0.125], dtype=torch.float64))
+
+
+def test_convention_validation_is_one_line():
+    from minichord.config import ConfigError, TrainConfig
+    with pytest.raises(ConfigError, match=r"^convention='verl': must be one of paper, official$"):
+        TrainConfig(convention="verl")
+    assert set(conventions.PRESETS) == {"paper", "official"}
+    with pytest.raises(ValueError, match="aggregation='mean': must be one of"):
+        conventions.Convention(aggregation="mean")
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def _write(tmp_path, name, tensors, meta):
+    path = tmp_path / name
+    save_dump(path, tensors, **meta)
+    return str(path)
+
+
+def test_cli_match_mismatch_and_bad_files(tmp_path, capsys):
+    good = _write(tmp_path, "good.safetensors", *dump_of(batch()))
+    assert main(["check", good]) == 0
+    assert capsys.readouterr().out.startswith("match")
+    bad = _write(tmp_path, "bug.safetensors", *dump_of(batch(), agg="sequence"))
+    assert main(["check", bad]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("mismatch") and "[sequence_mean] per-sequence mean instead of token mean" in out
+    tensors, meta = dump_of(batch())
+    broken = {
+        "missing.safetensors": ({k: v for k, v in tensors.items() if k != "old_logp"}, meta, "missing tensor 'old_logp'"),
+        "shape.safetensors": ({**tensors, "grad_logp": tensors["grad_logp"][:, :3]}, meta, "tensor 'grad_logp' has shape"),
+        "nan.safetensors": ({**tensors, "logp": tensors["logp"].masked_fill(tensors["mask"], float("nan"))}, meta,
+                            "tensor 'logp' has NaN or inf"),
+        "weighting.safetensors": (tensors, {**meta, "weighting": "phy"}, "weighting='phy': must be one of"),
+    }
+    for name, (t, m, message) in broken.items():
+        assert main(["check", _write(tmp_path, name, t, m)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    assert main(["check", str(tmp_path / "junk.safetensors")]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_dump_errors_name_the_key():
+    tensors, meta = dump_of(batch())
+    with pytest.raises(DumpError, match=r"metadata mu='2': must be a number in \[0.0, 1.0\]"):
+        from_tensors(tensors, {**meta, "mu": "2"})
+    with pytest.raises(DumpError, match="'advantages' \\(or both 'rewards' and 'group_ids'\\)"):
+        from_tensors({k: v for k, v in tensors.items() if k not in ("advantages", "rewards")}, meta)
+    with pytest.raises(DumpError, match="unknown tensor 'logits'"):
+        from_tensors({**tensors, "logits": torch.zeros(1)}, meta)
+    with pytest.raises(DumpError, match="tensor 'mask' must hold only 0 and 1"):
+        from_tensors({**tensors, "mask": tensors["mask"] * 2.0}, meta)
+    float_mask = from_tensors({**tensors, "mask": tensors["mask"].float(), "is_expert": tensors["is_expert"].float()}, meta)
+    assert check_batch(float_mask, "paper").match  # a float 0/1 mask, as many trainers keep it, is fine
+
+
+# ---------------------------------------------------------------- golden cases
+
+
+def golden_user_fn(convention):
+    """The plain-torch implementation above in the golden cases' signature, float64."""
+    official = convention == "official"
+
+    def fn(logp, old_logp, advantages, mask, is_expert, *, mu, weighting, eps_low, eps_high, micro_batch,
+           rewards, group_ids):
+        if weighting == "luffy":
+            raise NotImplementedError("no LUFFY here")
+        is_expert = is_expert.bool()
+        if advantages is None:
+            advantages = user_advantages(rewards, group_ids, is_expert, singleton="official" if official else "zero")
+        return user_loss(logp, old_logp, advantages, mask, is_expert, micro_batch, mu, weighting=weighting,
+                         eps=(eps_low, eps_high), agg="micro" if official else "token",
+                         dual_clip=3.0 if official else None, dtype=torch.float64)
+    return fn
+
+
+def test_golden_cases_regenerate_byte_identically(tmp_path):
+    from minichord.golden import HERE, load_cases
+    from minichord.golden.make import write
+
+    for new in write(tmp_path):
+        assert new.read_bytes() == (HERE / new.name).read_bytes(), \
+            f"{new.name} drifted from minichord's math: run python -m minichord.golden.make (bump VERSION if a case changed)"
+    cases = load_cases()
+    assert len(cases) >= 50 and (HERE / "cases-v1.safetensors").stat().st_size < 1_000_000
+    names = {c.name.split("/")[1] for c in cases}
+    for needed in ("no_expert_side", "no_rollout_side", "rewards_group_of_one", "rewards_all_equal",
+                   "ppo_at_clip_thresholds", "clamp_beyond_positive", "phi_p_near_zero", "phi_p_near_one",
+                   "mu_zero_with_experts", "mu_one_with_rollouts", "luffy_basic", "two_micro_batches"):
+        assert needed in names
+
+
+@pytest.mark.parametrize("convention", ["paper", "official"])
+def test_an_independent_implementation_passes_the_golden_cases(convention, capsys):
+    from minichord.golden import run_golden
+
+    assert run_golden(golden_user_fn(convention), convention) == 0
+    out = capsys.readouterr().out
+    assert "0 failed" in out and ("4 skipped" in out if convention == "paper" else "0 skipped" in out), out
+    # the other convention's cases fail: the golden set tells the two apart
+    assert run_golden(golden_user_fn(convention), "official" if convention == "paper" else "paper") == 1
+
+
+def test_cli_golden(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_impl.py").write_text(
+        "def chord(logp, old_logp, advantages, mask, is_expert, **settings):\n"
+        "    if advantages is None or settings['weighting'] == 'luffy':\n"
+        "        raise NotImplementedError\n"
+        "    ratio = (logp - old_logp).exp()  # GRPO without clip or SFT term: most cases fail\n"
+        "    return -(advantages * ratio * mask).sum() / mask.sum()\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "--golden", "my_impl:chord"]) == 1
+    out = capsys.readouterr().out
+    assert "PASS paper/grpo_one_token" in out and "FAIL paper/sft_phi" in out and "skipped of" in out
+    assert main(["check", "--golden", "my_impl"]) == 2
+    assert "must be MODULE:FUNCTION" in capsys.readouterr().err
+    assert main(["check", "--golden", "no_such_module:f"]) == 2
+    assert "cannot import module 'no_such_module'" in capsys.readouterr().err
+
+
+def test_the_trainer_takes_its_convention(tmp_path, monkeypatch):
+    import random
+
+    from minichord import losses, ops
+    from minichord.tasks import style_texts
+    from minichord.tokenizer import Tokenizer
+    from test_trainer import make_trainer
+
+    seen, real = [], ops.fused_token_loss
+
+    def spy(hidden, weight, targets, coef, is_expert, *args, **kwargs):
+        seen.append((coef, is_expert, args[-1]))  # args: advantages, old_logp, spec
+        return real(hidden, weight, targets, coef, is_expert, *args, **kwargs)
+
+    monkeypatch.setattr(ops, "fused_token_loss", spy)
+    tok = Tokenizer.train(style_texts(random.Random(0), 200), vocab_size=160)
+    make_trainer(tok, tmp_path, "chord-phi", ["steps=1", "convention=official", "minibatches=2", "prompts_per_step=2",
+                                              "group_size=2", "experts_per_step=2", "sampler.max_new_tokens=2"]).train_step(0)
+    assert len(seen) == 2
+    for coef, is_expert, spec in seen:  # each PPO minibatch is one micro-batch: a token-mean per side within it
+        assert spec.dual_clip == 3.0
+        torch.testing.assert_close(coef, losses.token_coefficients(is_expert, 0.1))
