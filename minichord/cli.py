@@ -137,7 +137,8 @@ def cmd_plot(args) -> None:
 
 COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "train": cmd_train, "eval": cmd_eval, "chat": cmd_chat,
             "export": cmd_export, "reproduce": cmd_reproduce, "plot": cmd_plot, "check": cmd_check}
-MODEL_DIR = _checked(lambda t: Path(t).is_dir(), "a directory: a Hugging Face model or a minichord checkpoint")
+MODEL_DIR = _checked(lambda t: Path(t).is_dir(), "an existing directory (this one is not found or a file): "
+                    "a Hugging Face model or a minichord checkpoint")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,7 +73,7 @@ def refused(capsys, argv):
         code = main(argv)
     except SystemExit as e:  # argparse: usage, then its one error line, exit 2
         code = e.code
-    assert time.perf_counter() - t0 < 10, f"{argv} took too long to refuse"
+    assert time.perf_counter() - t0 < 30, f"{argv} took too long to refuse (a hang guard, not a timing)"
     err = capsys.readouterr().err
     assert code == 2, (argv, code, err)
     assert "Traceback" not in err
