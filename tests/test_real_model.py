@@ -114,3 +114,34 @@ def test_export_round_trip_in_transformers(minichord_model, hf, transformers, mo
         with torch.no_grad():
             torch.testing.assert_close(again(ids).logits[0], minichord_model(ids)[0], atol=1e-4, rtol=0)
     assert transformers.AutoTokenizer.from_pretrained(out).encode("What is 7 * 8?") == tok.encode("What is 7 * 8?")
+
+
+def test_minichord_chat_tokenizer_renders_what_transformers_renders(hf, model_dir):
+    from minichord.chat import ChatTokenizer
+
+    _, tok = hf
+    ours = ChatTokenizer.from_dir(model_dir)
+    for question in QUESTIONS:
+        assert ours.encode_prompt(question) == chat_ids(tok, question)
+    assert ours.stop_ids == [tok.convert_tokens_to_ids("<|im_end|>")] and ours.pad_id == tok.pad_token_id
+
+
+def test_three_chord_phi_steps_on_gsm8k_rows(model_dir, tmp_path, capsys):
+    """The issue's acceptance run: `minichord train --model DIR --prompts --experts --method chord-phi`."""
+    import json
+
+    from minichord.cli import main
+
+    data = Path(__file__).parent / "fixtures" / "gsm8k"
+    out = tmp_path / "run"
+    code = main(["train", "--method", "chord-phi", "--model", str(model_dir), "--prompts", str(data / "train.jsonl"),
+                 "--experts", str(data / "train.jsonl"), "--eval", str(data / "test.jsonl"), "--out", str(out),
+                 "--set", "steps=3", "--set", "prompts_per_step=2", "--set", "group_size=2",
+                 "--set", "experts_per_step=2", "--set", "sampler.max_new_tokens=24", "--set", "eval_every=3",
+                 "--set", "save_every=3", "--set", "lr=1e-6"])
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["experts"] == 2 and r["rollouts"] == 4 for r in rows)
+    assert all(0 < r["expert_p"] < 1 and r["loss"] == r["loss"] for r in rows)  # finite, a real expert p
+    final = json.loads((out / "eval.jsonl").read_text().splitlines()[-1])["test"]
+    assert final["n"] == 2 and 0 <= final["accuracy"] <= final["lenient_accuracy"] <= 1
