@@ -76,6 +76,8 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     """
     param = next(model.parameters())
     device, dtype, V = param.device, param.dtype, model.cfg.vocab_size
+    if torch.is_autocast_enabled(device.type):  # bf16 autocast (minichord/device.py): a bf16 KV cache
+        dtype = torch.get_autocast_dtype(device.type)
     if not prompts:
         raise ValueError("generate() needs at least one prompt, got an empty list")
     for i, p in enumerate(prompts):
