@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from minichord.config import DEVICES, DTYPES
 from minichord.methods import METHODS
 
 
@@ -25,24 +26,30 @@ FILE = _checked(lambda t: Path(t).is_file(), "a readable file")
 OUT = _checked(lambda t: not Path(t).exists() or Path(t).is_dir(), "a directory (or a new path), not an existing file")
 
 
+def hardware(args) -> list[str]:
+    """--device / --dtype as TrainConfig overrides (after any --set, so the flags win)."""
+    return [f"{key}={getattr(args, key)}" for key in ("device", "dtype") if getattr(args, key) is not None]
+
+
 def cmd_demo(args) -> None:
     from minichord.demo import run_demo
 
-    run_demo(Path(args.out), steps=args.steps, seed=args.seed)
+    run_demo(Path(args.out), steps=args.steps, seed=args.seed, hardware=tuple(hardware(args)))
 
 
 def cmd_pretrain(args) -> None:
     from minichord.experiment import default_base_dir
     from minichord.pretrain import pretrain_base
 
-    path = pretrain_base(Path(args.out) if args.out else default_base_dir(), seed=args.seed, steps=args.steps)
+    path = pretrain_base(Path(args.out) if args.out else default_base_dir(), seed=args.seed, steps=args.steps,
+                         device=args.device or "auto", dtype=args.dtype or "fp32")
     print(f"base model: {path}")
 
 
 def cmd_train(args) -> None:
     from minichord.experiment import prepare_run
 
-    final = prepare_run(args.method, args.out, config_file=args.config, overrides=args.set,
+    final = prepare_run(args.method, args.out, config_file=args.config, overrides=args.set + hardware(args),
                         resume=not args.no_resume).run()
     print(f"run directory: {args.out} (metrics.jsonl, eval.jsonl, checkpoint/)")
     if final:
@@ -51,15 +58,18 @@ def cmd_train(args) -> None:
 
 def cmd_eval(args) -> None:
     from minichord import data
+    from minichord.device import autocast, resolve_device
     from minichord.evaluate import evaluate_splits
     from minichord.experiment import load_initial_model
     from minichord.tasks import make_splits
 
+    device = resolve_device(args.device or "auto")
     splits = ({Path(args.prompts).stem: data.load_prompts(args.prompts)} if args.prompts
               else make_splits(args.seed, n_rl=0, n_expert=0, n_test=args.n_test).tests)
     model, tokenizer = load_initial_model(args.checkpoint)  # refuses a checkpoint without a tokenizer
     data.check_lengths([p for s in splits.values() for p in s], tokenizer, model.cfg.max_seq_len, 1)
-    result = evaluate_splits(model, tokenizer, splits)
+    with autocast(model.to(device).lm_head_weight.device, args.dtype or "fp32"):
+        result = evaluate_splits(model, tokenizer, splits)
     for name, m in result.items():
         print(f"{name:14s} accuracy {m['accuracy']:.3f}  (n={m['n']}, mean length {m['response_length']:.1f})")
 
@@ -68,7 +78,7 @@ def cmd_reproduce(args) -> None:
     from minichord.reproduce import reproduce
 
     reproduce(args.out, quick=args.quick, seeds=args.seeds, methods=args.methods, steps=args.steps,
-              overrides=args.set, sft_curve_steps=args.sft_curve_steps)
+              overrides=args.set + hardware(args), sft_curve_steps=args.sft_curve_steps)
 
 
 def cmd_plot(args) -> None:
@@ -120,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="length of the long SFT run on the limited expert set (0 skips it)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every run, e.g. --set init=PATH to start from another checkpoint")
+
+    for command in (d, pt, t, e, r):  # every command that runs a model (minichord/device.py)
+        command.add_argument("--device", choices=DEVICES, default=None,
+                             help="auto (cuda if available, else cpu; the default), cpu or cuda")
+        command.add_argument("--dtype", choices=DTYPES, default=None,
+                             help="fp32 (default) or bf16 (autocast over fp32 weights; loss math in fp32)")
 
     pl = sub.add_parser("plot", help="plot the curves of run directories into one PNG (needs matplotlib)")
     pl.add_argument("runs", nargs="+", help="run directories (holding metrics.jsonl / eval.jsonl)")

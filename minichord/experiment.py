@@ -14,6 +14,7 @@ import torch
 
 from minichord.checkpoint import load_checkpoint
 from minichord.config import ConfigError, TrainConfig, load_config
+from minichord.device import resolve_device
 from minichord.traindata import build_train_data
 from minichord.methods import Stage, get_method
 from minichord.trainer import Trainer
@@ -63,6 +64,7 @@ def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | Non
                 log: Callable[[str], None] = print) -> Trainer:
     stages = build_stages(method_name, config_file, overrides)
     cfg = stages[0].cfg
+    resolve_device(cfg.device)  # --device cuda without CUDA: refused before any data or model loads
     torch.manual_seed(cfg.seed)
     data = build_train_data(cfg)  # bad files, split sizes and missing data are refused before any model loads
     for stage in stages:
