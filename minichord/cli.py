@@ -68,7 +68,8 @@ def cmd_eval(args) -> None:
               else make_splits(args.seed, n_rl=0, n_expert=0, n_test=args.n_test).tests)
     model, tokenizer = load_initial_model(args.checkpoint)  # refuses a checkpoint without a tokenizer
     data.check_lengths([p for s in splits.values() for p in s], tokenizer, model.cfg.max_seq_len, 1)
-    with autocast(model.to(device).lm_head_weight.device, args.dtype or "fp32"):
+    model.to(device)
+    with autocast(device, args.dtype or "fp32"):
         result = evaluate_splits(model, tokenizer, splits)
     for name, m in result.items():
         print(f"{name:14s} accuracy {m['accuracy']:.3f}  (n={m['n']}, mean length {m['response_length']:.1f})")

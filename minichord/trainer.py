@@ -8,6 +8,10 @@
         L = sum_t coef_t * l_t  (coef: (1-mu)/N_on on rollout tokens, mu/N_exp on expert ones)
         L.backward(); clip_grad_norm(1.0); optimizer.step(); check the weights are still finite
 
+L and its gradient may be accumulated over micro-batches of sequences (micro_batch_seqs), coef always over the
+whole batch, so the sum is the full batch's (minichord/accumulate.py). device / dtype (minichord/device.py): the
+model, KV cache, generators and batches live on `device`; bf16 is autocast over fp32 weights.
+
 Every random choice of step s (prompts, expert examples, sampling) comes from generators seeded with
 (seed, s), so a resumed run repeats an uninterrupted one exactly. Metrics go to `metrics.jsonl` (one line
 per step) and `eval.jsonl`; checkpoints to `checkpoint/`. Ctrl-C or SIGTERM finishes the step, saves and
