@@ -28,13 +28,13 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))  # bench_kernels.py, gpu_check_train.py
 FULL = dict(reps=10, copy_mb=4096, t1=(16384, 151936), t2=(16384, 896, 151936), steps=10, prompts=8, group=8,
             new_tokens=256, experts=16, expert_len=512, prompt_len=64,
             model=dict(vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2, ffn_dim=4864,
@@ -132,7 +132,6 @@ def tier1(device: torch.device, n: int, v: int, bound: float, reps: int) -> dict
 
 
 def tier2(device: torch.device, n: int, h: int, v: int, reps: int) -> dict:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_kernels import make_inputs, make_steps
 
     out = {}
@@ -150,73 +149,6 @@ def tier2(device: torch.device, n: int, h: int, v: int, reps: int) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return out
-
-
-class SyntheticTokenizer:
-    """Character ids for the training benchmark: vocab as large as the model's, id 0 pad, 1 bos, 2 eos (a random
-    model almost never samples it, so rollouts run to max_new_tokens)."""
-
-    pad_id, bos_id, eos_id = 0, 1, 2
-
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
-
-    def encode(self, text: str) -> list[int]:
-        return [3 + (ord(c) - 97) for c in text]
-
-    def encode_prompt(self, prompt: str) -> list[int]:
-        return [self.bos_id, *self.encode(prompt)]
-
-    def decode(self, ids, skip_special: bool = True) -> str:
-        return "".join(chr(97 + (int(i) - 3) % 26) for i in ids if int(i) > 2)
-
-
-def training(device: torch.device, s: dict, backend: str, dry_run: bool) -> dict:
-    """s["steps"] timed CHORD-phi steps after one warm-up step, on a fresh random model, with one backend."""
-    import random
-
-    from minichord.config import ModelConfig
-    from minichord.experiment import build_stages
-    from minichord.model import Transformer
-    from minichord.tasks import Demonstration, Problem
-    from minichord.traindata import TrainData
-    from minichord.trainer import Trainer
-
-    os.environ["MINICHORD_KERNELS"] = backend
-    rng = random.Random(0)
-    text = lambda k: "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(k))  # noqa: E731
-    prompts = [Problem(text(s["prompt_len"] - 1), "a", "synthetic") for _ in range(4 * s["prompts"])]
-    experts = [Demonstration(text(s["prompt_len"] - 1), text(s["expert_len"] - 1)) for _ in range(2 * s["experts"])]
-    reward = lambda response, answer: float(response.count("a") % 2)  # noqa: E731  (varies within a group)
-    data = TrainData(prompts=prompts, experts=experts, eval_splits={}, reward=reward)
-    steps = s["steps"] + 1
-    stages = build_stages("chord-phi", overrides=[
-        f"steps={steps}", f"prompts_per_step={s['prompts']}", f"group_size={s['group']}",
-        f"experts_per_step={s['experts']}", f"sampler.max_new_tokens={s['new_tokens']}", "lr=1e-6",
-        f"device={device.type}", "dtype=bf16", "activation_checkpointing=true", "micro_batch_seqs=16",
-        "eval_every=100000", "save_every=100000"])
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Transformer(ModelConfig(**s["model"]))
-    lines: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(stages, model, SyntheticTokenizer(model.cfg.vocab_size), data, Path(tmp), log=lines.append)
-        print(lines[0], file=sys.stderr, flush=True)  # "loss backend: ..."
-        trainer.train_step(0)  # warm-up: Triton compiles, the allocator settles
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        rows = [trainer.train_step(step) for step in range(1, steps)]
-    sampled = sum(r["response_length"] * r["rollouts"] for r in rows)
-    result = dict(backend_line=lines[0], params=model.num_params(),
-                  sample_tok_s=sampled / sum(r["time_sample"] for r in rows),
-                  train_tok_s=sum(r["tokens"] for r in rows) / sum(r["time_train"] for r in rows),
-                  tokens_per_step=statistics.mean(r["tokens"] for r in rows),
-                  response_length=statistics.mean(r["response_length"] for r in rows),
-                  peak_gb=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
-    del trainer, model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return result
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -301,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     if "bound" in r:
         section("tier1", lambda: tier1(device, *settings["t1"], r["bound"], settings["reps"]))
     section("tier2", lambda: tier2(device, *settings["t2"], settings["reps"]))
-    section("train", lambda: {b: training(device, settings, b, args.dry_run) for b in ("triton", "torch")})
+    from gpu_check_train import training  # benchmarks/, beside this file
+    section("train", lambda: {b: training(device, settings, b) for b in ("triton", "torch")})
     os.environ.pop("MINICHORD_KERNELS", None)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(r, settings=settings), indent=1, default=str))
