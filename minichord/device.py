@@ -49,6 +49,12 @@ def autocast(device: torch.device | str, dtype: str | torch.dtype = "fp32"):
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast computes in on `device` right now, or None outside autocast (the sampler's KV cache
+    takes it)."""
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+
+
 def loss_dtype(dtype: str | torch.dtype) -> torch.dtype | None:
     """The dtype the fused loss's inputs (hidden, lm-head weight) are cast to: bf16 under bf16, else None
     (unchanged: fp32, or fp64 in the gradient tests)."""
