@@ -41,12 +41,19 @@ class TokenBatch:
         return int(self.targets.numel())
 
     def select(self, seq_ids: torch.Tensor) -> "TokenBatch":
-        """The sub-batch of the given sequences (for PPO mini-batches)."""
+        """The sub-batch of the given sequences (PPO mini-batches, micro-batches), tokens in the same order;
+        trailing columns that are padding in every selected sequence are dropped (causal: nothing changes)."""
+        seq_ids = seq_ids.to(self.ids.device)
         keep = torch.isin(self.rows, seq_ids)  # [N]
-        remap = torch.full((self.ids.shape[0],), -1, dtype=torch.long)
-        remap[seq_ids] = torch.arange(len(seq_ids))
-        return TokenBatch(self.ids[seq_ids], self.attention_mask[seq_ids], remap[self.rows[keep]], self.cols[keep],
-                          self.targets[keep], self.is_expert[keep], self.advantages[keep], self.old_logp[keep])
+        remap = torch.full((self.ids.shape[0],), -1, dtype=torch.long, device=self.ids.device)
+        remap[seq_ids] = torch.arange(len(seq_ids), device=self.ids.device)
+        width = int(self.attention_mask[seq_ids].sum(1).max()) if len(seq_ids) else 0
+        return TokenBatch(self.ids[seq_ids, :width], self.attention_mask[seq_ids, :width], remap[self.rows[keep]],
+                          self.cols[keep], self.targets[keep], self.is_expert[keep], self.advantages[keep],
+                          self.old_logp[keep])
+
+    def to(self, device) -> "TokenBatch":
+        return TokenBatch(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
 
 def split_example(ids: list[int], loss_mask: list[bool]) -> tuple[list[int], list[int]]:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from minichord.config import DEVICES, DTYPES
 from minichord.methods import METHODS
 
 
@@ -32,17 +33,23 @@ FILE = _checked(lambda t: Path(t).is_file(), "a readable file")
 OUT = _checked(lambda t: not Path(t).exists() or Path(t).is_dir(), "a directory (or a new path), not an existing file")
 
 
+def hardware(args) -> list[str]:
+    """--device / --dtype as TrainConfig overrides (after any --set, so the flags win)."""
+    return [f"{key}={getattr(args, key)}" for key in ("device", "dtype") if getattr(args, key) is not None]
+
+
 def cmd_demo(args) -> None:
     from minichord.demo import run_demo
 
-    run_demo(Path(args.out), steps=args.steps, seed=args.seed)
+    run_demo(Path(args.out), steps=args.steps, seed=args.seed, hardware=tuple(hardware(args)))
 
 
 def cmd_pretrain(args) -> None:
     from minichord.experiment import default_base_dir
     from minichord.pretrain import pretrain_base
 
-    path = pretrain_base(Path(args.out) if args.out else default_base_dir(), seed=args.seed, steps=args.steps)
+    path = pretrain_base(Path(args.out) if args.out else default_base_dir(), seed=args.seed, steps=args.steps,
+                         device=args.device or "auto", dtype=args.dtype or "fp32")
     print(f"base model: {path}")
 
 
@@ -50,7 +57,7 @@ def cmd_train(args) -> None:
     from minichord.experiment import prepare_run
 
     named = {"init": args.model, "prompts_file": args.prompts, "experts_file": args.experts, "eval_file": args.eval}
-    overrides = [f"{k}={v}" for k, v in named.items() if v is not None] + args.set  # --set comes last and wins
+    overrides = args.set + [f"{k}={v}" for k, v in named.items() if v is not None] + hardware(args)  # flags win
     final = prepare_run(args.method, args.out, config_file=args.config, overrides=overrides,
                         resume=not args.no_resume).run()
     print(f"run directory: {args.out} (metrics.jsonl, eval.jsonl, checkpoint/)")
@@ -60,6 +67,7 @@ def cmd_train(args) -> None:
 
 def cmd_eval(args) -> None:
     from minichord import data, math_reward
+    from minichord.device import autocast, resolve_device
     from minichord.evaluate import evaluate_splits
     from minichord.experiment import load_initial_model
     from minichord.hf import is_hf_dir
@@ -70,13 +78,16 @@ def cmd_eval(args) -> None:
         raise ValueError("give a model: --model DIR (a Hugging Face directory or a minichord checkpoint)")
     if is_hf_dir(path) and not args.prompts:
         raise ValueError(f"{path} is a Hugging Face model: give --prompts FILE (the toy splits are for the toy model)")
+    device = resolve_device(args.device or "auto")
     splits = ({Path(args.prompts).stem: data.load_prompts(args.prompts)} if args.prompts
               else make_splits(args.seed, n_rl=0, n_expert=0, n_test=args.n_test).tests)
     model, tokenizer = load_initial_model(path)  # refuses a checkpoint without a tokenizer
     data.check_lengths([p for s in splits.values() for p in s], tokenizer, model.cfg.max_seq_len, 1)
     scoring = ({"reward_fn": math_reward.strict_reward, "lenient_fn": math_reward.lenient_reward}
                if args.reward == "math" or (args.reward == "auto" and args.prompts) else {})
-    result = evaluate_splits(model, tokenizer, splits, max_new_tokens=args.max_new_tokens, **scoring)
+    model.to(device)
+    with autocast(device, args.dtype or "fp32"):
+        result = evaluate_splits(model, tokenizer, splits, max_new_tokens=args.max_new_tokens, **scoring)
     for name, m in result.items():
         lenient = f", lenient {m['lenient_accuracy']:.3f}" if "lenient_accuracy" in m else ""
         print(f"{name:14s} accuracy {m['accuracy']:.3f}{lenient}  (n={m['n']}, mean length {m['response_length']:.1f})")
@@ -86,18 +97,22 @@ def cmd_chat(args) -> None:
     import torch
 
     from minichord.config import SamplerConfig
+    from minichord.device import autocast, resolve_device
     from minichord.experiment import load_initial_model
     from minichord.sampler import generate
 
+    device = resolve_device(args.device or "auto")
     model, tokenizer = load_initial_model(args.model)
+    model.to(device)
     prompt = tokenizer.encode_prompt(args.question)
     room = model.cfg.max_seq_len - len(prompt)
     if room < 1:
         raise ValueError(f"the question is {len(prompt)} tokens: no room left in max_seq_len={model.cfg.max_seq_len}")
     cfg = SamplerConfig(max_new_tokens=min(args.max_new_tokens, room), greedy=args.temperature == 0,
                         temperature=args.temperature or 1.0)
-    out = generate(model, [prompt], cfg, eos_id=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
-                   vocab_size=tokenizer.vocab_size, generator=torch.Generator().manual_seed(args.seed))
+    with autocast(device, args.dtype or "fp32"):
+        out = generate(model, [prompt], cfg, eos_id=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
+                       vocab_size=tokenizer.vocab_size, generator=torch.Generator(device).manual_seed(args.seed))
     print(tokenizer.decode(out.tokens[0][out.mask[0]]))
 
 
@@ -126,7 +141,7 @@ def cmd_reproduce(args) -> None:
     from minichord.reproduce import reproduce
 
     reproduce(args.out, quick=args.quick, seeds=args.seeds, methods=args.methods, steps=args.steps,
-              overrides=args.set, sft_curve_steps=args.sft_curve_steps)
+              overrides=args.set + hardware(args), sft_curve_steps=args.sft_curve_steps)
 
 
 def cmd_plot(args) -> None:
@@ -214,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     positive = _checked(lambda t: _is_number(t) and float(t) > 0, "a number > 0", float)
     ck.add_argument("--rtol", type=positive, default=1e-5, help="relative tolerance (default 1e-5)")
     ck.add_argument("--atol", type=positive, default=1e-7, help="absolute tolerance, times the scale (default 1e-7)")
+
+    for command in (d, pt, t, e, c, r):  # every command that runs a model (minichord/device.py)
+        command.add_argument("--device", choices=DEVICES, default=None,
+                             help="auto (cuda if available, else cpu; the default), cpu or cuda")
+        command.add_argument("--dtype", choices=DTYPES, default=None,
+                             help="fp32 (default) or bf16 (autocast over fp32 weights; loss math in fp32)")
 
     pl = sub.add_parser("plot", help="plot the curves of run directories into one PNG (needs matplotlib)")
     pl.add_argument("runs", nargs="+", help="run directories (holding metrics.jsonl / eval.jsonl)")

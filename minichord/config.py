@@ -27,6 +27,10 @@ class ConfigError(ValueError):
     """A config file or override that does not fit its dataclass."""
 
 
+DEVICES = ("auto", "cpu", "cuda")  # minichord/device.py: auto = cuda if available, else cpu
+DTYPES = ("fp32", "bf16")  # bf16: autocast over fp32 master weights (minichord/device.py)
+
+
 @dataclasses.dataclass
 class ModelConfig:
     """A Qwen2-family decoder (minichord's names for Qwen2's sizes)."""
@@ -244,14 +248,19 @@ class TrainConfig:
     eval_every: int = 40
     save_every: int = 40
     init: str = ""  # a minichord checkpoint or a Hugging Face model directory; empty = the cached toy base model
+    # hardware (minichord/device.py, README "Training on one GPU")
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "fp32"  # fp32 | bf16 (autocast over fp32 weights; the loss math stays fp32)
+    activation_checkpointing: bool = False  # recompute each layer in backward (torch.utils.checkpoint)
+    micro_batch_seqs: int = 0  # sequences per forward/backward (gradient accumulation); 0 = all at once
 
     def __post_init__(self) -> None:
         for key, allowed in (("expert_weighting", ("uniform", "phi", "is")), ("reward", ("auto", "exact", "math")),
-                             ("convention", ("paper", "official"))):
+                             ("convention", ("paper", "official")), ("device", DEVICES), ("dtype", DTYPES)):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}={getattr(self, key)!r}: must be one of {', '.join(allowed)}")
         validate(self, {"[1, inf)": "steps prompts_per_step ppo_epochs minibatches eval_every save_every",
-                        "[0, inf)": "experts_per_step n_rl_prompts n_expert n_test weight_decay eps_high entropy_coef kl_coef",
+                        "[0, inf)": "micro_batch_seqs experts_per_step n_rl_prompts n_expert n_test weight_decay eps_high entropy_coef kl_coef",
                         "(0, inf)": "lr grad_clip log_ratio_clamp", "[0, 1]": "mu_warmup_frac mu_decay_frac mu_peak mu_valley",
                         "[0, 1)": "eps_low", "(1, inf)": "dual_clip", "[2, inf)": "group_size", "[0, 4294967295]": "seed"})
         if self.mu_warmup_frac + self.mu_decay_frac > 1:  # shares of the same steps

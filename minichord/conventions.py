@@ -95,7 +95,7 @@ def grouped_coefficients(is_expert: Tensor, seq_id: Tensor, groups: Tensor, mu: 
     if not (is_expert.shape == seq_id.shape == groups.shape):
         raise ValueError(f"is_expert, seq_id, micro_batch must all be [N], got {tuple(is_expert.shape)}, "
                          f"{tuple(seq_id.shape)}, {tuple(groups.shape)}")
-    coef = torch.zeros(is_expert.shape, dtype=dtype)  # [N]
+    coef = torch.zeros(is_expert.shape, dtype=dtype, device=is_expert.device)  # [N]
     n_seqs = {side: max(1, seq_id[is_expert == side].unique().numel()) for side in (False, True)}
     for m in groups.unique():
         tokens = groups == m  # [N]

@@ -9,11 +9,12 @@ from pathlib import Path
 from minichord.experiment import prepare_run
 
 
-def run_demo(out_dir: Path, *, steps: int | None = None, seed: int = 0) -> dict:
+def run_demo(out_dir: Path, *, steps: int | None = None, seed: int = 0, hardware: tuple[str, ...] = ()) -> dict:
+    """hardware: extra overrides such as ("device=cuda", "dtype=bf16")."""
     t0 = time.perf_counter()
     print("minichord demo: CHORD-phi on the toy task (addition; reverse/sort/copy measure retention)")
     print("step 1/3: base model (pre-trained once, then cached)")
-    overrides = ["n_test=100", "eval_every=1000", "save_every=1000", f"steps={steps or 100}", f"seed={seed}"]
+    overrides = ["n_test=100", "eval_every=1000", "save_every=1000", f"steps={steps or 100}", f"seed={seed}", *hardware]
     trainer = prepare_run("chord-phi", out_dir, overrides=overrides, resume=False)
     print(f"step 2/3: CHORD-phi for {trainer.steps} steps ({trainer.cfg.prompts_per_step} prompts x "
           f"{trainer.cfg.group_size} rollouts + {trainer.cfg.experts_per_step} expert demos per step, "

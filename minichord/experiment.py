@@ -14,6 +14,7 @@ import torch
 
 from minichord.checkpoint import load_checkpoint
 from minichord.config import ConfigError, TrainConfig, load_config
+from minichord.device import resolve_device
 from minichord.hf import is_hf_dir, load_hf_model
 from minichord.traindata import build_train_data
 from minichord.methods import Stage, get_method
@@ -69,6 +70,7 @@ def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | Non
                 log: Callable[[str], None] = print) -> Trainer:
     stages = build_stages(method_name, config_file, overrides)
     cfg = stages[0].cfg
+    resolve_device(cfg.device)  # --device cuda without CUDA: refused before any data or model loads
     torch.manual_seed(cfg.seed)
     data = build_train_data(cfg, hf_model=is_hf_dir(cfg.init))  # bad files, sizes, missing data: before any model loads
     for stage in stages:

@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from minichord.config import ModelConfig
 
@@ -135,6 +136,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.activation_checkpointing = False  # True: keep each layer's input only, recompute it in backward
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -183,8 +185,10 @@ class Transformer(nn.Module):
 
         x = self.embed_tokens(ids)  # [B, T, D]
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)  # [B, T, hd]
+        recompute = self.activation_checkpointing and kv_cache is None and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, kv_cache)
+            x = checkpoint(layer, x, cos, sin, mask, None, use_reentrant=False) if recompute \
+                else layer(x, cos, sin, mask, kv_cache)  # [B, T, D]
         if kv_cache is not None:
             kv_cache.length = S
         hidden = self.norm(x)  # [B, T, D]

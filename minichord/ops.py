@@ -8,7 +8,8 @@ tier 2, fused lm-head + loss (kernels/fused_loss.py): hidden [N, H], lm-head wei
     logits (V = 151,936 for Qwen2) never exist at once.
 
 Math is fp32 (fp64 for fp64 inputs, for gradcheck) whatever the input dtype; gradients come back in
-the input dtypes. Backend: MINICHORD_KERNELS=torch|triton; unset: Triton for CUDA tensors, else torch.
+the input dtypes. Backend: `kernel_backend`, MINICHORD_KERNELS=triton|torch|auto (auto or unset: Triton
+for CUDA tensors, torch elsewhere).
 """
 
 from __future__ import annotations
@@ -23,26 +24,31 @@ from torch import Tensor
 
 from minichord.losses import TokenLossSpec, chord_loss
 
-KERNEL_BACKENDS = ("torch", "triton")
+KERNEL_BACKENDS = ("auto", "torch", "triton")
 _ENV_VAR = "MINICHORD_KERNELS"
 _CHUNK_ELEMENTS = 1 << 22  # torch path: about this many fp32 logits (16 MB) per chunk
 IGNORE_INDEX = -100  # target of rows that carry no token (padding): logp = H = 0, no gradient
 
 
-def kernel_backend() -> str:
-    """"torch" or "triton": env MINICHORD_KERNELS if set, else "triton" iff CUDA is available."""
-    value = os.environ.get(_ENV_VAR, "").strip().lower()
-    if not value:
-        return "triton" if torch.cuda.is_available() else "torch"
+def kernel_backend(device: torch.device | str | None = None) -> str:
+    """The one switch: "torch" or "triton" for tensors on `device` (None: the default CUDA device if any).
+
+        MINICHORD_KERNELS=triton   the Triton kernels (on CPU tensors this needs TRITON_INTERPRET=1)
+        MINICHORD_KERNELS=torch    the torch code of this file
+        MINICHORD_KERNELS=auto     (or unset) triton on CUDA, torch elsewhere
+    """
+    value = os.environ.get(_ENV_VAR, "").strip().lower() or "auto"
     if value not in KERNEL_BACKENDS:
-        raise ValueError(f"{_ENV_VAR}={os.environ[_ENV_VAR]!r} is not valid; use one of {list(KERNEL_BACKENDS)}")
-    return value
+        from minichord.config import ConfigError
+        raise ConfigError(f"{_ENV_VAR}={os.environ[_ENV_VAR]!r}: must be one of {', '.join(KERNEL_BACKENDS)}")
+    if value != "auto":
+        return value
+    is_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    return "triton" if is_cuda else "torch"
 
 
 def _use_triton(tensor: Tensor) -> bool:
-    if os.environ.get(_ENV_VAR, "").strip():
-        return kernel_backend() == "triton"  # forced: on CPU this needs TRITON_INTERPRET=1
-    return tensor.is_cuda
+    return kernel_backend(tensor.device) == "triton"
 
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -93,6 +99,22 @@ def token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0,
         from minichord.kernels.logprobs import triton_token_logprobs
         return triton_token_logprobs(logits, targets, temperature=temperature, return_entropy=return_entropy)
     return reference_token_logprobs(logits, targets, temperature=temperature, return_entropy=return_entropy)
+
+
+@torch.no_grad()
+def logprobs_from_hidden(hidden: Tensor, weight: Tensor, targets: Tensor, *, temperature: float = 1.0,
+                         chunk_size: Optional[int] = None) -> Tensor:
+    """Tier 1 from hidden [N, H] and the lm-head [V, H], over token chunks (no gradient): logp [N] fp32,
+    logp_t = log_softmax(hidden_t W^T / T)[y_t]; at most chunk_size x V logits at once (None: about
+    _CHUNK_ELEMENTS on CPU, 16x that on CUDA, 256 MB of bf16)."""
+    per_chunk = _CHUNK_ELEMENTS * (16 if hidden.is_cuda else 1)
+    chunk_size = chunk_size or max(1, per_chunk // weight.shape[0])
+    logp = torch.zeros(hidden.shape[0], dtype=_compute_dtype(hidden, weight), device=hidden.device)  # [N]
+    for start in range(0, hidden.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        logits = hidden[rows] @ weight.T  # [n, V]
+        logp[rows] = token_logprobs(logits, targets[rows], temperature=temperature)  # [n]
+    return logp
 
 
 @dataclass

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from minichord.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
 from minichord.config import ModelConfig, TrainConfig, to_dict
+from minichord.device import autocast, resolve_device
 from minichord.evaluate import evaluate_splits, expert_token_probs
 from minichord.model import Transformer
 from minichord.tasks.toy import OTHER_LENGTHS, PRETRAIN_DIGITS, make_splits, pretrain_corpus, style_texts
@@ -87,8 +88,11 @@ def _cached(out_dir: Path, settings: dict) -> bool:
 
 def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = None,
                   config: PretrainConfig | None = None, model_config: ModelConfig | None = None,
-                  log: Callable[[str], None] | None = print, force: bool = False) -> Path:
-    """Pre-train (or reuse) the toy base model in `out_dir`; returns the checkpoint directory."""
+                  log: Callable[[str], None] | None = print, force: bool = False,
+                  device: str = "auto", dtype: str = "fp32") -> Path:
+    """Pre-train (or reuse) the toy base model in `out_dir`; returns the checkpoint directory. device, dtype:
+    minichord/device.py; they are not part of the cache key (a base made on a GPU is reused on a CPU)."""
+    where = resolve_device(device)
     cfg = dataclasses.replace(config or PretrainConfig(), seed=seed,
                               **({"steps": steps} if steps is not None else {}))
     if cfg.steps < 1 or cfg.batch_size < 1:
@@ -119,7 +123,7 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
         raise ValueError(f"a pre-training example has {longest} tokens > max_seq_len={model_cfg.max_seq_len}")
 
     # model_cfg.vocab_size is the tokenizer's budget, not its size (see Tokenizer.train): no untrained rows
-    model = Transformer(dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size))
+    model = Transformer(dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)).to(where)
     decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices; not norms / biases
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -130,9 +134,10 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     for step in range(cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, cfg)
-        ids, attention, loss_mask = pad_batch(examples[step * cfg.batch_size:(step + 1) * cfg.batch_size],
-                                              tokenizer.pad_id)
-        logits = model(ids[:, :-1], attention_mask=attention[:, :-1])  # [B, T-1, V]
+        ids, attention, loss_mask = (t.to(where) for t in pad_batch(
+            examples[step * cfg.batch_size:(step + 1) * cfg.batch_size], tokenizer.pad_id))
+        with autocast(where, dtype):
+            logits = model(ids[:, :-1], attention_mask=attention[:, :-1])  # [B, T-1, V]
         scored = loss_mask[:, 1:]  # [B, T-1]: predicting a response token (or the eos)
         loss = F.cross_entropy(logits[scored].float(), ids[:, 1:][scored])
         if not torch.isfinite(loss):
@@ -150,7 +155,8 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     if cfg.n_eval > 0:
         task = make_splits(cfg.seed, n_rl=0, n_expert=TrainConfig().n_expert, n_test=cfg.n_eval,
                            other_lengths=cfg.other_lengths)  # the trainer's default expert set
-        results = evaluate_splits(model, tokenizer, task.tests)
+        with autocast(where, dtype):
+            results = evaluate_splits(model, tokenizer, task.tests)
         accuracies = {name: r["accuracy"] for name, r in results.items()}
         if "per_skill" in results.get("other_skills", {}):
             accuracies["other_skills_per_skill"] = results["other_skills"]["per_skill"]

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from minichord.device import autocast, resolve_device
 from minichord.evaluate import evaluate_splits
 from minichord.experiment import build_stages, load_initial_model, prepare_run
 from minichord.methods import METHODS
@@ -92,21 +93,24 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
     methods = list(methods or METHODS)
     for m in methods:
         build_stages(m)  # refuse unknown method names before any work
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     common = [f"steps={setting.steps}", f"n_test={setting.n_test}", f"eval_every={setting.eval_every}",
               f"save_every={setting.steps}", *overrides]
+    first_cfg = build_stages(methods[0], overrides=common)[0].cfg
+    device = resolve_device(first_cfg.device)  # refused before anything is written
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     jobs = [(m, s) for s in range(setting.seeds) for m in methods]
     total = len(jobs) + (1 if setting.sft_curve_steps else 0)
     t_start = time.perf_counter()
     quiet = lambda msg: None  # noqa: E731  (per-step lines would drown the overview)
 
-    first_cfg = build_stages(methods[0], overrides=common)[0].cfg
     model, tok = load_initial_model(first_cfg.init, log)
+    model.to(device)
     results: dict[str, list[dict]] = {"base": []}
     for s in range(setting.seeds):
-        base_eval = evaluate_splits(model, tok, make_splits(s, n_rl=0, n_expert=0, n_test=first_cfg.n_test).tests,
-                                    max_new_tokens=first_cfg.sampler.max_new_tokens)
+        with autocast(device, first_cfg.dtype):
+            base_eval = evaluate_splits(model, tok, make_splits(s, n_rl=0, n_expert=0, n_test=first_cfg.n_test).tests,
+                                        max_new_tokens=first_cfg.sampler.max_new_tokens)
         results["base"].append({**split_summary(base_eval), "wall_s": 0.0})
     for done, (method, seed) in enumerate(jobs):
         elapsed = time.perf_counter() - t_start

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from minichord.config import SamplerConfig
+from minichord.device import autocast_dtype
 from minichord.model import KVCache
 
 
@@ -76,7 +77,8 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     extra logits are dropped before anything else, so they are never drawn and log-probs are over its ids.
     """
     param = next(model.parameters())
-    device, dtype, V = param.device, param.dtype, model.cfg.vocab_size
+    device, V = param.device, model.cfg.vocab_size
+    dtype = autocast_dtype(device) or param.dtype  # under bf16 autocast (minichord/device.py): a bf16 KV cache
     if not prompts:
         raise ValueError("generate() needs at least one prompt, got an empty list")
     for i, p in enumerate(prompts):

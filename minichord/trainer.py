@@ -8,6 +8,10 @@
         L = sum_t coef_t * l_t  (coef: (1-mu)/N_on on rollout tokens, mu/N_exp on expert ones)
         L.backward(); clip_grad_norm(1.0); optimizer.step(); check the weights are still finite
 
+L and its gradient may be accumulated over micro-batches of sequences (micro_batch_seqs), coef always over the
+whole batch, so the sum is the full batch's (minichord/accumulate.py). device / dtype (minichord/device.py): the
+model, KV cache, generators and batches live on `device`; bf16 is autocast over fp32 weights.
+
 Every random choice of step s (prompts, expert examples, sampling) comes from generators seeded with
 (seed, s), so a resumed run repeats an uninterrupted one exactly. Metrics go to `metrics.jsonl` (one line
 per step) and `eval.jsonl`; checkpoints to `checkpoint/`. Ctrl-C or SIGTERM finishes the step, saves and
@@ -45,11 +49,13 @@ from typing import Callable
 
 import torch
 
-from minichord import losses, luffy, ops
+from minichord import accumulate, losses, luffy, ops
 from minichord.batch import Sequence, TokenBatch, pack, split_example
 from minichord.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, restore_optimizer, save_checkpoint
 from minichord.config import TrainConfig
+from minichord.device import autocast, describe, resolve_device
 from minichord.methods import Stage
+from minichord.runlog import LogError, cut_log, progress_line
 from minichord.sampler import generate
 from minichord.traindata import TrainData
 
@@ -66,10 +72,10 @@ def tokenizer_files(tok) -> dict[str, str]:  # what identifies a tokenizer: its 
     return tok.files() if hasattr(tok, "files") else {"tokenizer.json": tok.to_json()}
 
 
-def step_rng(seed: int, step: int, stream: int) -> tuple[random.Random, torch.Generator]:
-    """Independent, reproducible generators for (seed, step, stream)."""
+def step_rng(seed: int, step: int, stream: int, device="cpu") -> tuple[random.Random, torch.Generator]:
+    """Independent, reproducible generators for (seed, step, stream); the torch one on `device`."""
     key = (seed * 1_000_003 + step) * 7 + stream
-    return random.Random(key), torch.Generator().manual_seed(key)
+    return random.Random(key), torch.Generator(device=device).manual_seed(key)
 
 
 class Trainer:
@@ -83,6 +89,9 @@ class Trainer:
         self.cfg = stages[0].cfg
         self.steps = stages[-1].end
         self.step = 0
+        self.device = resolve_device(self.cfg.device)  # model, KV cache, generators, batches, evaluation
+        model.to(self.device).activation_checkpointing = self.cfg.activation_checkpointing
+        self.log(describe(self.device, self.cfg.dtype))
         self.optimizer = self._new_optimizer(stages[0])
         self._stop_signal: str | None = None
         self.evals: list[dict] = []  # evaluations made by this process, in order (the demo reads them)
@@ -119,39 +128,26 @@ class Trainer:
                 for group in self.optimizer.param_groups:  # this run's settings win over the saved ones
                     group.update(lr=stage.cfg.lr, weight_decay=stage.cfg.weight_decay)
         for name in ("metrics.jsonl", "eval.jsonl"):
-            self._cut_log(self.out / name, keep_step=self.step if name == "eval.jsonl" else None)
+            try:
+                cut_log(self.out / name, self.step, keep_step=self.step if name == "eval.jsonl" else None, log=self.log)
+            except LogError as e:
+                raise TrainingError(str(e)) from None
         self.log(f"resumed from {path} at step {self.step}")
         return True
-
-    def _cut_log(self, file: Path, keep_step: int | None) -> None:
-        """Keep rows with step < self.step (and == keep_step); a torn last line is dropped."""
-        if not file.exists():
-            return
-        rows, lines = [], file.read_text(encoding="utf-8", errors="replace").splitlines()
-        for n, line in enumerate(lines, 1):
-            try:
-                step = json.loads(line)["step"]
-            except (ValueError, KeyError, TypeError):
-                if n < len(lines):
-                    raise TrainingError(f"{file}:{n}: not a metrics row; move the file away to resume") from None
-                self.log(f"{file}:{n}: dropped a torn last line (the run was killed while writing it)")
-                continue
-            if step < self.step or step == keep_step:
-                rows.append(line)
-        file.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
 
     # ----------------------------------------------------------------- one step
     def _rollouts(self, stage: Stage, step: int) -> tuple[list[Sequence], dict]:
         cfg, is_luffy = stage.cfg, stage.method.luffy
-        rng, gen = step_rng(cfg.seed, step, 0)
+        rng, gen = step_rng(cfg.seed, step, 0, self.device)
         pool = self.data.experts if is_luffy else self.data.prompts  # LUFFY groups need an expert trace
         picked = rng.sample(range(len(pool)), min(cfg.prompts_per_step, len(pool)))
         n_on = cfg.group_size - 1 if is_luffy else cfg.group_size
         prompt_ids = [self.tok.encode_prompt(pool[i].prompt) for i in picked for _ in range(n_on)]
         t0 = time.perf_counter()
         self.model.eval()
-        out = generate(self.model, prompt_ids, cfg.sampler, eos_id=self.tok.stop_ids,
-                       pad_id=self.tok.pad_id, generator=gen, vocab_size=self.tok.vocab_size)
+        with autocast(self.device, cfg.dtype):
+            out = generate(self.model, prompt_ids, cfg.sampler, eos_id=self.tok.stop_ids,
+                           pad_id=self.tok.pad_id, generator=gen, vocab_size=self.tok.vocab_size)
         t1 = time.perf_counter()
         responses = [out.tokens[i][out.mask[i]].tolist() for i in range(len(prompt_ids))]
         old_logp = [out.logprobs[i][out.mask[i]].tolist() for i in range(len(prompt_ids))]
@@ -179,16 +175,8 @@ class Trainer:
         picked = rng.sample(range(len(self.expert_seqs)), min(cfg.experts_per_step, len(self.expert_seqs)))
         return [Sequence(*self.expert_seqs[i], is_expert=True) for i in picked]
 
-    def _hidden(self, batch: TokenBatch, model=None) -> torch.Tensor:
-        model = model or self.model
-        hidden = model(batch.ids, attention_mask=batch.attention_mask, return_hidden=True)  # [M, L, D]
-        return hidden[batch.rows, batch.cols]  # [N, D]
-
-    @torch.no_grad()
-    def _logp(self, batch: TokenBatch, temperature: float, model=None) -> torch.Tensor:
-        model = model or self.model
-        logits = self._hidden(batch, model) @ model.lm_head_weight.T  # [N, V]
-        return ops.token_logprobs(logits, batch.targets, temperature=temperature)  # [N]
+    def _logp(self, batch: TokenBatch, cfg: TrainConfig, temperature: float, model=None) -> torch.Tensor:
+        return accumulate.batch_logprobs(model or self.model, batch, temperature, cfg.micro_batch_seqs, cfg.dtype)
 
     def _diverged(self, step: int, why: str) -> TrainingError:
         return TrainingError(f"step {step}: the update diverged: {why} (lr={self.stage_at(step).cfg.lr}); nothing "
@@ -200,23 +188,22 @@ class Trainer:
         cfg, spec, T = stage.cfg, stage.loss_spec(), stage.cfg.sampler.temperature
         self.model.train()
         if cfg.ppo_epochs * cfg.minibatches > 1:
-            batch.old_logp = torch.where(batch.is_expert, 0.0, self._logp(batch, T))
-        ref_logp = self._logp(batch, T, self.ref_model) if cfg.kl_coef > 0 else None  # [N]
+            batch.old_logp = torch.where(batch.is_expert, 0.0, self._logp(batch, cfg, T))
+        ref_logp = self._logp(batch, cfg, T, self.ref_model) if cfg.kl_coef > 0 else None  # [N]
         _, gen = step_rng(cfg.seed, step, 2)
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
             for seq_ids in torch.randperm(batch.ids.shape[0], generator=gen).chunk(cfg.minibatches):
-                seq_ids = seq_ids.sort().values
+                seq_ids = seq_ids.sort().values.to(self.device)
                 mb = batch.select(seq_ids) if cfg.minibatches > 1 else batch
                 mb_ref = None if ref_logp is None else ref_logp[torch.isin(batch.rows, seq_ids)]  # [N_mb]
-                # convention "official": each PPO minibatch is one micro-batch until micro-batch ids are passed here
+                # convention "official" weights per micro-batch (accumulate.micro_batches: sequences in order)
+                micro_ids = mb.rows // cfg.micro_batch_seqs if cfg.micro_batch_seqs else None  # [N_mb]
                 coef = luffy.coefficients(mb.is_expert) if stage.method.luffy \
-                    else stage.convention.coefficients(mb.is_expert, mb.rows, None, mu)  # [N_mb]
-                out = ops.fused_token_loss(self._hidden(mb), self.model.lm_head_weight, mb.targets, coef,
-                                           mb.is_expert, mb.advantages, mb.old_logp, spec, ref_logp=mb_ref,
-                                           temperature=T)
+                    else stage.convention.coefficients(mb.is_expert, mb.rows, micro_ids, mu)  # [N_mb], whole mini-batch
                 self.optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
+                out = accumulate.backward_loss(self.model, mb, coef, spec, T, cfg.micro_batch_seqs, cfg.dtype,
+                                               ref_logp=mb_ref)  # backward per micro-batch, grads summed
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 if not (torch.isfinite(out.loss) and torch.isfinite(grad_norm)):
                     raise self._diverged(step, f"non-finite loss {out.loss.item()} or gradient norm "
@@ -235,7 +222,7 @@ class Trainer:
                              "expert_nll": -out.logp[ex].mean().item() if ex.any() else math.nan}.items():
                     stats.setdefault(k, []).append(v)
         finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()  # once a step, one sync
-        if not (finite and self._logp(batch.select(torch.tensor([0])), 1.0).isfinite().all()):
+        if not (finite and self._logp(batch.select(torch.tensor([0])), cfg, 1.0).isfinite().all()):
             raise self._diverged(step, "it made the weights or logits non-finite")
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
@@ -246,8 +233,8 @@ class Trainer:
         if stage.cfg.experts_per_step > 0 and mu:
             seqs += self._expert_batch(stage.cfg, step)
         t0 = time.perf_counter()
-        batch = pack(seqs, self.tok.pad_id, self.model.cfg.max_seq_len)
-        return {"step": step, "method": stage.method.name, "mu": mu, **metrics,
+        batch = pack(seqs, self.tok.pad_id, self.model.cfg.max_seq_len).to(self.device)
+        return {"step": step, "method": stage.method.name, "mu": mu, "backend": ops.kernel_backend(self.device), **metrics,
                 "rollouts": sum(not s.is_expert for s in seqs), "experts": sum(s.is_expert for s in seqs),
                 **self._update(stage, batch, mu, step), "tokens": batch.num_tokens,
                 "time_train": time.perf_counter() - t0}
@@ -255,8 +242,10 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
     def evaluate(self, step: int) -> dict:
         from minichord.evaluate import evaluate_splits
-        result = {"step": step, **evaluate_splits(self.model, self.tok, self.data.eval_splits, reward_fn=self.data.reward,
-                                                  lenient_fn=self.data.lenient, max_new_tokens=self.cfg.sampler.max_new_tokens)}
+        with autocast(self.device, self.cfg.dtype):
+            result = {"step": step, **evaluate_splits(self.model, self.tok, self.data.eval_splits, reward_fn=self.data.reward,
+                                                      lenient_fn=self.data.lenient,
+                                                      max_new_tokens=self.cfg.sampler.max_new_tokens)}
         self.evals.append(result)
         with open(self.out / "eval.jsonl", "a") as f:
             f.write(json.dumps(result) + "\n")
@@ -310,13 +299,3 @@ class Trainer:
             raise TrainingInterrupted(f"stopped by {self._stop_signal} after step {self.step}/{self.steps}; "
                                       f"checkpoint saved in {self.out / 'checkpoint'}; rerun the command to resume")
         return last_eval
-
-
-def progress_line(m: dict, steps: int, eta: float) -> str:
-    parts = [f"step {m['step'] + 1:4d}/{steps}", m["method"], "mu joint" if m["mu"] is None else f"mu {m['mu']:.2f}"]
-    for key, label in [("reward", "reward"), ("entropy", "H"), ("response_length", "len"),
-                       ("clip_fraction", "clip"), ("expert_nll", "expert nll")]:
-        if key in m and not (isinstance(m[key], float) and math.isnan(m[key])):
-            parts.append(f"{label} {m[key]:.3f}")
-    parts.append(f"eta {eta:4.0f}s")
-    return " | ".join(parts)

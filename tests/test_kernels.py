@@ -1,9 +1,10 @@
 """Triton kernels (kernels/logprobs.py, kernels/fused_loss.py) against the torch references.
 
 On a machine without CUDA the kernels run on CPU tensors under the Triton interpreter
-(conftest.py sets TRITON_INTERPRET=1 before anything is imported). Shapes are odd (N=37,
-V=1000 / 5003) so every mask is exercised. Each comparison reports its max abs error and
-the tolerance it was held to.
+(conftest.py sets TRITON_INTERPRET=1 before anything is imported). MINICHORD_TEST_DEVICE=cuda
+(benchmarks/gpu_check.py) runs the kernels on the GPU instead; inputs are made and references
+computed on the CPU either way. Shapes are odd (N=37, V=1000 / 5003) so every mask is
+exercised. Each comparison reports its max abs error and the tolerance it was held to.
 """
 
 import os
@@ -18,9 +19,10 @@ from minichord.kernels.fused_loss import triton_fused_token_loss
 from minichord.kernels.logprobs import triton_token_logprobs
 from minichord.losses import TokenLossSpec, ppo_clip_loss, token_coefficients
 from minichord.luffy import coefficients as luffy_coefficients
-from minichord.ops import reference_token_logprobs
+from minichord.ops import FusedLossOutput, reference_token_logprobs
 from reference_impl import reference_fused_token_loss
 
+DEVICE = torch.device(os.environ.get("MINICHORD_TEST_DEVICE", "cpu"))  # where the kernels run
 N_TOKENS = 37
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}  # relative to the largest reference entry
 
@@ -50,15 +52,16 @@ def _tier1_case(vocab_size, dtype, seed=0):
 
 def _run_tier1(fn, logits, targets, grad_logp, grad_entropy, temperature, return_entropy,
                as_dtype=None):
-    """-> outputs and d(sum g*out)/dlogits for fn in {triton, reference}."""
-    x = logits.detach().to(as_dtype or logits.dtype).requires_grad_()
-    out = fn(x, targets, temperature=temperature, return_entropy=return_entropy)
+    """-> outputs and d(sum g*out)/dlogits (on the CPU) for fn in {triton (on DEVICE), reference}."""
+    device = DEVICE if fn is triton_token_logprobs else torch.device("cpu")
+    x = logits.detach().to(device=device, dtype=as_dtype or logits.dtype).requires_grad_()
+    out = fn(x, targets.to(device), temperature=temperature, return_entropy=return_entropy)
     logp, entropy = out if return_entropy else (out, None)
-    objective = (grad_logp.to(logp.dtype) * logp).sum()
+    objective = (grad_logp.to(device, logp.dtype) * logp).sum()
     if return_entropy:
-        objective = objective + (grad_entropy.to(entropy.dtype) * entropy).sum()
+        objective = objective + (grad_entropy.to(device, entropy.dtype) * entropy).sum()
     objective.backward()
-    return logp, entropy, x.grad
+    return logp.detach().cpu(), None if entropy is None else entropy.detach().cpu(), x.grad.cpu()
 
 
 @pytest.mark.parametrize("vocab_size", [1000, 5003])
@@ -93,11 +96,11 @@ def test_token_logprobs_fp16_one_output_differentiated(through):
     """fp16 logits; only one of the two outputs reaches the loss (the other's grad is None)."""
     logits, targets, _, _ = _tier1_case(1000, torch.float16, seed=2)
     grads = []
-    for fn in (triton_token_logprobs, reference_token_logprobs):
-        x = logits.detach().clone().requires_grad_()
-        logp, entropy = fn(x, targets, temperature=1.5, return_entropy=True)
+    for fn, device in ((triton_token_logprobs, DEVICE), (reference_token_logprobs, "cpu")):
+        x = logits.detach().to(device).requires_grad_()
+        logp, entropy = fn(x, targets.to(device), temperature=1.5, return_entropy=True)
         (logp if through == "logp" else entropy).square().sum().backward()
-        grads.append(x.grad)
+        grads.append(x.grad.cpu())
     assert grads[0].dtype == torch.float16
     assert_close(f"fp16 dlogits through {through}", grads[0], grads[1], 2e-3)
 
@@ -106,9 +109,9 @@ def test_token_logprobs_fp16_one_output_differentiated(through):
 def test_token_logprobs_strided_input(layout):
     logits, targets, grad_logp, grad_entropy = _tier1_case(1000, torch.float32, seed=1)
     if layout == "row_stride":  # rows 1013 apart, last dim contiguous: used as is
-        strided = torch.zeros(N_TOKENS, 1013)[:, :1000]
+        strided = torch.zeros(N_TOKENS, 1013, device=DEVICE)[:, :1000]
     else:  # last-dim stride 2: copied to contiguous first
-        strided = torch.zeros(N_TOKENS, 2000)[:, ::2]
+        strided = torch.zeros(N_TOKENS, 2000, device=DEVICE)[:, ::2]
     strided.copy_(logits)
     assert not strided.is_contiguous()
     got = _run_tier1(triton_token_logprobs, strided, targets, grad_logp, grad_entropy, 0.9, True)
@@ -151,7 +154,7 @@ def test_near_certain_tokens_with_large_logits_keep_their_logp(dtype):
     logits = (logits + 1000.0).to(dtype)  # the fp64 reference sees the same (rounded) values
     want = reference_token_logprobs(logits.double(), targets)  # fp64 reference, [N]
     assert (want > -1e-4).all() and (want < 0).all()
-    got = triton_token_logprobs(logits, targets)
+    got = triton_token_logprobs(logits.to(DEVICE), targets.to(DEVICE)).cpu()
     err = (got.double() - want).abs().max().item()
     assert err <= 1e-6, f"tier 1 logp max abs err {err:.2e} > 1e-6"
     # tier 2 on the same logits: weight = I, hidden = logits (fp32 matmul is exact here)
@@ -290,12 +293,20 @@ def _tier2_case(dtype, spec, *, mu=0.4, temperature=1.0, seed=0, padding=False):
         dict(ref_logp=ref_logp, temperature=temperature)
 
 
+def _on(device, args, kwargs):
+    move = lambda a: a.to(device) if torch.is_tensor(a) else a  # noqa: E731
+    return [move(a) for a in args], {k: move(v) for k, v in kwargs.items()}
+
+
 def _run_tier2(fn, args, kwargs, **extra):
+    """-> (outputs, grad hidden, grad weight), on the CPU; triton runs on DEVICE."""
+    args, kwargs = _on(DEVICE if fn is triton_fused_token_loss else "cpu", args, kwargs)
     hidden = args[0].detach().clone().requires_grad_()
     weight = args[1].detach().clone().requires_grad_()
     out = fn(hidden, weight, *args[2:], **kwargs, **extra)
     (2.0 * out.loss).backward()  # grad_output != 1 exercises the backward scaling
-    return out, hidden.grad, weight.grad
+    out = FusedLossOutput(*(t.detach().cpu() for t in (out.loss, out.logp, out.entropy, out.clipped)))
+    return out, hidden.grad.cpu(), weight.grad.cpu()
 
 
 def _compare_tier2(args, kwargs, dtype, tag, chunk_size=10):
@@ -344,9 +355,10 @@ def test_fused_loss_unclipped_luffy_default_chunk():
     out = _compare_tier2(args, kwargs, torch.float32, "luffy unclipped", chunk_size=None)
     assert not out.clipped.any()
     with torch.no_grad():  # forward only: the kernel skips pass 2 (WRITE_GRAD=False)
-        eval_out = triton_fused_token_loss(*args, **kwargs, chunk_size=7)
-    assert_close("no_grad loss", eval_out.loss, out.loss, 1e-6)
-    assert_close("no_grad logp", eval_out.logp, out.logp, 1e-6)
+        device_args, device_kwargs = _on(DEVICE, args, kwargs)
+        eval_out = triton_fused_token_loss(*device_args, **device_kwargs, chunk_size=7)
+    assert_close("no_grad loss", eval_out.loss.cpu(), out.loss, 1e-6)
+    assert_close("no_grad logp", eval_out.logp.cpu(), out.logp, 1e-6)
 
 
 @pytest.mark.parametrize("mu", [0.0, 1.0])

@@ -189,10 +189,15 @@ def test_kernel_backend_env(monkeypatch):
     monkeypatch.setenv("MINICHORD_KERNELS", "Triton")
     assert ops.kernel_backend() == "triton"
     monkeypatch.setenv("MINICHORD_KERNELS", "cuda")
-    with pytest.raises(ValueError, match=r"'cuda'.*\['torch', 'triton'\]"):
+    with pytest.raises(ValueError, match=r"MINICHORD_KERNELS='cuda': must be one of auto, torch, triton"):
         ops.kernel_backend()
-    monkeypatch.delenv("MINICHORD_KERNELS")
-    assert ops.kernel_backend() == ("triton" if torch.cuda.is_available() else "torch")
+    for value in ("auto", None):  # auto = unset: triton for CUDA tensors, torch elsewhere
+        if value is None:
+            monkeypatch.delenv("MINICHORD_KERNELS")
+        else:
+            monkeypatch.setenv("MINICHORD_KERNELS", value)
+        assert ops.kernel_backend() == ("triton" if torch.cuda.is_available() else "torch")
+        assert ops.kernel_backend("cpu") == "torch" and ops.kernel_backend(torch.device("cuda")) == "triton"
 
 
 def test_dispatch_torch_path(monkeypatch):

@@ -1,0 +1,74 @@
+"""Where a run computes and in which precision: `device` (auto | cpu | cuda), `dtype` (fp32 | bf16).
+
+    device = resolve_device("auto")          # cuda if available, else cpu
+    with autocast(device, "bf16"):           # bf16 matmuls / attention, fp32 master weights
+        loss = ...
+
+bf16 follows the usual mixed-precision recipe: the weights, their gradients and AdamW's two
+moments stay fp32 (4 + 4 + 8 = 16 bytes per parameter), and the forward runs under
+`torch.autocast(dtype=bfloat16)`, so matrix products read bf16 copies and the residual stream,
+the norms and the loss math stay fp32. The fused lm-head loss gets bf16 hidden states and a bf16
+lm-head (`loss_dtype`): the [chunk, V] logits are bf16, log-softmax and the CHORD loss fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from minichord.config import DEVICES, DTYPES, ConfigError
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" -> cuda if available else cpu; "cuda" without CUDA -> ConfigError (one line)."""
+    if name not in DEVICES:
+        raise ConfigError(f"device={name!r}: must be one of {', '.join(DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ConfigError(f"device='cuda': CUDA is not available here ({why}, torch {torch.__version__}); "
+                          f"use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str = "fp32") -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError(f"dtype={name!r}: must be one of {', '.join(DTYPES)}")
+    return TORCH_DTYPES[name]
+
+
+def autocast(device: torch.device | str, dtype: str | torch.dtype = "fp32"):
+    """A context: bf16 autocast on `device` for dtype bf16, nothing for fp32."""
+    dtype = resolve_dtype(dtype) if isinstance(dtype, str) else dtype
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast computes in on `device` right now, or None outside autocast (the sampler's KV cache
+    takes it)."""
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+
+
+def loss_dtype(dtype: str | torch.dtype) -> torch.dtype | None:
+    """The dtype the fused loss's inputs (hidden, lm-head weight) are cast to: bf16 under bf16, else None
+    (unchanged: fp32, or fp64 in the gradient tests)."""
+    dtype = resolve_dtype(dtype) if isinstance(dtype, str) else dtype
+    return None if dtype == torch.float32 else dtype
+
+
+def describe(device: torch.device, dtype: str) -> str:
+    """The line a run starts with: which loss / log-prob backend, device and dtype."""
+    from minichord import ops
+
+    if ops.kernel_backend(device) == "triton":
+        backend = "triton fused (kernels/fused_loss.py), log-probs triton (kernels/logprobs.py)"
+    else:
+        backend = "torch chunked (minichord/ops.py), log-probs torch"
+    name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    return f"loss backend: {backend}, device {device.type}{name}, dtype {dtype}"
