@@ -43,6 +43,14 @@ class SyntheticTokenizer:
     def encode_prompt(self, prompt: str) -> list[int]:
         return [self.bos_id, *self.encode(prompt)]
 
+    @property
+    def stop_ids(self) -> list[int]:
+        return [self.eos_id]
+
+    def encode_example(self, prompt: str, response: str) -> tuple[list[int], list[bool]]:
+        prompt_ids, response_ids = self.encode_prompt(prompt), [*self.encode(response), self.eos_id]
+        return prompt_ids + response_ids, [False] * len(prompt_ids) + [True] * len(response_ids)
+
     def decode(self, ids, skip_special: bool = True) -> str:
         return "".join(chr(97 + (int(i) - 3) % 26) for i in ids if int(i) > 2)
 

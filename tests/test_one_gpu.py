@@ -4,6 +4,7 @@ accumulation equals one large batch, bf16 autocast trains, and the device option
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,6 +131,9 @@ def test_bf16_autocast_learns_like_fp32(tok, tmp_path):
         f"reward gain fp32 {gains['fp32']:.3f} vs bf16 {gains['bf16']:.3f}; curves {json.dumps(curves)}"
 
 
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
 def test_device_and_dtype_options_fail_in_one_line(tmp_path, capsys):
     with pytest.raises(ConfigError, match="device='gpu': must be one of auto, cpu, cuda"):
         TrainConfig(device="gpu")
@@ -139,7 +143,8 @@ def test_device_and_dtype_options_fail_in_one_line(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here: --device cuda is valid")
     for argv in (["train", "--method", "grpo", "--out", str(tmp_path / "run")], ["pretrain", "--out", str(tmp_path / "b")],
-                 ["eval", str(tmp_path / "no-checkpoint")], ["demo", "--out", str(tmp_path / "demo")],
+                 ["eval", "--model", str(FIXTURES / "hf" / "qwen2"), "--prompts", str(FIXTURES / "gsm8k" / "test.jsonl")],
+                 ["chat", "--model", str(FIXTURES / "hf" / "qwen2"), "hi"], ["demo", "--out", str(tmp_path / "demo")],
                  ["reproduce", "--quick", "--out", str(tmp_path / "rep")]):
         assert cli.main([*argv, "--device", "cuda"]) == 2
         err = capsys.readouterr().err
