@@ -48,13 +48,13 @@ def build_stages(method_name: str, config_file: str | None = None,
     return stages
 
 
-def load_initial_model(init: str, log: Callable[[str], None] = print):
+def load_initial_model(init: str, log: Callable[[str], None] = print, device: str = "auto"):
     """(model, tokenizer) from `init` (a minichord checkpoint or a Hugging Face model directory with its
     tokenizer and chat template), or from the cached toy base model (made on first use)."""
     if not init:
         from minichord.pretrain import pretrain_base
 
-        init = str(pretrain_base(default_base_dir(), log=log))
+        init = str(pretrain_base(default_base_dir(), log=log, device=device))  # where this run trains
     if is_hf_dir(init):
         from minichord.chat import load_tokenizer
 
@@ -77,7 +77,7 @@ def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | Non
         stage.check_data(data)
     log(f"data: {len(data.prompts)} RL prompts, {len(data.experts)} expert demonstrations, eval splits "
         f"{sorted(data.eval_splits) or 'none'}; reward {data.reward.__module__}.{data.reward.__name__}")
-    model, tokenizer = load_initial_model(cfg.init, log)
+    model, tokenizer = load_initial_model(cfg.init, log, cfg.device)
     data.check_fits(tokenizer, model.cfg.max_seq_len, stages)  # file:line, before any step or evaluation
     trainer = Trainer(stages, model, tokenizer, data, Path(out_dir), log=log)
     if resume:

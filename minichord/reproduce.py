@@ -104,7 +104,7 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
     t_start = time.perf_counter()
     quiet = lambda msg: None  # noqa: E731  (per-step lines would drown the overview)
 
-    model, tok = load_initial_model(first_cfg.init, log)
+    model, tok = load_initial_model(first_cfg.init, log, first_cfg.device)
     model.to(device)
     results: dict[str, list[dict]] = {"base": []}
     for s in range(setting.seeds):
