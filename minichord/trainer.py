@@ -25,7 +25,10 @@ The departures from the paper (arXiv 2508.11408) and its official code, the one 
 - `dual_clip` (c = 3) off by default (official: always on); `log_ratio_clamp` +-20 on, as in current official code.
 - A group of one gets A = 0 (official: R / (1 + 1e-6), `group_advantages(singleton="official")`).
 - mu's warm-up and decay are shares of the run (official: W=0, D=200 steps).
-- Reward: 1 for an exactly matching final answer, else 0; no format reward.
+- Reward: 1 for an exactly matching final answer, else 0; no format reward. With a Hugging Face model the
+  math reward (minichord/math_reward.py): the answer in the required format (\\boxed{}, ####, "answer:").
+- A Hugging Face model whose embedding has more rows than its tokenizer (Qwen2.5: 151,936 vs 151,665) is
+  sampled over the tokenizer's ids but trained over all rows (their probabilities are ~0, not exactly 0).
 - Expert examples are drawn per step, without replacement within a step, with it across steps (not epochs).
 - Old log-probs are the sampler's with one update per batch; recomputed with several.
 - LUFFY (minichord/luffy.py): expert trace = reward 1 in its group; A = R - mean(R); joint token-mean; no clip.
