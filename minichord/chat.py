@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
 
 import jinja2
 from jinja2.ext import Extension, loopcontrols
@@ -236,13 +235,7 @@ class ChatTokenizer:
             raise TokenizerError(f"text has a lone surrogate (not encodable as UTF-8): {text!r:.80}")
         return self._tok.encode(text, add_special_tokens=False).ids
 
-    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-        """Text of `ids` (a list or a 1-D tensor); special tokens dropped unless skip_special=False."""
-        ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise TokenizerError(f"ids out of range [0, {self.vocab_size}): {bad[:10]}")
-        return self._tok.decode(ids, skip_special_tokens=skip_special)
+    decode = Tokenizer.decode  # the same `tokenizers` call and id check (both keep it in self._tok)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """The chat up to where the assistant's answer starts: (system,) user, and the generation prompt."""
@@ -264,9 +257,7 @@ class ChatTokenizer:
         response_ids = response_ids[:end] if end is not None else [*response_ids, self.eos_id]
         return prompt_ids + response_ids, [False] * len(prompt_ids) + [True] * len(response_ids)
 
-    def token_text(self, token_id: int) -> str | None:
-        """The vocabulary entry of one id, for debugging and tutorials."""
-        return self._tok.id_to_token(int(token_id))
+    token_text = Tokenizer.token_text
 
     def __repr__(self) -> str:
         return (f"ChatTokenizer({self.source!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id}, "
