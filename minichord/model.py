@@ -48,22 +48,27 @@ class KVCache:
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # [B, n_kv, end, hd]
 
-    def at(self, slot: torch.Tensor, visible: int) -> "CacheSlot":
-        """A writer for one decode step whose position is a tensor (no Python int: static shapes)."""
+    def at(self, slot, visible: int) -> "CacheSlot":
+        """A writer for one decode step (see CacheSlot)."""
         return CacheSlot(self, slot, visible)
 
 
 class CacheSlot:
     """One decode step's view of a KVCache: update() writes the step's k, v [B, n_kv, 1, hd] at
-    slot `slot` ([1] long tensor) and returns slots [0, visible) (`visible` fixed per compiled shape)."""
+    `slot` and returns slots [0, visible). slot is an int (eager: a plain copy) or a [1] long tensor
+    (under torch.compile: one trace serves every step, where an int would be traced once per value)."""
 
-    def __init__(self, cache: KVCache, slot: torch.Tensor, visible: int):
+    def __init__(self, cache: KVCache, slot, visible: int):
         self.cache, self.slot, self.visible = cache, slot, visible
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         k_all, v_all = self.cache.k[layer], self.cache.v[layer]
-        k_all.index_copy_(2, self.slot, k)
-        v_all.index_copy_(2, self.slot, v)
+        if isinstance(self.slot, int):
+            k_all[:, :, self.slot] = k[:, :, 0]
+            v_all[:, :, self.slot] = v[:, :, 0]
+        else:
+            k_all.index_copy_(2, self.slot, k)
+            v_all.index_copy_(2, self.slot, v)
         return k_all[:, :, :self.visible], v_all[:, :, :self.visible]  # [B, n_kv, visible, hd]
 
 
@@ -209,7 +214,7 @@ class Transformer(nn.Module):
     def decode_step(self, ids, positions, attention_mask, slot, kv_cache: KVCache) -> torch.Tensor:
         """One new token per sequence -> logits [B, 1, V], with shapes that do not change from step
         to step (torch.compile traces it once per (B, S)).
-        ids, positions: [B, 1] long; slot: [1] long, the cache slot this token fills;
+        ids, positions: [B, 1] long; slot: the cache slot this token fills (int, or [1] long tensor: CacheSlot);
         attention_mask: [B, S] bool over cache slots 0..S-1 (S <= kv_cache.max_len), True on real tokens.
         Key j is visible iff attention_mask[b, j] and j <= slot, or j == slot."""
         S = attention_mask.shape[1]
@@ -248,7 +253,7 @@ class Transformer(nn.Module):
         attention_mask = attention_mask.bool()
         positions = positions_from_mask(attention_mask)[:, past:]  # [B, T]
         if kv_cache is not None and T == 1 and not return_hidden:  # a decode step
-            logits = self.decode_step(ids, positions, attention_mask, torch.tensor([past], device=ids.device), kv_cache)
+            logits = self.decode_step(ids, positions, attention_mask, past, kv_cache)
             kv_cache.length = S
             return logits
 

@@ -143,6 +143,6 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
             logits = model(torch.cat([ids, tokens[:, :t + 1]], dim=1), attention_mask=seq_mask[:, :P + t + 1])[:, -1]
             continue
         seen = seq_mask if cfg.compile else seq_mask[:, :P + t + 1]  # compiled: the whole cache, one shape
-        slot = torch.tensor([P + t], device=device)  # where token t's keys/values go
+        slot = torch.tensor([P + t], device=device) if cfg.compile else P + t  # where token t's keys/values go
         logits = step(tokens[:, t:t + 1], next_pos + t, seen, slot, cache)[:, -1]  # [B, V]
     return Rollout(tokens[:, :t + 1], logprobs[:, :t + 1], out_mask[:, :t + 1], finished)
