@@ -10,8 +10,8 @@ weights in minichord, is written with minichord.hf.export_hf and loaded by trans
 check at start: logits equal to 1e-4, greedy tokens equal). Within a comparison the contenders
 run alternately, --repeats times each after one warm-up, in one process: the table gives the
 median [min-max] and minichord's speed-up = peer time / minichord time (median, and the range of
-the per-round ratios). Peak memory: the growth of max RSS over one run, each contender in its own
-fresh process (CPU), or torch.cuda.max_memory_allocated (GPU).
+the per-round ratios). Peak memory: each contender in its own fresh process, the peak resident
+memory during one run (after a warm-up run) above the resident memory before it. CPU only.
 
   gen256 / gen64  greedy generate, batch 256 x (10 + 64 new) / batch 64 x (10 + 32 new), KV cache,
                   eos disabled so every row makes every token (HF: its default dynamic cache, sdpa)
@@ -33,6 +33,7 @@ import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -202,16 +203,32 @@ def runs_for(name: str, args, tmp: str, check: bool = True):
     return grpo_runs(ours, hf, tmp)
 
 
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def peak_mb(name: str, who: str, args) -> float:
-    """Runs in a fresh process: max-RSS growth (MiB) over the contender's first run after the models
-    are built (max RSS never falls, so a later run would show only what the first did not reach).
-    It includes one-time costs: the compiler's for "minichord compiled", the trainer's first step for TRL."""
+    """Runs in a fresh process: the peak resident memory (MiB) during the contender's second run
+    above the resident memory just before it, sampled every millisecond by a thread (max RSS
+    never falls, so it cannot tell one run's peak after imports and loading)."""
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         run = runs_for(name, args, tmp, check=False)[who]
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        run()  # warm-up: the compiler, the trainer's first step, the allocator's caches
+        base, peak, done = rss_mb(), [0.0], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_mb())
+                time.sleep(0.001)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
         run()
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        done.set()
+        sampler.join()
+        return max(0.0, peak[0] - base)
 
 
 def compare(name: str, args) -> list[str]:
@@ -259,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [row for name in args.only.split(",") for row in compare(name, args)]
     print(f"\ntorch {torch.__version__}, {args.threads} thread(s)\n")
     print("| comparison | who | ms per run, median [range] | minichord speed-up vs peer, median [per-round range] "
-          "| peak RSS growth MiB |")
+          "| peak RSS above start MiB |")
     print("|---|---|---|---|---|")
     print("\n".join(rows))
     print(f"\ncommand: python benchmarks/bench_vs_hf.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
