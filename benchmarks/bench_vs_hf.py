@@ -15,6 +15,8 @@ memory during one run (after a warm-up run) above the resident memory before it.
 
   gen256 / gen64  greedy generate, batch 256 x (10 + 64 new) / batch 64 x (10 + 32 new), KV cache,
                   eos disabled so every row makes every token (HF: its default dynamic cache, sdpa)
+  gen05b          the same at Qwen2.5-0.5B's shape, random weights, --gen05b BATCHxNEW (not in the default
+                  list: 64 x 256 takes minutes per run on a CPU)
   train           64 x 48 tokens: forward, next-token cross-entropy, backward, AdamW step
   grpo            8 prompts x 8 rollouts (<= 32 new tokens, T = 1), reward, group advantages,
                   PPO-clip token loss, backward, AdamW. TRL: GRPOTrainer's optimizer step (timed from
@@ -48,17 +50,19 @@ from minichord.ops import token_logprobs
 from minichord.sampler import generate
 
 TINY = dict(vocab_size=64, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512, max_seq_len=128)
+QWEN_05B = dict(vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2, ffn_dim=4864, max_seq_len=1024,
+                rope_theta=1e6)  # Qwen2.5-0.5B's shape (random weights at minichord's init)
 PAD, EOS, PROMPT_LEN = 0, 1, 10
 
 
-def build_pair(seed: int, tmp: str):
+def build_pair(seed: int, tmp: str, shape: dict = TINY):
     """(minichord model, transformers model) with the same random weights."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    ours = Transformer(ModelConfig(**TINY))
-    with torch.no_grad():  # larger than the init: varied, peaked next-token distributions
-        for p in ours.parameters():
+    ours = Transformer(ModelConfig(**shape))
+    with torch.no_grad():  # the tiny model: larger than the init, varied and peaked next-token distributions
+        for p in ours.parameters() if shape is TINY else ():
             p.normal_(0.0, 0.1) if p.dim() > 1 else p.uniform_(0.5, 1.5)
     hf = AutoModelForCausalLM.from_pretrained(export_hf(ours, Path(tmp) / "hf"), attn_implementation="sdpa")
     hf.generation_config.eos_token_id = None  # never stop early: every row makes max_new_tokens
@@ -68,7 +72,7 @@ def build_pair(seed: int, tmp: str):
 
 def prompts_of(batch: int, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(2, TINY["vocab_size"], (batch, PROMPT_LEN), generator=g)  # no pad, no eos
+    return torch.randint(2, TINY["vocab_size"], (batch, PROMPT_LEN), generator=g)  # no pad, no eos: valid at any shape
 
 
 # ---- the contenders: each returns a function that runs once ---------------------------------------
@@ -189,7 +193,7 @@ def grpo_runs(ours, hf, tmp: str, n_prompts: int = 8, G: int = 8, new: int = 32)
 
 
 def runs_for(name: str, args, tmp: str, check: bool = True):
-    ours, hf = build_pair(args.seed, tmp)
+    ours, hf = build_pair(args.seed, tmp, QWEN_05B if name == "gen05b" else TINY)
     ids = prompts_of(4)
     with torch.no_grad():
         diff = (ours(ids) - hf(ids).logits).abs().max().item()
@@ -198,6 +202,9 @@ def runs_for(name: str, args, tmp: str, check: bool = True):
         return gen_runs(ours, hf, 256, 64, args.compile, check)
     if name == "gen64":
         return gen_runs(ours, hf, 64, 32, args.compile, check)
+    if name == "gen05b":
+        batch, new = (int(n) for n in args.gen05b.split("x"))
+        return gen_runs(ours, hf, batch, new, args.compile, check)
     if name == "train":
         return train_runs(ours, hf)
     return grpo_runs(ours, hf, tmp)
@@ -231,6 +238,20 @@ def peak_mb(name: str, who: str, args) -> float:
         return max(0.0, peak[0] - base)
 
 
+def print_profiles(runs: dict, top: int) -> None:
+    """torch.profiler over one run of each contender: the `top` ops by self CPU time, with their share."""
+    from torch.profiler import profile
+
+    for who, run in runs.items():
+        with profile() as prof:
+            run()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events)
+        print(f"  profile, {who}: {total / 1e3:.0f} ms self CPU in all; top ops (share, calls, ms):")
+        for e in events[:top]:
+            print(f"    {e.key[:60]:60s} {e.self_cpu_time_total / total:6.1%} {e.count:6d} {e.self_cpu_time_total / 1e3:8.1f}")
+
+
 def compare(name: str, args) -> list[str]:
     print(f"{name}:")
     with tempfile.TemporaryDirectory() as tmp:
@@ -243,6 +264,8 @@ def compare(name: str, args) -> list[str]:
                 start = time.perf_counter()
                 out = run()
                 seconds[who].append(out if isinstance(out, float) else time.perf_counter() - start)
+        if args.profile:
+            print_profiles(runs, args.profile)
     peers = [who for who in runs if not who.startswith("minichord")]
     mems = {}
     if not args.no_memory:
@@ -268,6 +291,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads, the same for every contender")
     p.add_argument("--compile", action="store_true", help="also time minichord with SamplerConfig.compile=True")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after the timed rounds, profile one run of each contender and print its top N ops")
+    p.add_argument("--gen05b", default="64x256", metavar="BATCHxNEW",
+                   help="the shape of --only gen05b: generate at Qwen2.5-0.5B's shape (random weights)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.compile:  # a fresh inductor cache: the first compiled call below pays the whole compile (cold)

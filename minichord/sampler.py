@@ -117,7 +117,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
 
     cache = KVCache(model.cfg, B, total, device, dtype) if use_cache else None
     logits = model(ids, attention_mask=mask, kv_cache=cache)[:, -1]  # [B, V] (prefill)
-    step = compiled_decode_step(model) if cfg.compile and use_cache else model.decode_step
+    step = compiled_decode_step(model) if cfg.compile and use_cache else getattr(model, "decode_step", None)
     next_pos = mask.sum(dim=1, keepdim=True)  # [B, 1]: the first new token's position = real prompt tokens
 
     tokens = torch.full((B, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -141,6 +141,9 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
             break
         if not use_cache:
             logits = model(torch.cat([ids, tokens[:, :t + 1]], dim=1), attention_mask=seq_mask[:, :P + t + 1])[:, -1]
+            continue
+        if step is None:  # a model without decode_step (a test double): its forward with the cache
+            logits = model(tokens[:, t:t + 1], attention_mask=seq_mask[:, :P + t + 1], kv_cache=cache)[:, -1]
             continue
         seen = seq_mask if cfg.compile else seq_mask[:, :P + t + 1]  # compiled: the whole cache, one shape
         slot = torch.tensor([P + t], device=device) if cfg.compile else P + t  # where token t's keys/values go
