@@ -125,7 +125,8 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     out_mask = torch.zeros(B, cfg.max_new_tokens, dtype=torch.bool, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(cfg.max_new_tokens):
-        scaled = logits[:, :vocab_size or V].float() / (1.0 if cfg.greedy else cfg.temperature)  # [B, V]
+        scaled = logits[:, :vocab_size or V].float()  # [B, V]
+        scaled = scaled if cfg.greedy else scaled / cfg.temperature
         if cfg.greedy:
             next_tok = scaled.argmax(dim=-1)  # [B]
         else:
