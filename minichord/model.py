@@ -8,6 +8,10 @@ Parameter names are Hugging Face Qwen2's (HF adds a `model.` prefix to all but `
 real Qwen2 weights map by renaming; a tied embedding has no `lm_head` parameter at all.
 
 Padding never shifts RoPE: positions count real tokens only (the sampler left-pads, training right-pads).
+
+Grouped-query attention never copies K/V: training and prefill use SDPA's GQA path, and a decode
+step (one query row) folds each kv head's query heads into the query-row dimension (`decode_attention`).
+`decode_step` is that step with static shapes, so `torch.compile` can trace it once per cache shape.
 """
 
 from __future__ import annotations
@@ -44,6 +48,29 @@ class KVCache:
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # [B, n_kv, end, hd]
 
+    def at(self, slot, visible: int) -> "CacheSlot":
+        """A writer for one decode step (see CacheSlot)."""
+        return CacheSlot(self, slot, visible)
+
+
+class CacheSlot:
+    """One decode step's view of a KVCache: update() writes the step's k, v [B, n_kv, 1, hd] at
+    `slot` and returns slots [0, visible). slot is an int (eager: a plain copy) or a [1] long tensor
+    (under torch.compile: one trace serves every step, where an int would be traced once per value)."""
+
+    def __init__(self, cache: KVCache, slot, visible: int):
+        self.cache, self.slot, self.visible = cache, slot, visible
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        k_all, v_all = self.cache.k[layer], self.cache.v[layer]
+        if isinstance(self.slot, int):
+            k_all[:, :, self.slot] = k[:, :, 0]
+            v_all[:, :, self.slot] = v[:, :, 0]
+        else:
+            k_all.index_copy_(2, self.slot, k)
+            v_all.index_copy_(2, self.slot, v)
+        return k_all[:, :, :self.visible], v_all[:, :, :self.visible]  # [B, n_kv, visible, hd]
+
 
 class RMSNorm(nn.Module):
     """y = w * x / sqrt(mean(x^2) + eps), normalised in fp32 (as Qwen2 does)."""
@@ -54,8 +81,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)  # x / sqrt(mean(x^2) + eps), one kernel
         return self.weight * normed.to(x.dtype)
 
 
@@ -65,6 +91,12 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = (positions.float()[..., None] * inv_freq).repeat(1, 1, 2)  # [B, T, hd]: the hd/2 angles twice
     return angles.cos(), angles.sin()
+
+
+def rope_table(max_len: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [max_len, hd] for positions 0..max_len-1: the same numbers rope_cos_sin computes."""
+    cos, sin = rope_cos_sin(torch.arange(max_len, device=device)[None], head_dim, theta)
+    return cos[0], sin[0]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -97,9 +129,23 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # [B, Hkv, S, hd]
-        k, v = (t.repeat_interleave(c.n_heads // c.n_kv_heads, dim=1) for t in (k, v))  # [B, H, S, hd]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, hd]
+        if mask.is_floating_point():  # decode_step's one query row: mask is an additive bias [B, 1, 1, S]
+            out = decode_attention(q, k, v, mask)  # [B, H, 1, hd]
+        else:  # mask: bool [B, 1, T, S]; query head h reads kv head h // group, nothing is copied
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # [B, H, T, hd]
         return self.o_proj(out.transpose(1, 2).reshape(B, T, c.n_heads * c.head_dim))
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Attention for one query row per sequence against a grouped cache, without repeating K/V.
+    q: [B, H, 1, hd]; k, v: [B, Hkv, S, hd]; bias: [B, 1, 1, S] (0 = visible, -inf = hidden).
+    The group = H / Hkv query heads of one kv head become that head's query rows:
+        q_g [B, Hkv, group, hd],  out_g = softmax(q_g k^T / sqrt(hd) + bias) v   [B, Hkv, group, hd]
+    which are exactly heads h = j * group + r (HF's repeat_kv order), so out_g.view gives [B, H, 1, hd]."""
+    B, H, _, hd = q.shape
+    q_g = q.view(B, k.shape[1], H // k.shape[1], hd)  # [B, Hkv, group, hd]
+    scores = (q_g @ k.transpose(-1, -2)) * hd ** -0.5 + bias  # [B, Hkv, group, S]
+    return (scores.softmax(dim=-1) @ v).view(B, H, 1, hd)
 
 
 class MLP(nn.Module):
@@ -137,6 +183,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.activation_checkpointing = False  # True: keep each layer's input only, recompute it in backward
+        self._rope_tables = {}  # device -> rope_table(max_seq_len): a decode step looks its positions up
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -154,6 +201,32 @@ class Transformer(nn.Module):
     def num_params(self) -> int:
         """Number of distinct parameters (a tied embedding counts once)."""
         return sum(p.numel() for p in self.parameters())
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [B, T] long -> cos, sin [B, T, hd], looked up in a table built once per device."""
+        table = self._rope_tables.get(positions.device)
+        if table is None:
+            table = self._rope_tables[positions.device] = rope_table(
+                self.cfg.max_seq_len, self.cfg.head_dim, self.cfg.rope_theta, positions.device)
+        return table[0][positions], table[1][positions]
+
+    def decode_step(self, ids, positions, attention_mask, slot, kv_cache: KVCache) -> torch.Tensor:
+        """One new token per sequence -> logits [B, 1, V], with shapes that do not change from step
+        to step (torch.compile traces it once per (B, S)).
+        ids, positions: [B, 1] long; slot: the cache slot this token fills (int, or [1] long tensor: CacheSlot);
+        attention_mask: [B, S] bool over cache slots 0..S-1 (S <= kv_cache.max_len), True on real tokens.
+        Key j is visible iff attention_mask[b, j] and j <= slot, or j == slot."""
+        S = attention_mask.shape[1]
+        key_slot = torch.arange(S, device=ids.device)  # [S]
+        visible = (attention_mask & (key_slot <= slot)) | (key_slot == slot)  # [B, S]
+        bias = torch.zeros(visible.shape, dtype=self.embed_tokens.weight.dtype, device=ids.device)
+        bias = bias.masked_fill(~visible, float("-inf"))[:, None, None, :]  # [B, 1, 1, S]
+        cos, sin = self.rope(positions)  # [B, 1, hd]
+        x = self.embed_tokens(ids)  # [B, 1, D]
+        writer = kv_cache.at(slot, S)
+        for layer in self.layers:
+            x = layer(x, cos, sin, bias, writer)
+        return self.norm(x) @ self.lm_head_weight.t()  # [B, 1, V]
 
     def forward(self, ids, attention_mask=None, kv_cache: KVCache | None = None, return_hidden: bool = False):
         """ids [B, T] -> logits [B, T, V] (or final-normed hidden [B, T, D] if return_hidden).
@@ -178,6 +251,10 @@ class Transformer(nn.Module):
             raise ValueError(f"attention_mask must be [B, cached+T] = {(B, S)}, got {tuple(attention_mask.shape)}")
         attention_mask = attention_mask.bool()
         positions = positions_from_mask(attention_mask)[:, past:]  # [B, T]
+        if kv_cache is not None and T == 1 and not return_hidden:  # a decode step
+            logits = self.decode_step(ids, positions, attention_mask, past, kv_cache)
+            kv_cache.length = S
+            return logits
 
         query_slot = torch.arange(past, S, device=ids.device)[:, None]  # [T, 1]
         key_slot = torch.arange(S, device=ids.device)[None, :]  # [1, S]

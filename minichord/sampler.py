@@ -8,10 +8,17 @@ returned log-prob is the unrestricted one (T = 1 for greedy decoding):
     logprob_t = log_softmax(logits_t / T)[y_t]
 the policy the trainer differentiates (`ops.token_logprobs(logits, y, temperature=T)`), so old
 and new log-probs agree at the first update.
+
+Each step after the prefill is `Transformer.decode_step`: positions advance by one per step (no
+cumsum over the mask), and the cache is read up to the current slot. SamplerConfig.compile=True
+runs that step through `torch.compile` instead, over the whole preallocated cache (hidden slots
+masked), so its shapes never change: it is compiled once per (batch, prompt + new tokens) shape,
+which costs tens of seconds on a CPU and pays off only over many generations.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +57,16 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocab order
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+_compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled decode_step
+
+
+def compiled_decode_step(model):
+    """torch.compile(model.decode_step), made once per model (static shapes: one trace per cache shape)."""
+    if model not in _compiled_steps:
+        _compiled_steps[model] = torch.compile(model.decode_step, dynamic=False)
+    return _compiled_steps[model]
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,13 +117,16 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
 
     cache = KVCache(model.cfg, B, total, device, dtype) if use_cache else None
     logits = model(ids, attention_mask=mask, kv_cache=cache)[:, -1]  # [B, V] (prefill)
+    step = compiled_decode_step(model) if cfg.compile and use_cache else getattr(model, "decode_step", None)
+    next_pos = mask.sum(dim=1, keepdim=True)  # [B, 1]: the first new token's position = real prompt tokens
 
     tokens = torch.full((B, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(B, cfg.max_new_tokens, dtype=torch.float32, device=device)
     out_mask = torch.zeros(B, cfg.max_new_tokens, dtype=torch.bool, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(cfg.max_new_tokens):
-        scaled = logits[:, :vocab_size or V].float() / (1.0 if cfg.greedy else cfg.temperature)  # [B, V]
+        scaled = logits[:, :vocab_size or V].float()  # [B, V]
+        scaled = scaled if cfg.greedy else scaled / cfg.temperature
         if cfg.greedy:
             next_tok = scaled.argmax(dim=-1)  # [B]
         else:
@@ -120,6 +140,13 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
         finished = finished | (alive & torch.isin(next_tok, stop_ids))
         if bool(finished.all()) or t + 1 == cfg.max_new_tokens:
             break
-        step_ids = tokens[:, t:t + 1] if use_cache else torch.cat([ids, tokens[:, :t + 1]], dim=1)
-        logits = model(step_ids, attention_mask=seq_mask[:, :P + t + 1], kv_cache=cache)[:, -1]
+        if not use_cache:
+            logits = model(torch.cat([ids, tokens[:, :t + 1]], dim=1), attention_mask=seq_mask[:, :P + t + 1])[:, -1]
+            continue
+        if step is None:  # a model without decode_step (a test double): its forward with the cache
+            logits = model(tokens[:, t:t + 1], attention_mask=seq_mask[:, :P + t + 1], kv_cache=cache)[:, -1]
+            continue
+        seen = seq_mask if cfg.compile else seq_mask[:, :P + t + 1]  # compiled: the whole cache, one shape
+        slot = torch.tensor([P + t], device=device) if cfg.compile else P + t  # where token t's keys/values go
+        logits = step(tokens[:, t:t + 1], next_pos + t, seen, slot, cache)[:, -1]  # [B, V]
     return Rollout(tokens[:, :t + 1], logprobs[:, :t + 1], out_mask[:, :t + 1], finished)
