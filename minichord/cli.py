@@ -117,8 +117,11 @@ def cmd_chat(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from minichord.hf import export_checkpoint
+    from minichord.hf import export_checkpoint, is_hf_dir
 
+    if is_hf_dir(args.checkpoint):
+        raise ValueError(f"{args.checkpoint} is already a Hugging Face directory; export takes a minichord "
+                         f"checkpoint (a run's checkpoint/ or one of its step directories)")
     print(f"wrote {export_checkpoint(args.checkpoint, args.out_dir)} (Hugging Face format: config.json, "
           f"model.safetensors, tokenizer files)")
 

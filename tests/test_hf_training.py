@@ -67,6 +67,7 @@ def test_eval_and_chat_an_hf_model(capsys):
     (["train", "--method", "chord-phi", "--model", "{tmp}/broken", "--prompts", str(DATA / "train.jsonl"),
       "--experts", str(DATA / "train.jsonl"), "--out", "{tmp}/r"], "broken/config.json: architectures"),
     (["chat", "--model", "{tmp}/broken", "hi"], "broken/config.json: architectures"),
+    (["export", str(MODEL), "{tmp}/out"], "is already a Hugging Face directory"),
 ])
 def test_refusals_are_one_line(tmp_path, capsys, args, message):
     shutil.copytree(MODEL, tmp_path / "broken")
