@@ -111,10 +111,15 @@ def grad_scale(grad: Tensor) -> float:
     return nonzero.median().item() if nonzero.numel() else 0.0
 
 
+def within(theirs, ours, scale: float, rtol: float = RTOL, atol: float = ATOL):
+    """The tolerance rule (numbers or tensors, elementwise): |theirs - ours| <= atol * scale + rtol * |ours|."""
+    return abs(theirs - ours) <= atol * scale + rtol * abs(ours)
+
+
 def agrees(ref: Reference, loss: float, grad: Tensor, rtol: float = RTOL, atol: float = ATOL) -> tuple[bool, Tensor]:
     """(loss and gradient within tolerance, per-token gradient agreement [N] bool)."""
-    tok_ok = (grad - ref.grad).abs() <= atol * grad_scale(ref.grad) + rtol * ref.grad.abs()  # [N]
-    loss_ok = any(abs(loss - v) <= atol * ref.loss_scale + rtol * abs(v) for v in (ref.loss, *ref.other_losses))
+    tok_ok = within(grad, ref.grad, grad_scale(ref.grad), rtol, atol)  # [N]
+    loss_ok = any(within(loss, v, ref.loss_scale, rtol, atol) for v in (ref.loss, *ref.other_losses))
     return bool(loss_ok and tok_ok.all()), tok_ok
 
 

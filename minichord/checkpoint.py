@@ -80,8 +80,7 @@ def _files_of(model, tokenizer, optimizer, step: int, meta: dict) -> dict[str, b
     files = {MODEL: st_save(weights)}
     if tokenizer is not None:
         config["tokenizer_special_tokens"] = tokenizer.special_tokens
-        files[TOKENIZER] = tokenizer.to_json().encode()
-        files.update({n: t.encode() for n, t in getattr(tokenizer, "files", dict)().items() if n in CHAT_FILES})
+        files.update({n: t.encode() for n, t in tokenizer.files().items() if n in (TOKENIZER, *CHAT_FILES)})
     if optimizer is not None:  # AdamW-like: {param index: {name: tensor or number}}, JSON param_groups
         state = optimizer.state_dict()
         if any(type(i) is not int for i in state["state"]):

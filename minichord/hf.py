@@ -207,7 +207,7 @@ def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype) -> dict:
             "torch_dtype": str(dtype).removeprefix("torch."), **extra}
 
 
-def _write_atomically(out_dir: Path, fill) -> Path:
+def write_dir_atomically(out_dir: Path, fill) -> Path:
     """Call fill(tmp) on a fresh sibling temp dir, then swap it in for `out_dir` with os.replace
     (an existing out_dir is moved aside first and deleted after)."""
     out_dir = Path(out_dir)
@@ -240,7 +240,7 @@ def export_hf(model: Transformer, out_dir, *, tokenizer_dir=None, extra_files: d
                 shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
-    return _write_atomically(Path(out_dir), fill)
+    return write_dir_atomically(Path(out_dir), fill)
 
 
 # minichord's chat format (tokenizer.py) as a Jinja chat template, so `apply_chat_template` works.
@@ -254,15 +254,13 @@ def export_checkpoint(ckpt_path, out_dir) -> Path:
     from minichord.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
-    tok, files = ckpt.tokenizer, {}
-    if hasattr(tok, "files"):  # a chat model's tokenizer (minichord/chat.py) writes its own files
-        files = tok.files()
-    elif tok is not None:
+    tok = ckpt.tokenizer
+    files = {} if tok is None else tok.files()
+    if tok is not None and "tokenizer_config.json" not in files:  # the toy's: its fixed chat format as a template
         names = tok.special_tokens
         template = CHAT_TEMPLATE
         for role in ("bos", "user", "assistant", "eos"):
             template = template.replace(f"<|{role}|>", names[role])
-        files["tokenizer.json"] = tok.to_json()
         files["tokenizer_config.json"] = json.dumps({
             "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": names["bos"], "eos_token": names["eos"],
             "pad_token": names["pad"], "chat_template": template, "model_max_length": ckpt.model.cfg.max_seq_len}, indent=2)

@@ -113,6 +113,10 @@ class Tokenizer:
     def to_json(self) -> str:
         return self._tok.to_str()
 
+    def files(self) -> dict[str, str]:
+        """{file name: text} that identify this tokenizer (as ChatTokenizer.files, which adds its template)."""
+        return {"tokenizer.json": self.to_json()}
+
     @classmethod
     def load(cls, path: str | Path, special_tokens: dict[str, str] | None = None) -> "Tokenizer":
         """Read a tokenizer.json (ours, or any Hugging Face one), or the one in directory `path`."""

@@ -71,10 +71,6 @@ class TrainingInterrupted(TrainingError):
     """Stopped by Ctrl-C or SIGTERM after saving a checkpoint; rerunning the command resumes."""
 
 
-def tokenizer_files(tok) -> dict[str, str]:  # what identifies a tokenizer: its files (a chat template too)
-    return tok.files() if hasattr(tok, "files") else {"tokenizer.json": tok.to_json()}
-
-
 def step_rng(seed: int, step: int, stream: int, device="cpu") -> tuple[random.Random, torch.Generator]:
     """Independent, reproducible generators for (seed, step, stream); the torch one on `device`."""
     key = (seed * 1_000_003 + step) * 7 + stream
@@ -118,7 +114,7 @@ class Trainer:
         if not checkpoint_exists(path):
             return False
         ckpt = load_checkpoint(path, expect_config=self.model.cfg)
-        if ckpt.tokenizer is not None and tokenizer_files(ckpt.tokenizer) != tokenizer_files(self.tok):
+        if ckpt.tokenizer is not None and ckpt.tokenizer.files() != self.tok.files():  # a chat template too
             raise CheckpointError(f"{path}: its tokenizer differs from the one of this run's initial model; "
                                   f"use --no-resume or another --out")
         self.model.load_state_dict(ckpt.model.state_dict())
@@ -145,7 +141,7 @@ class Trainer:
         pool = self.data.experts if is_luffy else self.data.prompts  # LUFFY groups need an expert trace
         picked = rng.sample(range(len(pool)), min(cfg.prompts_per_step, len(pool)))
         n_on = cfg.group_size - 1 if is_luffy else cfg.group_size
-        prompt_ids = [self.tok.encode_prompt(pool[i].prompt) for i in picked for _ in range(n_on)]
+        prompt_ids = [ids for i in picked for ids in [self.tok.encode_prompt(pool[i].prompt)] * n_on]  # rendered once
         t0 = time.perf_counter()
         self.model.eval()
         with autocast(self.device, cfg.dtype):

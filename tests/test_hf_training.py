@@ -64,6 +64,7 @@ def test_eval_and_chat_an_hf_model(capsys):
 @pytest.mark.parametrize("args, message", [
     (["train", "--method", "chord-phi", "--model", str(MODEL), "--out", "{tmp}/r"], "needs your data"),
     (["eval", "--model", str(MODEL)], "give --prompts FILE"),
+    (["eval"], "give a model: --model DIR"),
     (["train", "--method", "chord-phi", "--model", "{tmp}/broken", "--prompts", str(DATA / "train.jsonl"),
       "--experts", str(DATA / "train.jsonl"), "--out", "{tmp}/r"], "broken/config.json: architectures"),
     (["chat", "--model", "{tmp}/broken", "hi"], "broken/config.json: architectures"),

@@ -90,13 +90,13 @@ def run_case(fn: Callable, case: GoldenCase, rtol: float = 1e-5, atol: float = 1
         return "skip", str(e) or "NotImplementedError"
     except Exception as e:  # the user's code failing on a case is a failed case, not a crash
         return "fail", f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    from minichord.check import grad_scale
+    from minichord.check import grad_scale, within
 
     want = s["expected"]
     mask, expected = t["mask"], t["grad_logp"]
-    if not abs(loss - want["loss"]) <= atol * want["loss_scale"] + rtol * abs(want["loss"]):
+    if not within(loss, want["loss"], want["loss_scale"], rtol, atol):
         return "fail", f"loss {loss:.10g}, expected {want['loss']:.10g}"
-    ok = (grad - expected).abs() <= atol * grad_scale(expected[mask]) + rtol * expected.abs()  # [B, T]
+    ok = within(grad, expected, grad_scale(expected[mask]), rtol, atol)  # [B, T]
     bad = (~ok & mask).nonzero()
     if len(bad):
         i, j = bad[0].tolist()
