@@ -66,12 +66,13 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from minichord import data, math_reward
+    from minichord import data
     from minichord.device import autocast, resolve_device
     from minichord.evaluate import evaluate_splits
     from minichord.experiment import load_initial_model
     from minichord.hf import is_hf_dir
     from minichord.tasks import make_splits
+    from minichord.traindata import rewards
 
     path = args.model or args.checkpoint
     if not path:
@@ -83,11 +84,11 @@ def cmd_eval(args) -> None:
               else make_splits(args.seed, n_rl=0, n_expert=0, n_test=args.n_test).tests)
     model, tokenizer = load_initial_model(path)  # refuses a checkpoint without a tokenizer
     data.check_lengths([p for s in splits.values() for p in s], tokenizer, model.cfg.max_seq_len, 1)
-    scoring = ({"reward_fn": math_reward.strict_reward, "lenient_fn": math_reward.lenient_reward}
-               if args.reward == "math" or (args.reward == "auto" and args.prompts) else {})
+    reward_fn, lenient_fn = rewards(args.reward, chat_model="tokenizer_config.json" in tokenizer.files())
     model.to(device)
     with autocast(device, args.dtype or "fp32"):
-        result = evaluate_splits(model, tokenizer, splits, max_new_tokens=args.max_new_tokens, **scoring)
+        result = evaluate_splits(model, tokenizer, splits, max_new_tokens=args.max_new_tokens, reward_fn=reward_fn,
+                                 lenient_fn=lenient_fn)
     for name, m in result.items():
         lenient = f", lenient {m['lenient_accuracy']:.3f}" if "lenient_accuracy" in m else ""
         print(f"{name:14s} accuracy {m['accuracy']:.3f}{lenient}  (n={m['n']}, mean length {m['response_length']:.1f})")
@@ -192,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", type=MODEL_DIR, default=None, help="a Hugging Face model directory or a checkpoint")
     e.add_argument("--reward", choices=("auto", "exact", "math"), default="auto",
                    help="exact: the toy's answer match; math: strict format + lenient last number "
-                        "(auto: math with --prompts)")
+                        "(auto: math for a model with a chat template, i.e. a Hugging Face one)")
     e.add_argument("--max-new-tokens", type=POSITIVE, default=96, help="answer length limit (tokens)")
     e.add_argument("--n-test", type=POSITIVE, default=200, help="problems per toy split")
     e.add_argument("--seed", type=SEED, default=0, help="seed of the toy splits")

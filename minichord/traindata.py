@@ -38,6 +38,11 @@ def build_train_data(cfg: TrainConfig, hf_model: bool = False) -> TrainData:
     prompts = load_prompts(cfg.prompts_file) if cfg.prompts_file else toy.rl
     experts = load_experts(cfg.experts_file) if cfg.experts_file else toy.expert
     evals = {Path(cfg.eval_file).stem: load_prompts(cfg.eval_file)} if cfg.eval_file else {} if hf_model else toy.tests
-    if (cfg.reward == "auto" and hf_model) or cfg.reward == "math":
-        return TrainData(prompts, experts, evals, math_reward.strict_reward, math_reward.lenient_reward)
-    return TrainData(prompts=prompts, experts=experts, eval_splits=evals)
+    return TrainData(prompts, experts, evals, *rewards(cfg.reward, hf_model))
+
+
+def rewards(name: str, chat_model: bool) -> tuple[Callable[[str, str], float], Callable[[str, str], float] | None]:
+    """(reward, lenient or None) of `reward = exact | math | auto`; auto = math for a chat (Hugging Face) model."""
+    if name == "math" or (name == "auto" and chat_model):
+        return math_reward.strict_reward, math_reward.lenient_reward
+    return reward, None

@@ -83,3 +83,16 @@ def test_plot_keeps_each_runs_colour_in_every_panel(tmp_path, monkeypatch):
     plot_runs([tmp_path / "sft", tmp_path / "grpo"], tmp_path / "p.png")
     assert ("grpo", "C1") in seen and ("sft", "C0") in seen
     assert len(set(seen)) == 2  # one colour per run, whatever the panel
+
+
+def test_eval_of_a_toy_checkpoint_on_a_prompts_file_keeps_the_exact_reward(tiny_ckpt, tmp_path, capsys):
+    """reward=auto is math only for a model with a chat template: the toy's terse answers are not in math's format."""
+    from minichord.traindata import rewards
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "add 1 2", "answer": "3"}\n')
+    assert main(["eval", str(tiny_ckpt), "--prompts", str(prompts), "--max-new-tokens", "4"]) == 0
+    assert "lenient" not in capsys.readouterr().out
+    assert main(["eval", str(tiny_ckpt), "--prompts", str(prompts), "--max-new-tokens", "4", "--reward", "math"]) == 0
+    assert "lenient" in capsys.readouterr().out
+    assert rewards("auto", chat_model=False)[1] is None and rewards("auto", chat_model=True)[1] is not None
