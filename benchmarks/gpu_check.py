@@ -12,7 +12,10 @@
 5. CHORD-phi steps of a Qwen2.5-0.5B-shaped model (random weights; vocab 151936, hidden 896, 24 layers, 14 / 2
    heads, ffn 4864, bf16 autocast) with 8 prompts x 8 rollouts of up to 256 new tokens + 16 expert
    demonstrations of 512 tokens, once with MINICHORD_KERNELS=triton and once with torch: sampled tokens/s,
-   trained tokens/s, peak GPU memory, and the ratios.
+   trained tokens/s, peak GPU memory, and the ratios;
+6. greedy generation at that shape, batch 64 x (10 + 256 new), bf16: transformers' generate against minichord's
+   sampler, eager and with SamplerConfig.compile (a CUDA graph per decode step): tokens/s, the speed-up, the
+   share of the bandwidth bound, agreement of the tokens (benchmarks/gpu_check_generate.py).
 
 Timing follows the device README's METHOD.md: a warm-up call first (Triton compiles, the allocator settles),
 CUDA events around each repeat, the median of the repeats. Training steps are timed by the trainer itself
@@ -36,11 +39,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))  # bench_kernels.py, gpu_check_train.py
 FULL = dict(reps=10, copy_mb=4096, t1=(16384, 151936), t2=(16384, 896, 151936), steps=10, prompts=8, group=8,
-            new_tokens=256, experts=16, expert_len=512, prompt_len=64,
+            new_tokens=256, experts=16, expert_len=512, prompt_len=64, gen=(64, 256), gen_reps=3,
             model=dict(vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2, ffn_dim=4864,
                        max_seq_len=1024, rope_theta=1e6))
 DRY = dict(reps=1, copy_mb=16, t1=(16, 500), t2=(32, 32, 500), steps=1, prompts=2, group=2, new_tokens=4, experts=2,
-           expert_len=8, prompt_len=4,
+           expert_len=8, prompt_len=4, gen=(2, 4), gen_reps=1,
            model=dict(vocab_size=300, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=32))
 DRY_TESTS = ["tests/test_kernels.py::test_token_logprobs_matches_reference[0.7-True-dtype1-1000]",
              "tests/test_kernels.py::test_fused_loss_matches_reference[phi-dtype1]"]  # bf16, fwd + bwd
@@ -94,8 +97,8 @@ def reps_for(first_ms: float, most: int, budget_ms: float = 3000.0) -> int:
 
 def kernel_tests(device: torch.device, dry_run: bool) -> str:
     env = dict(os.environ, MINICHORD_TEST_DEVICE=device.type, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(DRY_TESTS if dry_run
-                                                                           else ["tests/test_kernels.py"])]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           *(DRY_TESTS if dry_run else ["tests/test_kernels.py", "tests/test_decode_paths.py"])]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     summary = (proc.stdout.strip().splitlines() or ["(no output)"])[-1].strip("= ")
@@ -186,6 +189,16 @@ def report(r: dict, s: dict) -> str:
             peak = "n/a (CPU)" if a["peak_gb"] is None else f"{a['peak_gb'] / b['peak_gb']:.2f}x"
             add(("CHORD-phi triton / torch", f"sampling {a['sample_tok_s'] / b['sample_tok_s']:.2f}x; training "
                  f"{a['train_tok_s'] / b['train_tok_s']:.2f}x; peak memory {peak}"))
+    if "generate" in r:
+        g = r["generate"]
+        if "skipped" in g:
+            add(("generate vs transformers", f"skipped: {g['skipped']}"))
+        for who, c in g.get("contenders", {}).items():
+            share = "" if c["bound_share"] is None else f"; {100 * c['bound_share']:.0f}% of the bandwidth bound"
+            add((f"generate {g['batch']} x (10 + {g['new']}) greedy, {g['dtype']}: {who}",
+                 f"{c['ms']:.0f} ms [{c['ms_range'][0]:.0f}-{c['ms_range'][1]:.0f}], {c['tok_s']:.0f} tok/s, "
+                 f"{c['speedup_vs_hf']:.2f}x transformers{share}; tokens equal to minichord eager "
+                 f"{100 * c['equal_tokens']:.0f}%; peak extra {fmt(c['peak_extra_mb'], '.0f', ' MB')}"))
     for name, error in r["errors"]:
         add((f"FAILED: {name}", error))
     return "\n".join(["| check | result |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
@@ -196,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, Triton under TRITON_INTERPRET=1")
     ap.add_argument("--steps", type=int, default=None, help="timed CHORD-phi steps per backend (default 10; dry 1)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "tier1", "tier2", "train"],
+    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "tier1", "tier2", "train", "generate"],
                     help="sections to leave out")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
@@ -236,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     from gpu_check_train import training  # benchmarks/, beside this file
     section("train", lambda: {b: training(device, settings, b) for b in ("triton", "torch")})
     os.environ.pop("MINICHORD_KERNELS", None)
+    from gpu_check_generate import generate_vs_hf
+    section("generate", lambda: generate_vs_hf(device, settings, r.get("bound")))
     if args.json:
         Path(args.json).write_text(json.dumps(dict(r, settings=settings), indent=1, default=str))
     print(f"\ngpu_check finished in {time.perf_counter() - t_start:.0f} s\n")

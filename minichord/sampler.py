@@ -11,9 +11,10 @@ and new log-probs agree at the first update.
 
 Each step after the prefill is `Transformer.decode_step`: positions advance by one per step (no
 cumsum over the mask), and the cache is read up to the current slot. SamplerConfig.compile=True
-runs that step through `torch.compile` instead, over the whole preallocated cache (hidden slots
-masked), so its shapes never change: it is compiled once per (batch, prompt + new tokens) shape,
-which costs tens of seconds on a CPU and pays off only over many generations.
+runs that step with static shapes, over the whole preallocated cache (hidden slots masked): on a
+CPU through `torch.compile`, once per (batch, prompt + new tokens) shape, which costs tens of seconds
+and pays off only over many generations; on a GPU as a CUDA graph captured at the first step of each
+generate() call (one replay per token instead of hundreds of kernel launches; no compiler).
 """
 
 from __future__ import annotations
@@ -69,6 +70,36 @@ def compiled_decode_step(model):
     return _compiled_steps[model]
 
 
+class GraphedDecodeStep:
+    """model.decode_step as a CUDA graph (SamplerConfig.compile on a GPU). The first call copies its
+    inputs into fixed buffers, runs the step twice on a side stream (warm-up: cuBLAS handles, the
+    allocator), then captures it; every call replays the graph on the buffers. The warm-up writes
+    the first token's keys/values into its cache slot, which the replay writes again, identically.
+    Its logits are one buffer, overwritten by the next call: read them before calling again."""
+
+    def __init__(self, model, cache: KVCache):
+        self.model, self.cache, self.graph = model, cache, None
+
+    def __call__(self, ids, positions, attention_mask, slot, cache):
+        if self.graph is None:
+            self.inputs = [x.clone() for x in (ids, positions, attention_mask, slot)]
+            dtype = autocast_dtype(ids.device)  # autocast's weight cache cannot live in a graph
+            autocast = torch.autocast("cuda", dtype=dtype, cache_enabled=False, enabled=dtype is not None)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), autocast:
+                for _ in range(2):
+                    self.model.decode_step(*self.inputs, self.cache)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), autocast:
+                self.logits = self.model.decode_step(*self.inputs, self.cache)  # [B, 1, V]
+        for buf, x in zip(self.inputs, (ids, positions, attention_mask, slot)):
+            buf.copy_(x)
+        self.graph.replay()
+        return self.logits
+
+
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Ragged prompts -> ids [B, P] long and mask [B, P] bool, real tokens at the right end."""
     P = max(len(p) for p in prompts)
@@ -117,7 +148,9 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
 
     cache = KVCache(model.cfg, B, total, device, dtype) if use_cache else None
     logits = model(ids, attention_mask=mask, kv_cache=cache)[:, -1]  # [B, V] (prefill)
-    step = compiled_decode_step(model) if cfg.compile and use_cache else getattr(model, "decode_step", None)
+    step = getattr(model, "decode_step", None)
+    if cfg.compile and use_cache:  # static shapes: a CUDA graph on a GPU, torch.compile elsewhere
+        step = GraphedDecodeStep(model, cache) if device.type == "cuda" else compiled_decode_step(model)
     next_pos = mask.sum(dim=1, keepdim=True)  # [B, 1]: the first new token's position = real prompt tokens
 
     tokens = torch.full((B, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)

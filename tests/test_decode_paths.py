@@ -1,7 +1,10 @@
 """The decode paths agree: Transformer.forward one token at a time, decode_step with a Python-int
 slot (eager sampler), decode_step with a tensor slot over the whole cache (the static shapes the
-compiled path traces), and the torch.compile'd sampler: logits equal the full forward (<= 1e-4),
+compiled path traces), and the compiled sampler (torch.compile on a CPU; a CUDA graph where
+MINICHORD_TEST_DEVICE=cuda, as benchmarks/gpu_check.py runs it): logits equal the full forward (<= 1e-4),
 greedy tokens are identical, a fixed seed draws the same tokens."""
+
+import os
 
 import pytest
 import torch
@@ -11,6 +14,8 @@ from minichord.model import KVCache
 from minichord.sampler import generate, left_pad
 from test_model import left_padded_batch, tiny_model
 from test_sampler import NO_EOS, PAD, PROMPTS
+
+DEVICE = torch.device(os.environ.get("MINICHORD_TEST_DEVICE", "cpu"))
 
 
 @pytest.mark.parametrize("static", [False, True])
@@ -34,18 +39,18 @@ def test_decode_step_equals_full_forward(static):
 def test_compiled_sampler_matches_eager_and_full_forward():
     """torch.compile'd decode step (static cache shape): greedy tokens identical to eager and to the
     uncached path, sampled tokens identical for a seed, log-probs those of the full forward."""
-    model = tiny_model()
+    model = tiny_model().to(DEVICE)
     runs = {}
     for name, compile_, use_cache in [("eager", False, True), ("compiled", True, True), ("uncached", False, False)]:
         greedy = generate(model, PROMPTS, SamplerConfig(max_new_tokens=10, greedy=True, compile=compile_),
                           eos_id=NO_EOS, pad_id=PAD, use_cache=use_cache)
         sampled = generate(model, PROMPTS, SamplerConfig(max_new_tokens=10, temperature=0.8, compile=compile_),
-                           eos_id=NO_EOS, pad_id=PAD, generator=torch.Generator().manual_seed(5), use_cache=use_cache)
+                           eos_id=NO_EOS, pad_id=PAD, generator=torch.Generator(DEVICE).manual_seed(5), use_cache=use_cache)
         runs[name] = (greedy, sampled)
     for name in ("compiled", "uncached"):
         assert torch.equal(runs[name][0].tokens, runs["eager"][0].tokens), name
         assert torch.equal(runs[name][1].tokens, runs["eager"][1].tokens), name
-    ids, mask = left_pad(PROMPTS, PAD, "cpu")
+    ids, mask = left_pad(PROMPTS, PAD, DEVICE)
     out = runs["compiled"][1]
     seq = torch.cat([ids, out.tokens], dim=1)
     with torch.no_grad():

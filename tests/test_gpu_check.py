@@ -22,12 +22,14 @@ def test_gpu_check_dry_run_passes(tmp_path):
     table = proc.stdout.strip().splitlines()
     header = table.index("| check | result |")
     rows = table[header + 2:]
-    assert len(rows) == 10 and table[-1] == rows[-1], "the table must come last, one row per check"
+    assert len(rows) == 13 and table[-1] == rows[-1], "the table must come last, one row per check"
     assert not any("FAILED" in row for row in rows), rows
     result = json.loads((tmp_path / "r.json").read_text())
     assert set(result["train"]) == {"triton", "torch"} and set(result["tier2"]) == {"naive", "chunked", "triton"}
     assert result["train"]["triton"]["backend_line"].startswith("loss backend: triton fused")
     assert "2 passed" in result["tests"]
+    generate = result["generate"]["contenders"]  # transformers, minichord eager, minichord compile=True
+    assert len(generate) == 3 and all(c["equal_tokens"] == 1.0 for c in generate.values()), generate
 
 
 def test_gpu_check_without_cuda_says_so():
