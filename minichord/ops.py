@@ -26,7 +26,14 @@ from minichord.losses import TokenLossSpec, chord_loss
 
 KERNEL_BACKENDS = ("auto", "torch", "triton")
 _ENV_VAR = "MINICHORD_KERNELS"
-_CHUNK_ELEMENTS = 1 << 22  # torch path: about this many fp32 logits (16 MB) per chunk
+_CHUNK_ELEMENTS = 1 << 22  # torch path: about this many fp32 logits (16 MB) per chunk on a CPU, 16x on CUDA
+
+
+def default_chunk_rows(hidden: Tensor, weight: Tensor) -> int:
+    """Rows per chunk of the torch path: _CHUNK_ELEMENTS logits on a CPU, 16x that on CUDA, where a chunk
+    of 27 rows at V = 151,936 would launch ~600 small matmuls and grad_weight additions per batch (1.8 s,
+    measured on an H200: benchmarks/RESULTS.md)."""
+    return max(1, _CHUNK_ELEMENTS * (16 if hidden.is_cuda else 1) // weight.shape[0])
 IGNORE_INDEX = -100  # target of rows that carry no token (padding): logp = H = 0, no gradient
 
 
@@ -107,8 +114,7 @@ def logprobs_from_hidden(hidden: Tensor, weight: Tensor, targets: Tensor, *, tem
     """Tier 1 from hidden [N, H] and the lm-head [V, H], over token chunks (no gradient): logp [N] fp32,
     logp_t = log_softmax(hidden_t W^T / T)[y_t]; at most chunk_size x V logits at once (None: about
     _CHUNK_ELEMENTS on CPU, 16x that on CUDA, 256 MB of bf16)."""
-    per_chunk = _CHUNK_ELEMENTS * (16 if hidden.is_cuda else 1)
-    chunk_size = chunk_size or max(1, per_chunk // weight.shape[0])
+    chunk_size = chunk_size or default_chunk_rows(hidden, weight)
     logp = torch.zeros(hidden.shape[0], dtype=_compute_dtype(hidden, weight), device=hidden.device)  # [N]
     for start in range(0, hidden.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
@@ -180,7 +186,7 @@ def fused_token_loss(hidden: Tensor, weight: Tensor, targets: Tensor, coef: Tens
                      ref_logp: Optional[Tensor] = None, temperature: float = 1.0,
                      chunk_size: Optional[int] = None) -> FusedLossOutput:
     """Tier 2: the loss of `losses.chord_loss` from hidden states and the lm-head weight, at most
-    chunk_size x V logits alive (None: _CHUNK_ELEMENTS here, CHUNK_BYTES in the kernel); Triton on CUDA,
+    chunk_size x V logits alive (None: default_chunk_rows here, CHUNK_BYTES in the kernel); Triton on CUDA,
     chunked torch elsewhere. Gradients are computed during the forward: backward twice is not supported."""
     check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
                        temperature, chunk_size)
@@ -188,7 +194,7 @@ def fused_token_loss(hidden: Tensor, weight: Tensor, targets: Tensor, coef: Tens
         from minichord.kernels.fused_loss import triton_fused_token_loss
         return triton_fused_token_loss(hidden, weight, targets, coef, is_expert, advantages, old_logp, spec,
                                        ref_logp=ref_logp, temperature=temperature, chunk_size=chunk_size)
-    chunk_size = chunk_size or max(1, _CHUNK_ELEMENTS // weight.shape[0])
+    chunk_size = chunk_size or default_chunk_rows(hidden, weight)
     detached = [None if t is None else t.detach() for t in (coef, advantages, old_logp, ref_logp)]
     return FusedLossOutput(*_ChunkedFusedLoss.apply(hidden, weight, targets, detached[0], is_expert, *detached[1:],
                                                     spec, float(temperature), int(chunk_size)))
