@@ -180,7 +180,7 @@ def report(r: dict, s: dict) -> str:
                  f"peak extra {fmt(t['peak_mb'], '.0f', ' MB')}"))
     if "train" in r:
         for backend, t in r["train"].items():
-            add((f"CHORD-phi {backend}{', sampler.compile' if s.get('sampler_compile') else ''}: {s['prompts']}x{s['group']} rollouts <= {s['new_tokens']} new + "
+            add((f"CHORD-phi {backend}, sampler.compile={s.get('sampler_compile', 'default')}: {s['prompts']}x{s['group']} rollouts <= {s['new_tokens']} new + "
                  f"{s['experts']} x {s['expert_len']} expert, {t['params'] / 1e6:.0f}M params bf16",
                  f"sampling {t['sample_tok_s']:.0f} tok/s (mean length {t['response_length']:.0f}); training "
                  f"{t['train_tok_s']:.0f} tok/s ({t['tokens_per_step']:.0f} tok/step); peak {fmt(t['peak_gb'], '.1f', ' GB')}"))
@@ -212,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "tier1", "tier2", "train", "generate"],
                     help="sections to leave out")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
-    ap.add_argument("--sampler-compile", action="store_true",
-                    help="CHORD-phi steps sample with sampler.compile=true (a CUDA graph per decode step on a GPU)")
+    ap.add_argument("--sampler-compile", choices=["default", "true", "false"], default="default",
+                    help="sampler.compile of the CHORD-phi steps: default (a CUDA graph on a GPU, eager on a CPU), "
+                         "true (a CUDA graph on a GPU, torch.compile on a CPU) or false (eager)")
     args = ap.parse_args(argv)
     settings = dict(DRY if args.dry_run else FULL)
     settings["steps"] = args.steps or settings["steps"]

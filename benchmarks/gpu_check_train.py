@@ -69,7 +69,8 @@ def training(device: torch.device, s: dict, backend: str) -> dict:
         f"steps={steps}", f"prompts_per_step={s['prompts']}", f"group_size={s['group']}",
         f"experts_per_step={s['experts']}", f"sampler.max_new_tokens={s['new_tokens']}", "lr=1e-6",
         f"device={device.type}", "dtype=bf16", "activation_checkpointing=true", "micro_batch_seqs=16",
-        "eval_every=100000", "save_every=100000", f"sampler.compile={str(s.get('sampler_compile', False)).lower()}"])
+        "eval_every=100000", "save_every=100000",
+        *([] if s.get("sampler_compile", "default") == "default" else [f"sampler.compile={s['sampler_compile']}"])])
     torch.manual_seed(0)
     with torch.device(device):
         model = Transformer(ModelConfig(**s["model"]))

@@ -14,7 +14,9 @@ cumsum over the mask), and the cache is read up to the current slot. SamplerConf
 runs that step with static shapes, over the whole preallocated cache (hidden slots masked): on a
 CPU through `torch.compile`, once per (batch, prompt + new tokens) shape, which costs tens of seconds
 and pays off only over many generations; on a GPU as a CUDA graph captured at the first step of each
-generate() call (one replay per token instead of hundreds of kernel launches; no compiler).
+generate() call (one replay per token instead of hundreds of kernel launches; no compiler). Left at
+None, it is the CUDA graph on a GPU (3.2x faster sampling in a CHORD step on an H200,
+benchmarks/RESULTS.md) and eager on a CPU; False is eager everywhere.
 """
 
 from __future__ import annotations
@@ -148,8 +150,9 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
 
     cache = KVCache(model.cfg, B, total, device, dtype) if use_cache else None
     logits = model(ids, attention_mask=mask, kv_cache=cache)[:, -1]  # [B, V] (prefill)
-    step = getattr(model, "decode_step", None)
-    if cfg.compile and use_cache:  # static shapes: a CUDA graph on a GPU, torch.compile elsewhere
+    static = use_cache and (cfg.compile if cfg.compile is not None else device.type == "cuda")  # static shapes:
+    step = getattr(model, "decode_step", None)  # a CUDA graph on a GPU (the default there), torch.compile elsewhere
+    if static:
         step = GraphedDecodeStep(model, cache) if device.type == "cuda" else compiled_decode_step(model)
     next_pos = mask.sum(dim=1, keepdim=True)  # [B, 1]: the first new token's position = real prompt tokens
 
@@ -179,7 +182,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
         if step is None:  # a model without decode_step (a test double): its forward with the cache
             logits = model(tokens[:, t:t + 1], attention_mask=seq_mask[:, :P + t + 1], kv_cache=cache)[:, -1]
             continue
-        seen = seq_mask if cfg.compile else seq_mask[:, :P + t + 1]  # compiled: the whole cache, one shape
-        slot = torch.tensor([P + t], device=device) if cfg.compile else P + t  # where token t's keys/values go
+        seen = seq_mask if static else seq_mask[:, :P + t + 1]  # static: the whole cache, one shape
+        slot = torch.tensor([P + t], device=device) if static else P + t  # where token t's keys/values go
         logits = step(tokens[:, t:t + 1], next_pos + t, seen, slot, cache)[:, -1]  # [B, V]
     return Rollout(tokens[:, :t + 1], logprobs[:, :t + 1], out_mask[:, :t + 1], finished)

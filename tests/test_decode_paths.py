@@ -57,3 +57,24 @@ def test_compiled_sampler_matches_eager_and_full_forward():
         logits = model(seq, attention_mask=torch.cat([mask, out.mask], dim=1))[:, ids.shape[1] - 1:-1]
     expected = (logits / 0.8).log_softmax(-1).gather(-1, out.tokens[..., None]).squeeze(-1)
     assert (out.logprobs - expected).abs().max().item() <= 1e-4
+
+
+def test_compile_default_is_static_only_on_a_gpu(monkeypatch):
+    """SamplerConfig.compile=None (the default): eager on a CPU (torch.compile would cost tens of seconds per
+    shape), the CUDA graph on a GPU; False: eager everywhere."""
+    import minichord.sampler as sampler
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the static decode step was built")
+
+    monkeypatch.setattr(sampler, "compiled_decode_step", refuse)
+    monkeypatch.setattr(sampler, "GraphedDecodeStep", refuse)
+    model = tiny_model().to(DEVICE)
+    assert SamplerConfig().compile is None
+    for compile_ in ((None, False) if DEVICE.type == "cpu" else (False,)):
+        out = generate(model, PROMPTS, SamplerConfig(max_new_tokens=4, greedy=True, compile=compile_), eos_id=NO_EOS,
+                       pad_id=PAD)
+        assert out.tokens.shape == (len(PROMPTS), 4)
+    if DEVICE.type == "cuda":
+        with pytest.raises(AssertionError, match="static decode step"):
+            generate(model, PROMPTS, SamplerConfig(max_new_tokens=4, greedy=True), eos_id=NO_EOS, pad_id=PAD)
