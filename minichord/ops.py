@@ -27,6 +27,7 @@ from minichord.losses import TokenLossSpec, chord_loss
 KERNEL_BACKENDS = ("auto", "torch", "triton")
 _ENV_VAR = "MINICHORD_KERNELS"
 _CHUNK_ELEMENTS = 1 << 22  # torch path: about this many fp32 logits (16 MB) per chunk on a CPU, 16x on CUDA
+IGNORE_INDEX = -100  # target of rows that carry no token (padding): logp = H = 0, no gradient
 
 
 def default_chunk_rows(hidden: Tensor, weight: Tensor) -> int:
@@ -34,7 +35,6 @@ def default_chunk_rows(hidden: Tensor, weight: Tensor) -> int:
     of 27 rows at V = 151,936 would launch ~600 small matmuls and grad_weight additions per batch (1.8 s,
     measured on an H200: benchmarks/RESULTS.md)."""
     return max(1, _CHUNK_ELEMENTS * (16 if hidden.is_cuda else 1) // weight.shape[0])
-IGNORE_INDEX = -100  # target of rows that carry no token (padding): logp = H = 0, no gradient
 
 
 def kernel_backend(device: torch.device | str | None = None) -> str:

@@ -73,7 +73,7 @@ def compiled_decode_step(model):
 
 
 class GraphedDecodeStep:
-    """model.decode_step as a CUDA graph (SamplerConfig.compile on a GPU). The first call copies its
+    """model.decode_step as a CUDA graph (on a GPU unless SamplerConfig.compile=False). The first call copies its
     inputs into fixed buffers, runs the step twice on a side stream (warm-up: cuBLAS handles, the
     allocator), then captures it; every call replays the graph on the buffers. The warm-up writes
     the first token's keys/values into its cache slot, which the replay writes again, identically.
@@ -150,9 +150,9 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
 
     cache = KVCache(model.cfg, B, total, device, dtype) if use_cache else None
     logits = model(ids, attention_mask=mask, kv_cache=cache)[:, -1]  # [B, V] (prefill)
-    static = use_cache and (cfg.compile if cfg.compile is not None else device.type == "cuda")  # static shapes:
-    step = getattr(model, "decode_step", None)  # a CUDA graph on a GPU (the default there), torch.compile elsewhere
-    if static:
+    step = getattr(model, "decode_step", None)  # None: a test double, stepped through its forward
+    static = use_cache and step is not None and (cfg.compile if cfg.compile is not None else device.type == "cuda")
+    if static:  # static shapes: a CUDA graph on a GPU (the default there), torch.compile elsewhere
         step = GraphedDecodeStep(model, cache) if device.type == "cuda" else compiled_decode_step(model)
     next_pos = mask.sum(dim=1, keepdim=True)  # [B, 1]: the first new token's position = real prompt tokens
 
