@@ -77,8 +77,20 @@ def prompts_of(batch: int, seed: int = 1) -> torch.Tensor:
 
 # ---- the contenders: each returns a function that runs once ---------------------------------------
 
-def gen_runs(ours, hf, batch: int, new: int, compile_: bool, check: bool = True):
-    ids = prompts_of(batch)
+def checked_pair(seed: int, tmp: str, shape: dict = TINY):
+    """build_pair, then the check every comparison starts from: logits equal to 1e-4 on 4 prompts (CPU, fp32).
+    Returns (ours, hf, max |logit diff|)."""
+    ours, hf = build_pair(seed, tmp, shape)
+    ids = prompts_of(4)
+    with torch.no_grad():
+        diff = (ours(ids) - hf(ids).logits).abs().max().item()
+    assert diff <= 1e-4, f"minichord and transformers disagree: max |logit diff| {diff}"
+    return ours, hf, diff
+
+
+def gen_runs(ours, hf, batch: int, new: int, compile_: bool, check: bool = True, device: str | torch.device = "cpu"):
+    """Greedy generate by each contender (the models already on `device`); check: tokens equal, compile time."""
+    ids = prompts_of(batch).to(device)
 
     def ours_run(compile_=False):
         return generate(ours, ids.tolist(), SamplerConfig(max_new_tokens=new, greedy=True, compile=compile_),
@@ -193,11 +205,7 @@ def grpo_runs(ours, hf, tmp: str, n_prompts: int = 8, G: int = 8, new: int = 32)
 
 
 def runs_for(name: str, args, tmp: str, check: bool = True):
-    ours, hf = build_pair(args.seed, tmp, QWEN_05B if name == "gen05b" else TINY)
-    ids = prompts_of(4)
-    with torch.no_grad():
-        diff = (ours(ids) - hf(ids).logits).abs().max().item()
-    assert diff <= 1e-4, f"minichord and transformers disagree: max |logit diff| {diff}"
+    ours, hf, _ = checked_pair(args.seed, tmp, QWEN_05B if name == "gen05b" else TINY)
     if name == "gen256":
         return gen_runs(ours, hf, 256, 64, args.compile, check)
     if name == "gen64":

@@ -24,33 +24,16 @@ import torch
 
 def generate_vs_hf(device: torch.device, s: dict, bound: float | None) -> dict:
     try:
-        from bench_vs_hf import PAD, build_pair, prompts_of  # imports transformers
+        from bench_vs_hf import checked_pair, gen_runs  # imports transformers
     except ImportError as e:
         return {"skipped": f"transformers not installed ({e})"}
-    from minichord.config import SamplerConfig
-    from minichord.sampler import generate
 
     batch, new = s["gen"]
     with tempfile.TemporaryDirectory() as tmp:
-        ours, hf = build_pair(0, tmp, s["model"])  # fp32 on the CPU, logits checked equal to 1e-4 below
-        ids = prompts_of(batch)  # [B, 10]
-        with torch.no_grad():
-            diff = (ours(ids[:2]) - hf(ids[:2]).logits).abs().max().item()
-        assert diff <= 1e-4, f"minichord and transformers disagree: max |logit diff| {diff}"
+        ours, hf, diff = checked_pair(0, tmp, s["model"])  # fp32 on the CPU, logits equal to 1e-4
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     ours, hf = ours.to(device, dtype), hf.to(device, dtype)
-    ids = ids.to(device)
-
-    def hf_run():
-        with torch.no_grad():
-            return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False)[:, 10:]
-
-    def ours_run(compile_: bool):
-        return generate(ours, ids.tolist(), SamplerConfig(max_new_tokens=new, greedy=True, compile=compile_),
-                        eos_id=-1, pad_id=PAD).tokens
-
-    runs = {"transformers generate": hf_run, "minichord eager": lambda: ours_run(False),
-            "minichord compile=True": lambda: ours_run(True)}
+    runs = gen_runs(ours, hf, batch, new, compile_=True, check=False, device=device)  # transformers, eager, compiled
     out = {who: dict(seconds=[]) for who in runs}
     for who, run in runs.items():  # warm-up; peak memory; tokens
         if device.type == "cuda":
@@ -69,14 +52,14 @@ def generate_vs_hf(device: torch.device, s: dict, bound: float | None) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             out[who]["seconds"].append(time.perf_counter() - t0)
-    ref = out["minichord eager"]["tokens"]
+    ref = out["minichord"]["tokens"]
     cfg = ours.cfg
     weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
     mean_len = 10 + new / 2  # keys/values read per step, on average
     kv_bytes = 2 * cfg.n_layers * batch * cfg.n_kv_heads * cfg.head_dim * mean_len * ours.lm_head_weight.element_size()
     result = dict(batch=batch, new=new, dtype=str(dtype).replace("torch.", ""), logit_diff_fp32=diff,
                   floor_ms=(weight_bytes + kv_bytes) * new / bound * 1e3 if bound else None, contenders={})
-    hf_s = statistics.median(out["transformers generate"]["seconds"])
+    hf_s = statistics.median(out["transformers"]["seconds"])
     for who, o in out.items():
         sec = statistics.median(o["seconds"])
         result["contenders"][who] = dict(

@@ -79,10 +79,10 @@ class GraphedDecodeStep:
     the first token's keys/values into its cache slot, which the replay writes again, identically.
     Its logits are one buffer, overwritten by the next call: read them before calling again."""
 
-    def __init__(self, model, cache: KVCache):
-        self.model, self.cache, self.graph = model, cache, None
+    def __init__(self, model):
+        self.model, self.graph = model, None
 
-    def __call__(self, ids, positions, attention_mask, slot, cache):
+    def __call__(self, ids, positions, attention_mask, slot, cache: KVCache):  # the same cache at every call
         if self.graph is None:
             self.inputs = [x.clone() for x in (ids, positions, attention_mask, slot)]
             dtype = autocast_dtype(ids.device)  # autocast's weight cache cannot live in a graph
@@ -91,11 +91,11 @@ class GraphedDecodeStep:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side), autocast:
                 for _ in range(2):
-                    self.model.decode_step(*self.inputs, self.cache)
+                    self.model.decode_step(*self.inputs, cache)
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph), autocast:
-                self.logits = self.model.decode_step(*self.inputs, self.cache)  # [B, 1, V]
+                self.logits = self.model.decode_step(*self.inputs, cache)  # [B, 1, V]
         for buf, x in zip(self.inputs, (ids, positions, attention_mask, slot)):
             buf.copy_(x)
         self.graph.replay()
@@ -153,7 +153,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     step = getattr(model, "decode_step", None)  # None: a test double, stepped through its forward
     static = use_cache and step is not None and (cfg.compile if cfg.compile is not None else device.type == "cuda")
     if static:  # static shapes: a CUDA graph on a GPU (the default there), torch.compile elsewhere
-        step = GraphedDecodeStep(model, cache) if device.type == "cuda" else compiled_decode_step(model)
+        step = GraphedDecodeStep(model) if device.type == "cuda" else compiled_decode_step(model)
     next_pos = mask.sum(dim=1, keepdim=True)  # [B, 1]: the first new token's position = real prompt tokens
 
     tokens = torch.full((B, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)

@@ -28,7 +28,7 @@ def test_gpu_check_dry_run_passes(tmp_path):
     assert set(result["train"]) == {"triton", "torch"} and set(result["tier2"]) == {"naive", "chunked", "triton"}
     assert result["train"]["triton"]["backend_line"].startswith("loss backend: triton fused")
     assert "2 passed" in result["tests"]
-    generate = result["generate"]["contenders"]  # transformers, minichord eager, minichord compile=True
+    generate = result["generate"]["contenders"]  # transformers, minichord (eager), minichord compiled
     assert len(generate) == 3 and all(c["equal_tokens"] == 1.0 for c in generate.values()), generate
 
 
