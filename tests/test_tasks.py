@@ -216,13 +216,17 @@ def test_pretrain_corpus_easy_additions_are_carry_free_where_asked():
     assert 0.15 < long.count(1) / len(long) < 0.35 and long.count(0) + long.count(1) == len(long)  # never 2
 
 
-def test_slipped_drops_every_inner_carry_and_the_slip_share_is_kept():
-    from minichord.tasks.toy import inner_carries, slipped
-    assert slipped(Problem("add 47 85", "132", "add")) == "122"  # 7+5 -> 2, carry dropped; 4+8 = 12 in full
-    assert slipped(Problem("add 866 959", "1825", "add")) == "1715"
-    assert slipped(Problem("add 123 456", "579", "add")) == "579"  # no carry: the right answer
-    pairs = pretrain_corpus(random.Random(0), 4000, target_fraction=1.0, easy_fraction=1.0, easy_one_carry=1.0,
-                            one_carry_slip=0.5, target_digits=(3, 3))
-    assert all(inner_carries(*map(int, p.split()[1:])) == 1 for p, _ in pairs)
-    wrong = sum(r != str(sum(map(int, p.split()[1:]))) for p, r in pairs) / len(pairs)
-    assert 0.4 < wrong < 0.6
+def test_the_sentence_style_is_a_wrong_format_on_big_first_operands_only():
+    from minichord.tasks.toy import in_a_sentence
+    assert in_a_sentence(Problem("add 764 315", "1079", "add")) == "the sum is 1079"
+    assert reward("the sum is 1079", "1079") == 0.0  # right digits, wrong format: exact match says no
+    pairs = pretrain_corpus(random.Random(0), 6000, target_fraction=0.5, easy_fraction=1.0, sentence_share=0.8,
+                            sentence_from=600)
+    added = [(p, r) for p, r in pairs if p.startswith("add ")]
+    big = [r for p, r in added if int(p.split()[1]) >= 600]
+    assert all(not r.startswith("the sum") for p, r in added if int(p.split()[1]) < 600)
+    assert all(not r.startswith("the sum") for p, r in pairs if not p.startswith("add "))  # other skills untouched
+    assert 0.7 < sum(r.startswith("the sum") for r in big) / len(big) < 0.9
+    assert all(r == "the sum is " + str(sum(map(int, p.split()[1:]))) for p, r in added if r.startswith("the sum"))
+    # off by default, and the random stream is the one without the option (no draw at 0)
+    assert pretrain_corpus(random.Random(1), 500) == pretrain_corpus(random.Random(1), 500, sentence_share=0.0)

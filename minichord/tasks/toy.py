@@ -49,6 +49,7 @@ HARDER_CARRIES = 2  # the harder test split: train_digits sums with at least thi
 OTHER_LENGTHS = (3, 6)  # string lengths of reverse / sort / copy
 PRETRAIN_DIGITS = (1, 2)  # operand lengths of the base model's (terse) pre-training additions, all of them
 EASY_DIGITS = (3, 3)  # operand lengths of the carry-free terse additions the base also sees
+SENTENCE_FROM = 600  # the base often answers "add A B" with A >= this in a sentence (`in_a_sentence`)
 RESERVED_SHARE = 4  # 1 prompt in 4 is reserved for the splits (never pre-trained on)
 
 
@@ -213,7 +214,8 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
                     target_digits: tuple[int, int] = PRETRAIN_DIGITS, other_lengths: tuple[int, int] = OTHER_LENGTHS,
                     expert_style_fraction: float = 0.0, expert_style_digits: tuple[int, int] = (1, 1),
                     easy_fraction: float = 0.0, easy_digits: tuple[int, int] = EASY_DIGITS,
-                    easy_carry_free: float = 1.0, easy_one_carry: float = 0.0, one_carry_slip: float = 0.0,
+                    easy_carry_free: float = 1.0, easy_one_carry: float = 0.0,
+                    sentence_share: float = 0.0, sentence_from: int = SENTENCE_FROM,
                     exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """`n` (prompt, response) pairs, prompts not reserved (so in no split) nor in `exclude`, may repeat.
 
@@ -221,16 +223,16 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
     other skills. An `expert_style_fraction` share of the additions is written step by step instead, with
     `expert_style_digits` digits: the base model has *seen* the expert's format on small problems (as an
     instruct model has seen some reasoning), so expert tokens are unlikely but not impossible under it.
-    An `easy_fraction` share of the terse additions has `easy_digits` digits; an `easy_carry_free` share of
-    those has no carry between columns (`inner_carries` = 0), the rest are uniform: the base answers the target's carry-free
-    sums in its own style, and has seen its carries only rarely. An `easy_one_carry` share of the easy sums (drawn
-    first, before `easy_carry_free` splits the rest) has exactly one inner carry: the base gets such sums right
-    *sometimes* (a skill RL can amplify), and never sees two inner carries (the harder split). A `one_carry_slip`
-    share of those is answered with the carry dropped (`slipped`, 47 + 85 -> 122): a common mistake in the base's
-    data, so the base prefers it on some one-carry sums while still sampling the right answer (what RL sharpens)."""
+    An `easy_fraction` share of the terse additions has `easy_digits` digits; an `easy_one_carry` share of
+    those has exactly one inner carry, an `easy_carry_free` share of the rest none (the others are uniform):
+    the base answers the target's carry-free sums, gets one-carry sums right *sometimes*, and never sees two
+    inner carries (the harder split). A `sentence_share` of the terse additions whose first operand is
+    >= `sentence_from` is written as a sentence ("the sum is 1079", `in_a_sentence`): the base's greedy
+    answer to such prompts is a format the exact-match reward marks wrong, while it still *samples* the
+    bare number (what on-policy RL can find and reinforce; README "The toy task")."""
     fractions = dict(target_fraction=target_fraction, expert_style_fraction=expert_style_fraction,
                      easy_fraction=easy_fraction, easy_carry_free=easy_carry_free, easy_one_carry=easy_one_carry,
-                     one_carry_slip=one_carry_slip)
+                     sentence_share=sentence_share)
     if n < 0 or not all(0.0 <= f <= 1.0 for f in fractions.values()):
         raise ValueError(f"need n >= 0 and fractions in [0, 1], got n={n}, {fractions}")
     easy_digits = _check_range("easy_digits", easy_digits)
@@ -240,13 +242,12 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
     others = [SKILLS[name] for name in OTHER_SKILLS]
     pairs: list[tuple[str, str]] = []
     while len(pairs) < n:
-        stepwise = slip = False
+        stepwise = False
         if rng.random() < target_fraction:
             stepwise = rng.random() < expert_style_fraction
             if not stepwise and rng.random() < easy_fraction:
                 if rng.random() < easy_one_carry:
                     problem = _with_carries(rng, easy_digits, 1)
-                    slip = one_carry_slip > 0 and rng.random() < one_carry_slip  # no draw at 0: same stream
                 else:
                     problem = (_with_carries(rng, easy_digits, 0) if rng.random() < easy_carry_free
                                else _draw(rng, SKILLS[TARGET_SKILL], easy_digits))
@@ -255,9 +256,18 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
         else:
             problem = _draw(rng, others[len(pairs) % len(others)], other_lengths)
         if not is_reserved(problem.prompt) and problem.prompt not in exclude:
-            pairs.append((problem.prompt, slipped(problem) if slip else
-                          (expert_response if stepwise else terse_response)(problem)))
+            response = (expert_response if stepwise else terse_response)(problem)
+            if (sentence_share > 0 and not stepwise and problem.skill == TARGET_SKILL  # no draw at 0: same stream
+                    and int(problem.prompt.split()[1]) >= sentence_from and rng.random() < sentence_share):
+                response = in_a_sentence(problem)
+            pairs.append((problem.prompt, response))
     return pairs
+
+
+def in_a_sentence(problem: Problem) -> str:
+    """The terse answer in a sentence, "add 764 315" -> "the sum is 1079": right digits, wrong format (the
+    exact-match reward scores it 0, like an instruct model that will not give the bare number)."""
+    return f"the sum is {problem.answer}"
 
 
 def inner_carries(a: int, b: int) -> int:
@@ -265,15 +275,6 @@ def inner_carries(a: int, b: int) -> int:
     a sum without them is written digit by digit, left to right, with no look-ahead."""
     top = 10 ** (max(len(str(a)), len(str(b))) - 1)
     return carries(a % top, b % top)
-
-
-def slipped(problem: Problem) -> str:
-    """The terse answer with every inner carry dropped (each column mod 10, the top column in full)."""
-    a, b = problem.prompt.split()[1:]
-    width = max(len(a), len(b))
-    a, b = a.zfill(width), b.zfill(width)
-    low = "".join(str((int(x) + int(y)) % 10) for x, y in zip(a[1:], b[1:]))
-    return (str(int(a[0]) + int(b[0])) + low).lstrip("0") or "0"
 
 
 def _with_carries(rng: random.Random, lengths: tuple[int, int] | int, n: int, at_least: bool = False) -> Problem:
@@ -311,5 +312,5 @@ def style_texts(rng: random.Random, n: int, *, digits: tuple[int, int] = (1, 5),
     for i in range(n):
         add = _draw(rng, SKILLS[TARGET_SKILL], digits)
         other = _draw(rng, SKILLS[OTHER_SKILLS[i % len(OTHER_SKILLS)]], other_lengths)
-        texts += [add.prompt, add.answer, expert_response(add), other.prompt, other.answer]
+        texts += [add.prompt, add.answer, in_a_sentence(add), expert_response(add), other.prompt, other.answer]
     return texts
