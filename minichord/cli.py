@@ -1,4 +1,4 @@
-"""`minichord demo | pretrain | train | eval | chat | export | check | reproduce | plot` — see `minichord CMD --help`."""
+"""`minichord demo | pretrain | train | eval | chat | export | check | reproduce | probe | plot` — see `minichord CMD --help`."""
 
 from __future__ import annotations
 
@@ -148,6 +148,20 @@ def cmd_reproduce(args) -> None:
               overrides=args.set + hardware(args), sft_curve_steps=args.sft_curve_steps)
 
 
+def cmd_probe(args) -> int:
+    """0 when every criterion passes, 1 when one fails (the table says which)."""
+    import dataclasses
+
+    from minichord.probe import QUICK_BUDGET, ProbeBudget, probe
+
+    budget = QUICK_BUDGET if args.quick else ProbeBudget()
+    changes = {k: getattr(args, k) for k in ("seeds", "grpo_steps", "sft_steps", "n_expert_large", "sft_lr",
+                                               "overfit_steps", "n_expert_small", "n_test")
+               if getattr(args, k) is not None}
+    criteria = probe(args.out, dataclasses.replace(budget, **changes), overrides=args.set + hardware(args))
+    return 0 if all(c.passed for c in criteria) else 1
+
+
 def cmd_plot(args) -> None:
     from minichord.plot import plot_runs
 
@@ -155,7 +169,7 @@ def cmd_plot(args) -> None:
 
 
 COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "train": cmd_train, "eval": cmd_eval, "chat": cmd_chat,
-            "export": cmd_export, "reproduce": cmd_reproduce, "plot": cmd_plot, "check": cmd_check}
+            "export": cmd_export, "reproduce": cmd_reproduce, "probe": cmd_probe, "plot": cmd_plot, "check": cmd_check}
 MODEL_DIR = _checked(lambda t: Path(t).is_dir(), "an existing directory (this one is not found or a file): "
                     "a Hugging Face model or a minichord checkpoint")
 
@@ -171,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=SEED, default=0, help="random seed")
 
     pt = sub.add_parser("pretrain", help="pre-train the toy base model (cached; reused when settings match)")
-    pt.add_argument("--out", type=OUT, default=None, help="directory (default $MINICHORD_HOME/base-v2, else ~/.cache/minichord/base-v2)")
+    pt.add_argument("--out", type=OUT, default=None, help="directory (default $MINICHORD_HOME/base-v5, else ~/.cache/minichord/base-v5)")
     pt.add_argument("--steps", type=POSITIVE, default=None, help="optimizer steps (default: the tuned setting)")
     pt.add_argument("--seed", type=SEED, default=0, help="random seed")
 
@@ -222,6 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every run, e.g. --set init=PATH to start from another checkpoint")
 
+    pr = sub.add_parser("probe", help="does the toy setting meet issue 13's criteria 1-6? a pass/fail table "
+                        "(exit 0 all pass, 1 one fails)")
+    pr.add_argument("--out", type=OUT, default="runs/probe", help="output directory (default runs/probe)")
+    pr.add_argument("--quick", action="store_true", help="a tiny budget that checks the plumbing, not the criteria")
+    pr.add_argument("--seeds", type=POSITIVE, default=None, help="seeds of the base and GRPO (default 3)")
+    pr.add_argument("--grpo-steps", type=POSITIVE, default=None, help="GRPO steps (default 100, reproduce's budget)")
+    pr.add_argument("--sft-steps", type=POSITIVE, default=None, help="steps of the long SFT run (default 400)")
+    pr.add_argument("--n-expert-large", type=POSITIVE, default=None, help="its expert set size (default 4000)")
+    pr.add_argument("--sft-lr", type=float, default=None, help="learning rate of both SFT runs (default 3e-4)")
+    pr.add_argument("--overfit-steps", type=POSITIVE, default=None,
+                    help="steps of the SFT run on the small set, criterion 6 (default 400)")
+    pr.add_argument("--n-expert-small", type=POSITIVE, default=None, help="its expert set size (default 64)")
+    pr.add_argument("--n-test", type=POSITIVE, default=None, help="test problems per split (default 150)")
+    pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+
     ck = sub.add_parser("check", help="your CHORD loss and gradient against minichord's, with a diagnosis "
                         "(DUMP schema: minichord/dump.py), or your loss function over the golden cases")
     ck.add_argument("dump", nargs="?", default=None, help="a safetensors DUMP of one batch (exit 0 match, 1 mismatch)")
@@ -234,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--rtol", type=positive, default=1e-5, help="relative tolerance (default 1e-5)")
     ck.add_argument("--atol", type=positive, default=1e-7, help="absolute tolerance, times the scale (default 1e-7)")
 
-    for command in (d, pt, t, e, c, r):  # every command that runs a model (minichord/device.py)
+    for command in (d, pt, t, e, c, r, pr):  # every command that runs a model (minichord/device.py)
         command.add_argument("--device", choices=DEVICES, default=None,
                              help="auto (cuda if available, else cpu; the default), cpu or cuda")
         command.add_argument("--dtype", choices=DTYPES, default=None,

@@ -1,15 +1,24 @@
 """Pre-train the toy *base model*: the analogue of the instruct model the CHORD paper starts from.
 
-In about a minute on two CPU cores this makes a small transformer that answers every toy skill
-in its own terse style. With the default recipe (measured, seed 0, 200 problems per split):
-2-digit addition, the target skill, 0.80; reverse / sort / copy, its "general capabilities",
-0.95; 3-digit addition (never seen) 0. RL and expert data then have room to help on the
-target, and room to hurt on the rest. (500 steps sits just past the point where this model
-picks up 2-digit addition: the same recipe with 450 steps scores 0.09 on it.) Steps:
+In about two minutes on two CPU cores this makes a small transformer that answers every toy skill
+in its own terse style, and the target only *sometimes* (toy v4, issue 13). It sees terse 1-2 digit
+additions (all of them), terse 3-digit additions (`easy_fraction` of the terse additions) of which 70 %
+have no inner carry and 30 % exactly one (`toy.inner_carries`; never two: that is the harder split), and
+the expert's column format on 8 % of its 1-3 digit additions. When the first operand is >= 600 it answers
+in a sentence 4 times in 5 ("the sum is 1079", `sentence_share`): right digits, a format the exact-match
+reward marks wrong, so greedy decoding fails those prompts while sampling still finds the bare number.
+Measured (results/toy-v4/README.md, 900 steps, 200 problems per split, pre-training seeds 0 / 1):
+3-digit addition, the target, 0.18 / 0.18 (first operand < 600: 0.305 / 0.229; >= 600: 0, every greedy
+answer a sentence); harder split 0.075 / 0.05; reverse / sort / copy, its "general capabilities",
+0.98 / 0.975; median expert-token p 0.999 (the format is well known: criterion 5 of the issue is missed).
+Caveat: the recipe sits near a fitting transition (results/probes-toy-v3): a change of the mix that takes
+terse 3-digit examples away (e.g. rounded "about 1100" answers instead of sentences) leaves that skill
+unfitted at 900 steps. Steps:
 
   1. a byte-level BPE tokenizer trained on text of *both* styles (vocabulary coverage);
   2. a stream of (prompt, answer) examples of all skills, none in any split (`toy.pretrain_corpus`):
-     terse answers, but 10 % of the additions are 1-digit ones in the expert's step-by-step format;
+     terse answers, at 3 digits without inner carry or with one (some in a sentence); 8 % of the
+     additions in the expert's format;
   3. AdamW (`cosine_lr`) on the next-token loss of response tokens only (the tokenizer's loss mask):
          L = - (1 / #response tokens) * sum_{t in response} log p(x_t | x_<t);
   4. a checkpoint whose meta holds the settings, the test accuracies and `evaluate.expert_token_probs`.
@@ -34,16 +43,17 @@ from minichord.config import ModelConfig, TrainConfig, to_dict
 from minichord.device import autocast, resolve_device
 from minichord.evaluate import evaluate_splits, expert_token_probs
 from minichord.model import Transformer
-from minichord.tasks.toy import OTHER_LENGTHS, PRETRAIN_DIGITS, make_splits, pretrain_corpus, style_texts
+from minichord.tasks.toy import (EASY_DIGITS, OTHER_LENGTHS, PRETRAIN_DIGITS, SENTENCE_FROM, make_splits,
+                                 pretrain_corpus, style_texts)
 from minichord.tokenizer import Tokenizer
 
-PRETRAIN_FORMAT = 2  # bump when the recipe changes, so old caches are not reused
+PRETRAIN_FORMAT = 5  # bump when the recipe changes, so old caches are not reused
 
 
 @dataclasses.dataclass
 class PretrainConfig:
     seed: int = 0
-    steps: int = 500
+    steps: int = 900
     batch_size: int = 64
     lr: float = 3e-3
     min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
@@ -53,8 +63,14 @@ class PretrainConfig:
     target_fraction: float = 0.5  # share of addition in the pre-training stream
     target_digits: tuple[int, int] = PRETRAIN_DIGITS  # operand lengths of pre-training additions
     other_lengths: tuple[int, int] = OTHER_LENGTHS  # string lengths of reverse / sort / copy
-    expert_style_fraction: float = 0.1  # share of additions written step by step (small ones)
-    expert_style_digits: tuple[int, int] = (1, 1)  # operand lengths of those
+    expert_style_fraction: float = 0.08  # share of additions written step by step (1-3 digits)
+    expert_style_digits: tuple[int, int] = (1, 3)  # operand lengths of those
+    easy_fraction: float = 0.3  # share of terse additions that are carry-free with easy_digits digits
+    easy_digits: tuple[int, int] = EASY_DIGITS
+    easy_carry_free: float = 1.0  # share of those with no carry (the rest: any easy_digits sum)
+    easy_one_carry: float = 0.3  # share of the easy sums with exactly one inner carry (drawn first)
+    sentence_share: float = 0.8  # share of terse sums with first operand >= sentence_from written as a sentence
+    sentence_from: int = SENTENCE_FROM  # ("the sum is 1079", toy.in_a_sentence: a format the reward marks wrong)
     tokenizer_texts: int = 2000  # problems whose text (both styles) trains the tokenizer
     n_eval: int = 200  # problems per test split measured at the end (0 = skip)
 
@@ -116,7 +132,10 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     pairs = pretrain_corpus(rng, cfg.steps * cfg.batch_size, target_fraction=cfg.target_fraction,
                             target_digits=cfg.target_digits, other_lengths=cfg.other_lengths,
                             expert_style_fraction=cfg.expert_style_fraction,
-                            expert_style_digits=cfg.expert_style_digits)
+                            expert_style_digits=cfg.expert_style_digits, easy_fraction=cfg.easy_fraction,
+                            easy_digits=cfg.easy_digits, easy_carry_free=cfg.easy_carry_free,
+                            easy_one_carry=cfg.easy_one_carry,
+                            sentence_share=cfg.sentence_share, sentence_from=cfg.sentence_from)
     examples = [tokenizer.encode_example(prompt, response) for prompt, response in pairs]
     longest = max(len(ids) for ids, _ in examples)
     if longest > model_cfg.max_seq_len:

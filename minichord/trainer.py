@@ -34,8 +34,8 @@ The departures from the paper (arXiv 2508.11408) and its official code, the one 
 - LUFFY (minichord/luffy.py): expert trace = reward 1 in its group; A = R - mean(R); joint token-mean; no clip.
 - SFT->GRPO splits the steps in half; the GRPO stage starts with a fresh optimizer.
 - AdamW, betas (0.9, 0.95), no weight decay, gradient clipping at 1.0.
-- The toy base model saw the expert's format on 10 % of its one-digit additions: expert tokens are unlikely,
-  not impossible (median p: `minichord pretrain`); without it, median p was ~2e-6 and phi silenced them.
+- The toy base model saw the expert's format on 15 % of its 1-3 digit additions (median p: `minichord pretrain`;
+  without it, ~2e-6 and phi silenced them; with it, 0.998: results/probes-toy-v2/RESULTS.md).
 """
 
 from __future__ import annotations

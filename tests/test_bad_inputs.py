@@ -216,9 +216,9 @@ def test_split_sizes_fail_fast_with_the_number_possible(ckpt, run_dir, capsys):
     before = snapshot(run_dir)
     line = refused(capsys, ["train", "--method", "grpo", "--out", str(run_dir), "--set", f"init={ckpt}",
                             "--set", "n_rl_prompts=10000000"])
-    assert "n_rl_prompts=10000000" in line and "the 2025 distinct add prompts" in line
+    assert "n_rl_prompts=10000000" in line and "the 202500 distinct add prompts" in line  # 3-digit sums / 4
     line = refused(capsys, ["eval", str(ckpt), "--n-test", "10000000"])
-    assert "n_test=10000000" in line and "2025" in line
+    assert "n_test=10000000" in line and "202500" in line
     assert snapshot(run_dir) == before
 
 

@@ -29,7 +29,7 @@ def tiny_ckpt(tmp_path_factory):
 def test_help_lists_every_subcommand():
     out = subprocess.run([sys.executable, "-m", "minichord.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for cmd in ("demo", "pretrain", "train", "eval", "reproduce", "plot"):
+    for cmd in ("demo", "pretrain", "train", "eval", "reproduce", "probe", "plot"):
         assert cmd in out.stdout
 
 

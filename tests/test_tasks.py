@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from minichord.tasks.toy import HARDER_DIGITS, TRAIN_DIGITS
+from minichord.tasks.toy import HARDER_CARRIES, TRAIN_DIGITS, inner_carries
 from minichord.tasks import (OTHER_SKILLS, SKILLS, Problem, expert_response, extract_answer, is_reserved, make_splits,
                              pretrain_corpus, reward, style_texts, terse_response)
 
@@ -120,8 +120,11 @@ def test_splits_are_disjoint_sized_and_well_formed():
     assert {p.skill for p in task.tests["other_skills"]} == set(OTHER_SKILLS)
     assert all(len(p.prompt.split()[1]) in range(TRAIN_DIGITS[0], TRAIN_DIGITS[1] + 1)
                for p in task.rl + task.tests["in_domain"])
-    assert all(len(p.prompt.split()[1]) == HARDER_DIGITS[0] for p in task.tests["harder"])
-    assert TRAIN_DIGITS[1] < HARDER_DIGITS[0]
+    # harder = the same lengths with a longer carry chain (toy v3: 2 inner carries), never the base's terse kind
+    assert all(len(p.prompt.split()[1]) in range(TRAIN_DIGITS[0], TRAIN_DIGITS[1] + 1) and
+               inner_carries(*map(int, p.prompt.split()[1:])) >= HARDER_CARRIES for p in task.tests["harder"])
+    assert HARDER_CARRIES == 2 and sum(inner_carries(*map(int, p.prompt.split()[1:])) >= 2
+                                       for p in task.tests["in_domain"]) < 45  # in-domain stays uniform (~19 %)
     for demo in task.expert:
         assert reward(demo.response, demo.answer) == 1.0 and demo.response.startswith(demo.prompt.split()[1][-1] + "+")
 
@@ -136,9 +139,9 @@ def test_splits_are_seeded():
 
 
 def test_split_errors_are_clear():
-    with pytest.raises(ValueError, match="harder_digits"):
-        make_splits(0, train_digits=(2, 3), harder_digits=(3, 4))
-    with pytest.raises(ValueError, match="= 210 is more than the 25 distinct add prompts"):
+    with pytest.raises(ValueError, match="harder_carries must be in \\[1, 1\\]"):
+        make_splits(0, train_digits=(2, 2), harder_carries=2)  # a 2-digit sum has at most 1 inner carry
+    with pytest.raises(ValueError, match="= 220 is more than the 25 distinct add prompts"):
         make_splits(0, n_rl=200, n_expert=0, n_test=10, train_digits=(1, 1))  # 100 one-digit sums, 1/4 reserved
 
 
@@ -146,18 +149,19 @@ def test_split_sizes_beyond_the_problem_space_fail_fast():
     """A request no seed can satisfy is refused before drawing, with the number that is possible."""
     import time
     t0 = time.perf_counter()
-    with pytest.raises(ValueError, match="n_rl_prompts=10000000 \\+ n_expert=256 \\+ n_test=200 = 10000456 is more than the 2025"):
-        make_splits(0, n_rl=10_000_000)
+    with pytest.raises(ValueError, match="n_rl_prompts=10000000 \\+ n_expert=256 \\+ 2 x n_test=200 \\(in-domain, harder\\) = 10000656 is more than the 202500"):
+        make_splits(0, n_rl=10_000_000)  # 3-digit sums: 810000, a quarter reserved
     with pytest.raises(ValueError, match="n_test / 3 = 3 is more than the 2 distinct reverse prompts"):
         make_splits(0, n_test=9, other_lengths=(1, 1))  # 10 one-digit strings per skill
     assert time.perf_counter() - t0 < 1.0
-    full = make_splits(0, n_rl=2025 - 456, n_expert=256, n_test=200)  # exactly the whole space still works
-    assert len(full.rl) == 1569 and len(full.prompts()) == 2025 + 400
+    full = make_splits(0, n_rl=2025 - 656, n_expert=256, n_test=200, train_digits=(2, 2),
+                       harder_carries=1)  # exactly the whole (2-digit) space still works
+    assert len(full.rl) == 1369 and len(full.prompts()) == 2025 + 200
     assert SKILLS["add"].count(1) == 100 and SKILLS["add"].count(3) == 810_000 and SKILLS["sort"].count(4) == 10**4
 
 
 def test_pretrain_corpus_covers_skills_and_avoids_excluded_prompts():
-    task = make_splits(0, n_rl=100, n_expert=50, n_test=60, train_digits=(1, 2))
+    task = make_splits(0, n_rl=100, n_expert=50, n_test=60, train_digits=(1, 2), harder_carries=1)
     corpus = pretrain_corpus(random.Random(0), 3000, target_digits=(1, 2), exclude=task.prompts())
     assert len(corpus) == 3000
     assert not {p for p, _ in corpus} & task.prompts()
@@ -186,3 +190,43 @@ def test_pretrain_corpus_writes_the_expert_style_only_where_asked():
     assert all(len(p.split()[1]) == 1 and len(p.split()[2]) == 1 for p, _ in stepwise)
     assert all(reward(r, str(int(p.split()[1]) + int(p.split()[2]))) == 1.0 for p, r in stepwise)
     assert not any("answer:" in r for _, r in pretrain_corpus(random.Random(0), 500, target_fraction=1.0))
+
+
+def test_carries_counts_carrying_columns():
+    from minichord.tasks.toy import carries
+    assert carries(123, 456) == 0 and carries(47, 85) == 2 and carries(999, 1) == 3 and carries(500, 500) == 1
+    rng = random.Random(0)
+    for _ in range(200):
+        a, b = rng.randrange(1000), rng.randrange(1000)
+        naive = sum((a // 10**k % 10 + b // 10**k % 10 + (a % 10**k + b % 10**k >= 10**k)) >= 10 for k in range(4))
+        assert carries(a, b) == naive
+
+
+def test_pretrain_corpus_easy_additions_are_carry_free_where_asked():
+    from minichord.tasks.toy import inner_carries as carries
+    assert carries(500, 600) == 0 and carries(47, 85) == 1 and carries(7, 5) == 0
+    pairs = pretrain_corpus(random.Random(0), 3000, target_fraction=1.0, easy_fraction=0.5, easy_digits=(3, 3))
+    long = [tuple(map(int, p.split()[1:])) for p, _ in pairs if len(p.split()[1]) == 3]
+    assert 0.4 < len(long) / len(pairs) < 0.6 and all(carries(a, b) == 0 for a, b in long)
+    mixed = pretrain_corpus(random.Random(0), 3000, target_fraction=1.0, easy_fraction=0.5, easy_carry_free=0.5)
+    long = [tuple(map(int, p.split()[1:])) for p, _ in mixed if len(p.split()[1]) == 3]
+    assert 0.1 < sum(carries(a, b) > 0 for a, b in long) / len(long) < 0.7
+    one = pretrain_corpus(random.Random(0), 3000, target_fraction=1.0, easy_fraction=0.5, easy_one_carry=0.25)
+    long = [carries(*map(int, p.split()[1:])) for p, _ in one if len(p.split()[1]) == 3]
+    assert 0.15 < long.count(1) / len(long) < 0.35 and long.count(0) + long.count(1) == len(long)  # never 2
+
+
+def test_the_sentence_style_is_a_wrong_format_on_big_first_operands_only():
+    from minichord.tasks.toy import in_a_sentence
+    assert in_a_sentence(Problem("add 764 315", "1079", "add")) == "the sum is 1079"
+    assert reward("the sum is 1079", "1079") == 0.0  # right digits, wrong format: exact match says no
+    pairs = pretrain_corpus(random.Random(0), 6000, target_fraction=0.5, easy_fraction=1.0, sentence_share=0.8,
+                            sentence_from=600)
+    added = [(p, r) for p, r in pairs if p.startswith("add ")]
+    big = [r for p, r in added if int(p.split()[1]) >= 600]
+    assert all(not r.startswith("the sum") for p, r in added if int(p.split()[1]) < 600)
+    assert all(not r.startswith("the sum") for p, r in pairs if not p.startswith("add "))  # other skills untouched
+    assert 0.7 < sum(r.startswith("the sum") for r in big) / len(big) < 0.9
+    assert all(r == "the sum is " + str(sum(map(int, p.split()[1:]))) for p, r in added if r.startswith("the sum"))
+    # off by default, and the random stream is the one without the option (no draw at 0)
+    assert pretrain_corpus(random.Random(1), 500) == pretrain_corpus(random.Random(1), 500, sentence_share=0.0)

@@ -1,10 +1,12 @@
 # %% [markdown]
 # # 07 — A full toy run, and how to read its curves
 #
-# Everything together on the toy task (DESIGN.md §6): a base model that answers additions in
-# its own terse style ("132"), a limited set of expert demonstrations in a step-by-step style
-# ("7+5=12 carry 1 ... answer: 132"), and CHORD-phi training: GRPO on the model's own rollouts
-# + phi-weighted SFT on the expert traces, mu = 0.1.
+# Everything together on the toy task (DESIGN.md §6, toy v2 of issue 13): a base model that
+# answers 3-digit additions in its own terse style ("632") and gets only some of them right (the
+# ones without a carry between columns: it never saw the others), a limited set of expert
+# demonstrations in a step-by-step style ("7+5=12 carry 1 ... answer: 632", lowest column
+# first), and CHORD-phi training: GRPO on the model's own rollouts + phi-weighted SFT on the
+# expert traces, mu = 0.1.
 #
 #     1. pretrain_base   -> a checkpoint: tokenizer + model + its accuracy on each test split
 #     2. prepare_run     -> a Trainer (method preset <- overrides; data; the initial model)
@@ -16,7 +18,7 @@
 #   for a few seconds, 4 RL steps, 8 test problems per split. Under a minute on 2 CPU cores,
 #   everything in a temporary directory (MINICHORD_HOME too). The model is too weak to get any
 #   reward: this setting shows the plumbing and the files, not learning.
-# * default: the library's own toy base model (0.8M parameters, 500 pre-training steps; the
+# * default: the library's own toy base model (0.8M parameters, 600 pre-training steps; the
 #   one `minichord demo` uses, cached in $MINICHORD_HOME, default ~/.cache/minichord, so it is
 #   made at most once) and 40 RL steps. About 2 minutes on 2 CPU cores the first time (one of
 #   them pre-training), well under one after. Expect small, noisy movements in 40 steps; the
@@ -61,7 +63,7 @@ if QUICK:
     base_dir = work / "base"
 else:
     model_cfg = ModelConfig()  # dim 128, 4 layers: 0.8M parameters
-    pre_cfg = PretrainConfig()  # the library's recipe: 500 steps x 64 examples
+    pre_cfg = PretrainConfig()  # the library's recipe: 600 steps x 64 examples
     base_dir = default_base_dir()  # the demo's base model, reused if already made
 base = pretrain_base(base_dir, config=pre_cfg, model_config=model_cfg, log=print)
 base_meta = load_checkpoint(base).meta
@@ -139,8 +141,9 @@ print("check: one row per step, mu = 0.1, finite losses, mean phi <= mean p (1 -
 # ## 4. Reading eval.jsonl
 #
 # Greedy-decoding accuracy on held-out splits, at step 0 (the base model) and every
-# `eval_every` steps: **in_domain** (additions like the training ones), **harder** (more
-# digits than ever trained on: does the learned procedure generalise?), **other_skills**
+# `eval_every` steps: **in_domain** (3-digit additions like the training ones), **harder**
+# (3-digit sums whose units and tens columns both carry: a longer carry chain than the base ever
+# answered; does the learned procedure generalise?), **other_skills**
 # (reverse / sort / copy: never trained on during RL; a drop here is forgetting, the cost
 # the paper attributes to disruptive off-policy data).
 

@@ -2,15 +2,26 @@
 
     paper                                   toy
     instruct model, its own answer style    base model pre-trained here, terse answers
-    target skill (competition math)         multi-digit addition          "add 47 85" -> "132"
+    target skill (competition math)         3-digit addition              "add 347 285" -> "632"
     general capabilities (retention)        reverse / sort / copy         "sort 5292" -> "2259"
-    expert data (long CoT, other style)     step-by-step column sums:
+    expert data (long CoT, other style)     step-by-step column sums, lowest column first:
                                                 7+5=12 carry 1
                                                 4+8+1=13 carry 1
-                                                answer: 132
+                                                3+2+1=6 carry 0
+                                                answer: 632
+    partial skill of the instruct model     the base saw terse 3-digit sums mostly without inner
+                                            carries (`inner_carries`), a few with exactly one,
+                                            none with two, and the column format on a share of
+                                            its 1-3 digit additions (minichord.pretrain)
     limited expert set, disjoint RL set     `make_splits`: n_expert demos, n_rl prompts, disjoint
-    held-out tests                          in_domain (train digits), harder (more digits),
-                                            other_skills (retention)
+    held-out tests                          in_domain (3 digits, uniform), harder (3 digits with
+                                            2 inner carries), other_skills (retention)
+
+"Harder" means a longer carry chain, not more digits (toy v3, issue 13): the harder split is 3-digit sums
+whose units *and* tens columns both carry (`inner_carries` = 2, about 1 sum in 5). The base never saw such
+a sum in its terse style; the expert's column procedure is indifferent to carries. An earlier harder split
+of 4-digit sums was 0.00 for every method (no length generalisation from 3 columns to 4 in a model this
+small: results/probes-toy-v2), so it could not show the expert's capability.
 
 The other skills work on digit strings too, as every digit is its own token (see minichord.tokenizer): a
 string and its reversal are spelled with the same tokens (a BPE merge inside "abcd" would hide the symbols).
@@ -33,10 +44,12 @@ from minichord.tasks.base import Demonstration, Problem, Skill
 
 TARGET_SKILL = "add"
 OTHER_SKILLS = ("reverse", "sort", "copy")
-TRAIN_DIGITS = (2, 2)  # operand lengths of the RL / expert / in_domain additions
-HARDER_DIGITS = (3, 3)  # operand lengths of the harder test split
+TRAIN_DIGITS = (3, 3)  # operand lengths of the RL / expert / in_domain additions
+HARDER_CARRIES = 2  # the harder test split: train_digits sums with at least this many inner carries
 OTHER_LENGTHS = (3, 6)  # string lengths of reverse / sort / copy
-PRETRAIN_DIGITS = (1, 2)  # operand lengths of the base model's (terse) pre-training additions
+PRETRAIN_DIGITS = (1, 2)  # operand lengths of the base model's (terse) pre-training additions, all of them
+EASY_DIGITS = (3, 3)  # operand lengths of the carry-free terse additions the base also sees
+SENTENCE_FROM = 600  # the base often answers "add A B" with A >= this in a sentence (`in_a_sentence`)
 RESERVED_SHARE = 4  # 1 prompt in 4 is reserved for the splits (never pre-trained on)
 
 
@@ -50,6 +63,16 @@ def _number(rng: random.Random, n_digits: int) -> int:
     if n_digits < 1:
         raise ValueError(f"n_digits must be >= 1, got {n_digits}")
     return rng.randrange(10 ** (n_digits - 1) if n_digits > 1 else 0, 10**n_digits)
+
+
+def carries(a: int, b: int) -> int:
+    """How many columns of a + b produce a carry (0 for a "carry-free" sum such as 123 + 456)."""
+    count, carry = 0, 0
+    while a or b:
+        carry = (a % 10 + b % 10 + carry) // 10
+        count += carry
+        a, b = a // 10, b // 10
+    return count
 
 
 class Addition(Skill):
@@ -153,29 +176,32 @@ class ToyTask:
 
 
 def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test: int = 200,
-                train_digits: tuple[int, int] = TRAIN_DIGITS, harder_digits: tuple[int, int] = HARDER_DIGITS,
+                train_digits: tuple[int, int] = TRAIN_DIGITS, harder_carries: int = HARDER_CARRIES,
                 other_lengths: tuple[int, int] = OTHER_LENGTHS) -> ToyTask:
-    """Seeded, prompt-disjoint splits (which digits each uses: see TRAIN_DIGITS, HARDER_DIGITS, OTHER_LENGTHS)."""
+    """Seeded, prompt-disjoint splits (see TRAIN_DIGITS, HARDER_CARRIES, OTHER_LENGTHS). The harder split
+    holds `train_digits` sums with >= `harder_carries` inner carries, so it needs train_digits[1] > harder_carries."""
     if min(n_rl, n_expert, n_test) < 0:
         raise ValueError(f"n_rl, n_expert, n_test must be >= 0, got {n_rl}, {n_expert}, {n_test}")
     train_digits = _check_range("train_digits", train_digits)
-    harder_digits = _check_range("harder_digits", harder_digits)
     other_lengths = _check_range("other_lengths", other_lengths)
-    if harder_digits[0] <= train_digits[1]:
-        raise ValueError(f"harder_digits {harder_digits} must all exceed train_digits {train_digits}")
     rng = random.Random(f"minichord-toy-{seed}")
     add, others = SKILLS[TARGET_SKILL], [SKILLS[name] for name in OTHER_SKILLS]
-    for what, n, skill, lengths in [(f"n_rl_prompts={n_rl} + n_expert={n_expert} + n_test={n_test}",
-                                     n_rl + n_expert + n_test, add, train_digits), ("n_test", n_test, add, harder_digits),
+    for what, n, skill, lengths in [(f"n_rl_prompts={n_rl} + n_expert={n_expert} + 2 x n_test={n_test} (in-domain, harder)",
+                                     n_rl + n_expert + 2 * n_test, add, train_digits),
                                     *((f"n_test / {len(others)}", -(-n_test // len(others)), s, other_lengths)
                                       for s in others)]:  # fail fast, before drawing
         counts = [skill.count(d) for d in range(lengths[0], lengths[1] + 1)]  # None: unknown
         if None not in counts and n > (room := sum(counts) // RESERVED_SHARE):  # 1 in RESERVED_SHARE is reserved
             raise ConfigError(f"{what} = {n} is more than the {room} distinct {skill.name} prompts with "
                               f"lengths {lengths} that the splits may use; lower it")
+    if not 1 <= harder_carries < train_digits[1]:  # an n-digit sum has at most n - 1 inner carries
+        raise ValueError(f"harder_carries must be in [1, {train_digits[1] - 1}] for train_digits {train_digits}, "
+                         f"got {harder_carries}")
+    harder_skill = _Carrying(harder_carries)
     seen: set[str] = set()
     in_domain = _unique(rng, n_test, add, train_digits, seen, "in-domain test")
-    harder = _unique(rng, n_test, add, harder_digits, seen, "harder test")
+    harder_digits = (max(train_digits[0], harder_carries + 1), train_digits[1])  # lengths that can carry enough
+    harder = _unique(rng, n_test, harder_skill, harder_digits, seen, "harder test")
     other = [p for i, skill in enumerate(others) for p in _unique(
         rng, n_test // len(others) + (i < n_test % len(others)), skill, other_lengths, seen, f"{skill.name} test")]
     expert = [Demonstration(p.prompt, add.expert_response(p), p.answer)
@@ -187,16 +213,29 @@ def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test:
 def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
                     target_digits: tuple[int, int] = PRETRAIN_DIGITS, other_lengths: tuple[int, int] = OTHER_LENGTHS,
                     expert_style_fraction: float = 0.0, expert_style_digits: tuple[int, int] = (1, 1),
+                    easy_fraction: float = 0.0, easy_digits: tuple[int, int] = EASY_DIGITS,
+                    easy_carry_free: float = 1.0, easy_one_carry: float = 0.0,
+                    sentence_share: float = 0.0, sentence_from: int = SENTENCE_FROM,
                     exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """`n` (prompt, response) pairs, prompts not reserved (so in no split) nor in `exclude`, may repeat.
 
     A `target_fraction` share is terse addition with `target_digits` digits; the rest cycles through the
     other skills. An `expert_style_fraction` share of the additions is written step by step instead, with
     `expert_style_digits` digits: the base model has *seen* the expert's format on small problems (as an
-    instruct model has seen some reasoning), so expert tokens are unlikely but not impossible under it."""
-    if n < 0 or not 0.0 <= target_fraction <= 1.0 or not 0.0 <= expert_style_fraction <= 1.0:
-        raise ValueError(f"need n >= 0 and fractions in [0, 1], got n={n}, target_fraction={target_fraction}, "
-                         f"expert_style_fraction={expert_style_fraction}")
+    instruct model has seen some reasoning), so expert tokens are unlikely but not impossible under it.
+    An `easy_fraction` share of the terse additions has `easy_digits` digits; an `easy_one_carry` share of
+    those has exactly one inner carry, an `easy_carry_free` share of the rest none (the others are uniform):
+    the base answers the target's carry-free sums, gets one-carry sums right *sometimes*, and never sees two
+    inner carries (the harder split). A `sentence_share` of the terse additions whose first operand is
+    >= `sentence_from` is written as a sentence ("the sum is 1079", `in_a_sentence`): the base's greedy
+    answer to such prompts is a format the exact-match reward marks wrong, while it still *samples* the
+    bare number (what on-policy RL can find and reinforce; README "The toy task")."""
+    fractions = dict(target_fraction=target_fraction, expert_style_fraction=expert_style_fraction,
+                     easy_fraction=easy_fraction, easy_carry_free=easy_carry_free, easy_one_carry=easy_one_carry,
+                     sentence_share=sentence_share)
+    if n < 0 or not all(0.0 <= f <= 1.0 for f in fractions.values()):
+        raise ValueError(f"need n >= 0 and fractions in [0, 1], got n={n}, {fractions}")
+    easy_digits = _check_range("easy_digits", easy_digits)
     target_digits = _check_range("target_digits", target_digits)
     expert_style_digits = _check_range("expert_style_digits", expert_style_digits)
     other_lengths = _check_range("other_lengths", other_lengths)
@@ -206,12 +245,63 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
         stepwise = False
         if rng.random() < target_fraction:
             stepwise = rng.random() < expert_style_fraction
-            problem = _draw(rng, SKILLS[TARGET_SKILL], expert_style_digits if stepwise else target_digits)
+            if not stepwise and rng.random() < easy_fraction:
+                if rng.random() < easy_one_carry:
+                    problem = _with_carries(rng, easy_digits, 1)
+                else:
+                    problem = (_with_carries(rng, easy_digits, 0) if rng.random() < easy_carry_free
+                               else _draw(rng, SKILLS[TARGET_SKILL], easy_digits))
+            else:
+                problem = _draw(rng, SKILLS[TARGET_SKILL], expert_style_digits if stepwise else target_digits)
         else:
             problem = _draw(rng, others[len(pairs) % len(others)], other_lengths)
         if not is_reserved(problem.prompt) and problem.prompt not in exclude:
-            pairs.append((problem.prompt, (expert_response if stepwise else terse_response)(problem)))
+            response = (expert_response if stepwise else terse_response)(problem)
+            if (sentence_share > 0 and not stepwise and problem.skill == TARGET_SKILL  # no draw at 0: same stream
+                    and int(problem.prompt.split()[1]) >= sentence_from and rng.random() < sentence_share):
+                response = in_a_sentence(problem)
+            pairs.append((problem.prompt, response))
     return pairs
+
+
+def in_a_sentence(problem: Problem) -> str:
+    """The terse answer in a sentence, "add 764 315" -> "the sum is 1079": right digits, wrong format (the
+    exact-match reward scores it 0, like an instruct model that will not give the bare number)."""
+    return f"the sum is {problem.answer}"
+
+
+def inner_carries(a: int, b: int) -> int:
+    """Carries *between* the columns of a + b (a carry out of the top column, 500 + 600, is not one):
+    a sum without them is written digit by digit, left to right, with no look-ahead."""
+    top = 10 ** (max(len(str(a)), len(str(b))) - 1)
+    return carries(a % top, b % top)
+
+
+def _with_carries(rng: random.Random, lengths: tuple[int, int] | int, n: int, at_least: bool = False) -> Problem:
+    """An addition with exactly (or, with at_least, at least) `n` inner carries (3 digits: 31 % of draws have 0,
+    50 % 1, 19 % 2). `lengths` an int: that many digits, no draw of the length (the harder split's stream)."""
+    for _ in range(10_000):
+        problem = (SKILLS[TARGET_SKILL].generate(rng, lengths) if isinstance(lengths, int)
+                   else _draw(rng, SKILLS[TARGET_SKILL], lengths))
+        count = inner_carries(*(int(x) for x in problem.prompt.split()[1:]))
+        if count == n or (at_least and count > n):
+            return problem
+    raise ValueError(f"no addition with {lengths} digits has {n} inner carries")
+
+
+class _Carrying(Skill):
+    """Additions with at least `at_least` inner carries (the harder split): same prompts, same answers."""
+
+    name = "add"
+
+    def __init__(self, at_least: int):
+        self.at_least = at_least
+
+    def generate(self, rng: random.Random, difficulty: int) -> Problem:
+        return _with_carries(rng, difficulty, self.at_least, at_least=True)
+
+    def count(self, difficulty: int) -> None:
+        return None  # not counted: _unique's attempt limit guards a too-small space
 
 
 def style_texts(rng: random.Random, n: int, *, digits: tuple[int, int] = (1, 5),
@@ -222,5 +312,5 @@ def style_texts(rng: random.Random, n: int, *, digits: tuple[int, int] = (1, 5),
     for i in range(n):
         add = _draw(rng, SKILLS[TARGET_SKILL], digits)
         other = _draw(rng, SKILLS[OTHER_SKILLS[i % len(OTHER_SKILLS)]], other_lengths)
-        texts += [add.prompt, add.answer, expert_response(add), other.prompt, other.answer]
+        texts += [add.prompt, add.answer, in_a_sentence(add), expert_response(add), other.prompt, other.answer]
     return texts

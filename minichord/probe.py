@@ -1,0 +1,178 @@
+"""`minichord probe`: does the toy setting leave every method room to show what it does? (issue 13)
+
+The criteria describe the *setting*, never the verdict (DESIGN.md §6). From one command it measures:
+
+    1 headroom          base in-domain accuracy (greedy, mean over seeds)           in [0.15, 0.45]
+    2 expert capability long SFT on a large expert set (the expert is a program):     >= 0.80
+                        best in-domain and best harder-split accuracy (harder = 3-digit
+                        sums with 2 inner carries), while the base's harder          >= 0.30, base <= 0.10
+    3 RL signal         GRPO (default budget) final in-domain - base, mean over seeds >= 0.10,
+                        and GRPO's final in-domain below SFT's best                   < SFT best
+    4 disruption        base other-skill accuracy - SFT's at the end of the long run  >= 0.20
+                        (on the large set)
+    5 partly on-policy  median p(expert token | base), p = pi(y_t | x, y_<t)          in [0.05, 0.5]
+    6 overfitting       long SFT on a small expert set: held-out in-domain falls from its peak after the
+                        style shift (never step 0) by >= 0.05 while the training expert NLL at the end
+                        is below its value at the peak
+
+Runs: the base evaluated on `seeds` splits; GRPO x seeds at the default budget; one long SFT run on a
+large expert set (n_expert_large demonstrations) for criteria 2 and 4; one long SFT run on a small
+expert set (n_expert_small) for criterion 6; both at sft_lr. Why two: a small set is memorised before the
+procedure is learned (results/probes-toy-v2: 64-256 demos), so "can the expert's data carry the capability"
+and "can SFT overfit a limited set" need different set sizes. Writes probe.json and probe.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+from typing import Callable
+
+from minichord.device import autocast, resolve_device
+from minichord.evaluate import evaluate_splits, expert_token_probs
+from minichord.experiment import build_stages, load_initial_model, prepare_run
+from minichord.plot import read_jsonl, series
+from minichord.tasks import make_splits
+
+
+@dataclasses.dataclass
+class ProbeBudget:
+    seeds: int = 3
+    grpo_steps: int = 100  # the default reproduce budget
+    sft_steps: int = 400  # the long SFT run on the large set (criteria 2, 4)
+    n_expert_large: int = 4000  # its expert set
+    sft_lr: float = 3e-4  # the learning rate of both SFT runs (3x the default: at 1e-4 the procedure is not
+    # learned in 300 steps, results/probes-toy-v2 T2)
+    overfit_steps: int = 400  # the long SFT run on the small set (criterion 6)
+    n_expert_small: int = 64  # the limited expert set of that run
+    n_test: int = 150
+    eval_every: int = 25  # of the GRPO runs (the long SFT run evaluates 20 times)
+
+
+QUICK_BUDGET = ProbeBudget(seeds=1, grpo_steps=2, sft_steps=4, n_expert_large=16, overfit_steps=4, n_expert_small=8,
+                           n_test=6, eval_every=2)
+
+
+@dataclasses.dataclass
+class Criterion:
+    number: int
+    name: str
+    measured: str
+    threshold: str
+    passed: bool
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values)
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.3f} (1 seed)"
+    return f"{_mean(values):.3f} ± {statistics.stdev(values):.3f} (min {min(values):.3f}, max {max(values):.3f})"
+
+
+def overfit_check(steps: list[int], acc: list[float], nll_steps: list[int], nll: list[float],
+                  drop: float = 0.05) -> tuple[bool, str]:
+    """Criterion 6 on one curve: the readapt peak (the best point after the style shift's trough, so never
+    the base at step 0) falls by >= `drop` (last value vs peak) while the training NLL over the last
+    tenth of steps is below its mean around the peak step."""
+    if len(acc) < 2 or not nll:
+        return False, "no curve"
+    trough = min(range(1, len(acc)), key=lambda i: acc[i])
+    peak = max(range(trough, len(acc)), key=lambda i: acc[i])
+    fell = acc[peak] - acc[-1]
+    window = max(1, len(nll) // 10)
+    at_peak = [v for s, v in zip(nll_steps, nll) if abs(s - steps[peak]) <= max(1, steps[-1] // 40)] or nll[:window]
+    nll_peak, nll_end = _mean(at_peak), _mean(nll[-window:])
+    ok = fell >= drop and nll_end < nll_peak
+    return ok, (f"peak {acc[peak]:.3f} at step {steps[peak]}, last {acc[-1]:.3f} (fell {fell:.3f}); "
+                f"expert NLL {nll_peak:.3f} at peak -> {nll_end:.3f} at end")
+
+
+def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: list[str] | tuple[str, ...] = (),
+          log: Callable[[str], None] = print) -> list[Criterion]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    quiet = lambda msg: None  # noqa: E731
+    cfg = build_stages("grpo", overrides=list(overrides))[0].cfg
+    device = resolve_device(cfg.device)
+    model, tok = load_initial_model(cfg.init, log, cfg.device)
+    model.to(device)
+
+    base = []  # per seed: {split: accuracy}
+    for s in range(budget.seeds):
+        with autocast(device, cfg.dtype):
+            ev = evaluate_splits(model, tok, make_splits(s, n_rl=0, n_expert=0, n_test=budget.n_test).tests,
+                                 max_new_tokens=cfg.sampler.max_new_tokens)
+        base.append({k: v["accuracy"] for k, v in ev.items()})
+    experts = make_splits(0, n_rl=0, n_expert=cfg.n_expert, n_test=0).expert
+    with autocast(device, cfg.dtype):
+        median_p = expert_token_probs(model, tok, experts)["median_p"]
+    log(f"probe: base in-domain {_spread([b['in_domain'] for b in base])}; median expert p {median_p:.3f}")
+
+    common = [f"n_test={budget.n_test}", *overrides]
+    grpo = []
+    for s in range(budget.seeds):
+        log(f"probe: grpo seed {s} ({budget.grpo_steps} steps)")
+        run = out / "grpo" / f"seed{s}"
+        prepare_run("grpo", run, resume=False, log=quiet, overrides=[
+            *common, f"seed={s}", f"steps={budget.grpo_steps}", f"eval_every={budget.eval_every}",
+            f"save_every={budget.grpo_steps}"]).run()
+        grpo.append(read_jsonl(run / "eval.jsonl")[-1]["in_domain"]["accuracy"])
+
+    def sft(name: str, n: int, n_expert: int, extra: list[str]) -> tuple[list[dict], list[dict]]:
+        log(f"probe: {name} ({n} steps, {n_expert} expert demonstrations)")
+        run = out / name
+        prepare_run("sft", run, resume=False, log=quiet, overrides=[
+            *common, "seed=0", f"steps={n}", f"eval_every={max(1, n // 20)}", f"save_every={n}",
+            f"n_expert={n_expert}", *extra]).run()
+        return read_jsonl(run / "eval.jsonl"), read_jsonl(run / "metrics.jsonl")
+
+    evals, _ = sft("sft-long", budget.sft_steps, budget.n_expert_large, [f"lr={budget.sft_lr}"])
+    _, acc = series(evals, "in_domain.accuracy")
+    _, harder = series(evals, "harder.accuracy")
+    _, other = series(evals, "other_skills.accuracy")
+    small_evals, metrics = sft("sft-small", budget.overfit_steps, budget.n_expert_small, [f"lr={budget.sft_lr}"])
+    steps, small_acc = series(small_evals, "in_domain.accuracy")
+    nll_steps, nll = series(metrics, "expert_nll")
+
+    overfit, overfit_text = overfit_check(steps, small_acc, nll_steps, nll)
+    acc, harder = acc[1:] or acc, harder[1:] or harder  # SFT's best: its own evaluations, not step 0's base
+    base_in, base_harder = [b["in_domain"] for b in base], [b["harder"] for b in base]
+    gain = [g - b for g, b in zip(grpo, base_in)]
+    disruption = base[0]["other_skills"] - other[-1]
+    criteria = [
+        Criterion(1, "headroom: base in-domain", _spread(base_in), "in [0.15, 0.45]", 0.15 <= _mean(base_in) <= 0.45),
+        Criterion(2, f"expert capability: SFT ({budget.n_expert_large} demos) best in-domain / harder; base harder",
+                  f"{max(acc):.3f} / {max(harder):.3f}; base {_spread(base_harder)}", ">= 0.80 / >= 0.30; <= 0.10",
+                  max(acc) >= 0.80 and max(harder) >= 0.30 and _mean(base_harder) <= 0.10),
+        Criterion(3, "RL signal: GRPO final - base in-domain (< SFT best)",
+                  f"{_spread(gain)}; GRPO final {_mean(grpo):.3f}", ">= 0.10; < SFT best",
+                  _mean(gain) >= 0.10 and _mean(grpo) < max(acc)),
+        Criterion(4, "disruption: base - SFT other-skill", f"{base[0]['other_skills']:.3f} -> {other[-1]:.3f} "
+                  f"({disruption:+.3f})", ">= 0.20", disruption >= 0.20),
+        Criterion(5, "partly on-policy: median expert p", f"{median_p:.3f}", "in [0.05, 0.5]", 0.05 <= median_p <= 0.5),
+        Criterion(6, f"overfitting: SFT on {budget.n_expert_small} demos", overfit_text,
+                  "falls >= 0.05 from peak, NLL still falls", overfit),
+    ]
+    table = markdown(criteria, budget)
+    (out / "probe.md").write_text(f"# minichord probe\n\n{table}\n")
+    (out / "probe.json").write_text(json.dumps({"budget": dataclasses.asdict(budget), "overrides": list(overrides),
+                                                "base": base, "grpo_final": grpo, "median_p": median_p,
+                                                "criteria": [dataclasses.asdict(c) for c in criteria]}, indent=1))
+    log(table)
+    return criteria
+
+
+def markdown(criteria: list[Criterion], budget: ProbeBudget) -> str:
+    lines = ["| # | criterion | measured | needs | result |", "|---|---|---|---|---|"]
+    lines += [f"| {c.number} | {c.name} | {c.measured} | {c.threshold} | {'pass' if c.passed else 'FAIL'} |"
+              for c in criteria]
+    lines.append(f"\n{budget.seeds} seed(s) of the base and GRPO ({budget.grpo_steps} steps); one long SFT run "
+                 f"({budget.sft_steps} steps, {budget.n_expert_large} demonstrations, lr {budget.sft_lr}) and one on "
+                 f"{budget.n_expert_small} demonstrations ({budget.overfit_steps} steps, same lr); {budget.n_test} test problems "
+                 f"per split. Criterion 7 (wall-clock budgets) is not measured here.")
+    return "\n".join(lines)
