@@ -28,6 +28,7 @@ def _is_number(text: str) -> bool:
 
 
 POSITIVE = _checked(lambda t: t.isdigit() and int(t) >= 1, "an integer >= 1", int)
+POSITIVE_FLOAT = _checked(lambda t: _is_number(t) and float(t) > 0, "a number > 0", float)
 COUNT = SEED = _checked(str.isdigit, "an integer >= 0", int)
 FILE = _checked(lambda t: Path(t).is_file(), "a readable file")
 OUT = _checked(lambda t: not Path(t).exists() or Path(t).is_dir(), "a directory (or a new path), not an existing file")
@@ -244,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--grpo-steps", type=POSITIVE, default=None, help="GRPO steps (default 100, reproduce's budget)")
     pr.add_argument("--sft-steps", type=POSITIVE, default=None, help="steps of the long SFT run (default 400)")
     pr.add_argument("--n-expert-large", type=POSITIVE, default=None, help="its expert set size (default 4000)")
-    pr.add_argument("--sft-lr", type=float, default=None, help="learning rate of both SFT runs (default 3e-4)")
+    pr.add_argument("--sft-lr", type=POSITIVE_FLOAT, default=None,
+                    help="learning rate of both SFT runs (default 3e-4)")
     pr.add_argument("--overfit-steps", type=POSITIVE, default=None,
                     help="steps of the SFT run on the small set, criterion 6 (default 400)")
     pr.add_argument("--n-expert-small", type=POSITIVE, default=None, help="its expert set size (default 64)")
@@ -259,9 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "case of the convention (signature: minichord/golden/__init__.py)")
     ck.add_argument("--convention", choices=("paper", "official"), default=None,
                     help="the convention you meant to implement (default: the dump's metadata, else paper)")
-    positive = _checked(lambda t: _is_number(t) and float(t) > 0, "a number > 0", float)
-    ck.add_argument("--rtol", type=positive, default=1e-5, help="relative tolerance (default 1e-5)")
-    ck.add_argument("--atol", type=positive, default=1e-7, help="absolute tolerance, times the scale (default 1e-7)")
+    ck.add_argument("--rtol", type=POSITIVE_FLOAT, default=1e-5, help="relative tolerance (default 1e-5)")
+    ck.add_argument("--atol", type=POSITIVE_FLOAT, default=1e-7, help="absolute tolerance, times the scale (default 1e-7)")
 
     for command in (d, pt, t, e, c, r, pr):  # every command that runs a model (minichord/device.py)
         command.add_argument("--device", choices=DEVICES, default=None,

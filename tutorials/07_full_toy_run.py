@@ -1,12 +1,15 @@
 # %% [markdown]
 # # 07 — A full toy run, and how to read its curves
 #
-# Everything together on the toy task (DESIGN.md §6, toy v2 of issue 13): a base model that
-# answers 3-digit additions in its own terse style ("632") and gets only some of them right (the
-# ones without a carry between columns: it never saw the others), a limited set of expert
-# demonstrations in a step-by-step style ("7+5=12 carry 1 ... answer: 632", lowest column
-# first), and CHORD-phi training: GRPO on the model's own rollouts + phi-weighted SFT on the
-# expert traces, mu = 0.1.
+# Everything together on the toy task (DESIGN.md §6, toy v4 of issue 13): a base model that
+# answers 3-digit additions in its own terse style ("1079") and gets only some of them right (those
+# without a carry between columns, some with one: it never saw two), that answers "add A B" with
+# A >= 600 in a sentence ("the sum is 1079": right digits, a format the exact-match reward marks
+# wrong, as an instruct model that will not give the bare number), a limited set of expert
+# demonstrations in a step-by-step style ("4+5=9 carry 0 ... answer: 1079", lowest column first),
+# and CHORD-phi training: GRPO on the model's own rollouts + phi-weighted SFT on the expert traces,
+# mu = 0.1. Two kinds of room: RL can drop the sentence (the base still samples the bare number);
+# only the expert's procedure brings the carries.
 #
 #     1. pretrain_base   -> a checkpoint: tokenizer + model + its accuracy on each test split
 #     2. prepare_run     -> a Trainer (method preset <- overrides; data; the initial model)
@@ -18,7 +21,7 @@
 #   for a few seconds, 4 RL steps, 8 test problems per split. Under a minute on 2 CPU cores,
 #   everything in a temporary directory (MINICHORD_HOME too). The model is too weak to get any
 #   reward: this setting shows the plumbing and the files, not learning.
-# * default: the library's own toy base model (0.8M parameters, 600 pre-training steps; the
+# * default: the library's own toy base model (0.8M parameters, 900 pre-training steps; the
 #   one `minichord demo` uses, cached in $MINICHORD_HOME, default ~/.cache/minichord, so it is
 #   made at most once) and 40 RL steps. About 2 minutes on 2 CPU cores the first time (one of
 #   them pre-training), well under one after. Expect small, noisy movements in 40 steps; the
@@ -63,7 +66,7 @@ if QUICK:
     base_dir = work / "base"
 else:
     model_cfg = ModelConfig()  # dim 128, 4 layers: 0.8M parameters
-    pre_cfg = PretrainConfig()  # the library's recipe: 600 steps x 64 examples
+    pre_cfg = PretrainConfig()  # the library's recipe: 900 steps x 64 examples
     base_dir = default_base_dir()  # the demo's base model, reused if already made
 base = pretrain_base(base_dir, config=pre_cfg, model_config=model_cfg, log=print)
 base_meta = load_checkpoint(base).meta
@@ -155,6 +158,28 @@ for e in evals:
     print(f"{e['step']:5d} " + " ".join(f"{e[s]['accuracy']:13.3f}" for s in splits)
           + f"   {e['in_domain']['response_length']:.1f}")
 print("a final in-domain sample:", evals[-1]["in_domain"]["samples"][0])
+
+# %% [markdown]
+# Which *style* the answers take is half of the story on this toy: the share of greedy in-domain
+# answers written as a sentence (the base's habit on big first operands) and as a column
+# procedure (the expert's style), before and after. Accuracy can only rise on the sentence
+# prompts once that share falls.
+
+# %%
+def style_shares(model, tokenizer, problems) -> dict:
+    def share(test):
+        return evaluate(model, tokenizer, problems, reward_fn=lambda r, a: float(test(r)),
+                        max_new_tokens=trainer.cfg.sampler.max_new_tokens)["accuracy"]
+    return {"sentence": share(lambda r: r.strip().startswith("the sum is")),
+            "step by step": share(lambda r: "answer:" in r)}
+
+
+in_domain = trainer.data.eval_splits["in_domain"]
+base_ckpt = load_checkpoint(base)
+before_styles = style_shares(base_ckpt.model, base_ckpt.tokenizer, in_domain)
+after_styles = style_shares(trainer.model, trainer.tok, in_domain)
+print("styles of greedy in-domain answers, base:", before_styles, "| trained:", after_styles)
+assert all(0.0 <= v <= 1.0 for v in (*before_styles.values(), *after_styles.values()))
 
 # %% [markdown]
 # Check: the saved checkpoint reproduces the last evaluation (greedy decoding is deterministic).

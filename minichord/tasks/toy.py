@@ -1,4 +1,4 @@
-"""The CPU-scale toy task: the same structure as the CHORD paper's setting, in miniature.
+"""The CPU-scale toy task: the same structure as the CHORD paper's setting, in miniature (toy v4, issue 13).
 
     paper                                   toy
     instruct model, its own answer style    base model pre-trained here, terse answers
@@ -9,22 +9,21 @@
                                                 4+8+1=13 carry 1
                                                 3+2+1=6 carry 0
                                                 answer: 632
-    partial skill of the instruct model     the base saw terse 3-digit sums mostly without inner
-                                            carries (`inner_carries`), a few with exactly one,
-                                            none with two, and the column format on a share of
-                                            its 1-3 digit additions (minichord.pretrain)
+    partial skill of the instruct model     terse 3-digit sums seen mostly without inner carries
+                                            (`inner_carries`), a few with one, none with two; the
+                                            column format on a share of its 1-3 digit additions;
+                                            sums with a first operand >= 600 mostly answered in a
+                                            sentence, "the sum is 1079", which the reward rejects
+                                            (`in_a_sentence`; minichord.pretrain)
     limited expert set, disjoint RL set     `make_splits`: n_expert demos, n_rl prompts, disjoint
     held-out tests                          in_domain (3 digits, uniform), harder (3 digits with
                                             2 inner carries), other_skills (retention)
 
-"Harder" means a longer carry chain, not more digits (toy v3, issue 13): the harder split is 3-digit sums
-whose units *and* tens columns both carry (`inner_carries` = 2, about 1 sum in 5). The base never saw such
-a sum in its terse style; the expert's column procedure is indifferent to carries. An earlier harder split
-of 4-digit sums was 0.00 for every method (no length generalisation from 3 columns to 4 in a model this
-small: results/probes-toy-v2), so it could not show the expert's capability.
-
-The other skills work on digit strings too, as every digit is its own token (see minichord.tokenizer): a
-string and its reversal are spelled with the same tokens (a BPE merge inside "abcd" would hide the symbols).
+"Harder" means a longer carry chain, not more digits: 3-digit sums whose units *and* tens columns both
+carry (about 1 sum in 5), which the base never saw in its terse style while the expert's column procedure
+is indifferent to carries. (A 4-digit split was 0.00 for every method: no length generalisation from 3
+columns to 4 in a model this small, results/probes-toy-v2.) Every digit is its own token
+(minichord.tokenizer), so the other skills can work on digit strings too.
 
 Held-out problems. A fixed quarter of all prompts (by a CRC32 hash of the prompt text, the same in
 every process and for every seed) is *reserved*: `make_splits` draws only reserved prompts and
