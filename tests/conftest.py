@@ -2,6 +2,9 @@
 the variable must be set before any kernel is decorated, hence here, before test imports."""
 
 import os
+import random
+
+import pytest
 
 import torch
 
@@ -9,3 +12,19 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A small random model + tokenizer checkpoint standing in for the pre-trained base (CLI and probe tests)."""
+    from minichord.checkpoint import save_checkpoint
+    from minichord.config import ModelConfig
+    from minichord.model import Transformer
+    from minichord.tasks import style_texts
+    from minichord.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(style_texts(random.Random(0), 200), vocab_size=160)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                                    ffn_dim=64, max_seq_len=128))
+    return save_checkpoint(tmp_path_factory.mktemp("base") / "ckpt", model, tokenizer=tok)

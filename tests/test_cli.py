@@ -1,29 +1,12 @@
 """The command line: help, clear errors, and a cut-down `reproduce --quick` end to end."""
 
 import json
-import random
 import subprocess
 import sys
 
 import pytest
-import torch
 
-from minichord.checkpoint import save_checkpoint
 from minichord.cli import main
-from minichord.config import ModelConfig
-from minichord.model import Transformer
-from minichord.tasks import style_texts
-from minichord.tokenizer import Tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    """A small random model + tokenizer checkpoint standing in for the pre-trained base."""
-    tok = Tokenizer.train(style_texts(random.Random(0), 200), vocab_size=160)
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1,
-                                    ffn_dim=64, max_seq_len=128))
-    return save_checkpoint(tmp_path_factory.mktemp("base") / "ckpt", model, tokenizer=tok)
 
 
 def test_help_lists_every_subcommand():

@@ -1,8 +1,8 @@
 """Probe: pre-train a toy-v3a base (PretrainConfig overridable) and record what criteria 1, 4, 5 need.
 
-    python results/probes-toy-v3a/probe_base.py OUT_DIR --seed 0 --steps 600 [--set easy_fraction=0.3 ...]
+    python results/probes-toy-v3/carry-ladder/probe_base.py OUT_DIR --seed 0 --steps 600 [--set easy_fraction=0.3 ...]
 
-Appends one JSON line to results/probes-toy-v3a/base_probes.jsonl: accuracies (in-domain split by
+Appends one JSON line to results/probes-toy-v3/carry-ladder/base_probes.jsonl: accuracies (in-domain split by
 carry-free / with carries), expert-token stats, rollout success at T=1 on 64 RL prompts x 8, wall.
 """
 import argparse, ast, dataclasses, json, time
@@ -35,6 +35,9 @@ ind = task.tests["in_domain"]
 by = {k: [p for p in ind if carries(*map(int, p.prompt.split()[1:])) == k] for k in (0, 1, 2)}
 acc_by = {k: round(evaluate(model, tok, g)["accuracy"], 3) for k, g in by.items() if g}
 sample = evaluate(model, tok, ind[:8])["samples"]
+est_share = evaluate(model, tok, ind, reward_fn=lambda r, a: r.strip().startswith("the sum"))["accuracy"]
+big = [p for p in ind if int(p.prompt.split()[1]) >= 600]; small = [p for p in ind if int(p.prompt.split()[1]) < 600]
+acc_big_small = (round(evaluate(model, tok, big)["accuracy"], 3), round(evaluate(model, tok, small)["accuracy"], 3))
 g = torch.Generator().manual_seed(0)
 ids = [tok.encode_prompt(p.prompt) for p in task.rl for _ in range(8)]
 out = generate(model, ids, SamplerConfig(max_new_tokens=96), eos_id=tok.stop_ids, pad_id=tok.pad_id,
@@ -48,7 +51,7 @@ rec = {"out": a.out, "seed": a.seed, "steps": a.steps or cfg.steps, "overrides":
        "in_domain_by_inner_carries": acc_by, "n_by_inner_carries": {k: len(g) for k, g in by.items()},
        "rollout_success_T1_by_inner_carries": succ_by,
        "expert_tokens": ck.meta["expert_tokens"], "rollout_success_T1": r.mean().item(),
-       "groups_with_signal": ((r.std(1) > 0).float().mean()).item(), "train_s": ck.meta["train_seconds"],
+       "greedy_estimate_share": est_share, "acc_a>=600_a<600": acc_big_small, "groups_with_signal": ((r.std(1) > 0).float().mean()).item(), "train_s": ck.meta["train_seconds"],
        "wall_s": round(wall, 1), "samples": [(s["prompt"], s["response"], s["answer"]) for s in sample[:3]]}
 with open(Path(__file__).with_name("base_probes.jsonl"), "a") as f:
     f.write(json.dumps(rec) + "\n")

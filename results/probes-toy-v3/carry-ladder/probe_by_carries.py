@@ -1,6 +1,6 @@
 """Probe: greedy in-domain accuracy of checkpoints split by the number of inner carries (0, 1, 2).
 
-    python results/probes-toy-v3a/probe_by_carries.py CKPT [CKPT ...]
+    python results/probes-toy-v3/carry-ladder/probe_by_carries.py CKPT [CKPT ...]
 """
 import os, sys
 

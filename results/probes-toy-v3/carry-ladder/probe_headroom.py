@@ -1,6 +1,6 @@
 """Probe: how much greedy accuracy could RL gain by sharpening alone? (criterion 3)
 
-    python results/probes-toy-v3a/probe_headroom.py CKPT [CKPT ...]
+    python results/probes-toy-v3/carry-ladder/probe_headroom.py CKPT [CKPT ...]
 
 On 128 RL prompts (split seed 0): greedy correctness and the T=1 success rate over 16 samples per prompt.
 "Amplifiable" = greedy wrong but the right answer sampled >= 25 % of the time: prompts where pushing up

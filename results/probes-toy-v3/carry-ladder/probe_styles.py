@@ -1,6 +1,6 @@
 """Probe: at T=1, how often does a checkpoint answer in the expert's column style, and how well in each style?
 
-    python results/probes-toy-v3a/probe_styles.py CKPT [CKPT ...]
+    python results/probes-toy-v3/carry-ladder/probe_styles.py CKPT [CKPT ...]
 
 128 RL prompts (split seed 0) x 8 samples; per style (column = response holds "answer:"): share and
 success, split by inner carries. Also greedy accuracy when the response is forced to start in the column

@@ -1,9 +1,9 @@
 """Probe: run one method from a given base and summarise its eval curve (criteria 2, 3, 4, 6).
 
-    python results/probes-toy-v3a/probe_train.py METHOD BASE_DIR OUT_DIR [--set k=v ...]
+    python results/probes-toy-v3/carry-ladder/probe_train.py METHOD BASE_DIR OUT_DIR [--set k=v ...]
 
 Prints every eval point (in-domain, harder, other skills, response length, training expert NLL / reward
-near it) and appends one JSON line to results/probes-toy-v3a/train_probes.jsonl.
+near it) and appends one JSON line to results/probes-toy-v3/carry-ladder/train_probes.jsonl.
 """
 import json, sys, time
 from pathlib import Path
