@@ -84,3 +84,22 @@ def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | Non
     if resume:
         trainer.resume()
     return trainer
+
+
+def evaluate_initial_model(cfg: TrainConfig, seeds: int, n_test: int, log: Callable[[str], None] = print):
+    """The starting model (`cfg.init`, else the toy base) on each seed's toy test splits, greedy:
+    (model on cfg's device, tokenizer, [evaluate_splits(...) per seed 0..seeds-1]). The splits of seed s are
+    the ones a run with seed=s and this n_test evaluates on (make_splits draws the test splits first)."""
+    from minichord.device import autocast
+    from minichord.evaluate import evaluate_splits
+    from minichord.tasks import make_splits
+
+    device = resolve_device(cfg.device)
+    model, tok = load_initial_model(cfg.init, log, cfg.device)
+    model.to(device)
+    evaluations = []
+    for seed in range(seeds):
+        with autocast(device, cfg.dtype):
+            evaluations.append(evaluate_splits(model, tok, make_splits(seed, n_rl=0, n_expert=0, n_test=n_test).tests,
+                                               max_new_tokens=cfg.sampler.max_new_tokens))
+    return model, tok, evaluations

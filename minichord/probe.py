@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Callable
 
 from minichord.device import autocast, resolve_device
-from minichord.evaluate import evaluate_splits, expert_token_probs
-from minichord.experiment import build_stages, load_initial_model, prepare_run
+from minichord.evaluate import expert_token_probs
+from minichord.experiment import build_stages, evaluate_initial_model, prepare_run
 from minichord.plot import read_jsonl, series
 from minichord.tasks import make_splits
 
@@ -64,14 +64,10 @@ class Criterion:
     passed: bool
 
 
-def _mean(values: list[float]) -> float:
-    return statistics.mean(values)
-
-
 def _spread(values: list[float]) -> str:
     if len(values) < 2:
         return f"{values[0]:.3f} (1 seed)"
-    return f"{_mean(values):.3f} ± {statistics.stdev(values):.3f} (min {min(values):.3f}, max {max(values):.3f})"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (min {min(values):.3f}, max {max(values):.3f})"
 
 
 def overfit_check(steps: list[int], acc: list[float], nll_steps: list[int], nll: list[float],
@@ -86,7 +82,7 @@ def overfit_check(steps: list[int], acc: list[float], nll_steps: list[int], nll:
     fell = acc[peak] - acc[-1]
     window = max(1, len(nll) // 10)
     at_peak = [v for s, v in zip(nll_steps, nll) if abs(s - steps[peak]) <= max(1, steps[-1] // 40)] or nll[:window]
-    nll_peak, nll_end = _mean(at_peak), _mean(nll[-window:])
+    nll_peak, nll_end = statistics.mean(at_peak), statistics.mean(nll[-window:])
     ok = fell >= drop and nll_end < nll_peak
     return ok, (f"peak {acc[peak]:.3f} at step {steps[peak]}, last {acc[-1]:.3f} (fell {fell:.3f}); "
                 f"expert NLL {nll_peak:.3f} at peak -> {nll_end:.3f} at end")
@@ -98,18 +94,10 @@ def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: l
     out.mkdir(parents=True, exist_ok=True)
     quiet = lambda msg: None  # noqa: E731
     cfg = build_stages("grpo", overrides=list(overrides))[0].cfg
-    device = resolve_device(cfg.device)
-    model, tok = load_initial_model(cfg.init, log, cfg.device)
-    model.to(device)
-
-    base = []  # per seed: {split: accuracy}
-    for s in range(budget.seeds):
-        with autocast(device, cfg.dtype):
-            ev = evaluate_splits(model, tok, make_splits(s, n_rl=0, n_expert=0, n_test=budget.n_test).tests,
-                                 max_new_tokens=cfg.sampler.max_new_tokens)
-        base.append({k: v["accuracy"] for k, v in ev.items()})
+    model, tok, evaluations = evaluate_initial_model(cfg, budget.seeds, budget.n_test, log)
+    base = [{split: e["accuracy"] for split, e in ev.items()} for ev in evaluations]  # per seed: {split: accuracy}
     experts = make_splits(0, n_rl=0, n_expert=cfg.n_expert, n_test=0).expert
-    with autocast(device, cfg.dtype):
+    with autocast(resolve_device(cfg.device), cfg.dtype):
         median_p = expert_token_probs(model, tok, experts)["median_p"]
     log(f"probe: base in-domain {_spread([b['in_domain'] for b in base])}; median expert p {median_p:.3f}")
 
@@ -123,19 +111,19 @@ def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: l
             f"save_every={budget.grpo_steps}"]).run()
         grpo.append(read_jsonl(run / "eval.jsonl")[-1]["in_domain"]["accuracy"])
 
-    def sft(name: str, n: int, n_expert: int, extra: list[str]) -> tuple[list[dict], list[dict]]:
+    def sft(name: str, n: int, n_expert: int) -> tuple[list[dict], list[dict]]:
         log(f"probe: {name} ({n} steps, {n_expert} expert demonstrations)")
         run = out / name
         prepare_run("sft", run, resume=False, log=quiet, overrides=[
             *common, "seed=0", f"steps={n}", f"eval_every={max(1, n // 20)}", f"save_every={n}",
-            f"n_expert={n_expert}", *extra]).run()
+            f"n_expert={n_expert}", f"lr={budget.sft_lr}"]).run()
         return read_jsonl(run / "eval.jsonl"), read_jsonl(run / "metrics.jsonl")
 
-    evals, _ = sft("sft-long", budget.sft_steps, budget.n_expert_large, [f"lr={budget.sft_lr}"])
+    evals, _ = sft("sft-long", budget.sft_steps, budget.n_expert_large)
     _, acc = series(evals, "in_domain.accuracy")
     _, harder = series(evals, "harder.accuracy")
     _, other = series(evals, "other_skills.accuracy")
-    small_evals, metrics = sft("sft-small", budget.overfit_steps, budget.n_expert_small, [f"lr={budget.sft_lr}"])
+    small_evals, metrics = sft("sft-small", budget.overfit_steps, budget.n_expert_small)
     steps, small_acc = series(small_evals, "in_domain.accuracy")
     nll_steps, nll = series(metrics, "expert_nll")
 
@@ -145,13 +133,13 @@ def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: l
     gain = [g - b for g, b in zip(grpo, base_in)]
     disruption = base[0]["other_skills"] - other[-1]
     criteria = [
-        Criterion(1, "headroom: base in-domain", _spread(base_in), "in [0.15, 0.45]", 0.15 <= _mean(base_in) <= 0.45),
+        Criterion(1, "headroom: base in-domain", _spread(base_in), "in [0.15, 0.45]", 0.15 <= statistics.mean(base_in) <= 0.45),
         Criterion(2, f"expert capability: SFT ({budget.n_expert_large} demos) best in-domain / harder; base harder",
                   f"{max(acc):.3f} / {max(harder):.3f}; base {_spread(base_harder)}", ">= 0.80 / >= 0.30; <= 0.10",
-                  max(acc) >= 0.80 and max(harder) >= 0.30 and _mean(base_harder) <= 0.10),
+                  max(acc) >= 0.80 and max(harder) >= 0.30 and statistics.mean(base_harder) <= 0.10),
         Criterion(3, "RL signal: GRPO final - base in-domain (< SFT best)",
-                  f"{_spread(gain)}; GRPO final {_mean(grpo):.3f}", ">= 0.10; < SFT best",
-                  _mean(gain) >= 0.10 and _mean(grpo) < max(acc)),
+                  f"{_spread(gain)}; GRPO final {statistics.mean(grpo):.3f}", ">= 0.10; < SFT best",
+                  statistics.mean(gain) >= 0.10 and statistics.mean(grpo) < max(acc)),
         Criterion(4, "disruption: base - SFT other-skill", f"{base[0]['other_skills']:.3f} -> {other[-1]:.3f} "
                   f"({disruption:+.3f})", ">= 0.20", disruption >= 0.20),
         Criterion(5, "partly on-policy: median expert p", f"{median_p:.3f}", "in [0.05, 0.5]", 0.05 <= median_p <= 0.5),

@@ -21,12 +21,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from minichord.device import autocast, resolve_device
-from minichord.evaluate import evaluate_splits
-from minichord.experiment import build_stages, load_initial_model, prepare_run
+from minichord.device import resolve_device
+from minichord.experiment import build_stages, evaluate_initial_model, prepare_run
 from minichord.methods import METHODS
 from minichord.plot import plot_runs, read_jsonl
-from minichord.tasks import make_splits
 
 SFT_CURVE_PANELS = [("eval.jsonl", "in_domain.accuracy", "in-domain accuracy (greedy)"),
                     ("eval.jsonl", "other_skills.accuracy", "other-skill retention"),
@@ -96,7 +94,7 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
     common = [f"steps={setting.steps}", f"n_test={setting.n_test}", f"eval_every={setting.eval_every}",
               f"save_every={setting.steps}", *overrides]
     first_cfg = build_stages(methods[0], overrides=common)[0].cfg
-    device = resolve_device(first_cfg.device)  # refused before anything is written
+    resolve_device(first_cfg.device)  # refused before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(m, s) for s in range(setting.seeds) for m in methods]
@@ -104,14 +102,8 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
     t_start = time.perf_counter()
     quiet = lambda msg: None  # noqa: E731  (per-step lines would drown the overview)
 
-    model, tok = load_initial_model(first_cfg.init, log, first_cfg.device)
-    model.to(device)
-    results: dict[str, list[dict]] = {"base": []}
-    for s in range(setting.seeds):
-        with autocast(device, first_cfg.dtype):
-            base_eval = evaluate_splits(model, tok, make_splits(s, n_rl=0, n_expert=0, n_test=first_cfg.n_test).tests,
-                                        max_new_tokens=first_cfg.sampler.max_new_tokens)
-        results["base"].append({**split_summary(base_eval), "wall_s": 0.0})
+    _, _, base_evals = evaluate_initial_model(first_cfg, setting.seeds, first_cfg.n_test, log)
+    results: dict[str, list[dict]] = {"base": [{**split_summary(e), "wall_s": 0.0} for e in base_evals]}
     for done, (method, seed) in enumerate(jobs):
         elapsed = time.perf_counter() - t_start
         eta = f", ~{elapsed / done * (total - done) / 60:.1f} min left" if done else ""
