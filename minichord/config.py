@@ -71,8 +71,9 @@ class SamplerConfig:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     greedy: bool = False
-    compile: Optional[bool] = None  # static-shape decode step (sampler.py): true = torch.compile on a CPU, a CUDA
-    # graph on a GPU; none (default) = the CUDA graph on a GPU (no compile time), eager on a CPU; false = eager
+    compile: Optional[bool] = None  # compiled decode step (sampler.py): true = torch.compile on a CPU (one trace for
+    # every batch and cache size), a CUDA graph on a GPU; none (default) = the CUDA graph on a GPU (no compile time),
+    # eager on a CPU; false = eager
 
     def __post_init__(self) -> None:  # temperature 0 only with greedy=true (which ignores it)
         validate(self, {"[1, inf)": "max_new_tokens", "[0, inf)": "top_k" + " temperature" * (self.greedy is True),

@@ -11,7 +11,8 @@ Padding never shifts RoPE: positions count real tokens only (the sampler left-pa
 
 Grouped-query attention never copies K/V: training and prefill use SDPA's GQA path, and a decode
 step (one query row) folds each kv head's query heads into the query-row dimension (`decode_attention`).
-`decode_step` is that step with static shapes, so `torch.compile` can trace it once per cache shape.
+`decode_step` is that step with shapes that do not change from step to step, so `torch.compile` traces it
+once and a CUDA graph replays it.
 """
 
 from __future__ import annotations
@@ -32,18 +33,47 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 class KVCache:
-    """Preallocated keys/values for incremental decoding: k[l], v[l] are [B, n_kv_heads,
-    max_len, head_dim] for layer l, filled in slots [0, length); each forward writes its T new
-    keys/values at [length, length + T) and advances `length`."""
+    """Keys/values for incremental decoding: k[l], v[l] are [B, n_kv_heads, capacity, head_dim] for
+    layer l, filled in slots [0, length); each forward writes its T new keys/values at
+    [length, length + T) and advances `length`.
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
-        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
-        self.batch_size, self.max_len, self.length = batch_size, max_len, 0
+    chunk=None allocates all max_len slots at once (the fixed shapes a CUDA graph needs); an int
+    grows the storage `chunk` slots at a time, up to max_len (`reserve`). The sampler's eager decode step
+    attends over every allocated slot, the unfilled ones masked: a whole [B, n_kv, capacity, hd] block
+    is one contiguous read, which the batched matmul takes about 3x faster on a CPU than the slice
+    [:, :, :S] of a longer buffer (benchmarks/RESULTS.md), for at most chunk - 1 hidden slots."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32,
+                 chunk: int | None = None):
+        empty = torch.zeros(batch_size, cfg.n_kv_heads, 0, cfg.head_dim, device=device, dtype=dtype)
+        self.k, self.v = [empty] * cfg.n_layers, [empty] * cfg.n_layers
+        self.batch_size, self.max_len, self.length, self.chunk = batch_size, max_len, 0, chunk
+        self.reserve(max_len if chunk is None else 1)
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[2]
+
+    def reserve(self, end: int):
+        """Make slots [0, end) exist: grow to the next multiple of chunk (at most max_len), keeping every slot
+        written so far (a decode step writes its slot without advancing `length`, so all are copied)."""
+        if end <= self.capacity:
+            return
+        if end > self.max_len:
+            raise ValueError(f"KV cache of max_len {self.max_len} cannot hold {end} slots")
+        size = self.max_len if self.chunk is None else min(self.max_len, -(-end // self.chunk) * self.chunk)
+
+        def grown(old: torch.Tensor) -> torch.Tensor:
+            new = old.new_empty(old.shape[0], old.shape[1], size, old.shape[3])
+            new[:, :, :old.shape[2]] = old
+            new[:, :, old.shape[2]:] = 0  # hidden slots must be finite: 0 * inf would be nan
+            return new
+
+        self.k, self.v = [grown(k) for k in self.k], [grown(v) for v in self.v]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         end = self.length + k.shape[2]
+        self.reserve(end)
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # [B, n_kv, end, hd]
@@ -81,16 +111,20 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype == torch.float32:  # the weight inside the one call: bitwise the same in fp32
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)  # x / sqrt(mean(x^2) + eps), one kernel
-        return self.weight * normed.to(x.dtype)
+        return self.weight * normed.to(x.dtype)  # bf16: rounded before the weight, as Qwen2 does
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
-    """Rotary cos, sin (rotate_half layout): inv_freq_i = 1 / theta^(2i/d), angle[b,t,i] = pos[b,t] * inv_freq_i.
+    """Rotary cos and signed sin (rotate_half layout): inv_freq_i = 1 / theta^(2i/d), angle[b,t,i] = pos[b,t] * inv_freq_i,
+    cos = [cos(angle), cos(angle)], sin = [-sin(angle), sin(angle)]: HF's sin with rotate_half's minus sign moved in,
+    so that apply_rope rotates with a roll instead of a negate and a concatenation (bitwise the same numbers).
     Written 1 / theta^x, not theta^-x: the two differ by 1 ulp in some frequencies, and this is HF's order."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = (positions.float()[..., None] * inv_freq).repeat(1, 1, 2)  # [B, T, hd]: the hd/2 angles twice
-    return angles.cos(), angles.sin()
+    angles = positions.float()[..., None] * inv_freq  # [B, T, hd/2]
+    return angles.cos().repeat(1, 1, 2), torch.cat([-angles.sin(), angles.sin()], dim=-1)  # [B, T, hd] each
 
 
 def rope_table(max_len: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,11 +134,11 @@ def rope_table(max_len: int, head_dim: int, theta: float, device) -> tuple[torch
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x' = x*cos + rotate_half(x)*sin, rotate_half([a, b]) = [-b, a] (halves, not interleaved).
+    """x' = x*cos + rotate_half(x)*sin_HF, rotate_half([a, b]) = [-b, a] (halves, not interleaved),
+    computed as x*cos + roll(x, hd/2)*sin with rope_cos_sin's signed sin: roll([a, b]) = [b, a].
     x: [B, H, T, hd]; cos, sin: [B, T, hd]."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
+    x32 = x.float()
+    return (x32 * cos[:, None] + x32.roll(x.shape[-1] // 2, dims=-1) * sin[:, None]).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -120,13 +154,31 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
+        self._stacked, self._stacked_key = None, None  # [W_q; W_k; W_v], [b_q; b_k; b_v] and the weights' versions
+
+    def rotated_qkv(self, x, cos, sin):
+        """x [B, T, D] -> q [B, H, T, hd], k and v [B, Hkv, T, hd], RoPE applied to q and k.
+        With autograd (training): three matmuls, two RoPE calls. Without (sampling, evaluation): one matmul on the
+        stacked weights [W_q; W_k; W_v], kept between calls and rebuilt when a weight changes (an optimizer
+        step or a load bumps its version counter), and one RoPE call on q and k together: half the kernel
+        launches of a decode step's projections, the same numbers (tests/test_model.py)."""
+        B, T, _ = x.shape
+        c, projs = self.cfg, (self.q_proj, self.k_proj, self.v_proj)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            q, k, v = (lin(x).view(B, T, -1, c.head_dim).transpose(1, 2) for lin in projs)
+            return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        key = tuple((p.data_ptr(), p._version) for lin in projs for p in lin.parameters())
+        if key != self._stacked_key:
+            biases = None if projs[0].bias is None else torch.cat([lin.bias for lin in projs])
+            self._stacked, self._stacked_key = (torch.cat([lin.weight for lin in projs]), biases), key
+        qkv = F.linear(x, *self._stacked).view(B, T, -1, c.head_dim).transpose(1, 2)  # [B, H + 2 Hkv, T, hd]
+        q, k = apply_rope(qkv[:, :c.n_heads + c.n_kv_heads], cos, sin).split([c.n_heads, c.n_kv_heads], dim=1)
+        return q, k, qkv[:, c.n_heads + c.n_kv_heads:]
 
     def forward(self, x, cos, sin, mask, kv_cache: KVCache | None):
         B, T, _ = x.shape
         c = self.cfg
-        # q: [B, H, T, hd]; k, v: [B, Hkv, T, hd]
-        q, k, v = (lin(x).view(B, T, -1, c.head_dim).transpose(1, 2) for lin in (self.q_proj, self.k_proj, self.v_proj))
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.rotated_qkv(x, cos, sin)  # q: [B, H, T, hd]; k, v: [B, Hkv, T, hd]
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # [B, Hkv, S, hd]
         if mask.is_floating_point():  # decode_step's one query row: mask is an additive bias [B, 1, 1, S]
@@ -143,9 +195,11 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
         q_g [B, Hkv, group, hd],  out_g = softmax(q_g k^T / sqrt(hd) + bias) v   [B, Hkv, group, hd]
     which are exactly heads h = j * group + r (HF's repeat_kv order), so out_g.view gives [B, H, 1, hd]."""
     B, H, _, hd = q.shape
-    q_g = q.view(B, k.shape[1], H // k.shape[1], hd)  # [B, Hkv, group, hd]
-    scores = (q_g @ k.transpose(-1, -2)) * hd ** -0.5 + bias  # [B, Hkv, group, S]
-    return (scores.softmax(dim=-1) @ v).view(B, H, 1, hd)
+    Hkv, S = k.shape[1], k.shape[2]
+    q_g = q.reshape(B * Hkv, H // Hkv, hd)  # [B*Hkv, group, hd]
+    bias_g = bias.expand(B, Hkv, H // Hkv, S).reshape(B * Hkv, H // Hkv, S)
+    scores = torch.baddbmm(bias_g, q_g, k.reshape(B * Hkv, S, hd).transpose(1, 2), alpha=hd ** -0.5)  # [B*Hkv, group, S]
+    return (scores.softmax(dim=-1) @ v.reshape(B * Hkv, S, hd)).view(B, H, 1, hd)
 
 
 class MLP(nn.Module):
@@ -212,7 +266,7 @@ class Transformer(nn.Module):
 
     def decode_step(self, ids, positions, attention_mask, slot, kv_cache: KVCache) -> torch.Tensor:
         """One new token per sequence -> logits [B, 1, V], with shapes that do not change from step
-        to step (torch.compile traces it once per (B, S)).
+        to step (a CUDA graph replays it; torch.compile traces it once).
         ids, positions: [B, 1] long; slot: the cache slot this token fills (int, or [1] long tensor: CacheSlot);
         attention_mask: [B, S] bool over cache slots 0..S-1 (S <= kv_cache.max_len), True on real tokens.
         Key j is visible iff attention_mask[b, j] and j <= slot, or j == slot."""

@@ -10,13 +10,14 @@ the policy the trainer differentiates (`ops.token_logprobs(logits, y, temperatur
 and new log-probs agree at the first update.
 
 Each step after the prefill is `Transformer.decode_step`: positions advance by one per step (no
-cumsum over the mask), and the cache is read up to the current slot. SamplerConfig.compile=True
-runs that step with static shapes, over the whole preallocated cache (hidden slots masked): on a
-CPU through `torch.compile`, once per (batch, prompt + new tokens) shape, which costs tens of seconds
-and pays off only over many generations; on a GPU as a CUDA graph captured at the first step of each
-generate() call (one replay per token instead of hundreds of kernel launches; no compiler). Left at
-None, it is the CUDA graph on a GPU (3.2x faster sampling in a CHORD step on an H200,
-benchmarks/RESULTS.md) and eager on a CPU; False is eager everywhere.
+cumsum over the mask). The KV cache grows CACHE_CHUNK slots at a time and each step attends over
+every allocated slot, the unfilled ones masked: a contiguous cache is read ~3x faster than a slice of
+a longer one (model.KVCache). SamplerConfig.compile=True runs the step compiled: on a CPU through
+`torch.compile` with dynamic shapes (one trace, ~40 s, for every batch and cache size; it pays off only
+over many generations); on a GPU as a CUDA graph over the whole preallocated cache, captured at the
+first step of each generate() call (one replay per token instead of hundreds of kernel launches; no
+compiler). Left at None, it is the CUDA graph on a GPU (3.2x faster sampling in a CHORD step on an
+H200, benchmarks/RESULTS.md) and eager on a CPU; False is eager everywhere.
 """
 
 from __future__ import annotations
@@ -62,13 +63,16 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+CACHE_CHUNK = 16  # the eager sampler's KV cache grows this many slots at a time (KVCache)
+
 _compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled decode_step
 
 
 def compiled_decode_step(model):
-    """torch.compile(model.decode_step), made once per model (static shapes: one trace per cache shape)."""
+    """torch.compile(model.decode_step), made once per model; dynamic shapes: one trace serves every batch size and
+    every size of the growing cache (static shapes would trace again, tens of seconds, at each of them)."""
     if model not in _compiled_steps:
-        _compiled_steps[model] = torch.compile(model.decode_step, dynamic=False)
+        _compiled_steps[model] = torch.compile(model.decode_step, dynamic=True)
     return _compiled_steps[model]
 
 
@@ -148,12 +152,13 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     stop_ids = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), dtype=torch.long, device=device)
     seq_mask = torch.cat([mask, torch.ones(B, cfg.max_new_tokens, dtype=torch.bool, device=device)], dim=1)
 
-    cache = KVCache(model.cfg, B, total, device, dtype) if use_cache else None
-    logits = model(ids, attention_mask=mask, kv_cache=cache)[:, -1]  # [B, V] (prefill)
     step = getattr(model, "decode_step", None)  # None: a test double, stepped through its forward
-    static = use_cache and step is not None and (cfg.compile if cfg.compile is not None else device.type == "cuda")
-    if static:  # static shapes: a CUDA graph on a GPU (the default there), torch.compile elsewhere
-        step = GraphedDecodeStep(model) if device.type == "cuda" else compiled_decode_step(model)
+    compiled = use_cache and step is not None and (cfg.compile if cfg.compile is not None else device.type == "cuda")
+    graphed = compiled and device.type == "cuda"  # a CUDA graph needs fixed shapes: the whole cache from the start
+    cache = KVCache(model.cfg, B, total, device, dtype, chunk=None if graphed else CACHE_CHUNK) if use_cache else None
+    logits = model(ids, attention_mask=mask, kv_cache=cache)[:, -1]  # [B, V] (prefill)
+    if compiled:  # a CUDA graph on a GPU (the default there), torch.compile elsewhere
+        step = GraphedDecodeStep(model) if graphed else compiled_decode_step(model)
     next_pos = mask.sum(dim=1, keepdim=True)  # [B, 1]: the first new token's position = real prompt tokens
 
     tokens = torch.full((B, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -182,7 +187,8 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
         if step is None:  # a model without decode_step (a test double): its forward with the cache
             logits = model(tokens[:, t:t + 1], attention_mask=seq_mask[:, :P + t + 1], kv_cache=cache)[:, -1]
             continue
-        seen = seq_mask if static else seq_mask[:, :P + t + 1]  # static: the whole cache, one shape
-        slot = torch.tensor([P + t], device=device) if static else P + t  # where token t's keys/values go
+        cache.reserve(P + t + 1)  # grows by CACHE_CHUNK slots when full (graphed: all slots from the start)
+        seen = seq_mask[:, :cache.capacity]  # the step attends over every allocated slot, later ones masked
+        slot = torch.tensor([P + t], device=device) if compiled else P + t  # where token t's keys/values go
         logits = step(tokens[:, t:t + 1], next_pos + t, seen, slot, cache)[:, -1]  # [B, V]
     return Rollout(tokens[:, :t + 1], logprobs[:, :t + 1], out_mask[:, :t + 1], finished)

@@ -1,6 +1,6 @@
 """The decode paths agree: Transformer.forward one token at a time, decode_step with a Python-int
-slot (eager sampler), decode_step with a tensor slot over the whole cache (the static shapes the
-compiled path traces), and the compiled sampler (torch.compile on a CPU; a CUDA graph where
+slot over a slice of the cache, over a cache grown in chunks (the eager sampler), with a tensor slot
+over the whole cache (the fixed shapes a CUDA graph replays), and the compiled sampler (torch.compile on a CPU; a CUDA graph where
 MINICHORD_TEST_DEVICE=cuda, as benchmarks/gpu_check.py runs it): logits equal the full forward (<= 1e-4),
 greedy tokens are identical, a fixed seed draws the same tokens."""
 
@@ -18,26 +18,51 @@ from test_sampler import NO_EOS, PAD, PROMPTS
 DEVICE = torch.device(os.environ.get("MINICHORD_TEST_DEVICE", "cpu"))
 
 
-@pytest.mark.parametrize("static", [False, True])
-def test_decode_step_equals_full_forward(static):
-    """Prefill 6 slots, then decode_step one token at a time; static: attend over all 12 cache
-    slots (the unfilled ones hidden by the slot bound) with the slot as a tensor."""
+@pytest.mark.parametrize("mode", ["slice", "static", "chunked"])
+def test_decode_step_equals_full_forward(mode):
+    """Prefill 6 slots, then decode_step one token at a time. slice: attend over slots [0, t] of a
+    preallocated cache; static: over all 12 slots (the unfilled ones hidden by the slot bound) with the
+    slot as a tensor; chunked: a cache grown 4 slots at a time, attending over every allocated slot
+    (the eager sampler's path)."""
     model = tiny_model()
     ids, mask = left_padded_batch([12, 5, 9], total=12)
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, 12]
     with torch.no_grad():
         full = model(ids, attention_mask=mask)  # [B, 12, V]
-        cache = KVCache(model.cfg, 3, 12)
+        cache = KVCache(model.cfg, 3, 12, chunk=4 if mode == "chunked" else None)
         steps = [model(ids[:, :6], attention_mask=mask[:, :6], kv_cache=cache)]
         for t in range(6, 12):
-            seen, slot = (mask, torch.tensor([t])) if static else (mask[:, :t + 1], t)
+            if mode == "chunked":
+                cache.reserve(t + 1)
+                seen, slot = mask[:, :cache.capacity], t
+            else:
+                seen, slot = (mask, torch.tensor([t])) if mode == "static" else (mask[:, :t + 1], t)
             steps.append(model.decode_step(ids[:, t:t + 1], positions[:, t:t + 1], seen, slot, cache))
     diff = (torch.cat(steps, dim=1) - full)[mask].abs().max().item()
     assert diff <= 1e-4, diff
 
 
+def test_growing_cache_keeps_every_slot_and_refuses_past_max_len():
+    cfg = tiny_model().cfg
+    cache = KVCache(cfg, 2, 10, chunk=4)
+    assert cache.capacity == 4  # one chunk to start
+    k = torch.randn(2, cfg.n_kv_heads, 3, cfg.head_dim)
+    cache.update(0, k, -k)
+    cache.length = 3  # as Transformer.forward does after every layer's update
+    cache.k[1][:, :, 3] = 7.0  # a decode step writes its slot without advancing length
+    cache.reserve(5)
+    assert cache.capacity == 8 and cache.length == 3
+    assert torch.equal(cache.k[0][:, :, :3], k) and torch.equal(cache.v[0][:, :, :3], -k)
+    assert (cache.k[1][:, :, 3] == 7.0).all(), "a slot past length was lost when the cache grew"
+    assert (cache.k[0][:, :, 4:] == 0).all(), "grown slots must be zeros (finite under the mask)"
+    cache.reserve(10)
+    assert cache.capacity == 10  # the last chunk stops at max_len
+    with pytest.raises(ValueError, match="max_len 10 cannot hold 11 slots"):
+        cache.reserve(11)
+
+
 def test_compiled_sampler_matches_eager_and_full_forward():
-    """torch.compile'd decode step (static cache shape): greedy tokens identical to eager and to the
+    """torch.compile'd decode step (dynamic shapes, over the growing cache): greedy tokens identical to eager and to the
     uncached path, sampled tokens identical for a seed, log-probs those of the full forward."""
     model = tiny_model().to(DEVICE)
     runs = {}

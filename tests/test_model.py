@@ -153,6 +153,31 @@ def test_clear_errors():
         model(torch.zeros(1, 5, dtype=torch.long), kv_cache=cache)
 
 
+def test_stacked_qkv_without_autograd_equals_training_path_and_follows_weight_updates():
+    """Sampling and evaluation project q, k, v with one matmul on stacked weights kept between calls;
+    training uses the three projections. Both give the same logits, and the stack is rebuilt after an
+    optimizer step (in place) and after load_state_dict."""
+    model = tiny_model()
+    ids, mask = left_padded_batch([8, 5], total=8)
+
+    def both():
+        with torch.no_grad():
+            stacked = model(ids, attention_mask=mask)
+        return stacked, model(ids, attention_mask=mask)  # grad enabled: three matmuls
+
+    stacked, three = both()
+    assert torch.equal(stacked, three.detach())
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    three[mask].logsumexp(-1).sum().backward()
+    opt.step()  # changes every q/k/v weight in place
+    stacked2, three2 = both()
+    assert not torch.equal(stacked2, stacked)
+    assert torch.equal(stacked2, three2.detach())
+    model.load_state_dict(tiny_model(seed=3).state_dict())
+    stacked3, three3 = both()
+    assert torch.equal(stacked3, three3.detach()) and not torch.equal(stacked3, stacked2)
+
+
 def test_bf16_forward_returns_parameter_dtype():
     model = tiny_model().to(torch.bfloat16)
     ids, mask = left_padded_batch([6, 3], total=6)
