@@ -156,7 +156,10 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     compiled = use_cache and step is not None and (cfg.compile if cfg.compile is not None else device.type == "cuda")
     graphed = compiled and device.type == "cuda"  # a CUDA graph needs fixed shapes: the whole cache from the start
     cache = KVCache(model.cfg, B, total, device, dtype, chunk=None if graphed else CACHE_CHUNK) if use_cache else None
-    logits = model(ids, attention_mask=mask, kv_cache=cache)[:, -1]  # [B, V] (prefill)
+    if step is None:  # a test double: its forward's logits
+        logits = model(ids, attention_mask=mask, kv_cache=cache)[:, -1]  # [B, V] (prefill)
+    else:  # prefill; logits at the last position only: [B, V], never [B, P, V] (151,936 columns a token on Qwen2.5)
+        logits = model(ids, attention_mask=mask, kv_cache=cache, return_hidden=True)[:, -1] @ model.lm_head_weight.t()
     if compiled:  # a CUDA graph on a GPU (the default there), torch.compile elsewhere
         step = GraphedDecodeStep(model) if graphed else compiled_decode_step(model)
     next_pos = mask.sum(dim=1, keepdim=True)  # [B, 1]: the first new token's position = real prompt tokens
