@@ -116,7 +116,6 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
     return ids.to(device), mask.to(device)
 
 
-@torch.no_grad()
 def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int | list[int], pad_id: int,
              generator: torch.Generator | None = None, use_cache: bool = True,
              vocab_size: int | None = None) -> Rollout:
@@ -141,14 +140,24 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
         bad = [t for t in p if not 0 <= int(t) < V]
         if bad:
             raise ValueError(f"prompt {i} has token ids outside [0, {V}): {bad[:5]}")
+    P = max(len(p) for p in prompts)
+    if P + cfg.max_new_tokens > model.cfg.max_seq_len:
+        raise ValueError(f"longest prompt ({P} tokens) + max_new_tokens ({cfg.max_new_tokens}) = "
+                         f"{P + cfg.max_new_tokens} exceeds the model's max_seq_len={model.cfg.max_seq_len}")
+    if vocab_size is not None and not 0 < vocab_size <= V:
+        raise ValueError(f"vocab_size={vocab_size} must be in [1, model vocab {V}]")
+    with torch.inference_mode():  # like no_grad, and cheaper per op: no version counters or view tracking
+        rollout = _decode(model, prompts, cfg, device, dtype, eos_id, pad_id, generator, use_cache, vocab_size)
+    return Rollout(*(x.clone() for x in rollout))  # ordinary tensors: training may save them for backward
+
+
+def _decode(model, prompts, cfg: SamplerConfig, device, dtype, eos_id, pad_id, generator, use_cache, vocab_size):
+    """generate() after its checks: prefill, then one decode step per new token. Returns (tokens, logprobs, mask,
+    finished), inference tensors."""
+    V = model.cfg.vocab_size
     ids, mask = left_pad(prompts, pad_id, device)  # [B, P]
     B, P = ids.shape
     total = P + cfg.max_new_tokens
-    if total > model.cfg.max_seq_len:
-        raise ValueError(f"longest prompt ({P} tokens) + max_new_tokens ({cfg.max_new_tokens}) = "
-                         f"{total} exceeds the model's max_seq_len={model.cfg.max_seq_len}")
-    if vocab_size is not None and not 0 < vocab_size <= V:
-        raise ValueError(f"vocab_size={vocab_size} must be in [1, model vocab {V}]")
     stop_ids = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), dtype=torch.long, device=device)
     seq_mask = torch.cat([mask, torch.ones(B, cfg.max_new_tokens, dtype=torch.bool, device=device)], dim=1)
 
@@ -194,4 +203,4 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
         seen = seq_mask[:, :cache.capacity]  # the step attends over every allocated slot, later ones masked
         slot = torch.tensor([P + t], device=device) if compiled else P + t  # where token t's keys/values go
         logits = step(tokens[:, t:t + 1], next_pos + t, seen, slot, cache)[:, -1]  # [B, V]
-    return Rollout(tokens[:, :t + 1], logprobs[:, :t + 1], out_mask[:, :t + 1], finished)
+    return tokens[:, :t + 1], logprobs[:, :t + 1], out_mask[:, :t + 1], finished

@@ -103,3 +103,16 @@ def test_compile_default_is_static_only_on_a_gpu(monkeypatch):
     if DEVICE.type == "cuda":
         with pytest.raises(AssertionError, match="static decode step"):
             generate(model, PROMPTS, SamplerConfig(max_new_tokens=4, greedy=True), eos_id=NO_EOS, pad_id=PAD)
+
+
+def test_rollout_tensors_can_enter_training():
+    """Sampling runs under torch.inference_mode; the Rollout holds ordinary tensors, so training can index
+    embeddings with its tokens and save its log-probs for backward."""
+    model = tiny_model()
+    out = generate(model, PROMPTS, SamplerConfig(max_new_tokens=5, temperature=1.0), eos_id=NO_EOS, pad_id=PAD,
+                   generator=torch.Generator().manual_seed(0))
+    assert not any(x.is_inference() for x in (out.tokens, out.logprobs, out.mask, out.finished))
+    model.train()
+    loss = (model.embed_tokens(out.tokens).sum(-1) * out.logprobs.exp()).sum()  # embedding saves the ids
+    loss.backward()
+    assert model.embed_tokens.weight.grad is not None
