@@ -306,6 +306,7 @@ class Transformer(nn.Module):
         attention_mask = attention_mask.bool()
         positions = positions_from_mask(attention_mask)[:, past:]  # [B, T]
         if kv_cache is not None and T == 1 and not return_hidden:  # a decode step
+            kv_cache.reserve(S)  # a chunked cache grows here; the sampler reserves before each step itself
             logits = self.decode_step(ids, positions, attention_mask, past, kv_cache)
             kv_cache.length = S
             return logits

@@ -37,13 +37,15 @@ def test_positions_from_mask():
     assert positions_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
 
 
-def test_kv_cache_decoding_equals_full_forward_on_left_padded_batch():
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_kv_cache_decoding_equals_full_forward_on_left_padded_batch(chunk):
+    """chunk=None: every slot preallocated; 4: the cache grows 4 slots at a time as forward() decodes."""
     model = tiny_model()
     ids, mask = left_padded_batch([12, 5, 9], total=12)
     prefill = 6  # the shortest sequence's prompt is partly padding at prefill time
     with torch.no_grad():
         full = model(ids, attention_mask=mask)  # [B, 12, V]
-        cache = KVCache(model.cfg, 3, 12, device="cpu", dtype=torch.float32)
+        cache = KVCache(model.cfg, 3, 12, device="cpu", dtype=torch.float32, chunk=chunk)
         steps = [model(ids[:, :prefill], attention_mask=mask[:, :prefill], kv_cache=cache)]
         assert cache.length == prefill
         for t in range(prefill, 12):
