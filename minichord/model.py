@@ -45,6 +45,8 @@ class KVCache:
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32,
                  chunk: int | None = None):
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"KV cache chunk must be >= 1 slot (or None: all max_len at once), got {chunk}")
         empty = torch.zeros(batch_size, cfg.n_kv_heads, 0, cfg.head_dim, device=device, dtype=dtype)
         self.k, self.v = [empty] * cfg.n_layers, [empty] * cfg.n_layers
         self.batch_size, self.max_len, self.length, self.chunk = batch_size, max_len, 0, chunk

@@ -13,7 +13,7 @@ Each step after the prefill is `Transformer.decode_step`: positions advance by o
 cumsum over the mask). The KV cache grows CACHE_CHUNK slots at a time and each step attends over
 every allocated slot, the unfilled ones masked: a contiguous cache is read ~3x faster than a slice of
 a longer one (model.KVCache). SamplerConfig.compile=True runs the step compiled: on a CPU through
-`torch.compile` with dynamic shapes (one trace, ~40 s, for every batch and cache size; it pays off only
+`torch.compile` with dynamic shapes (one trace, ~45 s on 2 CPU cores, for every batch and cache size; it pays off only
 over many generations); on a GPU as a CUDA graph over the whole preallocated cache, captured at the
 first step of each generate() call (one replay per token instead of hundreds of kernel launches; no
 compiler). Left at None, it is the CUDA graph on a GPU (3.2x faster sampling in a CHORD step on an

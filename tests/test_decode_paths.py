@@ -59,6 +59,8 @@ def test_growing_cache_keeps_every_slot_and_refuses_past_max_len():
     assert cache.capacity == 10  # the last chunk stops at max_len
     with pytest.raises(ValueError, match="max_len 10 cannot hold 11 slots"):
         cache.reserve(11)
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        KVCache(cfg, 2, 10, chunk=0)
 
 
 def test_compiled_sampler_matches_eager_and_full_forward():
