@@ -4,7 +4,7 @@ of a longer preallocated buffer, even counting the masked slots a chunk adds.
 
     python benchmarks/bench_cache_layout.py            # batch 256, the tiny Qwen2 of bench_vs_hf.py
 
-For each visible length S it times q_g @ K^T (the scores of `decode_attention`) over 16 distinct
+For each visible length S (16 % ... 100 % of --max-len) it times q_g @ K^T (the scores of `decode_attention`) over 16 distinct
 caches (so they are not all in the CPU cache, as in a real decode step across layers), 1 thread:
   slice   K = buffer[:, :, :S] of a buffer with room for max_len slots (the old eager path)
   chunked K = a whole buffer of capacity ceil(S / 16) * 16 (the eager path now; the extra slots masked)
@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from minichord.cli import POSITIVE
+
 
 def timed(fn, repeats: int) -> float:
     fn()
@@ -33,9 +35,9 @@ def timed(fn, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=256, help="sequences per decode step")
-    parser.add_argument("--max-len", type=int, default=74, help="slots in the preallocated buffer (prompt + new)")
-    parser.add_argument("--repeats", type=int, default=9, help="timed rounds per layout")
+    parser.add_argument("--batch", type=POSITIVE, default=256, help="sequences per decode step")
+    parser.add_argument("--max-len", type=POSITIVE, default=74, help="slots in the preallocated buffer (prompt + new)")
+    parser.add_argument("--repeats", type=POSITIVE, default=9, help="timed rounds per layout")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     B, Hkv, group, hd, n = args.batch, 2, 2, 32, 16
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
           f"torch {torch.__version__}, 1 thread; us per scores matmul, median of {args.repeats}")
     print("| visible S | slice | chunked (capacity) | full | slice / chunked |")
     print("|---|---|---|---|---|")
-    for S in (12, 26, 42, 58, 74):
+    for S in sorted({max(1, round(f * args.max_len)) for f in (0.16, 0.35, 0.57, 0.78, 1.0)}):  # 12 ... 74 slots
         capacity = min(args.max_len, -(-S // 16) * 16)
         chunked = [torch.randn(B, Hkv, capacity, hd) for _ in range(n)]
         t_slice = timed(lambda: [q @ k[:, :, :S].transpose(-1, -2) for k in buffers], args.repeats) / n * 1e6

@@ -118,3 +118,20 @@ def test_rollout_tensors_can_enter_training():
     loss = (model.embed_tokens(out.tokens).sum(-1) * out.logprobs.exp()).sum()  # embedding saves the ids
     loss.backward()
     assert model.embed_tokens.weight.grad is not None
+
+
+def test_cache_layout_benchmark_runs_and_refuses_bad_sizes():
+    """benchmarks/bench_cache_layout.py (the measurement behind the chunked cache) runs at a tiny size and
+    prints one row per visible length; a bad size is one line and exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cache_layout.py"
+    ok = subprocess.run([sys.executable, str(script), "--batch", "2", "--max-len", "20", "--repeats", "1"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    rows = [line for line in ok.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [int(r.split("|")[1]) for r in rows] == [3, 7, 11, 16, 20]
+    bad = subprocess.run([sys.executable, str(script), "--batch", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "must be an integer >= 1" in bad.stderr and "Traceback" not in bad.stderr
