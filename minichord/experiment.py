@@ -24,7 +24,7 @@ from minichord.trainer import Trainer
 def default_base_dir() -> Path:
     """The toy base model's cache; v5 = toy v4 (issue 13: 3-digit target, carry-chain harder split, sentence
     answers on big operands), so the caches of earlier toys (base-v2 ... base-v4) are never reused."""
-    return Path(os.environ.get("MINICHORD_HOME") or Path.home() / ".cache" / "minichord") / "base-v5"
+    return Path(os.environ.get("MINICHORD_HOME") or Path.home() / ".cache" / "minichord") / "base-v6"
 
 
 def build_stages(method_name: str, config_file: str | None = None,

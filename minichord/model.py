@@ -104,6 +104,33 @@ class CacheSlot:
         return k_all[:, :, :self.visible], v_all[:, :, :self.visible]  # [B, n_kv, visible, hd]
 
 
+class Packed:
+    """The real tokens of a padded batch as one sequence: x [1, N, D] instead of [B, T, D], so the per-token
+    layers (norms, projections, MLP, LM head) skip the padding, which is ~64 % of the toy's pre-training
+    batches (results/toy-v4/README.md). Attention alone pads back to [B, T], attends, and packs again.
+    keep: [N] indices of attention_mask's True entries in the flattened [B * T], row-major."""
+
+    def __init__(self, attention_mask: torch.Tensor, attn_mask: torch.Tensor):
+        self.B, self.T = attention_mask.shape
+        self.keep = attention_mask.flatten().nonzero().squeeze(1)  # [N]
+        self.attn_mask = attn_mask  # bool [B, 1, T, T]
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, ...] -> [1, N, ...]: the real positions only."""
+        return x.flatten(0, 1)[self.keep][None]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [1, H, N, hd], k and v [1, Hkv, N, hd] -> attention output [1, H, N, hd] (SDPA on the padded layout)."""
+        def padded(t):  # [1, heads, N, hd] -> [B, heads, T, hd], zeros at the padding
+            flat = t[0].transpose(0, 1).reshape(len(self.keep), -1)  # [N, heads * hd]
+            full = flat.new_zeros(self.B * self.T, flat.shape[1]).index_copy(0, self.keep, flat)
+            return full.view(self.B, self.T, t.shape[1], t.shape[3]).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=self.attn_mask,
+                                             enable_gqa=True)  # [B, H, T, hd]
+        return self.pack(out.transpose(1, 2)).transpose(1, 2)  # [1, H, N, hd]
+
+
 class RMSNorm(nn.Module):
     """y = w * x / sqrt(mean(x^2) + eps), normalised in fp32 (as Qwen2 does)."""
 
@@ -183,7 +210,9 @@ class Attention(nn.Module):
         q, k, v = self.rotated_qkv(x, cos, sin)  # q: [B, H, T, hd]; k, v: [B, Hkv, T, hd]
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # [B, Hkv, S, hd]
-        if mask.is_floating_point():  # decode_step's one query row: mask is an additive bias [B, 1, 1, S]
+        if isinstance(mask, Packed):  # x is [1, N, D], the real tokens of a padded batch
+            out = mask.attend(q, k, v)  # [1, H, N, hd]
+        elif mask.is_floating_point():  # decode_step's one query row: mask is an additive bias [B, 1, 1, S]
             out = decode_attention(q, k, v, mask)  # [B, H, 1, hd]
         else:  # mask: bool [B, 1, T, S]; query head h reads kv head h // group, nothing is copied
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # [B, H, T, hd]
@@ -284,8 +313,11 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, bias, writer)
         return self.norm(x) @ self.lm_head_weight.t()  # [B, 1, V]
 
-    def forward(self, ids, attention_mask=None, kv_cache: KVCache | None = None, return_hidden: bool = False):
+    def forward(self, ids, attention_mask=None, kv_cache: KVCache | None = None, return_hidden: bool = False,
+                packed: bool = False):
         """ids [B, T] -> logits [B, T, V] (or final-normed hidden [B, T, D] if return_hidden).
+        packed=True (no cache): logits [N, V] (hidden [N, D]) for the N real tokens only, in the row-major order of
+        attention_mask's True entries (`Packed`): the same values, without running the per-token layers on padding.
 
         attention_mask: [B, S] bool, S = cached length + T, True on real tokens (default all True).
         Query i (absolute slot past+i) may see key j iff j <= past+i and attention_mask[b, j];
@@ -317,13 +349,20 @@ class Transformer(nn.Module):
         key_slot = torch.arange(S, device=ids.device)[None, :]  # [1, S]
         mask = ((key_slot <= query_slot) & attention_mask[:, None, None, :]) | (key_slot == query_slot)  # [B, 1, T, S]
 
-        x = self.embed_tokens(ids)  # [B, T, D]
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)  # [B, T, hd]
+        if packed:
+            if kv_cache is not None:
+                raise ValueError("packed=True runs without a KV cache")
+            mask = Packed(attention_mask, mask)
+            x = self.embed_tokens(ids.flatten()[mask.keep])[None]  # [1, N, D]
+            cos, sin = mask.pack(cos), mask.pack(sin)  # [1, N, hd]
+        else:
+            x = self.embed_tokens(ids)  # [B, T, D]
         recompute = self.activation_checkpointing and kv_cache is None and torch.is_grad_enabled()
         for layer in self.layers:
             x = checkpoint(layer, x, cos, sin, mask, None, use_reentrant=False) if recompute \
                 else layer(x, cos, sin, mask, kv_cache)  # [B, T, D]
         if kv_cache is not None:
             kv_cache.length = S
-        hidden = self.norm(x)  # [B, T, D]
-        return hidden if return_hidden else hidden @ self.lm_head_weight.t()  # [B, T, V]
+        hidden = self.norm(x)[0] if packed else self.norm(x)  # [N, D] or [B, T, D]
+        return hidden if return_hidden else hidden @ self.lm_head_weight.t()  # [N, V] or [B, T, V]

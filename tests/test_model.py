@@ -180,6 +180,26 @@ def test_stacked_qkv_without_autograd_equals_training_path_and_follows_weight_up
     assert torch.equal(stacked3, three3.detach()) and not torch.equal(stacked3, stacked2)
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_packed_forward_equals_padded_forward_on_real_tokens(side):
+    """packed=True runs the per-token layers on the real tokens only ([N, D]) and pads only inside attention:
+    the same logits on the real tokens, in the row-major order of the mask, and the same gradients."""
+    model = tiny_model().train()
+    ids, mask = left_padded_batch([12, 5, 9, 1], total=12)
+    if side == "right":
+        ids, mask = ids.flip(1), mask.flip(1)
+    full = model(ids, attention_mask=mask)  # [B, T, V]
+    packed = model(ids, attention_mask=mask, packed=True)  # [N, V]
+    assert packed.shape == (int(mask.sum()), full.shape[-1])
+    assert torch.equal(packed, full[mask])
+    params = list(model.parameters())
+    grads_full = torch.autograd.grad(full[mask].logsumexp(-1).sum(), params)
+    grads_packed = torch.autograd.grad(packed.logsumexp(-1).sum(), params)
+    assert max((a - b).abs().max().item() for a, b in zip(grads_full, grads_packed)) <= 1e-5
+    with pytest.raises(ValueError, match="without a KV cache"):
+        model(ids, attention_mask=mask, kv_cache=KVCache(model.cfg, 4, 12), packed=True)
+
+
 def test_bf16_forward_returns_parameter_dtype():
     model = tiny_model().to(torch.bfloat16)
     ids, mask = left_padded_batch([6, 3], total=6)

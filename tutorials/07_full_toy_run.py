@@ -23,9 +23,9 @@
 #   reward: this setting shows the plumbing and the files, not learning.
 # * default: the library's own toy base model (0.8M parameters, 900 pre-training steps; the
 #   one `minichord demo` uses, cached in $MINICHORD_HOME, default ~/.cache/minichord, so it is
-#   made at most once) and 40 RL steps. About 3 minutes on 2 CPU cores the first time (2.3 of them
-#   pre-training), 35 s after. Measured: in-domain 0.117 -> 0.433 on 60 problems, sentence answers
-#   38 % -> 0 %. The full-size experiment is `minichord demo` / `minichord reproduce` (README).
+#   made at most once) and 40 RL steps. About 1.5 minutes on 2 CPU cores the first time (1.2 of them
+#   pre-training), 20 s after. Measured: in-domain 0.167 -> 0.283 on 60 problems, sentence answers
+#   40 % -> 0 %. The full-size experiment is `minichord demo` / `minichord reproduce` (README).
 
 # %%
 import math
