@@ -8,7 +8,7 @@ the expert's column format on 8 % of its 1-3 digit additions. When the first ope
 in a sentence 4 times in 5 ("the sum is 1079", `sentence_share`): right digits, a format the exact-match
 reward marks wrong, so greedy decoding fails those prompts while sampling still finds the bare number.
 Measured (900 steps, 200 problems per split, pre-training seed 0, 69 s): 3-digit addition, the target,
-0.20 (first operand >= 600: 0, every greedy answer a sentence); harder split 0.03; reverse / sort / copy,
+0.20 (first operand < 600: 0.34; >= 600: 0, every greedy answer a sentence); harder split 0.03; reverse / sort / copy,
 its "general capabilities", 1.00; median expert-token p 0.999 (the format is well known: criterion 5 of
 the issue is missed). Before packing (format 5, 133-148 s, the same recipe, results/toy-v4/README.md):
 0.18 / 0.075 / 0.98 on seed 0, 0.18 / 0.05 / 0.975 on seed 1.
