@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from minichord.config import ModelConfig
+from minichord.packing import Packed
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -102,33 +103,6 @@ class CacheSlot:
             k_all.index_copy_(2, self.slot, k)
             v_all.index_copy_(2, self.slot, v)
         return k_all[:, :, :self.visible], v_all[:, :, :self.visible]  # [B, n_kv, visible, hd]
-
-
-class Packed:
-    """The real tokens of a padded batch as one sequence: x [1, N, D] instead of [B, T, D], so the per-token
-    layers (norms, projections, MLP, LM head) skip the padding, which is ~64 % of the toy's pre-training
-    batches (results/toy-v4/README.md). Attention alone pads back to [B, T], attends, and packs again.
-    keep: [N] indices of attention_mask's True entries in the flattened [B * T], row-major."""
-
-    def __init__(self, attention_mask: torch.Tensor, attn_mask: torch.Tensor):
-        self.B, self.T = attention_mask.shape
-        self.keep = attention_mask.flatten().nonzero().squeeze(1)  # [N]
-        self.attn_mask = attn_mask  # bool [B, 1, T, T]
-
-    def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, ...] -> [1, N, ...]: the real positions only."""
-        return x.flatten(0, 1)[self.keep][None]
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q [1, H, N, hd], k and v [1, Hkv, N, hd] -> attention output [1, H, N, hd] (SDPA on the padded layout)."""
-        def padded(t):  # [1, heads, N, hd] -> [B, heads, T, hd], zeros at the padding
-            flat = t[0].transpose(0, 1).reshape(len(self.keep), -1)  # [N, heads * hd]
-            full = flat.new_zeros(self.B * self.T, flat.shape[1]).index_copy(0, self.keep, flat)
-            return full.view(self.B, self.T, t.shape[1], t.shape[3]).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=self.attn_mask,
-                                             enable_gqa=True)  # [B, H, T, hd]
-        return self.pack(out.transpose(1, 2)).transpose(1, 2)  # [1, H, N, hd]
 
 
 class RMSNorm(nn.Module):
