@@ -14,10 +14,12 @@ import torch
 
 from minichord.checkpoint import load_checkpoint
 from minichord.config import ConfigError, TrainConfig, load_config
-from minichord.device import resolve_device
+from minichord.device import autocast, resolve_device
+from minichord.evaluate import evaluate_splits
 from minichord.hf import is_hf_dir, load_hf_model
 from minichord.traindata import build_train_data
 from minichord.methods import Stage, get_method
+from minichord.tasks import make_splits
 from minichord.trainer import Trainer
 
 
@@ -90,10 +92,6 @@ def evaluate_initial_model(cfg: TrainConfig, seeds: int, n_test: int, log: Calla
     """The starting model (`cfg.init`, else the toy base) on each seed's toy test splits, greedy:
     (model on cfg's device, tokenizer, [evaluate_splits(...) per seed 0..seeds-1]). The splits of seed s are
     the ones a run with seed=s and this n_test evaluates on (make_splits draws the test splits first)."""
-    from minichord.device import autocast
-    from minichord.evaluate import evaluate_splits
-    from minichord.tasks import make_splits
-
     device = resolve_device(cfg.device)
     model, tok = load_initial_model(cfg.init, log, cfg.device)
     model.to(device)

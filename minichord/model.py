@@ -186,7 +186,7 @@ class Attention(nn.Module):
             k, v = kv_cache.update(self.layer_idx, k, v)  # [B, Hkv, S, hd]
         if isinstance(mask, Packed):  # x is [1, N, D], the real tokens of a padded batch
             out = mask.attend(q, k, v)  # [1, H, N, hd]
-        elif mask.is_floating_point():  # decode_step's one query row: mask is an additive bias [B, 1, 1, S]
+        elif mask.is_floating_point():  # decode_step's one query row: mask is an additive bias [B * Hkv, group, S]
             out = decode_attention(q, k, v, mask)  # [B, H, 1, hd]
         else:  # mask: bool [B, 1, T, S]; query head h reads kv head h // group, nothing is copied
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # [B, H, T, hd]
@@ -195,15 +195,15 @@ class Attention(nn.Module):
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Attention for one query row per sequence against a grouped cache, without repeating K/V.
-    q: [B, H, 1, hd]; k, v: [B, Hkv, S, hd]; bias: [B, 1, 1, S] (0 = visible, -inf = hidden).
+    q: [B, H, 1, hd]; k, v: [B, Hkv, S, hd]; bias: [B * Hkv, group, S] (0 = visible, -inf = hidden; decode_step
+    lays it out once per step for every layer).
     The group = H / Hkv query heads of one kv head become that head's query rows:
         q_g [B, Hkv, group, hd],  out_g = softmax(q_g k^T / sqrt(hd) + bias) v   [B, Hkv, group, hd]
     which are exactly heads h = j * group + r (HF's repeat_kv order), so out_g.view gives [B, H, 1, hd]."""
     B, H, _, hd = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     q_g = q.reshape(B * Hkv, H // Hkv, hd)  # [B*Hkv, group, hd]
-    bias_g = bias.expand(B, Hkv, H // Hkv, S).reshape(B * Hkv, H // Hkv, S)
-    scores = torch.baddbmm(bias_g, q_g, k.reshape(B * Hkv, S, hd).transpose(1, 2), alpha=hd ** -0.5)  # [B*Hkv, group, S]
+    scores = torch.baddbmm(bias, q_g, k.reshape(B * Hkv, S, hd).transpose(1, 2), alpha=hd ** -0.5)  # [B*Hkv, group, S]
     return (scores.softmax(dim=-1) @ v.reshape(B * Hkv, S, hd)).view(B, H, 1, hd)
 
 
@@ -279,7 +279,10 @@ class Transformer(nn.Module):
         key_slot = torch.arange(S, device=ids.device)  # [S]
         visible = (attention_mask & (key_slot <= slot)) | (key_slot == slot)  # [B, S]
         bias = torch.zeros(visible.shape, dtype=self.embed_tokens.weight.dtype, device=ids.device)
-        bias = bias.masked_fill(~visible, float("-inf"))[:, None, None, :]  # [B, 1, 1, S]
+        bias = bias.masked_fill(~visible, float("-inf"))  # [B, S]
+        c = self.cfg
+        bias = bias[:, None, None, :].expand(-1, c.n_kv_heads, c.n_heads // c.n_kv_heads, -1).reshape(
+            -1, c.n_heads // c.n_kv_heads, S)  # [B * Hkv, group, S]: decode_attention's layout, once for all layers
         cos, sin = self.rope(positions)  # [B, 1, hd]
         x = self.embed_tokens(ids)  # [B, 1, D]
         writer = kv_cache.at(slot, S)
