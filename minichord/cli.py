@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=SEED, default=0, help="random seed")
 
     pt = sub.add_parser("pretrain", help="pre-train the toy base model (cached; reused when settings match)")
-    pt.add_argument("--out", type=OUT, default=None, help="directory (default $MINICHORD_HOME/base-v6, else ~/.cache/minichord/base-v6)")
+    pt.add_argument("--out", type=OUT, default=None, help="directory (default $MINICHORD_HOME/base-v7, else ~/.cache/minichord/base-v7)")
     pt.add_argument("--steps", type=POSITIVE, default=None, help="optimizer steps (default: the tuned setting)")
     pt.add_argument("--seed", type=SEED, default=0, help="random seed")
 

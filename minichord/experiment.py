@@ -24,9 +24,9 @@ from minichord.trainer import Trainer
 
 
 def default_base_dir() -> Path:
-    """The toy base model's cache; v5 = toy v4 (issue 13: 3-digit target, carry-chain harder split, sentence
-    answers on big operands), so the caches of earlier toys (base-v2 ... base-v4) are never reused."""
-    return Path(os.environ.get("MINICHORD_HOME") or Path.home() / ".cache" / "minichord") / "base-v6"
+    """The toy base model's cache; v7 = toy v5 (issue 13: toy v4's 3-digit target, carry-chain harder split and
+    sentence answers, plus sloppy 3-digit column work), so the caches of earlier toys are never reused."""
+    return Path(os.environ.get("MINICHORD_HOME") or Path.home() / ".cache" / "minichord") / "base-v7"
 
 
 def build_stages(method_name: str, config_file: str | None = None,

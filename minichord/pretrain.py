@@ -1,28 +1,25 @@
 """Pre-train the toy *base model*: the analogue of the instruct model the CHORD paper starts from.
 
-In about a minute on two CPU cores this makes a small transformer that answers every toy skill
-in its own terse style, and the target only *sometimes* (toy v4, issue 13). It sees terse 1-2 digit
-additions (all of them), terse 3-digit additions (`easy_fraction` of the terse additions) of which 70 %
-have no inner carry and 30 % exactly one (`toy.inner_carries`; never two: that is the harder split), and
-the expert's column format on 8 % of its 1-3 digit additions. When the first operand is >= 600 it answers
-in a sentence 4 times in 5 ("the sum is 1079", `sentence_share`): right digits, a format the exact-match
-reward marks wrong, so greedy decoding fails those prompts while sampling still finds the bare number.
-Measured (900 steps, 200 problems per split, pre-training seed 0, 69 s): 3-digit addition, the target,
-0.20 (first operand < 600: 0.34; >= 600: 0, every greedy answer a sentence); harder split 0.03; reverse / sort / copy,
-its "general capabilities", 1.00; median expert-token p 0.999 (the format is well known: criterion 5 of
-the issue is missed). Before packing (format 5, 133-148 s, the same recipe, results/toy-v4/README.md):
-0.18 / 0.075 / 0.98 on seed 0, 0.18 / 0.05 / 0.975 on seed 1.
-Caveat: the recipe sits near a fitting transition (results/probes-toy-v3): a change of the mix that takes
-terse 3-digit examples away (e.g. rounded "about 1100" answers instead of sentences) leaves that skill
-unfitted at 900 steps. Steps:
+In under two minutes on two CPU cores this makes a small transformer that answers every toy skill
+in its own terse style, and the target only *sometimes* (toy v5, issue 13). What it sees
+(`corpus.pretrain_corpus`): terse 1-2 digit additions (all of them); terse 3-digit additions
+(`easy_fraction` of the terse additions) of which 70 % have no inner carry and 30 % exactly one
+(`toy.inner_carries`; never two: that is the harder split); the expert's column format on 15 % of its
+1-3 digit additions, clean on 1-2 digits and *sloppy* on 3 (`corpus.Sloppy`: 60 % of the digits wrong,
+the answer true), so the expert's 3-digit demonstrations are in a format it knows with column digits it
+is unsure of; and, when the first operand is >= 600, a sentence 4 times in 5 ("the sum is 1079",
+`sentence_share`): right digits, a format the exact-match reward marks wrong, so greedy decoding fails
+those prompts while sampling still finds the bare number.
+Measured: MEASURED.
+Caveat: whether the terse 3-digit skill fits is a matter of the seed and of the floating-point order
+(results/toy-v5/README.md: in-domain 0.05-0.34 over pre-training seeds and machines); 1400 steps fit it
+more often than 900. Steps:
 
   1. a byte-level BPE tokenizer trained on text of *both* styles (vocabulary coverage);
-  2. a stream of (prompt, answer) examples of all skills, none in any split (`toy.pretrain_corpus`):
-     terse answers, at 3 digits without inner carry or with one (some in a sentence); 8 % of the
-     additions in the expert's format;
+  2. a stream of (prompt, answer) examples of all skills, none in any split (`corpus.pretrain_corpus`);
   3. AdamW (`cosine_lr`) on the next-token loss of response tokens only (the tokenizer's loss mask):
          L = - (1 / #response tokens) * sum_{t in response} log p(x_t | x_<t),
-     the batch packed (`Transformer.forward(packed=True)`): the real tokens are 36 % of the padded
+     the batch packed (`Transformer.forward(packed=True)`): the real tokens are ~1/3 of the padded
      batch, and only attention sees the padding;
   4. a checkpoint whose meta holds the settings, the test accuracies and `evaluate.expert_token_probs`.
 
@@ -46,17 +43,18 @@ from minichord.config import ModelConfig, TrainConfig, to_dict
 from minichord.device import autocast, resolve_device
 from minichord.evaluate import evaluate_splits, expert_token_probs
 from minichord.model import Transformer
-from minichord.tasks.toy import (EASY_DIGITS, OTHER_LENGTHS, PRETRAIN_DIGITS, SENTENCE_FROM, make_splits,
-                                 pretrain_corpus, style_texts)
+from minichord.tasks.corpus import (EASY_DIGITS, PRETRAIN_DIGITS, SENTENCE_FROM, Sloppy, pretrain_corpus,
+                                    style_texts)
+from minichord.tasks.toy import OTHER_LENGTHS, make_splits
 from minichord.tokenizer import Tokenizer
 
-PRETRAIN_FORMAT = 6  # bump when the recipe changes, so old caches are not reused (6: packed batches)
+PRETRAIN_FORMAT = 7  # bump when the recipe changes, so old caches are not reused (6: packed; 7: sloppy sums)
 
 
 @dataclasses.dataclass
 class PretrainConfig:
     seed: int = 0
-    steps: int = 900
+    steps: int = 1400
     batch_size: int = 64
     lr: float = 3e-3
     min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
@@ -66,14 +64,17 @@ class PretrainConfig:
     target_fraction: float = 0.5  # share of addition in the pre-training stream
     target_digits: tuple[int, int] = PRETRAIN_DIGITS  # operand lengths of pre-training additions
     other_lengths: tuple[int, int] = OTHER_LENGTHS  # string lengths of reverse / sort / copy
-    expert_style_fraction: float = 0.08  # share of additions written step by step (1-3 digits)
+    expert_style_fraction: float = 0.15  # share of additions written step by step (1-3 digits)
     expert_style_digits: tuple[int, int] = (1, 3)  # operand lengths of those
-    easy_fraction: float = 0.3  # share of terse additions that are carry-free with easy_digits digits
+    easy_fraction: float = 0.4  # share of terse additions that are carry-free with easy_digits digits
     easy_digits: tuple[int, int] = EASY_DIGITS
     easy_carry_free: float = 1.0  # share of those with no carry (the rest: any easy_digits sum)
     easy_one_carry: float = 0.3  # share of the easy sums with exactly one inner carry (drawn first)
     sentence_share: float = 0.8  # share of terse sums with first operand >= sentence_from written as a sentence
     sentence_from: int = SENTENCE_FROM  # ("the sum is 1079", toy.in_a_sentence: a format the reward marks wrong)
+    sloppy_noise: float = 0.6  # > 0: its 3-digit step-by-step sums are sloppy (corpus.Sloppy), this share of digits wrong
+    sloppy_keep: float = 0.2  # share of their lines that keep the " carry c" note
+    sloppy_newline: float = 0.25  # share of their lines that end in a newline (else "; ")
     tokenizer_texts: int = 2000  # problems whose text (both styles) trains the tokenizer
     n_eval: int = 200  # problems per test split measured at the end (0 = skip)
 
@@ -138,7 +139,9 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
                             expert_style_digits=cfg.expert_style_digits, easy_fraction=cfg.easy_fraction,
                             easy_digits=cfg.easy_digits, easy_carry_free=cfg.easy_carry_free,
                             easy_one_carry=cfg.easy_one_carry,
-                            sentence_share=cfg.sentence_share, sentence_from=cfg.sentence_from)
+                            sentence_share=cfg.sentence_share, sentence_from=cfg.sentence_from,
+                            sloppy=Sloppy((3, 3), cfg.sloppy_noise, cfg.sloppy_keep, cfg.sloppy_newline)
+                            if cfg.sloppy_noise > 0 else None)
     examples = [tokenizer.encode_example(prompt, response) for prompt, response in pairs]
     longest = max(len(ids) for ids, _ in examples)
     if longest > model_cfg.max_seq_len:

@@ -217,7 +217,7 @@ def test_pretrain_corpus_easy_additions_are_carry_free_where_asked():
 
 
 def test_the_sentence_style_is_a_wrong_format_on_big_first_operands_only():
-    from minichord.tasks.toy import in_a_sentence
+    from minichord.tasks.corpus import in_a_sentence
     assert in_a_sentence(Problem("add 764 315", "1079", "add")) == "the sum is 1079"
     assert reward("the sum is 1079", "1079") == 0.0  # right digits, wrong format: exact match says no
     pairs = pretrain_corpus(random.Random(0), 6000, target_fraction=0.5, easy_fraction=1.0, sentence_share=0.8,
@@ -230,3 +230,30 @@ def test_the_sentence_style_is_a_wrong_format_on_big_first_operands_only():
     assert all(r == "the sum is " + str(sum(map(int, p.split()[1:]))) for p, r in added if r.startswith("the sum"))
     # off by default, and the random stream is the one without the option (no draw at 0)
     assert pretrain_corpus(random.Random(1), 500) == pretrain_corpus(random.Random(1), 500, sentence_share=0.0)
+
+def test_sloppy_column_work_keeps_the_format_and_the_answer_but_blurs_the_digits():
+    """corpus.Sloppy: the expert's column lines, carry notes and newlines mostly dropped, ~noise of the digits
+    wrong, the answer line true; 1-2 digit step-by-step sums stay clean; sloppy=None draws nothing extra."""
+    from minichord.tasks.corpus import Sloppy, sloppy_stepwise
+    problem = Problem("add 764 315", "1079", "add")
+    clean = expert_response(problem).split("\n")  # 3 column lines + the answer line
+    outs = [sloppy_stepwise(problem, random.Random(i), Sloppy()) for i in range(400)]
+    assert all(o.endswith("\nanswer: 1079") or o.endswith("; answer: 1079") for o in outs)
+    wrong = total = notes = 0
+    for out in outs:
+        lines = out.replace("; ", "\n").split("\n")[:-1]
+        assert len(lines) == 3 and all(len(a.split(" carry ")[0]) == len(b.split(" carry ")[0]) for a, b in zip(lines, clean))
+        for got, want in zip(lines, clean):
+            pairs = [(g, w) for g, w in zip(got.split(" carry ")[0], want.split(" carry ")[0]) if w.isdigit()]
+            wrong, total, notes = wrong + sum(g != w for g, w in pairs), total + len(pairs), notes + (" carry " in got)
+    assert 0.55 < wrong / total < 0.65 and 0.15 < notes / (3 * len(outs)) < 0.25
+    assert sloppy_stepwise(problem, random.Random(3), Sloppy()) == sloppy_stepwise(problem, random.Random(3), Sloppy())
+    pairs = pretrain_corpus(random.Random(0), 3000, target_fraction=1.0, expert_style_fraction=0.3,
+                            expert_style_digits=(1, 3), sloppy=Sloppy())
+    stepwise = [(p, r) for p, r in pairs if "answer:" in r]
+    three = [r for p, r in stepwise if len(p.split()[1]) == 3 and len(p.split()[2]) == 3]
+    short = [(p, r) for p, r in stepwise if max(len(x) for x in p.split()[1:]) < 3]
+    assert three and short and all(r == expert_response(Problem(p, "0", "add")) for p, r in short)
+    assert sum(r != expert_response(Problem(p, "0", "add")) for p, r in stepwise if r in three) > 0.9 * len(three)
+    assert pretrain_corpus(random.Random(1), 500, expert_style_fraction=0.3) == pretrain_corpus(
+        random.Random(1), 500, expert_style_fraction=0.3, sloppy=None)

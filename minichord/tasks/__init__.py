@@ -2,5 +2,6 @@
 
 from minichord.tasks.base import Demonstration, Problem, Skill
 from minichord.tasks.reward import extract_answer, normalise, reward
+from minichord.tasks.corpus import pretrain_corpus, style_texts
 from minichord.tasks.toy import (OTHER_SKILLS, SKILLS, TARGET_SKILL, ToyTask, expert_response, is_reserved,
-                                 make_splits, pretrain_corpus, style_texts, terse_response)
+                                 make_splits, terse_response)

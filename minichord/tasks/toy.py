@@ -1,4 +1,4 @@
-"""The CPU-scale toy task: the same structure as the CHORD paper's setting, in miniature (toy v4, issue 13).
+"""The CPU-scale toy task: the same structure as the CHORD paper's setting, in miniature (toy v5, issue 13).
 
     paper                                   toy
     instruct model, its own answer style    base model pre-trained here, terse answers
@@ -11,10 +11,10 @@
                                                 answer: 632
     partial skill of the instruct model     terse 3-digit sums seen mostly without inner carries
                                             (`inner_carries`), a few with one, none with two; the
-                                            column format on a share of its 1-3 digit additions;
-                                            sums with a first operand >= 600 mostly answered in a
-                                            sentence, "the sum is 1079", which the reward rejects
-                                            (`in_a_sentence`; minichord.pretrain)
+                                            column format clean on 1-2 digit sums and sloppy on 3
+                                            (wrong column digits); sums with a first operand >= 600
+                                            mostly answered in a sentence, "the sum is 1079", which
+                                            the reward rejects (minichord.tasks.corpus, .pretrain)
     limited expert set, disjoint RL set     `make_splits`: n_expert demos, n_rl prompts, disjoint
     held-out tests                          in_domain (3 digits, uniform), harder (3 digits with
                                             2 inner carries), other_skills (retention)
@@ -46,9 +46,6 @@ OTHER_SKILLS = ("reverse", "sort", "copy")
 TRAIN_DIGITS = (3, 3)  # operand lengths of the RL / expert / in_domain additions
 HARDER_CARRIES = 2  # the harder test split: train_digits sums with at least this many inner carries
 OTHER_LENGTHS = (3, 6)  # string lengths of reverse / sort / copy
-PRETRAIN_DIGITS = (1, 2)  # operand lengths of the base model's (terse) pre-training additions, all of them
-EASY_DIGITS = (3, 3)  # operand lengths of the carry-free terse additions the base also sees
-SENTENCE_FROM = 600  # the base often answers "add A B" with A >= this in a sentence (`in_a_sentence`)
 RESERVED_SHARE = 4  # 1 prompt in 4 is reserved for the splits (never pre-trained on)
 
 
@@ -209,66 +206,6 @@ def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test:
     return ToyTask(seed, rl, expert, {"in_domain": in_domain, "harder": harder, "other_skills": other})
 
 
-def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
-                    target_digits: tuple[int, int] = PRETRAIN_DIGITS, other_lengths: tuple[int, int] = OTHER_LENGTHS,
-                    expert_style_fraction: float = 0.0, expert_style_digits: tuple[int, int] = (1, 1),
-                    easy_fraction: float = 0.0, easy_digits: tuple[int, int] = EASY_DIGITS,
-                    easy_carry_free: float = 1.0, easy_one_carry: float = 0.0,
-                    sentence_share: float = 0.0, sentence_from: int = SENTENCE_FROM,
-                    exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """`n` (prompt, response) pairs, prompts not reserved (so in no split) nor in `exclude`, may repeat.
-
-    A `target_fraction` share is terse addition with `target_digits` digits; the rest cycles through the
-    other skills. An `expert_style_fraction` share of the additions is written step by step instead, with
-    `expert_style_digits` digits: the base model has *seen* the expert's format on small problems (as an
-    instruct model has seen some reasoning), so expert tokens are unlikely but not impossible under it.
-    An `easy_fraction` share of the terse additions has `easy_digits` digits; an `easy_one_carry` share of
-    those has exactly one inner carry, an `easy_carry_free` share of the rest none (the others are uniform):
-    the base answers the target's carry-free sums, gets one-carry sums right *sometimes*, and never sees two
-    inner carries (the harder split). A `sentence_share` of the terse additions whose first operand is
-    >= `sentence_from` is written as a sentence ("the sum is 1079", `in_a_sentence`): the base's greedy
-    answer to such prompts is a format the exact-match reward marks wrong, while it still *samples* the
-    bare number (what on-policy RL can find and reinforce; README "The toy task")."""
-    fractions = dict(target_fraction=target_fraction, expert_style_fraction=expert_style_fraction,
-                     easy_fraction=easy_fraction, easy_carry_free=easy_carry_free, easy_one_carry=easy_one_carry,
-                     sentence_share=sentence_share)
-    if n < 0 or not all(0.0 <= f <= 1.0 for f in fractions.values()):
-        raise ValueError(f"need n >= 0 and fractions in [0, 1], got n={n}, {fractions}")
-    easy_digits = _check_range("easy_digits", easy_digits)
-    target_digits = _check_range("target_digits", target_digits)
-    expert_style_digits = _check_range("expert_style_digits", expert_style_digits)
-    other_lengths = _check_range("other_lengths", other_lengths)
-    others = [SKILLS[name] for name in OTHER_SKILLS]
-    pairs: list[tuple[str, str]] = []
-    while len(pairs) < n:
-        stepwise = False
-        if rng.random() < target_fraction:
-            stepwise = rng.random() < expert_style_fraction
-            if not stepwise and rng.random() < easy_fraction:
-                if rng.random() < easy_one_carry:
-                    problem = _with_carries(rng, easy_digits, 1)
-                else:
-                    problem = (_with_carries(rng, easy_digits, 0) if rng.random() < easy_carry_free
-                               else _draw(rng, SKILLS[TARGET_SKILL], easy_digits))
-            else:
-                problem = _draw(rng, SKILLS[TARGET_SKILL], expert_style_digits if stepwise else target_digits)
-        else:
-            problem = _draw(rng, others[len(pairs) % len(others)], other_lengths)
-        if not is_reserved(problem.prompt) and problem.prompt not in exclude:
-            response = (expert_response if stepwise else terse_response)(problem)
-            if (sentence_share > 0 and not stepwise and problem.skill == TARGET_SKILL  # no draw at 0: same stream
-                    and int(problem.prompt.split()[1]) >= sentence_from and rng.random() < sentence_share):
-                response = in_a_sentence(problem)
-            pairs.append((problem.prompt, response))
-    return pairs
-
-
-def in_a_sentence(problem: Problem) -> str:
-    """The terse answer in a sentence, "add 764 315" -> "the sum is 1079": right digits, wrong format (the
-    exact-match reward scores it 0, like an instruct model that will not give the bare number)."""
-    return f"the sum is {problem.answer}"
-
-
 def inner_carries(a: int, b: int) -> int:
     """Carries *between* the columns of a + b (a carry out of the top column, 500 + 600, is not one):
     a sum without them is written digit by digit, left to right, with no look-ahead."""
@@ -301,15 +238,3 @@ class _Carrying(Skill):
 
     def count(self, difficulty: int) -> None:
         return None  # not counted: _unique's attempt limit guards a too-small space
-
-
-def style_texts(rng: random.Random, n: int, *, digits: tuple[int, int] = (1, 5),
-                other_lengths: tuple[int, int] = OTHER_LENGTHS) -> list[str]:
-    """Text in both styles (prompts, terse and expert responses) for training a tokenizer:
-    seeing the expert's tokens is coverage of the vocabulary, not knowledge of the skill."""
-    texts: list[str] = []
-    for i in range(n):
-        add = _draw(rng, SKILLS[TARGET_SKILL], digits)
-        other = _draw(rng, SKILLS[OTHER_SKILLS[i % len(OTHER_SKILLS)]], other_lengths)
-        texts += [add.prompt, add.answer, in_a_sentence(add), expert_response(add), other.prompt, other.answer]
-    return texts

@@ -1,0 +1,131 @@
+"""The base model's pre-training corpus (toy v5, issue 13): what the toy's "instruct model" has seen.
+
+    terse answers       every skill, "add 47 85" -> "132"; 3-digit sums only with 0 or 1 inner carries
+    sentences           "add 764 315" -> "the sum is 1079" for first operands >= 600, 4 times in 5: right
+                        digits in a format the exact-match reward rejects (`in_a_sentence`)
+    clean column work   the expert's format on 1-2 digit sums (`toy.expert_response`)
+    sloppy column work  the expert's format on 3-digit sums, written the way a model that half-knows the
+                        procedure writes it (`Sloppy`): carry notes and newlines often dropped, 60 % of
+                        the digits wrong, the answer line true
+
+The last row is what makes the expert set *partly* on-policy (criterion 5 of issue 13): the base knows
+the expert's format and the answer, but is unsure of every column digit the expert writes, so the
+median probability of an expert token under the base lands near 0.3-0.4 instead of 0.999 (clean
+3-digit column work, toy v4) or ~0.001 (a format the base never saw): a deterministic expert scored
+by a base that saw it cleanly or never is bimodal (results/toy-v4/README.md).
+Prompts are never `toy.is_reserved`, so no split's prompt is pre-trained on.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from dataclasses import dataclass
+
+from minichord.tasks.base import Problem
+from minichord.tasks.toy import (OTHER_LENGTHS, OTHER_SKILLS, SKILLS, TARGET_SKILL, _check_range, _draw,
+                                 _with_carries, expert_response, is_reserved, terse_response)
+
+PRETRAIN_DIGITS = (1, 2)  # operand lengths of the base model's (terse) pre-training additions, all of them
+EASY_DIGITS = (3, 3)  # operand lengths of the carry-free terse additions the base also sees
+SENTENCE_FROM = 600  # the base often answers "add A B" with A >= this in a sentence (`in_a_sentence`)
+
+
+@dataclass(frozen=True)
+class Sloppy:
+    """The base's own column work on `digits`-digit sums: the expert's lines, each keeping its " carry c" with
+    probability `keep`, ending in a newline with probability `newline` (else "; "), a `noise` share of the
+    digits replaced by another digit; the answer line stays true (a noisy one too left the terse 3-digit skill
+    unfitted on 6 of 6 bases, results/toy-v5/README.md)."""
+    digits: tuple[int, int] = (3, 3)
+    noise: float = 0.6
+    keep: float = 0.2
+    newline: float = 0.25
+
+
+def sloppy_stepwise(problem: Problem, rng: random.Random, sloppy: Sloppy) -> str:
+    """`problem`'s expert response written sloppily (`Sloppy`): "7+5=12 carry 1" may come out "7+3=12; "."""
+    def blur(text: str) -> str:
+        return "".join(rng.choice([d for d in string.digits if d != ch]) if ch.isdigit() and rng.random() < sloppy.noise
+                       else ch for ch in text)
+    *lines, answer = expert_response(problem).split("\n")
+    lines = [blur(line if rng.random() < sloppy.keep else line.split(" carry ")[0]) for line in lines]
+    return "".join(line + ("\n" if rng.random() < sloppy.newline else "; ") for line in lines) + answer
+
+
+def in_a_sentence(problem: Problem) -> str:
+    """The terse answer in a sentence, "add 764 315" -> "the sum is 1079": right digits, wrong format (the
+    exact-match reward scores it 0, like an instruct model that will not give the bare number)."""
+    return f"the sum is {problem.answer}"
+
+
+def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
+                    target_digits: tuple[int, int] = PRETRAIN_DIGITS, other_lengths: tuple[int, int] = OTHER_LENGTHS,
+                    expert_style_fraction: float = 0.0, expert_style_digits: tuple[int, int] = (1, 1),
+                    easy_fraction: float = 0.0, easy_digits: tuple[int, int] = EASY_DIGITS,
+                    easy_carry_free: float = 1.0, easy_one_carry: float = 0.0,
+                    sentence_share: float = 0.0, sentence_from: int = SENTENCE_FROM,
+                    sloppy: Sloppy | None = None,
+                    exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """`n` (prompt, response) pairs, prompts not reserved (so in no split) nor in `exclude`, may repeat.
+
+    A `target_fraction` share is terse addition with `target_digits` digits; the rest cycles through the
+    other skills. An `expert_style_fraction` share of the additions is written step by step instead, with
+    `expert_style_digits` digits: the base model has *seen* the expert's format on small problems (as an
+    instruct model has seen some reasoning), so expert tokens are unlikely but not impossible under it.
+    An `easy_fraction` share of the terse additions has `easy_digits` digits; an `easy_one_carry` share of
+    those has exactly one inner carry, an `easy_carry_free` share of the rest none (the others are uniform):
+    the base answers the target's carry-free sums, gets one-carry sums right *sometimes*, and never sees two
+    inner carries (the harder split). A `sentence_share` of the terse additions whose first operand is
+    >= `sentence_from` is written as a sentence ("the sum is 1079", `in_a_sentence`): the base's greedy
+    answer to such prompts is a format the exact-match reward marks wrong, while it still *samples* the
+    bare number (what on-policy RL can find and reinforce; README "The toy task"). With `sloppy`, the
+    step-by-step sums of `sloppy.digits` digits are the base's own sloppy column work (`sloppy_stepwise`)."""
+    fractions = dict(target_fraction=target_fraction, expert_style_fraction=expert_style_fraction,
+                     easy_fraction=easy_fraction, easy_carry_free=easy_carry_free, easy_one_carry=easy_one_carry,
+                     sentence_share=sentence_share)
+    if n < 0 or not all(0.0 <= f <= 1.0 for f in fractions.values()):
+        raise ValueError(f"need n >= 0 and fractions in [0, 1], got n={n}, {fractions}")
+    easy_digits = _check_range("easy_digits", easy_digits)
+    target_digits = _check_range("target_digits", target_digits)
+    expert_style_digits = _check_range("expert_style_digits", expert_style_digits)
+    other_lengths = _check_range("other_lengths", other_lengths)
+    others = [SKILLS[name] for name in OTHER_SKILLS]
+    pairs: list[tuple[str, str]] = []
+    while len(pairs) < n:
+        stepwise = False
+        if rng.random() < target_fraction:
+            stepwise = rng.random() < expert_style_fraction
+            if not stepwise and rng.random() < easy_fraction:
+                if rng.random() < easy_one_carry:
+                    problem = _with_carries(rng, easy_digits, 1)
+                else:
+                    problem = (_with_carries(rng, easy_digits, 0) if rng.random() < easy_carry_free
+                               else _draw(rng, SKILLS[TARGET_SKILL], easy_digits))
+            else:
+                problem = _draw(rng, SKILLS[TARGET_SKILL], expert_style_digits if stepwise else target_digits)
+        else:
+            problem = _draw(rng, others[len(pairs) % len(others)], other_lengths)
+        if not is_reserved(problem.prompt) and problem.prompt not in exclude:
+            width = max(len(x) for x in problem.prompt.split()[1:]) if problem.skill == TARGET_SKILL else 0
+            if stepwise and sloppy is not None and sloppy.digits[0] <= width <= sloppy.digits[1]:
+                response = sloppy_stepwise(problem, rng, sloppy)
+            else:
+                response = (expert_response if stepwise else terse_response)(problem)
+            if (sentence_share > 0 and not stepwise and problem.skill == TARGET_SKILL  # no draw at 0: same stream
+                    and int(problem.prompt.split()[1]) >= sentence_from and rng.random() < sentence_share):
+                response = in_a_sentence(problem)
+            pairs.append((problem.prompt, response))
+    return pairs
+
+
+def style_texts(rng: random.Random, n: int, *, digits: tuple[int, int] = (1, 5),
+                other_lengths: tuple[int, int] = OTHER_LENGTHS) -> list[str]:
+    """Text in both styles (prompts, terse and expert responses) for training a tokenizer:
+    seeing the expert's tokens is coverage of the vocabulary, not knowledge of the skill."""
+    texts: list[str] = []
+    for i in range(n):
+        add = _draw(rng, SKILLS[TARGET_SKILL], digits)
+        other = _draw(rng, SKILLS[OTHER_SKILLS[i % len(OTHER_SKILLS)]], other_lengths)
+        texts += [add.prompt, add.answer, in_a_sentence(add), expert_response(add), other.prompt, other.answer]
+    return texts
