@@ -34,9 +34,10 @@ The departures from the paper (arXiv 2508.11408) and its official code, the one 
 - LUFFY (minichord/luffy.py): expert trace = reward 1 in its group; A = R - mean(R); joint token-mean; no clip.
 - SFT->GRPO splits the steps in half; the GRPO stage starts with a fresh optimizer.
 - AdamW, betas (0.9, 0.95), no weight decay, gradient clipping at 1.0.
-- The toy base model saw the expert's format on 8 % of its 1-3 digit additions, so expert tokens are nearly all
-  predictable (median p 0.999, `minichord pretrain`; without it ~2e-6: results/probes-toy-v2/RESULTS.md); the
-  paper's expert traces are partly on-policy (p spread over (0, 1)), where phi = p(1-p) has more to weight.
+- The toy's expert is partly on-policy by construction: its base saw the expert's format cleanly on 1-2 digit
+  sums and sloppily on 3-digit ones (60 % of the column digits wrong; minichord/tasks/corpus.py), so the
+  expert's tokens have a median p of ~0.38 (`minichord pretrain`; clean format everywhere: 0.999, never seen:
+  ~2e-6); the paper's expert (another model's long reasoning) is off-policy in content as well as noise.
 - The toy's room for RL is partly a format: its base answers big sums in a sentence the reward marks wrong
   (minichord/tasks/toy.py, `in_a_sentence`); in the paper it is the policy's own mistakes on hard problems.
 """

@@ -1,12 +1,14 @@
 # %% [markdown]
 # # 07 — A full toy run, and how to read its curves
 #
-# Everything together on the toy task (DESIGN.md §6, toy v4 of issue 13): a base model that
+# Everything together on the toy task (DESIGN.md §6, toy v5 of issue 13): a base model that
 # answers 3-digit additions in its own terse style ("1079") and gets only some of them right (those
 # without a carry between columns, some with one: it never saw two), that answers "add A B" with
 # A >= 600 in a sentence ("the sum is 1079": right digits, a format the exact-match reward marks
 # wrong, as an instruct model that will not give the bare number), a limited set of expert
-# demonstrations in a step-by-step style ("4+5=9 carry 0 ... answer: 1079", lowest column first),
+# demonstrations in a step-by-step style ("4+5=9 carry 0 ... answer: 1079", lowest column first)
+# that the base has seen only sloppily on 3-digit sums (wrong column digits: it knows the format,
+# not the digits, so the expert's tokens have p ~ 0.4 under it and phi = p(1-p) is not ~0),
 # and CHORD-phi training: GRPO on the model's own rollouts + phi-weighted SFT on the expert traces,
 # mu = 0.1. Two kinds of room: RL can drop the sentence (the base still samples the bare number);
 # only the expert's procedure brings the carries.
@@ -21,7 +23,7 @@
 #   for a few seconds, 4 RL steps, 8 test problems per split. Under a minute on 2 CPU cores,
 #   everything in a temporary directory (MINICHORD_HOME too). The model is too weak to get any
 #   reward: this setting shows the plumbing and the files, not learning.
-# * default: the library's own toy base model (0.8M parameters, 900 pre-training steps; the
+# * default: the library's own toy base model (0.8M parameters, 1300 pre-training steps; the
 #   one `minichord demo` uses, cached in $MINICHORD_HOME, default ~/.cache/minichord, so it is
 #   made at most once) and 40 RL steps. About 1.5 minutes on 2 CPU cores the first time (1.2 of them
 #   pre-training), 20 s after. Measured: in-domain 0.167 -> 0.283 on 60 problems, sentence answers
@@ -66,7 +68,7 @@ if QUICK:
     base_dir = work / "base"
 else:
     model_cfg = ModelConfig()  # dim 128, 4 layers: 0.8M parameters
-    pre_cfg = PretrainConfig()  # the library's recipe: 900 steps x 64 examples
+    pre_cfg = PretrainConfig()  # the library's recipe: 1300 steps x 64 examples
     base_dir = default_base_dir()  # the demo's base model, reused if already made
 base = pretrain_base(base_dir, config=pre_cfg, model_config=model_cfg, log=print)
 base_meta = load_checkpoint(base).meta
