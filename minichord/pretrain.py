@@ -14,7 +14,7 @@ Measured (1300 steps, 200 problems per split, pre-training seed 0, 2 CPU cores, 
 the target, 0.26 (first operand < 600: 0.44; >= 600: 0, every greedy answer a sentence); harder split
 0.00; reverse / sort / copy, its "general capabilities", 0.995; median expert-token p 0.38 (v4: 0.999).
 Caveat: whether the terse 3-digit skill fits is a matter of the seed and of the floating-point order
-(results/toy-v5/README.md: in-domain 0.045-0.34 over 26 bases of this family, below 0.15 on 11 of them):
+(results/toy-v5/README.md: in-domain 0.045-0.34 over 28 bases of this family, below 0.15 on 13 of them):
 the recipe sits on a fitting transition; 1300-1400 steps fit it more often than 900. Steps:
 
   1. a byte-level BPE tokenizer trained on text of *both* styles (vocabulary coverage);

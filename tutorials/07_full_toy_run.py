@@ -25,9 +25,9 @@
 #   reward: this setting shows the plumbing and the files, not learning.
 # * default: the library's own toy base model (0.8M parameters, 1300 pre-training steps; the
 #   one `minichord demo` uses, cached in $MINICHORD_HOME, default ~/.cache/minichord, so it is
-#   made at most once) and 40 RL steps. About 1.5 minutes on 2 CPU cores the first time (1.2 of them
-#   pre-training), 20 s after. Measured: in-domain 0.167 -> 0.283 on 60 problems, sentence answers
-#   40 % -> 0 %. The full-size experiment is `minichord demo` / `minichord reproduce` (README).
+#   made at most once) and 40 RL steps. About 2.5 minutes on 2 CPU cores the first time (~2 of them
+#   pre-training), 35 s after. Measured (2026-11-27, toy v5): in-domain 0.167 -> 0.350 on 60 problems,
+#   sentence answers 40 % -> 5 %. The full-size experiment is `minichord demo` / `minichord reproduce`.
 
 # %%
 import math
