@@ -257,3 +257,7 @@ def test_sloppy_column_work_keeps_the_format_and_the_answer_but_blurs_the_digits
     assert sum(r != expert_response(Problem(p, "0", "add")) for p, r in stepwise if r in three) > 0.9 * len(three)
     assert pretrain_corpus(random.Random(1), 500, expert_style_fraction=0.3) == pretrain_corpus(
         random.Random(1), 500, expert_style_fraction=0.3, sloppy=None)
+    with pytest.raises(ValueError, match=r"Sloppy.noise must be in \[0, 1\], got 1.5"):
+        Sloppy(noise=1.5)
+    with pytest.raises(ValueError, match="Sloppy.digits must be"):
+        Sloppy(digits=(3, 2))

@@ -42,6 +42,12 @@ class Sloppy:
     keep: float = 0.2
     newline: float = 0.25
 
+    def __post_init__(self) -> None:
+        _check_range("Sloppy.digits", self.digits)
+        for name in ("noise", "keep", "newline"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"Sloppy.{name} must be in [0, 1], got {getattr(self, name)!r}")
+
 
 def sloppy_stepwise(problem: Problem, rng: random.Random, sloppy: Sloppy) -> str:
     """`problem`'s expert response written sloppily (`Sloppy`): "7+5=12 carry 1" may come out "7+3=12; "."""
