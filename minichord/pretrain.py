@@ -74,9 +74,9 @@ class PretrainConfig:
     easy_one_carry: float = 0.3  # share of the easy sums with exactly one inner carry (drawn first)
     sentence_share: float = 0.8  # share of terse sums with first operand >= sentence_from written as a sentence
     sentence_from: int = SENTENCE_FROM  # ("the sum is 1079", toy.in_a_sentence: a format the reward marks wrong)
-    sloppy_noise: float = 0.6  # > 0: its 3-digit step-by-step sums are sloppy (corpus.Sloppy), this share of digits wrong
-    sloppy_keep: float = 0.2  # share of their lines that keep the " carry c" note
-    sloppy_newline: float = 0.25  # share of their lines that end in a newline (else "; ")
+    sloppy_noise: float = Sloppy.noise  # > 0: its 3-digit step-by-step sums are sloppy (corpus.Sloppy), this share of digits wrong
+    sloppy_keep: float = Sloppy.keep  # share of their lines that keep the " carry c" note
+    sloppy_newline: float = Sloppy.newline  # share of their lines that end in a newline (else "; ")
     tokenizer_texts: int = 2000  # problems whose text (both styles) trains the tokenizer
     n_eval: int = 200  # problems per test split measured at the end (0 = skip)
 
@@ -142,7 +142,7 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
                             easy_digits=cfg.easy_digits, easy_carry_free=cfg.easy_carry_free,
                             easy_one_carry=cfg.easy_one_carry,
                             sentence_share=cfg.sentence_share, sentence_from=cfg.sentence_from,
-                            sloppy=Sloppy((3, 3), cfg.sloppy_noise, cfg.sloppy_keep, cfg.sloppy_newline)
+                            sloppy=Sloppy(noise=cfg.sloppy_noise, keep=cfg.sloppy_keep, newline=cfg.sloppy_newline)
                             if cfg.sloppy_noise > 0 else None)
     examples = [tokenizer.encode_example(prompt, response) for prompt, response in pairs]
     longest = max(len(ids) for ids, _ in examples)

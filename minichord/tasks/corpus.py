@@ -49,11 +49,14 @@ class Sloppy:
                 raise ValueError(f"Sloppy.{name} must be in [0, 1], got {getattr(self, name)!r}")
 
 
+_OTHER_DIGITS = {d: [x for x in string.digits if x != d] for d in string.digits}  # a wrong digit is one of these
+
+
 def sloppy_stepwise(problem: Problem, rng: random.Random, sloppy: Sloppy) -> str:
     """`problem`'s expert response written sloppily (`Sloppy`): "7+5=12 carry 1" may come out "7+3=12; "."""
     def blur(text: str) -> str:
-        return "".join(rng.choice([d for d in string.digits if d != ch]) if ch.isdigit() and rng.random() < sloppy.noise
-                       else ch for ch in text)
+        return "".join(rng.choice(_OTHER_DIGITS[ch]) if ch.isdigit() and rng.random() < sloppy.noise else ch
+                       for ch in text)
     *lines, answer = expert_response(problem).split("\n")
     lines = [blur(line if rng.random() < sloppy.keep else line.split(" carry ")[0]) for line in lines]
     return "".join(line + ("\n" if rng.random() < sloppy.newline else "; ") for line in lines) + answer
@@ -113,8 +116,8 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
         else:
             problem = _draw(rng, others[len(pairs) % len(others)], other_lengths)
         if not is_reserved(problem.prompt) and problem.prompt not in exclude:
-            width = max(len(x) for x in problem.prompt.split()[1:]) if problem.skill == TARGET_SKILL else 0
-            if stepwise and sloppy is not None and sloppy.digits[0] <= width <= sloppy.digits[1]:
+            if stepwise and sloppy is not None and (  # stepwise problems are additions: "add A B"
+                    sloppy.digits[0] <= max(len(x) for x in problem.prompt.split()[1:]) <= sloppy.digits[1]):
                 response = sloppy_stepwise(problem, rng, sloppy)
             else:
                 response = (expert_response if stepwise else terse_response)(problem)
