@@ -3,9 +3,9 @@
     tier 1  token log-probs from logits [N, V]           naive | triton
     tier 2  lm head + CHORD token loss, hidden [N, H]    naive | chunked | triton
 
-naive   = full logits, log_softmax in fp32, gather (minichord.ops.reference_token_logprobs;
+naive   = full logits, log_softmax in fp32, gather (minichord.lm_head.reference_token_logprobs;
           for tier 2 the logits are hidden @ W^T in the input dtype, then the reference)
-chunked = minichord.ops.fused_token_loss on its torch path (chunks over tokens)
+chunked = minichord.lm_head.fused_token_loss on its torch path (chunks over tokens)
 triton  = minichord.kernels.* (CUDA only; the CPU interpreter is not a performance path)
 
 Peak memory is the extra memory one forward+backward needs on top of its inputs:
@@ -30,8 +30,9 @@ import time
 
 import torch
 
-from minichord import ops
-from minichord.losses import TokenLossSpec, chord_loss, token_coefficients
+from minichord import lm_head
+from minichord.config import LossConfig
+from minichord.losses import chord_loss, token_coefficients
 
 H100_BANDWIDTH = 3.35e12  # bytes / s
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -61,22 +62,22 @@ def make_inputs(case, device):
         coef=token_coefficients(is_expert, 0.3),  # [N]
         advantages=torch.randn(n, generator=gen).to(device),  # [N]
         old_logp=(-10 + torch.randn(n, generator=gen)).to(device),  # [N]
-        spec=TokenLossSpec(expert_weighting="phi"))
+        spec=LossConfig(expert_weighting="phi"))
 
 
 def naive_fused_loss(hidden, weight, targets, coef, is_expert, advantages, old_logp, spec):
     """What one writes first: full logits, reference log-probs, token losses."""
     logits = hidden @ weight.T  # [N, V], input dtype
-    logp = ops.reference_token_logprobs(logits, targets)  # [N] fp32
+    logp = lm_head.reference_token_logprobs(logits, targets)  # [N] fp32
     return chord_loss(logp, None, is_expert, advantages, old_logp, coef, spec)[0]
 
 
 def chunked_torch_loss(*args):
-    """ops.fused_token_loss forced onto its torch path (on CUDA it would take the kernel)."""
+    """lm_head.fused_token_loss forced onto its torch path (on CUDA it would take the kernel)."""
     previous = os.environ.get("MINICHORD_KERNELS")
     os.environ["MINICHORD_KERNELS"] = "torch"
     try:
-        return ops.fused_token_loss(*args).loss
+        return lm_head.fused_token_loss(*args).loss
     finally:
         os.environ.pop("MINICHORD_KERNELS") if previous is None else os.environ.update(MINICHORD_KERNELS=previous)
 
@@ -96,7 +97,7 @@ def make_steps(case, inputs):
         if case["impl"] == "triton":
             from minichord.kernels.logprobs import triton_token_logprobs as logprobs
         else:
-            logprobs = ops.reference_token_logprobs
+            logprobs = lm_head.reference_token_logprobs
         x, y, g = inputs["logits"], inputs["targets"], inputs["grad"]
 
         def forward():

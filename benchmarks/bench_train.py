@@ -21,7 +21,7 @@ import torch
 
 from minichord.checkpoint import load_checkpoint
 from minichord.config import ModelConfig
-from minichord.experiment import build_stages
+from minichord.methods import build_stages
 from minichord.model import Transformer
 from minichord.tasks import style_texts
 from minichord.tokenizer import Tokenizer

@@ -44,9 +44,10 @@ import torch.nn.functional as F
 
 from minichord.config import ModelConfig, SamplerConfig
 from minichord.hf import export_hf
-from minichord.losses import TokenLossSpec, group_advantages, ppo_clip_loss
+from minichord.config import LossConfig
+from minichord.losses import group_advantages, ppo_clip_loss
 from minichord.model import Transformer
-from minichord.ops import token_logprobs
+from minichord.lm_head import token_logprobs
 from minichord.sampler import generate
 
 TINY = dict(vocab_size=64, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512, max_seq_len=128)
@@ -149,7 +150,7 @@ def minichord_grpo_step(model, opt, prompts: torch.Tensor, G: int, new: int, gen
     logits = model(seq, attention_mask=seq_mask)[:, prompts.shape[1] - 1:-1]  # predicts each new token
     logp = token_logprobs(logits[roll.mask], roll.tokens[roll.mask])  # [N] generated tokens
     adv_tok = adv[:, None].expand_as(roll.tokens)[roll.mask]  # [N]
-    loss, _ = ppo_clip_loss(logp, roll.logprobs[roll.mask], adv_tok, TokenLossSpec())
+    loss, _ = ppo_clip_loss(logp, roll.logprobs[roll.mask], adv_tok, LossConfig())
     loss.mean().backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

@@ -8,7 +8,7 @@
 3. tier 1 (kernels/logprobs.py) forward + backward at bf16 [16384, 151936]: time, achieved GB/s counting the
    floor of one read of the logits and one write of their gradient (2 N V 2 bytes), and its share of the bound;
 4. tier 2 (kernels/fused_loss.py) at N=16384, H=896, V=151936, bf16: time and peak extra memory of the naive
-   path (full logits -> log_softmax -> loss), the chunked torch path (minichord/ops.py) and the Triton kernel;
+   path (full logits -> log_softmax -> loss), the chunked torch path (minichord/lm_head.py) and the Triton kernel;
 5. CHORD-phi steps of a Qwen2.5-0.5B-shaped model (random weights; vocab 151936, hidden 896, 24 layers, 14 / 2
    heads, ffn 4864, bf16 autocast) with 8 prompts x 8 rollouts of up to 256 new tokens + 16 expert
    demonstrations of 512 tokens, once with MINICHORD_KERNELS=triton and once with torch: sampled tokens/s,

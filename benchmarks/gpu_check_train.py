@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from minichord.config import ModelConfig
-from minichord.experiment import build_stages
+from minichord.methods import build_stages
 from minichord.model import Transformer
 from minichord.tasks import Demonstration, Problem
 from minichord.traindata import TrainData

@@ -1,4 +1,4 @@
-"""Tier-2 kernel (see minichord/ops.py): fused lm-head matmul + minichord.losses.chord_loss, over token chunks.
+"""The fused lm-head loss kernel (torch path: minichord/lm_head.py): lm-head matmul + minichord.losses.chord_loss, over token chunks.
 
 The full [N, V] logits never exist. For each chunk of C tokens:
 
@@ -45,9 +45,9 @@ import triton
 import triton.language as tl
 
 from minichord.kernels.logprobs import _block_v, _num_warps, _row_lse_entropy
-from minichord.ops import IGNORE_INDEX, FusedLossOutput, check_fused_inputs
+from minichord.losses import IGNORE_INDEX, FusedLossOutput, check_fused_inputs
 
-EXPERT_KIND = {"uniform": 0, "phi": 1, "is": 2}  # spec.expert_weighting; 3 = LUFFY (spec.luffy)
+EXPERT_KIND = {"uniform": 0, "phi": 1, "is": 2, "luffy": 3}  # spec.expert_weighting
 CHUNK_BYTES = {"cuda": 256 * 2**20, "cpu": 16 * 2**20}  # what one chunk's logits may take
 
 
@@ -176,7 +176,7 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
                 vocab_size, 1.0 / temperature, spec.eps_low, spec.eps_high,
                 float(spec.dual_clip or 0.0), spec.log_ratio_clamp, spec.luffy_gamma,
                 spec.entropy_coef, spec.kl_coef,
-                BLOCK_V=block_v, EXPERT=3 if spec.luffy else EXPERT_KIND[spec.expert_weighting],
+                BLOCK_V=block_v, EXPERT=EXPERT_KIND[spec.expert_weighting],
                 ONPOLICY_CLIP=not spec.luffy, DUAL_CLIP=spec.dual_clip is not None,
                 HAS_KL=has_kl, HAS_ENTROPY_BONUS=spec.entropy_coef > 0.0,
                 WRITE_GRAD=write_grad, IGNORE_INDEX=IGNORE_INDEX, num_warps=_num_warps(block_v))
@@ -205,7 +205,7 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
 def triton_fused_token_loss(hidden, weight, targets, coef, is_expert, advantages, old_logp,
                             spec, *, ref_logp: Optional[torch.Tensor] = None, temperature=1.0,
                             chunk_size: Optional[int] = None):
-    """The contract of minichord.ops.fused_token_loss (hidden [N, H], lm-head weight [V, H], [N] vectors,
+    """The contract of minichord.lm_head.fused_token_loss (hidden [N, H], lm-head weight [V, H], [N] vectors,
     spec -> ops.FusedLossOutput); the math is in the module docstring."""
     check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
                        temperature, chunk_size)

@@ -1,4 +1,4 @@
-"""Tier-1 kernel (see minichord/ops.py for the two tiers): per-token log-probs and entropies, in Triton.
+"""The token log-prob kernel (torch path: minichord/lm_head.py): per-token log-probs and entropies, in Triton.
 
     logp_t = (z_{t,y_t} - m_t) - log s_t,   z_t = logits_t / T,   m_t = max_v z_{t,v},
     s_t = sum_v exp(z_{t,v} - m_t)   (so lse_t = m_t + log s_t)
@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minichord.ops import IGNORE_INDEX, check_logits_targets
+from minichord.losses import IGNORE_INDEX, check_logits_targets
 
 MAX_BLOCK_V = 4096  # vocabulary block per loop iteration (a power of two)
 
@@ -171,7 +171,7 @@ class _TritonTokenLogprobs(torch.autograd.Function):
 
 def triton_token_logprobs(logits, targets, *, temperature=1.0, return_entropy=False):
     """logits [N, V] fp32/fp16/bf16, targets [N] int -> logp [N] fp32 (and entropy [N] fp32 if return_entropy),
-    gradient in the logits dtype: the contract of minichord.ops.reference_token_logprobs."""
+    gradient in the logits dtype: the contract of minichord.lm_head.reference_token_logprobs."""
     check_logits_targets(logits, targets, temperature)
     if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"logits dtype must be fp32/fp16/bf16, got {logits.dtype}")

@@ -4,7 +4,7 @@
     result = check_batch("batch.safetensors")          # a DUMP file (schema: minichord/dump.py) or a Dump
     print(result.report()); result.match; result.causes
 
-The reference (float64) is minichord's math under a convention (minichord/conventions.py):
+The reference (float64) is minichord's math under a convention's batch rules (minichord/methods.py):
 
     L = a * L_GRPO + b * L_SFT,   L_GRPO = sum_t c0_t l_t,  L_SFT = sum_t c1_t l_t,   g_t = d L / d logp_t
     CHORD: (a, b) = (1 - mu, mu), c0 / c1 = the convention's coefficients at mu = 0 / mu = 1
@@ -31,11 +31,23 @@ import torch
 from torch import Tensor
 
 from minichord import losses
-from minichord.conventions import AGGREGATIONS, PRESETS, SINGLETONS, STDS, Convention, get_convention
+from minichord.config import AGGREGATIONS, SINGLETONS, LossConfig
 from minichord.dump import Dump, load_dump
+from minichord.methods import CONVENTIONS, LUFFY_LOSS
 
 BUGS = ("phi_not_detached", "first_micro_batch_only", "last_micro_batch_only")
 RTOL, ATOL = 1e-5, 1e-7
+SEARCHED = ("aggregation", "dual_clip", "log_ratio_clamp", "singleton", "std")  # the rules a diagnosis may change
+NO_CLAMP = float(torch.finfo(torch.float64).max)  # the log-ratio clamp of "no clamp"
+
+
+def convention_rules(name: str, weighting: str) -> LossConfig:
+    """The batch rules of convention `name` (paper | official) for a dump's weighting (LUFFY: its own rules)."""
+    if name not in CONVENTIONS:
+        raise ValueError(f"convention={name!r}: must be one of {', '.join(CONVENTIONS)}")
+    if weighting == "luffy":
+        return LossConfig(**LUFFY_LOSS)
+    return LossConfig(**CONVENTIONS[name], expert_weighting=weighting)
 
 
 @dataclasses.dataclass
@@ -51,46 +63,40 @@ class Reference:
     other_losses: tuple[float, ...] = ()  # the loss a micro-batch-dropping loop may report instead
 
 
-def token_advantages(d: Dump, conv: Convention) -> Tensor:
-    """A per masked token [N] float64: from rewards + group_ids by the convention, else the dump's."""
+def token_advantages(d: Dump, rules: LossConfig) -> Tensor:
+    """A per masked token [N] float64: from rewards + group_ids by the rules, else the dump's."""
     if d.rewards is None:
         return d.flat(d.advantages)
-    luffy = d.weighting == "luffy"
     seq_adv = torch.zeros(d.is_expert.shape, dtype=torch.float64)  # [B]
-    members = torch.ones_like(d.is_expert) if luffy else ~d.is_expert  # LUFFY: the expert trace is in its group
+    members = torch.ones_like(d.is_expert) if rules.expert_in_group else ~d.is_expert  # LUFFY: the trace too
     for g in d.group_ids[members].unique():
         rows = members & (d.group_ids == g)  # [B]
-        rewards = d.rewards[rows][None, :]  # [1, G]
-        adv = losses.group_advantages(rewards, scale_by_std=False) if luffy else conv.group_advantages(rewards)
-        seq_adv[rows] = adv[0].double()
+        seq_adv[rows] = losses.advantages(d.rewards[rows][None, :], rules)[0].double()  # [1, G] -> [G]
     return d.flat(seq_adv)
 
 
-def reference(d: Dump, conv: Convention, bug: Optional[str] = None, memo: Optional[dict] = None) -> Reference:
-    """The loss and gradient of dump `d` under `conv`, with one of BUGS planted when `bug` is given.
+def reference(d: Dump, rules: LossConfig, bug: Optional[str] = None, memo: Optional[dict] = None) -> Reference:
+    """The loss and gradient of dump `d` under `rules`, with one of BUGS planted when `bug` is given.
     `memo` (a dict kept across calls on the same dump) caches the coefficients of each aggregation."""
     is_expert, seq = d.flat(d.is_expert), d.rows()  # [N], [N]
     logp = d.flat(d.logp).clone().requires_grad_(True)  # [N] float64
     old = torch.where(is_expert, 0.0, d.flat(d.old_logp))  # [N]
-    adv = token_advantages(d, conv)  # [N]
-    luffy = d.weighting == "luffy"
-    spec = conv.loss_spec(eps_low=d.eps_low, eps_high=d.eps_high, luffy=luffy,
-                          expert_weighting="uniform" if luffy else d.weighting)
-    if luffy:
-        spec = dataclasses.replace(spec, dual_clip=None)  # LUFFY's on-policy term has no clip at all
+    adv = token_advantages(d, rules)  # [N]
+    spec = dataclasses.replace(rules, eps_low=d.eps_low, eps_high=d.eps_high)
     _, l, _ = losses.chord_loss(logp, None, is_expert, adv, old, torch.ones_like(logp), spec)  # l [N]
     if bug == "phi_not_detached":
         p = logp.exp()  # [N], with its gradient
         l = torch.where(is_expert, -(p * (1 - p) if d.weighting == "phi" else p) * logp, l)
-    if luffy:
-        n = float(logp.numel())
-        c0, c1, (a, b) = (~is_expert) / n, is_expert / n, (1.0, 1.0)
+    if rules.aggregation == "joint":
+        c0 = c1 = losses.coefficients(is_expert, seq, None, None, rules, dtype=torch.float64)  # [N], 1 / N
+        c0, c1, (a, b) = c0 * ~is_expert, c1 * is_expert, (1.0, 1.0)
     else:
         mb = None if d.micro_batch is None else d.flat(d.micro_batch)
         memo = {} if memo is None else memo
-        if conv.aggregation not in memo:
-            memo[conv.aggregation] = [conv.coefficients(is_expert, seq, mb, mu, dtype=torch.float64) for mu in (0.0, 1.0)]
-        c0, c1 = memo[conv.aggregation]
+        if rules.aggregation not in memo:
+            memo[rules.aggregation] = [losses.coefficients(is_expert, seq, mb, mu, rules, dtype=torch.float64)
+                                       for mu in (0.0, 1.0)]
+        c0, c1 = memo[rules.aggregation]
         a, b = 1.0 - d.mu, d.mu
     coef = a * c0 + b * c1  # [N]
     loss = (coef * l).sum()
@@ -144,7 +150,7 @@ def _cause(field: str, target, found) -> Cause:
         return Cause("dual_clip", f"dual clip c = {found} applied to A < 0 tokens; the target has "
                      + ("none" if target is None else f"c = {target}"))
     if field == "log_ratio_clamp":
-        if found is None:
+        if found == NO_CLAMP:
             return Cause("no_clamp", f"no log-ratio clamp: the target clamps logp - old_logp to +-{target} before exp")
         return Cause("clamp", f"logp - old_logp clamped to +-{found} before exp; the target does not clamp")
     if field == "singleton":
@@ -163,13 +169,13 @@ def _cause(field: str, target, found) -> Cause:
                                                   "gradient is kept (zero_grad inside the accumulation loop?)"}[field])
 
 
-def variants(d: Dump, target: Convention) -> list[tuple[Convention, Optional[str]]]:
-    """Every (convention, bug) worth trying on `d`, fewest changes from `target` first."""
+def variants(d: Dump, target: LossConfig) -> list[tuple[LossConfig, Optional[str]]]:
+    """Every (rules, bug) worth trying on `d`, fewest changes from `target` first."""
     luffy = d.weighting == "luffy"
-    dims = {"aggregation": () if luffy else AGGREGATIONS, "dual_clip": () if luffy else (None, 3.0, target.dual_clip),
-            "log_ratio_clamp": (20.0, None, target.log_ratio_clamp),
+    dims = {"aggregation": () if luffy else AGGREGATIONS[:3], "dual_clip": () if luffy else (None, 3.0, target.dual_clip),
+            "log_ratio_clamp": (20.0, NO_CLAMP, target.log_ratio_clamp),
             "singleton": SINGLETONS if d.rewards is not None and not luffy else (),
-            "std": STDS if d.rewards is not None and not luffy else ()}
+            "std": ("unbiased", "biased") if d.rewards is not None and not luffy else ()}
     n_mb = 0 if d.micro_batch is None else d.micro_batch[d.mask.any(1)].unique().numel()
     if n_mb < 2 and not luffy:  # without micro-batches, "micro-batch" is token-mean
         dims["aggregation"] = ("token-mean", "sequence-mean")
@@ -178,18 +184,16 @@ def variants(d: Dump, target: Convention) -> list[tuple[Convention, Optional[str
     fields = [k for k, v in dims.items() if v]
     seen, out = set(), []
     for values in itertools.product(*(dict.fromkeys(dims[k]) for k in fields)):
-        conv = target.replace(name="variant", **dict(zip(fields, values)))
+        rules = dataclasses.replace(target, **dict(zip(fields, values)))
         for bug in bugs:
-            key = (dataclasses.replace(conv, name=""), bug)
-            if key not in seen:
-                seen.add(key)
-                out.append((conv, bug))
+            if (rules, bug) not in seen:
+                seen.add((rules, bug))
+                out.append((rules, bug))
     return sorted(out, key=lambda v: len(_changes(target, *v)))
 
 
-def _changes(target: Convention, conv: Convention, bug: Optional[str]) -> list[Cause]:
-    fields = ("aggregation", "dual_clip", "log_ratio_clamp", "singleton", "std")
-    out = [_cause(f, getattr(target, f), getattr(conv, f)) for f in fields if getattr(target, f) != getattr(conv, f)]
+def _changes(target: LossConfig, rules: LossConfig, bug: Optional[str]) -> list[Cause]:
+    out = [_cause(f, getattr(target, f), getattr(rules, f)) for f in SEARCHED if getattr(target, f) != getattr(rules, f)]
     return out + ([_cause(bug, None, None)] if bug else [])
 
 
@@ -197,7 +201,7 @@ def _changes(target: Convention, conv: Convention, bug: Optional[str]) -> list[C
 class Diagnosis:
     """A variant that reproduces the researcher's loss and gradient: the target plus `causes`."""
 
-    convention: Convention
+    rules: LossConfig
     bug: Optional[str]
     causes: list[Cause]
     preset: Optional[str] = None  # the named preset this variant is, if any
@@ -215,7 +219,8 @@ class TokenDiff:
 @dataclasses.dataclass
 class CheckResult:
     match: bool
-    convention: Convention
+    convention: str
+    rules: LossConfig
     loss_theirs: float
     ours: Reference
     first_diffs: list[TokenDiff]
@@ -234,10 +239,10 @@ class CheckResult:
 
     def report(self) -> str:
         """The text `minichord check` prints: verdict, tolerance, terms, differing tokens, diagnosis."""
-        o, c = self.ours, self.convention
+        o, c, name = self.ours, self.rules, self.convention
         (a, b), g = o.weights, "(1 - mu)" if o.weights != (1.0, 1.0) else "1"
-        lines = [f"convention {c.name}: aggregation {c.aggregation}, dual clip {c.dual_clip or 'off'}, log-ratio "
-                 f"clamp {c.log_ratio_clamp or 'off'}, a group of one: {c.singleton}, std {c.std}",
+        lines = [f"convention {name}: aggregation {c.aggregation}, dual clip {c.dual_clip or 'off'}, log-ratio "
+                 f"clamp {c.log_ratio_clamp}, a group of one: {c.singleton}, std {c.std}",
                  f"tolerance: |theirs - ours| <= {self.atol:g} * scale + {self.rtol:g} * |ours| (loss scale "
                  f"{o.loss_scale:.3g}, gradient scale median|ours| = {grad_scale(o.grad):.3g})",
                  f"loss: theirs {self.loss_theirs:.10g}, ours {o.loss:.10g} = {g} * L_GRPO + "
@@ -255,16 +260,17 @@ class CheckResult:
         for k, dg in enumerate(self.diagnoses):
             head = "diagnosis: your numbers are reproduced by" if k == 0 else "or equally by"
             preset = f" (= the {dg.preset!r} preset: --convention {dg.preset})" if dg.preset else ""
-            lines.append(f"{head} convention {c.name} with {len(dg.causes)} change(s){preset}:")
+            lines.append(f"{head} convention {name} with {len(dg.causes)} change(s){preset}:")
             lines += [f"  - [{cause.key}] {cause.text}" for cause in dg.causes]
         return "\n".join(lines)
 
 
-def check_batch(dump: Union[Dump, str, Path], convention: Union[str, Convention, None] = None,
+def check_batch(dump: Union[Dump, str, Path], convention: Optional[str] = None,
                 rtol: float = RTOL, atol: float = ATOL) -> CheckResult:
     """Compare a dump's loss and gradient with minichord's under `convention` (default: the dump's)."""
     d = dump if isinstance(dump, Dump) else load_dump(dump)
-    target = convention if isinstance(convention, Convention) else get_convention(convention or d.convention)
+    name = convention or d.convention
+    target = convention_rules(name, d.weighting)
     theirs = d.flat(d.grad_logp)  # [N]
     memo: dict = {}
     ours = reference(d, target, memo=memo)
@@ -272,33 +278,33 @@ def check_batch(dump: Union[Dump, str, Path], convention: Union[str, Convention,
     pos = d.mask.nonzero()  # [N, 2]
     bad = (~tok_ok).nonzero()[:, 0].tolist()
     diffs = [TokenDiff(i, int(pos[i, 0]), int(pos[i, 1]), theirs[i].item(), ours.grad[i].item()) for i in bad[:5]]
-    result = CheckResult(ok, target, d.loss, ours, diffs, len(bad), int(theirs.numel()), rtol, atol)
+    result = CheckResult(ok, name, target, d.loss, ours, diffs, len(bad), int(theirs.numel()), rtol, atol)
     if d.rewards is not None and d.advantages is not None and d.weighting != "luffy":
         on = ~d.flat(d.is_expert)
         differ = ((token_advantages(d, target) - d.flat(d.advantages)).abs() > 1e-5)[on]  # [N_on]
         if differ.any():
-            result.notes.append(f"your advantages differ from minichord's ({target.name} convention, from your rewards) "
+            result.notes.append(f"your advantages differ from minichord's ({name} convention, from your rewards) "
                                 f"on {int(differ.sum())} of {int(on.sum())} on-policy tokens")
     if d.rewards is None and d.weighting != "luffy":
         result.notes.append("advantages given, not rewards: group-advantage choices (std, a group of one) not checked")
     if d.micro_batch is None and d.weighting != "luffy":
         result.notes.append("no micro_batch ids: micro-batch weighting and dropped micro-batches not checked")
     found_level, closest = None, (len(bad), [])  # closest: (tokens still differing, changes)
-    for conv, bug in variants(d, target):
-        changes = _changes(target, conv, bug)
+    for rules, bug in variants(d, target):
+        changes = _changes(target, rules, bug)
         if ok and len(changes) > 1:
             break  # a match needs only the single-change scan (for `untested`)
         if not changes or (found_level is not None and len(changes) > found_level):
             continue
-        ref = reference(d, conv, bug, memo)
+        ref = reference(d, rules, bug, memo)
         if len(changes) == 1 and agrees(ref, ours.loss, ours.grad, rtol, atol)[0]:
             result.untested.append(changes[0].text)  # this batch cannot tell the target from this change
             continue
         same, tok_ok = agrees(ref, d.loss, theirs, rtol, atol)
         if not ok and same:
             found_level = len(changes)
-            preset = next((n for n, p in PRESETS.items() if not bug and p.replace(name="variant") == conv), None)
-            result.diagnoses.append(Diagnosis(conv, bug, changes, preset))
+            preset = next((n for n in CONVENTIONS if not bug and convention_rules(n, d.weighting) == rules), None)
+            result.diagnoses.append(Diagnosis(rules, bug, changes, preset))
         elif int((~tok_ok).sum()) < closest[0]:
             closest = (int((~tok_ok).sum()), changes)
     if not ok and not result.diagnoses and closest[1]:

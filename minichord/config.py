@@ -29,6 +29,12 @@ class ConfigError(ValueError):
 
 DEVICES = ("auto", "cpu", "cuda")  # minichord/device.py: auto = cuda if available, else cpu
 DTYPES = ("fp32", "bf16")  # bf16: autocast over fp32 master weights (minichord/device.py)
+REWARDS = ("auto", "exact", "math")  # exact: the toy's answer match; math: minichord/tasks/math.py; auto: math for HF
+CONVENTIONS = ("paper", "official")  # presets of the loss table (minichord/methods.py)
+EXPERT_WEIGHTINGS = ("uniform", "phi", "is", "luffy")  # the expert-token loss (minichord/losses.py)
+AGGREGATIONS = ("token-mean", "sequence-mean", "micro-batch", "joint")  # how token losses are averaged
+SINGLETONS = ("zero", "official")  # the advantage of a group of one
+STDS = ("unbiased", "biased", "none")  # the group std that divides advantages (none: A = R - mean)
 
 
 @dataclasses.dataclass
@@ -66,7 +72,7 @@ class ModelConfig:
 class SamplerConfig:
     """How rollouts are drawn. greedy=True ignores temperature/top_k/top_p."""
 
-    max_new_tokens: int = 64
+    max_new_tokens: int = 96
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
@@ -209,9 +215,52 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
     return from_dict(cls, apply_overrides(data, overrides or []), where)
 
 
+def one_of(cfg: Any, **allowed: tuple[str, ...]) -> None:
+    """Refuse a field whose value is not among its allowed strings, in one line."""
+    for key, values in allowed.items():
+        if getattr(cfg, key) not in values:
+            raise ConfigError(f"{key}={getattr(cfg, key)!r}: must be one of {', '.join(values)}")
+
+
+@dataclasses.dataclass(frozen=True)  # hashable: `minichord check` searches sets of rules
+class LossConfig:
+    """How a batch of rollouts and expert demonstrations becomes a loss: the `loss` table of a run.
+
+    Rewards -> advantages (std, singleton, expert_in_group), tokens -> coefficients (aggregation), and the
+    token losses (the rest); minichord/losses.py has the formulas, minichord/methods.py the presets (CHORD's
+    two conventions, LUFFY).
+    """
+
+    eps_low: float = 0.2  # PPO clip range [1 - eps_low, 1 + eps_high]
+    eps_high: float = 0.2
+    dual_clip: Optional[float] = None  # c > 1 bounds the loss of A < 0 tokens at -A c; None = off
+    log_ratio_clamp: float = 20.0  # r = exp(clamp(logp - old_logp, -c_r, c_r))
+    expert_weighting: str = "uniform"  # uniform (SFT) | phi (CHORD-phi) | is (SFT-IS) | luffy (both LUFFY terms)
+    luffy_gamma: float = 0.1  # LUFFY's policy shaping p / (p + gamma)
+    entropy_coef: float = 0.0  # on-policy entropy bonus (0 = off)
+    kl_coef: float = 0.0  # k3 KL penalty to the initial model (0 = off)
+    aggregation: str = "token-mean"  # token-mean | sequence-mean | micro-batch | joint (one mean, no mu: LUFFY)
+    singleton: str = "zero"  # a group of one: zero (A = 0) | official (A = R / (1 + 1e-6))
+    std: str = "unbiased"  # A = (R - mean) / (std + 1e-6): unbiased (G - 1) | biased (G) | none (A = R - mean)
+    expert_in_group: bool = False  # LUFFY: G - 1 rollouts + the prompt's expert trace (reward 1) form a group
+
+    def __post_init__(self) -> None:
+        one_of(self, expert_weighting=EXPERT_WEIGHTINGS, aggregation=AGGREGATIONS, singleton=SINGLETONS, std=STDS)
+        validate(self, {"[0, 1)": "eps_low", "[0, inf)": "eps_high entropy_coef kl_coef", "(1, inf)": "dual_clip",
+                        "(0, inf)": "log_ratio_clamp luffy_gamma"})
+        if self.expert_in_group != (self.expert_weighting == "luffy"):
+            raise ConfigError(f"expert_in_group={self.expert_in_group} with expert_weighting={self.expert_weighting!r}: "
+                              "LUFFY's token losses and its mixed groups go together (the luffy method sets both)")
+
+    @property
+    def luffy(self) -> bool:
+        """LUFFY's pair of token losses: -A r on rollouts (no clip), -A p / (p + gamma) on expert tokens."""
+        return self.expert_weighting == "luffy"
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    """One training run: `minichord train --method NAME` loads it as in experiment.build_stages."""
+    """One training run: `minichord train --method NAME` loads it as in methods.build_stages."""
 
     seed: int = 0
     steps: int = 100
@@ -229,25 +278,18 @@ class TrainConfig:
     mu_decay_frac: float = 0.0
     mu_peak: float = 0.1
     mu_valley: float = 0.1
-    # token losses (minichord.losses.TokenLossSpec)
-    expert_weighting: str = "uniform"  # uniform (SFT) | phi (CHORD-phi) | is (SFT-IS); see losses.chord_loss
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    dual_clip: Optional[float] = None
-    log_ratio_clamp: float = 20.0
-    convention: str = "paper"  # paper | official: aggregation, dual clip, a group of one (minichord/conventions.py)
-    entropy_coef: float = 0.0
-    kl_coef: float = 0.0
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)  # the `loss` table: --set loss.eps_high=0.28
+    convention: str = "paper"  # a preset of `loss` fields: paper | official (minichord/methods.py, CONVENTIONS)
     # data: the embedded toy task unless JSONL files are given (minichord/data.py: toy, GSM8K, MATH, chat rows)
     prompts_file: str = ""
     experts_file: str = ""
     eval_file: str = ""  # held-out prompts; default: the toy's test splits with the toy model, none with an HF one
-    reward: str = "auto"  # exact (the toy's answer match) | math (minichord/math_reward.py) | auto: math for an HF model
+    reward: str = "auto"  # REWARDS
     n_rl_prompts: int = 1000
     n_expert: int = 256
     n_test: int = 200
     # sampling, evaluation, checkpoints
-    sampler: SamplerConfig = dataclasses.field(default_factory=lambda: SamplerConfig(max_new_tokens=96))
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     eval_every: int = 40
     save_every: int = 40
     init: str = ""  # a minichord checkpoint or a Hugging Face model directory; empty = the cached toy base model
@@ -258,13 +300,10 @@ class TrainConfig:
     micro_batch_seqs: int = 0  # sequences per forward/backward (gradient accumulation); 0 = all at once
 
     def __post_init__(self) -> None:
-        for key, allowed in (("expert_weighting", ("uniform", "phi", "is")), ("reward", ("auto", "exact", "math")),
-                             ("convention", ("paper", "official")), ("device", DEVICES), ("dtype", DTYPES)):
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"{key}={getattr(self, key)!r}: must be one of {', '.join(allowed)}")
+        one_of(self, reward=REWARDS, convention=CONVENTIONS, device=DEVICES, dtype=DTYPES)
         validate(self, {"[1, inf)": "steps prompts_per_step ppo_epochs minibatches eval_every save_every",
-                        "[0, inf)": "micro_batch_seqs experts_per_step n_rl_prompts n_expert n_test weight_decay eps_high entropy_coef kl_coef",
-                        "(0, inf)": "lr grad_clip log_ratio_clamp", "[0, 1]": "mu_warmup_frac mu_decay_frac mu_peak mu_valley",
-                        "[0, 1)": "eps_low", "(1, inf)": "dual_clip", "[2, inf)": "group_size", "[0, 4294967295]": "seed"})
+                        "[0, inf)": "micro_batch_seqs experts_per_step n_rl_prompts n_expert n_test weight_decay",
+                        "(0, inf)": "lr grad_clip", "[0, 1]": "mu_warmup_frac mu_decay_frac mu_peak mu_valley",
+                        "[2, inf)": "group_size", "[0, 4294967295]": "seed"})
         if self.mu_warmup_frac + self.mu_decay_frac > 1:  # shares of the same steps
             raise ConfigError(f"mu_warmup_frac + mu_decay_frac = {self.mu_warmup_frac + self.mu_decay_frac}: must be <= 1")

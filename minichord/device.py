@@ -64,11 +64,11 @@ def loss_dtype(dtype: str | torch.dtype) -> torch.dtype | None:
 
 def describe(device: torch.device, dtype: str) -> str:
     """The line a run starts with: which loss / log-prob backend, device and dtype."""
-    from minichord import ops
+    from minichord import lm_head
 
-    if ops.kernel_backend(device) == "triton":
+    if lm_head.kernel_backend(device) == "triton":
         backend = "triton fused (kernels/fused_loss.py), log-probs triton (kernels/logprobs.py)"
     else:
-        backend = "torch chunked (minichord/ops.py), log-probs torch"
+        backend = "torch chunked (minichord/lm_head.py), log-probs torch"
     name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     return f"loss backend: {backend}, device {device.type}{name}, dtype {dtype}"

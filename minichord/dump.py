@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-WEIGHTINGS = ("uniform", "phi", "is", "luffy")
+from minichord.config import CONVENTIONS, EXPERT_WEIGHTINGS
 REQUIRED = ("logp", "old_logp", "mask", "is_expert", "loss", "grad_logp")
 OPTIONAL = ("advantages", "rewards", "group_ids", "micro_batch")
 
@@ -138,12 +138,10 @@ def from_tensors(tensors: dict[str, Tensor], meta: dict[str, str], where: str = 
     if ("rewards" in tensors) != ("group_ids" in tensors):
         raise DumpError(f"{where}: tensor {'group_ids' if 'rewards' in tensors else 'rewards'!r} missing: "
                         f"rewards and group_ids go together")
-    weighting = meta.get("weighting")
-    if weighting not in WEIGHTINGS:
-        raise DumpError(f"{where}: metadata weighting={weighting!r}: must be one of {', '.join(WEIGHTINGS)}")
-    convention = meta.get("convention", "paper")
-    if convention not in ("paper", "official"):
-        raise DumpError(f"{where}: metadata convention={convention!r}: must be paper or official")
+    weighting, convention = meta.get("weighting"), meta.get("convention", "paper")
+    for key, value, allowed in (("weighting", weighting, EXPERT_WEIGHTINGS), ("convention", convention, CONVENTIONS)):
+        if value not in allowed:
+            raise DumpError(f"{where}: metadata {key}={value!r}: must be one of {', '.join(allowed)}")
     adv_rows = (on_rows | (mask & is_expert[:, None])) if weighting == "luffy" else on_rows  # [B, T]
     d = Dump(logp=_finite("logp", logp, where, mask), old_logp=_finite("old_logp", tensors["old_logp"], where, on_rows),
              mask=mask, is_expert=is_expert, loss=_finite("loss", tensors["loss"].reshape(()), where).item(),

@@ -13,12 +13,12 @@ from typing import Callable
 import torch
 
 from minichord.checkpoint import load_checkpoint
-from minichord.config import ConfigError, TrainConfig, load_config
+from minichord.config import TrainConfig
 from minichord.device import autocast, resolve_device
 from minichord.evaluate import evaluate_splits
 from minichord.hf import is_hf_dir, load_hf_model
 from minichord.traindata import build_train_data
-from minichord.methods import Stage, get_method
+from minichord.methods import build_stages
 from minichord.tasks import make_splits
 from minichord.trainer import Trainer
 
@@ -27,28 +27,6 @@ def default_base_dir() -> Path:
     """The toy base model's cache; v7 = toy v5 (issue 13: toy v4's 3-digit target, carry-chain harder split and
     sentence answers, plus sloppy 3-digit column work), so the caches of earlier toys are never reused."""
     return Path(os.environ.get("MINICHORD_HOME") or Path.home() / ".cache" / "minichord") / "base-v7"
-
-
-def build_stages(method_name: str, config_file: str | None = None,
-                 overrides: list[str] | tuple[str, ...] = ()) -> list[Stage]:
-    """Each stage's config = its method's preset <- config_file <- overrides; sft-grpo's stages split `steps`."""
-    method = get_method(method_name)
-
-    def config_for(name: str) -> TrainConfig:
-        return load_config(TrainConfig, config_file, list(overrides), base=get_method(name).preset)
-
-    top = config_for(method_name)
-    if not method.stages:
-        return [Stage(method, top, 0, top.steps)]
-    stages, start = [], 0
-    for i, (stage, share) in enumerate(method.stages):
-        end = top.steps if i == len(method.stages) - 1 else start + round(share * top.steps)
-        if end <= start:
-            raise ConfigError(f"steps={top.steps}: method {method_name} needs >= {len(method.stages)} steps "
-                              f"(one per stage)")
-        stages.append(Stage(get_method(stage), config_for(stage), start, end))
-        start = end
-    return stages
 
 
 def load_initial_model(init: str, log: Callable[[str], None] = print, device: str = "auto"):

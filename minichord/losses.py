@@ -5,9 +5,20 @@
     L_GRPO = (1 / N_on)  * sum_{on-policy tokens t} l_t^PPO      (token-mean over the batch)
     L_SFT  = (1 / N_exp) * sum_{expert tokens t}    l_t^SFT      (token-mean over the batch)
 
-`token_coefficients` turns the two token-means into one coefficient per token, `chord_loss` computes
-sum_t coef_t * l_t. With one update per rollout batch r_t = 1, so the logged GRPO loss is -mean(A) ~ 0;
-its gradient, -A_t grad logp_t, is what matters: watch the reward, not the loss.
+A run's batch rules are its `loss` table (config.LossConfig): `advantages` turns rewards into advantages,
+`coefficients` the two token-means into one coefficient per token, `chord_loss` computes sum_t coef_t * l_t.
+With one update per rollout batch r_t = 1, so the logged GRPO loss is -mean(A) ~ 0; its gradient,
+-A_t grad logp_t, is what matters: watch the reward, not the loss.
+
+LUFFY (Yan et al. 2025), the mixed-policy baseline, is one more set of rules: each group holds G - 1 rollouts
+and the prompt's expert trace (reward 1, `expert_in_group`); A = R - mean(R) (std "none"); one token-mean over
+all tokens (aggregation "joint"); and its own token losses (expert_weighting "luffy"), r_t the ratio below:
+
+    on-policy:  l_t = -A_t r_t                        (no PPO clip)
+    expert:     l_t = -A_t f(p_t),  f(p) = p / (p + gamma)   (policy shaping)
+
+d f / d logp = p gamma / (p + gamma)^2: unlikely expert tokens get a far larger gradient than under
+plain importance weighting (f(p) = p).
 """
 
 from __future__ import annotations
@@ -19,7 +30,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-EXPERT_WEIGHTINGS = ("uniform", "phi", "is")
+from minichord.config import LossConfig
+
+IGNORE_INDEX = -100  # target of rows that carry no token (padding): logp = H = 0, no gradient
 
 
 def group_advantages(rewards: Tensor, *, scale_by_std: bool = True, eps: float = 1e-6,
@@ -81,40 +94,52 @@ def mu_schedule(step: int, *, warmup: int, decay: int, peak: float, valley: floa
     return valley + (peak - valley) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-@dataclass(frozen=True)
-class TokenLossSpec:
-    """Everything that decides the per-token loss (the same for the torch and Triton paths).
+def advantages(rewards: Tensor, rules: LossConfig) -> Tensor:
+    """rewards [n_groups, G] -> A [n_groups, G] by the rules' std and singleton (LUFFY: the expert trace is
+    the last member of its group, reward 1, added by the caller)."""
+    return group_advantages(rewards, scale_by_std=rules.std != "none", singleton=rules.singleton,
+                            unbiased=rules.std != "biased")
 
-    eps_low, eps_high    PPO clip range [1 - eps_low, 1 + eps_high]
-    dual_clip            c > 1 bounds the loss of A < 0 tokens at -A c (None = off)
-    log_ratio_clamp      clamp of logp - old_logp before exp
-    expert_weighting     "uniform" (SFT) | "phi" (CHORD-phi) | "is" (SFT-IS)
-    luffy, luffy_gamma   True: LUFFY's two terms instead, shaping p / (p + gamma) (minichord/luffy.py)
-    entropy_coef, kl_coef  on-policy entropy bonus, k3 KL penalty to a reference policy (0 = off)
+
+def coefficients(is_expert: Tensor, seq_id: Tensor, micro_batch: Optional[Tensor], mu: Optional[float],
+                 rules: LossConfig, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Per-token coef [N] with  L = sum_t coef_t l_t = (1 - mu) L_GRPO + mu L_SFT  under the rules' aggregation,
+    S_side = a side's sequences (on-policy tokens for L_GRPO, expert tokens for L_SFT):
+
+        token-mean     L_side = sum_t l_t / N_side                               one mean over the batch's tokens
+        sequence-mean  L_side = (1 / |S|) sum_{s in S} (1 / n_s) sum_{t in s} l_t            (GRPO paper)
+        micro-batch    L_side = sum_m (|S_m| / |S|) (1 / N_side,m) sum_{t in m} l_t       (the official code)
+        joint          L = sum_t l_t / N   over both sides, no mu                                 (LUFFY)
+
+    micro-batch depends on how the batch was split; without micro-batch ids it is token-mean. is_expert [N]
+    bool, seq_id [N] (sequence of each token), micro_batch [N] or None (one micro-batch).
     """
+    if rules.aggregation == "joint":
+        return torch.full(is_expert.shape, 1.0 / max(1, is_expert.numel()), dtype=dtype, device=is_expert.device)
+    if rules.aggregation == "token-mean" or (rules.aggregation == "micro-batch" and micro_batch is None):
+        return token_coefficients(is_expert, mu, dtype=dtype)
+    groups = seq_id if rules.aggregation == "sequence-mean" else micro_batch
+    return grouped_coefficients(is_expert, seq_id, groups, mu, dtype=dtype)
 
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    dual_clip: Optional[float] = None
-    log_ratio_clamp: float = 20.0
-    expert_weighting: str = "uniform"
-    luffy: bool = False
-    luffy_gamma: float = 0.1
-    entropy_coef: float = 0.0
-    kl_coef: float = 0.0
 
-    def __post_init__(self) -> None:
-        checks = [(self.expert_weighting in EXPERT_WEIGHTINGS, "expert_weighting", f"one of {EXPERT_WEIGHTINGS}"),
-                  (0.0 <= self.eps_low < 1.0, "eps_low", "in [0, 1)"),
-                  (0.0 <= self.eps_high < math.inf, "eps_high", "finite and >= 0"),
-                  (self.dual_clip is None or 1.0 < self.dual_clip < math.inf, "dual_clip", "None or finite > 1"),
-                  (0.0 < self.log_ratio_clamp < math.inf, "log_ratio_clamp", "finite and > 0"),
-                  (0.0 < self.luffy_gamma < math.inf, "luffy_gamma", "finite and > 0"),
-                  (0.0 <= self.entropy_coef < math.inf, "entropy_coef", "finite and >= 0"),
-                  (0.0 <= self.kl_coef < math.inf, "kl_coef", "finite and >= 0")]
-        for ok, name, allowed in checks:
-            if not ok:
-                raise ValueError(f"{name}={getattr(self, name)!r}: must be {allowed}")
+def grouped_coefficients(is_expert: Tensor, seq_id: Tensor, groups: Tensor, mu: float,
+                         dtype: torch.dtype = torch.float32) -> Tensor:
+    """Token means within each group m, weighted by m's share of the side's sequences, all [N] -> [N]:
+
+        coef_t = token_coefficients(tokens of m)_t * |S_side,m| / |S_side|      t in m
+    """
+    is_expert = is_expert.bool()
+    if not (is_expert.shape == seq_id.shape == groups.shape):
+        raise ValueError(f"is_expert, seq_id, micro_batch must all be [N], got {tuple(is_expert.shape)}, "
+                         f"{tuple(seq_id.shape)}, {tuple(groups.shape)}")
+    coef = torch.zeros(is_expert.shape, dtype=dtype, device=is_expert.device)  # [N]
+    n_seqs = {side: max(1, seq_id[is_expert == side].unique().numel()) for side in (False, True)}
+    for m in groups.unique():
+        tokens = groups == m  # [N]
+        share = {side: seq_id[tokens & (is_expert == side)].unique().numel() / n_seqs[side] for side in (False, True)}
+        weight = torch.where(is_expert[tokens], share[True], share[False]).to(dtype)  # [N_m]
+        coef[tokens] = token_coefficients(is_expert[tokens], mu, dtype=dtype) * weight
+    return coef
 
 
 def token_coefficients(is_expert: Tensor, mu: float, *, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -131,7 +156,7 @@ def token_coefficients(is_expert: Tensor, mu: float, *, dtype: torch.dtype = tor
     return torch.where(expert, mu / n_exp, (1.0 - mu) / n_on).to(dtype)  # [N]
 
 
-def ppo_clip_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, spec: TokenLossSpec) -> tuple[Tensor, Tensor]:
+def ppo_clip_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, spec: LossConfig) -> tuple[Tensor, Tensor]:
     """GRPO's on-policy token loss (PPO-clip, optional dual clip), all [N]:
 
         r_t = exp(clamp(logp_t - old_logp_t, -c_r, c_r))                 c_r = log_ratio_clamp
@@ -153,6 +178,19 @@ def ppo_clip_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, spec: TokenLossSp
     return loss, clipped
 
 
+def luffy_onpolicy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, spec: LossConfig) -> tuple[Tensor, Tensor]:
+    """l_t = -A_t r_t, no PPO clip (all [N]). Returns (l, clipped: only where the log-ratio clamp hits)."""
+    log_ratio = logp - old_logp.to(logp.dtype)  # [N]
+    ratio = torch.exp(log_ratio.clamp(-spec.log_ratio_clamp, spec.log_ratio_clamp))  # [N]
+    return -adv.to(logp.dtype) * ratio, (log_ratio.abs() > spec.log_ratio_clamp).detach()
+
+
+def luffy_expert_loss(logp: Tensor, adv: Tensor, spec: LossConfig) -> Tensor:
+    """l_t = -A_t f(p_t), f(p) = p / (p + gamma) (all [N]); the gradient flows through p."""
+    p = logp.exp()  # [N]
+    return -adv.to(logp.dtype) * p / (p + spec.luffy_gamma)
+
+
 def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """k3 estimator of KL(pi || pi_ref) per token: d = ref_logp - logp, kl = e^d - d - 1 >= 0."""
     d = ref_logp.to(logp.dtype) - logp  # [N]
@@ -160,14 +198,14 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
 
 
 def chord_loss(logp: Tensor, entropy: Optional[Tensor], is_expert: Tensor, adv: Tensor, old_logp: Tensor,
-               coef: Tensor, spec: TokenLossSpec, ref_logp: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+               coef: Tensor, spec: LossConfig, ref_logp: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     """The loss of one batch of tokens (all inputs [N]; entropy may be None without a bonus):
 
         L = sum_t coef_t l_t  -  entropy_coef * sum_{on-policy t} coef_t H_t
         on-policy t:  l_t = PPO-clip(logp_t, old_logp_t, A_t)  [+ kl_coef * k3(logp_t, ref_logp_t)]
         expert t:     l_t = -sg(w_t) logp_t,  p_t = exp(logp_t),  sg = stop-gradient, with
                       w_t = 1 (SFT),  p_t (1 - p_t) (CHORD-phi),  p_t (SFT-IS)
-        spec.luffy:   LUFFY's unclipped on-policy term and shaped expert term (minichord/luffy.py)
+        spec.luffy:   LUFFY's unclipped on-policy term and shaped expert term (module docstring)
 
     phi = p(1 - p) damps the NLL gradient of very unlikely (far off-policy) and of already known tokens.
     With coef = `token_coefficients(is_expert, mu)`, L = (1 - mu) L_GRPO + mu L_SFT. Each branch sees
@@ -189,10 +227,9 @@ def chord_loss(logp: Tensor, entropy: Optional[Tensor], is_expert: Tensor, adv: 
 
     logp_on, old_on, adv_on = only(onpolicy, logp), only(onpolicy, old_logp), only(onpolicy, adv)
     logp_exp = only(expert, logp)
-    if spec.luffy:  # LUFFY's pair of terms, see minichord/luffy.py
-        from minichord import luffy
-        loss_on, clipped = luffy.onpolicy_loss(logp_on, old_on, adv_on, spec)
-        loss_exp = luffy.expert_loss(logp_exp, only(expert, adv), spec)
+    if spec.luffy:  # LUFFY's pair of terms (module docstring)
+        loss_on, clipped = luffy_onpolicy_loss(logp_on, old_on, adv_on, spec)
+        loss_exp = luffy_expert_loss(logp_exp, only(expert, adv), spec)
     else:
         loss_on, clipped = ppo_clip_loss(logp_on, old_on, adv_on, spec)
         p = logp_exp.detach().exp()  # [N], sg(p)
@@ -211,3 +248,49 @@ def chord_loss(logp: Tensor, entropy: Optional[Tensor], is_expert: Tensor, adv: 
     if spec.entropy_coef > 0.0:
         loss = loss - spec.entropy_coef * (coef * entropy.to(logp.dtype) * onpolicy).sum()
     return loss, loss_tok, clipped & onpolicy
+
+
+# The contract of the fast paths (minichord/lm_head.py and the kernels): output, input checks.
+@dataclass
+class FusedLossOutput:
+    loss: Tensor  # scalar, differentiable w.r.t. hidden and weight
+    logp: Tensor  # [N] fp32, detached
+    entropy: Tensor  # [N] fp32, detached
+    clipped: Tensor  # [N] bool, tokens whose gradient the PPO clip zeroes
+
+
+def check_logits_targets(logits: Tensor, targets: Tensor, temperature: float) -> None:
+    """The input checks of the token log-probs (their torch path and their kernel)."""
+    if logits.dim() != 2 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a float [N, V] tensor, got {logits.dtype} {tuple(logits.shape)}")
+    if targets.shape != logits.shape[:1] or targets.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"targets must be int [N]={logits.shape[0]}, got {targets.dtype} {tuple(targets.shape)}")
+    check_targets(targets, logits.shape[1], temperature)
+
+
+def check_targets(targets: Tensor, vocab_size: int, temperature: float) -> None:
+    if not temperature > 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= vocab_size))  # [N]
+    if bad.any():
+        raise ValueError(f"target id {int(targets[bad][0])} outside [0, {vocab_size}) "
+                         f"and not the padding id {IGNORE_INDEX}")
+
+
+def check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
+                       temperature, chunk_size) -> None:
+    """The input checks of the fused lm-head loss (its torch path and its kernel)."""
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"need hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+    vectors = dict(targets=targets, coef=coef, is_expert=is_expert, advantages=advantages, old_logp=old_logp,
+                   ref_logp=ref_logp)
+    for name, vec in vectors.items():
+        if vec is not None and tuple(vec.shape) != (hidden.shape[0],):
+            raise ValueError(f"{name} must be [N]=[{hidden.shape[0]}], got shape {tuple(vec.shape)}")
+    if not isinstance(spec, LossConfig):
+        raise ValueError(f"spec must be a LossConfig, got {type(spec).__name__}")
+    if spec.kl_coef > 0.0 and ref_logp is None:
+        raise ValueError("spec.kl_coef > 0 needs ref_logp")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    check_targets(targets, weight.shape[0], temperature)

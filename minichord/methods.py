@@ -1,19 +1,49 @@
-"""Every method of the paper's comparison as a preset of `TrainConfig` fields (the mu schedule, the
-expert-token weighting, the batch sizes), and the `Stage`: a stretch of a run's steps with one method.
-Every method but LUFFY (minichord/luffy.py) samples B prompts x G rollouts plus E expert demonstrations
-and takes L = (1 - mu) L_GRPO + mu L_SFT, each term a token-mean of its own tokens (losses.chord_loss).
+"""Every method of the paper's comparison, and every convention, as a preset of `TrainConfig` fields; the
+`Stage` (a stretch of a run's steps with one method) and `build_stages` (method + file + overrides -> stages).
 
-| method     | mu(step)                               | expert tokens            | rollouts |
-|------------|----------------------------------------|--------------------------|----------|
-| sft        | 1                                      | -log p                   | no       |
-| grpo       | 0                                      | (none)                   | yes      |
-| sft-grpo   | stage 1: sft, stage 2: grpo from it    |                          |          |
-| luffy      | one joint token-mean (no mu)           | -A p/(p+0.1)             | G-1      |
-| chord-mu   | cosine 0.9 -> 0.05 over the run        | -log p                   | yes      |
-| chord-phi  | 0.1                                    | -sg(p(1-p)) log p        | yes      |
-| sft-is     | 0.1                                    | -sg(p) log p             | yes      |
+| method     | mu(step)                               | expert tokens            | rollouts per prompt   |
+|------------|----------------------------------------|--------------------------|-----------------------|
+| sft        | 1                                      | -log p                   | none                  |
+| grpo       | 0                                      | (none)                   | G                     |
+| sft-grpo   | stage 1: sft, stage 2: grpo from it    |                          |                       |
+| luffy      | none: one joint token-mean             | -A p/(p+0.1)             | G-1 + the expert trace|
+| chord-mu   | cosine 0.9 -> 0.05 over the run        | -log p                   | G                     |
+| chord-phi  | 0.1                                    | -sg(p(1-p)) log p        | G                     |
+| sft-is     | 0.1                                    | -sg(p) log p             | G                     |
 
-Presets only fill defaults: a TOML file or `--set key=value` overrides any field.
+L = (1 - mu) L_GRPO + mu L_SFT, each term a token-mean of its own tokens (minichord/losses.py). A method's
+batch rules (advantages, token coefficients, token losses) are its `loss` table (config.LossConfig): LUFFY
+is one more preset of it. A convention presets the choices on which implementations disagree:
+
+| loss field      | `paper` (the default)          | `official` (the official code today)           |
+|-----------------|--------------------------------|------------------------------------------------|
+| aggregation     | token-mean                     | micro-batch: a token-mean per micro-batch, weighted by its share of the side's sequences |
+| dual_clip       | None (off)                     | 3.0                                            |
+| singleton       | zero (a group of one: A = 0)   | official (A = R / (1 + 1e-6))                  |
+
+Presets only fill defaults: method preset <- convention preset (the loss fields a method leaves open) <- a TOML
+file <- `--set key=value`.
+
+The departures from the paper (arXiv 2508.11408) and its official code, the one list:
+- Scale: ~1M-parameter toy model, lr 1e-4, B=8 x G=8 + E=16 (paper: Qwen2.5-7B-Instruct, lr 1e-6, 32 x 8 + 64).
+- Normalisation: each term is one token-mean over the whole batch (paper-era code); `convention = "official"`
+  switches to the official code's micro-batch weighting, dual clip (c = 3) and singleton rule.
+- `log_ratio_clamp` +-20 on, as in the current official code.
+- mu's warm-up and decay are shares of the run (official: W=0, D=200 steps).
+- Reward: 1 for an exactly matching final answer, else 0; no format reward. With a Hugging Face model the
+  math reward (minichord/tasks/math.py): the answer in the required format (\\boxed{}, ####, "answer:").
+- A Hugging Face model whose embedding has more rows than its tokenizer (Qwen2.5: 151,936 vs 151,665) is
+  sampled over the tokenizer's ids but trained over all rows (their probabilities are ~0, not exactly 0).
+- Expert examples are drawn per step, without replacement within a step, with it across steps (not epochs).
+- Old log-probs are the sampler's with one update per batch; recomputed with several.
+- LUFFY: expert trace = reward 1 in its group; A = R - mean(R); joint token-mean; no clip.
+- SFT->GRPO splits the steps in half; the GRPO stage starts with a fresh optimizer.
+- AdamW, betas (0.9, 0.95), no weight decay, gradient clipping at 1.0.
+- The toy's expert is partly on-policy by construction: its base saw the expert's format cleanly on 1-2 digit
+  sums and sloppily on 3-digit ones (minichord/tasks/corpus.py), so the expert's tokens have a median p of
+  ~0.38; the paper's expert (another model's long reasoning) is off-policy in content as well as noise.
+- The toy's room for RL is partly a format: its base answers big sums in a sentence the reward marks wrong;
+  in the paper it is the policy's own mistakes on hard problems.
 """
 
 from __future__ import annotations
@@ -22,17 +52,16 @@ import dataclasses
 import difflib
 from typing import Any
 
-from minichord import conventions, losses
-from minichord.config import ConfigError, TrainConfig
+from minichord import losses
+from minichord.config import ConfigError, TrainConfig, load_config
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
     name: str
     summary: str
-    preset: dict[str, Any]  # TrainConfig fields
+    preset: dict[str, Any]  # TrainConfig fields (a nested dict for the `loss` table)
     uses_rollouts: bool = True
-    luffy: bool = False  # LUFFY's mixed groups, normalisation and token losses (minichord/luffy.py)
     stages: tuple[tuple[str, float], ...] = ()  # (method, share of steps) run one after another
 
 
@@ -40,26 +69,30 @@ def _constant_mu(mu: float) -> dict[str, Any]:
     return {"mu_warmup_frac": 0.0, "mu_decay_frac": 0.0, "mu_peak": mu, "mu_valley": mu}
 
 
+LUFFY_LOSS = {"expert_weighting": "luffy", "aggregation": "joint", "std": "none", "expert_in_group": True}
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
         Method("sft", "supervised fine-tuning on the expert set only (mu = 1)",
-               {**_constant_mu(1.0), "expert_weighting": "uniform", "experts_per_step": 32},
-               uses_rollouts=False),
-        Method("grpo", "pure on-policy RL (mu = 0)",
-               {**_constant_mu(0.0), "experts_per_step": 0}),
+               {**_constant_mu(1.0), "experts_per_step": 32}, uses_rollouts=False),
+        Method("grpo", "pure on-policy RL (mu = 0)", {**_constant_mu(0.0), "experts_per_step": 0}),
         Method("sft-grpo", "SFT for the first half of the steps, then GRPO from that model",
                {}, stages=(("sft", 0.5), ("grpo", 0.5))),
         Method("luffy", "mixed-policy GRPO: one expert trace per group, policy shaping p/(p+0.1)",
-               {"experts_per_step": 0}, luffy=True),
+               {"experts_per_step": 0, "loss": LUFFY_LOSS}),
         Method("chord-mu", "CHORD with the global mu schedule (cosine 0.9 -> 0.05), phi off",
-               {"mu_warmup_frac": 0.0, "mu_decay_frac": 1.0, "mu_peak": 0.9, "mu_valley": 0.05,
-                "expert_weighting": "uniform"}),
+               {"mu_warmup_frac": 0.0, "mu_decay_frac": 1.0, "mu_peak": 0.9, "mu_valley": 0.05}),
         Method("chord-phi", "CHORD with token-wise weight phi = p(1-p) and constant mu = 0.1",
-               {**_constant_mu(0.1), "expert_weighting": "phi"}),
+               {**_constant_mu(0.1), "loss": {"expert_weighting": "phi"}}),
         Method("sft-is", "ablation: CHORD with importance weight p instead of phi (mu = 0.1)",
-               {**_constant_mu(0.1), "expert_weighting": "is"}),
+               {**_constant_mu(0.1), "loss": {"expert_weighting": "is"}}),
     ]
+}
+
+CONVENTIONS: dict[str, dict[str, Any]] = {  # loss fields; config.CONVENTIONS lists the names
+    "paper": {},
+    "official": {"aggregation": "micro-batch", "dual_clip": 3.0, "singleton": "official"},
 }
 
 
@@ -81,31 +114,49 @@ class Stage:
     start: int
     end: int
 
-    def mu(self, step: int) -> float:
+    def mu(self, step: int) -> float | None:
+        """The global SFT weight at `step`; None under the joint aggregation (LUFFY has no mu)."""
+        if self.cfg.loss.aggregation == "joint":
+            return None
         n = self.end - self.start
         return losses.mu_schedule(step - self.start, warmup=round(self.cfg.mu_warmup_frac * n),
                                   decay=round(self.cfg.mu_decay_frac * n),
                                   peak=self.cfg.mu_peak, valley=self.cfg.mu_valley)
 
-    @property
-    def convention(self) -> conventions.Convention:
-        return conventions.get_convention(self.cfg.convention)
-
-    def loss_spec(self) -> losses.TokenLossSpec:
-        """The config's token-loss fields; an unset dual_clip takes the convention's (official: c = 3)."""
-        c = self.cfg
-        dual_clip = self.convention.dual_clip if c.dual_clip is None else c.dual_clip
-        return losses.TokenLossSpec(eps_low=c.eps_low, eps_high=c.eps_high, dual_clip=dual_clip,
-                                    log_ratio_clamp=c.log_ratio_clamp, expert_weighting=c.expert_weighting,
-                                    luffy=self.method.luffy, entropy_coef=c.entropy_coef, kl_coef=c.kl_coef)
-
     def check_data(self, data) -> None:
         """Refuse a method whose data is missing (e.g. CHORD with n_expert=0), before any work."""
-        c, name = self.cfg, self.method.name
-        sft_share = 0 if self.method.luffy else max(c.mu_peak, c.mu_valley)  # the largest mu of the stage
+        c, name, mixed = self.cfg, self.method.name, self.cfg.loss.expert_in_group
+        sft_share = 0 if mixed else max(c.mu_peak, c.mu_valley)  # the largest mu of the stage
         if sft_share > 0 and c.experts_per_step == 0:
             raise ConfigError(f"experts_per_step=0: method {name} has mu > 0 and needs >= 1 expert example per step")
-        if (self.method.luffy or sft_share > 0) and not data.experts:
+        if (mixed or sft_share > 0) and not data.experts:
             raise ConfigError(f"method {name} needs expert demonstrations: n_expert=0 and no experts_file given")
-        if self.method.uses_rollouts and not self.method.luffy and not data.prompts:
+        if self.method.uses_rollouts and not mixed and not data.prompts:
             raise ConfigError(f"method {name} needs RL prompts: n_rl_prompts=0 and no prompts_file given")
+
+
+def stage_config(method_name: str, config_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """method preset <- convention preset <- config_file <- overrides. The convention is read first (it may
+    come from the file or an override), then its loss fields go under everything but the method's own."""
+    preset = get_method(method_name).preset
+    convention = load_config(TrainConfig, config_file, list(overrides), base=preset).convention
+    loss = {**CONVENTIONS[convention], **preset.get("loss", {})}
+    return load_config(TrainConfig, config_file, list(overrides), base={**preset, "loss": loss})
+
+
+def build_stages(method_name: str, config_file: str | None = None,
+                 overrides: list[str] | tuple[str, ...] = ()) -> list[Stage]:
+    """Each stage's config = stage_config(its method); sft-grpo's stages split `steps`."""
+    method = get_method(method_name)
+    top = stage_config(method_name, config_file, overrides)
+    if not method.stages:
+        return [Stage(method, top, 0, top.steps)]
+    stages, start = [], 0
+    for i, (stage, share) in enumerate(method.stages):
+        end = top.steps if i == len(method.stages) - 1 else start + round(share * top.steps)
+        if end <= start:
+            raise ConfigError(f"steps={top.steps}: method {method_name} needs >= {len(method.stages)} steps "
+                              f"(one per stage)")
+        stages.append(Stage(get_method(stage), stage_config(stage, config_file, overrides), start, end))
+        start = end
+    return stages

@@ -24,7 +24,7 @@ class TrainData:
         """DataError (file:line) unless RL prompts (and LUFFY's expert ones) leave room for max_new_tokens."""
         new = max(s.cfg.sampler.max_new_tokens for s in stages)
         check_lengths(self.prompts, tokenizer, max_seq_len, new)
-        check_lengths(self.experts, tokenizer, max_seq_len, new if any(s.method.luffy for s in stages) else 0)
+        check_lengths(self.experts, tokenizer, max_seq_len, new if any(s.cfg.loss.expert_in_group for s in stages) else 0)
         check_lengths([p for split in self.eval_splits.values() for p in split], tokenizer, max_seq_len, 1)
 
 

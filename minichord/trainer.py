@@ -9,7 +9,7 @@
         L.backward(); clip_grad_norm(1.0); optimizer.step(); check the weights are still finite
 
 L and its gradient may be accumulated over micro-batches of sequences (micro_batch_seqs), coef always over the
-whole batch, so the sum is the full batch's (minichord/accumulate.py). device / dtype (minichord/device.py): the
+whole batch, so the sum is the full batch's (minichord/batch.py). device / dtype (minichord/device.py): the
 model, KV cache, generators and batches live on `device`; bf16 is autocast over fp32 weights.
 
 Every random choice of step s (prompts, expert examples, sampling) comes from generators seeded with
@@ -17,29 +17,7 @@ Every random choice of step s (prompts, expert examples, sampling) comes from ge
 per step) and `eval.jsonl`; checkpoints to `checkpoint/`. Ctrl-C or SIGTERM finishes the step, saves and
 stops with TrainingInterrupted; a diverged update stops with TrainingError before anything is saved.
 
-The departures from the paper (arXiv 2508.11408) and its official code, the one list:
-- Scale: ~1M-parameter toy model, lr 1e-4, B=8 x G=8 + E=16 (paper: Qwen2.5-7B-Instruct, lr 1e-6, 32 x 8 + 64).
-- Normalisation: each term is one token-mean over the whole batch (paper-era code); the official
-  code averages tokens per micro-batch and weights micro-batches by their share of sequences.
-  `convention = "official"` switches to the official code's choices (minichord/conventions.py).
-- `dual_clip` (c = 3) off by default (official: always on); `log_ratio_clamp` +-20 on, as in current official code.
-- A group of one gets A = 0 (official: R / (1 + 1e-6), `group_advantages(singleton="official")`).
-- mu's warm-up and decay are shares of the run (official: W=0, D=200 steps).
-- Reward: 1 for an exactly matching final answer, else 0; no format reward. With a Hugging Face model the
-  math reward (minichord/math_reward.py): the answer in the required format (\\boxed{}, ####, "answer:").
-- A Hugging Face model whose embedding has more rows than its tokenizer (Qwen2.5: 151,936 vs 151,665) is
-  sampled over the tokenizer's ids but trained over all rows (their probabilities are ~0, not exactly 0).
-- Expert examples are drawn per step, without replacement within a step, with it across steps (not epochs).
-- Old log-probs are the sampler's with one update per batch; recomputed with several.
-- LUFFY (minichord/luffy.py): expert trace = reward 1 in its group; A = R - mean(R); joint token-mean; no clip.
-- SFT->GRPO splits the steps in half; the GRPO stage starts with a fresh optimizer.
-- AdamW, betas (0.9, 0.95), no weight decay, gradient clipping at 1.0.
-- The toy's expert is partly on-policy by construction: its base saw the expert's format cleanly on 1-2 digit
-  sums and sloppily on 3-digit ones (60 % of the column digits wrong; minichord/tasks/corpus.py), so the
-  expert's tokens have a median p of ~0.38 (`minichord pretrain`; clean format everywhere: 0.999, never seen:
-  ~2e-6); the paper's expert (another model's long reasoning) is off-policy in content as well as noise.
-- The toy's room for RL is partly a format: its base answers big sums in a sentence the reward marks wrong
-  (minichord/tasks/toy.py, `in_a_sentence`); in the paper it is the policy's own mistakes on hard problems.
+The departures from the paper, the one list: minichord/methods.py.
 """
 
 from __future__ import annotations
@@ -56,7 +34,8 @@ from typing import Callable
 
 import torch
 
-from minichord import accumulate, losses, luffy, ops
+from minichord import batch as batches
+from minichord import lm_head, losses
 from minichord.batch import Sequence, TokenBatch, pack, split_example
 from minichord.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, restore_optimizer, save_checkpoint
 from minichord.config import TrainConfig
@@ -100,7 +79,7 @@ class Trainer:
         self.evals: list[dict] = []  # evaluations made by this process, in order (the demo reads them)
         # KL penalty (off by default): a frozen copy of the initial model gives ref log-probs
         self.ref_model = copy.deepcopy(model).eval().requires_grad_(False) \
-            if any(s.cfg.kl_coef > 0 for s in stages) else None
+            if any(s.cfg.loss.kl_coef > 0 for s in stages) else None
         self.expert_seqs = [split_example(*tokenizer.encode_example(e.prompt, e.response)) for e in data.experts]
 
     # ----------------------------------------------------------------- set-up / resume
@@ -140,11 +119,11 @@ class Trainer:
 
     # ----------------------------------------------------------------- one step
     def _rollouts(self, stage: Stage, step: int) -> tuple[list[Sequence], dict]:
-        cfg, is_luffy = stage.cfg, stage.method.luffy
+        cfg, mixed = stage.cfg, stage.cfg.loss.expert_in_group  # mixed: each group ends with the expert trace
         rng, gen = step_rng(cfg.seed, step, 0, self.device)
-        pool = self.data.experts if is_luffy else self.data.prompts  # LUFFY groups need an expert trace
+        pool = self.data.experts if mixed else self.data.prompts
         picked = rng.sample(range(len(pool)), min(cfg.prompts_per_step, len(pool)))
-        n_on = cfg.group_size - 1 if is_luffy else cfg.group_size
+        n_on = cfg.group_size - 1 if mixed else cfg.group_size
         prompt_ids = [ids for i in picked for ids in [self.tok.encode_prompt(pool[i].prompt)] * n_on]  # rendered once
         t0 = time.perf_counter()
         self.model.eval()
@@ -156,12 +135,9 @@ class Trainer:
         old_logp = [out.logprobs[i][out.mask[i]].tolist() for i in range(len(prompt_ids))]
         rewards = torch.tensor([self.data.reward(self.tok.decode(r), pool[picked[i // n_on]].answer)
                                 for i, r in enumerate(responses)]).view(len(picked), n_on)  # [B, n_on]
-        seqs = []
-        if is_luffy:  # the expert trace joins its group as its last member
-            adv = luffy.mixed_group_advantages(rewards)  # [B, G]
-            seqs += [Sequence(*self.expert_seqs[i], True, float(adv[b, -1])) for b, i in enumerate(picked)]
-        else:
-            adv = stage.convention.group_advantages(rewards)  # [B, G]; a group of one per the convention
+        expert_column = torch.ones(len(picked), int(mixed), dtype=rewards.dtype)  # [B, 1]: the trace, reward 1
+        adv = losses.advantages(torch.cat([rewards, expert_column], dim=1), cfg.loss)  # [B, G]
+        seqs = [Sequence(*self.expert_seqs[i], True, float(adv[b, -1])) for b, i in enumerate(picked)] if mixed else []
         for k, r in enumerate(responses):
             b, j = divmod(k, n_on)
             seqs.append(Sequence(prompt_ids[k], r, False, float(adv[b, j]), old_logp[k]))
@@ -179,7 +155,7 @@ class Trainer:
         return [Sequence(*self.expert_seqs[i], is_expert=True) for i in picked]
 
     def _logp(self, batch: TokenBatch, cfg: TrainConfig, temperature: float, model=None) -> torch.Tensor:
-        return accumulate.batch_logprobs(model or self.model, batch, temperature, cfg.micro_batch_seqs, cfg.dtype)
+        return batches.batch_logprobs(model or self.model, batch, temperature, cfg.micro_batch_seqs, cfg.dtype)
 
     def _diverged(self, step: int, why: str) -> TrainingError:
         return TrainingError(f"step {step}: the update diverged: {why} (lr={self.stage_at(step).cfg.lr}); nothing "
@@ -188,11 +164,11 @@ class Trainer:
     def _update(self, stage: Stage, batch: TokenBatch, mu: float | None, step: int) -> dict:
         """ppo_epochs x minibatches optimizer steps on one batch (old log-probs recomputed first if more than
         one, so ratios and clipping are real); weights and logits checked once, at the end (before: the loss)."""
-        cfg, spec, T = stage.cfg, stage.loss_spec(), stage.cfg.sampler.temperature
+        cfg, T = stage.cfg, stage.cfg.sampler.temperature
         self.model.train()
         if cfg.ppo_epochs * cfg.minibatches > 1:
             batch.old_logp = torch.where(batch.is_expert, 0.0, self._logp(batch, cfg, T))
-        ref_logp = self._logp(batch, cfg, T, self.ref_model) if cfg.kl_coef > 0 else None  # [N]
+        ref_logp = self._logp(batch, cfg, T, self.ref_model) if cfg.loss.kl_coef > 0 else None  # [N]
         _, gen = step_rng(cfg.seed, step, 2)
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
@@ -200,12 +176,11 @@ class Trainer:
                 seq_ids = seq_ids.sort().values.to(self.device)
                 mb = batch.select(seq_ids) if cfg.minibatches > 1 else batch
                 mb_ref = None if ref_logp is None else ref_logp[torch.isin(batch.rows, seq_ids)]  # [N_mb]
-                # convention "official" weights per micro-batch (accumulate.micro_batches: sequences in order)
+                # the "micro-batch" aggregation weights per micro-batch (batch.micro_batches: sequences in order)
                 micro_ids = mb.rows // cfg.micro_batch_seqs if cfg.micro_batch_seqs else None  # [N_mb]
-                coef = luffy.coefficients(mb.is_expert) if stage.method.luffy \
-                    else stage.convention.coefficients(mb.is_expert, mb.rows, micro_ids, mu)  # [N_mb], whole mini-batch
+                coef = losses.coefficients(mb.is_expert, mb.rows, micro_ids, mu, cfg.loss)  # [N_mb], whole mini-batch
                 self.optimizer.zero_grad(set_to_none=True)
-                out = accumulate.backward_loss(self.model, mb, coef, spec, T, cfg.micro_batch_seqs, cfg.dtype,
+                out = batches.backward_loss(self.model, mb, coef, cfg.loss, T, cfg.micro_batch_seqs, cfg.dtype,
                                                ref_logp=mb_ref)  # backward per micro-batch, grads summed
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 if not (torch.isfinite(out.loss) and torch.isfinite(grad_norm)):
@@ -231,13 +206,13 @@ class Trainer:
 
     def train_step(self, step: int) -> dict:
         stage = self.stage_at(step)
-        mu = None if stage.method.luffy else stage.mu(step)  # LUFFY has no mu: one joint token-mean
+        mu = stage.mu(step)  # None under the joint aggregation (LUFFY)
         seqs, metrics = self._rollouts(stage, step) if stage.method.uses_rollouts else ([], {})
         if stage.cfg.experts_per_step > 0 and mu:
             seqs += self._expert_batch(stage.cfg, step)
         t0 = time.perf_counter()
         batch = pack(seqs, self.tok.pad_id, self.model.cfg.max_seq_len).to(self.device)
-        return {"step": step, "method": stage.method.name, "mu": mu, "backend": ops.kernel_backend(self.device), **metrics,
+        return {"step": step, "method": stage.method.name, "mu": mu, "backend": lm_head.kernel_backend(self.device), **metrics,
                 "rollouts": sum(not s.is_expert for s in seqs), "experts": sum(s.is_expert for s in seqs),
                 **self._update(stage, batch, mu, step), "tokens": batch.num_tokens,
                 "time_train": time.perf_counter() - t0}

@@ -102,8 +102,8 @@ def write_jsonl(path, records):
     ("grad_clip=nan", "grad_clip=nan: must be a finite number > 0"),
     ("mu_decay_frac=inf", "mu_decay_frac=inf: must be a finite number in [0, 1]"),
     ("mu_warmup_frac=0.7 mu_decay_frac=0.5", "mu_warmup_frac + mu_decay_frac = 1.2: must be <= 1"),
-    ("eps_low=1", "eps_low=1.0: must be a finite number in [0, 1)"),
-    ("dual_clip=0.5", "dual_clip=0.5: must be a finite number > 1"),
+    ("loss.eps_low=1", "eps_low=1.0: must be a finite number in [0, 1)"),
+    ("loss.dual_clip=0.5", "dual_clip=0.5: must be a finite number > 1"),
     ("sampler.temperature=nan", "temperature=nan: must be a finite number > 0"),
     ("sampler.temperature=inf", "temperature=inf: must be a finite number > 0"),
     ("sampler.top_p=0", "top_p=0.0: must be a finite number in (0, 1]"),
@@ -279,9 +279,9 @@ def _config_mutations(rng: random.Random) -> list[tuple[str, str]]:
 SET_MUTATIONS = ["steps", "steps=", "=5", "steps=abc", "steps=0x10", "steps=1e3", "steps= 7 ", "steps=2.5",
                  "lr=1e-400", "lr=-0", "lr=１", "lr=1e-3", "sampler=3", "sampler.temperature.x=1",
                  "sampler.top_p=1.0000001", "sampler.greedy=maybe", "sampler.greedy=on", "seed=4294967296",
-                 "seed=4294967295", "dual_clip=none", "dual_clip=", "dual_clip=1.5", "n_test=-0", "n_test=+3",
-                 "group_size=1e400", "model.dim=3", "mu_peak=1.0", "mu_valley=-1e-9", "kl_coef=1e308",
-                 "eps_high=nan", "entropy_coef=True", "prompts_per_step=99999999999999999999",
+                 "seed=4294967295", "loss.dual_clip=none", "loss.dual_clip=", "loss.dual_clip=1.5", "n_test=-0", "n_test=+3",
+                 "group_size=1e400", "model.dim=3", "mu_peak=1.0", "mu_valley=-1e-9", "loss.kl_coef=1e308",
+                 "loss.eps_high=nan", "loss.entropy_coef=True", "prompts_per_step=99999999999999999999",
                  "steps=" + "9" * 5000, "init=" + "x" * 10_000, "sampler.max_new_tokens=0", "sampler.top_k=-0"]
 
 

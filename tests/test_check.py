@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from minichord import conventions
-from minichord.check import check_batch, reference
+from minichord.check import check_batch, convention_rules, reference
+from minichord.config import LossConfig
+from minichord.methods import CONVENTIONS
 from minichord.cli import main
 from minichord.dump import DumpError, from_tensors, save_dump
 
@@ -155,12 +156,12 @@ def test_official_preset_on_a_two_micro_batch_case_by_hand():
     d = from_tensors({"logp": logp, "old_logp": old_logp, "mask": mask, "is_expert": torch.tensor([0, 0, 0, 1]),
                       "advantages": torch.tensor([1.0, -1.0, 1.0, 0.0]), "micro_batch": torch.tensor([0, 1, 1, 0]),
                       "loss": torch.tensor(0.2366434), "grad_logp": torch.zeros(4, 2)}, {"mu": "0.5", "weighting": "phi"})
-    ref = reference(d, conventions.PRESETS["official"])
+    ref = reference(d, convention_rules("official", "phi"))
     assert ref.grpo == pytest.approx(0.3, abs=1e-7) and ref.sft == pytest.approx(0.1732868, abs=1e-7)
     assert ref.loss == pytest.approx(0.2366434, abs=1e-7)
     torch.testing.assert_close(ref.grad, torch.tensor([-1 / 12, 0.0, 0.0, -1 / 6, -0.125], dtype=torch.float64))
     # paper on the same batch: one token-mean, no dual clip: L_GRPO = (-1 - 1.2 + 4 - 1) / 4 = .2
-    paper = reference(d, conventions.PRESETS["paper"])
+    paper = reference(d, convention_rules("paper", "phi"))
     assert paper.grpo == pytest.approx(0.2, abs=1e-7)
     torch.testing.assert_close(paper.grad[:4], torch.tensor([-0.125, 0.0, 0.5, -0.125], dtype=torch.float64))
 
@@ -169,9 +170,9 @@ def test_convention_validation_is_one_line():
     from minichord.config import ConfigError, TrainConfig
     with pytest.raises(ConfigError, match=r"^convention='verl': must be one of paper, official$"):
         TrainConfig(convention="verl")
-    assert set(conventions.PRESETS) == {"paper", "official"}
+    assert set(CONVENTIONS) == {"paper", "official"}
     with pytest.raises(ValueError, match="aggregation='mean': must be one of"):
-        conventions.Convention(aggregation="mean")
+        LossConfig(aggregation="mean")
 
 
 # ---------------------------------------------------------------- the CLI
@@ -289,18 +290,18 @@ def test_cli_golden(tmp_path, monkeypatch, capsys):
 def test_the_trainer_takes_its_convention(tmp_path, monkeypatch):
     import random
 
-    from minichord import losses, ops
+    from minichord import lm_head, losses
     from minichord.tasks import style_texts
     from minichord.tokenizer import Tokenizer
     from test_trainer import make_trainer
 
-    seen, real = [], ops.fused_token_loss
+    seen, real = [], lm_head.fused_token_loss
 
     def spy(hidden, weight, targets, coef, is_expert, *args, **kwargs):
         seen.append((coef, is_expert, args[-1]))  # args: advantages, old_logp, spec
         return real(hidden, weight, targets, coef, is_expert, *args, **kwargs)
 
-    monkeypatch.setattr(ops, "fused_token_loss", spy)
+    monkeypatch.setattr(lm_head, "fused_token_loss", spy)
     tok = Tokenizer.train(style_texts(random.Random(0), 200), vocab_size=160)
     make_trainer(tok, tmp_path, "chord-phi", ["steps=1", "convention=official", "minibatches=2", "prompts_per_step=2",
                                               "group_size=2", "experts_per_step=2", "sampler.max_new_tokens=2"]).train_step(0)

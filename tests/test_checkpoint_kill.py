@@ -129,7 +129,7 @@ def test_kill_during_saves_always_leaves_the_last_complete_checkpoint(tmp_path, 
 TRAINER = """
 import random, sys, torch
 from minichord.config import ModelConfig
-from minichord.experiment import build_stages
+from minichord.methods import build_stages
 from minichord.model import Transformer
 from minichord.tasks import Demonstration, Problem, style_texts
 from minichord.tokenizer import Tokenizer

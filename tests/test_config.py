@@ -140,8 +140,8 @@ def test_infinite_int_is_a_config_error():
     ("grad_clip=-1", "grad_clip=-1.0: must be a finite number > 0"),
     ("weight_decay=-0.1", "weight_decay=-0.1: must be a finite number >= 0"),
     ("mu_peak=1.5", "mu_peak=1.5: must be a finite number in [0, 1]"),
-    ("eps_low=1", "eps_low=1.0: must be a finite number in [0, 1)"),
-    ("dual_clip=1", "dual_clip=1.0: must be a finite number > 1"),
+    ("loss.eps_low=1", "eps_low=1.0: must be a finite number in [0, 1)"),
+    ("loss.dual_clip=1", "dual_clip=1.0: must be a finite number > 1"),
     ("group_size=1", "group_size=1: must be an integer >= 2"),
     ("n_expert=-1", "n_expert=-1: must be an integer >= 0"),
     ("minibatches=99999999999", "minibatches=99999999999: must be an integer in [1, 4294967295]"),
@@ -171,7 +171,7 @@ def test_types_are_strict_and_every_model_size_checked():
         load_config(TrainConfig, overrides=["mu_warmup_frac=0.5", "mu_decay_frac=1"])
     with pytest.raises(ConfigError, match="init: cannot read 3 as str"):
         from_dict(TrainConfig, {"init": 3})
-    assert load_config(TrainConfig, overrides=["steps=4294967295", "dual_clip=none"]).steps == 4294967295  # exact, no float
+    assert load_config(TrainConfig, overrides=["steps=4294967295", "loss.dual_clip=none"]).steps == 4294967295  # exact, no float
 
 
 def test_unreadable_config_files_are_config_errors(tmp_path):

@@ -17,9 +17,10 @@ import torch
 
 from minichord.kernels.fused_loss import triton_fused_token_loss
 from minichord.kernels.logprobs import triton_token_logprobs
-from minichord.losses import TokenLossSpec, ppo_clip_loss, token_coefficients
-from minichord.luffy import coefficients as luffy_coefficients
-from minichord.ops import FusedLossOutput, reference_token_logprobs
+from minichord.config import LossConfig
+from minichord.methods import LUFFY_LOSS
+from minichord.losses import coefficients, ppo_clip_loss, token_coefficients
+from minichord.lm_head import FusedLossOutput, reference_token_logprobs
 from reference_impl import reference_fused_token_loss
 
 DEVICE = torch.device(os.environ.get("MINICHORD_TEST_DEVICE", "cpu"))  # where the kernels run
@@ -160,7 +161,7 @@ def test_near_certain_tokens_with_large_logits_keep_their_logp(dtype):
     # tier 2 on the same logits: weight = I, hidden = logits (fp32 matmul is exact here)
     eye = torch.eye(301, dtype=dtype)
     args = (logits, eye, targets, torch.full((N_TOKENS,), 1.0 / N_TOKENS), torch.zeros(N_TOKENS, dtype=torch.bool),
-            torch.full((N_TOKENS,), -1.0), want.float() - 19.9, TokenLossSpec())  # ratio ~ e^19.9
+            torch.full((N_TOKENS,), -1.0), want.float() - 19.9, LossConfig())  # ratio ~ e^19.9
     out, grad_hidden, _ = _run_tier2(triton_fused_token_loss, args, {})
     err = (out.logp.double() - want).abs().max().item()
     assert err <= 1e-6, f"tier 2 logp max abs err {err:.2e} > 1e-6"
@@ -184,7 +185,7 @@ _INT64_SCRIPT = textwrap.dedent("""
     os.environ["TRITON_INTERPRET"] = "1"
     import torch
     from minichord.kernels.logprobs import triton_token_logprobs
-    from minichord.ops import reference_token_logprobs
+    from minichord.lm_head import reference_token_logprobs
     vocab, stride = 1000, 2**30  # row 2 starts at element 2^31: past int32
     storage = torch.empty(2 * stride + vocab, dtype=torch.bfloat16)  # 4 GiB, pages untouched
     logits = storage.as_strided((3, vocab), (stride, 1))
@@ -285,7 +286,8 @@ def _tier2_case(dtype, spec, *, mu=0.4, temperature=1.0, seed=0, padding=False):
     if padding:
         targets[30] = -100
     coef = torch.zeros(N_TOKENS)  # [N]; response padding keeps 0, the rest as the trainer would
-    coef[mask] = luffy_coefficients(is_expert[mask]) if mu is None else token_coefficients(is_expert[mask], mu)
+    coef[mask] = coefficients(is_expert[mask], is_expert[mask], None, None, LossConfig(**LUFFY_LOSS)) if mu is None \
+        else token_coefficients(is_expert[mask], mu)
     advantages = torch.randn(N_TOKENS, generator=gen)  # [N]
     logp = reference_token_logprobs(logits, targets, temperature=temperature)  # [N]
     pick = torch.randint(0, len(LOG_RATIOS), (N_TOKENS,), generator=gen)
@@ -333,7 +335,7 @@ def _compare_tier2(args, kwargs, dtype, tag, chunk_size=10):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("weighting", ["uniform", "phi", "is", "luffy"])
 def test_fused_loss_matches_reference(weighting, dtype):
-    spec = TokenLossSpec(luffy=True) if weighting == "luffy" else TokenLossSpec(expert_weighting=weighting)
+    spec = LossConfig(**LUFFY_LOSS) if weighting == "luffy" else LossConfig(expert_weighting=weighting)
     args, kwargs = _tier2_case(dtype, spec, temperature=0.8 if weighting == "phi" else 1.0)
     out = _compare_tier2(args, kwargs, dtype, f"{weighting} {dtype}")
     onpolicy = ~args[4]
@@ -343,7 +345,7 @@ def test_fused_loss_matches_reference(weighting, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_loss_dual_clip_entropy_kl(dtype):
-    spec = TokenLossSpec(dual_clip=3.0, entropy_coef=0.05, kl_coef=0.1, expert_weighting="phi")
+    spec = LossConfig(dual_clip=3.0, entropy_coef=0.05, kl_coef=0.1, expert_weighting="phi")
     args, kwargs = _tier2_case(dtype, spec, temperature=1.3, seed=1, padding=True)
     out = _compare_tier2(args, kwargs, dtype, f"dual/entropy/kl {dtype}", chunk_size=8)
     assert out.logp[30] == 0 and out.entropy[30] == 0  # padding row (target -100)
@@ -352,7 +354,7 @@ def test_fused_loss_dual_clip_entropy_kl(dtype):
 
 
 def test_fused_loss_unclipped_luffy_default_chunk():
-    spec = TokenLossSpec(luffy=True)
+    spec = LossConfig(**LUFFY_LOSS)
     args, kwargs = _tier2_case(torch.float32, spec, mu=None, seed=2)
     out = _compare_tier2(args, kwargs, torch.float32, "luffy unclipped", chunk_size=None)
     assert not out.clipped.any()
@@ -366,7 +368,7 @@ def test_fused_loss_unclipped_luffy_default_chunk():
 @pytest.mark.parametrize("mu", [0.0, 1.0])
 def test_fused_loss_mu_endpoints_are_grpo_and_sft(mu):
     """mu=0: exactly the GRPO gradient (expert rows contribute nothing); mu=1: exactly SFT."""
-    spec = TokenLossSpec()
+    spec = LossConfig()
     args, kwargs = _tier2_case(torch.float32, spec, mu=mu, seed=3)
     hidden, weight, targets, coef, is_expert = args[:5]
     advantages, old_logp = args[5], args[6]
@@ -388,7 +390,7 @@ def test_fused_loss_mu_endpoints_are_grpo_and_sft(mu):
 
 
 def test_fused_loss_bad_inputs_raise():
-    spec = TokenLossSpec(kl_coef=0.1)
+    spec = LossConfig(kl_coef=0.1)
     args, kwargs = _tier2_case(torch.float32, spec)
     with pytest.raises(ValueError, match="ref_logp"):
         triton_fused_token_loss(*args, temperature=1.0)

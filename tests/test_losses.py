@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from minichord import losses, luffy
-from minichord.losses import TokenLossSpec
-from minichord.ops import reference_token_logprobs
+from minichord import losses
+from minichord.config import LossConfig
+from minichord.methods import LUFFY_LOSS
+from minichord.lm_head import reference_token_logprobs
 
 LN = math.log
 
@@ -67,7 +68,7 @@ def test_zero_variance_fraction():
 def _ppo_case(ratios, advs, **kw):
     logp = torch.tensor([LN(r) for r in ratios], dtype=torch.float64, requires_grad=True)
     old = torch.zeros_like(logp)
-    loss, clipped = losses.ppo_clip_loss(logp, old, torch.tensor(advs, dtype=torch.float64), TokenLossSpec(**kw))
+    loss, clipped = losses.ppo_clip_loss(logp, old, torch.tensor(advs, dtype=torch.float64), LossConfig(**kw))
     (grad,) = torch.autograd.grad(loss.sum(), logp)
     return loss.detach(), clipped, grad
 
@@ -116,7 +117,7 @@ def test_ppo_log_ratio_clamp():
     # logp - old = 25 > 20: r = e^20, A = -1 -> loss e^20, gradient zeroed by the clamp
     logp = torch.tensor([25.0], dtype=torch.float64, requires_grad=True)
     loss, clipped = losses.ppo_clip_loss(logp, torch.zeros(1, dtype=torch.float64),
-                                         torch.tensor([-1.0], dtype=torch.float64), TokenLossSpec())
+                                         torch.tensor([-1.0], dtype=torch.float64), LossConfig())
     close(loss.detach() / math.exp(20), [1.0])
     assert clipped.tolist() == [True]
     assert torch.autograd.grad(loss.sum(), logp)[0].item() == 0.0
@@ -125,7 +126,7 @@ def test_ppo_log_ratio_clamp():
 def test_luffy_unclipped_onpolicy_loss():
     # LUFFY on-policy: l = -A r with no clip: A=1 r=1.5 -> -1.5, grad -1.5
     logp = torch.tensor([LN(1.5)], dtype=torch.float64, requires_grad=True)
-    loss, clipped = luffy.onpolicy_loss(logp, torch.zeros_like(logp), torch.ones_like(logp), TokenLossSpec(luffy=True))
+    loss, clipped = losses.luffy_onpolicy_loss(logp, torch.zeros_like(logp), torch.ones_like(logp), LossConfig(**LUFFY_LOSS))
     close(loss.detach(), [-1.5]); close(torch.autograd.grad(loss.sum(), logp)[0], [-1.5])
     assert not clipped.any()
 
@@ -139,7 +140,7 @@ def _expert_only(logp, weighting):
     is_expert = torch.ones(n, dtype=torch.bool)
     coef = losses.token_coefficients(is_expert, 1.0, dtype=logp.dtype)
     _, loss_tok, _ = losses.chord_loss(logp, None, is_expert, torch.zeros(n), torch.zeros(n), coef,
-                                       TokenLossSpec(expert_weighting=weighting))
+                                       LossConfig(expert_weighting=weighting))
     return loss_tok
 
 
@@ -175,20 +176,22 @@ def test_sft_phi_gradient_is_scaled_nll_gradient_wrt_logits():
 def test_luffy_shaping_value_and_gradient():
     # f(p) = p / (p + .1): f(.1) = .5, f(.3) = .75, f(.9) = .9
     probs = torch.tensor([0.1, 0.3, 0.9])
-    shaped = luffy.expert_loss(probs.log(), -torch.ones(3), TokenLossSpec(luffy=True))  # A = -1: l = f(p)
+    shaped = losses.luffy_expert_loss(probs.log(), -torch.ones(3), LossConfig(**LUFFY_LOSS))  # A = -1: l = f(p)
     close(shaped, [0.5, 0.75, 0.9])
     # l = -A f(p): A = 2, p = .1 -> -1;  d l / d logp = -A p gamma / (p + gamma)^2 = -2 * .01 / .04 = -.5
     # A = -1, p = .3 -> .75;  grad = .3 * .1 / .16 = .1875
     logp = torch.tensor([LN(0.1), LN(0.3)], dtype=torch.float64, requires_grad=True)
-    loss = luffy.expert_loss(logp, torch.tensor([2.0, -1.0], dtype=torch.float64), TokenLossSpec(luffy=True))
+    loss = losses.luffy_expert_loss(logp, torch.tensor([2.0, -1.0], dtype=torch.float64), LossConfig(**LUFFY_LOSS))
     close(loss.detach(), [-1.0, 0.75])
     close(torch.autograd.grad(loss.sum(), logp)[0], [-0.5, 0.1875])
 
 
 def test_luffy_mixed_groups_and_joint_token_mean():
     # rollouts [0, 1, 0] + expert 1 -> R = [0, 1, 0, 1], mean .5, A = R - .5 (no std)
-    close(luffy.mixed_group_advantages(torch.tensor([[0.0, 1.0, 0.0]])), [[-0.5, 0.5, -0.5, 0.5]])
-    close(luffy.coefficients(torch.tensor([True, False, False, False, False])), [0.2] * 5)
+    luffy = LossConfig(**LUFFY_LOSS)
+    close(losses.advantages(torch.tensor([[0.0, 1.0, 0.0, 1.0]]), luffy), [[-0.5, 0.5, -0.5, 0.5]])
+    is_expert = torch.tensor([True, False, False, False, False])
+    close(losses.coefficients(is_expert, torch.arange(5), None, None, luffy), [0.2] * 5)
 
 
 def test_kl_k3():
@@ -229,14 +232,14 @@ def test_mu_schedule():
 
 
 def test_token_loss_spec_validation():
-    TokenLossSpec(luffy=True, dual_clip=3.0)
-    with pytest.raises(ValueError, match=r"expert_weighting='sft': must be one of \('uniform', 'phi', 'is'\)"):
-        TokenLossSpec(expert_weighting="sft")
+    LossConfig(**LUFFY_LOSS, dual_clip=3.0)
+    with pytest.raises(ValueError, match=r"expert_weighting='sft': must be one of uniform, phi, is, luffy$"):
+        LossConfig(expert_weighting="sft")
     for bad in (dict(dual_clip=1.0), dict(eps_low=1.0), dict(eps_high=-0.1), dict(eps_high=float("inf")),
                 dict(luffy_gamma=0.0), dict(kl_coef=-1.0), dict(entropy_coef=float("nan")),
                 dict(log_ratio_clamp=0.0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
-            TokenLossSpec(**bad)
+            LossConfig(**bad)
 
 
 def test_token_coefficients():
@@ -270,16 +273,16 @@ def test_chord_loss_branches():
     old = torch.tensor([LN(0.5 / 1.5), 0.0], dtype=torch.float64)
     ref = torch.tensor([LN(0.25), 0.0], dtype=torch.float64)
     is_expert, adv, coef = torch.tensor([False, True]), torch.tensor([1.0, 5.0]), torch.tensor([0.5, 0.5])
-    spec = TokenLossSpec(expert_weighting="phi", kl_coef=0.1)
+    spec = LossConfig(expert_weighting="phi", kl_coef=0.1)
     total, loss, clipped = losses.chord_loss(logp, None, is_expert, adv, old, coef, spec, ref)
     close(loss, [-1.2 + 0.1 * 0.193147, 0.173287])
     close(total, 0.5 * (-1.2 + 0.1 * 0.193147 + 0.173287))
     assert clipped.tolist() == [True, False]
     # luffy expert token: -A f(p) = -5 * .5 / .6; unclipped on-policy: -A r = -1.5
-    _, loss, clipped = losses.chord_loss(logp, None, is_expert, adv, old, coef, TokenLossSpec(luffy=True))
+    _, loss, clipped = losses.chord_loss(logp, None, is_expert, adv, old, coef, LossConfig(**LUFFY_LOSS))
     close(loss, [-1.5, -5 * 0.5 / 0.6])
     with pytest.raises(ValueError, match="ref_logp"):
-        losses.chord_loss(logp, None, is_expert, adv, old, coef, TokenLossSpec(kl_coef=0.1))
+        losses.chord_loss(logp, None, is_expert, adv, old, coef, LossConfig(kl_coef=0.1))
     with pytest.raises(ValueError, match="shapes"):
         losses.chord_loss(logp, None, is_expert, adv[:1], old, coef, spec)
 
@@ -287,7 +290,7 @@ def test_chord_loss_branches():
 def test_chord_loss_ignores_garbage_on_the_other_branch():
     # NaN old_logp and a far-away ref_logp on expert tokens must not leak into any gradient
     logits, targets, is_expert, adv = _batch()
-    for spec in (TokenLossSpec(kl_coef=0.5, luffy=True), TokenLossSpec(kl_coef=0.5, expert_weighting="phi")):
+    for spec in (LossConfig(**LUFFY_LOSS, kl_coef=0.5), LossConfig(kl_coef=0.5, expert_weighting="phi")):
         logp = reference_token_logprobs(logits, targets)
         old = torch.where(is_expert, torch.full_like(adv, float("nan")), logp.detach())
         ref = torch.where(is_expert, torch.full_like(adv, 500.0), logp.detach())
@@ -299,7 +302,7 @@ def test_chord_loss_ignores_garbage_on_the_other_branch():
 def test_chord_mu1_is_sft_and_mu0_is_grpo():
     logits, targets, is_expert, adv = _batch()
     for weighting in ("uniform", "phi"):
-        spec = TokenLossSpec(expert_weighting=weighting)
+        spec = LossConfig(expert_weighting=weighting)
         logp = reference_token_logprobs(logits, targets)
         coef = losses.token_coefficients(is_expert, 1.0, dtype=torch.float64)
         loss, _, _ = losses.chord_loss(logp, None, is_expert, adv, logp.detach(), coef, spec)
@@ -312,7 +315,7 @@ def test_chord_mu1_is_sft_and_mu0_is_grpo():
 
     logp = reference_token_logprobs(logits, targets)
     coef = losses.token_coefficients(is_expert, 0.0, dtype=torch.float64)
-    loss, loss_tok, clipped = losses.chord_loss(logp, None, is_expert, adv, logp.detach(), coef, TokenLossSpec())
+    loss, loss_tok, clipped = losses.chord_loss(logp, None, is_expert, adv, logp.detach(), coef, LossConfig())
     (grad_chord,) = torch.autograd.grad(loss, logits)
     grpo = (-adv * reference_token_logprobs(logits, targets))[~is_expert].mean()  # -A logp, r = 1
     (grad_grpo,) = torch.autograd.grad(grpo, logits)
@@ -326,7 +329,7 @@ def test_chord_loss_mixture_and_entropy():
     logits, targets, is_expert, adv = _batch(seed=1)
     logp, entropy = reference_token_logprobs(logits, targets, return_entropy=True)
     old = logp.detach() + 0.5  # r = e^-.5 = .607: A > 0 tokens unclipped, A < 0 tokens clipped
-    spec, mu = TokenLossSpec(entropy_coef=0.01), 0.3
+    spec, mu = LossConfig(entropy_coef=0.01), 0.3
     coef = losses.token_coefficients(is_expert, mu, dtype=torch.float64)
     loss, _, clipped = losses.chord_loss(logp, entropy, is_expert, adv, old, coef, spec)
     onpolicy = ~is_expert

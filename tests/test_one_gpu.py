@@ -1,4 +1,4 @@
-"""Issue 12, "Train on one GPU", checked on a CPU: the Triton kernels are wired into training, gradient
+"""Training on one GPU, checked on a CPU: the Triton kernels are wired into training, gradient
 accumulation equals one large batch, bf16 autocast trains, and the device options fail clearly."""
 
 import json
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minichord import accumulate, cli, losses, luffy
+from minichord import batch as batches
+from minichord import cli, losses
 from minichord.batch import pack
 from minichord.config import ConfigError, TrainConfig
 from minichord.device import resolve_device
@@ -67,7 +68,7 @@ def _stage_batches(tok, tmp_path):
         t = make_trainer(tok, tmp_path / name, name, ["steps=2", "prompts_per_step=2"], data=tiny_data(reward=coin))
         t.model.double()
         for stage in t.stages:
-            mu = None if stage.method.luffy else stage.mu(stage.start)
+            mu = stage.mu(stage.start)  # None for LUFFY
             seqs = t._rollouts(stage, stage.start)[0] if stage.method.uses_rollouts else []
             if stage.cfg.experts_per_step > 0 and mu:
                 seqs += t._expert_batch(stage.cfg, stage.start)
@@ -78,16 +79,15 @@ def test_micro_batches_give_the_full_batch_loss_and_gradients(tok, tmp_path):
     """1, 2 and 4 micro-batches: the same loss and gradients (float64, 1e-10 relative) for every method
     preset: the coefficients are computed over the whole batch, never per micro-batch."""
     for name, stage, mu, t, batch in _stage_batches(tok, tmp_path):
-        coef = luffy.coefficients(batch.is_expert, torch.float64) if stage.method.luffy \
-            else losses.token_coefficients(batch.is_expert, mu, dtype=torch.float64)  # [N]
+        coef = losses.coefficients(batch.is_expert, batch.rows, None, mu, stage.cfg.loss, dtype=torch.float64)  # [N]
         n_seqs = batch.ids.shape[0]
         results = []
         for micro in (0, math.ceil(n_seqs / 2), math.ceil(n_seqs / 4)):
-            assert len(accumulate.micro_batches(batch, micro)) == (1 if micro == 0 else math.ceil(n_seqs / micro))
+            assert len(batches.micro_batches(batch, micro)) == (1 if micro == 0 else math.ceil(n_seqs / micro))
             t.model.zero_grad(set_to_none=True)
-            out = accumulate.backward_loss(t.model, batch, coef, stage.loss_spec(), 1.0, micro)
+            out = batches.backward_loss(t.model, batch, coef, stage.cfg.loss, 1.0, micro)
             grads = torch.cat([p.grad.flatten() for p in t.model.parameters()])
-            logp = accumulate.batch_logprobs(t.model, batch, 1.0, micro)  # [N], the old/ref log-prob path
+            logp = batches.batch_logprobs(t.model, batch, 1.0, micro)  # [N], the old/ref log-prob path
             results.append((micro, out, grads, logp))
         _, full, full_grads, full_logp = results[0]
         assert full_grads.abs().max() > 0, f"{name}: no gradient, a weak test"
@@ -110,7 +110,7 @@ def test_activation_checkpointing_gives_the_same_gradients(tok, tmp_path):
     for checkpointing in (False, True):
         t.model.activation_checkpointing = checkpointing
         t.model.zero_grad(set_to_none=True)
-        accumulate.backward_loss(t.model, batch, coef, stage.loss_spec(), 1.0, micro_batch_seqs=3)
+        batches.backward_loss(t.model, batch, coef, stage.cfg.loss, 1.0, micro_batch_seqs=3)
         grads.append(torch.cat([p.grad.flatten() for p in t.model.parameters()]))
     assert relative_error(grads[1], grads[0]) <= 1e-12
 

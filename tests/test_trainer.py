@@ -13,7 +13,7 @@ from minichord import trainer as trainer_mod
 from minichord.batch import Sequence, pack
 from minichord.checkpoint import load_checkpoint
 from minichord.config import ConfigError, ModelConfig
-from minichord.experiment import build_stages
+from minichord.methods import build_stages
 from minichord.model import Transformer
 from minichord.tasks import Demonstration, Problem, style_texts
 from minichord.tokenizer import Tokenizer
@@ -74,8 +74,8 @@ def test_methods_are_presets_of_one_trainer():
     assert chord_mu.mu(0) == pytest.approx(0.9) and chord_mu.mu(99) == pytest.approx(0.05, abs=1e-3)
     staged = build_stages("sft-grpo", overrides=["steps=10"])
     assert [(p.method.name, p.start, p.end) for p in staged] == [("sft", 0, 5), ("grpo", 5, 10)]
-    assert build_stages("chord-phi")[0].loss_spec().expert_weighting == "phi"
-    assert build_stages("luffy")[0].loss_spec().luffy is True
+    assert build_stages("chord-phi")[0].cfg.loss.expert_weighting == "phi"
+    assert build_stages("luffy")[0].cfg.loss.luffy is True
     with pytest.raises(ConfigError, match="did you mean 'chord-phi'"):
         build_stages("chord-phy")
     with pytest.raises(ConfigError, match="did you mean 'group_size'"):
@@ -124,7 +124,7 @@ def test_resume_repeats_an_uninterrupted_run(tok, tmp_path, method):
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tok, tmp_path, monkeypatch):
     t = make_trainer(tok, tmp_path, "chord-phi", ["steps=6", "save_every=2"])
-    real = trainer_mod.ops.fused_token_loss
+    real = trainer_mod.lm_head.fused_token_loss
 
     def poisoned(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -132,7 +132,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tok, tmp_path, mo
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(trainer_mod.ops, "fused_token_loss", poisoned)
+    monkeypatch.setattr(trainer_mod.lm_head, "fused_token_loss", poisoned)
     with pytest.raises(TrainingError, match="step 3"):
         t.run()
     ckpt = load_checkpoint(tmp_path / "checkpoint")

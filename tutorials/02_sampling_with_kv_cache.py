@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from minichord.config import ModelConfig, SamplerConfig
 from minichord.model import KVCache, Transformer
-from minichord.ops import token_logprobs
+from minichord.lm_head import token_logprobs
 from minichord.sampler import generate, left_pad
 
 torch.manual_seed(0)
@@ -96,7 +96,7 @@ assert err < 1e-5
 # `generate` returns tokens [B, T_new], logprobs [B, T_new], and mask [B, T_new] (True on
 # generated tokens, the eos included; after the eos: pad, mask False, logprob 0).
 # The log-prob it returns is log_softmax(logits / T)[y_t]: the policy at temperature T, the
-# same quantity the trainer recomputes with `ops.token_logprobs(logits, y, temperature=T)`.
+# same quantity the trainer recomputes with `lm_head.token_logprobs(logits, y, temperature=T)`.
 # We recompute it from scratch with one full forward over prompt + response and compare.
 
 # %%

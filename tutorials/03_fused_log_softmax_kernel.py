@@ -23,9 +23,9 @@ if not torch.cuda.is_available():
 
 import math
 
-from minichord import ops
+from minichord import lm_head
 from minichord.kernels.logprobs import triton_token_logprobs
-from minichord.ops import reference_token_logprobs
+from minichord.lm_head import reference_token_logprobs
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 print(f"device: {device}; Triton interpreter: {os.environ.get('TRITON_INTERPRET') == '1'}")
@@ -51,7 +51,7 @@ assert abs(n * v * 2 / GB - 4.98) < 0.01 and abs(n * v * 4 / GB - 9.96) < 0.01
 # (streaming, block by block), writes logp [N] and lse [N] (128 KB in all), and in the backward
 # recomputes the softmax from the logits and lse while writing the gradient (5 GB, unavoidable
 # as long as the logits exist). The tier-2 kernel (`kernels/fused_loss.py`, used by the
-# trainer through `ops.fused_token_loss`) goes one step further: it multiplies hidden states by
+# trainer through `lm_head.fused_token_loss`) goes one step further: it multiplies hidden states by
 # the lm_head one chunk of tokens at a time, so even the full logits never exist.
 #
 # Speed follows memory: the op is bandwidth-bound. On an H100 (3.35 TB/s) one read of those
@@ -144,16 +144,16 @@ for dtype, tol in [(torch.float32, 1e-4), (torch.bfloat16, 2e-3)]:
 #
 # ## 4. Dispatch
 #
-# Library code never calls the kernel directly: it calls `minichord.ops.token_logprobs` /
-# `ops.fused_token_loss`, which pick the Triton kernel on CUDA and the torch implementation
+# Library code never calls the kernel directly: it calls `minichord.lm_head.token_logprobs` /
+# `lm_head.fused_token_loss`, which pick the Triton kernel on CUDA and the torch implementation
 # elsewhere. `MINICHORD_KERNELS=torch|triton` forces one (forcing `triton` on a CPU needs
 # `TRITON_INTERPRET=1`, as in this file and in the test suite).
 
 # %%
-print(f"ops.kernel_backend() = {ops.kernel_backend()!r}  (MINICHORD_KERNELS={os.environ.get('MINICHORD_KERNELS', '')!r})")
-via_ops = ops.token_logprobs(logits32, targets)
+print(f"lm_head.kernel_backend() = {lm_head.kernel_backend()!r}  (MINICHORD_KERNELS={os.environ.get('MINICHORD_KERNELS', '')!r})")
+via_ops = lm_head.token_logprobs(logits32, targets)
 err = (via_ops - reference_token_logprobs(logits32, targets)).abs().max().item()
-print(f"ops.token_logprobs vs reference: max |diff| = {err:.1e} (tolerance 1e-4)")
+print(f"lm_head.token_logprobs vs reference: max |diff| = {err:.1e} (tolerance 1e-4)")
 assert err < 1e-4
 
 # %% [markdown]

@@ -17,7 +17,8 @@
 # %%
 import torch
 
-from minichord.losses import TokenLossSpec, group_advantages, ppo_clip_loss, zero_variance_fraction
+from minichord.config import LossConfig
+from minichord.losses import group_advantages, ppo_clip_loss, zero_variance_fraction
 
 torch.manual_seed(0)
 
@@ -64,7 +65,7 @@ targets = torch.randint(0, V, (N,))  # the sampled tokens
 logp = torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)  # [N]
 old_logp = logp.detach()  # what the sampler returned
 
-loss_tok, clipped = ppo_clip_loss(logp, old_logp, adv_tok, TokenLossSpec())  # [N], [N]
+loss_tok, clipped = ppo_clip_loss(logp, old_logp, adv_tok, LossConfig())  # [N], [N]
 loss = loss_tok.mean()  # L_GRPO: token-mean over the batch
 loss.backward()
 grad_ppo = logits.grad.clone()
@@ -122,7 +123,7 @@ for r in ratios:
     row_out = []
     for a in (1.0, -1.0):
         lp = torch.log(r).reshape(1).clone().requires_grad_(True)  # logp with old_logp = 0 -> r
-        l, c = ppo_clip_loss(lp, torch.zeros(1), torch.tensor([a]), TokenLossSpec())
+        l, c = ppo_clip_loss(lp, torch.zeros(1), torch.tensor([a]), LossConfig())
         l.sum().backward()
         row_out += [l.item(), lp.grad.item(), bool(c.item())]
     table.append(row_out)
@@ -135,8 +136,8 @@ assert table[1][4] == 0.0 and table[1][5]  # A<0, r = 0.79 < 0.8: clipped
 print("check: clipped exactly where r leaves [0.8, 1.2] in the advantage's direction")
 # Note the last row, A = -1 and r = 2: the loss keeps growing with r. A token whose probability
 # exploded under a negative advantage gets an unbounded push. The *dual clip* caps it at -A c
-# (`TokenLossSpec(dual_clip=3.0)`, TrainConfig.dual_clip); the official CHORD code uses
+# (`LossConfig(dual_clip=3.0)`, TrainConfig.dual_clip); the official CHORD code uses
 # c = 3, minichord leaves it off by default (the paper-era code had none).
-l, c = ppo_clip_loss(torch.log(torch.tensor([5.0])), torch.zeros(1), torch.tensor([-1.0]), TokenLossSpec(dual_clip=3.0))
+l, c = ppo_clip_loss(torch.log(torch.tensor([5.0])), torch.zeros(1), torch.tensor([-1.0]), LossConfig(dual_clip=3.0))
 print(f"A = -1, r = 5 with dual_clip=3: loss {l.item():.1f} (capped at 3), clipped {bool(c.item())}")
 assert abs(l.item() - 3.0) < 1e-6

@@ -22,7 +22,8 @@ import tempfile
 
 import torch
 
-from minichord.losses import TokenLossSpec, chord_loss
+from minichord.config import LossConfig
+from minichord.losses import chord_loss
 
 torch.manual_seed(0)
 
@@ -31,7 +32,7 @@ def sft_loss(logp: torch.Tensor, weighting: str) -> torch.Tensor:
     """The expert term of minichord's loss, per token: `chord_loss` on a batch of expert tokens."""
     n = logp.shape[0]
     _, per_token, _ = chord_loss(logp, None, torch.ones(n, dtype=torch.bool), torch.zeros(n), torch.zeros(n),
-                                 torch.full((n,), 1.0 / n), TokenLossSpec(expert_weighting=weighting))
+                                 torch.full((n,), 1.0 / n), LossConfig(expert_weighting=weighting))
     return per_token  # [n]
 
 # %% [markdown]

@@ -16,11 +16,11 @@
 # %%
 import torch
 
-from minichord.config import TrainConfig
-from minichord.experiment import build_stages
-from minichord.losses import TokenLossSpec, chord_loss, mu_schedule, ppo_clip_loss, token_coefficients
+from minichord.methods import build_stages
+from minichord.config import LossConfig
+from minichord.losses import chord_loss, mu_schedule, ppo_clip_loss, token_coefficients
 from minichord.methods import METHODS
-from minichord.ops import fused_token_loss
+from minichord.lm_head import fused_token_loss
 
 torch.manual_seed(0)
 
@@ -61,20 +61,20 @@ print("check: mu(50) = 0.475, mu(0) = 0.9, mu(100) = 0.05, chord-phi constant 0.
 # (`minichord.methods.METHODS`); `--set key=value` on the command line overrides any of them.
 
 # %%
-defaults = TrainConfig()
 print(f"{'method':10s} {'mu schedule':34s} {'expert w':8s} {'rollouts':8s} summary")
 for name, m in METHODS.items():
-    p = {**{k: getattr(defaults, k) for k in ("mu_warmup_frac", "mu_decay_frac", "mu_peak",
-                                              "mu_valley", "expert_weighting")}, **m.preset}
+    cfg = build_stages(name)[0].cfg  # the preset applied to TrainConfig's defaults
+    p = {"expert_weighting": cfg.loss.expert_weighting, **{k: getattr(cfg, k) for k in (
+        "mu_warmup_frac", "mu_decay_frac", "mu_peak", "mu_valley")}}
     if m.stages:
         sched = " -> ".join(f"{stage} ({share:.0%})" for stage, share in m.stages)
-    elif m.luffy:
+    elif cfg.loss.aggregation == "joint":
         sched = "none: one token-mean over all"
     elif p["mu_peak"] == p["mu_valley"]:
         sched = f"constant {p['mu_peak']}"
     else:
         sched = f"cosine {p['mu_peak']} -> {p['mu_valley']} over {p['mu_decay_frac']:.0%}"
-    weighting = "" if m.stages else "luffy" if m.luffy else p["expert_weighting"]
+    weighting = "" if m.stages else p["expert_weighting"]
     print(f"{name:10s} {sched:34s} {weighting:8s} {str(m.uses_rollouts):8s} {m.summary}")
 
 # %% [markdown]
@@ -93,7 +93,7 @@ adv = torch.where(is_expert, 0.0, torch.randn(N_on + N_exp))
 base_logits = torch.randn(N_on + N_exp, V)
 old_logp = torch.log_softmax(base_logits, -1).gather(1, targets[:, None]).squeeze(1)  # r = 1
 old_logp = torch.where(is_expert, 0.0, old_logp)  # experts have no sampler log-probs
-spec = TokenLossSpec(expert_weighting="phi")
+spec = LossConfig(expert_weighting="phi")
 
 
 def logp_of(logits):
@@ -132,7 +132,7 @@ print(f"mu = 0.3: GRPO term {per_token[~is_expert].mean():.4f} (~0: r = 1, zero-
 # token-mean would let the expert term dominate the batch whatever mu says. With separate
 # means, mu is exactly the share of the expert term.
 #
-# In the trainer the same loss is computed from hidden states by `ops.fused_token_loss`
+# In the trainer the same loss is computed from hidden states by `lm_head.fused_token_loss`
 # (lm-head matmul + log-softmax + token losses, chunked, or the Triton kernel on CUDA). It must
 # agree with the reference above:
 

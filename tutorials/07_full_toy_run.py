@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 07 — A full toy run, and how to read its curves
 #
-# Everything together on the toy task (DESIGN.md §6, toy v5 of issue 13): a base model that
+# Everything together on the toy task: a base model that
 # answers 3-digit additions in its own terse style ("1079") and gets only some of them right (those
 # without a carry between columns, some with one: it never saw two), that answers "add A B" with
 # A >= 600 in a sentence ("the sum is 1079": right digits, a format the exact-match reward marks
@@ -26,7 +26,7 @@
 # * default: the library's own toy base model (0.8M parameters, 1300 pre-training steps; the
 #   one `minichord demo` uses, cached in $MINICHORD_HOME, default ~/.cache/minichord, so it is
 #   made at most once) and 40 RL steps. About 2.5 minutes on 2 CPU cores the first time (~2 of them
-#   pre-training), 35 s after. Measured (2026-11-27, toy v5): in-domain 0.167 -> 0.350 on 60 problems,
+#   pre-training), 35 s after. Measured (2026-11-27): in-domain 0.167 -> 0.350 on 60 problems,
 #   sentence answers 40 % -> 5 %. The full-size experiment is `minichord demo` / `minichord reproduce`.
 
 # %%

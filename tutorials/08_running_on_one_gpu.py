@@ -12,7 +12,7 @@
 # 1. **Device.** `device = auto | cpu | cuda` (TrainConfig, and `--device` on every command that
 #    runs a model): the model, the KV cache, the sampler's generators, the token batches and the
 #    evaluation live there (`minichord/device.py`). `--device cuda` without CUDA is a one-line error.
-# 2. **Kernels.** `minichord.ops.kernel_backend` is the one switch: the two hot ops (token log-probs
+# 2. **Kernels.** `minichord.lm_head.kernel_backend` is the one switch: the two hot ops (token log-probs
 #    for old / reference log-probs, fused lm-head + CHORD loss for training) run the Triton kernels
 #    on CUDA and torch code elsewhere; `MINICHORD_KERNELS=triton|torch|auto` forces one (e.g. `torch`
 #    to rule out a kernel bug). A run's first line says which, and metrics.jsonl has a "backend" field.
@@ -29,10 +29,11 @@ import os
 
 import torch
 
-from minichord import ops
+from minichord import lm_head
 from minichord.config import ModelConfig, SamplerConfig, TrainConfig
 from minichord.device import describe, resolve_device
-from minichord.losses import TokenLossSpec, token_coefficients
+from minichord.config import LossConfig
+from minichord.losses import token_coefficients
 from minichord.model import Transformer
 from minichord.sampler import generate
 
@@ -45,10 +46,10 @@ torch.manual_seed(0)
 # ## 1. Kernel dispatch
 
 # %%
-print(f"ops.kernel_backend() = {ops.kernel_backend()!r} with MINICHORD_KERNELS={os.environ.get('MINICHORD_KERNELS', '')!r}")
+print(f"lm_head.kernel_backend() = {lm_head.kernel_backend()!r} with MINICHORD_KERNELS={os.environ.get('MINICHORD_KERNELS', '')!r}")
 saved = os.environ.get("MINICHORD_KERNELS")
 os.environ["MINICHORD_KERNELS"] = "torch"
-print(f"  with MINICHORD_KERNELS=torch -> {ops.kernel_backend()!r}")
+print(f"  with MINICHORD_KERNELS=torch -> {lm_head.kernel_backend()!r}")
 if saved is None:
     del os.environ["MINICHORD_KERNELS"]
 else:
@@ -77,12 +78,12 @@ targets = ids[:, 1:].reshape(-1)  # [N]
 with torch.no_grad():
     logits32 = model32(ids)[:, :-1].reshape(-1, cfg.vocab_size)  # [N, V] fp32
     logits16 = model16(ids)[:, :-1].reshape(-1, cfg.vocab_size)  # [N, V] bf16
-logp32 = ops.token_logprobs(logits32, targets)  # dispatched: Triton on CUDA, torch on CPU
-logp16 = ops.token_logprobs(logits16, targets)  # bf16 logits in, fp32 log-probs out
-ref32 = ops.reference_token_logprobs(logits32, targets)
+logp32 = lm_head.token_logprobs(logits32, targets)  # dispatched: Triton on CUDA, torch on CPU
+logp16 = lm_head.token_logprobs(logits16, targets)  # bf16 logits in, fp32 log-probs out
+ref32 = lm_head.reference_token_logprobs(logits32, targets)
 err_kernel = (logp32 - ref32).abs().max().item()
 err_bf16 = (logp16 - logp32).abs().max().item()
-print(f"ops.token_logprobs vs torch reference (fp32): max |diff| = {err_kernel:.1e} (tolerance 1e-4)")
+print(f"lm_head.token_logprobs vs torch reference (fp32): max |diff| = {err_kernel:.1e} (tolerance 1e-4)")
 print(f"bf16 model vs fp32 model, token log-probs:    max |diff| = {err_bf16:.1e} (tolerance 0.1; bf16 keeps ~3 digits)")
 assert logp16.dtype == torch.float32
 assert err_kernel < 1e-4 and err_bf16 < 0.1
@@ -98,8 +99,8 @@ N = hidden.shape[0]
 is_expert = torch.arange(N, device=device) >= N // 2  # second half: expert tokens
 coef = token_coefficients(is_expert, 0.1)
 adv = torch.where(is_expert, 0.0, torch.randn(N, device=device))
-fused = ops.fused_token_loss(hidden, model16.lm_head_weight, targets, coef, is_expert, adv,
-                             torch.where(is_expert, 0.0, logp16), TokenLossSpec(expert_weighting="phi"))
+fused = lm_head.fused_token_loss(hidden, model16.lm_head_weight, targets, coef, is_expert, adv,
+                             torch.where(is_expert, 0.0, logp16), LossConfig(expert_weighting="phi"))
 fused.loss.backward()
 grad = model16.embed_tokens.weight.grad
 print(f"fused CHORD-phi loss {fused.loss.item():+.4f}; lm-head grad {grad.dtype}, finite: {bool(torch.isfinite(grad).all())}")
@@ -165,10 +166,10 @@ print("  e.g.: minichord train --method chord-phi --out runs/big --set prompts_p
 # accumulation is `micro_batch_seqs`: each (mini-)batch's token coefficients, (1-mu)/N_on and
 # mu/N_exp, are computed over the whole (mini-)batch first; each micro-batch's loss then uses its
 # slice, so the micro-batch losses and gradients add up to exactly the full batch's, and one
-# optimizer step follows (minichord/accumulate.py). Checked here on a tiny model in float64:
+# optimizer step follows (minichord/batches.py). Checked here on a tiny model in float64:
 
 # %%
-from minichord import accumulate
+from minichord import batch as batches
 from minichord.batch import Sequence, pack
 
 tiny = Transformer(ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64,
@@ -182,7 +183,7 @@ coef = token_coefficients(batch.is_expert, 0.1, dtype=torch.float64)  # over the
 grads = []
 for micro in (0, 3, 2):  # all 6 sequences at once, 2 micro-batches, 3 micro-batches
     tiny.zero_grad()
-    out = accumulate.backward_loss(tiny, batch, coef, TokenLossSpec(expert_weighting="phi"), 1.0, micro)
+    out = batches.backward_loss(tiny, batch, coef, LossConfig(expert_weighting="phi"), 1.0, micro)
     grads.append(torch.cat([p.grad.flatten() for p in tiny.parameters()]))
     print(f"  micro_batch_seqs={micro}: loss {out.loss.item():+.12f}")
 worst = max(((g_ - grads[0]).norm() / grads[0].norm()).item() for g_ in grads[1:])
@@ -200,7 +201,7 @@ has_device_option = {"device", "dtype", "micro_batch_seqs", "activation_checkpoi
 has_hf_loader = importlib.util.find_spec("minichord.hf") is not None
 status = [
     ("model, sampler, KV cache on CUDA (fp32 / bf16)", True, "section 2 above ran them on " + device.type),
-    ("Triton kernels (log-probs, fused CHORD loss) in training on CUDA", True, "ops.kernel_backend()"),
+    ("Triton kernels (log-probs, fused CHORD loss) in training on CUDA", True, "lm_head.kernel_backend()"),
     ("device / dtype / micro-batches / activation checkpointing in TrainConfig", has_device_option,
      "--device, --dtype; --set micro_batch_seqs=16 --set activation_checkpointing=true"),
     ("loading real Qwen2 / Llama weights from Hugging Face directories", has_hf_loader, "minichord/hf.py"),

@@ -4,7 +4,7 @@
 # You implemented CHORD in your own trainer. Does it compute what the paper says? Two CHORD
 # implementations can both look right and still disagree: one global token-mean or a mean per
 # micro-batch? a dual clip or not? what advantage does a group of one get? is phi detached?
-# minichord names these choices (`minichord/conventions.py`, presets `paper` and `official`) and
+# minichord names these choices (the `loss` table; presets `paper` and `official` in `minichord/methods.py`) and
 # checks one batch of yours against them:
 #
 #     1. dump one batch from your trainer: logp, old_logp, advantages (or rewards + group ids),

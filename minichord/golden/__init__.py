@@ -5,7 +5,7 @@ Files (version 1, shipped in this directory, written by `python -m minichord.gol
     cases-v1.json          {"version": 1, "cases": [entry, ...]}, one entry per case:
         name               "<convention>/<scenario>", e.g. "official/dual_clip_binds"
         description        what the case exercises, in words
-        convention         "paper" | "official" (minichord/conventions.py): the numbers are this convention's
+        convention         "paper" | "official" (minichord/methods.py): the numbers are this convention's
         mu, weighting      SFT weight in [0, 1]; "uniform" | "phi" | "is" | "luffy" (LUFFY: mu unused)
         eps_low, eps_high  PPO clip range [1 - eps_low, 1 + eps_high]
         advantages_from_rewards   true: the case gives rewards + group_ids, not advantages

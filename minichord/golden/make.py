@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from minichord.check import reference
-from minichord.conventions import PRESETS
+from minichord.check import convention_rules, reference
 from minichord.dump import from_tensors
 
 VERSION = 1
@@ -168,7 +167,7 @@ def build_case(seqs, settings, convention: str):
             "eps_low": settings.get("eps_low", 0.2), "eps_high": settings.get("eps_high", 0.2)}
     d = from_tensors({**tensors, "loss": torch.tensor(0.0), "grad_logp": torch.zeros(B, T)},
                      {k: repr(v) if not isinstance(v, str) else v for k, v in meta.items()})
-    ref = reference(d, PRESETS[convention])
+    ref = reference(d, convention_rules(convention, d.weighting))
     grad = torch.zeros(B, T, dtype=torch.float64)
     grad[mask] = torch.tensor([_sig(g) for g in ref.grad.tolist()], dtype=torch.float64)
     tensors["grad_logp"] = grad

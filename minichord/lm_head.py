@@ -1,10 +1,9 @@
-"""The two hot operations of a training step in torch, and dispatch to the Triton kernels,
-"tier 1" and "tier 2" throughout (benchmarks, tests):
+"""The lm head's two hot operations, in torch, and the dispatch to their Triton kernels:
 
-tier 1, token log-probs (kernels/logprobs.py): logits [N, V], targets [N] -> logp [N] (+ entropy H [N])
+token log-probs (kernels/logprobs.py): logits [N, V], targets [N] -> logp [N] (+ entropy H [N]),
     for old / reference log-probs and evaluation, where the logits already exist.
-tier 2, fused lm-head + loss (kernels/fused_loss.py): hidden [N, H], lm-head weight [V, H] -> the training
-    loss L = losses.chord_loss(logp(hidden @ weight^T), ...) over token chunks, so that the batch's [N, V]
+fused lm-head loss (kernels/fused_loss.py): hidden [N, H], lm-head weight [V, H] -> the training loss
+    L = losses.chord_loss(logp(hidden @ weight^T), ...) over token chunks, so that the batch's [N, V]
     logits (V = 151,936 for Qwen2) never exist at once.
 
 Math is fp32 (fp64 for fp64 inputs, for gradcheck) whatever the input dtype; gradients come back in
@@ -16,18 +15,17 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from minichord.losses import TokenLossSpec, chord_loss
+from minichord.losses import (IGNORE_INDEX, FusedLossOutput, LossConfig, check_fused_inputs, check_logits_targets,
+                              chord_loss)
 
 KERNEL_BACKENDS = ("auto", "torch", "triton")
 _ENV_VAR = "MINICHORD_KERNELS"
 _CHUNK_ELEMENTS = 1 << 22  # torch path: about this many fp32 logits (16 MB) per chunk on a CPU, 16x on CUDA
-IGNORE_INDEX = -100  # target of rows that carry no token (padding): logp = H = 0, no gradient
 
 
 def default_chunk_rows(hidden: Tensor, weight: Tensor) -> int:
@@ -63,27 +61,15 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return functools.reduce(torch.promote_types, [t.dtype for t in tensors], torch.float32)
 
 
-def check_logits_targets(logits: Tensor, targets: Tensor, temperature: float) -> None:
-    """The input checks of tier 1 (also used by its kernel)."""
-    if logits.dim() != 2 or not logits.is_floating_point():
-        raise ValueError(f"logits must be a float [N, V] tensor, got {logits.dtype} {tuple(logits.shape)}")
-    if targets.shape != logits.shape[:1] or targets.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"targets must be int [N]={logits.shape[0]}, got {targets.dtype} {tuple(targets.shape)}")
-    check_targets(targets, logits.shape[1], temperature)
 
 
-def check_targets(targets: Tensor, vocab_size: int, temperature: float) -> None:
-    if not temperature > 0.0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= vocab_size))  # [N]
-    if bad.any():
-        raise ValueError(f"target id {int(targets[bad][0])} outside [0, {vocab_size}) "
-                         f"and not the padding id {IGNORE_INDEX}")
+
+
 
 
 def reference_token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0,
                              return_entropy: bool = False):
-    """Tier 1, the readable definition: log_softmax in fp32 and a gather -> logp [N] (and H [N]).
+    """Token log-probs, the readable definition: log_softmax in fp32 and a gather -> logp [N] (and H [N]).
 
         logp_t = (logits_t / T)[y_t] - logsumexp_v(logits_tv / T),   H_t = -sum_v p_tv log p_tv
     """
@@ -101,7 +87,7 @@ def reference_token_logprobs(logits: Tensor, targets: Tensor, *, temperature: fl
 
 
 def token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0, return_entropy: bool = False):
-    """Tier 1, autograd-aware: the Triton kernel on CUDA, `reference_token_logprobs` elsewhere."""
+    """Token log-probs, autograd-aware: the Triton kernel on CUDA, `reference_token_logprobs` elsewhere."""
     if _use_triton(logits):
         from minichord.kernels.logprobs import triton_token_logprobs
         return triton_token_logprobs(logits, targets, temperature=temperature, return_entropy=return_entropy)
@@ -111,7 +97,7 @@ def token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0,
 @torch.no_grad()
 def logprobs_from_hidden(hidden: Tensor, weight: Tensor, targets: Tensor, *, temperature: float = 1.0,
                          chunk_size: Optional[int] = None) -> Tensor:
-    """Tier 1 from hidden [N, H] and the lm-head [V, H], over token chunks (no gradient): logp [N] fp32,
+    """Token log-probs from hidden [N, H] and the lm-head [V, H], over token chunks (no gradient): logp [N] fp32,
     logp_t = log_softmax(hidden_t W^T / T)[y_t]; at most chunk_size x V logits at once (None: about
     _CHUNK_ELEMENTS on CPU, 16x that on CUDA, 256 MB of bf16)."""
     chunk_size = chunk_size or default_chunk_rows(hidden, weight)
@@ -123,16 +109,11 @@ def logprobs_from_hidden(hidden: Tensor, weight: Tensor, targets: Tensor, *, tem
     return logp
 
 
-@dataclass
-class FusedLossOutput:
-    loss: Tensor  # scalar, differentiable w.r.t. hidden and weight
-    logp: Tensor  # [N] fp32, detached
-    entropy: Tensor  # [N] fp32, detached
-    clipped: Tensor  # [N] bool, tokens whose gradient the PPO clip zeroes
+
 
 
 class _ChunkedFusedLoss(torch.autograd.Function):
-    """Tier 2 in torch. Forward walks over token chunks; per chunk c:
+    """The fused lm-head loss in torch. Forward walks over token chunks; per chunk c:
 
         logits_c = hidden_c W^T,  L_c = chord_loss(logp(logits_c), ...),
         grad_hidden_c = dL_c / dhidden_c,  grad_W += dL_c / dW   (torch.autograd.grad, at once)
@@ -185,7 +166,7 @@ def fused_token_loss(hidden: Tensor, weight: Tensor, targets: Tensor, coef: Tens
                      advantages: Tensor, old_logp: Tensor, spec: TokenLossSpec, *,
                      ref_logp: Optional[Tensor] = None, temperature: float = 1.0,
                      chunk_size: Optional[int] = None) -> FusedLossOutput:
-    """Tier 2: the loss of `losses.chord_loss` from hidden states and the lm-head weight, at most
+    """The fused lm-head loss: the loss of `losses.chord_loss` from hidden states and the lm-head weight, at most
     chunk_size x V logits alive (None: default_chunk_rows here, CHUNK_BYTES in the kernel); Triton on CUDA,
     chunked torch elsewhere. Gradients are computed during the forward: backward twice is not supported."""
     check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
@@ -200,20 +181,3 @@ def fused_token_loss(hidden: Tensor, weight: Tensor, targets: Tensor, coef: Tens
                                                     spec, float(temperature), int(chunk_size)))
 
 
-def check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
-                       temperature, chunk_size) -> None:
-    """The input checks of tier 2 (also used by its kernel)."""
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"need hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
-    vectors = dict(targets=targets, coef=coef, is_expert=is_expert, advantages=advantages, old_logp=old_logp,
-                   ref_logp=ref_logp)
-    for name, vec in vectors.items():
-        if vec is not None and tuple(vec.shape) != (hidden.shape[0],):
-            raise ValueError(f"{name} must be [N]=[{hidden.shape[0]}], got shape {tuple(vec.shape)}")
-    if not isinstance(spec, TokenLossSpec):
-        raise ValueError(f"spec must be a TokenLossSpec, got {type(spec).__name__}")
-    if spec.kl_coef > 0.0 and ref_logp is None:
-        raise ValueError("spec.kl_coef > 0 needs ref_logp")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    check_targets(targets, weight.shape[0], temperature)
