@@ -131,7 +131,7 @@ def cmd_export(args) -> None:
 def cmd_check(args) -> int:
     """0: match (every golden case passes), 1: mismatch (a case fails), 2 (raised): a bad file or argument."""
     from minichord.check import check_batch
-    from minichord.golden import run_golden
+    from minichord.check.golden import run_golden
 
     if bool(args.dump) == bool(args.golden):
         raise ValueError("give either a DUMP file or --golden module:function")
@@ -254,11 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
 
     ck = sub.add_parser("check", help="your CHORD loss and gradient against minichord's, with a diagnosis "
-                        "(DUMP schema: minichord/dump.py), or your loss function over the golden cases")
+                        "(DUMP schema: minichord/check/dump.py), or your loss function over the golden cases")
     ck.add_argument("dump", nargs="?", default=None, help="a safetensors DUMP of one batch (exit 0 match, 1 mismatch)")
     ck.add_argument("--golden", default=None, metavar="MODULE:FUNCTION",
                     help="import FUNCTION from MODULE (the current directory is searched) and run it on every golden "
-                         "case of the convention (signature: minichord/golden/__init__.py)")
+                         "case of the convention (signature: minichord/check/golden.py)")
     ck.add_argument("--convention", choices=("paper", "official"), default=None,
                     help="the convention you meant to implement (default: the dump's metadata, else paper)")
     ck.add_argument("--rtol", type=POSITIVE_FLOAT, default=1e-5, help="relative tolerance (default 1e-5)")

@@ -163,7 +163,7 @@ class _ChunkedFusedLoss(torch.autograd.Function):
 
 
 def fused_token_loss(hidden: Tensor, weight: Tensor, targets: Tensor, coef: Tensor, is_expert: Tensor,
-                     advantages: Tensor, old_logp: Tensor, spec: TokenLossSpec, *,
+                     advantages: Tensor, old_logp: Tensor, spec: LossConfig, *,
                      ref_logp: Optional[Tensor] = None, temperature: float = 1.0,
                      chunk_size: Optional[int] = None) -> FusedLossOutput:
     """The fused lm-head loss: the loss of `losses.chord_loss` from hidden states and the lm-head weight, at most

@@ -60,6 +60,18 @@ def step_rng(seed: int, step: int, stream: int, device="cpu") -> tuple[random.Ra
     return random.Random(key), torch.Generator(device=device).manual_seed(key)
 
 
+def update_stats(out, is_expert: torch.Tensor, grad_norm: torch.Tensor) -> dict[str, float]:
+    """One optimizer step's metrics from the fused loss's outputs (logp, entropy, clipped: [N])."""
+    on, ex = ~is_expert, is_expert
+    p_exp = out.logp[ex].exp()  # [N_exp]
+    return {"loss": out.loss.item(), "grad_norm": grad_norm.item(),
+            "entropy": out.entropy[on].mean().item() if on.any() else math.nan,
+            "clip_fraction": out.clipped[on].float().mean().item() if on.any() else 0.0,
+            "expert_p": p_exp.mean().item() if ex.any() else math.nan,
+            "expert_phi": (p_exp * (1 - p_exp)).mean().item() if ex.any() else math.nan,
+            "expert_nll": -out.logp[ex].mean().item() if ex.any() else math.nan}
+
+
 class Trainer:
     def __init__(self, stages: list[Stage], model, tokenizer, data: TrainData, out_dir: Path,
                  log: Callable[[str], None] = print):
@@ -161,9 +173,24 @@ class Trainer:
         return TrainingError(f"step {step}: the update diverged: {why} (lr={self.stage_at(step).cfg.lr}); nothing "
                              f"saved; the last good checkpoint, if any, is in {self.out / 'checkpoint'}")
 
-    def _update(self, stage: Stage, batch: TokenBatch, mu: float | None, step: int) -> dict:
-        """ppo_epochs x minibatches optimizer steps on one batch (old log-probs recomputed first if more than
-        one, so ratios and clipping are real); weights and logits checked once, at the end (before: the loss)."""
+    def _batch(self, stage: Stage, step: int) -> tuple[TokenBatch, float | None, dict]:
+        """Step `step`'s token batch (rollouts with their advantages + expert demonstrations), its mu, metrics."""
+        mu = stage.mu(step)  # None under the joint aggregation (LUFFY)
+        seqs, metrics = self._rollouts(stage, step) if stage.method.uses_rollouts else ([], {})
+        if stage.cfg.experts_per_step > 0 and mu:
+            seqs += self._expert_batch(stage.cfg, step)
+        batch = pack(seqs, self.tok.pad_id, self.model.cfg.max_seq_len).to(self.device)
+        return batch, mu, {"step": step, "method": stage.method.name, "mu": mu,
+                           "backend": lm_head.kernel_backend(self.device), **metrics,
+                           "rollouts": sum(not s.is_expert for s in seqs), "experts": sum(s.is_expert for s in seqs)}
+
+    def train_step(self, step: int) -> dict:
+        """One step: the batch, then ppo_epochs x minibatches optimizer steps on it (old log-probs recomputed
+        first if more than one, so ratios and clipping are real); weights and logits checked once, at the end
+        (before: the loss). Returns the step's metrics."""
+        stage = self.stage_at(step)
+        batch, mu, metrics = self._batch(stage, step)
+        t0 = time.perf_counter()
         cfg, T = stage.cfg, stage.cfg.sampler.temperature
         self.model.train()
         if cfg.ppo_epochs * cfg.minibatches > 1:
@@ -181,7 +208,7 @@ class Trainer:
                 coef = losses.coefficients(mb.is_expert, mb.rows, micro_ids, mu, cfg.loss)  # [N_mb], whole mini-batch
                 self.optimizer.zero_grad(set_to_none=True)
                 out = batches.backward_loss(self.model, mb, coef, cfg.loss, T, cfg.micro_batch_seqs, cfg.dtype,
-                                               ref_logp=mb_ref)  # backward per micro-batch, grads summed
+                                            ref_logp=mb_ref)  # backward per micro-batch, grads summed
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 if not (torch.isfinite(out.loss) and torch.isfinite(grad_norm)):
                     raise self._diverged(step, f"non-finite loss {out.loss.item()} or gradient norm "
@@ -190,31 +217,12 @@ class Trainer:
                     self.optimizer.step()
                 except RuntimeError as e:  # e.g. AdamW's "value cannot be converted to type float without overflow"
                     raise self._diverged(step, str(e)) from None
-                on, ex = ~mb.is_expert, mb.is_expert
-                p_exp = out.logp[ex].exp()  # [N_exp]
-                for k, v in {"loss": out.loss.item(), "grad_norm": grad_norm.item(),
-                             "entropy": out.entropy[on].mean().item() if on.any() else math.nan,
-                             "clip_fraction": out.clipped[on].float().mean().item() if on.any() else 0.0,
-                             "expert_p": p_exp.mean().item() if ex.any() else math.nan,
-                             "expert_phi": (p_exp * (1 - p_exp)).mean().item() if ex.any() else math.nan,
-                             "expert_nll": -out.logp[ex].mean().item() if ex.any() else math.nan}.items():
+                for k, v in update_stats(out, mb.is_expert, grad_norm).items():
                     stats.setdefault(k, []).append(v)
         finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()  # once a step, one sync
         if not (finite and self._logp(batch.select(torch.tensor([0])), cfg, 1.0).isfinite().all()):
             raise self._diverged(step, "it made the weights or logits non-finite")
-        return {k: sum(v) / len(v) for k, v in stats.items()}
-
-    def train_step(self, step: int) -> dict:
-        stage = self.stage_at(step)
-        mu = stage.mu(step)  # None under the joint aggregation (LUFFY)
-        seqs, metrics = self._rollouts(stage, step) if stage.method.uses_rollouts else ([], {})
-        if stage.cfg.experts_per_step > 0 and mu:
-            seqs += self._expert_batch(stage.cfg, step)
-        t0 = time.perf_counter()
-        batch = pack(seqs, self.tok.pad_id, self.model.cfg.max_seq_len).to(self.device)
-        return {"step": step, "method": stage.method.name, "mu": mu, "backend": lm_head.kernel_backend(self.device), **metrics,
-                "rollouts": sum(not s.is_expert for s in seqs), "experts": sum(s.is_expert for s in seqs),
-                **self._update(stage, batch, mu, step), "tokens": batch.num_tokens,
+        return {**metrics, **{k: sum(v) / len(v) for k, v in stats.items()}, "tokens": batch.num_tokens,
                 "time_train": time.perf_counter() - t0}
 
     # ----------------------------------------------------------------- the loop

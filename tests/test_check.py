@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
-from minichord.check import check_batch, convention_rules, reference
+from minichord.check import check_batch
+from minichord.check.recompute import convention_rules, reference
 from minichord.config import LossConfig
 from minichord.methods import CONVENTIONS
 from minichord.cli import main
-from minichord.dump import DumpError, from_tensors, save_dump
+from minichord.check.dump import DumpError, from_tensors, save_dump
 
 LN = math.log
 
@@ -244,12 +245,12 @@ def golden_user_fn(convention):
 
 
 def test_golden_cases_regenerate_byte_identically(tmp_path):
-    from minichord.golden import HERE, load_cases
-    from minichord.golden.make import write
+    from minichord.check.golden import HERE, load_cases
+    from minichord.check.make_golden import write
 
     for new in write(tmp_path):
         assert new.read_bytes() == (HERE / new.name).read_bytes(), \
-            f"{new.name} drifted from minichord's math: run python -m minichord.golden.make (bump VERSION if a case changed)"
+            f"{new.name} drifted from minichord's math: run python -m minichord.check.make_golden (bump VERSION if a case changed)"
     cases = load_cases()
     assert len(cases) >= 50 and (HERE / "cases-v1.safetensors").stat().st_size < 1_000_000
     names = {c.name.split("/")[1] for c in cases}
@@ -261,7 +262,7 @@ def test_golden_cases_regenerate_byte_identically(tmp_path):
 
 @pytest.mark.parametrize("convention", ["paper", "official"])
 def test_an_independent_implementation_passes_the_golden_cases(convention, capsys):
-    from minichord.golden import run_golden
+    from minichord.check.golden import run_golden
 
     assert run_golden(golden_user_fn(convention), convention) == 0
     out = capsys.readouterr().out

@@ -12,7 +12,7 @@
 #     2. `minichord check batch.safetensors`  (exit 0 match, 1 mismatch, 2 a bad file);
 #     3. read the diagnosis: which convention or known bug reproduces your numbers.
 #
-# The DUMP schema is in `minichord/dump.py`; this tutorial uses the Python API (`check_batch`),
+# The DUMP schema is in `minichord/check/dump.py`; this tutorial uses the Python API (`check_batch`),
 # which is what the command prints.
 
 # %%
@@ -102,12 +102,12 @@ assert not bad.match and bad.causes == ["sequence_mean"]
 # ## 5. Golden cases: your loss function against 76 named batches
 #
 # `minichord check --golden my_module:my_loss` runs a function over the golden cases shipped with
-# minichord (`minichord/golden/`, schema in its `__init__.py`): thresholds of the clip and the clamp,
+# minichord (`minichord/check/`, schema in `golden.py`): thresholds of the clip and the clamp,
 # p near 0 and 1, mu = 0 and 1, empty sides, groups of one, micro-batches, LUFFY. Raise
 # NotImplementedError for what you do not support (here: LUFFY and advantages from rewards).
 
 # %%
-from minichord.golden import run_golden  # noqa: E402
+from minichord.check.golden import run_golden  # noqa: E402
 
 
 def golden_entry(min_count):

@@ -1,6 +1,6 @@
 """Golden cases: named small batches with minichord's expected CHORD loss and gradient, for any implementation.
 
-Files (version 1, shipped in this directory, written by `python -m minichord.golden.make`):
+Files (version 1, shipped beside this module, written by `python -m minichord.check.make_golden`):
 
     cases-v1.json          {"version": 1, "cases": [entry, ...]}, one entry per case:
         name               "<convention>/<scenario>", e.g. "official/dual_clip_binds"
@@ -12,7 +12,7 @@ Files (version 1, shipped in this directory, written by `python -m minichord.gol
         expected           {"loss", "L_GRPO", "L_SFT", "loss_scale"} (loss = (1-mu) L_GRPO + mu L_SFT;
                            LUFFY: L_GRPO + L_SFT; loss_scale sets the loss tolerance, below)
         tensors            the names present for this case in the safetensors file
-    cases-v1.safetensors   tensor "<name>.<field>", fields as in a DUMP (minichord/dump.py), B x T padded:
+    cases-v1.safetensors   tensor "<name>.<field>", fields as in a DUMP (check/dump.py), B x T padded:
         logp, old_logp [B, T] float64; mask [B, T] bool; is_expert [B] bool; advantages [B, T] float64
         or rewards [B] float64 + group_ids [B] int64; micro_batch [B] int64 (some cases);
         grad_logp [B, T] float64: the expected d loss / d logp (0 outside the mask)
@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+
+from minichord.check.recompute import grad_scale, within
 
 HERE = Path(__file__).resolve().parent
 VERSION = 1
@@ -90,8 +92,6 @@ def run_case(fn: Callable, case: GoldenCase, rtol: float = 1e-5, atol: float = 1
         return "skip", str(e) or "NotImplementedError"
     except Exception as e:  # the user's code failing on a case is a failed case, not a crash
         return "fail", f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    from minichord.check import grad_scale, within
-
     want = s["expected"]
     mask, expected = t["mask"], t["grad_logp"]
     if not within(loss, want["loss"], want["loss_scale"], rtol, atol):

@@ -1,7 +1,7 @@
-"""Write the golden cases from minichord's reference math:  python -m minichord.golden.make [OUT_DIR]
+"""Write the golden cases from minichord's reference math:  python -m minichord.check.make_golden [OUT_DIR]
 
-Every scenario below is a small batch (schema: minichord/golden/__init__.py), computed under both presets
-(`paper/NAME`, `official/NAME`; LUFFY's under `paper/` only) by `minichord.check.reference` in float64.
+Every scenario below is a small batch (schema: minichord/check/golden.py), computed under both presets
+(`paper/NAME`, `official/NAME`; LUFFY's under `paper/` only) by `minichord.check.recompute.reference` in float64.
 Inputs are decimals or seeded draws rounded to 1e-6; expected numbers are rounded to 10 significant
 digits, so a last-bit difference in exp/log between machines does not change the file. Changing any
 formula changes the file, and tests/test_check.py fails until it is regenerated (bump VERSION when the
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from minichord.check import convention_rules, reference
-from minichord.dump import from_tensors
+from minichord.check.recompute import convention_rules, reference
+from minichord.check.dump import from_tensors
 
 VERSION = 1
 HERE = Path(__file__).resolve().parent
@@ -185,7 +185,7 @@ def build() -> tuple[dict, dict]:
         full = f"{convention}/{name}"
         tensors.update({f"{full}.{k}": v.contiguous() for k, v in case_tensors.items()})
         cases.append({"name": full, "description": description, **entry, "tensors": sorted(case_tensors)})
-    return tensors, {"version": VERSION, "schema": "minichord/golden/__init__.py", "cases": cases}
+    return tensors, {"version": VERSION, "schema": "minichord/check/golden.py", "cases": cases}
 
 
 def write(out_dir: Path) -> tuple[Path, Path]:

@@ -1,0 +1,116 @@
+"""minichord's loss and gradient for a DUMP (minichord/check/dump.py), recomputed in float64 under a
+convention's batch rules, optionally with one known bug planted; and the tolerance rule.
+
+    L = a * L_GRPO + b * L_SFT,   L_GRPO = sum_t c0_t l_t,  L_SFT = sum_t c1_t l_t,   g_t = d L / d logp_t
+    CHORD: (a, b) = (1 - mu, mu), c0 / c1 = the rules' coefficients at mu = 0 / mu = 1
+    LUFFY: (a, b) = (1, 1),       c0 = c1 = 1 / N on their own side (one joint token-mean)
+
+Tolerance: |theirs - ours| <= atol * scale + rtol * |ours|; scale: the median nonzero |g_t| for the
+gradient (token by token), a |L_GRPO| + b |L_SFT| term by term in absolute value for the loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from minichord import losses
+from minichord.check.dump import Dump
+from minichord.config import LossConfig
+from minichord.methods import CONVENTIONS, LUFFY_LOSS
+
+BUGS = ("phi_not_detached", "first_micro_batch_only", "last_micro_batch_only")
+RTOL, ATOL = 1e-5, 1e-7
+SEARCHED = ("aggregation", "dual_clip", "log_ratio_clamp", "singleton", "std")  # the rules a diagnosis may change
+NO_CLAMP = float(torch.finfo(torch.float64).max)  # the log-ratio clamp of "no clamp"
+
+
+def convention_rules(name: str, weighting: str) -> LossConfig:
+    """The batch rules of convention `name` (paper | official) for a dump's weighting (LUFFY: its own rules)."""
+    if name not in CONVENTIONS:
+        raise ValueError(f"convention={name!r}: must be one of {', '.join(CONVENTIONS)}")
+    if weighting == "luffy":
+        return LossConfig(**LUFFY_LOSS)
+    return LossConfig(**CONVENTIONS[name], expert_weighting=weighting)
+
+
+@dataclasses.dataclass
+class Reference:
+    """minichord's numbers for one dump under one convention (+ at most one bug)."""
+
+    loss: float
+    grad: Tensor  # [N] float64, d loss / d logp on the masked tokens
+    grpo: float  # L_GRPO
+    sft: float  # L_SFT
+    weights: tuple[float, float]  # (a, b): L = a L_GRPO + b L_SFT
+    loss_scale: float  # a |L_GRPO| + b |L_SFT| term by term
+    other_losses: tuple[float, ...] = ()  # the loss a micro-batch-dropping loop may report instead
+
+
+def token_advantages(d: Dump, rules: LossConfig) -> Tensor:
+    """A per masked token [N] float64: from rewards + group_ids by the rules, else the dump's."""
+    if d.rewards is None:
+        return d.flat(d.advantages)
+    seq_adv = torch.zeros(d.is_expert.shape, dtype=torch.float64)  # [B]
+    members = torch.ones_like(d.is_expert) if rules.expert_in_group else ~d.is_expert  # LUFFY: the trace too
+    for g in d.group_ids[members].unique():
+        rows = members & (d.group_ids == g)  # [B]
+        seq_adv[rows] = losses.advantages(d.rewards[rows][None, :], rules)[0].double()  # [1, G] -> [G]
+    return d.flat(seq_adv)
+
+
+def reference(d: Dump, rules: LossConfig, bug: Optional[str] = None, memo: Optional[dict] = None) -> Reference:
+    """The loss and gradient of dump `d` under `rules`, with one of BUGS planted when `bug` is given.
+    `memo` (a dict kept across calls on the same dump) caches the coefficients of each aggregation."""
+    is_expert, seq = d.flat(d.is_expert), d.rows()  # [N], [N]
+    logp = d.flat(d.logp).clone().requires_grad_(True)  # [N] float64
+    old = torch.where(is_expert, 0.0, d.flat(d.old_logp))  # [N]
+    adv = token_advantages(d, rules)  # [N]
+    spec = dataclasses.replace(rules, eps_low=d.eps_low, eps_high=d.eps_high)
+    _, l, _ = losses.chord_loss(logp, None, is_expert, adv, old, torch.ones_like(logp), spec)  # l [N]
+    if bug == "phi_not_detached":
+        p = logp.exp()  # [N], with its gradient
+        l = torch.where(is_expert, -(p * (1 - p) if d.weighting == "phi" else p) * logp, l)
+    if rules.aggregation == "joint":
+        c0 = c1 = losses.coefficients(is_expert, seq, None, None, rules, dtype=torch.float64)  # [N], 1 / N
+        c0, c1, (a, b) = c0 * ~is_expert, c1 * is_expert, (1.0, 1.0)
+    else:
+        mb = None if d.micro_batch is None else d.flat(d.micro_batch)
+        memo = {} if memo is None else memo
+        if rules.aggregation not in memo:
+            memo[rules.aggregation] = [losses.coefficients(is_expert, seq, mb, mu, rules, dtype=torch.float64)
+                                       for mu in (0.0, 1.0)]
+        c0, c1 = memo[rules.aggregation]
+        a, b = 1.0 - d.mu, d.mu
+    coef = a * c0 + b * c1  # [N]
+    loss = (coef * l).sum()
+    keep, others = torch.ones_like(is_expert), ()
+    if bug in ("first_micro_batch_only", "last_micro_batch_only"):
+        mb = d.flat(d.micro_batch)
+        keep = mb == (mb.min() if bug.startswith("first") else mb.max())  # [N]
+        others = ((coef * l * keep).sum().item(),)
+    (grad,) = torch.autograd.grad((coef * l * keep).sum(), logp)
+    lt = l.detach()
+    return Reference(loss.item(), grad, (c0 * lt).sum().item(), (c1 * lt).sum().item(), (a, b),
+                     (a * (c0 * lt).abs().sum() + b * (c1 * lt).abs().sum()).item(), others)
+
+
+def grad_scale(grad: Tensor) -> float:
+    """The median |g_t| over tokens with g_t != 0 (0 if none): one huge token must not widen every token's tolerance."""
+    nonzero = grad[grad != 0].abs()
+    return nonzero.median().item() if nonzero.numel() else 0.0
+
+
+def within(theirs, ours, scale: float, rtol: float = RTOL, atol: float = ATOL):
+    """The tolerance rule (numbers or tensors, elementwise): |theirs - ours| <= atol * scale + rtol * |ours|."""
+    return abs(theirs - ours) <= atol * scale + rtol * abs(ours)
+
+
+def agrees(ref: Reference, loss: float, grad: Tensor, rtol: float = RTOL, atol: float = ATOL) -> tuple[bool, Tensor]:
+    """(loss and gradient within tolerance, per-token gradient agreement [N] bool)."""
+    tok_ok = within(grad, ref.grad, grad_scale(ref.grad), rtol, atol)  # [N]
+    loss_ok = any(within(loss, v, ref.loss_scale, rtol, atol) for v in (ref.loss, *ref.other_losses))
+    return bool(loss_ok and tok_ok.all()), tok_ok
