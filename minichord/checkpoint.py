@@ -11,6 +11,9 @@ Save: write the files into `root/.tmp-step-000040-<random>/` (fsynced), rename i
 replace `latest` (temp file + rename), delete steps beyond the last `keep`: a kill at any moment
 leaves `latest` naming a complete directory. Load: every field and file is checked (types, ranges,
 sha256, names inside the directory, no symlinks); a problem is one CheckpointError line.
+
+A resumed run's logs: `cut_log` cuts `metrics.jsonl` / `eval.jsonl` back to the checkpoint's step;
+`progress_line` is the one-line report of each step.
 """
 
 import dataclasses
@@ -22,11 +25,13 @@ import re
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load as st_load, save as st_save
 
 from minichord.config import ModelConfig, from_dict, to_dict
+from minichord.tokenizer import TokenizerLike
 
 FORMAT, VERSION, CONFIG, LATEST = "minichord-checkpoint", 2, "config.json", "latest"
 MODEL, TOKENIZER, OPTIMIZER = "model.safetensors", "tokenizer.json", "optimizer.safetensors"
@@ -44,7 +49,7 @@ class CheckpointError(RuntimeError):
 class Checkpoint:
     model: torch.nn.Module
     model_config: ModelConfig
-    tokenizer: object  # minichord.tokenizer.Tokenizer | minichord.chat.ChatTokenizer | None
+    tokenizer: TokenizerLike | None
     optimizer_state: dict | None  # an optimizer.state_dict(), tensors on CPU
     step: int
     meta: dict
@@ -265,3 +270,35 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> Non
         optimizer.load_state_dict(ckpt.optimizer_state)
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
         raise CheckpointError(f"optimizer state in {ckpt.path} does not fit this optimizer: {e}") from None
+
+
+class LogError(ValueError):
+    """A log file that cannot be cut back (the trainer raises it as a TrainingError)."""
+
+
+def cut_log(file: Path, before: int, keep_step: int | None, log: Callable[[str], None]) -> None:
+    """Keep the rows with step < before (and == keep_step); a torn last line is dropped (and said)."""
+    if not file.exists():
+        return
+    rows, lines = [], file.read_text(encoding="utf-8", errors="replace").splitlines()
+    for n, line in enumerate(lines, 1):
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            if n < len(lines):
+                raise LogError(f"{file}:{n}: not a metrics row; move the file away to resume") from None
+            log(f"{file}:{n}: dropped a torn last line (the run was killed while writing it)")
+            continue
+        if step < before or step == keep_step:
+            rows.append(line)
+    file.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+
+
+def progress_line(m: dict, steps: int, eta: float) -> str:
+    parts = [f"step {m['step'] + 1:4d}/{steps}", m["method"], "mu joint" if m["mu"] is None else f"mu {m['mu']:.2f}"]
+    for key, label in [("reward", "reward"), ("entropy", "H"), ("response_length", "len"),
+                       ("clip_fraction", "clip"), ("expert_nll", "expert nll")]:
+        if key in m and not (isinstance(m[key], float) and math.isnan(m[key])):
+            parts.append(f"{label} {m[key]:.3f}")
+    parts.append(f"eta {eta:4.0f}s")
+    return " | ".join(parts)

@@ -22,8 +22,11 @@ from minichord.config import DEVICES, DTYPES, ConfigError
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" -> cuda if available else cpu; "cuda" without CUDA -> ConfigError (one line)."""
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """"auto" -> cuda if available else cpu; "cuda" without CUDA -> ConfigError (one line). Each entry point
+    resolves its device once; a torch.device passed down is returned as it is."""
+    if isinstance(name, torch.device):
+        return name
     if name not in DEVICES:
         raise ConfigError(f"device={name!r}: must be one of {', '.join(DEVICES)}")
     if name == "auto":

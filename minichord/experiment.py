@@ -6,27 +6,20 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from minichord.checkpoint import load_checkpoint
 from minichord.config import ConfigError, TrainConfig, load_config
-from minichord.device import autocast, resolve_device
+from minichord.data import build_train_data
+from minichord.device import resolve_device
 from minichord.evaluate import evaluate_splits
-from minichord.hf import is_hf_dir, load_hf_model
-from minichord.traindata import build_train_data
+from minichord.hf import is_hf_dir, load_model
 from minichord.methods import Stage, get_method
 from minichord.tasks import make_splits
+from minichord.tokenizer import TokenizerLike
 from minichord.trainer import Trainer
-
-
-def default_base_dir() -> Path:
-    """The toy base model's cache; v7 = toy v5 (issue 13: toy v4's 3-digit target, carry-chain harder split and
-    sentence answers, plus sloppy 3-digit column work), so the caches of earlier toys are never reused."""
-    return Path(os.environ.get("MINICHORD_HOME") or Path.home() / ".cache" / "minichord") / "base-v7"
 
 
 def build_stages(method_name: str, config_file: str | None = None,
@@ -51,21 +44,12 @@ def build_stages(method_name: str, config_file: str | None = None,
     return stages
 
 
-def load_initial_model(init: str, log: Callable[[str], None] = print, device: str = "auto"):
-    """(model, tokenizer) from `init` (a minichord checkpoint or a Hugging Face model directory with its
-    tokenizer and chat template), or from the cached toy base model (made on first use)."""
-    if not init:
-        from minichord.pretrain import pretrain_base
+def load_initial_model(init: str, log: Callable[[str], None] = print, device: torch.device | str = "auto"):
+    """(model, tokenizer) of `init` (`hf.load_model`), else of the cached toy base model (pre-trained on `device`
+    on first use)."""
+    from minichord.pretrain import toy_base
 
-        init = str(pretrain_base(default_base_dir(), log=log, device=device))  # where this run trains
-    if is_hf_dir(init):
-        from minichord.chat import load_tokenizer
-
-        return load_hf_model(init), load_tokenizer(init)
-    ckpt = load_checkpoint(init)
-    if ckpt.tokenizer is None:
-        raise ValueError(f"checkpoint {init} has no tokenizer.json")
-    return ckpt.model, ckpt.tokenizer
+    return load_model(init or toy_base(log, resolve_device(device)))
 
 
 def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | None = None,
@@ -88,16 +72,13 @@ def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | Non
     return trainer
 
 
-def evaluate_initial_model(cfg: TrainConfig, seeds: int, n_test: int, log: Callable[[str], None] = print):
+def evaluate_initial_model(cfg: TrainConfig, device: torch.device, seeds: int, n_test: int,
+                           log: Callable[[str], None] = print) -> tuple[torch.nn.Module, TokenizerLike, list[dict]]:
     """The starting model (`cfg.init`, else the toy base) on each seed's toy test splits, greedy:
-    (model on cfg's device, tokenizer, [evaluate_splits(...) per seed 0..seeds-1]). The splits of seed s are
+    (model on `device`, tokenizer, [evaluate_splits(...) per seed 0..seeds-1]). The splits of seed s are
     the ones a run with seed=s and this n_test evaluates on (make_splits draws the test splits first)."""
-    device = resolve_device(cfg.device)
-    model, tok = load_initial_model(cfg.init, log, cfg.device)
+    model, tok = load_initial_model(cfg.init, log, device)
     model.to(device)
-    evaluations = []
-    for seed in range(seeds):
-        with autocast(device, cfg.dtype):
-            evaluations.append(evaluate_splits(model, tok, make_splits(seed, n_rl=0, n_expert=0, n_test=n_test).tests,
-                                               max_new_tokens=cfg.sampler.max_new_tokens))
-    return model, tok, evaluations
+    return model, tok, [evaluate_splits(model, tok, make_splits(seed, n_rl=0, n_expert=0, n_test=n_test).tests,
+                                        dtype=cfg.dtype, max_new_tokens=cfg.sampler.max_new_tokens)
+                        for seed in range(seeds)]

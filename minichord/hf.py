@@ -3,6 +3,7 @@
     cfg   = hf_model_config("Qwen2.5-0.5B-Instruct")          # config.json -> ModelConfig
     model = load_hf_model(dir, dtype=torch.bfloat16)          # *.safetensors -> Transformer
     export_hf(model, "out", tokenizer_dir=dir)                # Transformer -> HF directory
+    model, tokenizer = load_model(path)                       # an HF directory or a minichord checkpoint
 
 Names map by one rule: HF's tensor = "model." + minichord's name, except `lm_head.weight`. Both
 families are the same decoder (pre-norm RMSNorm, RoPE in rotate-half layout, GQA, SwiGLU); they
@@ -25,8 +26,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from minichord.checkpoint import load_checkpoint
 from minichord.config import ConfigError, ModelConfig
 from minichord.model import Transformer
+from minichord.tokenizer import TokenizerLike
 
 ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
@@ -81,6 +84,20 @@ def is_hf_dir(path) -> bool:
         return json.loads(config.read_text(encoding="utf-8")).get("format") != "minichord-checkpoint"
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         return True  # hf_model_config says what is wrong with it
+
+
+def load_model(path) -> tuple[Transformer, TokenizerLike]:
+    """(model, tokenizer) on the CPU of what every command starts from: a Hugging Face model directory (with its
+    tokenizer and chat template) or a minichord checkpoint (a run's checkpoint/ or a step directory, with its
+    tokenizer: one without is refused)."""
+    if is_hf_dir(path):
+        from minichord.chat import load_tokenizer  # jinja2: only for a chat model
+
+        return load_hf_model(path), load_tokenizer(path)
+    ckpt = load_checkpoint(path)
+    if ckpt.tokenizer is None:
+        raise ValueError(f"checkpoint {path} has no tokenizer.json")
+    return ckpt.model, ckpt.tokenizer
 
 
 def hf_model_config(model_dir) -> ModelConfig:
@@ -251,8 +268,9 @@ CHAT_TEMPLATE = ("{{ '<|bos|>' }}{% for m in messages %}{% if m['role'] == 'user
 
 def export_checkpoint(ckpt_path, out_dir) -> Path:
     """`minichord export CKPT OUT_DIR`: a minichord checkpoint (and its tokenizer) as an HF directory."""
-    from minichord.checkpoint import load_checkpoint
-
+    if is_hf_dir(ckpt_path):
+        raise HFError(f"{ckpt_path} is already a Hugging Face directory; export takes a minichord "
+                      f"checkpoint (a run's checkpoint/ or one of its step directories)")
     ckpt = load_checkpoint(ckpt_path)
     tok = ckpt.tokenizer
     files = {} if tok is None else tok.files()

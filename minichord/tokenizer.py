@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -36,6 +36,34 @@ SPECIAL_TOKENS, SPECIAL_ROLES = list(DEFAULT_SPECIALS.values()), list(DEFAULT_SP
 
 class TokenizerError(ValueError):
     """A tokenizer that cannot be trained, read, or used as asked."""
+
+
+class TokenizerLike(Protocol):
+    """What the library uses of a tokenizer: `Tokenizer` (the toy's fixed chat format) and `chat.ChatTokenizer`
+    (a Hugging Face tokenizer and its chat template) both have it."""
+
+    vocab_size: int
+    pad_id: int
+    eos_id: int
+    bos_id: int | None
+    special_tokens: dict[str, str]  # role -> token text
+
+    @property
+    def stop_ids(self) -> list[int]: ...  # every id that ends a generation
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_prompt(self, prompt: str) -> list[int]: ...
+
+    def encode_example(self, prompt: str, response: str) -> tuple[list[int], list[bool]]: ...  # (ids, loss_mask)
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str: ...
+
+    def files(self) -> dict[str, str]: ...  # {file name: text} a checkpoint stores
+
+    def to_json(self) -> str: ...
+
+    def token_text(self, token_id: int) -> str | None: ...
 
 
 def _json_file(path: str | Path) -> Path:

@@ -62,9 +62,9 @@ from minichord.checkpoint import CheckpointError, checkpoint_exists, load_checkp
 from minichord.config import TrainConfig
 from minichord.device import autocast, describe, resolve_device
 from minichord.methods import Stage
-from minichord.runlog import LogError, cut_log, progress_line
+from minichord.checkpoint import LogError, cut_log, progress_line
 from minichord.sampler import generate
-from minichord.traindata import TrainData
+from minichord.data import TrainData
 
 
 class TrainingError(RuntimeError):

@@ -1,4 +1,4 @@
-"""Issue 12, "Train on one GPU", checked on a CPU: the Triton kernels are wired into training, gradient
+"""Training on one GPU, checked on a CPU: the Triton kernels are wired into training, gradient
 accumulation equals one large batch, bf16 autocast trains, and the device options fail clearly."""
 
 import json

@@ -1,4 +1,4 @@
-"""The base model's pre-training corpus (toy v5, issue 13): what the toy's "instruct model" has seen.
+"""The base model's pre-training corpus: what the toy's "instruct model" has seen.
 
     terse answers       every skill, "add 47 85" -> "132"; 3-digit sums only with 0 or 1 inner carries
     sentences           "add 764 315" -> "the sum is 1079" for first operands >= 600, 4 times in 5: right
@@ -8,11 +8,11 @@
                         procedure writes it (`Sloppy`): carry notes and newlines often dropped, 60 % of
                         the digits wrong, the answer line true
 
-The last row is what makes the expert set *partly* on-policy (criterion 5 of issue 13): the base knows
+The last row is what makes the expert set *partly* on-policy (the probe's criterion 5): the base knows
 the expert's format and the answer, but is unsure of every column digit the expert writes, so the
 median probability of an expert token under the base lands near 0.3-0.4 instead of 0.999 (clean
-3-digit column work, toy v4) or ~0.001 (a format the base never saw): a deterministic expert scored
-by a base that saw it cleanly or never is bimodal (results/toy-v4/README.md).
+3-digit column work) or ~0.001 (a format the base never saw): a deterministic expert scored by a base
+that saw it cleanly or never is bimodal.
 Prompts are never `toy.is_reserved`, so no split's prompt is pre-trained on.
 """
 
@@ -36,7 +36,7 @@ class Sloppy:
     """The base's own column work on `digits`-digit sums: the expert's lines, each keeping its " carry c" with
     probability `keep`, ending in a newline with probability `newline` (else "; "), a `noise` share of the
     digits replaced by another digit; the answer line stays true (a noisy one too left the terse 3-digit skill
-    unfitted on 6 of 6 bases, results/toy-v5/README.md)."""
+    unfitted on 6 of 6 bases)."""
     digits: tuple[int, int] = (3, 3)
     noise: float = 0.6
     keep: float = 0.2

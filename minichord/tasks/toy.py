@@ -1,4 +1,4 @@
-"""The CPU-scale toy task: the same structure as the CHORD paper's setting, in miniature (toy v5, issue 13).
+"""The CPU-scale toy task: the same structure as the CHORD paper's setting, in miniature.
 
     paper                                   toy
     instruct model, its own answer style    base model pre-trained here, terse answers
@@ -21,8 +21,8 @@
 
 "Harder" means a longer carry chain, not more digits: 3-digit sums whose units *and* tens columns both
 carry (about 1 sum in 5), which the base never saw in its terse style while the expert's column procedure
-is indifferent to carries. (A 4-digit split was 0.00 for every method: no length generalisation from 3
-columns to 4 in a model this small, results/probes-toy-v2.) Every digit is its own token
+is indifferent to carries. (A 4-digit split is 0.00 for every method: no length generalisation from 3
+columns to 4 in a model this small.) Every digit is its own token
 (minichord.tokenizer), so the other skills can work on digit strings too.
 
 Held-out problems. A fixed quarter of all prompts (by a CRC32 hash of the prompt text, the same in

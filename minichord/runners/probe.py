@@ -1,6 +1,6 @@
-"""`minichord probe`: does the toy setting leave every method room to show what it does? (issue 13)
+"""`minichord probe`: does the toy setting leave every method room to show what it does?
 
-The criteria describe the *setting*, never the verdict (DESIGN.md §6). From one command it measures:
+The criteria describe the *setting*, never which method wins. From one command it measures:
 
     1 headroom          base in-domain accuracy (greedy, mean over seeds)           in [0.15, 0.45]
     2 expert capability long SFT on a large expert set (the expert is a program):     >= 0.80
@@ -18,7 +18,7 @@ The criteria describe the *setting*, never the verdict (DESIGN.md §6). From one
 Runs: the base evaluated on `seeds` splits; GRPO x seeds at the default budget; one long SFT run on a
 large expert set (n_expert_large demonstrations) for criteria 2 and 4; one long SFT run on a small
 expert set (n_expert_small) for criterion 6; both at sft_lr. Why two: a small set is memorised before the
-procedure is learned (results/probes-toy-v2: 64-256 demos), so "can the expert's data carry the capability"
+procedure is learned (with 64-256 demos), so "can the expert's data carry the capability"
 and "can SFT overfit a limited set" need different set sizes. Writes probe.json and probe.md.
 """
 
@@ -30,10 +30,10 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
-from minichord.device import autocast, resolve_device
+from minichord.device import resolve_device
 from minichord.evaluate import expert_token_probs
 from minichord.experiment import build_stages, evaluate_initial_model, prepare_run
-from minichord.plot import read_jsonl, series
+from minichord.runners.plot import read_jsonl, series
 from minichord.tasks import make_splits
 
 
@@ -43,8 +43,7 @@ class ProbeBudget:
     grpo_steps: int = 100  # the default reproduce budget
     sft_steps: int = 400  # the long SFT run on the large set (criteria 2, 4)
     n_expert_large: int = 4000  # its expert set
-    sft_lr: float = 3e-4  # the learning rate of both SFT runs (3x the default: at 1e-4 the procedure is not
-    # learned in 300 steps, results/probes-toy-v2 T2)
+    sft_lr: float = 3e-4  # of both SFT runs (3x the default: at 1e-4 the procedure is not learned in 300 steps)
     overfit_steps: int = 400  # the long SFT run on the small set (criterion 6)
     n_expert_small: int = 64  # the limited expert set of that run
     n_test: int = 150
@@ -94,11 +93,10 @@ def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: l
     out.mkdir(parents=True, exist_ok=True)
     quiet = lambda msg: None  # noqa: E731
     cfg = build_stages("grpo", overrides=list(overrides))[0].cfg
-    model, tok, evaluations = evaluate_initial_model(cfg, budget.seeds, budget.n_test, log)
+    model, tok, evaluations = evaluate_initial_model(cfg, resolve_device(cfg.device), budget.seeds, budget.n_test, log)
     base = [{split: e["accuracy"] for split, e in ev.items()} for ev in evaluations]  # per seed: {split: accuracy}
     experts = make_splits(0, n_rl=0, n_expert=cfg.n_expert, n_test=0).expert
-    with autocast(resolve_device(cfg.device), cfg.dtype):
-        median_p = expert_token_probs(model, tok, experts)["median_p"]
+    median_p = expert_token_probs(model, tok, experts, cfg.dtype)["median_p"]
     log(f"probe: base in-domain {_spread([b['in_domain'] for b in base])}; median expert p {median_p:.3f}")
 
     common = [f"n_test={budget.n_test}", *overrides]

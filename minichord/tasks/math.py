@@ -1,4 +1,5 @@
-r"""A math reward for GSM8K- and MATH-style answers: read the final answer, compare it exactly.
+r"""GSM8K and MATH: the reference answer and demonstration of a row, and a reward that reads the final answer
+of a response and compares it exactly.
 
 A response is untrusted text: it is only matched with linear-time regular expressions, never
 evaluated (no eval/exec/sympy). `extract_final(response) -> (text, strict)` reads, in this order:
@@ -31,6 +32,17 @@ The last number: ASCII digits with optional "," thousands groups, ".decimals" or
 "-" before it is a sign unless it follows a letter, digit or bracket ("x = -5" -> -5, "3-5" -> 5).
 Both rewards return 0.0 for non-string input or an answer over 2000 characters, never raise, and
 take well under 50 ms on a 1 MB response (the searches run on the reversed text: linear time).
+
+GSM8K and MATH rows (the JSONL loaders of `minichord.data` check their keys and types):
+
+    GSM8K  {"question": "...", "answer": "... = <<48/2=24>>24 clips ...\n#### 72"}
+    MATH   {"problem": "...", "solution": "... \boxed{72} ..."}  (+ optional "answer", "level", "type", ...)
+
+The reference answer of a GSM8K row is the text after its last `####` line, as written; of a MATH row,
+the "answer" field if given, else the content of the solution's last `\boxed{}`. As an expert
+demonstration the response is the GSM8K answer text without its calculator annotations (`<<48/2=24>>`:
+the model has no calculator) and with its `#### 72` line kept, or the MATH solution as written: either
+way it ends in an answer that `strict_reward` reads.
 """
 
 from __future__ import annotations
@@ -55,6 +67,8 @@ _UNIT = re.compile(r"(?<=\S)\s*\\(?:text|mbox)\{\s[^{}]*\}\s*$|\^\{?\\circ\}?\s*
 _UNWRAP = re.compile(r"\\(?:text|mbox|textbf|mathrm)\{([^{}]*)\}")
 _SPACE = re.compile(r"(?<![0-9]) | (?![0-9])")
 _DECIMAL = re.compile(r"-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?|-?\.[0-9]+")
+_FINAL = re.compile(r"^[ \t]*####[ \t]*(.*?)\s*$", re.MULTILINE)  # a GSM8K answer's final line
+_CALCULATOR = re.compile(r"<<[^<>\n]*>>")
 _RATIO = re.compile(r"(-?)(?:([0-9]+)/([0-9]+)|\\frac\{(-?[0-9]+)\}\{([0-9]+)\}|\\frac([0-9])([0-9]))")
 
 
@@ -152,3 +166,33 @@ def lenient_reward(response: str, answer: str) -> float:
     if strict and _same(got, answer):
         return 1.0
     return 1.0 if _same(_last_number(response, reverse) if strict else got, answer) else 0.0
+
+
+def gsm8k_answer(answer: str) -> str:
+    """The final answer of a GSM8K "answer" text: what follows its last `####` line."""
+    finals = [text for text in _FINAL.findall(answer) if text]
+    if not finals:
+        raise ValueError("'answer' has no final '#### N' line (GSM8K format)")
+    return finals[-1]
+
+
+def gsm8k_response(answer: str) -> str:
+    """A GSM8K "answer" text as a demonstration: without the `<<48/2=24>>` calculator annotations."""
+    return _CALCULATOR.sub("", answer)
+
+
+def math_answer(solution: str, answer: str | None) -> str:
+    """The reference answer of a MATH row: its "answer" field, else the solution's last \\boxed{}."""
+    answer = answer or last_boxed(solution)
+    if answer is None:
+        raise ValueError("'solution' has no \\boxed{...} answer and the row has no 'answer' key (MATH format)")
+    return answer
+
+
+def math_skill(record: dict) -> str:
+    """The skill of a MATH row: its "type" (or "subject"); the metadata must be strings or integers."""
+    for key in ("level", "type", "subject", "unique_id"):
+        if key in record and (isinstance(record[key], bool) or not isinstance(record[key], (str, int))):
+            raise ValueError(f"{key!r} must be a string or an integer, got {type(record[key]).__name__}")
+    return next((record[k].strip() for k in ("type", "subject") if isinstance(record.get(k), str) and record[k].strip()),
+                "math")

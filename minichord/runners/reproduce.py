@@ -5,7 +5,7 @@
 (Measured wall times: README.md.) Matched budget: every method runs the same number of
 optimizer steps with the same batch shape (B prompts x G rollouts, E expert demonstrations per
 step where its mu > 0); sft-grpo splits those steps between its two stages. Samples seen differ
-by design (SFT samples no rollouts; GRPO sees no expert data) and are reported per method.
+by method (SFT samples no rollouts; GRPO sees no expert data) and are reported per method.
 
 Writes results.json (every run's final numbers), results.md (mean ± std over seeds),
 curves.png (seed-0 curves of every method) and sft_curve.png (a long SFT run on the limited
@@ -24,7 +24,7 @@ from typing import Callable
 from minichord.device import resolve_device
 from minichord.experiment import build_stages, evaluate_initial_model, prepare_run
 from minichord.methods import METHODS
-from minichord.plot import plot_runs, read_jsonl
+from minichord.runners.plot import plot_runs, read_jsonl
 
 SFT_CURVE_PANELS = [("eval.jsonl", "in_domain.accuracy", "in-domain accuracy (greedy)"),
                     ("eval.jsonl", "other_skills.accuracy", "other-skill retention"),
@@ -94,7 +94,7 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
     common = [f"steps={setting.steps}", f"n_test={setting.n_test}", f"eval_every={setting.eval_every}",
               f"save_every={setting.steps}", *overrides]
     first_cfg = build_stages(methods[0], overrides=common)[0].cfg
-    resolve_device(first_cfg.device)  # refused before anything is written
+    device = resolve_device(first_cfg.device)  # refused before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(m, s) for s in range(setting.seeds) for m in methods]
@@ -102,7 +102,7 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
     t_start = time.perf_counter()
     quiet = lambda msg: None  # noqa: E731  (per-step lines would drown the overview)
 
-    _, _, base_evals = evaluate_initial_model(first_cfg, setting.seeds, first_cfg.n_test, log)
+    _, _, base_evals = evaluate_initial_model(first_cfg, device, setting.seeds, first_cfg.n_test, log)
     results: dict[str, list[dict]] = {"base": [{**split_summary(e), "wall_s": 0.0} for e in base_evals]}
     for done, (method, seed) in enumerate(jobs):
         elapsed = time.perf_counter() - t_start
