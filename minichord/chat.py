@@ -1,13 +1,11 @@
-"""A checkpoint's own tokenizer and chat template (Hugging Face files), with the interface of `Tokenizer`.
+"""A model's own tokenizer and chat template (Hugging Face files), a `TokenizerLike` as the toy `Tokenizer` is.
 
 Files read from a model directory (or the same {name: text} dict embedded in a minichord checkpoint):
 
     tokenizer.json          required; loaded by the `tokenizers` library
-    tokenizer_config.json   bos_token / eos_token / pad_token / unk_token (each a string, an AddedToken-style
-                            {"content": ...} dict, or null) and chat_template (a string, or a list of
-                            {"name", "template"} of which "default" is used)
-    chat_template.jinja     the template as a file of its own (what transformers now writes): when both exist,
-                            this file wins over tokenizer_config.json's chat_template, as in transformers
+    tokenizer_config.json   bos_token / eos_token / pad_token / unk_token (a string, {"content": ...} or null)
+                            and chat_template (a string, or a list of {"name", "template"}: "default" is used)
+    chat_template.jinja     the template as a file of its own: it wins over tokenizer_config.json's
     generation_config.json  optional: eos_token_id (an int or a list), bos_token_id, pad_token_id
 
 Ids: `eos_id` is tokenizer_config's eos_token (the end-of-turn token the template writes after an
@@ -22,7 +20,6 @@ each special token the config names (`bos_token`, `eos_token`, ...). The text is
 special tokens added: the template writes the bos itself.
 
     tok = ChatTokenizer.from_dir("Qwen2.5-0.5B-Instruct")
-    tok.encode_prompt("2+3?")  # <|im_start|>system\\nYou are Qwen, ...<|im_end|>\\n<|im_start|>user\\n2+3?<|im_end|>\\n<|im_start|>assistant\\n
     ids, mask = tok.encode_example("2+3?", "5")  # the prompt ids, then 5<|im_end|> (mask True on those two)
     tok.stop_ids  # [151645, 151643]: <|im_end|>, <|endoftext|>
 """

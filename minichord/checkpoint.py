@@ -1,11 +1,10 @@
 """Checkpoints: step directories of safetensors + JSON, published atomically, never unpickled.
 
-    root/latest                  names the newest complete step directory, e.g. "step-000040"
-    root/step-000040/            config.json (format, version, step, meta, dtype, model_config, tokenizer
-                                 special tokens, optimizer param_groups, files: {name: sha256}),
-                                 model.safetensors, tokenizer.json, optimizer.safetensors (state.<i>.<name>),
-                                 and for a chat model's tokenizer (minichord/chat.py) its tokenizer_config.json
-                                 (chat template, special tokens) and generation_config.json (stop ids)
+    root/latest         names the newest complete step directory, e.g. "step-000040"
+    root/step-000040/   config.json (format, version, step, meta, dtype, model_config, tokenizer special
+                        tokens, optimizer param_groups, files: {name: sha256}), model.safetensors,
+                        tokenizer.json (+ a chat model's tokenizer_config.json and generation_config.json),
+                        optimizer.safetensors (state.<i>.<name>)
 
 Save: write the files into `root/.tmp-step-000040-<random>/` (fsynced), rename it to `step-000040`,
 replace `latest` (temp file + rename), delete steps beyond the last `keep`: a kill at any moment

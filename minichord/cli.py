@@ -152,9 +152,7 @@ def cmd_probe(args) -> int:
     from minichord.runners.probe import QUICK_BUDGET, ProbeBudget, probe
 
     budget = QUICK_BUDGET if args.quick else ProbeBudget()
-    changes = {k: getattr(args, k) for k in ("seeds", "grpo_steps", "sft_steps", "n_expert_large", "sft_lr",
-                                               "overfit_steps", "n_expert_small", "n_test")
-               if getattr(args, k) is not None}
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(budget) if getattr(args, f.name, None) is not None}
     criteria = probe(args.out, dataclasses.replace(budget, **changes), overrides=args.set + hardware(args))
     return 0 if all(c.passed for c in criteria) else 1
 
@@ -202,9 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="greedy accuracy of a model on the toy test splits (or a JSONL file)")
     e.add_argument("checkpoint", nargs="?", type=MODEL_DIR, default=None, help="checkpoint directory (or --model)")
     e.add_argument("--model", type=MODEL_DIR, default=None, help="a Hugging Face model directory or a checkpoint")
-    e.add_argument("--reward", choices=("auto", "exact", "math"), default="auto",
-                   help="exact: the toy's answer match; math: strict format + lenient last number "
-                        "(auto: math for a model with a chat template, i.e. a Hugging Face one)")
+    e.add_argument("--reward", choices=("auto", "exact", "math"), default="auto", help="exact: the toy's answer "
+                   "match; math: strict format + lenient last number (auto: math for a model with a chat template)")
     e.add_argument("--max-new-tokens", type=POSITIVE, default=EVAL_MAX_NEW_TOKENS, help="answer length limit (tokens)")
     e.add_argument("--n-test", type=POSITIVE, default=200, help="problems per toy split")
     e.add_argument("--seed", type=SEED, default=0, help="seed of the toy splits")
@@ -228,8 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=POSITIVE, default=None, help="number of seeds (default 3, quick 1)")
     r.add_argument("--methods", nargs="+", default=None, choices=sorted(METHODS), help="subset of methods")
     r.add_argument("--steps", type=POSITIVE, default=None, help="optimizer steps per run (matched across methods)")
-    r.add_argument("--sft-curve-steps", type=COUNT, default=None,
-                   help="length of the long SFT run on the limited expert set (0 skips it)")
+    r.add_argument("--sft-curve-steps", type=COUNT, default=None, help="steps of a long SFT run (0 skips it)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every run, e.g. --set init=PATH to start from another checkpoint")
 
@@ -241,10 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--grpo-steps", type=POSITIVE, default=None, help="GRPO steps (default 100, reproduce's budget)")
     pr.add_argument("--sft-steps", type=POSITIVE, default=None, help="steps of the long SFT run (default 400)")
     pr.add_argument("--n-expert-large", type=POSITIVE, default=None, help="its expert set size (default 4000)")
-    pr.add_argument("--sft-lr", type=POSITIVE_FLOAT, default=None,
-                    help="learning rate of both SFT runs (default 3e-4)")
-    pr.add_argument("--overfit-steps", type=POSITIVE, default=None,
-                    help="steps of the SFT run on the small set, criterion 6 (default 400)")
+    pr.add_argument("--sft-lr", type=POSITIVE_FLOAT, default=None, help="learning rate of both SFT runs (default 3e-4)")
+    pr.add_argument("--overfit-steps", type=POSITIVE, default=None, help="steps of the small set's SFT run (default 400)")
     pr.add_argument("--n-expert-small", type=POSITIVE, default=None, help="its expert set size (default 64)")
     pr.add_argument("--n-test", type=POSITIVE, default=None, help="test problems per split (default 150)")
     pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")

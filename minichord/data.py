@@ -13,16 +13,11 @@ One JSON object per line (blank lines are skipped); its keys say its format, row
                    MATH  {"problem": "...", "solution": "... \boxed{72} ..."}          answer "72"
                          (+ optional "answer", which then wins, and "level", "type", "subject", "unique_id")
 
-A GSM8K or MATH row is a Problem (prompt = question / problem, answer = the text after the last
-`####` line / the solution's last `\boxed{}`; skill "gsm8k" / the MATH "type") in a prompt file,
-and a Demonstration (response = the solution; GSM8K's `<<48/2=24>>` calculator annotations are
-removed and its `#### 72` line kept) in an expert file; `minichord.tasks.math` scores such answers,
-normalising both sides ("1,234" == "1234", "0.5" == "\frac12").
-
-A file is validated completely before anything is returned, so no run ever trains on half a
-file: every bad line (not JSON, not an object, missing or unknown key, keys of two formats, a
-non-string, empty or non-UTF-8 value, wrong chat roles, a GSM8K answer without its `#### N` line,
-a MATH solution without `\boxed{}` or "answer") is reported as `file:line: what is wrong` in one line.
+A GSM8K or MATH row is a Problem (skill "gsm8k" / the MATH "type") or a Demonstration (the solution);
+`minichord.tasks.math` reads and scores its answer. A file is validated completely before anything is
+returned, so no run ever trains on half a file: every bad line (not JSON, a missing or unknown key, keys
+of two formats, a non-string, empty or non-UTF-8 value, wrong chat roles, a GSM8K answer without its
+`#### N` line, a MATH solution without `\boxed{}` or "answer") is reported as `file:line: what is wrong`.
 """
 
 from __future__ import annotations

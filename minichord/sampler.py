@@ -3,21 +3,16 @@
     prompts (ragged) --left-pad--> [B, P] --prefill (one forward)--> cache + last logits
     repeat up to max_new_tokens times:  pick a token from the logits, feed it back ([B, 1])
 
-A token is drawn from softmax(logits / T) restricted to the top-k / nucleus set, but the
-returned log-prob is the unrestricted one (T = 1 for greedy decoding):
-    logprob_t = log_softmax(logits_t / T)[y_t]
-the policy the trainer differentiates (`ops.token_logprobs(logits, y, temperature=T)`), so old
-and new log-probs agree at the first update.
+A token is drawn from softmax(logits / T) restricted to the top-k / nucleus set, but the returned
+log-prob is the unrestricted one, logprob_t = log_softmax(logits_t / T)[y_t] (T = 1 when greedy): the
+policy the trainer differentiates, so old and new log-probs agree at the first update.
 
-Each step after the prefill is `Transformer.decode_step`: positions advance by one per step (no
-cumsum over the mask). The KV cache grows CACHE_CHUNK slots at a time and each step attends over
-every allocated slot, the unfilled ones masked: a contiguous cache is read ~3x faster than a slice of
-a longer one (model.KVCache). SamplerConfig.compile=True runs the step compiled: on a CPU through
-`torch.compile` with dynamic shapes (one trace, ~45 s on 2 CPU cores, for every batch and cache size; it pays off only
-over many generations); on a GPU as a CUDA graph over the whole preallocated cache, captured at the
-first step of each generate() call (one replay per token instead of hundreds of kernel launches; no
-compiler). Left at None, it is the CUDA graph on a GPU (3.2x faster sampling in a CHORD step on an
-H200, benchmarks/RESULTS.md) and eager on a CPU; False is eager everywhere.
+Each step after the prefill is `Transformer.decode_step` over a KV cache grown CACHE_CHUNK slots at a
+time (model.KVCache). SamplerConfig.compile=True runs the step compiled: on a CPU through `torch.compile`
+with dynamic shapes (one trace, ~45 s on 2 CPU cores: it pays off only over many generations); on a GPU
+as a CUDA graph over the whole preallocated cache, captured at the first step of each generate() call.
+None (the default) is the CUDA graph on a GPU (3.2x faster sampling in a CHORD step on an H200,
+benchmarks/RESULTS.md) and eager on a CPU; False is eager everywhere.
 """
 
 from __future__ import annotations

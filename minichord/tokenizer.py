@@ -6,19 +6,16 @@ spelling), then the learned BPE merges. By default the alphabet is the 128 ASCII
 smallest vocabulary is 5 + 128 = 133 and the default of 256 leaves 123 merges
 (`full_byte_alphabet=True` takes all 256 bytes: any UTF-8 text, at least 261 ids).
 
-Pre-tokenization (what BPE may never merge across): every digit is its own piece, so "1234" is
-always the four tokens 1 2 3 4 (a model doing arithmetic never sees "12"+"34"); then GPT-2's
-byte-level split (words, spaces, punctuation) with no prefix space added, so decode(encode(s)) == s
-exactly for any ASCII s.
+Pre-tokenization (what BPE never merges across): every digit is its own piece ("1234" is always
+1 2 3 4), then GPT-2's byte-level split with no prefix space, so decode(encode(s)) == s for any ASCII s.
 
 Chat format (one prompt, one response; nothing is inserted around the special tokens):
 
     <|bos|> <|user|> {prompt tokens} <|assistant|> {response tokens} <|eos|>
     '----------- encode_prompt(prompt) ---------'  '------ loss mask True ------'
 
-Files: `save`/`load` use the standard tokenizer.json, so any Hugging Face tokenizer.json loads; the
-special tokens are looked up by their text (`special_tokens={"eos": "<|endoftext|>", ...}` renames
-them). Like every `tokenizers` tokenizer, the text "<|eos|>" inside a prompt is the special token.
+Files: `save`/`load` use the standard tokenizer.json, so any Hugging Face tokenizer.json loads; special
+tokens are looked up by their text (`special_tokens={"eos": "<|endoftext|>", ...}` renames them).
 """
 
 from __future__ import annotations
@@ -98,8 +95,7 @@ class Tokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 256, *, min_frequency: int = 2,
               full_byte_alphabet: bool = False) -> "Tokenizer":
-        """Learn BPE merges on `texts` until `vocab_size` ids (or no pair occurs min_frequency times):
-        on a small corpus there may be fewer, so size the model's embedding by `.vocab_size`."""
+        """BPE merges on `texts` up to `vocab_size` ids (fewer on a small corpus: size the model by `.vocab_size`)."""
         if full_byte_alphabet:
             alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
         else:  # the byte-level characters of ASCII 0..127, one char each

@@ -15,11 +15,9 @@ The criteria describe the *setting*, never which method wins. From one command i
                         style shift (never step 0) by >= 0.05 while the training expert NLL at the end
                         is below its value at the peak
 
-Runs: the base evaluated on `seeds` splits; GRPO x seeds at the default budget; one long SFT run on a
-large expert set (n_expert_large demonstrations) for criteria 2 and 4; one long SFT run on a small
-expert set (n_expert_small) for criterion 6; both at sft_lr. Why two: a small set is memorised before the
-procedure is learned (with 64-256 demos), so "can the expert's data carry the capability"
-and "can SFT overfit a limited set" need different set sizes. Writes probe.json and probe.md.
+Runs: the base on `seeds` splits; GRPO x seeds at the default budget; a long SFT run on a large expert set
+(criteria 2, 4) and one on a small set (criterion 6), both at sft_lr: a small set (64-256 demos) is memorised
+before the procedure is learned, so the two questions need two set sizes. Writes probe.json and probe.md.
 """
 
 from __future__ import annotations
@@ -32,7 +30,8 @@ from typing import Callable
 
 from minichord.device import resolve_device
 from minichord.evaluate import expert_token_probs
-from minichord.experiment import build_stages, evaluate_initial_model, prepare_run
+from minichord.experiment import build_stages, evaluate_initial_model
+from minichord.runners import run_quietly
 from minichord.runners.plot import read_jsonl, series
 from minichord.tasks import make_splits
 
@@ -91,7 +90,6 @@ def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: l
           log: Callable[[str], None] = print) -> list[Criterion]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    quiet = lambda msg: None  # noqa: E731
     cfg = build_stages("grpo", overrides=list(overrides))[0].cfg
     model, tok, evaluations = evaluate_initial_model(cfg, resolve_device(cfg.device), budget.seeds, budget.n_test, log)
     base = [{split: e["accuracy"] for split, e in ev.items()} for ev in evaluations]  # per seed: {split: accuracy}
@@ -103,19 +101,15 @@ def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: l
     grpo = []
     for s in range(budget.seeds):
         log(f"probe: grpo seed {s} ({budget.grpo_steps} steps)")
-        run = out / "grpo" / f"seed{s}"
-        prepare_run("grpo", run, resume=False, log=quiet, overrides=[
+        grpo.append(run_quietly("grpo", out / "grpo" / f"seed{s}", [
             *common, f"seed={s}", f"steps={budget.grpo_steps}", f"eval_every={budget.eval_every}",
-            f"save_every={budget.grpo_steps}"]).run()
-        grpo.append(read_jsonl(run / "eval.jsonl")[-1]["in_domain"]["accuracy"])
+            f"save_every={budget.grpo_steps}"])[-1]["in_domain"]["accuracy"])
 
     def sft(name: str, n: int, n_expert: int) -> tuple[list[dict], list[dict]]:
         log(f"probe: {name} ({n} steps, {n_expert} expert demonstrations)")
-        run = out / name
-        prepare_run("sft", run, resume=False, log=quiet, overrides=[
-            *common, "seed=0", f"steps={n}", f"eval_every={max(1, n // 20)}", f"save_every={n}",
-            f"n_expert={n_expert}", f"lr={budget.sft_lr}"]).run()
-        return read_jsonl(run / "eval.jsonl"), read_jsonl(run / "metrics.jsonl")
+        evals = run_quietly("sft", out / name, [*common, "seed=0", f"steps={n}", f"eval_every={max(1, n // 20)}",
+                                                f"save_every={n}", f"n_expert={n_expert}", f"lr={budget.sft_lr}"])
+        return evals, read_jsonl(out / name / "metrics.jsonl")
 
     evals, _ = sft("sft-long", budget.sft_steps, budget.n_expert_large)
     _, acc = series(evals, "in_domain.accuracy")

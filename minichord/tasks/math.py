@@ -1,5 +1,5 @@
-r"""GSM8K and MATH: the reference answer and demonstration of a row, and a reward that reads the final answer
-of a response and compares it exactly.
+r"""GSM8K and MATH: a row's reference answer and demonstration, and a reward that reads the final answer of a
+response and compares it exactly.
 
 A response is untrusted text: it is only matched with linear-time regular expressions, never
 evaluated (no eval/exec/sympy). `extract_final(response) -> (text, strict)` reads, in this order:
@@ -33,16 +33,9 @@ The last number: ASCII digits with optional "," thousands groups, ".decimals" or
 Both rewards return 0.0 for non-string input or an answer over 2000 characters, never raise, and
 take well under 50 ms on a 1 MB response (the searches run on the reversed text: linear time).
 
-GSM8K and MATH rows (the JSONL loaders of `minichord.data` check their keys and types):
-
-    GSM8K  {"question": "...", "answer": "... = <<48/2=24>>24 clips ...\n#### 72"}
-    MATH   {"problem": "...", "solution": "... \boxed{72} ..."}  (+ optional "answer", "level", "type", ...)
-
-The reference answer of a GSM8K row is the text after its last `####` line, as written; of a MATH row,
-the "answer" field if given, else the content of the solution's last `\boxed{}`. As an expert
-demonstration the response is the GSM8K answer text without its calculator annotations (`<<48/2=24>>`:
-the model has no calculator) and with its `#### 72` line kept, or the MATH solution as written: either
-way it ends in an answer that `strict_reward` reads.
+Rows (their formats: `minichord.data`): as a demonstration, a GSM8K answer text loses its calculator
+annotations (`<<48/2=24>>`: the model has no calculator) and keeps its `#### 72` line, a MATH solution is
+kept as written: either way it ends in an answer that `strict_reward` reads.
 """
 
 from __future__ import annotations
