@@ -12,12 +12,9 @@ Ids: `eos_id` is tokenizer_config's eos_token (the end-of-turn token the templat
 assistant message, e.g. <|im_end|>); `stop_ids` is every id that ends a generation (generation_config's
 eos ids, then eos_id); `pad_id` is the pad_token, else generation_config's pad_token_id, else eos_id.
 
-Rendering follows transformers' `apply_chat_template`: a Jinja2 ImmutableSandboxedEnvironment with
-trim_blocks and lstrip_blocks (no keep_trailing_newline), the loop controls extension, the
-`{% generation %}` tag (rendered as its body), `raise_exception`, a `tojson` filter that does not escape
-HTML, `strftime_now`; variables `messages`, `add_generation_prompt`, `tools` and `documents` (None) and
-each special token the config names (`bos_token`, `eos_token`, ...). The text is then tokenized with no
-special tokens added: the template writes the bos itself.
+Rendering follows transformers' `apply_chat_template` (a sandboxed Jinja2 environment as `_ENV` sets it
+up; variables `messages`, `add_generation_prompt`, `tools`, `documents` and each special token the config
+names); the text is tokenized with no special tokens added: the template writes the bos itself.
 
     tok = ChatTokenizer.from_dir("Qwen2.5-0.5B-Instruct")
     ids, mask = tok.encode_example("2+3?", "5")  # the prompt ids, then 5<|im_end|> (mask True on those two)

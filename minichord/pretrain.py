@@ -1,20 +1,14 @@
 """Pre-train the toy *base model*: the analogue of the instruct model the CHORD paper starts from.
 
 In under two minutes on two CPU cores this makes a small transformer that answers every toy skill in its
-own terse style, and the target only *sometimes*. What it sees (`corpus.pretrain_corpus`): terse 1-2 digit
-additions (all of them); terse 3-digit additions (`easy_fraction` of the terse ones), 70 % with no inner
-carry and 30 % with exactly one (never two: that is the harder split); the expert's column format on 15 %
-of its 1-3 digit additions, clean on 1-2 digits and *sloppy* on 3 (`corpus.Sloppy`: 60 % of the digits
-wrong, the answer true); and, for a first operand >= 600, a sentence 4 times in 5 ("the sum is 1079",
-`sentence_share`): right digits in a format the exact-match reward marks wrong, so greedy decoding fails
-those prompts while sampling still finds the bare number.
+own terse style, and the target only *sometimes*; what it sees is `minichord.tasks.corpus`.
 Measured (1300 steps, 200 problems per split, seed 0, 2 CPU cores, 116 s): 3-digit addition 0.26 (first
 operand < 600: 0.44; >= 600: 0); harder split 0.00; reverse / sort / copy 0.995; median expert-token p 0.38.
 Whether the terse 3-digit skill fits depends on the seed and the floating-point order (in-domain 0.045-0.34
 over 28 bases of this family): the recipe sits on a fitting transition. Steps:
 
   1. a byte-level BPE tokenizer trained on text of *both* styles (vocabulary coverage);
-  2. a stream of (prompt, answer) examples of all skills, none in any split (`corpus.pretrain_corpus`);
+  2. a stream of (prompt, answer) examples of all skills, none in any split;
   3. AdamW (`cosine_lr`) on the next-token loss of response tokens only (the tokenizer's loss mask):
          L = - (1 / #response tokens) * sum_{t in response} log p(x_t | x_<t),
      the batch packed (`Transformer.forward(packed=True)`): only attention sees the padding;
@@ -26,6 +20,7 @@ Cached (`toy_base`): when the directory already holds a checkpoint made with the
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import random
@@ -141,13 +136,8 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     torch.manual_seed(cfg.seed)
     tokenizer = Tokenizer.train(style_texts(rng, cfg.tokenizer_texts, other_lengths=cfg.other_lengths),
                                 vocab_size=model_cfg.vocab_size)
-    pairs = pretrain_corpus(rng, cfg.steps * cfg.batch_size, target_fraction=cfg.target_fraction,
-                            target_digits=cfg.target_digits, other_lengths=cfg.other_lengths,
-                            expert_style_fraction=cfg.expert_style_fraction,
-                            expert_style_digits=cfg.expert_style_digits, easy_fraction=cfg.easy_fraction,
-                            easy_digits=cfg.easy_digits, easy_carry_free=cfg.easy_carry_free,
-                            easy_one_carry=cfg.easy_one_carry,
-                            sentence_share=cfg.sentence_share, sentence_from=cfg.sentence_from,
+    corpus = inspect.signature(pretrain_corpus).parameters.keys() & vars(cfg).keys()  # the fields it takes by name
+    pairs = pretrain_corpus(rng, cfg.steps * cfg.batch_size, **{k: getattr(cfg, k) for k in corpus},
                             sloppy=Sloppy(noise=cfg.sloppy_noise, keep=cfg.sloppy_keep, newline=cfg.sloppy_newline)
                             if cfg.sloppy_noise > 0 else None)
     examples = [tokenizer.encode_example(prompt, response) for prompt, response in pairs]

@@ -116,14 +116,12 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
              vocab_size: int | None = None) -> Rollout:
     """Sample continuations of `prompts` (token-id lists of any lengths) from `model`.
 
-    Each sequence stops after emitting `eos_id`, or any id of a list (a chat model's stop ids, e.g.
-    Qwen2.5's <|im_end|> and <|endoftext|>); an id outside the vocabulary, e.g. -1, never matches;
-    `Rollout` says what fills its later slots). Generation ends when every sequence has stopped, so
-    T_new <= cfg.max_new_tokens. `generator` (on the model's device) makes sampling reproducible;
-    use_cache=False recomputes the whole sequence every step (slow; for tests and benchmarks). vocab_size
-    (the tokenizer's, where the model has more embedding rows, as Qwen2 pads 151,665 ids to 151,936): the
-    extra logits are dropped before anything else, so they are never drawn and log-probs are over its ids.
-    """
+    Each sequence stops after emitting `eos_id` or any id of a list (a chat model's stop ids; an id outside
+    the vocabulary never matches); generation ends when every sequence has stopped, so T_new <=
+    cfg.max_new_tokens. `generator` (on the model's device) makes sampling reproducible; use_cache=False
+    recomputes the whole sequence every step (tests, benchmarks). vocab_size (the tokenizer's, where the model
+    has more embedding rows, as Qwen2 pads 151,665 ids to 151,936): the extra logits are dropped first
+    (never drawn; log-probs over its ids)."""
     param = next(model.parameters())
     device, V = param.device, model.cfg.vocab_size
     dtype = autocast_dtype(device) or param.dtype  # under bf16 autocast (minichord/device.py): a bf16 KV cache

@@ -1,10 +1,8 @@
 """A small byte-level BPE tokenizer with a fixed chat format, built on Hugging Face `tokenizers`.
 
 Vocabulary: ids 0..4 are the special tokens <|pad|> <|bos|> <|eos|> <|user|> <|assistant|>, then the
-byte alphabet (each byte is one character of GPT-2's byte-to-unicode map, so every text has a
-spelling), then the learned BPE merges. By default the alphabet is the 128 ASCII bytes, so the
-smallest vocabulary is 5 + 128 = 133 and the default of 256 leaves 123 merges
-(`full_byte_alphabet=True` takes all 256 bytes: any UTF-8 text, at least 261 ids).
+byte alphabet (GPT-2's byte-to-unicode map: every text has a spelling), then the learned BPE merges. The
+alphabet is the 128 ASCII bytes (at least 133 ids), or all 256 with `full_byte_alphabet=True` (any UTF-8).
 
 Pre-tokenization (what BPE never merges across): every digit is its own piece ("1234" is always
 1 2 3 4), then GPT-2's byte-level split with no prefix space, so decode(encode(s)) == s for any ASCII s.

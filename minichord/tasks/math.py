@@ -13,11 +13,9 @@ evaluated (no eval/exec/sympy). `extract_final(response) -> (text, strict)` read
     4. (lenient)    none of the above: the last number of the text, with strict = False.
     An empty X (e.g. "Answer:" and the answer on the next line) is no answer in that format.
 
-`normalise` gives the canonical form both sides are compared in. It drops `$` and `%` (with any
-backslashes: `\$`, `\\$`, `\%`), `\left`, `\right`, the LaTeX spaces `\! \, \; \:`, a trailing
-`^\circ`, a trailing unit `\text{ cm}` (a `\text{` whose text starts with a space), a leading "+"
-and trailing periods; unwraps `\text{X}`, `\mbox{X}`, `\textbf{X}`, `\mathrm{X}` to X; writes
-dfrac and tfrac as frac; removes whitespace except one space between two digits ("1 2" != "12").
+`normalise` (the canonical form both sides are compared in) drops `$`, `%`, `\left`, `\right`, LaTeX
+spaces, a trailing `^\circ` or unit `\text{ cm}`, a leading "+" and trailing periods; unwraps `\text{X}`
+(`\mbox`, `\textbf`, `\mathrm`); writes dfrac and tfrac as frac; removes whitespace but between digits.
 A NUMBER (ASCII digits only: "١٢" is not one) then becomes an exact reduced fraction, an integer
 when q = 1: "1,234", "1234.0", "+1234", "\$1,234" -> "1234"; "0.5", "1/2", "\frac{1}{2}", "\dfrac12"
 -> "1/2"; "-\frac{1}{2}" == "\frac{-1}{2}" == "-0.5"; "0.75" == "3/4" but "0.33" != "1/3"; "-0" == "0";

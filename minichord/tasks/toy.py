@@ -9,12 +9,8 @@
                                                 4+8+1=13 carry 1
                                                 3+2+1=6 carry 0
                                                 answer: 632
-    partial skill of the instruct model     terse 3-digit sums seen mostly without inner carries
-                                            (`inner_carries`), a few with one, none with two; the
-                                            column format clean on 1-2 digit sums and sloppy on 3
-                                            (wrong column digits); sums with a first operand >= 600
-                                            mostly answered in a sentence, "the sum is 1079", which
-                                            the reward rejects (minichord.tasks.corpus, .pretrain)
+    partial skill of the instruct model     what the base saw (minichord.tasks.corpus): few carries,
+                                            sloppy column work, sentences the reward rejects
     limited expert set, disjoint RL set     `make_splits`: n_expert demos, n_rl prompts, disjoint
     held-out tests                          in_domain (3 digits, uniform), harder (3 digits with
                                             2 inner carries), other_skills (retention)
