@@ -98,8 +98,8 @@ def _files_of(model, tokenizer, optimizer, step: int, meta: dict) -> dict[str, b
     return files
 
 
-def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 0, meta: dict | None = None,
-                    keep: int = 3) -> Path:
+def save_checkpoint(root, model, *, tokenizer: TokenizerLike | None = None, optimizer=None, step: int = 0,
+                    meta: dict | None = None, keep: int = 3) -> Path:
     """Save as `root/step-<step>`, point `root/latest` at it, keep the last `keep` steps; returns the step dir."""
     root, meta = Path(root), {} if meta is None else meta
     if root.exists() and not (root.is_dir() and all(re.fullmatch(r"latest|\.tmp-.*|step-\d+", p.name)
@@ -212,7 +212,7 @@ def _load_model(d: Path, c: dict, cfg: ModelConfig) -> torch.nn.Module:
     return model
 
 
-def _load_tokenizer(d: Path, c: dict, cfg: ModelConfig):
+def _load_tokenizer(d: Path, c: dict, cfg: ModelConfig) -> TokenizerLike:
     from minichord.chat import ChatTokenizer
     from minichord.tokenizer import Tokenizer, TokenizerError
     texts = {name: _read(d, name, "", sha) for name, sha in c["files"].items() if name in (TOKENIZER, *CHAT_FILES)}

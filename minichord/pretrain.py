@@ -20,7 +20,6 @@ Cached (`toy_base`): when the directory already holds a checkpoint made with the
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import os
 import random
@@ -82,6 +81,11 @@ class PretrainConfig:
     n_eval: int = 200  # problems per test split measured at the end (0 = skip)
 
 
+CORPUS_FIELDS = ("target_fraction", "target_digits", "other_lengths", "expert_style_fraction", "expert_style_digits",
+                 "easy_fraction", "easy_digits", "easy_carry_free", "easy_one_carry", "sentence_share",
+                 "sentence_from")  # the PretrainConfig fields pretrain_corpus takes by name
+
+
 def cosine_lr(step: int, cfg: PretrainConfig) -> float:
     """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_frac at the last step."""
     if step < cfg.warmup_steps:
@@ -136,8 +140,7 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     torch.manual_seed(cfg.seed)
     tokenizer = Tokenizer.train(style_texts(rng, cfg.tokenizer_texts, other_lengths=cfg.other_lengths),
                                 vocab_size=model_cfg.vocab_size)
-    corpus = inspect.signature(pretrain_corpus).parameters.keys() & vars(cfg).keys()  # the fields it takes by name
-    pairs = pretrain_corpus(rng, cfg.steps * cfg.batch_size, **{k: getattr(cfg, k) for k in corpus},
+    pairs = pretrain_corpus(rng, cfg.steps * cfg.batch_size, **{k: getattr(cfg, k) for k in CORPUS_FIELDS},
                             sloppy=Sloppy(noise=cfg.sloppy_noise, keep=cfg.sloppy_keep, newline=cfg.sloppy_newline)
                             if cfg.sloppy_noise > 0 else None)
     examples = [tokenizer.encode_example(prompt, response) for prompt, response in pairs]
