@@ -1,19 +1,12 @@
 """`minichord probe`: does the toy setting leave every method room to show what it does?
 
-The criteria describe the *setting*, never which method wins. From one command it measures:
-
-    1 headroom          base in-domain accuracy (greedy, mean over seeds)           in [0.15, 0.45]
-    2 expert capability long SFT on a large expert set (the expert is a program):     >= 0.80
-                        best in-domain and best harder-split accuracy (harder = 3-digit
-                        sums with 2 inner carries), while the base's harder          >= 0.30, base <= 0.10
-    3 RL signal         GRPO (default budget) final in-domain - base, mean over seeds >= 0.10,
-                        and GRPO's final in-domain below SFT's best                   < SFT best
-    4 disruption        base other-skill accuracy - SFT's at the end of the long run  >= 0.20
-                        (on the large set)
-    5 partly on-policy  median p(expert token | base), p = pi(y_t | x, y_<t)          in [0.05, 0.5]
-    6 overfitting       long SFT on a small expert set: held-out in-domain falls from its peak after the
-                        style shift (never step 0) by >= 0.05 while the training expert NLL at the end
-                        is below its value at the peak
+The criteria describe the *setting*, never which method wins (thresholds: `probe`'s table):
+1 headroom (base in-domain accuracy, greedy, mean over seeds); 2 expert capability (a long SFT run on a
+large expert set, the expert being a program, reaches high in-domain and harder-split accuracy, which the
+base lacks); 3 RL signal (GRPO at the default budget gains over the base, below SFT's best); 4 disruption
+(the long SFT run costs other-skill accuracy); 5 partly on-policy (median p(expert token | base),
+p = pi(y_t | x, y_<t)); 6 overfitting (long SFT on a small set: held-out in-domain falls from its peak
+after the style shift, never step 0, while the training expert NLL still falls).
 
 Runs: the base on `seeds` splits; GRPO x seeds at the default budget; a long SFT run on a large expert set
 (criteria 2, 4) and one on a small set (criterion 6), both at sft_lr: a small set (64-256 demos) is memorised
