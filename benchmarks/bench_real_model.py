@@ -18,7 +18,7 @@ import torch
 from minichord.chat import ChatTokenizer
 from minichord.cli import main
 from minichord.config import SamplerConfig
-from minichord.experiment import default_base_dir
+from minichord.pretrain import default_base_dir
 from minichord.hf import load_hf_model
 from minichord.sampler import generate
 

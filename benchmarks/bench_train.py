@@ -25,7 +25,7 @@ from minichord.methods import build_stages
 from minichord.model import Transformer
 from minichord.tasks import style_texts
 from minichord.tokenizer import Tokenizer
-from minichord.traindata import build_train_data
+from minichord.data import build_train_data
 from minichord.trainer import Trainer
 
 

@@ -24,7 +24,7 @@ from minichord.config import ModelConfig
 from minichord.methods import build_stages
 from minichord.model import Transformer
 from minichord.tasks import Demonstration, Problem
-from minichord.traindata import TrainData
+from minichord.data import TrainData
 from minichord.trainer import Trainer
 
 

@@ -1,28 +1,22 @@
-"""A checkpoint's own tokenizer and chat template (Hugging Face files), with the interface of `Tokenizer`.
+"""A model's own tokenizer and chat template (Hugging Face files), a `TokenizerLike` as the toy `Tokenizer` is.
 
 Files read from a model directory (or the same {name: text} dict embedded in a minichord checkpoint):
 
     tokenizer.json          required; loaded by the `tokenizers` library
-    tokenizer_config.json   bos_token / eos_token / pad_token / unk_token (each a string, an AddedToken-style
-                            {"content": ...} dict, or null) and chat_template (a string, or a list of
-                            {"name", "template"} of which "default" is used)
-    chat_template.jinja     the template as a file of its own (what transformers now writes): when both exist,
-                            this file wins over tokenizer_config.json's chat_template, as in transformers
+    tokenizer_config.json   bos_token / eos_token / pad_token / unk_token (a string, {"content": ...} or null)
+                            and chat_template (a string, or a list of {"name", "template"}: "default" is used)
+    chat_template.jinja     the template as a file of its own: it wins over tokenizer_config.json's
     generation_config.json  optional: eos_token_id (an int or a list), bos_token_id, pad_token_id
 
 Ids: `eos_id` is tokenizer_config's eos_token (the end-of-turn token the template writes after an
 assistant message, e.g. <|im_end|>); `stop_ids` is every id that ends a generation (generation_config's
 eos ids, then eos_id); `pad_id` is the pad_token, else generation_config's pad_token_id, else eos_id.
 
-Rendering follows transformers' `apply_chat_template`: a Jinja2 ImmutableSandboxedEnvironment with
-trim_blocks and lstrip_blocks (no keep_trailing_newline), the loop controls extension, the
-`{% generation %}` tag (rendered as its body), `raise_exception`, a `tojson` filter that does not escape
-HTML, `strftime_now`; variables `messages`, `add_generation_prompt`, `tools` and `documents` (None) and
-each special token the config names (`bos_token`, `eos_token`, ...). The text is then tokenized with no
-special tokens added: the template writes the bos itself.
+Rendering follows transformers' `apply_chat_template` (a sandboxed Jinja2 environment as `_ENV` sets it
+up; variables `messages`, `add_generation_prompt`, `tools`, `documents` and each special token the config
+names); the text is tokenized with no special tokens added: the template writes the bos itself.
 
     tok = ChatTokenizer.from_dir("Qwen2.5-0.5B-Instruct")
-    tok.encode_prompt("2+3?")  # <|im_start|>system\\nYou are Qwen, ...<|im_end|>\\n<|im_start|>user\\n2+3?<|im_end|>\\n<|im_start|>assistant\\n
     ids, mask = tok.encode_example("2+3?", "5")  # the prompt ids, then 5<|im_end|> (mask True on those two)
     tok.stop_ids  # [151645, 151643]: <|im_end|>, <|endoftext|>
 """

@@ -1,16 +1,18 @@
 """Checkpoints: step directories of safetensors + JSON, published atomically, never unpickled.
 
-    root/latest                  names the newest complete step directory, e.g. "step-000040"
-    root/step-000040/            config.json (format, version, step, meta, dtype, model_config, tokenizer
-                                 special tokens, optimizer param_groups, files: {name: sha256}),
-                                 model.safetensors, tokenizer.json, optimizer.safetensors (state.<i>.<name>),
-                                 and for a chat model's tokenizer (minichord/chat.py) its tokenizer_config.json
-                                 (chat template, special tokens) and generation_config.json (stop ids)
+    root/latest         names the newest complete step directory, e.g. "step-000040"
+    root/step-000040/   config.json (format, version, step, meta, dtype, model_config, tokenizer special
+                        tokens, optimizer param_groups, files: {name: sha256}), model.safetensors,
+                        tokenizer.json (+ a chat model's tokenizer_config.json and generation_config.json),
+                        optimizer.safetensors (state.<i>.<name>)
 
 Save: write the files into `root/.tmp-step-000040-<random>/` (fsynced), rename it to `step-000040`,
 replace `latest` (temp file + rename), delete steps beyond the last `keep`: a kill at any moment
 leaves `latest` naming a complete directory. Load: every field and file is checked (types, ranges,
 sha256, names inside the directory, no symlinks); a problem is one CheckpointError line.
+
+A resumed run's logs: `cut_log` cuts `metrics.jsonl` / `eval.jsonl` back to the checkpoint's step;
+`progress_line` is the one-line report of each step.
 """
 
 import dataclasses
@@ -22,11 +24,13 @@ import re
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load as st_load, save as st_save
 
 from minichord.config import ModelConfig, from_dict, to_dict
+from minichord.tokenizer import TokenizerLike
 
 FORMAT, VERSION, CONFIG, LATEST = "minichord-checkpoint", 2, "config.json", "latest"
 MODEL, TOKENIZER, OPTIMIZER = "model.safetensors", "tokenizer.json", "optimizer.safetensors"
@@ -44,7 +48,7 @@ class CheckpointError(RuntimeError):
 class Checkpoint:
     model: torch.nn.Module
     model_config: ModelConfig
-    tokenizer: object  # minichord.tokenizer.Tokenizer | minichord.chat.ChatTokenizer | None
+    tokenizer: TokenizerLike | None
     optimizer_state: dict | None  # an optimizer.state_dict(), tensors on CPU
     step: int
     meta: dict
@@ -94,8 +98,8 @@ def _files_of(model, tokenizer, optimizer, step: int, meta: dict) -> dict[str, b
     return files
 
 
-def save_checkpoint(root, model, *, tokenizer=None, optimizer=None, step: int = 0, meta: dict | None = None,
-                    keep: int = 3) -> Path:
+def save_checkpoint(root, model, *, tokenizer: TokenizerLike | None = None, optimizer=None, step: int = 0,
+                    meta: dict | None = None, keep: int = 3) -> Path:
     """Save as `root/step-<step>`, point `root/latest` at it, keep the last `keep` steps; returns the step dir."""
     root, meta = Path(root), {} if meta is None else meta
     if root.exists() and not (root.is_dir() and all(re.fullmatch(r"latest|\.tmp-.*|step-\d+", p.name)
@@ -208,7 +212,7 @@ def _load_model(d: Path, c: dict, cfg: ModelConfig) -> torch.nn.Module:
     return model
 
 
-def _load_tokenizer(d: Path, c: dict, cfg: ModelConfig):
+def _load_tokenizer(d: Path, c: dict, cfg: ModelConfig) -> TokenizerLike:
     from minichord.chat import ChatTokenizer
     from minichord.tokenizer import Tokenizer, TokenizerError
     texts = {name: _read(d, name, "", sha) for name, sha in c["files"].items() if name in (TOKENIZER, *CHAT_FILES)}
@@ -265,3 +269,35 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> Non
         optimizer.load_state_dict(ckpt.optimizer_state)
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
         raise CheckpointError(f"optimizer state in {ckpt.path} does not fit this optimizer: {e}") from None
+
+
+class LogError(ValueError):
+    """A log file that cannot be cut back (the trainer raises it as a TrainingError)."""
+
+
+def cut_log(file: Path, before: int, keep_step: int | None, log: Callable[[str], None]) -> None:
+    """Keep the rows with step < before (and == keep_step); a torn last line is dropped (and said)."""
+    if not file.exists():
+        return
+    rows, lines = [], file.read_text(encoding="utf-8", errors="replace").splitlines()
+    for n, line in enumerate(lines, 1):
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            if n < len(lines):
+                raise LogError(f"{file}:{n}: not a metrics row; move the file away to resume") from None
+            log(f"{file}:{n}: dropped a torn last line (the run was killed while writing it)")
+            continue
+        if step < before or step == keep_step:
+            rows.append(line)
+    file.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+
+
+def progress_line(m: dict, steps: int, eta: float) -> str:
+    parts = [f"step {m['step'] + 1:4d}/{steps}", m["method"], "mu joint" if m["mu"] is None else f"mu {m['mu']:.2f}"]
+    for key, label in [("reward", "reward"), ("entropy", "H"), ("response_length", "len"),
+                       ("clip_fraction", "clip"), ("expert_nll", "expert nll")]:
+        if key in m and not (isinstance(m[key], float) and math.isnan(m[key])):
+            parts.append(f"{label} {m[key]:.3f}")
+    parts.append(f"eta {eta:4.0f}s")
+    return " | ".join(parts)

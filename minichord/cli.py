@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 from minichord.config import DEVICES, DTYPES
+from minichord.evaluate import MAX_NEW_TOKENS as EVAL_MAX_NEW_TOKENS
 from minichord.methods import METHODS
+
+CHAT_MAX_NEW_TOKENS = 256  # `minichord chat`'s answer length limit: a chat answer is longer than a test answer
 
 
 def _checked(ok, allowed: str, convert=str):
@@ -40,22 +43,22 @@ def hardware(args) -> list[str]:
 
 
 def cmd_demo(args) -> None:
-    from minichord.demo import run_demo
+    from minichord.runners.demo import run_demo
 
     run_demo(Path(args.out), steps=args.steps, seed=args.seed, hardware=tuple(hardware(args)))
 
 
 def cmd_pretrain(args) -> None:
-    from minichord.experiment import default_base_dir
-    from minichord.pretrain import pretrain_base
+    from minichord.device import resolve_device
+    from minichord.pretrain import default_base_dir, pretrain_base
 
     path = pretrain_base(Path(args.out) if args.out else default_base_dir(), seed=args.seed, steps=args.steps,
-                         device=args.device or "auto", dtype=args.dtype or "fp32")
+                         device=resolve_device(args.device or "auto"), dtype=args.dtype or "fp32")
     print(f"base model: {path}")
 
 
 def cmd_train(args) -> None:
-    from minichord.experiment import prepare_run
+    from minichord.trainer import prepare_run
 
     named = {"init": args.model, "prompts_file": args.prompts, "experts_file": args.experts, "eval_file": args.eval}
     overrides = args.set + [f"{k}={v}" for k, v in named.items() if v is not None] + hardware(args)  # flags win
@@ -67,13 +70,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from minichord import data
-    from minichord.device import autocast, resolve_device
+    from minichord.data import check_lengths, load_prompts, rewards
+    from minichord.device import resolve_device
     from minichord.evaluate import evaluate_splits
-    from minichord.experiment import load_initial_model
-    from minichord.hf import is_hf_dir
+    from minichord.hf import is_hf_dir, load_model
     from minichord.tasks import make_splits
-    from minichord.traindata import rewards
 
     path = args.model or args.checkpoint
     if not path:
@@ -81,15 +82,13 @@ def cmd_eval(args) -> None:
     if is_hf_dir(path) and not args.prompts:
         raise ValueError(f"{path} is a Hugging Face model: give --prompts FILE (the toy splits are for the toy model)")
     device = resolve_device(args.device or "auto")
-    splits = ({Path(args.prompts).stem: data.load_prompts(args.prompts)} if args.prompts
+    splits = ({Path(args.prompts).stem: load_prompts(args.prompts)} if args.prompts
               else make_splits(args.seed, n_rl=0, n_expert=0, n_test=args.n_test).tests)
-    model, tokenizer = load_initial_model(path)  # refuses a checkpoint without a tokenizer
-    data.check_lengths([p for s in splits.values() for p in s], tokenizer, model.cfg.max_seq_len, 1)
+    model, tokenizer = load_model(path)
+    check_lengths([p for s in splits.values() for p in s], tokenizer, model.cfg.max_seq_len, 1)
     reward_fn, lenient_fn = rewards(args.reward, chat_model="tokenizer_config.json" in tokenizer.files())
-    model.to(device)
-    with autocast(device, args.dtype or "fp32"):
-        result = evaluate_splits(model, tokenizer, splits, max_new_tokens=args.max_new_tokens, reward_fn=reward_fn,
-                                 lenient_fn=lenient_fn)
+    result = evaluate_splits(model.to(device), tokenizer, splits, dtype=args.dtype or "fp32",
+                             max_new_tokens=args.max_new_tokens, reward_fn=reward_fn, lenient_fn=lenient_fn)
     for name, m in result.items():
         lenient = f", lenient {m['lenient_accuracy']:.3f}" if "lenient_accuracy" in m else ""
         print(f"{name:14s} accuracy {m['accuracy']:.3f}{lenient}  (n={m['n']}, mean length {m['response_length']:.1f})")
@@ -100,11 +99,11 @@ def cmd_chat(args) -> None:
 
     from minichord.config import SamplerConfig
     from minichord.device import autocast, resolve_device
-    from minichord.experiment import load_initial_model
+    from minichord.hf import load_model
     from minichord.sampler import generate
 
     device = resolve_device(args.device or "auto")
-    model, tokenizer = load_initial_model(args.model)
+    model, tokenizer = load_model(args.model)
     model.to(device)
     prompt = tokenizer.encode_prompt(args.question)
     room = model.cfg.max_seq_len - len(prompt)
@@ -119,11 +118,8 @@ def cmd_chat(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from minichord.hf import export_checkpoint, is_hf_dir
+    from minichord.hf import export_checkpoint
 
-    if is_hf_dir(args.checkpoint):
-        raise ValueError(f"{args.checkpoint} is already a Hugging Face directory; export takes a minichord "
-                         f"checkpoint (a run's checkpoint/ or one of its step directories)")
     print(f"wrote {export_checkpoint(args.checkpoint, args.out_dir)} (Hugging Face format: config.json, "
           f"model.safetensors, tokenizer files)")
 
@@ -143,7 +139,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_reproduce(args) -> None:
-    from minichord.reproduce import reproduce
+    from minichord.runners.reproduce import reproduce
 
     reproduce(args.out, quick=args.quick, seeds=args.seeds, methods=args.methods, steps=args.steps,
               overrides=args.set + hardware(args), sft_curve_steps=args.sft_curve_steps)
@@ -153,18 +149,16 @@ def cmd_probe(args) -> int:
     """0 when every criterion passes, 1 when one fails (the table says which)."""
     import dataclasses
 
-    from minichord.probe import QUICK_BUDGET, ProbeBudget, probe
+    from minichord.runners.probe import QUICK_BUDGET, ProbeBudget, probe
 
     budget = QUICK_BUDGET if args.quick else ProbeBudget()
-    changes = {k: getattr(args, k) for k in ("seeds", "grpo_steps", "sft_steps", "n_expert_large", "sft_lr",
-                                               "overfit_steps", "n_expert_small", "n_test")
-               if getattr(args, k) is not None}
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(budget) if getattr(args, f.name, None) is not None}
     criteria = probe(args.out, dataclasses.replace(budget, **changes), overrides=args.set + hardware(args))
     return 0 if all(c.passed for c in criteria) else 1
 
 
 def cmd_plot(args) -> None:
-    from minichord.plot import plot_runs
+    from minichord.runners.plot import plot_runs
 
     print(f"wrote {plot_runs([Path(d) for d in args.runs], Path(args.output))}")
 
@@ -186,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=SEED, default=0, help="random seed")
 
     pt = sub.add_parser("pretrain", help="pre-train the toy base model (cached; reused when settings match)")
-    pt.add_argument("--out", type=OUT, default=None, help="directory (default $MINICHORD_HOME/base-v7, else ~/.cache/minichord/base-v7)")
+    pt.add_argument("--out", type=OUT, default=None, help="directory (default $MINICHORD_HOME/toy-base, else ~/.cache/minichord/toy-base)")
     pt.add_argument("--steps", type=POSITIVE, default=None, help="optimizer steps (default: the tuned setting)")
     pt.add_argument("--seed", type=SEED, default=0, help="random seed")
 
@@ -206,10 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="greedy accuracy of a model on the toy test splits (or a JSONL file)")
     e.add_argument("checkpoint", nargs="?", type=MODEL_DIR, default=None, help="checkpoint directory (or --model)")
     e.add_argument("--model", type=MODEL_DIR, default=None, help="a Hugging Face model directory or a checkpoint")
-    e.add_argument("--reward", choices=("auto", "exact", "math"), default="auto",
-                   help="exact: the toy's answer match; math: strict format + lenient last number "
-                        "(auto: math for a model with a chat template, i.e. a Hugging Face one)")
-    e.add_argument("--max-new-tokens", type=POSITIVE, default=96, help="answer length limit (tokens)")
+    e.add_argument("--reward", choices=("auto", "exact", "math"), default="auto", help="exact: the toy's answer "
+                   "match; math: strict format + lenient last number (auto: math for a model with a chat template)")
+    e.add_argument("--max-new-tokens", type=POSITIVE, default=EVAL_MAX_NEW_TOKENS, help="answer length limit (tokens)")
     e.add_argument("--n-test", type=POSITIVE, default=200, help="problems per toy split")
     e.add_argument("--seed", type=SEED, default=0, help="seed of the toy splits")
     e.add_argument("--prompts", type=FILE, default=None, help="JSONL file of {prompt, answer} to evaluate instead")
@@ -217,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chat", help="what a model answers to one question (its chat template, greedy by default)")
     c.add_argument("question", help="the user message")
     c.add_argument("--model", type=MODEL_DIR, required=True, help="a Hugging Face model directory or a checkpoint")
-    c.add_argument("--max-new-tokens", type=POSITIVE, default=256, help="answer length limit (tokens)")
+    c.add_argument("--max-new-tokens", type=POSITIVE, default=CHAT_MAX_NEW_TOKENS, help="answer length limit (tokens)")
     c.add_argument("--temperature", type=_checked(lambda t: _is_number(t) and float(t) >= 0, "a number >= 0", float),
                    default=0.0, help="0 = greedy (default); > 0 samples")
     c.add_argument("--seed", type=SEED, default=0, help="random seed when sampling")
@@ -232,23 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=POSITIVE, default=None, help="number of seeds (default 3, quick 1)")
     r.add_argument("--methods", nargs="+", default=None, choices=sorted(METHODS), help="subset of methods")
     r.add_argument("--steps", type=POSITIVE, default=None, help="optimizer steps per run (matched across methods)")
-    r.add_argument("--sft-curve-steps", type=COUNT, default=None,
-                   help="length of the long SFT run on the limited expert set (0 skips it)")
+    r.add_argument("--sft-curve-steps", type=COUNT, default=None, help="steps of a long SFT run (0 skips it)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every run, e.g. --set init=PATH to start from another checkpoint")
 
-    pr = sub.add_parser("probe", help="does the toy setting meet issue 13's criteria 1-6? a pass/fail table "
-                        "(exit 0 all pass, 1 one fails)")
+    pr = sub.add_parser("probe", help="does the toy setting leave every method room to show what it does? "
+                        "criteria 1-6 as a pass/fail table (exit 0 all pass, 1 one fails)")
     pr.add_argument("--out", type=OUT, default="runs/probe", help="output directory (default runs/probe)")
     pr.add_argument("--quick", action="store_true", help="a tiny budget that checks the plumbing, not the criteria")
     pr.add_argument("--seeds", type=POSITIVE, default=None, help="seeds of the base and GRPO (default 3)")
     pr.add_argument("--grpo-steps", type=POSITIVE, default=None, help="GRPO steps (default 100, reproduce's budget)")
     pr.add_argument("--sft-steps", type=POSITIVE, default=None, help="steps of the long SFT run (default 400)")
     pr.add_argument("--n-expert-large", type=POSITIVE, default=None, help="its expert set size (default 4000)")
-    pr.add_argument("--sft-lr", type=POSITIVE_FLOAT, default=None,
-                    help="learning rate of both SFT runs (default 3e-4)")
-    pr.add_argument("--overfit-steps", type=POSITIVE, default=None,
-                    help="steps of the SFT run on the small set, criterion 6 (default 400)")
+    pr.add_argument("--sft-lr", type=POSITIVE_FLOAT, default=None, help="learning rate of both SFT runs (default 3e-4)")
+    pr.add_argument("--overfit-steps", type=POSITIVE, default=None, help="steps of the small set's SFT run (default 400)")
     pr.add_argument("--n-expert-small", type=POSITIVE, default=None, help="its expert set size (default 64)")
     pr.add_argument("--n-test", type=POSITIVE, default=None, help="test problems per split (default 150)")
     pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")

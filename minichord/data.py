@@ -1,4 +1,5 @@
-r"""JSONL datasets: RL prompts with reference answers, and expert demonstrations.
+r"""What a run learns from: JSONL datasets of RL prompts with reference answers and expert demonstrations,
+the toy task's splits where none is given, and the reward (`TrainData`, `build_train_data`).
 
 One JSON object per line (blank lines are skipped); its keys say its format, rows may mix formats:
 
@@ -12,16 +13,11 @@ One JSON object per line (blank lines are skipped); its keys say its format, row
                    MATH  {"problem": "...", "solution": "... \boxed{72} ..."}          answer "72"
                          (+ optional "answer", which then wins, and "level", "type", "subject", "unique_id")
 
-A GSM8K or MATH row is a Problem (prompt = question / problem, answer = the text after the last
-`####` line / the solution's last `\boxed{}`; skill "gsm8k" / the MATH "type") in a prompt file,
-and a Demonstration (response = the solution; GSM8K's `<<48/2=24>>` calculator annotations are
-removed and its `#### 72` line kept) in an expert file: see `minichord.mathdata`. Score such answers
-with `minichord.math_reward`, which normalises both sides ("1,234" == "1234", "0.5" == "\frac12").
-
-A file is validated completely before anything is returned, so no run ever trains on half a
-file: every bad line (not JSON, not an object, missing or unknown key, keys of two formats, a
-non-string, empty or non-UTF-8 value, wrong chat roles, a GSM8K answer without its `#### N` line,
-a MATH solution without `\boxed{}` or "answer") is reported as `file:line: what is wrong` in one line.
+A GSM8K or MATH row is a Problem (skill "gsm8k" / the MATH "type") or a Demonstration (the solution);
+`minichord.tasks.math` reads and scores its answer. A file is validated completely before anything is
+returned, so no run ever trains on half a file: every bad line (not JSON, a missing or unknown key, keys
+of two formats, a non-string, empty or non-UTF-8 value, wrong chat roles, a GSM8K answer without its
+`#### N` line, a MATH solution without `\boxed{}` or "answer") is reported as `file:line: what is wrong`.
 """
 
 from __future__ import annotations
@@ -33,9 +29,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from minichord.mathdata import gsm8k_answer, gsm8k_response, math_answer, math_skill
-from minichord.tasks.base import Demonstration, Problem
-from minichord.tasks.toy import ToyTask
+from minichord.config import ConfigError, TrainConfig
+from minichord.tasks import Demonstration, Problem, ToyTask, make_splits, reward
+from minichord.tasks.math import gsm8k_answer, gsm8k_response, lenient_reward, math_answer, math_skill, strict_reward
+from minichord.tokenizer import TokenizerError, TokenizerLike
 
 
 class DataError(ValueError):
@@ -186,10 +183,8 @@ def load_experts(path: str | Path) -> list[Demonstration]:
     return _load(path, _parse_expert, "expert")
 
 
-def check_lengths(items: list, tokenizer, max_seq_len: int, max_new_tokens: int = 0) -> None:
+def check_lengths(items: list, tokenizer: TokenizerLike, max_seq_len: int, max_new_tokens: int = 0) -> None:
     """DataError (file:line): prompts without room for max_new_tokens, demos over max_seq_len, unspellable text."""
-    from minichord.tokenizer import TokenizerError
-
     errors = []
     for i, item in enumerate(items):
         try:
@@ -231,3 +226,39 @@ def export_toy(task: ToyTask, out_dir: str | Path) -> dict[str, Path]:
     """Write the toy splits as rl.jsonl, expert.jsonl and test_<split>.jsonl (the format to copy for your data)."""
     splits = {"rl": task.rl, "expert": task.expert, **{f"test_{name}": split for name, split in task.tests.items()}}
     return {name: write_jsonl(Path(out_dir) / f"{name}.jsonl", rows) for name, rows in splits.items()}
+
+
+@dataclasses.dataclass
+class TrainData:
+    prompts: list[Problem]  # RL prompts with reference answers
+    experts: list[Demonstration]  # the (limited) expert set
+    eval_splits: dict[str, list[Problem]]  # held-out test splits
+    reward: Callable[[str, str], float] = reward  # (response, answer) -> reward, no eval/exec
+    lenient: Callable[[str, str], float] | None = None  # reported beside accuracy (math: the last number)
+
+    def check_fits(self, tokenizer: TokenizerLike, max_seq_len: int, stages) -> None:
+        """DataError (file:line) unless RL prompts (and LUFFY's expert ones) leave room for max_new_tokens."""
+        new = max(s.cfg.sampler.max_new_tokens for s in stages)
+        check_lengths(self.prompts, tokenizer, max_seq_len, new)
+        check_lengths(self.experts, tokenizer, max_seq_len, new if any(s.cfg.loss.expert_in_group for s in stages) else 0)
+        check_lengths([p for split in self.eval_splits.values() for p in split], tokenizer, max_seq_len, 1)
+
+
+def build_train_data(cfg: TrainConfig, hf_model: bool = False) -> TrainData:
+    """The user's JSONL files, the toy task's splits (seeded by cfg.seed) where none is given. With a
+    Hugging Face model (`hf_model`) the toy is no default: prompts and experts files are required."""
+    if hf_model and not (cfg.prompts_file and cfg.experts_file):
+        raise ConfigError("a Hugging Face model needs your data: give prompts_file and experts_file "
+                          "(--prompts FILE --experts FILE); the toy task is for the toy model")
+    toy = make_splits(cfg.seed, n_rl=cfg.n_rl_prompts, n_expert=cfg.n_expert, n_test=cfg.n_test)
+    prompts = load_prompts(cfg.prompts_file) if cfg.prompts_file else toy.rl
+    experts = load_experts(cfg.experts_file) if cfg.experts_file else toy.expert
+    evals = {Path(cfg.eval_file).stem: load_prompts(cfg.eval_file)} if cfg.eval_file else {} if hf_model else toy.tests
+    return TrainData(prompts, experts, evals, *rewards(cfg.reward, hf_model))
+
+
+def rewards(name: str, chat_model: bool) -> tuple[Callable[[str, str], float], Callable[[str, str], float] | None]:
+    """(reward, lenient or None) of `reward = exact | math | auto`; auto = math for a chat (Hugging Face) model."""
+    if name == "math" or (name == "auto" and chat_model):
+        return strict_reward, lenient_reward
+    return reward, None

@@ -4,11 +4,10 @@
     with autocast(device, "bf16"):           # bf16 matmuls / attention, fp32 master weights
         loss = ...
 
-bf16 follows the usual mixed-precision recipe: the weights, their gradients and AdamW's two
-moments stay fp32 (4 + 4 + 8 = 16 bytes per parameter), and the forward runs under
-`torch.autocast(dtype=bfloat16)`, so matrix products read bf16 copies and the residual stream,
-the norms and the loss math stay fp32. The fused lm-head loss gets bf16 hidden states and a bf16
-lm-head (`loss_dtype`): the [chunk, V] logits are bf16, log-softmax and the CHORD loss fp32.
+bf16 is the usual mixed precision: weights, gradients and AdamW's moments stay fp32 (16 bytes per
+parameter); under `torch.autocast(dtype=bfloat16)` matrix products read bf16 copies while the residual
+stream, the norms and the loss math stay fp32. The fused lm-head loss gets bf16 hidden states and lm-head
+(`loss_dtype`): the [chunk, V] logits are bf16, log-softmax and the CHORD loss fp32.
 """
 
 from __future__ import annotations
@@ -22,8 +21,11 @@ from minichord.config import DEVICES, DTYPES, ConfigError
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" -> cuda if available else cpu; "cuda" without CUDA -> ConfigError (one line)."""
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """"auto" -> cuda if available else cpu; "cuda" without CUDA -> ConfigError (one line). Each entry point
+    resolves its device once; a torch.device passed down is returned as it is."""
+    if isinstance(name, torch.device):
+        return name
     if name not in DEVICES:
         raise ConfigError(f"device={name!r}: must be one of {', '.join(DEVICES)}")
     if name == "auto":

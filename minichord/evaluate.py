@@ -1,4 +1,7 @@
-"""Evaluation: greedy accuracy (mean 0/1 reward) on held-out splits and retention of the other skills."""
+"""Evaluation: greedy accuracy (mean 0/1 reward) on held-out splits and retention of the other skills.
+
+`evaluate_splits` is the one evaluation of every command (eval, the trainer, pre-training, reproduce, probe):
+the model on its device, autocast to `dtype` inside."""
 
 from __future__ import annotations
 
@@ -9,13 +12,17 @@ import torch
 
 from minichord.batch import split_example
 from minichord.config import SamplerConfig
+from minichord.device import autocast
 from minichord.sampler import generate
 from minichord.tasks.base import Problem
 from minichord.tasks.reward import reward as default_reward
+from minichord.tokenizer import TokenizerLike
+
+MAX_NEW_TOKENS = 96  # the answer length limit of an evaluation (`minichord eval`'s default)
 
 
-def evaluate(model, tokenizer, problems: Sequence[Problem], *, batch_size: int = 128,
-             max_new_tokens: int = 96, reward_fn: Callable[[str, str], float] = default_reward,
+def evaluate(model, tokenizer: TokenizerLike, problems: Sequence[Problem], *, batch_size: int = 128,
+             max_new_tokens: int = MAX_NEW_TOKENS, reward_fn: Callable[[str, str], float] = default_reward,
              lenient_fn: Callable[[str, str], float] | None = None) -> dict:
     """Greedy-decode every problem (in batches) and score it: {"accuracy", "n", "response_length" (mean tokens,
     eos included), "samples" (the first 3), "per_skill" (only when several skills), "lenient_accuracy" (mean
@@ -57,7 +64,7 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], *, batch_size: int =
 
 
 @torch.no_grad()
-def expert_token_probs(model, tokenizer, demos: Sequence) -> dict[str, float]:
+def expert_token_probs(model, tokenizer: TokenizerLike, demos: Sequence, dtype: str = "fp32") -> dict[str, float]:
     """How far off-policy an expert set is for `model`: the probability it gives each expert
     token, teacher-forced at T = 1, p_t = pi(y_t | x, y_<t), summarised over all tokens:
     median p, the shares with p < 1e-3 (phi silences them) and p > 0.5, and mean phi = p(1 - p)."""
@@ -65,18 +72,21 @@ def expert_token_probs(model, tokenizer, demos: Sequence) -> dict[str, float]:
     model.eval()
     device = next(model.parameters()).device
     probs = []
-    for demo in demos:
-        ids, loss_mask = tokenizer.encode_example(demo.prompt, demo.response)
-        prompt, response = split_example(ids, loss_mask)
-        logits = model(torch.tensor([prompt + response], device=device))[0, len(prompt) - 1:-1]  # [T, V]
-        targets = torch.tensor(response, device=device)[:, None]  # [T, 1]
-        probs.append(logits.float().softmax(-1).gather(1, targets).squeeze(1))  # [T]
+    with autocast(device, dtype):
+        for demo in demos:
+            prompt, response = split_example(*tokenizer.encode_example(demo.prompt, demo.response))
+            logits = model(torch.tensor([prompt + response], device=device))[0, len(prompt) - 1:-1]  # [T, V]
+            targets = torch.tensor(response, device=device)[:, None]  # [T, 1]
+            probs.append(logits.float().softmax(-1).gather(1, targets).squeeze(1))  # [T]
     model.train(was_training)
     p = torch.cat(probs)  # [all expert tokens]
     return {"median_p": p.median().item(), "share_p_below_1e-3": (p < 1e-3).float().mean().item(),
             "share_p_above_0.5": (p > 0.5).float().mean().item(), "mean_phi": (p * (1 - p)).mean().item()}
 
 
-def evaluate_splits(model, tokenizer, splits: dict[str, Sequence[Problem]], **kwargs) -> dict[str, dict]:
-    """`evaluate` on each non-empty named split, e.g. {"in_domain": ..., "harder": ..., "other_skills": ...}."""
-    return {name: evaluate(model, tokenizer, problems, **kwargs) for name, problems in splits.items() if problems}
+def evaluate_splits(model, tokenizer: TokenizerLike, splits: dict[str, Sequence[Problem]], *, dtype: str = "fp32",
+                    **kwargs) -> dict[str, dict]:
+    """`evaluate` (its keywords: max_new_tokens, reward_fn, lenient_fn, ...) on each non-empty named split, e.g.
+    {"in_domain": ..., "harder": ..., "other_skills": ...}, under autocast to `dtype` on the model's device."""
+    with autocast(next(model.parameters()).device, dtype):
+        return {name: evaluate(model, tokenizer, problems, **kwargs) for name, problems in splits.items() if problems}

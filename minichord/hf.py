@@ -3,14 +3,14 @@
     cfg   = hf_model_config("Qwen2.5-0.5B-Instruct")          # config.json -> ModelConfig
     model = load_hf_model(dir, dtype=torch.bfloat16)          # *.safetensors -> Transformer
     export_hf(model, "out", tokenizer_dir=dir)                # Transformer -> HF directory
+    model, tokenizer = load_model(path)                       # an HF directory or a minichord checkpoint
 
-Names map by one rule: HF's tensor = "model." + minichord's name, except `lm_head.weight`. Both
-families are the same decoder (pre-norm RMSNorm, RoPE in rotate-half layout, GQA, SwiGLU); they
-differ only in q/k/v biases (Qwen2 always, Llama never here) and defaults. Anything minichord does
-not compute (RoPE scaling, sliding windows, other activations, ...) is refused with one line naming
-the file, the field and its value, never approximated. Weights are read tensor by tensor with
-`safe_open` and cast to `dtype` on `device` as they arrive, into a model built on the meta device,
-so a bf16 load of a 1.5B model never holds an fp32 copy of it.
+HF's tensor = "model." + minichord's name, except `lm_head.weight`. Both families are the same decoder
+(pre-norm RMSNorm, rotate-half RoPE, GQA, SwiGLU) but for q/k/v biases (Qwen2 always, Llama never here).
+Anything minichord does not compute (RoPE scaling, sliding windows, other activations, ...) is refused
+with one line naming the file, the field and its value, never approximated. Weights are read tensor by
+tensor and cast to `dtype` on `device` as they arrive, into a model built on the meta device: a bf16
+load of a 1.5B model never holds an fp32 copy of it.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from minichord.checkpoint import load_checkpoint
 from minichord.config import ConfigError, ModelConfig
 from minichord.model import Transformer
+from minichord.tokenizer import TokenizerLike
 
 ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
@@ -48,8 +50,7 @@ def _read_json(path: Path):
 
 
 def _get(hf: dict, path: Path, name: str, tp: type, default=_MISSING):
-    """hf[name] checked against `tp` (int accepted for float; bool never for numbers); a missing or
-    null field gives `default`, or an error when there is none."""
+    """hf[name] checked against `tp` (int accepted for float; bool never for numbers); missing or null: `default`."""
     value = hf.get(name)
     if value is None:
         if default is _MISSING:
@@ -81,6 +82,20 @@ def is_hf_dir(path) -> bool:
         return json.loads(config.read_text(encoding="utf-8")).get("format") != "minichord-checkpoint"
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         return True  # hf_model_config says what is wrong with it
+
+
+def load_model(path) -> tuple[Transformer, TokenizerLike]:
+    """(model, tokenizer) on the CPU of what every command starts from: a Hugging Face model directory (with its
+    tokenizer and chat template) or a minichord checkpoint (a run's checkpoint/ or a step directory, with its
+    tokenizer: one without is refused)."""
+    if is_hf_dir(path):
+        from minichord.chat import load_tokenizer  # jinja2: only for a chat model
+
+        return load_hf_model(path), load_tokenizer(path)
+    ckpt = load_checkpoint(path)
+    if ckpt.tokenizer is None:
+        raise ValueError(f"checkpoint {path} has no tokenizer.json")
+    return ckpt.model, ckpt.tokenizer
 
 
 def hf_model_config(model_dir) -> ModelConfig:
@@ -163,9 +178,8 @@ def _weight_files(model_dir: Path) -> tuple[dict[str, Path], Path]:
 
 
 def load_hf_model(model_dir, *, dtype: torch.dtype = torch.float32, device="cpu") -> Transformer:
-    """A Transformer with the weights of a Hugging Face Qwen2/Llama directory, in `dtype` on `device`.
-    Strict: every tensor the config implies must be there with its shape, and nothing else (a tied
-    model's redundant `lm_head.weight` and old `rotary_emb.inv_freq` buffers are skipped)."""
+    """A Transformer with the weights of a Hugging Face Qwen2/Llama directory, in `dtype` on `device`. Strict:
+    every tensor the config implies with its shape, nothing else (but a tied `lm_head.weight`, `inv_freq`)."""
     model_dir = Path(model_dir)
     cfg = hf_model_config(model_dir)
     with torch.device("meta"):  # no memory, no init: every parameter is replaced below
@@ -208,8 +222,7 @@ def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype) -> dict:
 
 
 def write_dir_atomically(out_dir: Path, fill) -> Path:
-    """Call fill(tmp) on a fresh sibling temp dir, then swap it in for `out_dir` with os.replace
-    (an existing out_dir is moved aside first and deleted after)."""
+    """fill(tmp) on a fresh sibling temp dir, then os.replace it in for `out_dir` (an old one is moved aside)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -227,8 +240,8 @@ def write_dir_atomically(out_dir: Path, fill) -> Path:
 
 
 def export_hf(model: Transformer, out_dir, *, tokenizer_dir=None, extra_files: dict[str, str] | None = None) -> Path:
-    """Write `model` as a Hugging Face directory (config.json + model.safetensors, in the model's
-    dtype), with the tokenizer files found in `tokenizer_dir` and `extra_files` {name: text}."""
+    """`model` as a Hugging Face directory (config.json, model.safetensors in the model's dtype), with the
+    tokenizer files found in `tokenizer_dir` and `extra_files` {name: text}."""
     tensors = {_hf_name(n): p.detach().cpu().contiguous() for n, p in model.state_dict().items()}
     dtype = next(iter(tensors.values())).dtype
 
@@ -251,8 +264,9 @@ CHAT_TEMPLATE = ("{{ '<|bos|>' }}{% for m in messages %}{% if m['role'] == 'user
 
 def export_checkpoint(ckpt_path, out_dir) -> Path:
     """`minichord export CKPT OUT_DIR`: a minichord checkpoint (and its tokenizer) as an HF directory."""
-    from minichord.checkpoint import load_checkpoint
-
+    if is_hf_dir(ckpt_path):
+        raise HFError(f"{ckpt_path} is already a Hugging Face directory; export takes a minichord "
+                      f"checkpoint (a run's checkpoint/ or one of its step directories)")
     ckpt = load_checkpoint(ckpt_path)
     tok = ckpt.tokenizer
     files = {} if tok is None else tok.files()

@@ -4,15 +4,16 @@
     for each layer:  h = x + Attn(RMSNorm(x));  x = h + MLP(RMSNorm(h))
     logits = RMSNorm(x) @ W_lm^T            (W_lm = the embedding when tied)
 
-Parameter names are Hugging Face Qwen2's (HF adds a `model.` prefix to all but `lm_head`), so
-real Qwen2 weights map by renaming; a tied embedding has no `lm_head` parameter at all.
+Parameter names are Hugging Face Qwen2's but for HF's `model.` prefix; a tied embedding has no `lm_head` at all.
 
 Padding never shifts RoPE: positions count real tokens only (the sampler left-pads, training right-pads).
+A packed forward (`Packed`) runs the per-token layers (norms, projections, MLP, LM head) on the N real tokens
+of a padded batch only, x [1, N, D], and pads back to [B, T] inside attention alone, the one place where
+tokens of a sequence meet: the same values (tests/test_model.py) for half the pre-training time.
 
-Grouped-query attention never copies K/V: training and prefill use SDPA's GQA path, and a decode
-step (one query row) folds each kv head's query heads into the query-row dimension (`decode_attention`).
-`decode_step` is that step with shapes that do not change from step to step, so `torch.compile` traces it
-once and a CUDA graph replays it.
+Grouped-query attention never copies K/V: training and prefill use SDPA's GQA path, a decode step
+folds each kv head's query heads into the query-row dimension (`decode_attention`) with shapes that do not
+change from step to step (`decode_step`: `torch.compile` traces it once, a CUDA graph replays it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from minichord.config import ModelConfig
-from minichord.packing import Packed
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -34,14 +34,11 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 class KVCache:
-    """Keys/values for incremental decoding: k[l], v[l] are [B, n_kv_heads, capacity, head_dim] for
-    layer l, filled in slots [0, length); each forward writes its T new keys/values at
-    [length, length + T) and advances `length`.
-
-    chunk=None allocates all max_len slots at once (the fixed shapes a CUDA graph needs); an int
-    grows the storage `chunk` slots at a time, up to max_len (`reserve`). The sampler's eager decode step
-    attends over every allocated slot, the unfilled ones masked: a whole [B, n_kv, capacity, hd] block
-    is one contiguous read, which the batched matmul takes about 3x faster on a CPU than the slice
+    """Keys/values for incremental decoding: k[l], v[l] are [B, n_kv_heads, capacity, head_dim] for layer l,
+    filled in slots [0, length); each forward writes its T new keys/values at [length, length + T).
+    chunk=None allocates all max_len slots at once (the fixed shapes a CUDA graph needs); an int grows the
+    storage `chunk` slots at a time (`reserve`). The eager decode step attends over every allocated slot, the
+    unfilled ones masked: one contiguous [B, n_kv, capacity, hd] read is ~3x faster on a CPU than the slice
     [:, :, :S] of a longer buffer (benchmarks/RESULTS.md), for at most chunk - 1 hidden slots."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32,
@@ -58,8 +55,8 @@ class KVCache:
         return self.k[0].shape[2]
 
     def reserve(self, end: int):
-        """Make slots [0, end) exist: grow to the next multiple of chunk (at most max_len), keeping every slot
-        written so far (a decode step writes its slot without advancing `length`, so all are copied)."""
+        """Make slots [0, end) exist: grow to the next multiple of chunk (<= max_len), copying every slot (a decode
+        step writes its slot without advancing `length`)."""
         if end <= self.capacity:
             return
         if end > self.max_len:
@@ -105,6 +102,31 @@ class CacheSlot:
         return k_all[:, :, :self.visible], v_all[:, :, :self.visible]  # [B, n_kv, visible, hd]
 
 
+class Packed:
+    """A padded batch's real tokens as one sequence. keep: [N] indices of attention_mask's True entries in the
+    flattened [B * T], row-major; attn_mask: the padded forward's bool mask [B, 1, T, T], used in attention."""
+
+    def __init__(self, attention_mask: torch.Tensor, attn_mask: torch.Tensor):
+        self.B, self.T = attention_mask.shape
+        self.keep = attention_mask.flatten().nonzero().squeeze(1)  # [N]
+        self.attn_mask = attn_mask  # bool [B, 1, T, T]
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, ...] -> [1, N, ...]: the real positions only."""
+        return x.flatten(0, 1)[self.keep][None]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [1, H, N, hd], k and v [1, Hkv, N, hd] -> attention output [1, H, N, hd] (SDPA on the padded layout)."""
+        def padded(t):  # [1, heads, N, hd] -> [B, heads, T, hd], zeros at the padding
+            flat = t[0].transpose(0, 1).reshape(len(self.keep), -1)  # [N, heads * hd]
+            full = flat.new_zeros(self.B * self.T, flat.shape[1]).index_copy(0, self.keep, flat)
+            return full.view(self.B, self.T, t.shape[1], t.shape[3]).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=self.attn_mask,
+                                             enable_gqa=True)  # [B, H, T, hd]
+        return self.pack(out.transpose(1, 2)).transpose(1, 2)  # [1, H, N, hd]
+
+
 class RMSNorm(nn.Module):
     """y = w * x / sqrt(mean(x^2) + eps), normalised in fp32 (as Qwen2 does)."""
 
@@ -123,8 +145,7 @@ class RMSNorm(nn.Module):
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
     """Rotary cos and signed sin (rotate_half layout): inv_freq_i = 1 / theta^(2i/d), angle[b,t,i] = pos[b,t] * inv_freq_i,
     cos = [cos(angle), cos(angle)], sin = [-sin(angle), sin(angle)]: HF's sin with rotate_half's minus sign moved in,
-    so that apply_rope rotates with a roll instead of a negate and a concatenation (bitwise the same numbers).
-    Written 1 / theta^x, not theta^-x: the two differ by 1 ulp in some frequencies, and this is HF's order."""
+    so apply_rope rotates with a roll (bitwise the same numbers). 1 / theta^x, not theta^-x (1 ulp apart): HF's order."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = positions.float()[..., None] * inv_freq  # [B, T, hd/2]
     return angles.cos().repeat(1, 1, 2), torch.cat([-angles.sin(), angles.sin()], dim=-1)  # [B, T, hd] each
@@ -160,11 +181,10 @@ class Attention(nn.Module):
         self._stacked, self._stacked_key = None, None  # [W_q; W_k; W_v], [b_q; b_k; b_v] and the weights' versions
 
     def rotated_qkv(self, x, cos, sin):
-        """x [B, T, D] -> q [B, H, T, hd], k and v [B, Hkv, T, hd], RoPE applied to q and k.
-        With autograd (training): three matmuls, two RoPE calls. Without (sampling, evaluation): one matmul on the
-        stacked weights [W_q; W_k; W_v], kept between calls and rebuilt when a weight changes (an optimizer
-        step or a load bumps its version counter), and one RoPE call on q and k together: half the kernel
-        launches of a decode step's projections, the same numbers (tests/test_model.py)."""
+        """x [B, T, D] -> q [B, H, T, hd], k and v [B, Hkv, T, hd], RoPE applied to q and k. With autograd: three
+        matmuls, two RoPE calls. Without (sampling, evaluation): one matmul on the stacked [W_q; W_k; W_v], rebuilt
+        when a weight's version counter changes, and one RoPE call on q and k: half the kernel launches of a
+        decode step's projections, the same numbers (tests/test_model.py)."""
         B, T, _ = x.shape
         c, projs = self.cfg, (self.q_proj, self.k_proj, self.v_proj)
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
@@ -195,9 +215,8 @@ class Attention(nn.Module):
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Attention for one query row per sequence against a grouped cache, without repeating K/V.
-    q: [B, H, 1, hd]; k, v: [B, Hkv, S, hd]; bias: [B * Hkv, group, S] (0 = visible, -inf = hidden; decode_step
-    lays it out once per step for every layer).
-    The group = H / Hkv query heads of one kv head become that head's query rows:
+    q: [B, H, 1, hd]; k, v: [B, Hkv, S, hd]; bias: [B * Hkv, group, S] (0 = visible, -inf = hidden, laid out once
+    per step for every layer). The group = H / Hkv query heads of one kv head become that head's query rows:
         q_g [B, Hkv, group, hd],  out_g = softmax(q_g k^T / sqrt(hd) + bias) v   [B, Hkv, group, hd]
     which are exactly heads h = j * group + r (HF's repeat_kv order), so out_g.view gives [B, H, 1, hd]."""
     B, H, _, hd = q.shape
@@ -270,8 +289,7 @@ class Transformer(nn.Module):
         return table[0][positions], table[1][positions]
 
     def decode_step(self, ids, positions, attention_mask, slot, kv_cache: KVCache) -> torch.Tensor:
-        """One new token per sequence -> logits [B, 1, V], with shapes that do not change from step
-        to step (a CUDA graph replays it; torch.compile traces it once).
+        """One new token per sequence -> logits [B, 1, V], with shapes that do not change from step to step.
         ids, positions: [B, 1] long; slot: the cache slot this token fills (int, or [1] long tensor: CacheSlot);
         attention_mask: [B, S] bool over cache slots 0..S-1 (S <= kv_cache.max_len), True on real tokens.
         Key j is visible iff attention_mask[b, j] and j <= slot, or j == slot."""

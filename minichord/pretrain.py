@@ -1,37 +1,27 @@
 """Pre-train the toy *base model*: the analogue of the instruct model the CHORD paper starts from.
 
-In under two minutes on two CPU cores this makes a small transformer that answers every toy skill
-in its own terse style, and the target only *sometimes* (toy v5, issue 13). What it sees
-(`corpus.pretrain_corpus`): terse 1-2 digit additions (all of them); terse 3-digit additions
-(`easy_fraction` of the terse additions) of which 70 % have no inner carry and 30 % exactly one
-(`toy.inner_carries`; never two: that is the harder split); the expert's column format on 15 % of its
-1-3 digit additions, clean on 1-2 digits and *sloppy* on 3 (`corpus.Sloppy`: 60 % of the digits wrong,
-the answer true), so the expert's 3-digit demonstrations are in a format it knows with column digits it
-is unsure of; and, when the first operand is >= 600, a sentence 4 times in 5 ("the sum is 1079",
-`sentence_share`): right digits, a format the exact-match reward marks wrong, so greedy decoding fails
-those prompts while sampling still finds the bare number.
-Measured (1300 steps, 200 problems per split, pre-training seed 0, 2 CPU cores, 116 s): 3-digit addition,
-the target, 0.26 (first operand < 600: 0.44; >= 600: 0, every greedy answer a sentence); harder split
-0.00; reverse / sort / copy, its "general capabilities", 0.995; median expert-token p 0.38 (v4: 0.999).
-Caveat: whether the terse 3-digit skill fits is a matter of the seed and of the floating-point order
-(results/toy-v5/README.md: in-domain 0.045-0.34 over 28 bases of this family, below 0.15 on 13 of them):
-the recipe sits on a fitting transition; 1300-1400 steps fit it more often than 900. Steps:
+In under two minutes on two CPU cores this makes a small transformer that answers every toy skill in its
+own terse style, and the target only *sometimes*; what it sees is `minichord.tasks.corpus`.
+Measured (1300 steps, 200 problems per split, seed 0, 2 CPU cores, 116 s): 3-digit addition 0.26 (first
+operand < 600: 0.44; >= 600: 0); harder split 0.00; reverse / sort / copy 0.995; median expert-token p 0.38.
+Whether the terse 3-digit skill fits depends on the seed and the floating-point order (in-domain 0.045-0.34
+over 28 bases of this family): the recipe sits on a fitting transition. Steps:
 
   1. a byte-level BPE tokenizer trained on text of *both* styles (vocabulary coverage);
-  2. a stream of (prompt, answer) examples of all skills, none in any split (`corpus.pretrain_corpus`);
+  2. a stream of (prompt, answer) examples of all skills, none in any split;
   3. AdamW (`cosine_lr`) on the next-token loss of response tokens only (the tokenizer's loss mask):
          L = - (1 / #response tokens) * sum_{t in response} log p(x_t | x_<t),
-     the batch packed (`Transformer.forward(packed=True)`): the real tokens are ~1/3 of the padded
-     batch, and only attention sees the padding;
+     the batch packed (`Transformer.forward(packed=True)`): only attention sees the padding;
   4. a checkpoint whose meta holds the settings, the test accuracies and `evaluate.expert_token_probs`.
 
-Cached: when `out_dir` already holds a checkpoint made with the same settings, it is reused.
+Cached (`toy_base`): when the directory already holds a checkpoint made with the same settings, it is reused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -50,7 +40,17 @@ from minichord.tasks.corpus import (EASY_DIGITS, PRETRAIN_DIGITS, SENTENCE_FROM,
 from minichord.tasks.toy import OTHER_LENGTHS, make_splits
 from minichord.tokenizer import Tokenizer
 
-PRETRAIN_FORMAT = 7  # bump when the recipe changes, so old caches are not reused (6: packed; 7: sloppy sums)
+PRETRAIN_FORMAT = 7  # part of the cache key: bump when the recipe changes, so old caches are not reused
+
+
+def default_base_dir() -> Path:
+    """The toy base model's cache: $MINICHORD_HOME/toy-base, else ~/.cache/minichord/toy-base."""
+    return Path(os.environ.get("MINICHORD_HOME") or Path.home() / ".cache" / "minichord") / "toy-base"
+
+
+def toy_base(log: Callable[[str], None] | None = print, device: torch.device | str = "auto") -> Path:
+    """The cached toy base model's checkpoint, pre-trained on `device` on first use."""
+    return pretrain_base(default_base_dir(), log=log, device=device)
 
 
 @dataclasses.dataclass
@@ -79,6 +79,11 @@ class PretrainConfig:
     sloppy_newline: float = Sloppy.newline  # share of their lines that end in a newline (else "; ")
     tokenizer_texts: int = 2000  # problems whose text (both styles) trains the tokenizer
     n_eval: int = 200  # problems per test split measured at the end (0 = skip)
+
+
+CORPUS_FIELDS = ("target_fraction", "target_digits", "other_lengths", "expert_style_fraction", "expert_style_digits",
+                 "easy_fraction", "easy_digits", "easy_carry_free", "easy_one_carry", "sentence_share",
+                 "sentence_from")  # the PretrainConfig fields pretrain_corpus takes by name
 
 
 def cosine_lr(step: int, cfg: PretrainConfig) -> float:
@@ -111,7 +116,7 @@ def _cached(out_dir: Path, settings: dict) -> bool:
 def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = None,
                   config: PretrainConfig | None = None, model_config: ModelConfig | None = None,
                   log: Callable[[str], None] | None = print, force: bool = False,
-                  device: str = "auto", dtype: str = "fp32") -> Path:
+                  device: torch.device | str = "auto", dtype: str = "fp32") -> Path:
     """Pre-train (or reuse) the toy base model in `out_dir`; returns the checkpoint directory. device, dtype:
     minichord/device.py; they are not part of the cache key (a base made on a GPU is reused on a CPU)."""
     where = resolve_device(device)
@@ -135,13 +140,7 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     torch.manual_seed(cfg.seed)
     tokenizer = Tokenizer.train(style_texts(rng, cfg.tokenizer_texts, other_lengths=cfg.other_lengths),
                                 vocab_size=model_cfg.vocab_size)
-    pairs = pretrain_corpus(rng, cfg.steps * cfg.batch_size, target_fraction=cfg.target_fraction,
-                            target_digits=cfg.target_digits, other_lengths=cfg.other_lengths,
-                            expert_style_fraction=cfg.expert_style_fraction,
-                            expert_style_digits=cfg.expert_style_digits, easy_fraction=cfg.easy_fraction,
-                            easy_digits=cfg.easy_digits, easy_carry_free=cfg.easy_carry_free,
-                            easy_one_carry=cfg.easy_one_carry,
-                            sentence_share=cfg.sentence_share, sentence_from=cfg.sentence_from,
+    pairs = pretrain_corpus(rng, cfg.steps * cfg.batch_size, **{k: getattr(cfg, k) for k in CORPUS_FIELDS},
                             sloppy=Sloppy(noise=cfg.sloppy_noise, keep=cfg.sloppy_keep, newline=cfg.sloppy_newline)
                             if cfg.sloppy_noise > 0 else None)
     examples = [tokenizer.encode_example(prompt, response) for prompt, response in pairs]
@@ -183,8 +182,7 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     if cfg.n_eval > 0:
         task = make_splits(cfg.seed, n_rl=0, n_expert=TrainConfig().n_expert, n_test=cfg.n_eval,
                            other_lengths=cfg.other_lengths)  # the trainer's default expert set
-        with autocast(where, dtype):
-            results = evaluate_splits(model, tokenizer, task.tests)
+        results = evaluate_splits(model, tokenizer, task.tests, dtype=dtype)
         accuracies = {name: r["accuracy"] for name, r in results.items()}
         if "per_skill" in results.get("other_skills", {}):
             accuracies["other_skills_per_skill"] = results["other_skills"]["per_skill"]

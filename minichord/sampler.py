@@ -3,21 +3,16 @@
     prompts (ragged) --left-pad--> [B, P] --prefill (one forward)--> cache + last logits
     repeat up to max_new_tokens times:  pick a token from the logits, feed it back ([B, 1])
 
-A token is drawn from softmax(logits / T) restricted to the top-k / nucleus set, but the
-returned log-prob is the unrestricted one (T = 1 for greedy decoding):
-    logprob_t = log_softmax(logits_t / T)[y_t]
-the policy the trainer differentiates (`ops.token_logprobs(logits, y, temperature=T)`), so old
-and new log-probs agree at the first update.
+A token is drawn from softmax(logits / T) restricted to the top-k / nucleus set, but the returned
+log-prob is the unrestricted one, logprob_t = log_softmax(logits_t / T)[y_t] (T = 1 when greedy): the
+policy the trainer differentiates, so old and new log-probs agree at the first update.
 
-Each step after the prefill is `Transformer.decode_step`: positions advance by one per step (no
-cumsum over the mask). The KV cache grows CACHE_CHUNK slots at a time and each step attends over
-every allocated slot, the unfilled ones masked: a contiguous cache is read ~3x faster than a slice of
-a longer one (model.KVCache). SamplerConfig.compile=True runs the step compiled: on a CPU through
-`torch.compile` with dynamic shapes (one trace, ~45 s on 2 CPU cores, for every batch and cache size; it pays off only
-over many generations); on a GPU as a CUDA graph over the whole preallocated cache, captured at the
-first step of each generate() call (one replay per token instead of hundreds of kernel launches; no
-compiler). Left at None, it is the CUDA graph on a GPU (3.2x faster sampling in a CHORD step on an
-H200, benchmarks/RESULTS.md) and eager on a CPU; False is eager everywhere.
+Each step after the prefill is `Transformer.decode_step` over a KV cache grown CACHE_CHUNK slots at a
+time (model.KVCache). SamplerConfig.compile=True runs the step compiled: on a CPU through `torch.compile`
+with dynamic shapes (one trace, ~45 s on 2 CPU cores: it pays off only over many generations); on a GPU
+as a CUDA graph over the whole preallocated cache, captured at the first step of each generate() call.
+None (the default) is the CUDA graph on a GPU (3.2x faster sampling in a CHORD step on an H200,
+benchmarks/RESULTS.md) and eager on a CPU; False is eager everywhere.
 """
 
 from __future__ import annotations
@@ -121,14 +116,12 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
              vocab_size: int | None = None) -> Rollout:
     """Sample continuations of `prompts` (token-id lists of any lengths) from `model`.
 
-    Each sequence stops after emitting `eos_id`, or any id of a list (a chat model's stop ids, e.g.
-    Qwen2.5's <|im_end|> and <|endoftext|>); an id outside the vocabulary, e.g. -1, never matches;
-    `Rollout` says what fills its later slots). Generation ends when every sequence has stopped, so
-    T_new <= cfg.max_new_tokens. `generator` (on the model's device) makes sampling reproducible;
-    use_cache=False recomputes the whole sequence every step (slow; for tests and benchmarks). vocab_size
-    (the tokenizer's, where the model has more embedding rows, as Qwen2 pads 151,665 ids to 151,936): the
-    extra logits are dropped before anything else, so they are never drawn and log-probs are over its ids.
-    """
+    Each sequence stops after emitting `eos_id` or any id of a list (a chat model's stop ids; an id outside
+    the vocabulary never matches); generation ends when every sequence has stopped, so T_new <=
+    cfg.max_new_tokens. `generator` (on the model's device) makes sampling reproducible; use_cache=False
+    recomputes the whole sequence every step (tests, benchmarks). vocab_size (the tokenizer's, where the model
+    has more embedding rows, as Qwen2 pads 151,665 ids to 151,936): the extra logits are dropped first
+    (never drawn; log-probs over its ids)."""
     param = next(model.parameters())
     device, V = param.device, model.cfg.vocab_size
     dtype = autocast_dtype(device) or param.dtype  # under bf16 autocast (minichord/device.py): a bf16 KV cache

@@ -1,31 +1,26 @@
 """A small byte-level BPE tokenizer with a fixed chat format, built on Hugging Face `tokenizers`.
 
 Vocabulary: ids 0..4 are the special tokens <|pad|> <|bos|> <|eos|> <|user|> <|assistant|>, then the
-byte alphabet (each byte is one character of GPT-2's byte-to-unicode map, so every text has a
-spelling), then the learned BPE merges. By default the alphabet is the 128 ASCII bytes, so the
-smallest vocabulary is 5 + 128 = 133 and the default of 256 leaves 123 merges
-(`full_byte_alphabet=True` takes all 256 bytes: any UTF-8 text, at least 261 ids).
+byte alphabet (GPT-2's byte-to-unicode map: every text has a spelling), then the learned BPE merges. The
+alphabet is the 128 ASCII bytes (at least 133 ids), or all 256 with `full_byte_alphabet=True` (any UTF-8).
 
-Pre-tokenization (what BPE may never merge across): every digit is its own piece, so "1234" is
-always the four tokens 1 2 3 4 (a model doing arithmetic never sees "12"+"34"); then GPT-2's
-byte-level split (words, spaces, punctuation) with no prefix space added, so decode(encode(s)) == s
-exactly for any ASCII s.
+Pre-tokenization (what BPE never merges across): every digit is its own piece ("1234" is always
+1 2 3 4), then GPT-2's byte-level split with no prefix space, so decode(encode(s)) == s for any ASCII s.
 
 Chat format (one prompt, one response; nothing is inserted around the special tokens):
 
     <|bos|> <|user|> {prompt tokens} <|assistant|> {response tokens} <|eos|>
     '----------- encode_prompt(prompt) ---------'  '------ loss mask True ------'
 
-Files: `save`/`load` use the standard tokenizer.json, so any Hugging Face tokenizer.json loads; the
-special tokens are looked up by their text (`special_tokens={"eos": "<|endoftext|>", ...}` renames
-them). Like every `tokenizers` tokenizer, the text "<|eos|>" inside a prompt is the special token.
+Files: `save`/`load` use the standard tokenizer.json, so any Hugging Face tokenizer.json loads; special
+tokens are looked up by their text (`special_tokens={"eos": "<|endoftext|>", ...}` renames them).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -36,6 +31,34 @@ SPECIAL_TOKENS, SPECIAL_ROLES = list(DEFAULT_SPECIALS.values()), list(DEFAULT_SP
 
 class TokenizerError(ValueError):
     """A tokenizer that cannot be trained, read, or used as asked."""
+
+
+class TokenizerLike(Protocol):
+    """What the library uses of a tokenizer: `Tokenizer` (the toy's fixed chat format) and `chat.ChatTokenizer`
+    (a Hugging Face tokenizer and its chat template) both have it."""
+
+    vocab_size: int
+    pad_id: int
+    eos_id: int
+    bos_id: int | None
+    special_tokens: dict[str, str]  # role -> token text
+
+    @property
+    def stop_ids(self) -> list[int]: ...  # every id that ends a generation
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_prompt(self, prompt: str) -> list[int]: ...
+
+    def encode_example(self, prompt: str, response: str) -> tuple[list[int], list[bool]]: ...  # (ids, loss_mask)
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str: ...
+
+    def files(self) -> dict[str, str]: ...  # {file name: text} a checkpoint stores
+
+    def to_json(self) -> str: ...
+
+    def token_text(self, token_id: int) -> str | None: ...
 
 
 def _json_file(path: str | Path) -> Path:
@@ -70,8 +93,7 @@ class Tokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 256, *, min_frequency: int = 2,
               full_byte_alphabet: bool = False) -> "Tokenizer":
-        """Learn BPE merges on `texts` until `vocab_size` ids (or no pair occurs min_frequency times):
-        on a small corpus there may be fewer, so size the model's embedding by `.vocab_size`."""
+        """BPE merges on `texts` up to `vocab_size` ids (fewer on a small corpus: size the model by `.vocab_size`)."""
         if full_byte_alphabet:
             alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
         else:  # the byte-level characters of ASCII 0..127, one char each

@@ -37,13 +37,16 @@ import torch
 from minichord import batch as batches
 from minichord import lm_head, losses
 from minichord.batch import Sequence, TokenBatch, pack, split_example
-from minichord.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, restore_optimizer, save_checkpoint
+from minichord.checkpoint import (CheckpointError, LogError, checkpoint_exists, cut_log, load_checkpoint, progress_line,
+                                  restore_optimizer, save_checkpoint)
 from minichord.config import TrainConfig
+from minichord.data import TrainData, build_train_data
 from minichord.device import autocast, describe, resolve_device
-from minichord.methods import Stage
-from minichord.runlog import LogError, cut_log, progress_line
+from minichord.evaluate import evaluate_splits
+from minichord.hf import is_hf_dir, load_model
+from minichord.methods import Stage, build_stages
+from minichord.pretrain import toy_base
 from minichord.sampler import generate
-from minichord.traindata import TrainData
 
 
 class TrainingError(RuntimeError):
@@ -74,7 +77,7 @@ def update_stats(out, is_expert: torch.Tensor, grad_norm: torch.Tensor) -> dict[
 
 class Trainer:
     def __init__(self, stages: list[Stage], model, tokenizer, data: TrainData, out_dir: Path,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, device: torch.device | None = None):
         self.stages, self.model, self.tok, self.data = stages, model, tokenizer, data
         self.method_name = "-".join(s.method.name for s in stages)  # sft-grpo: "sft" then "grpo"
         self.out = Path(out_dir)
@@ -83,7 +86,7 @@ class Trainer:
         self.cfg = stages[0].cfg
         self.steps = stages[-1].end
         self.step = 0
-        self.device = resolve_device(self.cfg.device)  # model, KV cache, generators, batches, evaluation
+        self.device = device or resolve_device(self.cfg.device)  # model, KV cache, generators, batches, evaluation
         model.to(self.device).activation_checkpointing = self.cfg.activation_checkpointing
         self.log(describe(self.device, self.cfg.dtype))
         self.optimizer = self._new_optimizer(stages[0])
@@ -227,11 +230,9 @@ class Trainer:
 
     # ----------------------------------------------------------------- the loop
     def evaluate(self, step: int) -> dict:
-        from minichord.evaluate import evaluate_splits
-        with autocast(self.device, self.cfg.dtype):
-            result = {"step": step, **evaluate_splits(self.model, self.tok, self.data.eval_splits, reward_fn=self.data.reward,
-                                                      lenient_fn=self.data.lenient,
-                                                      max_new_tokens=self.cfg.sampler.max_new_tokens)}
+        result = {"step": step, **evaluate_splits(self.model, self.tok, self.data.eval_splits, dtype=self.cfg.dtype,
+                                                  reward_fn=self.data.reward, lenient_fn=self.data.lenient,
+                                                  max_new_tokens=self.cfg.sampler.max_new_tokens)}
         self.evals.append(result)
         with open(self.out / "eval.jsonl", "a") as f:
             f.write(json.dumps(result) + "\n")
@@ -285,3 +286,25 @@ class Trainer:
             raise TrainingInterrupted(f"stopped by {self._stop_signal} after step {self.step}/{self.steps}; "
                                       f"checkpoint saved in {self.out / 'checkpoint'}; rerun the command to resume")
         return last_eval
+
+
+def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | None = None,
+                overrides: list[str] | tuple[str, ...] = (), resume: bool = True,
+                log: Callable[[str], None] = print) -> Trainer:
+    """From a method name, a config file and overrides to a Trainer ready to run (resumed from out_dir if it
+    holds a checkpoint). Every refusal (config, device, data files) comes before any model loads."""
+    stages = build_stages(method_name, config_file, overrides)
+    cfg = stages[0].cfg
+    device = resolve_device(cfg.device)  # --device cuda without CUDA: refused before any data or model loads
+    torch.manual_seed(cfg.seed)
+    data = build_train_data(cfg, hf_model=is_hf_dir(cfg.init))
+    for stage in stages:
+        stage.check_data(data)
+    log(f"data: {len(data.prompts)} RL prompts, {len(data.experts)} expert demonstrations, eval splits "
+        f"{sorted(data.eval_splits) or 'none'}; reward {data.reward.__module__}.{data.reward.__name__}")
+    model, tokenizer = load_model(cfg.init or toy_base(log, device))
+    data.check_fits(tokenizer, model.cfg.max_seq_len, stages)  # file:line, before any step or evaluation
+    trainer = Trainer(stages, model, tokenizer, data, Path(out_dir), log=log, device=device)
+    if resume:
+        trainer.resume()
+    return trainer

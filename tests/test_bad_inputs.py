@@ -18,7 +18,7 @@ from minichord.data import DataError, check_lengths, load_experts, load_prompts
 from minichord.model import Transformer
 from minichord.tasks import style_texts
 from minichord.tokenizer import Tokenizer, TokenizerError
-from minichord.traindata import build_train_data
+from minichord.data import build_train_data
 
 OWN_ERRORS = (ConfigError, DataError, TokenizerError, CheckpointError)
 MAX_SEQ_LEN = 128

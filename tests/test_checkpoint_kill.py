@@ -50,7 +50,7 @@ while True:
 # child's pid; after the test's next line it waits for the child and answers its exit status.
 LAUNCHER = """
 import json, os, sys, traceback
-import torch, torch._dynamo, minichord.checkpoint, minichord.experiment, minichord.trainer, minichord.tokenizer
+import torch, torch._dynamo, minichord.checkpoint, minichord.trainer, minichord.tokenizer
 while line := sys.stdin.readline():
     code, out, *argv = json.loads(line)
     pid = os.fork()
@@ -133,7 +133,7 @@ from minichord.methods import build_stages
 from minichord.model import Transformer
 from minichord.tasks import Demonstration, Problem, style_texts
 from minichord.tokenizer import Tokenizer
-from minichord.traindata import TrainData
+from minichord.data import TrainData
 from minichord.trainer import Trainer
 
 TINY = ["n_test=8", "eval_every=1000", "save_every=2", "sampler.max_new_tokens=6", "prompts_per_step=4",

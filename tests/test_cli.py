@@ -53,7 +53,7 @@ def test_reproduce_quick_writes_table_json_and_plots(tiny_ckpt, tmp_path):
 def test_plot_keeps_each_runs_colour_in_every_panel(tmp_path, monkeypatch):
     """A run missing a curve (SFT has no rollout reward) must not shift the others' colours."""
     import matplotlib.axes  # the `plot` extra, installed by `make test`
-    from minichord.plot import plot_runs
+    from minichord.runners.plot import plot_runs
 
     for name, has_reward in (("sft", False), ("grpo", True)):
         (tmp_path / name).mkdir()
@@ -70,7 +70,7 @@ def test_plot_keeps_each_runs_colour_in_every_panel(tmp_path, monkeypatch):
 
 def test_eval_of_a_toy_checkpoint_on_a_prompts_file_keeps_the_exact_reward(tiny_ckpt, tmp_path, capsys):
     """reward=auto is math only for a model with a chat template: the toy's terse answers are not in math's format."""
-    from minichord.traindata import rewards
+    from minichord.data import rewards
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "add 1 2", "answer": "3"}\n')

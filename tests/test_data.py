@@ -170,7 +170,7 @@ MATH_ROW = {"problem": "What is $\\frac{3}{6}$ in lowest terms?", "level": "Leve
 
 
 def test_gsm8k_math_and_chat_prompt_rows(tmp_path):
-    from minichord.math_reward import strict_reward
+    from minichord.tasks.math import strict_reward
 
     rows = [GSM8K_ROW, MATH_ROW, {**MATH_ROW, "answer": "0.5", "level": 2, "unique_id": "test/1.json"},
             {k: v for k, v in MATH_ROW.items() if k != "type"},
@@ -192,7 +192,7 @@ def test_gsm8k_math_and_chat_prompt_rows(tmp_path):
 
 
 def test_gsm8k_and_math_expert_rows(tmp_path):
-    from minichord.math_reward import strict_reward
+    from minichord.tasks.math import strict_reward
 
     demos = load_experts(write_jsonl(tmp_path / "e.jsonl", [GSM8K_ROW, MATH_ROW, {**GSM8K_ROW, "answer": "4\n####  1,234 "}]))
     assert demos == [Demonstration(GSM8K_ROW["question"], "She has 3*14 = 42 marbles.\nShe keeps 42-2 = 40.\n#### 40", "40"),

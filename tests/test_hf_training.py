@@ -29,7 +29,7 @@ def test_train_resume_export_an_hf_model(tmp_path, capsys):
     out = tmp_path / "run"
     assert train(out, 2) == 0
     log = capsys.readouterr().out
-    assert "reward minichord.math_reward.strict_reward" in log and "eval splits ['test']" in log
+    assert "reward minichord.tasks.math.strict_reward" in log and "eval splits ['test']" in log
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1] and all(r["experts"] == 2 and r["rollouts"] == 4 for r in rows)
     evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]

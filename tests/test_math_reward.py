@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from minichord.math_reward import extract_final, lenient_reward, normalise, strict_reward
+from minichord.tasks.math import extract_final, lenient_reward, normalise, strict_reward
 
 # (id, response, reference answer, strict, lenient)
 ROWS = [

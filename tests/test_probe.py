@@ -3,7 +3,7 @@
 import json
 
 from minichord.cli import main
-from minichord.probe import overfit_check
+from minichord.runners.probe import overfit_check
 
 
 def test_quick_probe_prints_a_pass_fail_table(tiny_ckpt, tmp_path, capsys):
@@ -20,7 +20,7 @@ def test_quick_probe_prints_a_pass_fail_table(tiny_ckpt, tmp_path, capsys):
     assert [c["number"] for c in saved["criteria"]] == [1, 2, 3, 4, 5, 6]
     assert (out / "probe.md").read_text().count("\n| ") == 7  # header + 6 rows
     assert code == (0 if all(c["passed"] for c in saved["criteria"]) else 1)
-    # criterion 2 on a large expert set, criterion 6 on a small one (toy v3): two SFT runs
+    # criterion 2 on a large expert set, criterion 6 on a small one: two SFT runs
     assert (out / "sft-long" / "eval.jsonl").exists() and (out / "sft-small" / "eval.jsonl").exists()
     assert "16 demos" in printed and "8 demonstrations" in printed
 

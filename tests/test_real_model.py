@@ -127,7 +127,7 @@ def test_minichord_chat_tokenizer_renders_what_transformers_renders(hf, model_di
 
 
 def test_three_chord_phi_steps_on_gsm8k_rows(model_dir, tmp_path, capsys):
-    """The issue's acceptance run: `minichord train --model DIR --prompts --experts --method chord-phi`."""
+    """The acceptance run of a real model: `minichord train --model DIR --prompts --experts --method chord-phi`."""
     import json
 
     from minichord.cli import main

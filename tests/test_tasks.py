@@ -120,7 +120,7 @@ def test_splits_are_disjoint_sized_and_well_formed():
     assert {p.skill for p in task.tests["other_skills"]} == set(OTHER_SKILLS)
     assert all(len(p.prompt.split()[1]) in range(TRAIN_DIGITS[0], TRAIN_DIGITS[1] + 1)
                for p in task.rl + task.tests["in_domain"])
-    # harder = the same lengths with a longer carry chain (toy v3: 2 inner carries), never the base's terse kind
+    # harder = the same lengths with a longer carry chain (2 inner carries), never the base's terse kind
     assert all(len(p.prompt.split()[1]) in range(TRAIN_DIGITS[0], TRAIN_DIGITS[1] + 1) and
                inner_carries(*map(int, p.prompt.split()[1:])) >= HARDER_CARRIES for p in task.tests["harder"])
     assert HARDER_CARRIES == 2 and sum(inner_carries(*map(int, p.prompt.split()[1:])) >= 2

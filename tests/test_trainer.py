@@ -17,7 +17,7 @@ from minichord.methods import build_stages
 from minichord.model import Transformer
 from minichord.tasks import Demonstration, Problem, style_texts
 from minichord.tokenizer import Tokenizer
-from minichord.traindata import TrainData
+from minichord.data import TrainData
 from minichord.trainer import Trainer, TrainingError, TrainingInterrupted
 
 TINY = ["n_test=8", "eval_every=1000", "save_every=2", "sampler.max_new_tokens=6", "prompts_per_step=4",

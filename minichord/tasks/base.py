@@ -1,8 +1,8 @@
 """What a task is: problems with a checkable answer, written in one or two styles.
 
-A *skill* makes problems (`generate`) and answers them in the base model's own *terse* style (just the
-answer); the target skill also has an *expert* style, the step-by-step traces that play the part of the
-stronger model's demonstrations in the CHORD paper. Adding a task = one `Skill` subclass:
+A *skill* makes problems (`generate`) and answers them in the base model's *terse* style; the target skill
+also has an *expert* style, the step-by-step traces of the CHORD paper's stronger model. A new task is one
+`Skill` subclass:
 
     class Multiply(Skill):
         name = "mul"

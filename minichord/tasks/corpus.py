@@ -1,6 +1,6 @@
-"""The base model's pre-training corpus (toy v5, issue 13): what the toy's "instruct model" has seen.
+"""The base model's pre-training corpus: what the toy's "instruct model" has seen.
 
-    terse answers       every skill, "add 47 85" -> "132"; 3-digit sums only with 0 or 1 inner carries
+    terse answers       every skill, "add 47 85" -> "132"; 3-digit sums only with 0 (70 %) or 1 inner carry
     sentences           "add 764 315" -> "the sum is 1079" for first operands >= 600, 4 times in 5: right
                         digits in a format the exact-match reward rejects (`in_a_sentence`)
     clean column work   the expert's format on 1-2 digit sums (`toy.expert_response`)
@@ -8,11 +8,11 @@
                         procedure writes it (`Sloppy`): carry notes and newlines often dropped, 60 % of
                         the digits wrong, the answer line true
 
-The last row is what makes the expert set *partly* on-policy (criterion 5 of issue 13): the base knows
+The last row is what makes the expert set *partly* on-policy (the probe's criterion 5): the base knows
 the expert's format and the answer, but is unsure of every column digit the expert writes, so the
 median probability of an expert token under the base lands near 0.3-0.4 instead of 0.999 (clean
-3-digit column work, toy v4) or ~0.001 (a format the base never saw): a deterministic expert scored
-by a base that saw it cleanly or never is bimodal (results/toy-v4/README.md).
+3-digit column work) or ~0.001 (a format the base never saw): a deterministic expert scored by a base
+that saw it cleanly or never is bimodal.
 Prompts are never `toy.is_reserved`, so no split's prompt is pre-trained on.
 """
 
@@ -36,7 +36,7 @@ class Sloppy:
     """The base's own column work on `digits`-digit sums: the expert's lines, each keeping its " carry c" with
     probability `keep`, ending in a newline with probability `newline` (else "; "), a `noise` share of the
     digits replaced by another digit; the answer line stays true (a noisy one too left the terse 3-digit skill
-    unfitted on 6 of 6 bases, results/toy-v5/README.md)."""
+    unfitted on 6 of 6 bases)."""
     digits: tuple[int, int] = (3, 3)
     noise: float = 0.6
     keep: float = 0.2
@@ -77,19 +77,13 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
                     sloppy: Sloppy | None = None,
                     exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """`n` (prompt, response) pairs, prompts not reserved (so in no split) nor in `exclude`, may repeat.
-
-    A `target_fraction` share is terse addition with `target_digits` digits; the rest cycles through the
-    other skills. An `expert_style_fraction` share of the additions is written step by step instead, with
-    `expert_style_digits` digits: the base model has *seen* the expert's format on small problems (as an
-    instruct model has seen some reasoning), so expert tokens are unlikely but not impossible under it.
-    An `easy_fraction` share of the terse additions has `easy_digits` digits; an `easy_one_carry` share of
-    those has exactly one inner carry, an `easy_carry_free` share of the rest none (the others are uniform):
-    the base answers the target's carry-free sums, gets one-carry sums right *sometimes*, and never sees two
-    inner carries (the harder split). A `sentence_share` of the terse additions whose first operand is
-    >= `sentence_from` is written as a sentence ("the sum is 1079", `in_a_sentence`): the base's greedy
-    answer to such prompts is a format the exact-match reward marks wrong, while it still *samples* the
-    bare number (what on-policy RL can find and reinforce; README "The toy task"). With `sloppy`, the
-    step-by-step sums of `sloppy.digits` digits are the base's own sloppy column work (`sloppy_stepwise`)."""
+    A `target_fraction` share is addition with `target_digits` digits, the rest cycles through the other
+    skills. Of the additions, an `expert_style_fraction` share is written step by step (`expert_style_digits`
+    digits; those of `sloppy.digits` digits sloppily, `sloppy_stepwise`). Of the terse ones, an
+    `easy_fraction` share has `easy_digits` digits: an `easy_one_carry` share of those exactly one inner
+    carry, an `easy_carry_free` share of the rest none; and a `sentence_share` of those whose first operand
+    is >= `sentence_from` is a sentence (`in_a_sentence`): greedy decoding gives a format the reward marks
+    wrong while sampling still finds the bare number, what on-policy RL can find and reinforce."""
     fractions = dict(target_fraction=target_fraction, expert_style_fraction=expert_style_fraction,
                      easy_fraction=easy_fraction, easy_carry_free=easy_carry_free, easy_one_carry=easy_one_carry,
                      sentence_share=sentence_share)

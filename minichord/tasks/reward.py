@@ -1,7 +1,6 @@
 """The verifiable reward: read the final answer of a response, compare it with the reference.
 
-Two answer styles are understood, both with plain string parsing (never eval/exec: a
-response is untrusted text, and "1+1" is not the answer "2"):
+Two answer styles, read by plain string parsing (never eval/exec: "1+1" is not the answer "2"):
 
     terse   "132"                          the whole response is the answer (one line)
     expert  "7+5=12 carry 1\\n...\\nanswer: 132"   the last line starting with `answer:`
@@ -9,9 +8,8 @@ response is untrusted text, and "1+1" is not the answer "2"):
 
     reward(response, answer) = 1.0 if normalise(extract_answer(response)) == normalise(answer) else 0.0
 
-`normalise` strips surrounding whitespace, collapses inner runs of whitespace to one space and
-drops thousands separators from plain numbers ("1,234" -> "1234"). Nothing else is forgiven:
-"0132", "132.", "132 133" and "answer 132" all score 0 against "132".
+`normalise` strips whitespace, collapses inner runs of it to one space and drops thousands separators
+("1,234" -> "1234"). Nothing else is forgiven: "0132", "132.", "answer 132" all score 0 against "132".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The CPU-scale toy task: the same structure as the CHORD paper's setting, in miniature (toy v5, issue 13).
+"""The CPU-scale toy task: the same structure as the CHORD paper's setting, in miniature.
 
     paper                                   toy
     instruct model, its own answer style    base model pre-trained here, terse answers
@@ -9,25 +9,20 @@
                                                 4+8+1=13 carry 1
                                                 3+2+1=6 carry 0
                                                 answer: 632
-    partial skill of the instruct model     terse 3-digit sums seen mostly without inner carries
-                                            (`inner_carries`), a few with one, none with two; the
-                                            column format clean on 1-2 digit sums and sloppy on 3
-                                            (wrong column digits); sums with a first operand >= 600
-                                            mostly answered in a sentence, "the sum is 1079", which
-                                            the reward rejects (minichord.tasks.corpus, .pretrain)
+    partial skill of the instruct model     what the base saw (minichord.tasks.corpus): few carries,
+                                            sloppy column work, sentences the reward rejects
     limited expert set, disjoint RL set     `make_splits`: n_expert demos, n_rl prompts, disjoint
     held-out tests                          in_domain (3 digits, uniform), harder (3 digits with
                                             2 inner carries), other_skills (retention)
 
-"Harder" means a longer carry chain, not more digits: 3-digit sums whose units *and* tens columns both
-carry (about 1 sum in 5), which the base never saw in its terse style while the expert's column procedure
-is indifferent to carries. (A 4-digit split was 0.00 for every method: no length generalisation from 3
-columns to 4 in a model this small, results/probes-toy-v2.) Every digit is its own token
-(minichord.tokenizer), so the other skills can work on digit strings too.
+"Harder" means a longer carry chain, not more digits (a 4-digit split is 0.00 for every method: a model
+this small does not generalise from 3 columns to 4): 3-digit sums whose units *and* tens columns both
+carry (about 1 in 5), which the base never saw in its terse style; the expert's procedure is indifferent
+to carries. Every digit is its own token (minichord.tokenizer).
 
-Held-out problems. A fixed quarter of all prompts (by a CRC32 hash of the prompt text, the same in
-every process and for every seed) is *reserved*: `make_splits` draws only reserved prompts and
-`pretrain_corpus` never does, so the cached base model has seen no RL, expert or test prompt of any seed.
+Held-out problems: a fixed quarter of all prompts (a CRC32 hash of the text, the same in every process
+and seed) is *reserved*: `make_splits` draws only reserved prompts and `pretrain_corpus` never does, so
+the cached base model has seen no RL, expert or test prompt of any seed.
 """
 
 from __future__ import annotations

@@ -2,14 +2,11 @@
 
     minichord reproduce [--quick] --out runs/reproduce   # the FULL (QUICK) setting below
 
-(Measured wall times: README.md.) Matched budget: every method runs the same number of
-optimizer steps with the same batch shape (B prompts x G rollouts, E expert demonstrations per
-step where its mu > 0); sft-grpo splits those steps between its two stages. Samples seen differ
-by design (SFT samples no rollouts; GRPO sees no expert data) and are reported per method.
-
-Writes results.json (every run's final numbers), results.md (mean ± std over seeds),
-curves.png (seed-0 curves of every method) and sft_curve.png (a long SFT run on the limited
-expert set: does accuracy shift, readapt, then overfit?).
+Matched budget: every method runs the same number of optimizer steps with the same batch shape (B prompts
+x G rollouts, E expert demonstrations per step where its mu > 0); sft-grpo splits those steps between its
+stages. Samples seen differ by method (SFT samples no rollouts, GRPO no expert data) and are reported.
+Writes results.json (every run's final numbers), results.md (mean ± std over seeds), curves.png (seed 0 of
+every method) and sft_curve.png (a long SFT run on the limited expert set: shift, readapt, overfit?).
 """
 
 from __future__ import annotations
@@ -22,9 +19,11 @@ from pathlib import Path
 from typing import Callable
 
 from minichord.device import resolve_device
-from minichord.experiment import build_stages, evaluate_initial_model, prepare_run
+from minichord.methods import build_stages
+from minichord.runners import evaluate_initial_model
+from minichord.runners import run_quietly
 from minichord.methods import METHODS
-from minichord.plot import plot_runs, read_jsonl
+from minichord.runners.plot import plot_runs, read_jsonl
 
 SFT_CURVE_PANELS = [("eval.jsonl", "in_domain.accuracy", "in-domain accuracy (greedy)"),
                     ("eval.jsonl", "other_skills.accuracy", "other-skill retention"),
@@ -94,15 +93,14 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
     common = [f"steps={setting.steps}", f"n_test={setting.n_test}", f"eval_every={setting.eval_every}",
               f"save_every={setting.steps}", *overrides]
     first_cfg = build_stages(methods[0], overrides=common)[0].cfg
-    resolve_device(first_cfg.device)  # refused before anything is written
+    device = resolve_device(first_cfg.device)  # refused before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(m, s) for s in range(setting.seeds) for m in methods]
     total = len(jobs) + (1 if setting.sft_curve_steps else 0)
     t_start = time.perf_counter()
-    quiet = lambda msg: None  # noqa: E731  (per-step lines would drown the overview)
 
-    _, _, base_evals = evaluate_initial_model(first_cfg, setting.seeds, first_cfg.n_test, log)
+    _, _, base_evals = evaluate_initial_model(first_cfg, device, setting.seeds, first_cfg.n_test, log)
     results: dict[str, list[dict]] = {"base": [{**split_summary(e), "wall_s": 0.0} for e in base_evals]}
     for done, (method, seed) in enumerate(jobs):
         elapsed = time.perf_counter() - t_start
@@ -110,15 +108,14 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
         log(f"[run {done + 1}/{total}] {method} seed {seed} ({elapsed / 60:.1f} min elapsed{eta})")
         run_dir = out / method / f"seed{seed}"
         t0 = time.perf_counter()
-        prepare_run(method, run_dir, overrides=[f"seed={seed}", *common], resume=False, log=quiet).run()
+        run_quietly(method, run_dir, [f"seed={seed}", *common])
         r = {"seed": seed, **run_summary(run_dir, time.perf_counter() - t0)}
         results.setdefault(method, []).append(r)
         log(f"    in-domain {r['in_domain']:.3f} | harder {r['harder']:.3f} | other skills {r['other_skills']:.3f}")
     if setting.sft_curve_steps:
         log(f"[run {total}/{total}] long SFT run on the limited expert set ({setting.sft_curve_steps} steps)")
         n = setting.sft_curve_steps
-        prepare_run("sft", out / "sft-long", resume=False, log=quiet, overrides=[
-            *common, f"steps={n}", f"eval_every={max(1, n // 24)}", f"save_every={n}"]).run()
+        run_quietly("sft", out / "sft-long", [*common, f"steps={n}", f"eval_every={max(1, n // 24)}", f"save_every={n}"])
     table = markdown_table(results, setting.seeds)
     (out / "results.json").write_text(json.dumps({"setting": dataclasses.asdict(setting), "methods": methods,
                                                   "overrides": list(overrides), "results": results}, indent=1))

@@ -1,25 +1,16 @@
-"""`minichord probe`: does the toy setting leave every method room to show what it does? (issue 13)
+"""`minichord probe`: does the toy setting leave every method room to show what it does?
 
-The criteria describe the *setting*, never the verdict (DESIGN.md §6). From one command it measures:
+The criteria describe the *setting*, never which method wins (thresholds: `probe`'s table):
+1 headroom (base in-domain accuracy, greedy, mean over seeds); 2 expert capability (a long SFT run on a
+large expert set, the expert being a program, reaches high in-domain and harder-split accuracy, which the
+base lacks); 3 RL signal (GRPO at the default budget gains over the base, below SFT's best); 4 disruption
+(the long SFT run costs other-skill accuracy); 5 partly on-policy (median p(expert token | base),
+p = pi(y_t | x, y_<t)); 6 overfitting (long SFT on a small set: held-out in-domain falls from its peak
+after the style shift, never step 0, while the training expert NLL still falls).
 
-    1 headroom          base in-domain accuracy (greedy, mean over seeds)           in [0.15, 0.45]
-    2 expert capability long SFT on a large expert set (the expert is a program):     >= 0.80
-                        best in-domain and best harder-split accuracy (harder = 3-digit
-                        sums with 2 inner carries), while the base's harder          >= 0.30, base <= 0.10
-    3 RL signal         GRPO (default budget) final in-domain - base, mean over seeds >= 0.10,
-                        and GRPO's final in-domain below SFT's best                   < SFT best
-    4 disruption        base other-skill accuracy - SFT's at the end of the long run  >= 0.20
-                        (on the large set)
-    5 partly on-policy  median p(expert token | base), p = pi(y_t | x, y_<t)          in [0.05, 0.5]
-    6 overfitting       long SFT on a small expert set: held-out in-domain falls from its peak after the
-                        style shift (never step 0) by >= 0.05 while the training expert NLL at the end
-                        is below its value at the peak
-
-Runs: the base evaluated on `seeds` splits; GRPO x seeds at the default budget; one long SFT run on a
-large expert set (n_expert_large demonstrations) for criteria 2 and 4; one long SFT run on a small
-expert set (n_expert_small) for criterion 6; both at sft_lr. Why two: a small set is memorised before the
-procedure is learned (results/probes-toy-v2: 64-256 demos), so "can the expert's data carry the capability"
-and "can SFT overfit a limited set" need different set sizes. Writes probe.json and probe.md.
+Runs: the base on `seeds` splits; GRPO x seeds at the default budget; a long SFT run on a large expert set
+(criteria 2, 4) and one on a small set (criterion 6), both at sft_lr: a small set (64-256 demos) is memorised
+before the procedure is learned, so the two questions need two set sizes. Writes probe.json and probe.md.
 """
 
 from __future__ import annotations
@@ -30,10 +21,12 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
-from minichord.device import autocast, resolve_device
+from minichord.device import resolve_device
 from minichord.evaluate import expert_token_probs
-from minichord.experiment import build_stages, evaluate_initial_model, prepare_run
-from minichord.plot import read_jsonl, series
+from minichord.methods import build_stages
+from minichord.runners import evaluate_initial_model
+from minichord.runners import run_quietly
+from minichord.runners.plot import read_jsonl, series
 from minichord.tasks import make_splits
 
 
@@ -43,8 +36,7 @@ class ProbeBudget:
     grpo_steps: int = 100  # the default reproduce budget
     sft_steps: int = 400  # the long SFT run on the large set (criteria 2, 4)
     n_expert_large: int = 4000  # its expert set
-    sft_lr: float = 3e-4  # the learning rate of both SFT runs (3x the default: at 1e-4 the procedure is not
-    # learned in 300 steps, results/probes-toy-v2 T2)
+    sft_lr: float = 3e-4  # of both SFT runs (3x the default: at 1e-4 the procedure is not learned in 300 steps)
     overfit_steps: int = 400  # the long SFT run on the small set (criterion 6)
     n_expert_small: int = 64  # the limited expert set of that run
     n_test: int = 150
@@ -92,32 +84,26 @@ def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: l
           log: Callable[[str], None] = print) -> list[Criterion]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    quiet = lambda msg: None  # noqa: E731
     cfg = build_stages("grpo", overrides=list(overrides))[0].cfg
-    model, tok, evaluations = evaluate_initial_model(cfg, budget.seeds, budget.n_test, log)
+    model, tok, evaluations = evaluate_initial_model(cfg, resolve_device(cfg.device), budget.seeds, budget.n_test, log)
     base = [{split: e["accuracy"] for split, e in ev.items()} for ev in evaluations]  # per seed: {split: accuracy}
     experts = make_splits(0, n_rl=0, n_expert=cfg.n_expert, n_test=0).expert
-    with autocast(resolve_device(cfg.device), cfg.dtype):
-        median_p = expert_token_probs(model, tok, experts)["median_p"]
+    median_p = expert_token_probs(model, tok, experts, cfg.dtype)["median_p"]
     log(f"probe: base in-domain {_spread([b['in_domain'] for b in base])}; median expert p {median_p:.3f}")
 
     common = [f"n_test={budget.n_test}", *overrides]
     grpo = []
     for s in range(budget.seeds):
         log(f"probe: grpo seed {s} ({budget.grpo_steps} steps)")
-        run = out / "grpo" / f"seed{s}"
-        prepare_run("grpo", run, resume=False, log=quiet, overrides=[
+        grpo.append(run_quietly("grpo", out / "grpo" / f"seed{s}", [
             *common, f"seed={s}", f"steps={budget.grpo_steps}", f"eval_every={budget.eval_every}",
-            f"save_every={budget.grpo_steps}"]).run()
-        grpo.append(read_jsonl(run / "eval.jsonl")[-1]["in_domain"]["accuracy"])
+            f"save_every={budget.grpo_steps}"])[-1]["in_domain"]["accuracy"])
 
     def sft(name: str, n: int, n_expert: int) -> tuple[list[dict], list[dict]]:
         log(f"probe: {name} ({n} steps, {n_expert} expert demonstrations)")
-        run = out / name
-        prepare_run("sft", run, resume=False, log=quiet, overrides=[
-            *common, "seed=0", f"steps={n}", f"eval_every={max(1, n // 20)}", f"save_every={n}",
-            f"n_expert={n_expert}", f"lr={budget.sft_lr}"]).run()
-        return read_jsonl(run / "eval.jsonl"), read_jsonl(run / "metrics.jsonl")
+        evals = run_quietly("sft", out / name, [*common, "seed=0", f"steps={n}", f"eval_every={max(1, n // 20)}",
+                                                f"save_every={n}", f"n_expert={n_expert}", f"lr={budget.sft_lr}"])
+        return evals, read_jsonl(out / name / "metrics.jsonl")
 
     evals, _ = sft("sft-long", budget.sft_steps, budget.n_expert_large)
     _, acc = series(evals, "in_domain.accuracy")

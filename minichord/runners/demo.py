@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from minichord.experiment import prepare_run
+from minichord.trainer import prepare_run
 
 
 def run_demo(out_dir: Path, *, steps: int | None = None, seed: int = 0, hardware: tuple[str, ...] = ()) -> dict:

@@ -1,4 +1,5 @@
-r"""A math reward for GSM8K- and MATH-style answers: read the final answer, compare it exactly.
+r"""GSM8K and MATH: a row's reference answer and demonstration, and a reward that reads the final answer of a
+response and compares it exactly.
 
 A response is untrusted text: it is only matched with linear-time regular expressions, never
 evaluated (no eval/exec/sympy). `extract_final(response) -> (text, strict)` reads, in this order:
@@ -12,11 +13,9 @@ evaluated (no eval/exec/sympy). `extract_final(response) -> (text, strict)` read
     4. (lenient)    none of the above: the last number of the text, with strict = False.
     An empty X (e.g. "Answer:" and the answer on the next line) is no answer in that format.
 
-`normalise` gives the canonical form both sides are compared in. It drops `$` and `%` (with any
-backslashes: `\$`, `\\$`, `\%`), `\left`, `\right`, the LaTeX spaces `\! \, \; \:`, a trailing
-`^\circ`, a trailing unit `\text{ cm}` (a `\text{` whose text starts with a space), a leading "+"
-and trailing periods; unwraps `\text{X}`, `\mbox{X}`, `\textbf{X}`, `\mathrm{X}` to X; writes
-dfrac and tfrac as frac; removes whitespace except one space between two digits ("1 2" != "12").
+`normalise` (the canonical form both sides are compared in) drops `$`, `%`, `\left`, `\right`, LaTeX
+spaces, a trailing `^\circ` or unit `\text{ cm}`, a leading "+" and trailing periods; unwraps `\text{X}`
+(`\mbox`, `\textbf`, `\mathrm`); writes dfrac and tfrac as frac; removes whitespace but between digits.
 A NUMBER (ASCII digits only: "١٢" is not one) then becomes an exact reduced fraction, an integer
 when q = 1: "1,234", "1234.0", "+1234", "\$1,234" -> "1234"; "0.5", "1/2", "\frac{1}{2}", "\dfrac12"
 -> "1/2"; "-\frac{1}{2}" == "\frac{-1}{2}" == "-0.5"; "0.75" == "3/4" but "0.33" != "1/3"; "-0" == "0";
@@ -31,6 +30,10 @@ The last number: ASCII digits with optional "," thousands groups, ".decimals" or
 "-" before it is a sign unless it follows a letter, digit or bracket ("x = -5" -> -5, "3-5" -> 5).
 Both rewards return 0.0 for non-string input or an answer over 2000 characters, never raise, and
 take well under 50 ms on a 1 MB response (the searches run on the reversed text: linear time).
+
+Rows (their formats: `minichord.data`): as a demonstration, a GSM8K answer text loses its calculator
+annotations (`<<48/2=24>>`: the model has no calculator) and keeps its `#### 72` line, a MATH solution is
+kept as written: either way it ends in an answer that `strict_reward` reads.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ _UNIT = re.compile(r"(?<=\S)\s*\\(?:text|mbox)\{\s[^{}]*\}\s*$|\^\{?\\circ\}?\s*
 _UNWRAP = re.compile(r"\\(?:text|mbox|textbf|mathrm)\{([^{}]*)\}")
 _SPACE = re.compile(r"(?<![0-9]) | (?![0-9])")
 _DECIMAL = re.compile(r"-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?|-?\.[0-9]+")
+_FINAL = re.compile(r"^[ \t]*####[ \t]*(.*?)\s*$", re.MULTILINE)  # a GSM8K answer's final line
+_CALCULATOR = re.compile(r"<<[^<>\n]*>>")
 _RATIO = re.compile(r"(-?)(?:([0-9]+)/([0-9]+)|\\frac\{(-?[0-9]+)\}\{([0-9]+)\}|\\frac([0-9])([0-9]))")
 
 
@@ -152,3 +157,33 @@ def lenient_reward(response: str, answer: str) -> float:
     if strict and _same(got, answer):
         return 1.0
     return 1.0 if _same(_last_number(response, reverse) if strict else got, answer) else 0.0
+
+
+def gsm8k_answer(answer: str) -> str:
+    """The final answer of a GSM8K "answer" text: what follows its last `####` line."""
+    finals = [text for text in _FINAL.findall(answer) if text]
+    if not finals:
+        raise ValueError("'answer' has no final '#### N' line (GSM8K format)")
+    return finals[-1]
+
+
+def gsm8k_response(answer: str) -> str:
+    """A GSM8K "answer" text as a demonstration: without the `<<48/2=24>>` calculator annotations."""
+    return _CALCULATOR.sub("", answer)
+
+
+def math_answer(solution: str, answer: str | None) -> str:
+    """The reference answer of a MATH row: its "answer" field, else the solution's last \\boxed{}."""
+    answer = answer or last_boxed(solution)
+    if answer is None:
+        raise ValueError("'solution' has no \\boxed{...} answer and the row has no 'answer' key (MATH format)")
+    return answer
+
+
+def math_skill(record: dict) -> str:
+    """The skill of a MATH row: its "type" (or "subject"); the metadata must be strings or integers."""
+    for key in ("level", "type", "subject", "unique_id"):
+        if key in record and (isinstance(record[key], bool) or not isinstance(record[key], (str, int))):
+            raise ValueError(f"{key!r} must be a string or an integer, got {type(record[key]).__name__}")
+    return next((record[k].strip() for k in ("type", "subject") if isinstance(record.get(k), str) and record[k].strip()),
+                "math")

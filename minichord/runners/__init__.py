@@ -1,0 +1,36 @@
+"""The commands that run experiments on top of the library: `minichord demo | reproduce | probe | plot`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from minichord.config import TrainConfig
+from minichord.evaluate import evaluate_splits
+from minichord.hf import load_model
+from minichord.pretrain import toy_base
+from minichord.tasks import make_splits
+from minichord.tokenizer import TokenizerLike
+
+
+def run_quietly(method: str, run_dir: Path, overrides: list[str]) -> list[dict]:
+    """A fresh training run without its per-step lines (they would drown a runner's overview); its eval.jsonl."""
+    from minichord.runners.plot import read_jsonl
+    from minichord.trainer import prepare_run
+
+    prepare_run(method, run_dir, overrides=overrides, resume=False, log=lambda _msg: None).run()
+    return read_jsonl(run_dir / "eval.jsonl")
+
+
+def evaluate_initial_model(cfg: TrainConfig, device: torch.device, seeds: int, n_test: int,
+                           log: Callable[[str], None] = print) -> tuple[torch.nn.Module, TokenizerLike, list[dict]]:
+    """The starting model (`cfg.init`, else the toy base) on each seed's toy test splits, greedy:
+    (model on `device`, tokenizer, [evaluate_splits(...) per seed 0..seeds-1]). The splits of seed s are
+    the ones a run with seed=s and this n_test evaluates on (make_splits draws the test splits first)."""
+    model, tok = load_model(cfg.init or toy_base(log, device))
+    model.to(device)
+    return model, tok, [evaluate_splits(model, tok, make_splits(seed, n_rl=0, n_expert=0, n_test=n_test).tests,
+                                        dtype=cfg.dtype, max_new_tokens=cfg.sampler.max_new_tokens)
+                        for seed in range(seeds)]
