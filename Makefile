@@ -48,10 +48,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_kernels.py --quick
 	$(BIN)/python benchmarks/bench_train.py
 
-# The core's size as the README quotes it: non-blank lines of minichord/ and kernels/, and the largest files.
+# The core's size as the README quotes it: non-blank lines of every .py under minichord/ and kernels/, the largest files.
+CORE = $(shell find minichord kernels -name '*.py' | sort)
 lines:
-	@cat minichord/*.py minichord/tasks/*.py kernels/*.py | grep -cv '^[[:space:]]*$$' | sed 's/^/core non-blank lines: /'
-	@for f in minichord/*.py minichord/tasks/*.py kernels/*.py; do echo "$$(grep -cv '^[[:space:]]*$$' $$f) $$f"; done | sort -n | tail -3
+	@cat $(CORE) | grep -cv '^[[:space:]]*$$' | sed 's/^/core non-blank lines: /'
+	@for f in $(CORE); do echo "$$(grep -cv '^[[:space:]]*$$' $$f) $$f"; done | sort -n | tail -3
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

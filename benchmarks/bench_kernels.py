@@ -1,23 +1,24 @@
 """Benchmark the loss kernels: time and peak memory of naive torch, chunked torch and Triton.
 
-    tier 1  token log-probs from logits [N, V]           naive | triton
-    tier 2  lm head + CHORD token loss, hidden [N, H]    naive | chunked | triton
+    logprobs  token log-probs from logits [N, V]                      naive | triton
+    fused     fused lm-head loss (lm head + CHORD loss), hidden [N, H]  naive | chunked | triton
 
 naive   = full logits, log_softmax in fp32, gather (minichord.lm_head.reference_token_logprobs;
-          for tier 2 the logits are hidden @ W^T in the input dtype, then the reference)
+          for the fused loss the logits are hidden @ W^T in the input dtype, then the reference)
 chunked = minichord.lm_head.fused_token_loss on its torch path (chunks over tokens)
 triton  = minichord.kernels.* (CUDA only; the CPU interpreter is not a performance path)
 
 Peak memory is the extra memory one forward+backward needs on top of its inputs:
 torch.cuda.max_memory_allocated on GPU; on CPU each case runs in a fresh subprocess and
 reports the growth of its peak RSS (resource.getrusage ru_maxrss) during the first call.
-For tier 1 on GPU the table also gives the effective bandwidth, min bytes / time, where min
-bytes is one read of the logits (forward) or one read + one write of a logits-sized tensor
-(forward + backward), and its fraction of the H100's 3.35 TB/s. For tier 2 it gives matmul
-TFLOP/s (6 N V H flops: logits, grad hidden, grad weight).
+For the token log-probs on GPU the table also gives the effective bandwidth, min bytes / time,
+where min bytes is one read of the logits (forward) or one read + one write of a logits-sized
+tensor (forward + backward), and its fraction of the H100's 3.35 TB/s. For the fused loss it
+gives matmul TFLOP/s (6 N V H flops: logits, grad hidden, grad weight).
 
     python benchmarks/bench_kernels.py --quick          # CPU, about a minute
     python benchmarks/bench_kernels.py                  # GPU, realistic shapes
+    python benchmarks/bench_kernels.py --ops fused      # only the fused lm-head loss
 """
 
 import argparse
@@ -36,6 +37,7 @@ from minichord.losses import chord_loss, token_coefficients
 
 H100_BANDWIDTH = 3.35e12  # bytes / s
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+OP_LABELS = {"logprobs": "log-probs", "fused": "fused loss"}  # --ops value -> table label
 
 
 # ---------------------------------------------------------------------------------------
@@ -49,7 +51,7 @@ def make_inputs(case, device):
     targets = torch.randint(0, v, (n,), generator=gen).to(device)  # [N]
     # drawn in the target dtype, scaled in place: no fp32 temporaries raise the RSS baseline
     randn = lambda *shape: torch.randn(*shape, generator=gen, dtype=dtype).to(device)  # noqa
-    if case["tier"] == 1:
+    if case["op"] == "logprobs":
         logits = randn(n, v).mul_(2)  # [N, V]
         return dict(logits=logits.requires_grad_(), targets=targets,
                     grad=torch.randn(n, generator=gen).to(device))
@@ -82,7 +84,7 @@ def chunked_torch_loss(*args):
         os.environ.pop("MINICHORD_KERNELS") if previous is None else os.environ.update(MINICHORD_KERNELS=previous)
 
 
-def tier2_fn(impl):
+def fused_loss_fn(impl):
     if impl == "naive":
         return naive_fused_loss
     if impl == "chunked":
@@ -93,7 +95,7 @@ def tier2_fn(impl):
 
 def make_steps(case, inputs):
     """-> (forward-only fn or None, forward+backward fn) for one case."""
-    if case["tier"] == 1:
+    if case["op"] == "logprobs":
         if case["impl"] == "triton":
             from minichord.kernels.logprobs import triton_token_logprobs as logprobs
         else:
@@ -109,7 +111,7 @@ def make_steps(case, inputs):
             logprobs(x, y).backward(g)
 
         return forward, forward_backward
-    fn = tier2_fn(case["impl"])
+    fn = fused_loss_fn(case["impl"])
     args = [inputs[k] for k in ("hidden", "weight", "targets", "coef", "is_expert",
                                 "advantages", "old_logp", "spec")]
 
@@ -186,58 +188,60 @@ def measure_in_subprocess(case, reps):
 
 
 def table(rows, device):
-    head = ["tier", "impl", "N", "V", "H", "dtype", "fwd ms", "fwd+bwd ms", "peak extra MB",
+    head = ["op", "impl", "N", "V", "H", "dtype", "fwd ms", "fwd+bwd ms", "peak extra MB",
             "GB/s fwd", "GB/s fwd+bwd", "% of 3.35 TB/s (fwd / fwd+bwd)", "TFLOP/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda x, spec=".1f": "-" if x is None else format(x, spec)  # noqa: E731
     for r in rows:
         elt = torch.tensor([], dtype=DTYPES[r["dtype"]]).element_size()
         gbs_f = gbs_fb = frac = tflops = None
-        if r["tier"] == 1 and device == "cuda":
+        if r["op"] == "logprobs" and device == "cuda":
             logits_bytes = r["n"] * r["v"] * elt
             gbs_f = logits_bytes / (r["fwd_ms"] * 1e-3) / 1e9
             gbs_fb = 2 * logits_bytes / (r["fwd_bwd_ms"] * 1e-3) / 1e9
             frac = f"{100 * gbs_f * 1e9 / H100_BANDWIDTH:.0f}% / " \
                    f"{100 * gbs_fb * 1e9 / H100_BANDWIDTH:.0f}%"
-        if r["tier"] == 2:
+        if r["op"] == "fused":
             tflops = 6 * r["n"] * r["v"] * r["h"] / (r["fwd_bwd_ms"] * 1e-3) / 1e12
         lines.append("| " + " | ".join([
-            str(r["tier"]), r["impl"], str(r["n"]), str(r["v"]), str(r.get("h", "-")),
+            OP_LABELS[r["op"]], r["impl"], str(r["n"]), str(r["v"]), str(r.get("h", "-")),
             r["dtype"], fmt(r["fwd_ms"]), fmt(r["fwd_bwd_ms"]), fmt(r["peak_mb"], ".0f"),
             fmt(gbs_f, ".0f"), fmt(gbs_fb, ".0f"), frac or "-", fmt(tflops, ".2f")]) + " |")
     return "\n".join(lines)
 
 
 def build_cases(args, device):
-    impls1 = ["naive"] + (["triton"] if device == "cuda" else [])
-    impls2 = ["naive", "chunked"] + (["triton"] if device == "cuda" else [])
+    logprobs_impls = ["naive"] + (["triton"] if device == "cuda" else [])
+    fused_impls = ["naive", "chunked"] + (["triton"] if device == "cuda" else [])
     if args.quick:
-        # CPU-sized, but includes the target case: tier 2 at N=8192, V=32768, H=256
-        tier1 = [dict(n=1024, v=32768)]
-        tier2 = [dict(n=8192, v=32768, h=256)]
+        # CPU-sized, but includes the target case: the fused loss at N=8192, V=32768, H=256
+        logprobs_shapes = [dict(n=1024, v=32768)]
+        fused_shapes = [dict(n=8192, v=32768, h=256)]
     else:
-        tier1 = [dict(n=n, v=v) for n in args.n for v in args.vocab]
-        tier2 = [dict(n=n, v=v, h=args.hidden) for n in args.n for v in args.vocab]
-    cases = [dict(tier=1, impl=i, dtype=args.dtype, **s) for s in tier1 for i in impls1]
-    cases += [dict(tier=2, impl=i, dtype=args.dtype, **s) for s in tier2 for i in impls2]
-    return [c for c in cases if c["tier"] in args.tiers]
+        logprobs_shapes = [dict(n=n, v=v) for n in args.n for v in args.vocab]
+        fused_shapes = [dict(n=n, v=v, h=args.hidden) for n in args.n for v in args.vocab]
+    cases = [dict(op="logprobs", impl=i, dtype=args.dtype, **s)
+             for s in logprobs_shapes for i in logprobs_impls]
+    cases += [dict(op="fused", impl=i, dtype=args.dtype, **s) for s in fused_shapes for i in fused_impls]
+    return [c for c in cases if c["op"] in args.ops]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="small CPU-sized shapes (tier 1 N=1024 V=32768; tier 2 N=8192 "
-                             "V=32768 H=256) instead of the realistic grid")
+                        help="small CPU-sized shapes (log-probs N=1024 V=32768; fused loss "
+                             "N=8192 V=32768 H=256) instead of the realistic grid")
     parser.add_argument("--n", type=int, nargs="+", default=[4096, 16384],
                         help="token counts N to benchmark (default: 4096 16384)")
     parser.add_argument("--vocab", type=int, nargs="+", default=[32768, 151936],
                         help="vocabulary sizes V (default: 32768 151936, Qwen2's)")
-    parser.add_argument("--hidden", type=int, default=2048, help="hidden size H for tier 2")
+    parser.add_argument("--hidden", type=int, default=2048, help="hidden size H for the fused loss")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
                         help="logits / hidden / weight dtype (default bf16)")
-    parser.add_argument("--tiers", type=int, nargs="+", default=[1, 2], choices=[1, 2],
-                        help="which tiers to run")
+    parser.add_argument("--ops", nargs="+", default=list(OP_LABELS), choices=list(OP_LABELS),
+                        help="which ops to run: logprobs (token log-probs), fused (fused lm-head "
+                             "loss); default both")
     parser.add_argument("--reps", type=int, default=None,
                         help="timed repetitions (default 10 on GPU, 2 on CPU)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one CPU case

@@ -1,4 +1,4 @@
-"""minichord against the tools people would use instead (issue 15): transformers' `generate`, a
+"""minichord against the tools people would use instead: transformers' `generate`, a
 transformers training step, TRL's GRPO step, with identical weights and shapes.
 
     pip install -e ".[bench]"          # transformers and trl: this benchmark only

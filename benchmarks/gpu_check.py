@@ -5,10 +5,12 @@
 
 1. the kernel tests (tests/test_kernels.py: fp32 and bf16, forward and backward) with the kernels on CUDA;
 2. the memory-bandwidth bound, measured here: a large device-to-device copy, (bytes read + written) / time;
-3. tier 1 (kernels/logprobs.py) forward + backward at bf16 [16384, 151936]: time, achieved GB/s counting the
-   floor of one read of the logits and one write of their gradient (2 N V 2 bytes), and its share of the bound;
-4. tier 2 (kernels/fused_loss.py) at N=16384, H=896, V=151936, bf16: time and peak extra memory of the naive
-   path (full logits -> log_softmax -> loss), the chunked torch path (minichord/lm_head.py) and the Triton kernel;
+3. the token log-probs (kernels/logprobs.py) forward + backward at bf16 [16384, 151936]: time, achieved GB/s
+   counting the floor of one read of the logits and one write of their gradient (2 N V 2 bytes), and its share
+   of the bound;
+4. the fused lm-head loss (kernels/fused_loss.py) at N=16384, H=896, V=151936, bf16: time and peak extra memory
+   of the naive path (full logits -> log_softmax -> loss), the chunked torch path (minichord/lm_head.py) and the
+   Triton kernel;
 5. CHORD-phi steps of a Qwen2.5-0.5B-shaped model (random weights; vocab 151936, hidden 896, 24 layers, 14 / 2
    heads, ffn 4864, bf16 autocast) with 8 prompts x 8 rollouts of up to 256 new tokens + 16 expert
    demonstrations of 512 tokens, once with MINICHORD_KERNELS=triton and once with torch: sampled tokens/s,
@@ -38,12 +40,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))  # bench_kernels.py, gpu_check_train.py
-FULL = dict(reps=10, copy_mb=4096, t1=(16384, 151936), t2=(16384, 896, 151936), steps=10, prompts=8, group=8,
-            new_tokens=256, experts=16, expert_len=512, prompt_len=64, gen=(64, 256), gen_reps=3,
+# shapes: logprobs = the token log-probs' (N, V); fused = the fused lm-head loss's (N, H, V)
+FULL = dict(reps=10, copy_mb=4096, logprobs=(16384, 151936), fused=(16384, 896, 151936), steps=10, prompts=8,
+            group=8, new_tokens=256, experts=16, expert_len=512, prompt_len=64, gen=(64, 256), gen_reps=3,
             model=dict(vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2, ffn_dim=4864,
                        max_seq_len=1024, rope_theta=1e6))
-DRY = dict(reps=1, copy_mb=16, t1=(16, 500), t2=(32, 32, 500), steps=1, prompts=2, group=2, new_tokens=4, experts=2,
-           expert_len=8, prompt_len=4, gen=(2, 4), gen_reps=1,
+DRY = dict(reps=1, copy_mb=16, logprobs=(16, 500), fused=(32, 32, 500), steps=1, prompts=2, group=2, new_tokens=4,
+           experts=2, expert_len=8, prompt_len=4, gen=(2, 4), gen_reps=1,
            model=dict(vocab_size=300, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=32))
 DRY_TESTS = ["tests/test_kernels.py::test_token_logprobs_matches_reference[0.7-True-dtype1-1000]",
              "tests/test_kernels.py::test_fused_loss_matches_reference[phi-dtype1]"]  # bf16, fwd + bwd
@@ -116,7 +119,7 @@ def copy_bandwidth(device: torch.device, mb: int, reps: int) -> float:
     return 2 * src.numel() / (ms * 1e-3)
 
 
-def tier1(device: torch.device, n: int, v: int, bound: float, reps: int) -> dict:
+def token_logprobs(device: torch.device, n: int, v: int, bound: float, reps: int) -> dict:
     from minichord.kernels.logprobs import triton_token_logprobs
 
     gen = torch.Generator(device=device).manual_seed(0)
@@ -134,12 +137,12 @@ def tier1(device: torch.device, n: int, v: int, bound: float, reps: int) -> dict
                 floor_ms=floor_bytes / bound * 1e3)
 
 
-def tier2(device: torch.device, n: int, h: int, v: int, reps: int) -> dict:
+def fused_loss(device: torch.device, n: int, h: int, v: int, reps: int) -> dict:
     from bench_kernels import make_inputs, make_steps
 
     out = {}
     for impl in ("naive", "chunked", "triton"):
-        case = dict(tier=2, impl=impl, n=n, h=h, v=v, dtype="bf16")
+        case = dict(op="fused", impl=impl, n=n, h=h, v=v, dtype="bf16")
         inputs = make_inputs(case, device)
         _, fwd_bwd = make_steps(case, inputs)
         peak = peak_extra_mb(fwd_bwd, device)  # the first call also compiles
@@ -166,17 +169,17 @@ def report(r: dict, s: dict) -> str:
     add(("kernel tests", r.get("tests", "-")))
     if "bound" in r:
         add((f"bandwidth bound: {s['copy_mb']} MiB device-to-device copy", f"{r['bound'] / 1e9:.0f} GB/s (read + write)"))
-    if "tier1" in r:
-        n, v = s["t1"]
-        t = r["tier1"]
-        add((f"tier 1 log-probs fwd+bwd, bf16 [{n}, {v}]", f"{t['ms']:.3f} ms; {t['gbs']:.0f} GB/s counting 2NV x 2 B; "
+    if "logprobs" in r:
+        n, v = s["logprobs"]
+        t = r["logprobs"]
+        add((f"log-probs fwd+bwd, bf16 [{n}, {v}]", f"{t['ms']:.3f} ms; {t['gbs']:.0f} GB/s counting 2NV x 2 B; "
              f"{100 * t['share']:.0f}% of the bound (floor {t['floor_ms']:.3f} ms)"))
-    if "tier2" in r:
-        n, h, v = s["t2"]
-        base = r["tier2"]["naive"]
+    if "fused" in r:
+        n, h, v = s["fused"]
+        base = r["fused"]["naive"]
         for impl, label in (("naive", "naive (full logits)"), ("chunked", "chunked torch"), ("triton", "triton fused")):
-            t = r["tier2"][impl]
-            add((f"tier 2 {label}, N={n} H={h} V={v} bf16", f"{t['ms']:.2f} ms ({base['ms'] / t['ms']:.2f}x naive); "
+            t = r["fused"][impl]
+            add((f"fused loss {label}, N={n} H={h} V={v} bf16", f"{t['ms']:.2f} ms ({base['ms'] / t['ms']:.2f}x naive); "
                  f"peak extra {fmt(t['peak_mb'], '.0f', ' MB')}"))
     if "train" in r:
         for backend, t in r["train"].items():
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, Triton under TRITON_INTERPRET=1")
     ap.add_argument("--steps", type=int, default=None, help="timed CHORD-phi steps per backend (default 10; dry 1)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "tier1", "tier2", "train", "generate"],
+    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "logprobs", "fused", "train", "generate"],
                     help="sections to leave out")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--sampler-compile", choices=["default", "true", "false"], default="default",
@@ -248,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     section("tests", lambda: kernel_tests(device, args.dry_run))
     section("bound", lambda: copy_bandwidth(device, settings["copy_mb"], settings["reps"]))
     if "bound" in r:
-        section("tier1", lambda: tier1(device, *settings["t1"], r["bound"], settings["reps"]))
-    section("tier2", lambda: tier2(device, *settings["t2"], settings["reps"]))
+        section("logprobs", lambda: token_logprobs(device, *settings["logprobs"], r["bound"], settings["reps"]))
+    section("fused", lambda: fused_loss(device, *settings["fused"], settings["reps"]))
     from gpu_check_train import training  # benchmarks/, beside this file
     section("train", lambda: {b: training(device, settings, b) for b in ("triton", "torch")})
     os.environ.pop("MINICHORD_KERNELS", None)

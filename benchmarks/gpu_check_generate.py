@@ -1,4 +1,4 @@
-"""Section 6 of the GPU check (benchmarks/gpu_check.py; issue 15's GPU target): greedy generation of a
+"""Section 6 of the GPU check (benchmarks/gpu_check.py): greedy generation of a
 Qwen2.5-0.5B-shaped model (random weights, bf16) by transformers' `generate` and by minichord's sampler,
 eager and with SamplerConfig.compile (on a GPU: the decode step as one CUDA graph), same weights, same
 prompts, eos disabled so every row makes every token.

@@ -1,9 +1,8 @@
 """Triton kernels, installed as `minichord.kernels` (pyproject's package-dir mapping).
 
-When the repository root is on sys.path (`python -m pytest`, `python -m ...`, a script or notebook
-started there), `import kernels` would find this folder and hide the unrelated PyPI package `kernels`
-(which transformers imports). Imported under that top-level name, this package steps aside: it loads
-whatever `kernels` the rest of sys.path holds in its place, or reports that there is none.
+With the repository root on sys.path (`python -m pytest`, a script started there), `import kernels` would find
+this folder and hide the unrelated PyPI package `kernels` (which transformers imports); imported under that
+name, this package steps aside and loads whatever `kernels` the rest of sys.path holds, or reports none.
 """
 
 if __name__ == "kernels":

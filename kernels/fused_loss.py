@@ -1,4 +1,4 @@
-"""The fused lm-head loss kernel (torch path: minichord/lm_head.py): lm-head matmul + minichord.losses.chord_loss, over token chunks.
+"""The fused lm-head loss kernel: lm-head matmul + losses.chord_loss over token chunks (torch path: lm_head.py).
 
 The full [N, V] logits never exist. For each chunk of C tokens:
 
@@ -33,9 +33,8 @@ g_t for each token kind (r = exp(clamp(logp - old_logp, -c_r, c_r)), A = advanta
     LUFFY          l = -A p / (p + gamma)                             g = -A gamma p / (p+gamma)^2
                    (d/dlogp f(p) = f'(p) p,  f'(p) = gamma / (p + gamma)^2)
 
-The loss kinds are tl.constexpr: each configuration compiles to straight-line code. Unlike the
-torch path, the matmul runs in the input dtype (bf16 logits, fp32 accumulation in the GEMM), so
-bf16 results agree to bf16 precision; backward only scales the forward's gradients by grad_output.
+The loss kinds are tl.constexpr: each configuration compiles to straight-line code. Unlike the torch path,
+the matmul runs in the input dtype (bf16 logits, fp32 GEMM accumulation): bf16 results agree to bf16 precision.
 """
 
 from typing import Optional
@@ -56,12 +55,9 @@ def _fused_token_loss_kernel(
     logits_ptr,  # [C, V] contiguous; overwritten with d L / d logits when WRITE_GRAD
     targets_ptr, coef_ptr, is_expert_ptr, adv_ptr, old_logp_ptr, ref_logp_ptr,  # [C]
     loss_ptr, logp_ptr, entropy_ptr, clipped_ptr,  # [C] outputs
-    vocab_size, inv_temperature, eps_low, eps_high, dual_clip, log_ratio_clamp,
-    luffy_gamma, entropy_coef, kl_coef,
-    BLOCK_V: tl.constexpr, EXPERT: tl.constexpr, ONPOLICY_CLIP: tl.constexpr,
-    DUAL_CLIP: tl.constexpr, HAS_KL: tl.constexpr, HAS_ENTROPY_BONUS: tl.constexpr,
-    WRITE_GRAD: tl.constexpr, IGNORE_INDEX: tl.constexpr,
-):
+    vocab_size, inv_temperature, eps_low, eps_high, dual_clip, log_ratio_clamp, luffy_gamma, entropy_coef, kl_coef,
+    BLOCK_V: tl.constexpr, EXPERT: tl.constexpr, ONPOLICY_CLIP: tl.constexpr, DUAL_CLIP: tl.constexpr,
+    HAS_KL: tl.constexpr, HAS_ENTROPY_BONUS: tl.constexpr, WRITE_GRAD: tl.constexpr, IGNORE_INDEX: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)  # int64: row * V may exceed 2^31
     row_ptr = logits_ptr + row * vocab_size
     target = tl.load(targets_ptr + row)
@@ -72,8 +68,7 @@ def _fused_token_loss_kernel(
     m, log_s, entropy = _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V, True)
     lse = m + log_s
     entropy = tl.where(ignored, 0.0, entropy)
-    logp = (tl.load(row_ptr + target).to(tl.float32) * inv_temperature - m) - log_s  # see logprobs.py
-    logp = tl.where(ignored, 0.0, logp)
+    logp = tl.where(ignored, 0.0, (tl.load(row_ptr + target).to(tl.float32) * inv_temperature - m) - log_s)
     p = tl.exp(logp)
 
     # ---- token loss l and g = d l / d logp, both branches, selected by the token's kind ----
@@ -98,8 +93,7 @@ def _fused_token_loss_kernel(
     if ONPOLICY_CLIP:
         ratio_clip = tl.minimum(tl.maximum(ratio, 1.0 - eps_low), 1.0 + eps_high)
         loss_on = tl.maximum(loss_on, -adv * ratio_clip)
-        clipped = clipped | ((adv > 0) & (ratio > 1.0 + eps_high))
-        clipped = clipped | ((adv < 0) & (ratio < 1.0 - eps_low))
+        clipped = clipped | ((adv > 0) & (ratio > 1.0 + eps_high)) | ((adv < 0) & (ratio < 1.0 - eps_low))
         if DUAL_CLIP:
             loss_on = tl.where(adv < 0, tl.minimum(loss_on, -adv * dual_clip), loss_on)
             clipped = clipped | ((adv < 0) & (ratio > dual_clip))
@@ -141,17 +135,13 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp,
                 spec, temperature, chunk_size, grad_enabled):
-        n_tokens, vocab_size = hidden.shape[0], weight.shape[0]
-        device = hidden.device
+        n_tokens, vocab_size, device = hidden.shape[0], weight.shape[0], hidden.device
         # no gradient work under torch.no_grad() (needs_input_grad ignores the grad mode)
-        need_grad_hidden = grad_enabled and ctx.needs_input_grad[0]
-        need_grad_weight = grad_enabled and ctx.needs_input_grad[1]
+        need_grad_hidden, need_grad_weight = (grad_enabled and need for need in ctx.needs_input_grad[:2])
         f32 = dict(dtype=torch.float32, device=device)
         targets = targets.to(device=device, dtype=torch.int64).contiguous()  # [N]
-        coef = coef.to(**f32).contiguous()  # [N]
         is_expert = is_expert.to(device=device, dtype=torch.int8).contiguous()  # [N]
-        advantages = advantages.to(**f32).contiguous()  # [N]
-        old_logp = old_logp.to(**f32).contiguous()  # [N]
+        coef, advantages, old_logp = (t.to(**f32).contiguous() for t in (coef, advantages, old_logp))  # [N] each
         has_kl = spec.kl_coef > 0.0
         ref_logp = ref_logp.to(**f32).contiguous() if has_kl else old_logp  # dummy when unused
         hidden, weight = hidden.contiguous(), weight.contiguous()
@@ -160,7 +150,6 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
         clipped = torch.empty(n_tokens, dtype=torch.int8, device=device)  # [N]
         grad_hidden = torch.empty_like(hidden) if need_grad_hidden else None  # [N, H]
         grad_weight = torch.zeros(weight.shape, **f32) if need_grad_weight else None  # [V, H]
-        write_grad = need_grad_hidden or need_grad_weight
         block_v = _block_v(vocab_size)
         if chunk_size is None:  # about CHUNK_BYTES of logits per chunk
             budget = CHUNK_BYTES["cuda" if device.type == "cuda" else "cpu"]
@@ -170,24 +159,21 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
             hidden_chunk = hidden[start:end]  # [C, H]
             logits = hidden_chunk @ weight.T  # [C, V], input dtype
             _fused_token_loss_kernel[(end - start,)](
-                logits, targets[start:end], coef[start:end], is_expert[start:end],
-                advantages[start:end], old_logp[start:end], ref_logp[start:end],
-                loss_tok[start:end], logp[start:end], entropy[start:end], clipped[start:end],
-                vocab_size, 1.0 / temperature, spec.eps_low, spec.eps_high,
-                float(spec.dual_clip or 0.0), spec.log_ratio_clamp, spec.luffy_gamma,
-                spec.entropy_coef, spec.kl_coef,
-                BLOCK_V=block_v, EXPERT=EXPERT_KIND[spec.expert_weighting],
-                ONPOLICY_CLIP=not spec.luffy, DUAL_CLIP=spec.dual_clip is not None,
-                HAS_KL=has_kl, HAS_ENTROPY_BONUS=spec.entropy_coef > 0.0,
-                WRITE_GRAD=write_grad, IGNORE_INDEX=IGNORE_INDEX, num_warps=_num_warps(block_v))
+                logits, *(t[start:end] for t in (targets, coef, is_expert, advantages, old_logp, ref_logp,
+                                                  loss_tok, logp, entropy, clipped)),
+                vocab_size, 1.0 / temperature, spec.eps_low, spec.eps_high, float(spec.dual_clip or 0.0),
+                spec.log_ratio_clamp, spec.luffy_gamma, spec.entropy_coef, spec.kl_coef,
+                BLOCK_V=block_v, EXPERT=EXPERT_KIND[spec.expert_weighting], ONPOLICY_CLIP=not spec.luffy, HAS_KL=has_kl,
+                DUAL_CLIP=spec.dual_clip is not None, HAS_ENTROPY_BONUS=spec.entropy_coef > 0.0,
+                WRITE_GRAD=need_grad_hidden or need_grad_weight, IGNORE_INDEX=IGNORE_INDEX,
+                num_warps=_num_warps(block_v))
             if need_grad_hidden:
                 torch.mm(logits, weight, out=grad_hidden[start:end])  # [C, H]
             if need_grad_weight:
                 grad_weight.add_(logits.T @ hidden_chunk)  # [V, H], fp32 accumulation
             del logits
 
-        onpolicy = is_expert == 0  # [N]
-        loss = (coef * loss_tok).sum() - spec.entropy_coef * (coef * entropy * onpolicy).sum()
+        loss = (coef * loss_tok).sum() - spec.entropy_coef * (coef * entropy * (is_expert == 0)).sum()
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         ctx.save_for_backward(grad_hidden, grad_weight)
@@ -206,7 +192,7 @@ def triton_fused_token_loss(hidden, weight, targets, coef, is_expert, advantages
                             spec, *, ref_logp: Optional[torch.Tensor] = None, temperature=1.0,
                             chunk_size: Optional[int] = None):
     """The contract of minichord.lm_head.fused_token_loss (hidden [N, H], lm-head weight [V, H], [N] vectors,
-    spec -> ops.FusedLossOutput); the math is in the module docstring."""
+    spec -> losses.FusedLossOutput); the math is in the module docstring."""
     check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
                        temperature, chunk_size)
     if hidden.dtype != weight.dtype or hidden.dtype not in (torch.float32, torch.float16, torch.bfloat16):

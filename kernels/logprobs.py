@@ -4,12 +4,11 @@
     s_t = sum_v exp(z_{t,v} - m_t)   (so lse_t = m_t + log s_t)
     H_t    = -sum_v p_{t,v} log p_{t,v} = lse_t - sum_v p_{t,v} z_{t,v}
 
-Forward: one program per row streams the vocabulary in blocks of BLOCK_V through an *online*
-log-sum-exp and entropy (`_row_lse_entropy`), so a row of any length is read once, never held whole.
-logp is formed as (z_y - m) - log s, not z_y - lse: exact in the common case z_y = m, so a
-near-certain token keeps its tiny logp even for logits ~1000 (z_y - lse would round away the last
-bits of the large lse). All is fp32 in registers, each load upcast at once (bf16 arithmetic is
-imprecise and mishandled by the Triton CPU interpreter).
+Forward: one program per row streams the vocabulary in blocks of BLOCK_V through an *online* log-sum-exp
+and entropy (`_row_lse_entropy`), so a row of any length is read once, never held whole. logp is formed as
+(z_y - m) - log s, not z_y - lse: exact in the common case z_y = m, so a near-certain token keeps its tiny
+logp even for logits ~1000 (z_y - lse would round away the last bits of the large lse). All is fp32 in
+registers, each load upcast at once (bf16 arithmetic is imprecise and mishandled by the Triton interpreter).
 
 Backward (softmax recomputed from the logits and the saved lse, never stored):
 
@@ -24,10 +23,9 @@ Since z = logits / T, both are divided by T (chain rule):
 
     dlogits_{t,v} = (g_logp_t (onehot - p) + g_H_t * (-p (log p + H))) / T
 
-The gradient is formed in fp32 and cast to the logits dtype only at the store: in bf16,
-onehot - p for a row whose true class has p = 0.999 would round 1 - 0.999 to 0.
-
-Ignored rows (target == ignore_index) get logp = H = 0 and a zero gradient row, as on the torch path.
+The gradient is formed in fp32 and cast to the logits dtype only at the store: in bf16, onehot - p for a
+row whose true class has p = 0.999 would round 1 - 0.999 to 0. Ignored rows (target == ignore_index) get
+logp = H = 0 and a zero gradient row, as on the torch path.
 """
 
 import torch
@@ -48,8 +46,7 @@ def _num_warps(block_v: int) -> int:
 
 
 @triton.jit
-def _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V: tl.constexpr,
-                     WITH_ENTROPY: tl.constexpr):
+def _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr):
     """One row, streamed in vocab blocks -> (m, log s, H): max, log sum_v exp(z_v - m), entropy.
 
     m = running max, s = sum exp(z - m), t = sum exp(z - m) (z - m); rescaled when m grows.
@@ -74,11 +71,8 @@ def _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V: tl.constexpr
 
 
 @triton.jit
-def _token_logprobs_fwd_kernel(
-    logits_ptr, row_stride, targets_ptr, logp_ptr, lse_ptr, entropy_ptr,
-    vocab_size, inv_temperature, ignore_index,
-    BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr,
-):
+def _token_logprobs_fwd_kernel(logits_ptr, row_stride, targets_ptr, logp_ptr, lse_ptr, entropy_ptr, vocab_size,
+                               inv_temperature, ignore_index, BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)  # int64 before the multiply: N*V may exceed 2^31
     row_ptr = logits_ptr + row * row_stride
     target = tl.load(targets_ptr + row)
@@ -95,11 +89,9 @@ def _token_logprobs_fwd_kernel(
 
 
 @triton.jit
-def _token_logprobs_bwd_kernel(
-    logits_ptr, row_stride, grad_logits_ptr, targets_ptr, lse_ptr, entropy_ptr,
-    grad_logp_ptr, grad_entropy_ptr, vocab_size, inv_temperature, ignore_index,
-    BLOCK_V: tl.constexpr, HAS_GRAD_LOGP: tl.constexpr, HAS_GRAD_ENTROPY: tl.constexpr,
-):
+def _token_logprobs_bwd_kernel(logits_ptr, row_stride, grad_logits_ptr, targets_ptr, lse_ptr, entropy_ptr,
+                               grad_logp_ptr, grad_entropy_ptr, vocab_size, inv_temperature, ignore_index,
+                               BLOCK_V: tl.constexpr, HAS_GRAD_LOGP: tl.constexpr, HAS_GRAD_ENTROPY: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * row_stride
     grad_row_ptr = grad_logits_ptr + row * vocab_size  # grad buffer is contiguous [N, V]
@@ -107,8 +99,6 @@ def _token_logprobs_bwd_kernel(
     keep = (target != ignore_index).to(tl.float32)  # 0 zeroes the whole row
     lse = tl.load(lse_ptr + row)
     g_logp = tl.zeros((), tl.float32)
-    g_entropy = tl.zeros((), tl.float32)
-    entropy = tl.zeros((), tl.float32)
     if HAS_GRAD_LOGP:
         g_logp = tl.load(grad_logp_ptr + row).to(tl.float32) * keep
     if HAS_GRAD_ENTROPY:
@@ -120,13 +110,11 @@ def _token_logprobs_bwd_kernel(
         z = tl.load(row_ptr + cols, mask=in_row, other=0.0).to(tl.float32) * inv_temperature
         log_p = z - lse
         p = tl.exp(log_p)  # [BLOCK_V] fp32 softmax
-        onehot = (cols == target).to(tl.float32)
-        dz = g_logp * (onehot - p)
+        dz = g_logp * ((cols == target).to(tl.float32) - p)  # onehot - p
         if HAS_GRAD_ENTROPY:
             log_p = tl.where(p > 0, log_p, 0.0)  # z = -inf: p log p -> 0, not nan
             dz += g_entropy * (-p * (log_p + entropy))
-        dx = dz * inv_temperature
-        tl.store(grad_row_ptr + cols, dx.to(grad_logits_ptr.dtype.element_ty), mask=in_row)
+        tl.store(grad_row_ptr + cols, (dz * inv_temperature).to(grad_logits_ptr.dtype.element_ty), mask=in_row)
 
 
 class _TritonTokenLogprobs(torch.autograd.Function):
@@ -142,14 +130,11 @@ class _TritonTokenLogprobs(torch.autograd.Function):
         block_v = _block_v(vocab_size)
         if n_rows:
             _token_logprobs_fwd_kernel[(n_rows,)](
-                logits, logits.stride(0), targets, logp, lse, entropy,
-                vocab_size, 1.0 / temperature, ignore_index,
+                logits, logits.stride(0), targets, logp, lse, entropy, vocab_size, 1.0 / temperature, ignore_index,
                 BLOCK_V=block_v, WITH_ENTROPY=return_entropy, num_warps=_num_warps(block_v))
         ctx.save_for_backward(logits, targets, lse, entropy if return_entropy else None)
         ctx.temperature, ctx.ignore_index, ctx.block_v = temperature, ignore_index, block_v
-        if return_entropy:
-            return logp, entropy
-        return logp
+        return (logp, entropy) if return_entropy else logp
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy=None):
@@ -159,12 +144,10 @@ class _TritonTokenLogprobs(torch.autograd.Function):
         has_grad_entropy = entropy is not None and grad_entropy is not None
         if n_rows:
             _token_logprobs_bwd_kernel[(n_rows,)](
-                logits, logits.stride(0), grad_logits, targets, lse,
-                entropy if has_grad_entropy else lse,
+                logits, logits.stride(0), grad_logits, targets, lse, entropy if has_grad_entropy else lse,
                 grad_logp.contiguous() if grad_logp is not None else lse,
-                grad_entropy.contiguous() if has_grad_entropy else lse,
-                vocab_size, 1.0 / ctx.temperature, ctx.ignore_index,
-                BLOCK_V=ctx.block_v, HAS_GRAD_LOGP=grad_logp is not None,
+                grad_entropy.contiguous() if has_grad_entropy else lse, vocab_size, 1.0 / ctx.temperature,
+                ctx.ignore_index, BLOCK_V=ctx.block_v, HAS_GRAD_LOGP=grad_logp is not None,
                 HAS_GRAD_ENTROPY=has_grad_entropy, num_warps=_num_warps(ctx.block_v))
         return grad_logits, None, None, None, None
 

@@ -1,24 +1,23 @@
 """One token batch: on-policy rollouts and expert demonstrations packed together, and its forward/backward.
 
-Every sequence is `prompt + response`; only response tokens carry a loss. Sequences are
-right-padded into ids [M, L]; the loss sees the flat list of N response tokens, each with the
-hidden state that predicts it (position t-1 predicts token t):
+Every sequence is `prompt + response`; only response tokens carry a loss. Sequences are right-padded into
+ids [M, L]; the loss sees the flat list of N response tokens, each with the hidden state that predicts it
+(position t-1 predicts token t):
 
     hidden[rows, cols]  ->  [N, D]      targets = ids[rows, cols + 1]  ->  [N]
 
-Gradient accumulation: one (mini-)batch's loss and gradients computed over micro-batches of sequences,
-equal to one forward/backward of the whole batch (what lets a 0.5B-1.5B model train on one GPU).
+Gradient accumulation over micro-batches of sequences equals one forward/backward of the whole batch (what
+lets a 0.5B-1.5B model train on one GPU):
 
     coef_t = token_coefficients(whole batch)    (1 - mu) / N_on, mu / N_exp (LUFFY: 1 / N), N over the WHOLE batch
     for each micro-batch m (micro_batch_seqs sequences, tokens T_m):
         L_m = sum_{t in T_m} coef_t l_t ;   L_m.backward()              # .grad accumulates dL_m / dtheta
     L = sum_m L_m = sum_t coef_t l_t,   grad = sum_m dL_m / dtheta      # the full batch's loss and gradient
 
-No micro-batch is normalised on its own: each coef_t already divides by the whole batch's token counts, so
-the result does not depend on the split (the "micro-batch" aggregation of losses.coefficients does).
-The caller computes `coef` once per (mini-)batch, zeroes the gradients before and steps once after.
-Precision (minichord/device.py): the model runs under `autocast(device, dtype)`; the fused loss gets its
-hidden states and lm-head in `loss_dtype(dtype)` and keeps its own math in fp32.
+No micro-batch is normalised on its own, so the result does not depend on the split (the "micro-batch"
+aggregation of losses.coefficients does). The caller computes `coef` once per (mini-)batch, zeroes the
+gradients before and steps once after. The model runs under `autocast(device, dtype)`; the fused loss gets its
+inputs in `loss_dtype(dtype)` and keeps its own math in fp32 (minichord/device.py).
 """
 
 from __future__ import annotations
@@ -107,25 +106,21 @@ def pack(sequences: list[Sequence], pad_id: int, max_len: int) -> TokenBatch:
                       torch.tensor(old_logp, dtype=torch.float32))
 
 
-def micro_batches(batch: TokenBatch, micro_batch_seqs: int) -> list[tuple[TokenBatch, Optional[Tensor]]]:
-    """[(micro-batch, its tokens' mask over batch [N] or None for the whole batch)], sequences in order."""
+def micro_batches(batch: TokenBatch, micro_batch_seqs: int) -> list[tuple[TokenBatch, Tensor | slice]]:
+    """[(micro-batch, where its tokens are in batch: a mask [N], or slice(None) for the whole batch)], in order."""
     n_seqs = batch.ids.shape[0]
     if micro_batch_seqs <= 0 or micro_batch_seqs >= n_seqs:
-        return [(batch, None)]
-    out = []
-    for seq_ids in torch.arange(n_seqs).split(micro_batch_seqs):
-        out.append((batch.select(seq_ids), torch.isin(batch.rows, seq_ids.to(batch.rows.device))))  # mask [N]
-    return out
+        return [(batch, slice(None))]
+    return [(batch.select(seq_ids), torch.isin(batch.rows, seq_ids.to(batch.rows.device)))  # mask [N]
+            for seq_ids in torch.arange(n_seqs).split(micro_batch_seqs)]
 
 
-def hidden_states(model, batch: TokenBatch) -> Tensor:
-    """The final-normed hidden state that predicts each response token: [N, D]."""
-    hidden = model(batch.ids, attention_mask=batch.attention_mask, return_hidden=True)  # [M, L, D]
-    return hidden[batch.rows, batch.cols]  # [N, D]
-
-
-def _cast(hidden: Tensor, weight: Tensor, dtype: str) -> tuple[Tensor, Tensor]:
-    cast_to = loss_dtype(dtype)
+def hidden_states(model, batch: TokenBatch, dtype: str) -> tuple[Tensor, Tensor]:
+    """The final-normed hidden state that predicts each response token [N, D] (the model under autocast) and
+    the lm-head weight [V, D], both cast to loss_dtype(dtype)."""
+    with autocast(batch.ids.device, dtype):
+        hidden = model(batch.ids, attention_mask=batch.attention_mask, return_hidden=True)  # [M, L, D]
+    hidden, weight, cast_to = hidden[batch.rows, batch.cols], model.lm_head_weight, loss_dtype(dtype)  # [N, D]
     return (hidden, weight) if cast_to is None else (hidden.to(cast_to), weight.to(cast_to))
 
 
@@ -136,40 +131,31 @@ def batch_logprobs(model, batch: TokenBatch, temperature: float, micro_batch_seq
     logits chunked over tokens (lm_head.logprobs_from_hidden: the Triton log-prob kernel on CUDA)."""
     logp = torch.zeros(batch.num_tokens, dtype=torch.float64 if model.lm_head_weight.dtype == torch.float64
                        else torch.float32, device=batch.targets.device)  # [N]
-    for micro, mask in micro_batches(batch, micro_batch_seqs):
-        with autocast(micro.ids.device, dtype):
-            hidden = hidden_states(model, micro)  # [n, D]
+    for micro, where in micro_batches(batch, micro_batch_seqs):
+        hidden, weight = hidden_states(model, micro, dtype)  # [n, D], [V, D]
         with torch.autocast(micro.ids.device.type, enabled=False):
-            hidden, weight = _cast(hidden, model.lm_head_weight, dtype)
             values = lm_head.logprobs_from_hidden(hidden, weight, micro.targets, temperature=temperature)  # [n]
-        if mask is None:
-            logp = values.to(logp.dtype)
-        else:
-            logp[mask] = values.to(logp.dtype)
+        logp[where] = values.to(logp.dtype)
     return logp
 
 
 def backward_loss(model, batch: TokenBatch, coef: Tensor, spec: LossConfig, temperature: float,
                   micro_batch_seqs: int = 0, dtype: str = "fp32",
                   ref_logp: Optional[Tensor] = None) -> lm_head.FusedLossOutput:
-    """Forward + backward of L = sum_t coef_t l_t (losses.chord_loss via lm_head.fused_token_loss), one
-    micro-batch at a time; gradients add up in the parameters' .grad. Returns the detached total loss
-    and logp / entropy / clipped for every token of `batch` ([N], in its token order)."""
+    """Forward + backward of L = sum_t coef_t l_t (lm_head.fused_token_loss), one micro-batch at a time, into
+    .grad. Returns the detached total loss and logp / entropy / clipped for every token of `batch` ([N])."""
     n = batch.num_tokens
     device = batch.targets.device
     total = torch.zeros((), dtype=torch.float64 if coef.dtype == torch.float64 else torch.float32, device=device)
     logp, entropy = torch.zeros(n, dtype=total.dtype, device=device), torch.zeros(n, dtype=total.dtype, device=device)
     clipped = torch.zeros(n, dtype=torch.bool, device=device)  # [N]
-    for micro, mask in micro_batches(batch, micro_batch_seqs):
-        pick = (lambda t: t) if mask is None else (lambda t: None if t is None else t[mask])  # [N] -> [n]
-        with autocast(device, dtype):
-            hidden = hidden_states(model, micro)  # [n, D]
+    for micro, where in micro_batches(batch, micro_batch_seqs):
+        hidden, weight = hidden_states(model, micro, dtype)  # [n, D], [V, D]
         with torch.autocast(device.type, enabled=False):
-            hidden, weight = _cast(hidden, model.lm_head_weight, dtype)
-            out = lm_head.fused_token_loss(hidden, weight, micro.targets, pick(coef), micro.is_expert, micro.advantages,
-                                       micro.old_logp, spec, ref_logp=pick(ref_logp), temperature=temperature)
+            out = lm_head.fused_token_loss(hidden, weight, micro.targets, coef[where], micro.is_expert,
+                                           micro.advantages, micro.old_logp, spec, temperature=temperature,
+                                           ref_logp=None if ref_logp is None else ref_logp[where])
             out.loss.backward()
         total += out.loss.detach().to(total.dtype)
-        where = slice(None) if mask is None else mask
         logp[where], entropy[where], clipped[where] = out.logp.to(total.dtype), out.entropy.to(total.dtype), out.clipped
     return lm_head.FusedLossOutput(loss=total, logp=logp, entropy=entropy, clipped=clipped)

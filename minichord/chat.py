@@ -8,17 +8,10 @@ Files read from a model directory (or the same {name: text} dict embedded in a m
     chat_template.jinja     the template as a file of its own: it wins over tokenizer_config.json's
     generation_config.json  optional: eos_token_id (an int or a list), bos_token_id, pad_token_id
 
-Ids: `eos_id` is tokenizer_config's eos_token (the end-of-turn token the template writes after an
-assistant message, e.g. <|im_end|>); `stop_ids` is every id that ends a generation (generation_config's
-eos ids, then eos_id); `pad_id` is the pad_token, else generation_config's pad_token_id, else eos_id.
-
-Rendering follows transformers' `apply_chat_template` (a sandboxed Jinja2 environment as `_ENV` sets it
-up; variables `messages`, `add_generation_prompt`, `tools`, `documents` and each special token the config
-names); the text is tokenized with no special tokens added: the template writes the bos itself.
-
-    tok = ChatTokenizer.from_dir("Qwen2.5-0.5B-Instruct")
-    ids, mask = tok.encode_example("2+3?", "5")  # the prompt ids, then 5<|im_end|> (mask True on those two)
-    tok.stop_ids  # [151645, 151643]: <|im_end|>, <|endoftext|>
+Ids: `eos_id` is tokenizer_config's eos_token (the end-of-turn token, e.g. <|im_end|>); `stop_ids` adds
+generation_config's eos ids; `pad_id` is the pad_token, else generation_config's pad_token_id, else eos_id.
+Rendering follows transformers' `apply_chat_template` (a sandboxed Jinja2 environment); the text is tokenized
+with no special tokens added: the template writes the bos itself.
 """
 
 from __future__ import annotations
@@ -32,7 +25,7 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
-from minichord.tokenizer import Tokenizer, TokenizerError
+from minichord.tokenizer import Tokenizer, TokenizerError, encode_text
 
 FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja")
 SPECIAL_ROLES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")  # the <role>_token names templates may read
@@ -152,11 +145,8 @@ class ChatTokenizer:
                     raise TokenizerError(f"{gwhere}: '{field}' {value!r} is not an id of the vocabulary "
                                          f"[0, {self.vocab_size}) of tokenizer.json")
             gen[field] = values
-        if "eos" in ids:
-            self.eos_id: int = ids["eos"]
-        elif gen["eos_token_id"]:
-            self.eos_id = gen["eos_token_id"][0]
-        else:
+        self.eos_id: int = ids.get("eos", (gen["eos_token_id"] or [None])[0])
+        if self.eos_id is None:
             raise TokenizerError(f"{where}: no 'eos_token' (and no eos_token_id in generation_config.json): "
                                  "minichord needs the end-of-turn token")
         self.stop_ids: list[int] = list(dict.fromkeys([*gen["eos_token_id"], self.eos_id]))
@@ -165,7 +155,8 @@ class ChatTokenizer:
         try:
             self._template = _ENV.from_string(self.chat_template)
         except Exception as e:  # TemplateSyntaxError, or e.g. a RecursionError on absurd nesting
-            raise TokenizerError(f"{self._template_file}: 'chat_template' does not compile: {_jinja_error(e)}") from None
+            msg = f"{self._template_file}: 'chat_template' does not compile: {_jinja_error(e)}"
+            raise TokenizerError(msg) from None
         self.encode_prompt("Hello")  # a template that cannot render a prompt fails here, when the files load
 
     @classmethod
@@ -222,12 +213,7 @@ class ChatTokenizer:
         return messages if response is None else [*messages, {"role": "assistant", "content": response}]
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, no special tokens added (special token texts inside it are special tokens)."""
-        if not isinstance(text, str):
-            raise TokenizerError(f"encode() takes a str, got {type(text).__name__}")
-        if not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text):  # the Rust side would TypeError
-            raise TokenizerError(f"text has a lone surrogate (not encodable as UTF-8): {text!r:.80}")
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return encode_text(self._tok, text)
 
     decode = Tokenizer.decode  # the same `tokenizers` call and id check (both keep it in self._tok)
 
@@ -238,8 +224,7 @@ class ChatTokenizer:
     def encode_example(self, prompt: str, response: str) -> tuple[list[int], list[bool]]:
         """(ids, loss_mask) of prompt + response: the loss mask covers assistant tokens only (the response and
         its end-of-turn token); the ids end at the first stop id, as a rollout does."""
-        # The same template as the RL prompts: the official CHORD code was reported to leave the SFT (expert)
-        # prompts without the chat template, so the expert data was in a format its own rollouts never see.
+        # The same template as the RL prompts, so the expert data is in the format of the model's own rollouts.
         prompt_ids = self.encode_prompt(prompt)
         ids = self.encode(self.render(self._messages(prompt, response), add_generation_prompt=False))
         if ids[:len(prompt_ids)] != prompt_ids:
@@ -262,15 +247,11 @@ def load_tokenizer(path: str | Path, *, system: str | None = None) -> ChatTokeni
     """A ChatTokenizer if directory `path` has a chat template (chat_template.jinja, or tokenizer_config.json
     with chat_template), else the toy `Tokenizer.load(path)`."""
     d = Path(path)
-    if d.is_dir():
-        if (d / "chat_template.jinja").is_file():
-            return ChatTokenizer.from_dir(d, system=system)
-        if (d / "tokenizer_config.json").is_file():
-            try:
-                config = json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8"))
-                has_template = not isinstance(config, dict) or config.get("chat_template") is not None
-            except (OSError, ValueError):  # unreadable: from_dir names the problem
-                has_template = True
-            if has_template:
-                return ChatTokenizer.from_dir(d, system=system)
-    return Tokenizer.load(d)
+    chat = (d / "chat_template.jinja").is_file()
+    if not chat and (d / "tokenizer_config.json").is_file():
+        try:
+            config = json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8"))
+            chat = not isinstance(config, dict) or config.get("chat_template") is not None
+        except (OSError, ValueError):  # unreadable: from_dir names the problem
+            chat = True
+    return ChatTokenizer.from_dir(d, system=system) if chat else Tokenizer.load(d)

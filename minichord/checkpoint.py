@@ -6,13 +6,9 @@
                         tokenizer.json (+ a chat model's tokenizer_config.json and generation_config.json),
                         optimizer.safetensors (state.<i>.<name>)
 
-Save: write the files into `root/.tmp-step-000040-<random>/` (fsynced), rename it to `step-000040`,
-replace `latest` (temp file + rename), delete steps beyond the last `keep`: a kill at any moment
-leaves `latest` naming a complete directory. Load: every field and file is checked (types, ranges,
-sha256, names inside the directory, no symlinks); a problem is one CheckpointError line.
-
-A resumed run's logs: `cut_log` cuts `metrics.jsonl` / `eval.jsonl` back to the checkpoint's step;
-`progress_line` is the one-line report of each step.
+Save: fsynced files in `root/.tmp-step-000040-<random>/`, renamed to `step-000040`, then `latest` replaced
+(temp file + rename): a kill at any moment leaves `latest` naming a complete directory. Load checks every
+field and file (types, ranges, sha256, names, no symlinks); a problem is one CheckpointError line.
 """
 
 import dataclasses
@@ -276,7 +272,7 @@ class LogError(ValueError):
 
 
 def cut_log(file: Path, before: int, keep_step: int | None, log: Callable[[str], None]) -> None:
-    """Keep the rows with step < before (and == keep_step); a torn last line is dropped (and said)."""
+    """A resumed run's log cut to the rows with step < before (and == keep_step); a torn last line is dropped."""
     if not file.exists():
         return
     rows, lines = [], file.read_text(encoding="utf-8", errors="replace").splitlines()

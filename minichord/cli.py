@@ -1,15 +1,22 @@
-"""`minichord demo | pretrain | train | eval | chat | export | check | reproduce | probe | plot` — see `minichord CMD --help`."""
+"""`minichord demo | pretrain | train | eval | chat | export | check | reproduce | probe | plot`: see `--help`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from minichord.config import DEVICES, DTYPES
-from minichord.evaluate import MAX_NEW_TOKENS as EVAL_MAX_NEW_TOKENS
+import torch
+
+from minichord.config import CONVENTIONS, DEVICES, DTYPES, REWARDS, SamplerConfig
+from minichord.data import check_lengths, load_prompts, rewards
+from minichord.device import autocast, resolve_device
+from minichord.evaluate import MAX_NEW_TOKENS as EVAL_MAX_NEW_TOKENS, evaluate_splits
 from minichord.methods import METHODS
+from minichord.sampler import generate
+from minichord.tasks import make_splits
 
 CHAT_MAX_NEW_TOKENS = 256  # `minichord chat`'s answer length limit: a chat answer is longer than a test answer
 
@@ -49,7 +56,6 @@ def cmd_demo(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from minichord.device import resolve_device
     from minichord.pretrain import default_base_dir, pretrain_base
 
     path = pretrain_base(Path(args.out) if args.out else default_base_dir(), seed=args.seed, steps=args.steps,
@@ -70,11 +76,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from minichord.data import check_lengths, load_prompts, rewards
-    from minichord.device import resolve_device
-    from minichord.evaluate import evaluate_splits
     from minichord.hf import is_hf_dir, load_model
-    from minichord.tasks import make_splits
 
     path = args.model or args.checkpoint
     if not path:
@@ -95,12 +97,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_chat(args) -> None:
-    import torch
-
-    from minichord.config import SamplerConfig
-    from minichord.device import autocast, resolve_device
     from minichord.hf import load_model
-    from minichord.sampler import generate
 
     device = resolve_device(args.device or "auto")
     model, tokenizer = load_model(args.model)
@@ -147,12 +144,11 @@ def cmd_reproduce(args) -> None:
 
 def cmd_probe(args) -> int:
     """0 when every criterion passes, 1 when one fails (the table says which)."""
-    import dataclasses
-
     from minichord.runners.probe import QUICK_BUDGET, ProbeBudget, probe
 
     budget = QUICK_BUDGET if args.quick else ProbeBudget()
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(budget) if getattr(args, f.name, None) is not None}
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(budget)
+               if getattr(args, f.name, None) is not None}
     criteria = probe(args.out, dataclasses.replace(budget, **changes), overrides=args.set + hardware(args))
     return 0 if all(c.passed for c in criteria) else 1
 
@@ -176,36 +172,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="pre-train (or reuse) the toy base model, run CHORD-phi, compare before/after")
     d.add_argument("--out", type=OUT, default="runs/demo", help="run directory (default runs/demo)")
-    d.add_argument("--steps", type=POSITIVE, default=None, help="training steps (default: the demo's setting)")
+    d.add_argument("--steps", type=POSITIVE, help="training steps (default: the demo's setting)")
     d.add_argument("--seed", type=SEED, default=0, help="random seed")
 
     pt = sub.add_parser("pretrain", help="pre-train the toy base model (cached; reused when settings match)")
-    pt.add_argument("--out", type=OUT, default=None, help="directory (default $MINICHORD_HOME/toy-base, else ~/.cache/minichord/toy-base)")
-    pt.add_argument("--steps", type=POSITIVE, default=None, help="optimizer steps (default: the tuned setting)")
+    pt.add_argument("--out", type=OUT,
+                    help="directory (default $MINICHORD_HOME/toy-base, else ~/.cache/minichord/toy-base)")
+    pt.add_argument("--steps", type=POSITIVE, help="optimizer steps (default: the tuned setting)")
     pt.add_argument("--seed", type=SEED, default=0, help="random seed")
 
     t = sub.add_parser("train", help="train with one method preset; resumes from OUT/checkpoint if present")
     t.add_argument("--method", required=True, choices=sorted(METHODS), help="method preset")
-    t.add_argument("--config", type=FILE, default=None, help="TOML file of TrainConfig fields")
+    t.add_argument("--config", type=FILE, help="TOML file of TrainConfig fields")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set steps=50 --set sampler.temperature=0.8")
-    t.add_argument("--model", type=MODEL_DIR, default=None, help="start from this Hugging Face model directory "
+    t.add_argument("--model", type=MODEL_DIR, help="start from this Hugging Face model directory "
                    "or minichord checkpoint (= --set init=DIR; default: the toy base model)")
-    t.add_argument("--prompts", type=FILE, default=None, help="RL prompts JSONL (= --set prompts_file=FILE)")
-    t.add_argument("--experts", type=FILE, default=None, help="expert demonstrations JSONL (= --set experts_file=FILE)")
-    t.add_argument("--eval", type=FILE, default=None, help="held-out prompts JSONL (= --set eval_file=FILE)")
+    t.add_argument("--prompts", type=FILE, help="RL prompts JSONL (= --set prompts_file=FILE)")
+    t.add_argument("--experts", type=FILE, help="expert demonstrations JSONL (= --set experts_file=FILE)")
+    t.add_argument("--eval", type=FILE, help="held-out prompts JSONL (= --set eval_file=FILE)")
     t.add_argument("--out", type=OUT, required=True, help="run directory")
     t.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint exists")
 
     e = sub.add_parser("eval", help="greedy accuracy of a model on the toy test splits (or a JSONL file)")
-    e.add_argument("checkpoint", nargs="?", type=MODEL_DIR, default=None, help="checkpoint directory (or --model)")
-    e.add_argument("--model", type=MODEL_DIR, default=None, help="a Hugging Face model directory or a checkpoint")
-    e.add_argument("--reward", choices=("auto", "exact", "math"), default="auto", help="exact: the toy's answer "
+    e.add_argument("checkpoint", nargs="?", type=MODEL_DIR, help="checkpoint directory (or --model)")
+    e.add_argument("--model", type=MODEL_DIR, help="a Hugging Face model directory or a checkpoint")
+    e.add_argument("--reward", choices=REWARDS, default="auto", help="exact: the toy's answer "
                    "match; math: strict format + lenient last number (auto: math for a model with a chat template)")
     e.add_argument("--max-new-tokens", type=POSITIVE, default=EVAL_MAX_NEW_TOKENS, help="answer length limit (tokens)")
     e.add_argument("--n-test", type=POSITIVE, default=200, help="problems per toy split")
     e.add_argument("--seed", type=SEED, default=0, help="seed of the toy splits")
-    e.add_argument("--prompts", type=FILE, default=None, help="JSONL file of {prompt, answer} to evaluate instead")
+    e.add_argument("--prompts", type=FILE, help="JSONL file of {prompt, answer} to evaluate instead")
 
     c = sub.add_parser("chat", help="what a model answers to one question (its chat template, greedy by default)")
     c.add_argument("question", help="the user message")
@@ -222,10 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="every method x seeds on the toy task: table, JSON, curves")
     r.add_argument("--out", type=OUT, required=True, help="output directory")
     r.add_argument("--quick", action="store_true", help="1 seed, few steps (about 5 minutes on 2 cores)")
-    r.add_argument("--seeds", type=POSITIVE, default=None, help="number of seeds (default 3, quick 1)")
-    r.add_argument("--methods", nargs="+", default=None, choices=sorted(METHODS), help="subset of methods")
-    r.add_argument("--steps", type=POSITIVE, default=None, help="optimizer steps per run (matched across methods)")
-    r.add_argument("--sft-curve-steps", type=COUNT, default=None, help="steps of a long SFT run (0 skips it)")
+    r.add_argument("--seeds", type=POSITIVE, help="number of seeds (default 3, quick 1)")
+    r.add_argument("--methods", nargs="+", choices=sorted(METHODS), help="subset of methods")
+    r.add_argument("--steps", type=POSITIVE, help="optimizer steps per run (matched across methods)")
+    r.add_argument("--sft-curve-steps", type=COUNT, help="steps of a long SFT run (0 skips it)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every run, e.g. --set init=PATH to start from another checkpoint")
 
@@ -233,31 +230,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "criteria 1-6 as a pass/fail table (exit 0 all pass, 1 one fails)")
     pr.add_argument("--out", type=OUT, default="runs/probe", help="output directory (default runs/probe)")
     pr.add_argument("--quick", action="store_true", help="a tiny budget that checks the plumbing, not the criteria")
-    pr.add_argument("--seeds", type=POSITIVE, default=None, help="seeds of the base and GRPO (default 3)")
-    pr.add_argument("--grpo-steps", type=POSITIVE, default=None, help="GRPO steps (default 100, reproduce's budget)")
-    pr.add_argument("--sft-steps", type=POSITIVE, default=None, help="steps of the long SFT run (default 400)")
-    pr.add_argument("--n-expert-large", type=POSITIVE, default=None, help="its expert set size (default 4000)")
-    pr.add_argument("--sft-lr", type=POSITIVE_FLOAT, default=None, help="learning rate of both SFT runs (default 3e-4)")
-    pr.add_argument("--overfit-steps", type=POSITIVE, default=None, help="steps of the small set's SFT run (default 400)")
-    pr.add_argument("--n-expert-small", type=POSITIVE, default=None, help="its expert set size (default 64)")
-    pr.add_argument("--n-test", type=POSITIVE, default=None, help="test problems per split (default 150)")
+    pr.add_argument("--seeds", type=POSITIVE, help="seeds of the base and GRPO (default 3)")
+    pr.add_argument("--grpo-steps", type=POSITIVE, help="GRPO steps (default 100, reproduce's budget)")
+    pr.add_argument("--sft-steps", type=POSITIVE, help="steps of the long SFT run (default 400)")
+    pr.add_argument("--n-expert-large", type=POSITIVE, help="its expert set size (default 4000)")
+    pr.add_argument("--sft-lr", type=POSITIVE_FLOAT, help="learning rate of both SFT runs (default 3e-4)")
+    pr.add_argument("--overfit-steps", type=POSITIVE, help="steps of the small set's SFT run (default 400)")
+    pr.add_argument("--n-expert-small", type=POSITIVE, help="its expert set size (default 64)")
+    pr.add_argument("--n-test", type=POSITIVE, help="test problems per split (default 150)")
     pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
 
     ck = sub.add_parser("check", help="your CHORD loss and gradient against minichord's, with a diagnosis "
                         "(DUMP schema: minichord/check/dump.py), or your loss function over the golden cases")
-    ck.add_argument("dump", nargs="?", default=None, help="a safetensors DUMP of one batch (exit 0 match, 1 mismatch)")
-    ck.add_argument("--golden", default=None, metavar="MODULE:FUNCTION",
+    ck.add_argument("dump", nargs="?", help="a safetensors DUMP of one batch (exit 0 match, 1 mismatch)")
+    ck.add_argument("--golden", metavar="MODULE:FUNCTION",
                     help="import FUNCTION from MODULE (the current directory is searched) and run it on every golden "
                          "case of the convention (signature: minichord/check/golden.py)")
-    ck.add_argument("--convention", choices=("paper", "official"), default=None,
+    ck.add_argument("--convention", choices=CONVENTIONS,
                     help="the convention you meant to implement (default: the dump's metadata, else paper)")
     ck.add_argument("--rtol", type=POSITIVE_FLOAT, default=1e-5, help="relative tolerance (default 1e-5)")
-    ck.add_argument("--atol", type=POSITIVE_FLOAT, default=1e-7, help="absolute tolerance, times the scale (default 1e-7)")
+    ck.add_argument("--atol", type=POSITIVE_FLOAT, default=1e-7,
+                    help="absolute tolerance, times the scale (default 1e-7)")
 
     for command in (d, pt, t, e, c, r, pr):  # every command that runs a model (minichord/device.py)
-        command.add_argument("--device", choices=DEVICES, default=None,
+        command.add_argument("--device", choices=DEVICES,
                              help="auto (cuda if available, else cpu; the default), cpu or cuda")
-        command.add_argument("--dtype", choices=DTYPES, default=None,
+        command.add_argument("--dtype", choices=DTYPES,
                              help="fp32 (default) or bf16 (autocast over fp32 weights; loss math in fp32)")
 
     pl = sub.add_parser("plot", help="plot the curves of run directories into one PNG (needs matplotlib)")

@@ -2,9 +2,8 @@
 
     cfg = load_config(TrainConfig, "run.toml", ["lr=3e-4", "model.n_layers=2"])
 
-A TOML file is a flat table of a dataclass's fields (nested dataclasses are sub-tables). Unknown keys
-are refused with the nearest valid key, so a typo never silently does nothing. No code is executed to
-read a config (no exec, no eval): TOML values and `--set` strings are converted to the declared type.
+A TOML file is a table of a dataclass's fields (nested dataclasses are sub-tables). An unknown key is refused
+with the nearest valid one; values are converted to the declared type, never executed (no exec, no eval).
 """
 
 from __future__ import annotations
@@ -77,9 +76,8 @@ class SamplerConfig:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     greedy: bool = False
-    compile: Optional[bool] = None  # compiled decode step (sampler.py): true = torch.compile on a CPU (one trace for
-    # every batch and cache size), a CUDA graph on a GPU; none (default) = the CUDA graph on a GPU (no compile time),
-    # eager on a CPU; false = eager
+    compile: Optional[bool] = None  # compiled decode step (sampler.py): true = torch.compile on a CPU, a CUDA graph
+    # on a GPU; none (default) = the CUDA graph on a GPU (no compile time), eager on a CPU; false = eager
 
     def __post_init__(self) -> None:  # temperature 0 only with greedy=true (which ignores it)
         validate(self, {"[1, inf)": "max_new_tokens", "[0, inf)": "top_k" + " temperature" * (self.greedy is True),
@@ -105,8 +103,8 @@ def validate(cfg: Any, ranges: dict[str, str]) -> None:
                 (value < float(hi) or (bounds[-1] == "]" and value == float(hi)))
         if not ok:
             kind = {bool: "true or false", int: "an integer", float: "a finite number"}.get(tp, f"a {tp.__name__}")
-            rule = "" if tp in (bool, str) else f" {'>=' if bounds[0] == '[' else '>'} {lo}" if hi == "inf" else f" in {bounds}"
-            raise ConfigError(f"{name}={value!r}: must be {kind}{rule}")
+            rule = f" in {bounds}" if hi != "inf" else f" >= {lo}" if bounds[0] == "[" else f" > {lo}"
+            raise ConfigError(f"{name}={value!r}: must be {kind}{'' if tp in (bool, str) else rule}")
 
 
 _BOOLS = {**dict.fromkeys(("1", "true", "yes", "on"), True), **dict.fromkeys(("0", "false", "no", "off"), False)}
@@ -151,8 +149,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in types:
-            raise ConfigError(f"{where}: unknown key {key!r}; did you mean "
-                              f"{difflib.get_close_matches(key, list(types), 1, 0.0)[0]!r}? valid keys: {', '.join(types)}")
+            raise ConfigError(f"{where}: {unknown_name('key', key, types)}")
         tp = types[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
@@ -166,6 +163,12 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         return cls(**kwargs)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def unknown_name(kind: str, name: str, valid) -> str:
+    """The refusal of a typo, with the nearest valid name: unknown <kind> 'x'; did you mean 'y'? valid <kind>s: ..."""
+    near = difflib.get_close_matches(name, list(valid), 1, 0.0)[0]
+    return f"unknown {kind} {name!r}; did you mean {near!r}? valid {kind}s: {', '.join(valid)}"
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -224,12 +227,8 @@ def one_of(cfg: Any, **allowed: tuple[str, ...]) -> None:
 
 @dataclasses.dataclass(frozen=True)  # hashable: `minichord check` searches sets of rules
 class LossConfig:
-    """How a batch of rollouts and expert demonstrations becomes a loss: the `loss` table of a run.
-
-    Rewards -> advantages (std, singleton, expert_in_group), tokens -> coefficients (aggregation), and the
-    token losses (the rest); minichord/losses.py has the formulas, minichord/methods.py the presets (CHORD's
-    two conventions, LUFFY).
-    """
+    """The `loss` table of a run: rewards -> advantages (std, singleton, expert_in_group), tokens -> coefficients
+    (aggregation), token losses (the rest). Formulas: minichord/losses.py; presets: minichord/methods.py."""
 
     eps_low: float = 0.2  # PPO clip range [1 - eps_low, 1 + eps_high]
     eps_high: float = 0.2
@@ -249,12 +248,12 @@ class LossConfig:
         validate(self, {"[0, 1)": "eps_low", "[0, inf)": "eps_high entropy_coef kl_coef", "(1, inf)": "dual_clip",
                         "(0, inf)": "log_ratio_clamp luffy_gamma"})
         if self.expert_in_group != (self.expert_weighting == "luffy"):
-            raise ConfigError(f"expert_in_group={self.expert_in_group} with expert_weighting={self.expert_weighting!r}: "
-                              "LUFFY's token losses and its mixed groups go together (the luffy method sets both)")
+            raise ConfigError(f"expert_in_group={self.expert_in_group} with expert_weighting={self.expert_weighting!r}"
+                              ": LUFFY's token losses and its mixed groups go together (the luffy method sets both)")
 
     @property
     def luffy(self) -> bool:
-        """LUFFY's pair of token losses: -A r on rollouts (no clip), -A p / (p + gamma) on expert tokens."""
+        """LUFFY's pair of token losses (minichord/losses.py)."""
         return self.expert_weighting == "luffy"
 
 
@@ -305,5 +304,5 @@ class TrainConfig:
                         "[0, inf)": "micro_batch_seqs experts_per_step n_rl_prompts n_expert n_test weight_decay",
                         "(0, inf)": "lr grad_clip", "[0, 1]": "mu_warmup_frac mu_decay_frac mu_peak mu_valley",
                         "[2, inf)": "group_size", "[0, 4294967295]": "seed"})
-        if self.mu_warmup_frac + self.mu_decay_frac > 1:  # shares of the same steps
-            raise ConfigError(f"mu_warmup_frac + mu_decay_frac = {self.mu_warmup_frac + self.mu_decay_frac}: must be <= 1")
+        if (total := self.mu_warmup_frac + self.mu_decay_frac) > 1:  # shares of the same steps
+            raise ConfigError(f"mu_warmup_frac + mu_decay_frac = {total}: must be <= 1")

@@ -14,10 +14,8 @@ One JSON object per line (blank lines are skipped); its keys say its format, row
                          (+ optional "answer", which then wins, and "level", "type", "subject", "unique_id")
 
 A GSM8K or MATH row is a Problem (skill "gsm8k" / the MATH "type") or a Demonstration (the solution);
-`minichord.tasks.math` reads and scores its answer. A file is validated completely before anything is
-returned, so no run ever trains on half a file: every bad line (not JSON, a missing or unknown key, keys
-of two formats, a non-string, empty or non-UTF-8 value, wrong chat roles, a GSM8K answer without its
-`#### N` line, a MATH solution without `\boxed{}` or "answer") is reported as `file:line: what is wrong`.
+`minichord.tasks.math` reads its answer. A file is validated completely before anything is returned (no run
+trains on half a file): every bad line is reported as `file:line: what is wrong`.
 """
 
 from __future__ import annotations
@@ -106,8 +104,7 @@ def _parse_prompt(record: dict, where: str) -> Problem:
         if "prompt" not in record:
             raise ValueError("missing key 'prompt' (or a 'messages' list, GSM8K 'question', MATH 'problem')")
         prompt = _string(record, "prompt")
-    answer = _string(record, "answer")
-    return Problem(prompt, answer, _string(record, "skill", required=False) or "task", where)
+    return Problem(prompt, _string(record, "answer"), _string(record, "skill", required=False) or "task", where)
 
 
 def _parse_messages(messages: Any, prompt_only: bool = False) -> tuple[str, str | None]:
@@ -148,7 +145,8 @@ def _load(path: str | Path, parse: Callable[[dict, str], Any], what: str) -> lis
     try:
         raw_lines = path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a UTF-8 BOM is allowed
     except OSError as e:
-        raise DataError(f"{path}: " + ("file not found" if isinstance(e, FileNotFoundError) else f"cannot read: {e}")) from None
+        why = "file not found" if isinstance(e, FileNotFoundError) else f"cannot read: {e}"
+        raise DataError(f"{path}: {why}") from None
     items, errors = [], []
     for number, raw in enumerate(raw_lines, start=1):
         try:
@@ -175,7 +173,7 @@ def _load(path: str | Path, parse: Callable[[dict, str], Any], what: str) -> lis
     return items
 
 
-def load_prompts(path: str | Path) -> list[Problem]:  # the formats: see the module docstring
+def load_prompts(path: str | Path) -> list[Problem]:
     return _load(path, _parse_prompt, "prompt")
 
 
@@ -189,7 +187,8 @@ def check_lengths(items: list, tokenizer: TokenizerLike, max_seq_len: int, max_n
     for i, item in enumerate(items):
         try:
             n = len(tokenizer.encode_prompt(item.prompt))
-            whole = len(tokenizer.encode_example(item.prompt, item.response)[0]) if isinstance(item, Demonstration) else 0
+            demo = isinstance(item, Demonstration)
+            whole = len(tokenizer.encode_example(item.prompt, item.response)[0]) if demo else 0
             problem = (f"prompt of {n} tokens + max_new_tokens={max_new_tokens} > max_seq_len={max_seq_len}"
                        if n + max_new_tokens > max_seq_len else f"prompt + response is {whole} tokens > the model's "
                        f"max_seq_len={max_seq_len}" if whole > max_seq_len else "")
@@ -240,7 +239,8 @@ class TrainData:
         """DataError (file:line) unless RL prompts (and LUFFY's expert ones) leave room for max_new_tokens."""
         new = max(s.cfg.sampler.max_new_tokens for s in stages)
         check_lengths(self.prompts, tokenizer, max_seq_len, new)
-        check_lengths(self.experts, tokenizer, max_seq_len, new if any(s.cfg.loss.expert_in_group for s in stages) else 0)
+        luffy = any(s.cfg.loss.expert_in_group for s in stages)
+        check_lengths(self.experts, tokenizer, max_seq_len, new if luffy else 0)
         check_lengths([p for split in self.eval_splits.values() for p in split], tokenizer, max_seq_len, 1)
 
 

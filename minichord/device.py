@@ -1,13 +1,9 @@
 """Where a run computes and in which precision: `device` (auto | cpu | cuda), `dtype` (fp32 | bf16).
 
-    device = resolve_device("auto")          # cuda if available, else cpu
-    with autocast(device, "bf16"):           # bf16 matmuls / attention, fp32 master weights
-        loss = ...
-
-bf16 is the usual mixed precision: weights, gradients and AdamW's moments stay fp32 (16 bytes per
-parameter); under `torch.autocast(dtype=bfloat16)` matrix products read bf16 copies while the residual
-stream, the norms and the loss math stay fp32. The fused lm-head loss gets bf16 hidden states and lm-head
-(`loss_dtype`): the [chunk, V] logits are bf16, log-softmax and the CHORD loss fp32.
+bf16 is the usual mixed precision: weights, gradients and AdamW's moments stay fp32 (16 bytes per parameter);
+under `torch.autocast(dtype=bfloat16)` matrix products read bf16 copies while the residual stream, the norms
+and the loss math stay fp32. The fused lm-head loss gets bf16 hidden states and lm-head (`loss_dtype`): the
+[chunk, V] logits are bf16, log-softmax and the CHORD loss fp32.
 """
 
 from __future__ import annotations
@@ -22,8 +18,7 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """"auto" -> cuda if available else cpu; "cuda" without CUDA -> ConfigError (one line). Each entry point
-    resolves its device once; a torch.device passed down is returned as it is."""
+    """"auto" -> cuda if available else cpu; "cuda" without CUDA -> ConfigError; a torch.device as it is."""
     if isinstance(name, torch.device):
         return name
     if name not in DEVICES:
@@ -45,21 +40,17 @@ def resolve_dtype(name: str = "fp32") -> torch.dtype:
 
 def autocast(device: torch.device | str, dtype: str | torch.dtype = "fp32"):
     """A context: bf16 autocast on `device` for dtype bf16, nothing for fp32."""
-    dtype = resolve_dtype(dtype) if isinstance(dtype, str) else dtype
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=dtype)
+    dtype = loss_dtype(dtype)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype autocast computes in on `device` right now, or None outside autocast (the sampler's KV cache
-    takes it)."""
+    """The dtype autocast computes in on `device` now, or None outside autocast (for the sampler's KV cache)."""
     return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
 
 def loss_dtype(dtype: str | torch.dtype) -> torch.dtype | None:
-    """The dtype the fused loss's inputs (hidden, lm-head weight) are cast to: bf16 under bf16, else None
-    (unchanged: fp32, or fp64 in the gradient tests)."""
+    """The dtype the fused loss's inputs (hidden, lm-head weight) are cast to: None (unchanged) under fp32."""
     dtype = resolve_dtype(dtype) if isinstance(dtype, str) else dtype
     return None if dtype == torch.float32 else dtype
 

@@ -1,7 +1,5 @@
-"""Evaluation: greedy accuracy (mean 0/1 reward) on held-out splits and retention of the other skills.
-
-`evaluate_splits` is the one evaluation of every command (eval, the trainer, pre-training, reproduce, probe):
-the model on its device, autocast to `dtype` inside."""
+"""Evaluation: greedy accuracy (mean 0/1 reward) on held-out splits and retention of the other skills;
+`evaluate_splits` is the one evaluation of every command (eval, the trainer, pre-training, reproduce, probe)."""
 
 from __future__ import annotations
 
@@ -18,7 +16,7 @@ from minichord.tasks.base import Problem
 from minichord.tasks.reward import reward as default_reward
 from minichord.tokenizer import TokenizerLike
 
-MAX_NEW_TOKENS = 96  # the answer length limit of an evaluation (`minichord eval`'s default)
+MAX_NEW_TOKENS = SamplerConfig.max_new_tokens  # an answer's length limit: the sampler's default, declared once
 
 
 def evaluate(model, tokenizer: TokenizerLike, problems: Sequence[Problem], *, batch_size: int = 128,
@@ -57,7 +55,8 @@ def evaluate(model, tokenizer: TokenizerLike, problems: Sequence[Problem], *, ba
     out = {"accuracy": sum(rewards) / len(rewards), "n": len(rewards), "response_length": sum(lengths) / len(lengths),
            "samples": [dict(prompt=p.prompt, response=r, answer=p.answer) for p, r in zip(problems[:3], responses)]}
     if lenient_fn is not None:
-        out["lenient_accuracy"] = sum(float(lenient_fn(r, p.answer)) for r, p in zip(responses, problems)) / len(problems)
+        lenient = [float(lenient_fn(r, p.answer)) for r, p in zip(responses, problems)]
+        out["lenient_accuracy"] = sum(lenient) / len(problems)
     if len(by_skill) > 1:
         out["per_skill"] = {skill: sum(v) / len(v) for skill, v in sorted(by_skill.items())}
     return out

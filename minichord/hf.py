@@ -1,16 +1,9 @@
 """Hugging Face Qwen2 / Llama checkpoints <-> minichord's Transformer.
 
-    cfg   = hf_model_config("Qwen2.5-0.5B-Instruct")          # config.json -> ModelConfig
-    model = load_hf_model(dir, dtype=torch.bfloat16)          # *.safetensors -> Transformer
-    export_hf(model, "out", tokenizer_dir=dir)                # Transformer -> HF directory
-    model, tokenizer = load_model(path)                       # an HF directory or a minichord checkpoint
-
-HF's tensor = "model." + minichord's name, except `lm_head.weight`. Both families are the same decoder
-(pre-norm RMSNorm, rotate-half RoPE, GQA, SwiGLU) but for q/k/v biases (Qwen2 always, Llama never here).
-Anything minichord does not compute (RoPE scaling, sliding windows, other activations, ...) is refused
-with one line naming the file, the field and its value, never approximated. Weights are read tensor by
-tensor and cast to `dtype` on `device` as they arrive, into a model built on the meta device: a bf16
-load of a 1.5B model never holds an fp32 copy of it.
+HF's tensor = "model." + minichord's name, except `lm_head.weight`. Both families are the same decoder but for
+q/k/v biases (Qwen2 always, Llama never here). Anything minichord does not compute (RoPE scaling, sliding windows,
+...) is refused with one line naming the file, the field and its value, never approximated. Weights are cast to
+`dtype` on `device` tensor by tensor into a meta-device model: a bf16 load never holds an fp32 copy.
 """
 
 from __future__ import annotations
@@ -69,7 +62,8 @@ def _tokenizer_size(path: Path) -> int | None:
         return None
     tok = _read_json(path)
     vocab = tok.get("model", {}).get("vocab") or {}  # BPE/WordPiece: {piece: id}; Unigram: [[piece, score]]
-    ids = [*(vocab.values() if isinstance(vocab, dict) else range(len(vocab))), *(t["id"] for t in tok.get("added_tokens", []))]
+    ids = [*(vocab.values() if isinstance(vocab, dict) else range(len(vocab))),
+           *(t["id"] for t in tok.get("added_tokens", []))]
     return max(ids) + 1 if ids else None
 
 
@@ -85,9 +79,8 @@ def is_hf_dir(path) -> bool:
 
 
 def load_model(path) -> tuple[Transformer, TokenizerLike]:
-    """(model, tokenizer) on the CPU of what every command starts from: a Hugging Face model directory (with its
-    tokenizer and chat template) or a minichord checkpoint (a run's checkpoint/ or a step directory, with its
-    tokenizer: one without is refused)."""
+    """(model, tokenizer) on the CPU: of a Hugging Face model directory (with its chat template) or a minichord
+    checkpoint (a run's checkpoint/ or a step directory; one without a tokenizer is refused)."""
     if is_hf_dir(path):
         from minichord.chat import load_tokenizer  # jinja2: only for a chat model
 
@@ -142,7 +135,8 @@ def hf_model_config(model_dir) -> ModelConfig:
     vocab_size = _get(hf, path, "vocab_size", int)
     n_ids = _tokenizer_size(path.parent / "tokenizer.json")
     if n_ids is not None and vocab_size < n_ids:
-        raise HFError(f"{path}: vocab_size={vocab_size} is smaller than the {n_ids} ids of {path.parent / 'tokenizer.json'}")
+        raise HFError(f"{path}: vocab_size={vocab_size} is smaller than the {n_ids} ids of "
+                      f"{path.parent / 'tokenizer.json'}")
     theta = _get(rope, path, "rope_theta", float, _get(hf, path, "rope_theta", float, 10000.0))
     try:
         return ModelConfig(
@@ -193,16 +187,16 @@ def load_hf_model(model_dir, *, dtype: torch.dtype = torch.float32, device="cpu"
     for file in sorted(set(files.values())):
         with safe_open(file, framework="pt", device="cpu") as f:
             for hf_name in f.keys():
-                if files.get(hf_name) != file or hf_name.endswith("rotary_emb.inv_freq"):
+                tied_head = hf_name == "lm_head.weight" and cfg.tie_embeddings
+                if files.get(hf_name) != file or hf_name.endswith("rotary_emb.inv_freq") or tied_head:
                     continue
                 if hf_name not in wanted:
-                    if hf_name == "lm_head.weight" and cfg.tie_embeddings:
-                        continue
                     raise HFError(f"{file}: unexpected tensor {hf_name!r} for {cfg}")
                 name, param = wanted[hf_name]
                 shape = tuple(f.get_slice(hf_name).get_shape())
                 if shape != tuple(param.shape):
-                    raise HFError(f"{file}: tensor {hf_name!r} has shape {shape}, config.json implies {tuple(param.shape)}")
+                    raise HFError(f"{file}: tensor {hf_name!r} has shape {shape}, config.json implies "
+                                  f"{tuple(param.shape)}")
                 state[name] = f.get_tensor(hf_name).to(device=device, dtype=dtype)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
@@ -210,10 +204,10 @@ def load_hf_model(model_dir, *, dtype: torch.dtype = torch.float32, device="cpu"
 
 def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype) -> dict:
     """The config.json of `cfg`: Qwen2ForCausalLM with q/k/v biases, LlamaForCausalLM without."""
-    family = "qwen2" if cfg.qkv_bias else "llama"
-    extra = {"use_sliding_window": False, "sliding_window": None} if cfg.qkv_bias else {"attention_bias": False, "mlp_bias": False}
-    return {"architectures": [{"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}[family]],
-            "model_type": family, "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim,
+    arch, family = ("Qwen2ForCausalLM", "qwen2") if cfg.qkv_bias else ("LlamaForCausalLM", "llama")
+    extra = {"use_sliding_window": False, "sliding_window": None} if cfg.qkv_bias else \
+        {"attention_bias": False, "mlp_bias": False}
+    return {"architectures": [arch], "model_type": family, "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim,
             "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
             "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "intermediate_size": cfg.ffn_dim,
             "hidden_act": "silu", "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
@@ -277,7 +271,8 @@ def export_checkpoint(ckpt_path, out_dir) -> Path:
             template = template.replace(f"<|{role}|>", names[role])
         files["tokenizer_config.json"] = json.dumps({
             "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": names["bos"], "eos_token": names["eos"],
-            "pad_token": names["pad"], "chat_template": template, "model_max_length": ckpt.model.cfg.max_seq_len}, indent=2)
+            "pad_token": names["pad"], "chat_template": template, "model_max_length": ckpt.model.cfg.max_seq_len},
+            indent=2)
         files["generation_config.json"] = json.dumps(
             {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}, indent=2)
     return export_hf(ckpt.model, out_dir, extra_files=files)

@@ -7,8 +7,7 @@ fused lm-head loss (kernels/fused_loss.py): hidden [N, H], lm-head weight [V, H]
     logits (V = 151,936 for Qwen2) never exist at once.
 
 Math is fp32 (fp64 for fp64 inputs, for gradcheck) whatever the input dtype; gradients come back in
-the input dtypes. Backend: `kernel_backend`, MINICHORD_KERNELS=triton|torch|auto (auto or unset: Triton
-for CUDA tensors, torch elsewhere).
+the input dtypes. The backend: `kernel_backend`.
 """
 
 from __future__ import annotations
@@ -29,9 +28,8 @@ _CHUNK_ELEMENTS = 1 << 22  # torch path: about this many fp32 logits (16 MB) per
 
 
 def default_chunk_rows(hidden: Tensor, weight: Tensor) -> int:
-    """Rows per chunk of the torch path: _CHUNK_ELEMENTS logits on a CPU, 16x that on CUDA, where a chunk
-    of 27 rows at V = 151,936 would launch ~600 small matmuls and grad_weight additions per batch (1.8 s,
-    measured on an H200: benchmarks/RESULTS.md)."""
+    """Rows per chunk of the torch path: _CHUNK_ELEMENTS logits, 16x on CUDA, where 27-row chunks at V = 151,936
+    would launch ~600 small matmuls and grad_weight additions per batch (1.8 s on an H200: benchmarks/RESULTS.md)."""
     return max(1, _CHUNK_ELEMENTS * (16 if hidden.is_cuda else 1) // weight.shape[0])
 
 
@@ -52,19 +50,9 @@ def kernel_backend(device: torch.device | str | None = None) -> str:
     return "triton" if is_cuda else "torch"
 
 
-def _use_triton(tensor: Tensor) -> bool:
-    return kernel_backend(tensor.device) == "triton"
-
-
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     """fp32, or fp64 when an input is fp64 (bf16 / fp16 inputs are upcast)."""
     return functools.reduce(torch.promote_types, [t.dtype for t in tensors], torch.float32)
-
-
-
-
-
-
 
 
 def reference_token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0,
@@ -88,7 +76,7 @@ def reference_token_logprobs(logits: Tensor, targets: Tensor, *, temperature: fl
 
 def token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0, return_entropy: bool = False):
     """Token log-probs, autograd-aware: the Triton kernel on CUDA, `reference_token_logprobs` elsewhere."""
-    if _use_triton(logits):
+    if kernel_backend(logits.device) == "triton":
         from minichord.kernels.logprobs import triton_token_logprobs
         return triton_token_logprobs(logits, targets, temperature=temperature, return_entropy=return_entropy)
     return reference_token_logprobs(logits, targets, temperature=temperature, return_entropy=return_entropy)
@@ -97,9 +85,8 @@ def token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0,
 @torch.no_grad()
 def logprobs_from_hidden(hidden: Tensor, weight: Tensor, targets: Tensor, *, temperature: float = 1.0,
                          chunk_size: Optional[int] = None) -> Tensor:
-    """Token log-probs from hidden [N, H] and the lm-head [V, H], over token chunks (no gradient): logp [N] fp32,
-    logp_t = log_softmax(hidden_t W^T / T)[y_t]; at most chunk_size x V logits at once (None: about
-    _CHUNK_ELEMENTS on CPU, 16x that on CUDA, 256 MB of bf16)."""
+    """Token log-probs from hidden [N, H] and the lm-head [V, H], no gradient: logp [N] fp32,
+    logp_t = log_softmax(hidden_t W^T / T)[y_t], at most chunk_size x V logits at once (None: default_chunk_rows)."""
     chunk_size = chunk_size or default_chunk_rows(hidden, weight)
     logp = torch.zeros(hidden.shape[0], dtype=_compute_dtype(hidden, weight), device=hidden.device)  # [N]
     for start in range(0, hidden.shape[0], chunk_size):
@@ -107,9 +94,6 @@ def logprobs_from_hidden(hidden: Tensor, weight: Tensor, targets: Tensor, *, tem
         logits = hidden[rows] @ weight.T  # [n, V]
         logp[rows] = token_logprobs(logits, targets[rows], temperature=temperature)  # [n]
     return logp
-
-
-
 
 
 class _ChunkedFusedLoss(torch.autograd.Function):
@@ -131,7 +115,7 @@ class _ChunkedFusedLoss(torch.autograd.Function):
         grad_hidden = torch.zeros(hidden.shape, dtype=dtype, device=device) if need_hidden else None  # [N, H]
         grad_weight = torch.zeros_like(weight_c) if need_weight else None  # [V, H]
         loss = torch.zeros((), dtype=dtype, device=device)
-        logp, entropy = torch.zeros(n_tokens, dtype=dtype, device=device), torch.zeros(n_tokens, dtype=dtype, device=device)
+        logp, entropy = (torch.zeros(n_tokens, dtype=dtype, device=device) for _ in range(2))  # [N] each
         clipped = torch.zeros(n_tokens, dtype=torch.bool, device=device)  # [N]
         for start in range(0, n_tokens, chunk_size):
             rows = slice(start, min(start + chunk_size, n_tokens))
@@ -166,12 +150,11 @@ def fused_token_loss(hidden: Tensor, weight: Tensor, targets: Tensor, coef: Tens
                      advantages: Tensor, old_logp: Tensor, spec: LossConfig, *,
                      ref_logp: Optional[Tensor] = None, temperature: float = 1.0,
                      chunk_size: Optional[int] = None) -> FusedLossOutput:
-    """The fused lm-head loss: the loss of `losses.chord_loss` from hidden states and the lm-head weight, at most
-    chunk_size x V logits alive (None: default_chunk_rows here, CHUNK_BYTES in the kernel); Triton on CUDA,
-    chunked torch elsewhere. Gradients are computed during the forward: backward twice is not supported."""
+    """The fused lm-head loss (module docstring), at most chunk_size x V logits alive (None: default_chunk_rows
+    here, CHUNK_BYTES in the kernel). Gradients are computed in the forward: backward twice is not supported."""
     check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
                        temperature, chunk_size)
-    if _use_triton(hidden):
+    if kernel_backend(hidden.device) == "triton":
         from minichord.kernels.fused_loss import triton_fused_token_loss
         return triton_fused_token_loss(hidden, weight, targets, coef, is_expert, advantages, old_logp, spec,
                                        ref_logp=ref_logp, temperature=temperature, chunk_size=chunk_size)
@@ -179,5 +162,3 @@ def fused_token_loss(hidden: Tensor, weight: Tensor, targets: Tensor, coef: Tens
     detached = [None if t is None else t.detach() for t in (coef, advantages, old_logp, ref_logp)]
     return FusedLossOutput(*_ChunkedFusedLoss.apply(hidden, weight, targets, detached[0], is_expert, *detached[1:],
                                                     spec, float(temperature), int(chunk_size)))
-
-

@@ -5,14 +5,12 @@
     L_GRPO = (1 / N_on)  * sum_{on-policy tokens t} l_t^PPO      (token-mean over the batch)
     L_SFT  = (1 / N_exp) * sum_{expert tokens t}    l_t^SFT      (token-mean over the batch)
 
-A run's batch rules are its `loss` table (config.LossConfig): `advantages` turns rewards into advantages,
-`coefficients` the two token-means into one coefficient per token, `chord_loss` computes sum_t coef_t * l_t.
-With one update per rollout batch r_t = 1, so the logged GRPO loss is -mean(A) ~ 0; its gradient,
--A_t grad logp_t, is what matters: watch the reward, not the loss.
+A run's `loss` table (config.LossConfig) holds the batch rules: `advantages` (rewards -> A), `coefficients`
+(the two token-means -> one coef per token), `chord_loss` (sum_t coef_t * l_t). With one update per rollout
+batch r_t = 1, so the logged GRPO loss is -mean(A) ~ 0; its gradient, -A_t grad logp_t, is what matters.
 
 LUFFY (Yan et al. 2025), the mixed-policy baseline, is one more set of rules: each group holds G - 1 rollouts
-and the prompt's expert trace (reward 1, `expert_in_group`); A = R - mean(R) (std "none"); one token-mean over
-all tokens (aggregation "joint"); and its own token losses (expert_weighting "luffy"), r_t the ratio below:
+and the prompt's expert trace (reward 1); A = R - mean(R); one joint token-mean; and its own token losses:
 
     on-policy:  l_t = -A_t r_t                        (no PPO clip)
     expert:     l_t = -A_t f(p_t),  f(p) = p / (p + gamma)   (policy shaping)
@@ -30,7 +28,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from minichord.config import LossConfig
+from minichord.config import SINGLETONS, LossConfig
 
 IGNORE_INDEX = -100  # target of rows that carry no token (padding): logp = H = 0, no gradient
 
@@ -49,7 +47,7 @@ def group_advantages(rewards: Tensor, *, scale_by_std: bool = True, eps: float =
     rewards = torch.as_tensor(rewards)
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be [n_groups, G], got shape {tuple(rewards.shape)}")
-    if singleton not in ("zero", "official"):
+    if singleton not in SINGLETONS:
         raise ValueError(f"singleton must be 'zero' or 'official', got {singleton!r}")
     rewards = rewards.double()  # [n_groups, G]; fp64 so that the mean of equal rewards is exact
     if rewards.numel() and not torch.isfinite(rewards).all():
@@ -90,13 +88,11 @@ def mu_schedule(step: int, *, warmup: int, decay: int, peak: float, valley: floa
         return peak * step / warmup
     if step >= warmup + decay:
         return float(valley)
-    progress = (step - warmup) / decay
-    return valley + (peak - valley) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return valley + (peak - valley) * 0.5 * (1.0 + math.cos(math.pi * ((step - warmup) / decay)))
 
 
 def advantages(rewards: Tensor, rules: LossConfig) -> Tensor:
-    """rewards [n_groups, G] -> A [n_groups, G] by the rules' std and singleton (LUFFY: the expert trace is
-    the last member of its group, reward 1, added by the caller)."""
+    """rewards [n_groups, G] -> A [n_groups, G] by the rules' std and singleton (LUFFY's expert column included)."""
     return group_advantages(rewards, scale_by_std=rules.std != "none", singleton=rules.singleton,
                             unbiased=rules.std != "biased")
 

@@ -11,24 +11,22 @@
 | chord-phi  | 0.1                                    | -sg(p(1-p)) log p        | G                     |
 | sft-is     | 0.1                                    | -sg(p) log p             | G                     |
 
-L = (1 - mu) L_GRPO + mu L_SFT, each term a token-mean of its own tokens (minichord/losses.py). A method's
-batch rules (advantages, token coefficients, token losses) are its `loss` table (config.LossConfig): LUFFY
-is one more preset of it. A convention presets the choices on which implementations disagree:
+L = (1 - mu) L_GRPO + mu L_SFT (minichord/losses.py). A method presets the `loss` table (config.LossConfig);
+a convention presets the loss fields on which implementations disagree:
 
-| loss field      | `paper` (the default)          | `official` (the official code today)           |
-|-----------------|--------------------------------|------------------------------------------------|
-| aggregation     | token-mean                     | micro-batch: a token-mean per micro-batch, weighted by its share of the side's sequences |
-| dual_clip       | None (off)                     | 3.0                                            |
-| singleton       | zero (a group of one: A = 0)   | official (A = R / (1 + 1e-6))                  |
+| loss field  | `paper` (the default)        | `official` (the official code)                                        |
+|-------------|------------------------------|-----------------------------------------------------------------------|
+| aggregation | token-mean                   | micro-batch: a token-mean per micro-batch, weighted by its sequences  |
+| dual_clip   | None (off)                   | 3.0                                                                   |
+| singleton   | zero (a group of one: A = 0) | official (A = R / (1 + 1e-6))                                         |
 
 Presets only fill defaults: method preset <- convention preset (the loss fields a method leaves open) <- a TOML
 file <- `--set key=value`.
 
 The departures from the paper (arXiv 2508.11408) and its official code, the one list:
 - Scale: ~1M-parameter toy model, lr 1e-4, B=8 x G=8 + E=16 (paper: Qwen2.5-7B-Instruct, lr 1e-6, 32 x 8 + 64).
-- Normalisation: each term is one token-mean over the whole batch (paper-era code); `convention = "official"`
-  switches to the official code's micro-batch weighting, dual clip (c = 3) and singleton rule.
-- `log_ratio_clamp` +-20 on, as in the current official code.
+- Normalisation: one token-mean per term over the whole batch (paper-era code); `convention = "official"` above.
+- `log_ratio_clamp` +-20 on, as in the official code.
 - mu's warm-up and decay are shares of the run (official: W=0, D=200 steps).
 - Reward: 1 for an exactly matching final answer, else 0; no format reward. With a Hugging Face model the
   math reward (minichord/tasks/math.py): the answer in the required format (\\boxed{}, ####, "answer:").
@@ -39,9 +37,9 @@ The departures from the paper (arXiv 2508.11408) and its official code, the one 
 - LUFFY: expert trace = reward 1 in its group; A = R - mean(R); joint token-mean; no clip.
 - SFT->GRPO splits the steps in half; the GRPO stage starts with a fresh optimizer.
 - AdamW, betas (0.9, 0.95), no weight decay, gradient clipping at 1.0.
-- The toy's expert is partly on-policy by construction: its base saw the expert's format cleanly on 1-2 digit
-  sums and sloppily on 3-digit ones (minichord/tasks/corpus.py), so the expert's tokens have a median p of
-  ~0.38; the paper's expert (another model's long reasoning) is off-policy in content as well as noise.
+- The toy's expert is partly on-policy: its base saw the expert's format cleanly on 1-2 digit sums and sloppily
+  on 3-digit ones (minichord/tasks/corpus.py), so expert tokens have a median p of ~0.38; the paper's expert
+  (another model's long reasoning) is off-policy in content as well as noise.
 - The toy's room for RL is partly a format: its base answers big sums in a sentence the reward marks wrong;
   in the paper it is the policy's own mistakes on hard problems.
 """
@@ -49,11 +47,10 @@ The departures from the paper (arXiv 2508.11408) and its official code, the one 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any
 
 from minichord import losses
-from minichord.config import ConfigError, TrainConfig, load_config
+from minichord.config import ConfigError, TrainConfig, load_config, unknown_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +96,7 @@ CONVENTIONS: dict[str, dict[str, Any]] = {  # loss fields; config.CONVENTIONS li
 def get_method(name: str) -> Method:
     """The preset called `name`; an unknown name is refused with the nearest valid one."""
     if name not in METHODS:
-        near = difflib.get_close_matches(name, list(METHODS), n=1, cutoff=0.0)
-        raise ConfigError(f"unknown method {name!r}; did you mean {near[0]!r}? "
-                          f"valid methods: {', '.join(METHODS)}")
+        raise ConfigError(unknown_name("method", name, METHODS))
     return METHODS[name]
 
 
@@ -135,7 +130,8 @@ class Stage:
             raise ConfigError(f"method {name} needs RL prompts: n_rl_prompts=0 and no prompts_file given")
 
 
-def stage_config(method_name: str, config_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+def stage_config(method_name: str, config_file: str | None = None,
+                 overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """method preset <- convention preset <- config_file <- overrides. The convention is read first (it may
     come from the file or an override), then its loss fields go under everything but the method's own."""
     preset = get_method(method_name).preset

@@ -5,15 +5,8 @@
     logits = RMSNorm(x) @ W_lm^T            (W_lm = the embedding when tied)
 
 Parameter names are Hugging Face Qwen2's but for HF's `model.` prefix; a tied embedding has no `lm_head` at all.
-
 Padding never shifts RoPE: positions count real tokens only (the sampler left-pads, training right-pads).
-A packed forward (`Packed`) runs the per-token layers (norms, projections, MLP, LM head) on the N real tokens
-of a padded batch only, x [1, N, D], and pads back to [B, T] inside attention alone, the one place where
-tokens of a sequence meet: the same values (tests/test_model.py) for half the pre-training time.
-
-Grouped-query attention never copies K/V: training and prefill use SDPA's GQA path, a decode step
-folds each kv head's query heads into the query-row dimension (`decode_attention`) with shapes that do not
-change from step to step (`decode_step`: `torch.compile` traces it once, a CUDA graph replays it).
+Grouped-query attention never copies K/V (SDPA's GQA path; `decode_attention` for a decode step).
 """
 
 from __future__ import annotations
@@ -34,12 +27,10 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 class KVCache:
-    """Keys/values for incremental decoding: k[l], v[l] are [B, n_kv_heads, capacity, head_dim] for layer l,
-    filled in slots [0, length); each forward writes its T new keys/values at [length, length + T).
-    chunk=None allocates all max_len slots at once (the fixed shapes a CUDA graph needs); an int grows the
-    storage `chunk` slots at a time (`reserve`). The eager decode step attends over every allocated slot, the
-    unfilled ones masked: one contiguous [B, n_kv, capacity, hd] read is ~3x faster on a CPU than the slice
-    [:, :, :S] of a longer buffer (benchmarks/RESULTS.md), for at most chunk - 1 hidden slots."""
+    """k[l], v[l]: layer l's keys/values [B, n_kv_heads, capacity, head_dim], filled in slots [0, length); a forward
+    writes its T new ones at [length, length + T). chunk=None allocates all max_len slots at once (the fixed shapes
+    a CUDA graph needs); an int grows them `chunk` slots at a time. A decode step attends over every allocated slot,
+    unfilled ones masked: ~3x faster on a CPU than a slice of a longer buffer (benchmarks/RESULTS.md)."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32,
                  chunk: int | None = None):
@@ -78,15 +69,10 @@ class KVCache:
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # [B, n_kv, end, hd]
 
-    def at(self, slot, visible: int) -> "CacheSlot":
-        """A writer for one decode step (see CacheSlot)."""
-        return CacheSlot(self, slot, visible)
-
 
 class CacheSlot:
-    """One decode step's view of a KVCache: update() writes the step's k, v [B, n_kv, 1, hd] at
-    `slot` and returns slots [0, visible). slot is an int (eager: a plain copy) or a [1] long tensor
-    (under torch.compile: one trace serves every step, where an int would be traced once per value)."""
+    """One decode step's view of a KVCache: update() writes k, v [B, n_kv, 1, hd] at `slot`, returns slots [0, visible).
+    slot: an int (eager) or a [1] long tensor (torch.compile: one trace for every step, not one per int value)."""
 
     def __init__(self, cache: KVCache, slot, visible: int):
         self.cache, self.slot, self.visible = cache, slot, visible
@@ -103,8 +89,10 @@ class CacheSlot:
 
 
 class Packed:
-    """A padded batch's real tokens as one sequence. keep: [N] indices of attention_mask's True entries in the
-    flattened [B * T], row-major; attn_mask: the padded forward's bool mask [B, 1, T, T], used in attention."""
+    """A padded batch's N real tokens as one sequence, x [1, N, D]: the per-token layers (norms, projections, MLP,
+    LM head) skip the padding, and attention alone, where tokens of a sequence meet, pads back to [B, T]: the same
+    values (tests/test_model.py) for half the pre-training time. keep: [N] indices of attention_mask's True entries
+    in the flattened [B * T]; attn_mask: the padded forward's bool mask [B, 1, T, T]."""
 
     def __init__(self, attention_mask: torch.Tensor, attn_mask: torch.Tensor):
         self.B, self.T = attention_mask.shape
@@ -143,18 +131,12 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
-    """Rotary cos and signed sin (rotate_half layout): inv_freq_i = 1 / theta^(2i/d), angle[b,t,i] = pos[b,t] * inv_freq_i,
-    cos = [cos(angle), cos(angle)], sin = [-sin(angle), sin(angle)]: HF's sin with rotate_half's minus sign moved in,
-    so apply_rope rotates with a roll (bitwise the same numbers). 1 / theta^x, not theta^-x (1 ulp apart): HF's order."""
+    """Rotary cos and signed sin (rotate_half layout): inv_freq_i = 1 / theta^(2i/d) (not theta^-x: 1 ulp apart,
+    HF's order), angle[b,t,i] = pos[b,t] * inv_freq_i, cos = [cos(angle), cos(angle)], sin = [-sin(angle), sin(angle)]:
+    HF's sin with rotate_half's minus sign moved in, so apply_rope rotates with a roll (bitwise the same numbers)."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = positions.float()[..., None] * inv_freq  # [B, T, hd/2]
     return angles.cos().repeat(1, 1, 2), torch.cat([-angles.sin(), angles.sin()], dim=-1)  # [B, T, hd] each
-
-
-def rope_table(max_len: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [max_len, hd] for positions 0..max_len-1: the same numbers rope_cos_sin computes."""
-    cos, sin = rope_cos_sin(torch.arange(max_len, device=device)[None], head_dim, theta)
-    return cos[0], sin[0]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -166,9 +148,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    """Grouped-query attention: n_heads query heads share n_kv_heads key/value heads
-    (query head h reads kv head h // (n_heads / n_kv_heads)).
-        Attn = softmax(q k^T / sqrt(hd) + mask) v,  then o_proj (no bias)."""
+    """Grouped-query attention (query head h reads kv head h // (n_heads / n_kv_heads)), o_proj without bias:
+        Attn = softmax(q k^T / sqrt(hd) + mask) v"""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -181,10 +162,9 @@ class Attention(nn.Module):
         self._stacked, self._stacked_key = None, None  # [W_q; W_k; W_v], [b_q; b_k; b_v] and the weights' versions
 
     def rotated_qkv(self, x, cos, sin):
-        """x [B, T, D] -> q [B, H, T, hd], k and v [B, Hkv, T, hd], RoPE applied to q and k. With autograd: three
-        matmuls, two RoPE calls. Without (sampling, evaluation): one matmul on the stacked [W_q; W_k; W_v], rebuilt
-        when a weight's version counter changes, and one RoPE call on q and k: half the kernel launches of a
-        decode step's projections, the same numbers (tests/test_model.py)."""
+        """x [B, T, D] -> q [B, H, T, hd], k and v [B, Hkv, T, hd], RoPE applied to q and k. Without autograd: one
+        matmul on [W_q; W_k; W_v] (rebuilt when a weight's version changes) and one RoPE call: half the kernel
+        launches of a decode step's projections, the same numbers (tests/test_model.py)."""
         B, T, _ = x.shape
         c, projs = self.cfg, (self.q_proj, self.k_proj, self.v_proj)
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
@@ -199,8 +179,6 @@ class Attention(nn.Module):
         return q, k, qkv[:, c.n_heads + c.n_kv_heads:]
 
     def forward(self, x, cos, sin, mask, kv_cache: KVCache | None):
-        B, T, _ = x.shape
-        c = self.cfg
         q, k, v = self.rotated_qkv(x, cos, sin)  # q: [B, H, T, hd]; k, v: [B, Hkv, T, hd]
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # [B, Hkv, S, hd]
@@ -210,7 +188,7 @@ class Attention(nn.Module):
             out = decode_attention(q, k, v, mask)  # [B, H, 1, hd]
         else:  # mask: bool [B, 1, T, S]; query head h reads kv head h // group, nothing is copied
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # [B, H, T, hd]
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, c.n_heads * c.head_dim))
+        return self.o_proj(out.transpose(1, 2).flatten(2))  # [B, T, H * hd] -> [B, T, D]
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -281,12 +259,12 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [B, T] long -> cos, sin [B, T, hd], looked up in a table built once per device."""
-        table = self._rope_tables.get(positions.device)
-        if table is None:
-            table = self._rope_tables[positions.device] = rope_table(
-                self.cfg.max_seq_len, self.cfg.head_dim, self.cfg.rope_theta, positions.device)
-        return table[0][positions], table[1][positions]
+        """positions [B, T] long -> cos, sin [B, T, hd], looked up in rope_cos_sin's table, built once per device."""
+        if positions.device not in self._rope_tables:
+            table = torch.arange(self.cfg.max_seq_len, device=positions.device)[None]  # [1, max_seq_len]
+            self._rope_tables[positions.device] = rope_cos_sin(table, self.cfg.head_dim, self.cfg.rope_theta)
+        cos, sin = self._rope_tables[positions.device]  # [1, max_seq_len, hd] each
+        return cos[0][positions], sin[0][positions]
 
     def decode_step(self, ids, positions, attention_mask, slot, kv_cache: KVCache) -> torch.Tensor:
         """One new token per sequence -> logits [B, 1, V], with shapes that do not change from step to step.
@@ -296,14 +274,13 @@ class Transformer(nn.Module):
         S = attention_mask.shape[1]
         key_slot = torch.arange(S, device=ids.device)  # [S]
         visible = (attention_mask & (key_slot <= slot)) | (key_slot == slot)  # [B, S]
-        bias = torch.zeros(visible.shape, dtype=self.embed_tokens.weight.dtype, device=ids.device)
-        bias = bias.masked_fill(~visible, float("-inf"))  # [B, S]
+        bias = torch.zeros_like(visible, dtype=self.embed_tokens.weight.dtype).masked_fill(~visible, float("-inf"))
         c = self.cfg
-        bias = bias[:, None, None, :].expand(-1, c.n_kv_heads, c.n_heads // c.n_kv_heads, -1).reshape(
-            -1, c.n_heads // c.n_kv_heads, S)  # [B * Hkv, group, S]: decode_attention's layout, once for all layers
+        bias = bias[:, None, None, :].expand(-1, c.n_kv_heads, c.n_heads // c.n_kv_heads, -1)  # [B, Hkv, group, S]
+        bias = bias.flatten(0, 1)  # [B * Hkv, group, S]: decode_attention's layout, once for all layers
         cos, sin = self.rope(positions)  # [B, 1, hd]
         x = self.embed_tokens(ids)  # [B, 1, D]
-        writer = kv_cache.at(slot, S)
+        writer = CacheSlot(kv_cache, slot, S)
         for layer in self.layers:
             x = layer(x, cos, sin, bias, writer)
         return self.norm(x) @ self.lm_head_weight.t()  # [B, 1, V]
@@ -312,12 +289,10 @@ class Transformer(nn.Module):
                 packed: bool = False):
         """ids [B, T] -> logits [B, T, V] (or final-normed hidden [B, T, D] if return_hidden).
         packed=True (no cache): logits [N, V] (hidden [N, D]) for the N real tokens only, in the row-major order of
-        attention_mask's True entries (`Packed`): the same values, without running the per-token layers on padding.
-
+        attention_mask's True entries (`Packed`).
         attention_mask: [B, S] bool, S = cached length + T, True on real tokens (default all True).
         Query i (absolute slot past+i) may see key j iff j <= past+i and attention_mask[b, j];
-        it always sees itself, so rows for padding stay finite (and are never used).
-        """
+        it always sees itself, so rows for padding stay finite (and are never used)."""
         if ids.dim() != 2:
             raise ValueError(f"ids must be [B, T], got shape {tuple(ids.shape)}")
         B, T = ids.shape

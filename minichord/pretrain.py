@@ -1,11 +1,9 @@
 """Pre-train the toy *base model*: the analogue of the instruct model the CHORD paper starts from.
 
-In under two minutes on two CPU cores this makes a small transformer that answers every toy skill in its
-own terse style, and the target only *sometimes*; what it sees is `minichord.tasks.corpus`.
-Measured (1300 steps, 200 problems per split, seed 0, 2 CPU cores, 116 s): 3-digit addition 0.26 (first
-operand < 600: 0.44; >= 600: 0); harder split 0.00; reverse / sort / copy 0.995; median expert-token p 0.38.
-Whether the terse 3-digit skill fits depends on the seed and the floating-point order (in-domain 0.045-0.34
-over 28 bases of this family): the recipe sits on a fitting transition. Steps:
+A small transformer that answers every toy skill in its own terse style, and the target only *sometimes*
+(seed 0, 2 CPU cores, 116 s: 3-digit addition 0.26, harder 0.00, reverse / sort / copy 0.995, median
+expert-token p 0.38); what it sees is `minichord.tasks.corpus`. The recipe sits on a fitting transition:
+in-domain accuracy depends on the seed and the floating-point order (0.045-0.34 over 28 bases). Steps:
 
   1. a byte-level BPE tokenizer trained on text of *both* styles (vocabulary coverage);
   2. a stream of (prompt, answer) examples of all skills, none in any split;
@@ -14,7 +12,7 @@ over 28 bases of this family): the recipe sits on a fitting transition. Steps:
      the batch packed (`Transformer.forward(packed=True)`): only attention sees the padding;
   4. a checkpoint whose meta holds the settings, the test accuracies and `evaluate.expert_token_probs`.
 
-Cached (`toy_base`): when the directory already holds a checkpoint made with the same settings, it is reused.
+Cached (`toy_base`): a directory holding a checkpoint made with the same settings is reused.
 """
 
 from __future__ import annotations
@@ -49,7 +47,7 @@ def default_base_dir() -> Path:
 
 
 def toy_base(log: Callable[[str], None] | None = print, device: torch.device | str = "auto") -> Path:
-    """The cached toy base model's checkpoint, pre-trained on `device` on first use."""
+    """The cached toy base model's checkpoint (`default_base_dir`), pre-trained on `device` on first use."""
     return pretrain_base(default_base_dir(), log=log, device=device)
 
 
@@ -74,7 +72,7 @@ class PretrainConfig:
     easy_one_carry: float = 0.3  # share of the easy sums with exactly one inner carry (drawn first)
     sentence_share: float = 0.8  # share of terse sums with first operand >= sentence_from written as a sentence
     sentence_from: int = SENTENCE_FROM  # ("the sum is 1079", toy.in_a_sentence: a format the reward marks wrong)
-    sloppy_noise: float = Sloppy.noise  # > 0: its 3-digit step-by-step sums are sloppy (corpus.Sloppy), this share of digits wrong
+    sloppy_noise: float = Sloppy.noise  # > 0: 3-digit step-by-step sums are sloppy (corpus.Sloppy), this share wrong
     sloppy_keep: float = Sloppy.keep  # share of their lines that keep the " carry c" note
     sloppy_newline: float = Sloppy.newline  # share of their lines that end in a newline (else "; ")
     tokenizer_texts: int = 2000  # problems whose text (both styles) trains the tokenizer
@@ -127,8 +125,7 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     model_cfg = model_config or ModelConfig()
     # everything that determines the model (measuring does not), as the checkpoint's JSON meta will hold it
     settings = {"format": PRETRAIN_FORMAT, **dataclasses.asdict(cfg), "model": to_dict(model_cfg)}
-    settings.pop("n_eval")
-    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items() if k != "n_eval"}
     out_dir = Path(out_dir)
     say = log or (lambda _msg: None)
     if not force and _cached(out_dir, settings):

@@ -7,12 +7,10 @@ A token is drawn from softmax(logits / T) restricted to the top-k / nucleus set,
 log-prob is the unrestricted one, logprob_t = log_softmax(logits_t / T)[y_t] (T = 1 when greedy): the
 policy the trainer differentiates, so old and new log-probs agree at the first update.
 
-Each step after the prefill is `Transformer.decode_step` over a KV cache grown CACHE_CHUNK slots at a
-time (model.KVCache). SamplerConfig.compile=True runs the step compiled: on a CPU through `torch.compile`
-with dynamic shapes (one trace, ~45 s on 2 CPU cores: it pays off only over many generations); on a GPU
-as a CUDA graph over the whole preallocated cache, captured at the first step of each generate() call.
-None (the default) is the CUDA graph on a GPU (3.2x faster sampling in a CHORD step on an H200,
-benchmarks/RESULTS.md) and eager on a CPU; False is eager everywhere.
+Each step after the prefill is `Transformer.decode_step` over a KV cache grown CACHE_CHUNK slots at a time.
+SamplerConfig.compile: None (the default) runs it as a CUDA graph on a GPU (3.2x faster sampling in a CHORD step
+on an H200, benchmarks/RESULTS.md) and eager on a CPU; True also compiles it on a CPU (`torch.compile`, one trace
+of ~45 s on 2 CPU cores: it pays off only over many generations); False is eager everywhere.
 """
 
 from __future__ import annotations
@@ -38,12 +36,9 @@ class Rollout:
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Set logits outside the allowed set to -inf. logits: [B, V] (already divided by T).
-
-    top-k: keep tokens whose logit is >= the k-th largest (k = 0 keeps all).
-    top-p (nucleus): after top-k, keep the smallest set of most-probable tokens whose total
-    probability is >= top_p: sorted descending, token i is dropped when the mass of the tokens
-    before it, cumsum_i - p_i, already reaches top_p (the most probable token is always kept).
-    """
+    top-k: keep logits >= the k-th largest (k = 0 keeps all). top-p (nucleus), after top-k: the smallest set of
+    most probable tokens with total probability >= top_p; sorted descending, token i is dropped when the mass
+    before it, cumsum_i - p_i, already reaches top_p (the most probable token is always kept)."""
     if 0 < top_k < logits.shape[-1]:
         kth_largest = logits.topk(top_k, dim=-1).values[:, -1:]  # [B, 1]
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
@@ -72,11 +67,9 @@ def compiled_decode_step(model):
 
 
 class GraphedDecodeStep:
-    """model.decode_step as a CUDA graph (on a GPU unless SamplerConfig.compile=False). The first call copies its
-    inputs into fixed buffers, runs the step twice on a side stream (warm-up: cuBLAS handles, the
-    allocator), then captures it; every call replays the graph on the buffers. The warm-up writes
-    the first token's keys/values into its cache slot, which the replay writes again, identically.
-    Its logits are one buffer, overwritten by the next call: read them before calling again."""
+    """model.decode_step as a CUDA graph over the whole preallocated cache. The first call copies its inputs into
+    fixed buffers, warms up twice on a side stream (cuBLAS handles, the allocator; its cache writes are replayed
+    identically) and captures; every call replays it. The logits are one buffer, overwritten by the next call."""
 
     def __init__(self, model):
         self.model, self.graph = model, None
@@ -114,14 +107,11 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
 def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int | list[int], pad_id: int,
              generator: torch.Generator | None = None, use_cache: bool = True,
              vocab_size: int | None = None) -> Rollout:
-    """Sample continuations of `prompts` (token-id lists of any lengths) from `model`.
-
-    Each sequence stops after emitting `eos_id` or any id of a list (a chat model's stop ids; an id outside
-    the vocabulary never matches); generation ends when every sequence has stopped, so T_new <=
-    cfg.max_new_tokens. `generator` (on the model's device) makes sampling reproducible; use_cache=False
-    recomputes the whole sequence every step (tests, benchmarks). vocab_size (the tokenizer's, where the model
-    has more embedding rows, as Qwen2 pads 151,665 ids to 151,936): the extra logits are dropped first
-    (never drawn; log-probs over its ids)."""
+    """Sample continuations of `prompts` (token-id lists of any lengths) from `model`. Each sequence stops after
+    emitting `eos_id` or any id of a list (an id outside the vocabulary never matches), so T_new <= max_new_tokens.
+    `generator` (on the model's device) makes sampling reproducible; use_cache=False recomputes the whole sequence
+    every step. vocab_size: the tokenizer's, where the model has more rows (Qwen2 pads 151,665 ids to 151,936):
+    the extra logits are dropped first (never drawn; log-probs over its ids)."""
     param = next(model.parameters())
     device, V = param.device, model.cfg.vocab_size
     dtype = autocast_dtype(device) or param.dtype  # under bf16 autocast (minichord/device.py): a bf16 KV cache
@@ -145,8 +135,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
 
 
 def _decode(model, prompts, cfg: SamplerConfig, device, dtype, eos_id, pad_id, generator, use_cache, vocab_size):
-    """generate() after its checks: prefill, then one decode step per new token. Returns (tokens, logprobs, mask,
-    finished), inference tensors."""
+    """generate() after its checks: prefill, then one decode step per new token (inference tensors)."""
     V = model.cfg.vocab_size
     ids, mask = left_pad(prompts, pad_id, device)  # [B, P]
     B, P = ids.shape
@@ -172,10 +161,10 @@ def _decode(model, prompts, cfg: SamplerConfig, device, dtype, eos_id, pad_id, g
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(cfg.max_new_tokens):
         scaled = logits[:, :vocab_size or V].float()  # [B, V]
-        scaled = scaled if cfg.greedy else scaled / cfg.temperature
         if cfg.greedy:
             next_tok = scaled.argmax(dim=-1)  # [B]
         else:
+            scaled = scaled / cfg.temperature
             probs = filter_logits(scaled, cfg.top_k, cfg.top_p).softmax(dim=-1)
             next_tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
         next_logp = F.log_softmax(scaled, dim=-1).gather(-1, next_tok[:, None]).squeeze(-1)  # [B], unrestricted
@@ -188,12 +177,11 @@ def _decode(model, prompts, cfg: SamplerConfig, device, dtype, eos_id, pad_id, g
             break
         if not use_cache:
             logits = model(torch.cat([ids, tokens[:, :t + 1]], dim=1), attention_mask=seq_mask[:, :P + t + 1])[:, -1]
-            continue
-        if step is None:  # a model without decode_step (a test double): its forward with the cache
+        elif step is None:  # a model without decode_step (a test double): its forward with the cache
             logits = model(tokens[:, t:t + 1], attention_mask=seq_mask[:, :P + t + 1], kv_cache=cache)[:, -1]
-            continue
-        cache.reserve(P + t + 1)  # grows by CACHE_CHUNK slots when full (graphed: all slots from the start)
-        seen = seq_mask[:, :cache.capacity]  # the step attends over every allocated slot, later ones masked
-        slot = torch.tensor([P + t], device=device) if compiled else P + t  # where token t's keys/values go
-        logits = step(tokens[:, t:t + 1], next_pos + t, seen, slot, cache)[:, -1]  # [B, V]
+        else:
+            cache.reserve(P + t + 1)  # grows by CACHE_CHUNK slots when full (graphed: all slots from the start)
+            seen = seq_mask[:, :cache.capacity]  # the step attends over every allocated slot, later ones masked
+            slot = torch.tensor([P + t], device=device) if compiled else P + t  # where token t's keys/values go
+            logits = step(tokens[:, t:t + 1], next_pos + t, seen, slot, cache)[:, -1]  # [B, V]
     return tokens[:, :t + 1], logprobs[:, :t + 1], out_mask[:, :t + 1], finished

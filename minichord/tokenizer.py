@@ -1,13 +1,11 @@
 """A small byte-level BPE tokenizer with a fixed chat format, built on Hugging Face `tokenizers`.
 
-Vocabulary: ids 0..4 are the special tokens <|pad|> <|bos|> <|eos|> <|user|> <|assistant|>, then the
-byte alphabet (GPT-2's byte-to-unicode map: every text has a spelling), then the learned BPE merges. The
-alphabet is the 128 ASCII bytes (at least 133 ids), or all 256 with `full_byte_alphabet=True` (any UTF-8).
+Vocabulary: ids 0..4 are the special tokens <|pad|> <|bos|> <|eos|> <|user|> <|assistant|>, then the byte
+alphabet (GPT-2's byte-to-unicode map) of the 128 ASCII bytes, or all 256 with `full_byte_alphabet=True` (any
+UTF-8), then the learned BPE merges. Pre-tokenization: every digit is its own piece ("1234" is always 1 2 3 4),
+then GPT-2's byte-level split with no prefix space, so decode(encode(s)) == s for any ASCII s.
 
-Pre-tokenization (what BPE never merges across): every digit is its own piece ("1234" is always
-1 2 3 4), then GPT-2's byte-level split with no prefix space, so decode(encode(s)) == s for any ASCII s.
-
-Chat format (one prompt, one response; nothing is inserted around the special tokens):
+Chat format (nothing is inserted around the special tokens):
 
     <|bos|> <|user|> {prompt tokens} <|assistant|> {response tokens} <|eos|>
     '----------- encode_prompt(prompt) ---------'  '------ loss mask True ------'
@@ -34,8 +32,7 @@ class TokenizerError(ValueError):
 
 
 class TokenizerLike(Protocol):
-    """What the library uses of a tokenizer: `Tokenizer` (the toy's fixed chat format) and `chat.ChatTokenizer`
-    (a Hugging Face tokenizer and its chat template) both have it."""
+    """What the library uses of a tokenizer: `Tokenizer` and `chat.ChatTokenizer` both have it."""
 
     vocab_size: int
     pad_id: int
@@ -56,9 +53,14 @@ class TokenizerLike(Protocol):
 
     def files(self) -> dict[str, str]: ...  # {file name: text} a checkpoint stores
 
-    def to_json(self) -> str: ...
 
-    def token_text(self, token_id: int) -> str | None: ...
+def encode_text(tok: HFTokenizer, text: str) -> list[int]:
+    """Token ids of `text`, no special tokens added (special token texts inside it are special tokens)."""
+    if not isinstance(text, str):
+        raise TokenizerError(f"encode() takes a str, got {type(text).__name__}")
+    if not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text):  # the Rust side would TypeError
+        raise TokenizerError(f"text has a lone surrogate (not encodable as UTF-8): {text!r:.80}")
+    return tok.encode(text, add_special_tokens=False).ids
 
 
 def _json_file(path: str | Path) -> Path:
@@ -81,10 +83,10 @@ class Tokenizer:
         if missing:
             raise TokenizerError(f"{source}: special tokens not in the vocabulary: {', '.join(missing)}; pass "
                                  f"special_tokens={{role: token text}} to name the ones this file uses")
-        self.vocab_size: int = hf_tokenizer.get_vocab_size(with_added_tokens=True)
-        outside = [f"{role}={names[role]!r} has id {ids[role]}" for role in SPECIAL_ROLES if ids[role] >= self.vocab_size]
+        V = self.vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        outside = [f"{role}={names[role]!r} has id {ids[role]}" for role in SPECIAL_ROLES if ids[role] >= V]
         if outside:  # e.g. an eos the model can never emit: generation would never stop
-            raise TokenizerError(f"{source}: special token ids outside the vocabulary [0, {self.vocab_size}): "
+            raise TokenizerError(f"{source}: special token ids outside the vocabulary [0, {V}): "
                                  f"{', '.join(outside)}")
         self.special_tokens: dict[str, str] = {role: names[role] for role in SPECIAL_ROLES}
         self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
@@ -158,14 +160,9 @@ class Tokenizer:
         return path
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, no special tokens added. Every digit is a single token."""
-        if not isinstance(text, str):
-            raise TokenizerError(f"encode() takes a str, got {type(text).__name__}")
-        if not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text):  # the Rust side would TypeError
-            raise TokenizerError(f"text has a lone surrogate (not encodable as UTF-8): {text!r:.80}")
-        ids = self._tok.encode(text, add_special_tokens=False).ids
-        # BPE silently drops characters outside its alphabet (e.g. "é" with the ASCII alphabet): check non-ASCII
-        # text round-trips, unless a normalizer makes decode differ anyway.
+        """encode_text, and non-ASCII text must round-trip (unless a normalizer makes decode differ anyway): BPE
+        silently drops characters outside its alphabet (e.g. "é" with the ASCII alphabet)."""
+        ids = encode_text(self._tok, text)
         if not text.isascii() and self._tok.normalizer is None and self.decode(ids, skip_special=False) != text:
             lost = sorted({c for c in text if not c.isascii() and not self._tok.encode(c).ids})
             raise TokenizerError(f"text contains characters this tokenizer cannot represent: {lost or text!r:.80}"

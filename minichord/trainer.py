@@ -8,16 +8,10 @@
         L = sum_t coef_t * l_t  (coef: (1-mu)/N_on on rollout tokens, mu/N_exp on expert ones)
         L.backward(); clip_grad_norm(1.0); optimizer.step(); check the weights are still finite
 
-L and its gradient may be accumulated over micro-batches of sequences (micro_batch_seqs), coef always over the
-whole batch, so the sum is the full batch's (minichord/batch.py). device / dtype (minichord/device.py): the
-model, KV cache, generators and batches live on `device`; bf16 is autocast over fp32 weights.
-
-Every random choice of step s (prompts, expert examples, sampling) comes from generators seeded with
-(seed, s), so a resumed run repeats an uninterrupted one exactly. Metrics go to `metrics.jsonl` (one line
-per step) and `eval.jsonl`; checkpoints to `checkpoint/`. Ctrl-C or SIGTERM finishes the step, saves and
-stops with TrainingInterrupted; a diverged update stops with TrainingError before anything is saved.
-
-The departures from the paper, the one list: minichord/methods.py.
+L may be accumulated over micro-batches of sequences (minichord/batch.py). Every random choice of step s
+comes from generators seeded with (seed, s), so a resumed run repeats an uninterrupted one exactly. Ctrl-C or
+SIGTERM finishes the step, saves and stops with TrainingInterrupted; a diverged update stops with TrainingError
+before anything is saved. The departures from the paper, the one list: minichord/methods.py.
 """
 
 from __future__ import annotations
@@ -80,12 +74,8 @@ class Trainer:
                  log: Callable[[str], None] = print, device: torch.device | None = None):
         self.stages, self.model, self.tok, self.data = stages, model, tokenizer, data
         self.method_name = "-".join(s.method.name for s in stages)  # sft-grpo: "sft" then "grpo"
-        self.out = Path(out_dir)
+        self.out, self.log, self.cfg, self.steps, self.step = Path(out_dir), log, stages[0].cfg, stages[-1].end, 0
         self.out.mkdir(parents=True, exist_ok=True)
-        self.log = log
-        self.cfg = stages[0].cfg
-        self.steps = stages[-1].end
-        self.step = 0
         self.device = device or resolve_device(self.cfg.device)  # model, KV cache, generators, batches, evaluation
         model.to(self.device).activation_checkpointing = self.cfg.activation_checkpointing
         self.log(describe(self.device, self.cfg.dtype))
@@ -157,12 +147,10 @@ class Trainer:
             b, j = divmod(k, n_on)
             seqs.append(Sequence(prompt_ids[k], r, False, float(adv[b, j]), old_logp[k]))
         t2 = time.perf_counter()
-        return seqs, {
-            "reward": rewards.mean().item(), "accuracy": (rewards == 1).float().mean().item(),
-            "zero_variance_groups": losses.zero_variance_fraction(adv),  # equal rewards give A = 0 exactly
-            "response_length": out.mask.sum(1).float().mean().item(), "truncated": (~out.finished).float().mean().item(),
-            "time_sample": t1 - t0, "time_score": t2 - t1,
-        }
+        return seqs, {"reward": rewards.mean().item(), "accuracy": (rewards == 1).float().mean().item(),
+                      "zero_variance_groups": losses.zero_variance_fraction(adv),  # equal rewards give A = 0 exactly
+                      "response_length": out.mask.sum(1).float().mean().item(),
+                      "truncated": (~out.finished).float().mean().item(), "time_sample": t1 - t0, "time_score": t2 - t1}
 
     def _expert_batch(self, cfg: TrainConfig, step: int) -> list[Sequence]:
         rng, _ = step_rng(cfg.seed, step, 1)
@@ -188,9 +176,8 @@ class Trainer:
                            "rollouts": sum(not s.is_expert for s in seqs), "experts": sum(s.is_expert for s in seqs)}
 
     def train_step(self, step: int) -> dict:
-        """One step: the batch, then ppo_epochs x minibatches optimizer steps on it (old log-probs recomputed
-        first if more than one, so ratios and clipping are real); weights and logits checked once, at the end
-        (before: the loss). Returns the step's metrics."""
+        """One step: the batch, then ppo_epochs x minibatches optimizer steps on it (old log-probs recomputed first
+        if more than one, so ratios and clipping are real); weights and logits checked once, at the end."""
         stage = self.stage_at(step)
         batch, mu, metrics = self._batch(stage, step)
         t0 = time.perf_counter()
@@ -274,9 +261,9 @@ class Trainer:
                 self.log(progress_line(metrics, self.steps, eta))
                 if self.data.eval_splits and (self.step % self.cfg.eval_every == 0 or self.step == self.steps):
                     last_eval = self.evaluate(self.step)
-                    self.log("  eval " + " | ".join(f"{k} {v['accuracy']:.3f}" + (f" (lenient {v['lenient_accuracy']:.3f})"
-                                                    if "lenient_accuracy" in v else "") for k, v in last_eval.items()
-                                                    if isinstance(v, dict)))
+                    self.log("  eval " + " | ".join(f"{k} {v['accuracy']:.3f}" + (
+                        f" (lenient {v['lenient_accuracy']:.3f})" if "lenient_accuracy" in v else "")
+                        for k, v in last_eval.items() if isinstance(v, dict)))
                 if self.step % self.cfg.save_every == 0 or self.step == self.steps or self._stop_signal:
                     self.save()
         finally:

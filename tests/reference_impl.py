@@ -1,4 +1,4 @@
-"""Unchunked torch reference of tier 2, for tests only: the full [N, V] logits in fp32 (fp64 for
+"""Unchunked torch reference of the fused lm-head loss, for tests only: the full [N, V] logits in fp32 (fp64 for
 fp64 inputs), then minichord's readable definitions (lm_head.reference_token_logprobs and
 losses.chord_loss). The chunked torch path and the Triton kernel are compared against it."""
 

@@ -25,7 +25,7 @@ def test_gpu_check_dry_run_passes(tmp_path):
     assert len(rows) == 13 and table[-1] == rows[-1], "the table must come last, one row per check"
     assert not any("FAILED" in row for row in rows), rows
     result = json.loads((tmp_path / "r.json").read_text())
-    assert set(result["train"]) == {"triton", "torch"} and set(result["tier2"]) == {"naive", "chunked", "triton"}
+    assert set(result["train"]) == {"triton", "torch"} and set(result["fused"]) == {"naive", "chunked", "triton"}
     assert result["train"]["triton"]["backend_line"].startswith("loss backend: triton fused")
     assert "2 passed" in result["tests"]
     generate = result["generate"]["contenders"]  # transformers, minichord (eager), minichord compiled

@@ -38,10 +38,10 @@ def assert_close(name, got, want, rtol, atol=0.0):
 
 
 # ---------------------------------------------------------------------------------------
-# Tier 1: token log-probs
+# Token log-probs
 
 
-def _tier1_case(vocab_size, dtype, seed=0):
+def _logprobs_case(vocab_size, dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     logits = (3.0 * torch.randn(N_TOKENS, vocab_size, generator=gen)).to(dtype)  # [N, V]
     targets = torch.randint(0, vocab_size, (N_TOKENS,), generator=gen)  # [N]
@@ -51,8 +51,8 @@ def _tier1_case(vocab_size, dtype, seed=0):
     return logits, targets, grad_logp, grad_entropy
 
 
-def _run_tier1(fn, logits, targets, grad_logp, grad_entropy, temperature, return_entropy,
-               as_dtype=None):
+def _run_logprobs(fn, logits, targets, grad_logp, grad_entropy, temperature, return_entropy,
+                  as_dtype=None):
     """-> outputs and d(sum g*out)/dlogits (on the CPU) for fn in {triton (on DEVICE), reference}."""
     device = DEVICE if fn is triton_token_logprobs else torch.device("cpu")
     x = logits.detach().to(device=device, dtype=as_dtype or logits.dtype).requires_grad_()
@@ -69,11 +69,11 @@ def _run_tier1(fn, logits, targets, grad_logp, grad_entropy, temperature, return
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("temperature,return_entropy", [(1.0, False), (0.7, True)])
 def test_token_logprobs_matches_reference(vocab_size, dtype, temperature, return_entropy):
-    case = _tier1_case(vocab_size, dtype)
-    logp, entropy, grad = _run_tier1(triton_token_logprobs, *case, temperature, return_entropy)
+    case = _logprobs_case(vocab_size, dtype)
+    logp, entropy, grad = _run_logprobs(triton_token_logprobs, *case, temperature, return_entropy)
     # reference on the same (bf16-rounded) inputs; it upcasts to fp32 internally
-    ref_logp, ref_entropy, ref_grad = _run_tier1(reference_token_logprobs, *case, temperature,
-                                                 return_entropy)
+    ref_logp, ref_entropy, ref_grad = _run_logprobs(reference_token_logprobs, *case, temperature,
+                                                    return_entropy)
     assert logp.dtype == torch.float32 and grad.dtype == dtype
     tag = f"{dtype} V={vocab_size} T={temperature}"
     assert_close(f"logp {tag}", logp, ref_logp, 1e-5)
@@ -84,7 +84,7 @@ def test_token_logprobs_matches_reference(vocab_size, dtype, temperature, return
         assert_close(f"entropy {tag}", entropy, ref_entropy, 1e-5)
         assert (entropy[ignored] == 0).all()
     if dtype == torch.float32:  # and against an fp64 reference
-        f64_logp, f64_entropy, f64_grad = _run_tier1(
+        f64_logp, f64_entropy, f64_grad = _run_logprobs(
             reference_token_logprobs, *case, temperature, return_entropy, as_dtype=torch.float64)
         assert_close(f"logp vs fp64 {tag}", logp, f64_logp, 1e-5)
         assert_close(f"dlogits vs fp64 {tag}", grad, f64_grad, 1e-5)
@@ -95,7 +95,7 @@ def test_token_logprobs_matches_reference(vocab_size, dtype, temperature, return
 @pytest.mark.parametrize("through", ["logp", "entropy"])
 def test_token_logprobs_fp16_one_output_differentiated(through):
     """fp16 logits; only one of the two outputs reaches the loss (the other's grad is None)."""
-    logits, targets, _, _ = _tier1_case(1000, torch.float16, seed=2)
+    logits, targets, _, _ = _logprobs_case(1000, torch.float16, seed=2)
     grads = []
     for fn, device in ((triton_token_logprobs, DEVICE), (reference_token_logprobs, "cpu")):
         x = logits.detach().to(device).requires_grad_()
@@ -108,16 +108,16 @@ def test_token_logprobs_fp16_one_output_differentiated(through):
 
 @pytest.mark.parametrize("layout", ["row_stride", "column_stride"])
 def test_token_logprobs_strided_input(layout):
-    logits, targets, grad_logp, grad_entropy = _tier1_case(1000, torch.float32, seed=1)
+    logits, targets, grad_logp, grad_entropy = _logprobs_case(1000, torch.float32, seed=1)
     if layout == "row_stride":  # rows 1013 apart, last dim contiguous: used as is
         strided = torch.zeros(N_TOKENS, 1013, device=DEVICE)[:, :1000]
     else:  # last-dim stride 2: copied to contiguous first
         strided = torch.zeros(N_TOKENS, 2000, device=DEVICE)[:, ::2]
     strided.copy_(logits)
     assert not strided.is_contiguous()
-    got = _run_tier1(triton_token_logprobs, strided, targets, grad_logp, grad_entropy, 0.9, True)
-    want = _run_tier1(reference_token_logprobs, logits, targets, grad_logp, grad_entropy, 0.9,
-                      True)
+    got = _run_logprobs(triton_token_logprobs, strided, targets, grad_logp, grad_entropy, 0.9, True)
+    want = _run_logprobs(reference_token_logprobs, logits, targets, grad_logp, grad_entropy, 0.9,
+                         True)
     for name, g, w in zip(("logp", "entropy", "dlogits"), got, want):
         assert_close(f"{name} {layout}", g, w, 1e-5)
 
@@ -131,9 +131,9 @@ def test_token_logprobs_peaked_row_keeps_true_class_gradient(dtype):
     logits[torch.arange(4), targets] = torch.tensor([13.8, 14.0, 14.5, 16.0])  # p ~ .999...
     logits = logits.to(dtype)
     ones = torch.ones(4)
-    logp, _, grad = _run_tier1(triton_token_logprobs, logits, targets, ones, ones, 1.0, False)
-    _, _, ref_grad = _run_tier1(reference_token_logprobs, logits, targets, ones, ones, 1.0,
-                                False, as_dtype=torch.float64)
+    logp, _, grad = _run_logprobs(triton_token_logprobs, logits, targets, ones, ones, 1.0, False)
+    _, _, ref_grad = _run_logprobs(reference_token_logprobs, logits, targets, ones, ones, 1.0,
+                                   False, as_dtype=torch.float64)
     true_class = grad[torch.arange(4), targets].double()  # [4] = 1 - p
     want = ref_grad[torch.arange(4), targets]
     assert (logp.exp() > 0.998).all()
@@ -157,15 +157,15 @@ def test_near_certain_tokens_with_large_logits_keep_their_logp(dtype):
     assert (want > -1e-4).all() and (want < 0).all()
     got = triton_token_logprobs(logits.to(DEVICE), targets.to(DEVICE)).cpu()
     err = (got.double() - want).abs().max().item()
-    assert err <= 1e-6, f"tier 1 logp max abs err {err:.2e} > 1e-6"
-    # tier 2 on the same logits: weight = I, hidden = logits (fp32 matmul is exact here)
+    assert err <= 1e-6, f"log-probs kernel: logp max abs err {err:.2e} > 1e-6"
+    # the fused loss on the same logits: weight = I, hidden = logits (fp32 matmul is exact here)
     eye = torch.eye(301, dtype=dtype)
     args = (logits, eye, targets, torch.full((N_TOKENS,), 1.0 / N_TOKENS), torch.zeros(N_TOKENS, dtype=torch.bool),
             torch.full((N_TOKENS,), -1.0), want.float() - 19.9, LossConfig())  # ratio ~ e^19.9
-    out, grad_hidden, _ = _run_tier2(triton_fused_token_loss, args, {})
+    out, grad_hidden, _ = _run_fused(triton_fused_token_loss, args, {})
     err = (out.logp.double() - want).abs().max().item()
-    assert err <= 1e-6, f"tier 2 logp max abs err {err:.2e} > 1e-6"
-    _, ref_hidden, _ = _run_tier2(reference_fused_token_loss, tuple(a.double() if torch.is_tensor(a) and
+    assert err <= 1e-6, f"fused loss kernel: logp max abs err {err:.2e} > 1e-6"
+    _, ref_hidden, _ = _run_fused(reference_fused_token_loss, tuple(a.double() if torch.is_tensor(a) and
                                                                     a.is_floating_point() else a for a in args), {})
     # the true-class gradient is coef * g * (1 - p_y) = coef * g * -expm1(logp_y): ~1e-5 here, so the
     # ~3e-7 absolute fp32 error of logp becomes ~3 % of it (an fp32 torch log_softmax is no better);
@@ -266,14 +266,14 @@ def test_kernels_compile_for_gpu():
 
 
 # ---------------------------------------------------------------------------------------
-# Tier 2: fused lm head + CHORD token loss
+# Fused lm-head loss: lm head + CHORD token loss
 
 HIDDEN, VOCAB = 48, 1000
 LOG_RATIOS = torch.tensor([-0.6, -0.05, 0.05, 0.6, 1.5])  # r = .55 .95 1.05 1.8 4.5: some
 # clipped, some dual-clipped, all far from the clip edges (bf16 error cannot flip a token)
 
 
-def _tier2_case(dtype, spec, *, mu=0.4, temperature=1.0, seed=0, padding=False):
+def _fused_case(dtype, spec, *, mu=0.4, temperature=1.0, seed=0, padding=False):
     gen = torch.Generator().manual_seed(seed)
     hidden = torch.randn(N_TOKENS, HIDDEN, generator=gen).to(dtype)  # [N, H]
     weight = (0.4 * torch.randn(VOCAB, HIDDEN, generator=gen)).to(dtype)  # [V, H]
@@ -302,7 +302,7 @@ def _on(device, args, kwargs):
     return [move(a) for a in args], {k: move(v) for k, v in kwargs.items()}
 
 
-def _run_tier2(fn, args, kwargs, **extra):
+def _run_fused(fn, args, kwargs, **extra):
     """-> (outputs, grad hidden, grad weight), on the CPU; triton runs on DEVICE."""
     args, kwargs = _on(DEVICE if fn is triton_fused_token_loss else "cpu", args, kwargs)
     hidden = args[0].detach().clone().requires_grad_()
@@ -313,10 +313,10 @@ def _run_tier2(fn, args, kwargs, **extra):
     return out, hidden.grad.cpu(), weight.grad.cpu()
 
 
-def _compare_tier2(args, kwargs, dtype, tag, chunk_size=10):
-    out, grad_hidden, grad_weight = _run_tier2(triton_fused_token_loss, args, kwargs,
+def _compare_fused(args, kwargs, dtype, tag, chunk_size=10):
+    out, grad_hidden, grad_weight = _run_fused(triton_fused_token_loss, args, kwargs,
                                                chunk_size=chunk_size)
-    ref, ref_hidden, ref_weight = _run_tier2(reference_fused_token_loss, args, kwargs)
+    ref, ref_hidden, ref_weight = _run_fused(reference_fused_token_loss, args, kwargs)
     bf16 = dtype != torch.float32
     tol = TOL[dtype]
     assert grad_hidden.dtype == dtype and grad_weight.dtype == dtype
@@ -336,8 +336,8 @@ def _compare_tier2(args, kwargs, dtype, tag, chunk_size=10):
 @pytest.mark.parametrize("weighting", ["uniform", "phi", "is", "luffy"])
 def test_fused_loss_matches_reference(weighting, dtype):
     spec = LossConfig(**LUFFY_LOSS) if weighting == "luffy" else LossConfig(expert_weighting=weighting)
-    args, kwargs = _tier2_case(dtype, spec, temperature=0.8 if weighting == "phi" else 1.0)
-    out = _compare_tier2(args, kwargs, dtype, f"{weighting} {dtype}")
+    args, kwargs = _fused_case(dtype, spec, temperature=0.8 if weighting == "phi" else 1.0)
+    out = _compare_fused(args, kwargs, dtype, f"{weighting} {dtype}")
     onpolicy = ~args[4]
     if not spec.luffy:  # LUFFY's on-policy term is unclipped
         assert out.clipped[onpolicy].float().mean() > 0.1, "clipping never active: weak test"
@@ -346,8 +346,8 @@ def test_fused_loss_matches_reference(weighting, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_loss_dual_clip_entropy_kl(dtype):
     spec = LossConfig(dual_clip=3.0, entropy_coef=0.05, kl_coef=0.1, expert_weighting="phi")
-    args, kwargs = _tier2_case(dtype, spec, temperature=1.3, seed=1, padding=True)
-    out = _compare_tier2(args, kwargs, dtype, f"dual/entropy/kl {dtype}", chunk_size=8)
+    args, kwargs = _fused_case(dtype, spec, temperature=1.3, seed=1, padding=True)
+    out = _compare_fused(args, kwargs, dtype, f"dual/entropy/kl {dtype}", chunk_size=8)
     assert out.logp[30] == 0 and out.entropy[30] == 0  # padding row (target -100)
     dual = (~args[4]) & (args[5] < 0) & (out.logp - args[6] > 1.0)
     assert out.clipped[dual].all() and dual.any(), "dual clip never active: weak test"
@@ -355,8 +355,8 @@ def test_fused_loss_dual_clip_entropy_kl(dtype):
 
 def test_fused_loss_unclipped_luffy_default_chunk():
     spec = LossConfig(**LUFFY_LOSS)
-    args, kwargs = _tier2_case(torch.float32, spec, mu=None, seed=2)
-    out = _compare_tier2(args, kwargs, torch.float32, "luffy unclipped", chunk_size=None)
+    args, kwargs = _fused_case(torch.float32, spec, mu=None, seed=2)
+    out = _compare_fused(args, kwargs, torch.float32, "luffy unclipped", chunk_size=None)
     assert not out.clipped.any()
     with torch.no_grad():  # forward only: the kernel skips pass 2 (WRITE_GRAD=False)
         device_args, device_kwargs = _on(DEVICE, args, kwargs)
@@ -369,10 +369,10 @@ def test_fused_loss_unclipped_luffy_default_chunk():
 def test_fused_loss_mu_endpoints_are_grpo_and_sft(mu):
     """mu=0: exactly the GRPO gradient (expert rows contribute nothing); mu=1: exactly SFT."""
     spec = LossConfig()
-    args, kwargs = _tier2_case(torch.float32, spec, mu=mu, seed=3)
+    args, kwargs = _fused_case(torch.float32, spec, mu=mu, seed=3)
     hidden, weight, targets, coef, is_expert = args[:5]
     advantages, old_logp = args[5], args[6]
-    _, grad_hidden, grad_weight = _run_tier2(triton_fused_token_loss, args, kwargs, chunk_size=16)
+    _, grad_hidden, grad_weight = _run_fused(triton_fused_token_loss, args, kwargs, chunk_size=16)
 
     keep = coef > 0  # on-policy (mu=0) or expert (mu=1) tokens, unmasked
     assert torch.equal(keep, (is_expert if mu == 1.0 else ~is_expert) & (coef > 0))
@@ -391,7 +391,7 @@ def test_fused_loss_mu_endpoints_are_grpo_and_sft(mu):
 
 def test_fused_loss_bad_inputs_raise():
     spec = LossConfig(kl_coef=0.1)
-    args, kwargs = _tier2_case(torch.float32, spec)
+    args, kwargs = _fused_case(torch.float32, spec)
     with pytest.raises(ValueError, match="ref_logp"):
         triton_fused_token_loss(*args, temperature=1.0)
     bad_targets = args[2].clone()

@@ -12,7 +12,7 @@ from minichord.config import LossConfig
 from minichord.methods import LUFFY_LOSS
 from reference_impl import reference_fused_token_loss
 
-# ---------------------------------------------------------------- tier 1: token log-probs
+# ---------------------------------------------------------------- token log-probs
 
 
 def test_reference_token_logprobs_hand_case():
@@ -73,7 +73,7 @@ def test_logprobs_bad_input():
         lm_head.reference_token_logprobs(torch.zeros(2, 5), torch.tensor([1, 2]), temperature=0.0)
 
 
-# ---------------------------------------------------------------- tier 2: fused loss
+# ---------------------------------------------------------------- fused lm-head loss
 
 
 def _fused_batch(n=37, vocab=1000, hidden=24, dtype=torch.float32, seed=0, kl=False):

@@ -50,7 +50,7 @@ assert abs(n * v * 2 / GB - 4.98) < 0.01 and abs(n * v * 4 / GB - 9.96) < 0.01
 # autograd saves it for the backward. The kernel never creates it: it reads the logits
 # (streaming, block by block), writes logp [N] and lse [N] (128 KB in all), and in the backward
 # recomputes the softmax from the logits and lse while writing the gradient (5 GB, unavoidable
-# as long as the logits exist). The tier-2 kernel (`kernels/fused_loss.py`, used by the
+# as long as the logits exist). The fused-loss kernel (`kernels/fused_loss.py`, used by the
 # trainer through `lm_head.fused_token_loss`) goes one step further: it multiplies hidden states by
 # the lm_head one chunk of tokens at a time, so even the full logits never exist.
 #

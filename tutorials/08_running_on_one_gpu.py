@@ -210,6 +210,7 @@ status = [
 for what, ok, note in status:
     print(f"  [{'yes' if ok else 'no '}] {what}" + (f"  ({note})" if note else ""))
 print("\n" + describe(device, "bf16" if device.type == "cuda" else "fp32"))
-# `bash benchmarks/gpu_check.sh` on a GPU runs the kernel tests there, times both kernel tiers against
-# the memory-bandwidth bound it measures, and runs CHORD-phi steps of a Qwen2.5-0.5B-shaped model with
-# the Triton and the torch path; `--dry-run` runs the same script on a CPU (the test suite does).
+# `bash benchmarks/gpu_check.sh` on a GPU runs the kernel tests there, times both kernels (the token
+# log-probs and the fused lm-head loss) against the memory-bandwidth bound it measures, and runs
+# CHORD-phi steps of a Qwen2.5-0.5B-shaped model with the Triton and the torch path; `--dry-run` runs
+# the same script on a CPU (the test suite does).

@@ -2,15 +2,11 @@
 
     from minichord.check import check_batch
     result = check_batch("batch.safetensors")          # a DUMP file (schema: check/dump.py) or a Dump
-    print(result.report()); result.match; result.causes
+    print(result.report())                             # result.match, result.causes: the cause keys
 
-The reference (float64) and the tolerance rule: check/recompute.py. When the
-numbers differ, every combination of the conventions' choices and of the known bugs below is tried,
-fewest changes first; the variants that reproduce your loss and gradient are reported, in words:
-
-    phi_not_detached         the expert weight p(1-p) (or p) keeps its gradient (stop-gradient missing)
-    first_micro_batch_only   only the first micro-batch's gradient survives accumulation
-    last_micro_batch_only    only the last one's (zero_grad inside the accumulation loop)
+The reference (float64) and the tolerance rule: check/recompute.py. When the numbers differ, every
+combination of the conventions' choices (recompute.SEARCHED) and of the known bugs (recompute.BUGS) is tried,
+fewest changes first; the variants that reproduce your loss and gradient are reported, in words (`_cause`).
 """
 
 from __future__ import annotations
@@ -21,9 +17,9 @@ from pathlib import Path
 from typing import Optional, Union
 
 from minichord.check.dump import Dump, load_dump
-from minichord.check.recompute import (ATOL, NO_CLAMP, RTOL, SEARCHED, Reference, agrees, convention_rules, grad_scale,
-                                       reference, token_advantages)
-from minichord.config import AGGREGATIONS, SINGLETONS, LossConfig
+from minichord.check.recompute import (ATOL, BUGS, NO_CLAMP, RTOL, SEARCHED, Reference, agrees, convention_rules,
+                                       grad_scale, reference, token_advantages)
+from minichord.config import AGGREGATIONS, SINGLETONS, STDS, LossConfig
 from minichord.methods import CONVENTIONS
 
 
@@ -41,15 +37,16 @@ def _cause(field: str, target, found) -> Cause:
                 "sequence-mean": Cause("sequence_mean", "per-sequence mean instead of token mean: each sequence "
                                        "averaged over its tokens first, then the sequences"),
                 "micro-batch": Cause("micro_batch_weighting", "per-micro-batch token means weighted by each "
-                                     "micro-batch's share of the side's sequences (the official code's aggregation)")}[found]
+                                     "micro-batch's share of the side's sequences (the official code's "
+                                     "aggregation)")}[found]
+    if field == "dual_clip" and found is None:
+        return Cause("no_dual_clip", f"dual clip missing: the target bounds the loss of A < 0 tokens at -A*{target}")
     if field == "dual_clip":
-        if found is None:
-            return Cause("no_dual_clip", f"dual clip missing: the target bounds the loss of A < 0 tokens at -A*{target}")
         return Cause("dual_clip", f"dual clip c = {found} applied to A < 0 tokens; the target has "
                      + ("none" if target is None else f"c = {target}"))
+    if field == "log_ratio_clamp" and found == NO_CLAMP:
+        return Cause("no_clamp", f"no log-ratio clamp: the target clamps logp - old_logp to +-{target} before exp")
     if field == "log_ratio_clamp":
-        if found == NO_CLAMP:
-            return Cause("no_clamp", f"no log-ratio clamp: the target clamps logp - old_logp to +-{target} before exp")
         return Cause("clamp", f"logp - old_logp clamped to +-{found} before exp; the target does not clamp")
     if field == "singleton":
         what = {"zero": "A = 0", "official": "A = R / (1 + 1e-6)"}
@@ -69,29 +66,23 @@ def _cause(field: str, target, found) -> Cause:
 
 def variants(d: Dump, target: LossConfig) -> list[tuple[LossConfig, Optional[str]]]:
     """Every (rules, bug) worth trying on `d`, fewest changes from `target` first."""
-    luffy = d.weighting == "luffy"
-    dims = {"aggregation": () if luffy else AGGREGATIONS[:3], "dual_clip": () if luffy else (None, 3.0, target.dual_clip),
-            "log_ratio_clamp": (20.0, NO_CLAMP, target.log_ratio_clamp),
-            "singleton": SINGLETONS if d.rewards is not None and not luffy else (),
-            "std": ("unbiased", "biased") if d.rewards is not None and not luffy else ()}
+    luffy, grouped = d.weighting == "luffy", d.rewards is not None and d.weighting != "luffy"
     n_mb = 0 if d.micro_batch is None else d.micro_batch[d.mask.any(1)].unique().numel()
-    if n_mb < 2 and not luffy:  # without micro-batches, "micro-batch" is token-mean
-        dims["aggregation"] = ("token-mean", "sequence-mean")
+    # with fewer than 2 micro-batches, "micro-batch" is token-mean: not tried
+    dims = {"aggregation": () if luffy else AGGREGATIONS[:3 if n_mb >= 2 else 2],
+            "dual_clip": () if luffy else (None, 3.0, target.dual_clip),
+            "log_ratio_clamp": (20.0, NO_CLAMP, target.log_ratio_clamp),
+            "singleton": SINGLETONS if grouped else (), "std": STDS[:2] if grouped else ()}
     bugs = [None] + (["phi_not_detached"] if d.weighting in ("phi", "is") else []) + \
-        (["first_micro_batch_only", "last_micro_batch_only"] if n_mb >= 2 and not luffy else [])
+        (list(BUGS[1:]) if n_mb >= 2 and not luffy else [])
     fields = [k for k, v in dims.items() if v]
-    seen, out = set(), []
-    for values in itertools.product(*(dict.fromkeys(dims[k]) for k in fields)):
-        rules = dataclasses.replace(target, **dict(zip(fields, values)))
-        for bug in bugs:
-            if (rules, bug) not in seen:
-                seen.add((rules, bug))
-                out.append((rules, bug))
+    out = dict.fromkeys((dataclasses.replace(target, **dict(zip(fields, values))), bug)  # ordered, no repeats
+                        for values in itertools.product(*(dict.fromkeys(dims[k]) for k in fields)) for bug in bugs)
     return sorted(out, key=lambda v: len(_changes(target, *v)))
 
 
 def _changes(target: LossConfig, rules: LossConfig, bug: Optional[str]) -> list[Cause]:
-    out = [_cause(f, getattr(target, f), getattr(rules, f)) for f in SEARCHED if getattr(target, f) != getattr(rules, f)]
+    out = [_cause(f, getattr(target, f), v) for f in SEARCHED if (v := getattr(rules, f)) != getattr(target, f)]
     return out + ([_cause(bug, None, None)] if bug else [])
 
 

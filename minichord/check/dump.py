@@ -65,16 +65,12 @@ class Dump:
     group_ids: Optional[Tensor] = None  # [B] long
     micro_batch: Optional[Tensor] = None  # [B] long
 
-    # ------------------------------------------------------------- flat token views, [N] each
-    def rows(self) -> Tensor:
-        """Sequence index of each masked token, [N] long (tokens in row-major order)."""
-        if "_rows" not in self.__dict__:  # computed once: the checker asks for it many times
-            self.__dict__["_rows"] = self.mask.nonzero()[:, 0]
-        return self.__dict__["_rows"]
+    def __post_init__(self):
+        self.rows = self.mask.nonzero()[:, 0]  # [N] sequence index of each masked token (row-major order)
 
     def flat(self, x: Tensor) -> Tensor:
         """[B, T] -> the masked tokens [N]; [B] -> each token's sequence value [N]."""
-        return x[self.mask] if x.dim() == 2 else x[self.rows()]
+        return x[self.mask] if x.dim() == 2 else x[self.rows]
 
 
 def _number(meta: dict, key: str, default: Optional[float], lo: float, hi: float, where: str) -> float:
@@ -104,8 +100,7 @@ def _finite(name: str, x: Tensor, where: str, under: Optional[Tensor] = None) ->
     x = x.double()
     bad = ~torch.isfinite(x) & (True if under is None else under)
     if bad.any():
-        at = tuple(bad.nonzero()[0].tolist())
-        raise DumpError(f"{where}: tensor {name!r} has NaN or inf at {list(at)}" +
+        raise DumpError(f"{where}: tensor {name!r} has NaN or inf at {bad.nonzero()[0].tolist()}" +
                         (" (a masked-in token)" if under is not None else "") + "; it must be finite there")
     return x
 
@@ -123,11 +118,11 @@ def from_tensors(tensors: dict[str, Tensor], meta: dict[str, str], where: str = 
     if logp.dim() != 2:
         raise DumpError(f"{where}: tensor 'logp' has shape {list(logp.shape)}: must be [B, T]")
     B, T = logp.shape
+    shapes = {"loss": [()], "advantages": [(B, T), (B,)],
+              **dict.fromkeys(("logp", "old_logp", "mask", "grad_logp"), [(B, T)])}
     for name, x in tensors.items():
-        want = {"loss": [()], "advantages": [(B, T), (B,)]}.get(name, [(B, T)] if name in ("old_logp", "mask", "grad_logp")
-                                                                else [(B,)])
-        shape = tuple(x.shape) if not (name == "loss" and x.numel() == 1) else ()
-        if shape not in want and name != "logp":
+        want = shapes.get(name, [(B,)])
+        if (() if name == "loss" and x.numel() == 1 else tuple(x.shape)) not in want:
             raise DumpError(f"{where}: tensor {name!r} has shape {list(x.shape)}: must be "
                             f"{' or '.join(str(list(w)) for w in want)} (B={B}, T={T} from logp)")
     mask = _flags("mask", tensors["mask"], where)
@@ -150,9 +145,8 @@ def from_tensors(tensors: dict[str, Tensor], meta: dict[str, str], where: str = 
              eps_low=_number(meta, "eps_low", 0.2, 0.0, 0.999999, where),
              eps_high=_number(meta, "eps_high", 0.2, 0.0, 1e9, where), convention=convention)
     if "advantages" in tensors:
-        adv = tensors["advantages"]
-        adv = adv[:, None].expand(B, T) if adv.dim() == 1 else adv
-        d.advantages = _finite("advantages", adv, where, adv_rows)
+        adv = tensors["advantages"]  # [B, T] or [B]
+        d.advantages = _finite("advantages", adv[:, None].expand(B, T) if adv.dim() == 1 else adv, where, adv_rows)
     if "rewards" in tensors:
         d.rewards = _finite("rewards", tensors["rewards"], where, ~is_expert)
         d.group_ids = _ids("group_ids", tensors["group_ids"], where)
@@ -181,7 +175,8 @@ def load_dump(path: str | Path) -> Dump:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise DumpError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else e!r})") from None
+        reason = str(e).splitlines()[0] if str(e) else e
+        raise DumpError(f"{path}: not a readable safetensors file ({reason!r})") from None
     return from_tensors(tensors, meta, where=str(path))
 
 

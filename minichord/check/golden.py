@@ -10,18 +10,15 @@ Files (version 1, shipped beside this module, written by `python -m minichord.ch
         eps_low, eps_high  PPO clip range [1 - eps_low, 1 + eps_high]
         advantages_from_rewards   true: the case gives rewards + group_ids, not advantages
         expected           {"loss", "L_GRPO", "L_SFT", "loss_scale"} (loss = (1-mu) L_GRPO + mu L_SFT;
-                           LUFFY: L_GRPO + L_SFT; loss_scale sets the loss tolerance, below)
+                           LUFFY: L_GRPO + L_SFT), rounded to 10 significant digits
         tensors            the names present for this case in the safetensors file
-    cases-v1.safetensors   tensor "<name>.<field>", fields as in a DUMP (check/dump.py), B x T padded:
-        logp, old_logp [B, T] float64; mask [B, T] bool; is_expert [B] bool; advantages [B, T] float64
-        or rewards [B] float64 + group_ids [B] int64; micro_batch [B] int64 (some cases);
-        grad_logp [B, T] float64: the expected d loss / d logp (0 outside the mask)
+    cases-v1.safetensors   tensor "<name>.<field>", the fields of a DUMP (check/dump.py) in float64, bool and
+                           int64, B x T padded; grad_logp: the expected d loss / d logp (0 outside the mask)
 
-Expected numbers are rounded to 10 significant digits. A case passes when
-|loss - expected| <= 1e-7 * loss_scale + 1e-5 * |expected| and, on every masked token,
-|grad - expected| <= 1e-7 * median(nonzero |expected grad|) + 1e-5 * |expected grad|. The cases "ppo_at_clip_thresholds" and
-"clamp_at_threshold" sit exactly on a boundary (r = 1.2, 0.8; log-ratio 20): the gradient there is the
-unclipped one, and a float32 computation may land one ulp beyond it.
+A case passes when |loss - expected| <= 1e-7 * loss_scale + 1e-5 * |expected| and, on every masked token,
+|grad - expected| <= 1e-7 * median(nonzero |expected grad|) + 1e-5 * |expected grad|. The cases
+"ppo_at_clip_thresholds" and "clamp_at_threshold" sit exactly on a boundary (r = 1.2, 0.8; log-ratio 20):
+the gradient there is the unclipped one, and a float32 computation may land one ulp beyond it.
 
 Your function, for `minichord check --golden MODULE:FUNCTION` (MODULE is imported, the current directory
 first on the path; no string is ever evaluated):
@@ -92,8 +89,7 @@ def run_case(fn: Callable, case: GoldenCase, rtol: float = 1e-5, atol: float = 1
         return "skip", str(e) or "NotImplementedError"
     except Exception as e:  # the user's code failing on a case is a failed case, not a crash
         return "fail", f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    want = s["expected"]
-    mask, expected = t["mask"], t["grad_logp"]
+    want, mask, expected = s["expected"], t["mask"], t["grad_logp"]
     if not within(loss, want["loss"], want["loss_scale"], rtol, atol):
         return "fail", f"loss {loss:.10g}, expected {want['loss']:.10g}"
     ok = within(grad, expected, grad_scale(expected[mask]), rtol, atol)  # [B, T]
@@ -123,8 +119,8 @@ def import_function(spec: str) -> Callable:
 
 
 def run_golden(spec_or_fn, convention: str = "paper", log: Callable[[str], None] = print) -> int:
-    """Run a function over the golden cases of `convention`; prints one line per case and a summary.
-    Returns 0 when none fails, 1 otherwise."""
+    """Run a function over the golden cases of `convention`, logging one line per case and a summary: 0 when
+    none fails, else 1."""
     fn = import_function(spec_or_fn) if isinstance(spec_or_fn, str) else spec_or_fn
     counts = {"pass": 0, "fail": 0, "skip": 0}
     cases = load_cases(convention)

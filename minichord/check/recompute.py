@@ -1,12 +1,9 @@
 """minichord's loss and gradient for a DUMP (minichord/check/dump.py), recomputed in float64 under a
-convention's batch rules, optionally with one known bug planted; and the tolerance rule.
+convention's batch rules, optionally with one known bug planted; and the tolerance rule (`within`).
 
     L = a * L_GRPO + b * L_SFT,   L_GRPO = sum_t c0_t l_t,  L_SFT = sum_t c1_t l_t,   g_t = d L / d logp_t
     CHORD: (a, b) = (1 - mu, mu), c0 / c1 = the rules' coefficients at mu = 0 / mu = 1
     LUFFY: (a, b) = (1, 1),       c0 = c1 = 1 / N on their own side (one joint token-mean)
-
-Tolerance: |theirs - ours| <= atol * scale + rtol * |ours|; scale: the median nonzero |g_t| for the
-gradient (token by token), a |L_GRPO| + b |L_SFT| term by term in absolute value for the loss.
 """
 
 from __future__ import annotations
@@ -65,7 +62,7 @@ def token_advantages(d: Dump, rules: LossConfig) -> Tensor:
 def reference(d: Dump, rules: LossConfig, bug: Optional[str] = None, memo: Optional[dict] = None) -> Reference:
     """The loss and gradient of dump `d` under `rules`, with one of BUGS planted when `bug` is given.
     `memo` (a dict kept across calls on the same dump) caches the coefficients of each aggregation."""
-    is_expert, seq = d.flat(d.is_expert), d.rows()  # [N], [N]
+    is_expert, seq = d.flat(d.is_expert), d.rows  # [N], [N]
     logp = d.flat(d.logp).clone().requires_grad_(True)  # [N] float64
     old = torch.where(is_expert, 0.0, d.flat(d.old_logp))  # [N]
     adv = token_advantages(d, rules)  # [N]
@@ -105,7 +102,8 @@ def grad_scale(grad: Tensor) -> float:
 
 
 def within(theirs, ours, scale: float, rtol: float = RTOL, atol: float = ATOL):
-    """The tolerance rule (numbers or tensors, elementwise): |theirs - ours| <= atol * scale + rtol * |ours|."""
+    """The tolerance rule (numbers or tensors, elementwise): |theirs - ours| <= atol * scale + rtol * |ours|;
+    scale: `grad_scale` for the gradient, a |L_GRPO| + b |L_SFT| term by term for the loss."""
     return abs(theirs - ours) <= atol * scale + rtol * abs(ours)
 
 

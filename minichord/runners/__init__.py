@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from minichord.config import TrainConfig
+from minichord.device import resolve_device
 from minichord.evaluate import evaluate_splits
 from minichord.hf import load_model
 from minichord.pretrain import toy_base
@@ -24,13 +25,19 @@ def run_quietly(method: str, run_dir: Path, overrides: list[str]) -> list[dict]:
     return read_jsonl(run_dir / "eval.jsonl")
 
 
-def evaluate_initial_model(cfg: TrainConfig, device: torch.device, seeds: int, n_test: int,
-                           log: Callable[[str], None] = print) -> tuple[torch.nn.Module, TokenizerLike, list[dict]]:
-    """The starting model (`cfg.init`, else the toy base) on each seed's toy test splits, greedy:
-    (model on `device`, tokenizer, [evaluate_splits(...) per seed 0..seeds-1]). The splits of seed s are
-    the ones a run with seed=s and this n_test evaluates on (make_splits draws the test splits first)."""
+def evaluate_initial_model(cfg: TrainConfig, seeds: int, n_test: int, log: Callable[[str], None] = print
+                           ) -> tuple[torch.nn.Module, TokenizerLike, list[dict]]:
+    """The starting model (`cfg.init`, else the toy base) on `cfg.device`, greedy on each seed's toy test splits:
+    (model, tokenizer, [evaluate_splits(...) per seed 0..seeds-1]), the splits a run with seed=s and this n_test
+    evaluates on (make_splits draws the test splits first)."""
+    device = resolve_device(cfg.device)
     model, tok = load_model(cfg.init or toy_base(log, device))
     model.to(device)
     return model, tok, [evaluate_splits(model, tok, make_splits(seed, n_rl=0, n_expert=0, n_test=n_test).tests,
                                         dtype=cfg.dtype, max_new_tokens=cfg.sampler.max_new_tokens)
                         for seed in range(seeds)]
+
+
+def markdown_rows(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines."""
+    return [f"| {' | '.join(header)} |", "|---" * len(header) + "|", *(f"| {' | '.join(r)} |" for r in rows)]

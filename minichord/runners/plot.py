@@ -44,7 +44,8 @@ def plot_runs(run_dirs: list[Path], out_file: Path, labels: list[str] | None = N
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("plotting needs matplotlib: pip install 'minichord[plot]' (or pip install matplotlib)") from None
+        need = "plotting needs matplotlib: pip install 'minichord[plot]' (or pip install matplotlib)"
+        raise SystemExit(need) from None
     runs = [Path(d) for d in run_dirs]
     for d in runs:
         if not (d / "metrics.jsonl").exists() and not (d / "eval.jsonl").exists():

@@ -1,16 +1,11 @@
 """`minichord probe`: does the toy setting leave every method room to show what it does?
 
-The criteria describe the *setting*, never which method wins (thresholds: `probe`'s table):
-1 headroom (base in-domain accuracy, greedy, mean over seeds); 2 expert capability (a long SFT run on a
-large expert set, the expert being a program, reaches high in-domain and harder-split accuracy, which the
-base lacks); 3 RL signal (GRPO at the default budget gains over the base, below SFT's best); 4 disruption
-(the long SFT run costs other-skill accuracy); 5 partly on-policy (median p(expert token | base),
-p = pi(y_t | x, y_<t)); 6 overfitting (long SFT on a small set: held-out in-domain falls from its peak
-after the style shift, never step 0, while the training expert NLL still falls).
-
-Runs: the base on `seeds` splits; GRPO x seeds at the default budget; a long SFT run on a large expert set
-(criteria 2, 4) and one on a small set (criterion 6), both at sft_lr: a small set (64-256 demos) is memorised
-before the procedure is learned, so the two questions need two set sizes. Writes probe.json and probe.md.
+The criteria describe the *setting*, never which method wins: 1 headroom, 2 expert capability (the expert is
+a program), 3 RL signal, 4 disruption, 5 partly on-policy, 6 overfitting; what each measures and needs: the
+table in `probe`. Runs: the base on `seeds` splits; GRPO x seeds at the default budget; a long SFT run on a
+large expert set (criteria 2, 4) and one on a small set (criterion 6), both at sft_lr: a small set (64-256
+demos) is memorised before the procedure is learned, so the two questions need two set sizes.
+Writes probe.json and probe.md.
 """
 
 from __future__ import annotations
@@ -21,11 +16,9 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
-from minichord.device import resolve_device
 from minichord.evaluate import expert_token_probs
 from minichord.methods import build_stages
-from minichord.runners import evaluate_initial_model
-from minichord.runners import run_quietly
+from minichord.runners import evaluate_initial_model, markdown_rows, run_quietly
 from minichord.runners.plot import read_jsonl, series
 from minichord.tasks import make_splits
 
@@ -59,7 +52,8 @@ class Criterion:
 def _spread(values: list[float]) -> str:
     if len(values) < 2:
         return f"{values[0]:.3f} (1 seed)"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (min {min(values):.3f}, max {max(values):.3f})"
+    mean, std = statistics.mean(values), statistics.stdev(values)
+    return f"{mean:.3f} ± {std:.3f} (min {min(values):.3f}, max {max(values):.3f})"
 
 
 def overfit_check(steps: list[int], acc: list[float], nll_steps: list[int], nll: list[float],
@@ -83,9 +77,9 @@ def overfit_check(steps: list[int], acc: list[float], nll_steps: list[int], nll:
 def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: list[str] | tuple[str, ...] = (),
           log: Callable[[str], None] = print) -> list[Criterion]:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = build_stages("grpo", overrides=list(overrides))[0].cfg
-    model, tok, evaluations = evaluate_initial_model(cfg, resolve_device(cfg.device), budget.seeds, budget.n_test, log)
+    model, tok, evaluations = evaluate_initial_model(cfg, budget.seeds, budget.n_test, log)
+    out.mkdir(parents=True, exist_ok=True)
     base = [{split: e["accuracy"] for split, e in ev.items()} for ev in evaluations]  # per seed: {split: accuracy}
     experts = make_splits(0, n_rl=0, n_expert=cfg.n_expert, n_test=0).expert
     median_p = expert_token_probs(model, tok, experts, cfg.dtype)["median_p"]
@@ -99,27 +93,23 @@ def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: l
             *common, f"seed={s}", f"steps={budget.grpo_steps}", f"eval_every={budget.eval_every}",
             f"save_every={budget.grpo_steps}"])[-1]["in_domain"]["accuracy"])
 
-    def sft(name: str, n: int, n_expert: int) -> tuple[list[dict], list[dict]]:
+    def sft(name: str, n: int, n_expert: int) -> list[dict]:
         log(f"probe: {name} ({n} steps, {n_expert} expert demonstrations)")
-        evals = run_quietly("sft", out / name, [*common, "seed=0", f"steps={n}", f"eval_every={max(1, n // 20)}",
-                                                f"save_every={n}", f"n_expert={n_expert}", f"lr={budget.sft_lr}"])
-        return evals, read_jsonl(out / name / "metrics.jsonl")
+        return run_quietly("sft", out / name, [*common, "seed=0", f"steps={n}", f"eval_every={max(1, n // 20)}",
+                                               f"save_every={n}", f"n_expert={n_expert}", f"lr={budget.sft_lr}"])
 
-    evals, _ = sft("sft-long", budget.sft_steps, budget.n_expert_large)
-    _, acc = series(evals, "in_domain.accuracy")
-    _, harder = series(evals, "harder.accuracy")
-    _, other = series(evals, "other_skills.accuracy")
-    small_evals, metrics = sft("sft-small", budget.overfit_steps, budget.n_expert_small)
-    steps, small_acc = series(small_evals, "in_domain.accuracy")
-    nll_steps, nll = series(metrics, "expert_nll")
-
-    overfit, overfit_text = overfit_check(steps, small_acc, nll_steps, nll)
+    evals = sft("sft-long", budget.sft_steps, budget.n_expert_large)
+    acc, harder, other = (series(evals, f"{split}.accuracy")[1] for split in ("in_domain", "harder", "other_skills"))
+    small = sft("sft-small", budget.overfit_steps, budget.n_expert_small)
+    nll = series(read_jsonl(out / "sft-small" / "metrics.jsonl"), "expert_nll")  # (steps, values)
+    overfit, overfit_text = overfit_check(*series(small, "in_domain.accuracy"), *nll)
     acc, harder = acc[1:] or acc, harder[1:] or harder  # SFT's best: its own evaluations, not step 0's base
     base_in, base_harder = [b["in_domain"] for b in base], [b["harder"] for b in base]
     gain = [g - b for g, b in zip(grpo, base_in)]
     disruption = base[0]["other_skills"] - other[-1]
     criteria = [
-        Criterion(1, "headroom: base in-domain", _spread(base_in), "in [0.15, 0.45]", 0.15 <= statistics.mean(base_in) <= 0.45),
+        Criterion(1, "headroom: base in-domain", _spread(base_in), "in [0.15, 0.45]",
+                  0.15 <= statistics.mean(base_in) <= 0.45),
         Criterion(2, f"expert capability: SFT ({budget.n_expert_large} demos) best in-domain / harder; base harder",
                   f"{max(acc):.3f} / {max(harder):.3f}; base {_spread(base_harder)}", ">= 0.80 / >= 0.30; <= 0.10",
                   max(acc) >= 0.80 and max(harder) >= 0.30 and statistics.mean(base_harder) <= 0.10),
@@ -142,11 +132,9 @@ def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: l
 
 
 def markdown(criteria: list[Criterion], budget: ProbeBudget) -> str:
-    lines = ["| # | criterion | measured | needs | result |", "|---|---|---|---|---|"]
-    lines += [f"| {c.number} | {c.name} | {c.measured} | {c.threshold} | {'pass' if c.passed else 'FAIL'} |"
-              for c in criteria]
-    lines.append(f"\n{budget.seeds} seed(s) of the base and GRPO ({budget.grpo_steps} steps); one long SFT run "
-                 f"({budget.sft_steps} steps, {budget.n_expert_large} demonstrations, lr {budget.sft_lr}) and one on "
-                 f"{budget.n_expert_small} demonstrations ({budget.overfit_steps} steps, same lr); {budget.n_test} test problems "
-                 f"per split. Criterion 7 (wall-clock budgets) is not measured here.")
-    return "\n".join(lines)
+    rows = [[str(c.number), c.name, c.measured, c.threshold, "pass" if c.passed else "FAIL"] for c in criteria]
+    return "\n".join(markdown_rows(["#", "criterion", "measured", "needs", "result"], rows) + [
+        f"\n{budget.seeds} seed(s) of the base and GRPO ({budget.grpo_steps} steps); one long SFT run "
+        f"({budget.sft_steps} steps, {budget.n_expert_large} demonstrations, lr {budget.sft_lr}) and one on "
+        f"{budget.n_expert_small} demonstrations ({budget.overfit_steps} steps, same lr); {budget.n_test} test "
+        "problems per split. Criterion 7 (wall-clock budgets) is not measured here."])

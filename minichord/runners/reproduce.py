@@ -1,12 +1,10 @@
-"""The paper's comparison at toy scale: every method, several seeds, matched budgets.
-
-    minichord reproduce [--quick] --out runs/reproduce   # the FULL (QUICK) setting below
+"""`minichord reproduce [--quick]`: the paper's comparison at toy scale, every method, several seeds.
 
 Matched budget: every method runs the same number of optimizer steps with the same batch shape (B prompts
 x G rollouts, E expert demonstrations per step where its mu > 0); sft-grpo splits those steps between its
 stages. Samples seen differ by method (SFT samples no rollouts, GRPO no expert data) and are reported.
-Writes results.json (every run's final numbers), results.md (mean ± std over seeds), curves.png (seed 0 of
-every method) and sft_curve.png (a long SFT run on the limited expert set: shift, readapt, overfit?).
+Writes results.json, results.md (mean ± std over seeds), curves.png (seed 0 of every method) and
+sft_curve.png (a long SFT run on the limited expert set: shift, readapt, overfit?).
 """
 
 from __future__ import annotations
@@ -18,15 +16,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from minichord.device import resolve_device
-from minichord.methods import build_stages
-from minichord.runners import evaluate_initial_model
-from minichord.runners import run_quietly
-from minichord.methods import METHODS
-from minichord.runners.plot import plot_runs, read_jsonl
+from minichord.methods import METHODS, build_stages
+from minichord.runners import evaluate_initial_model, markdown_rows, run_quietly
+from minichord.runners.plot import PANELS, plot_runs, read_jsonl, series
 
-SFT_CURVE_PANELS = [("eval.jsonl", "in_domain.accuracy", "in-domain accuracy (greedy)"),
-                    ("eval.jsonl", "other_skills.accuracy", "other-skill retention"),
+SFT_CURVE_PANELS = [PANELS[0], PANELS[2],
                     ("eval.jsonl", "in_domain.response_length", "in-domain response length (tokens)"),
                     ("metrics.jsonl", "expert_nll", "expert-token NLL (training batches)")]
 
@@ -42,6 +36,9 @@ class Setting:
 
 FULL = Setting(steps=100, seeds=3, n_test=150, eval_every=25, sft_curve_steps=300)
 QUICK = Setting(steps=24, seeds=1, n_test=60, eval_every=12, sft_curve_steps=60)
+COLUMNS = [("in_domain", "in-domain acc"), ("harder", "harder acc"), ("other_skills", "other-skill retention"),
+           ("entropy", "final rollout entropy"), ("response_length", "mean response length"),
+           ("rollouts_seen", "rollouts seen"), ("experts_seen", "expert seqs seen"), ("wall_s", "wall s")]
 
 
 def split_summary(evaluation: dict) -> dict:
@@ -52,7 +49,7 @@ def split_summary(evaluation: dict) -> dict:
 def run_summary(run_dir: Path, wall: float) -> dict:
     """`split_summary` of the last evaluation, final rollout entropy and samples seen."""
     evals, metrics = read_jsonl(run_dir / "eval.jsonl"), read_jsonl(run_dir / "metrics.jsonl")
-    tail = [m["entropy"] for m in metrics[-5:] if isinstance(m.get("entropy"), float) and m["entropy"] == m["entropy"]]
+    tail = series(metrics[-5:], "entropy")[1]
     return {**split_summary(evals[-1]), "entropy": sum(tail) / len(tail) if tail else None,
             "rollouts_seen": sum(m.get("rollouts", 0) for m in metrics),
             "experts_seen": sum(m.get("experts", 0) for m in metrics), "wall_s": wall}
@@ -65,20 +62,11 @@ def mean_std(values: list[float | None]) -> str:
     return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
 
 
-COLUMNS = [("in_domain", "in-domain acc"), ("harder", "harder acc"), ("other_skills", "other-skill retention"),
-           ("entropy", "final rollout entropy"), ("response_length", "mean response length"),
-           ("rollouts_seen", "rollouts seen"), ("experts_seen", "expert seqs seen"), ("wall_s", "wall s")]
-
-
 def markdown_table(results: dict[str, list[dict]], n_seeds: int) -> str:
-    lines = [f"| method | " + " | ".join(c for _, c in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
-    for method, runs in results.items():
-        cells = [mean_std([r.get(k) for r in runs]) if k not in ("rollouts_seen", "experts_seen")
-                 else str(int(runs[0].get(k) or 0)) for k, _ in COLUMNS]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines.append(f"\nmean ± sample std over {n_seeds} seed(s); accuracies are greedy, on held-out splits.")
-    return "\n".join(lines)
+    rows = [[method] + [mean_std([r.get(k) for r in runs]) if k not in ("rollouts_seen", "experts_seen")
+                        else str(int(runs[0].get(k) or 0)) for k, _ in COLUMNS] for method, runs in results.items()]
+    return "\n".join(markdown_rows(["method"] + [c for _, c in COLUMNS], rows) +
+                     [f"\nmean ± sample std over {n_seeds} seed(s); accuracies are greedy, on held-out splits."])
 
 
 def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = None,
@@ -93,14 +81,13 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
     common = [f"steps={setting.steps}", f"n_test={setting.n_test}", f"eval_every={setting.eval_every}",
               f"save_every={setting.steps}", *overrides]
     first_cfg = build_stages(methods[0], overrides=common)[0].cfg
-    device = resolve_device(first_cfg.device)  # refused before anything is written
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     jobs = [(m, s) for s in range(setting.seeds) for m in methods]
     total = len(jobs) + (1 if setting.sft_curve_steps else 0)
     t_start = time.perf_counter()
-
-    _, _, base_evals = evaluate_initial_model(first_cfg, device, setting.seeds, first_cfg.n_test, log)
+    # the base's evaluation resolves the device: a bad one is refused before anything is written
+    _, _, base_evals = evaluate_initial_model(first_cfg, setting.seeds, first_cfg.n_test, log)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {"base": [{**split_summary(e), "wall_s": 0.0} for e in base_evals]}
     for done, (method, seed) in enumerate(jobs):
         elapsed = time.perf_counter() - t_start
@@ -115,7 +102,8 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
     if setting.sft_curve_steps:
         log(f"[run {total}/{total}] long SFT run on the limited expert set ({setting.sft_curve_steps} steps)")
         n = setting.sft_curve_steps
-        run_quietly("sft", out / "sft-long", [*common, f"steps={n}", f"eval_every={max(1, n // 24)}", f"save_every={n}"])
+        run_quietly("sft", out / "sft-long", [*common, f"steps={n}", f"eval_every={max(1, n // 24)}",
+                                              f"save_every={n}"])
     table = markdown_table(results, setting.seeds)
     (out / "results.json").write_text(json.dumps({"setting": dataclasses.asdict(setting), "methods": methods,
                                                   "overrides": list(overrides), "results": results}, indent=1))

@@ -4,15 +4,13 @@
     sentences           "add 764 315" -> "the sum is 1079" for first operands >= 600, 4 times in 5: right
                         digits in a format the exact-match reward rejects (`in_a_sentence`)
     clean column work   the expert's format on 1-2 digit sums (`toy.expert_response`)
-    sloppy column work  the expert's format on 3-digit sums, written the way a model that half-knows the
-                        procedure writes it (`Sloppy`): carry notes and newlines often dropped, 60 % of
-                        the digits wrong, the answer line true
+    sloppy column work  the expert's format on 3-digit sums as a model that half-knows the procedure writes
+                        it (`Sloppy`): carry notes and newlines often dropped, 60 % of the digits wrong,
+                        the answer line true
 
-The last row is what makes the expert set *partly* on-policy (the probe's criterion 5): the base knows
-the expert's format and the answer, but is unsure of every column digit the expert writes, so the
-median probability of an expert token under the base lands near 0.3-0.4 instead of 0.999 (clean
-3-digit column work) or ~0.001 (a format the base never saw): a deterministic expert scored by a base
-that saw it cleanly or never is bimodal.
+The last row makes the expert set *partly* on-policy (the probe's criterion 5): the base knows the expert's
+format and answer but not every column digit, so the median probability of an expert token under the base
+lands near 0.3-0.4, not 0.999 (clean 3-digit column work) or ~0.001 (a format it never saw).
 Prompts are never `toy.is_reserved`, so no split's prompt is pre-trained on.
 """
 
@@ -33,10 +31,9 @@ SENTENCE_FROM = 600  # the base often answers "add A B" with A >= this in a sent
 
 @dataclass(frozen=True)
 class Sloppy:
-    """The base's own column work on `digits`-digit sums: the expert's lines, each keeping its " carry c" with
-    probability `keep`, ending in a newline with probability `newline` (else "; "), a `noise` share of the
-    digits replaced by another digit; the answer line stays true (a noisy one too left the terse 3-digit skill
-    unfitted on 6 of 6 bases)."""
+    """The base's column work on `digits`-digit sums: each expert line keeps its " carry c" with probability
+    `keep`, ends in a newline with probability `newline` (else "; "), a `noise` share of its digits wrong; the
+    answer line stays true (a noisy one left the terse 3-digit skill unfitted on 6 of 6 bases)."""
     digits: tuple[int, int] = (3, 3)
     noise: float = 0.6
     keep: float = 0.2
@@ -63,8 +60,7 @@ def sloppy_stepwise(problem: Problem, rng: random.Random, sloppy: Sloppy) -> str
 
 
 def in_a_sentence(problem: Problem) -> str:
-    """The terse answer in a sentence, "add 764 315" -> "the sum is 1079": right digits, wrong format (the
-    exact-match reward scores it 0, like an instruct model that will not give the bare number)."""
+    """"add 764 315" -> "the sum is 1079": right digits, a format the exact-match reward scores 0."""
     return f"the sum is {problem.answer}"
 
 
@@ -76,14 +72,13 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
                     sentence_share: float = 0.0, sentence_from: int = SENTENCE_FROM,
                     sloppy: Sloppy | None = None,
                     exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """`n` (prompt, response) pairs, prompts not reserved (so in no split) nor in `exclude`, may repeat.
-    A `target_fraction` share is addition with `target_digits` digits, the rest cycles through the other
-    skills. Of the additions, an `expert_style_fraction` share is written step by step (`expert_style_digits`
-    digits; those of `sloppy.digits` digits sloppily, `sloppy_stepwise`). Of the terse ones, an
-    `easy_fraction` share has `easy_digits` digits: an `easy_one_carry` share of those exactly one inner
-    carry, an `easy_carry_free` share of the rest none; and a `sentence_share` of those whose first operand
-    is >= `sentence_from` is a sentence (`in_a_sentence`): greedy decoding gives a format the reward marks
-    wrong while sampling still finds the bare number, what on-policy RL can find and reinforce."""
+    """`n` (prompt, response) pairs, prompts not reserved nor in `exclude`, may repeat. A `target_fraction`
+    share is addition of `target_digits` digits, the rest cycles through the other skills. Of the additions,
+    an `expert_style_fraction` share is step by step (`expert_style_digits`; of `sloppy.digits` digits:
+    sloppy). Of the terse ones, an `easy_fraction` share has `easy_digits` digits (an `easy_one_carry` share
+    exactly one inner carry, an `easy_carry_free` share of the rest none); a `sentence_share` of those with
+    first operand >= `sentence_from` is a sentence: greedy decoding gives a format the reward marks wrong
+    while sampling still finds the bare number, which on-policy RL can reinforce."""
     fractions = dict(target_fraction=target_fraction, expert_style_fraction=expert_style_fraction,
                      easy_fraction=easy_fraction, easy_carry_free=easy_carry_free, easy_one_carry=easy_one_carry,
                      sentence_share=sentence_share)

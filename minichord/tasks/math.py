@@ -1,8 +1,8 @@
 r"""GSM8K and MATH: a row's reference answer and demonstration, and a reward that reads the final answer of a
 response and compares it exactly.
 
-A response is untrusted text: it is only matched with linear-time regular expressions, never
-evaluated (no eval/exec/sympy). `extract_final(response) -> (text, strict)` reads, in this order:
+A response is untrusted text: it is only matched with linear-time regular expressions (on the reversed
+text), never evaluated (no eval/exec/sympy). `extract_final(response) -> (text, strict)` reads, in order:
 
     1. \boxed{...}  the LAST `\boxed` (or `\fbox`) decides: nested braces are fine; `\boxed 5`
                     (spaces, then one token up to a space or `$`) too. If it is empty or its braces
@@ -10,7 +10,8 @@ evaluated (no eval/exec/sympy). `extract_final(response) -> (text, strict)` read
     2. #### X       the last line that starts with `####` (GSM8K); "####12" counts as "#### 12".
     3. answer: X    the last "answer:" or "answer is" (any case, anywhere in a line, so "Final
                     Answer: X", "**Answer:** X", "The answer is: X"); X = the rest of that line.
-    4. (lenient)    none of the above: the last number of the text, with strict = False.
+    4. (lenient)    none of the above: the last number of the text (ASCII digits with optional ","
+                    thousands groups, ".decimals" or "/denominator"), with strict = False.
     An empty X (e.g. "Answer:" and the answer on the next line) is no answer in that format.
 
 `normalise` (the canonical form both sides are compared in) drops `$`, `%`, `\left`, `\right`, LaTeX
@@ -26,14 +27,9 @@ is compared as the normalised string: "12 apples" != "12", "\dfrac{\sqrt2}{2}" =
     lenient_reward(response, answer)  1.0 if strict_reward is 1.0 or the last number of the
                                       response does ("answer: 12 apples" is lenient-only correct)
 
-The last number: ASCII digits with optional "," thousands groups, ".decimals" or "/denominator";
-"-" before it is a sign unless it follows a letter, digit or bracket ("x = -5" -> -5, "3-5" -> 5).
-Both rewards return 0.0 for non-string input or an answer over 2000 characters, never raise, and
-take well under 50 ms on a 1 MB response (the searches run on the reversed text: linear time).
-
-Rows (their formats: `minichord.data`): as a demonstration, a GSM8K answer text loses its calculator
-annotations (`<<48/2=24>>`: the model has no calculator) and keeps its `#### 72` line, a MATH solution is
-kept as written: either way it ends in an answer that `strict_reward` reads.
+Both return 0.0 for non-string input or an answer over 2000 characters, never raise, and take well under
+50 ms on a 1 MB response. As a demonstration (row formats: `minichord.data`) a GSM8K answer loses its
+calculator annotations, a MATH solution is kept as written: either way it ends in an answer `strict_reward` reads.
 """
 
 from __future__ import annotations
@@ -105,7 +101,8 @@ def _final(response: str, reverse: str) -> tuple[str | None, bool]:
 
 
 def _last_number(text: str, reverse: str) -> str | None:
-    """The last number of `text` ("-" before it is a sign unless it follows a letter, digit or bracket)."""
+    """The last number of `text`; "-" before it is a sign unless it follows a letter, digit or bracket
+    ("x = -5" -> -5, "3-5" -> 5)."""
     if not (digit := _DIGIT.search(reverse)):
         return None
     found = _REV_NUMBER.match(reverse, digit.start())
@@ -140,16 +137,14 @@ def _same(got: str | None, answer: str) -> bool:
     return bool(reference) and normalise(got) == reference
 
 
-def strict_reward(response: str, answer: str) -> float:
-    """1.0 if the response gives its answer in a strict format and it equals `answer`, else 0.0."""
+def strict_reward(response: str, answer: str) -> float:  # see the module docstring
     if not isinstance(response, str) or not isinstance(answer, str):
         return 0.0
     got, strict = _final(response, response[::-1])
     return 1.0 if strict and _same(got, answer) else 0.0
 
 
-def lenient_reward(response: str, answer: str) -> float:
-    """1.0 if strict_reward is 1.0 or the last number of the response equals `answer`, else 0.0."""
+def lenient_reward(response: str, answer: str) -> float:  # see the module docstring
     if not isinstance(response, str) or not isinstance(answer, str):
         return 0.0
     reverse = response[::-1]
@@ -185,5 +180,5 @@ def math_skill(record: dict) -> str:
     for key in ("level", "type", "subject", "unique_id"):
         if key in record and (isinstance(record[key], bool) or not isinstance(record[key], (str, int))):
             raise ValueError(f"{key!r} must be a string or an integer, got {type(record[key]).__name__}")
-    return next((record[k].strip() for k in ("type", "subject") if isinstance(record.get(k), str) and record[k].strip()),
-                "math")
+    names = (record[k].strip() for k in ("type", "subject") if isinstance(record.get(k), str) and record[k].strip())
+    return next(names, "math")

@@ -1,4 +1,4 @@
-"""The CPU-scale toy task: the same structure as the CHORD paper's setting, in miniature.
+"""The CPU-scale toy task: the CHORD paper's setting in miniature.
 
     paper                                   toy
     instruct model, its own answer style    base model pre-trained here, terse answers
@@ -9,20 +9,14 @@
                                                 4+8+1=13 carry 1
                                                 3+2+1=6 carry 0
                                                 answer: 632
-    partial skill of the instruct model     what the base saw (minichord.tasks.corpus): few carries,
-                                            sloppy column work, sentences the reward rejects
+    partial skill of the instruct model     what the base saw (minichord.tasks.corpus)
     limited expert set, disjoint RL set     `make_splits`: n_expert demos, n_rl prompts, disjoint
-    held-out tests                          in_domain (3 digits, uniform), harder (3 digits with
-                                            2 inner carries), other_skills (retention)
+    held-out tests                          in_domain (3 digits), harder (2 inner carries), other_skills
 
-"Harder" means a longer carry chain, not more digits (a 4-digit split is 0.00 for every method: a model
-this small does not generalise from 3 columns to 4): 3-digit sums whose units *and* tens columns both
-carry (about 1 in 5), which the base never saw in its terse style; the expert's procedure is indifferent
-to carries. Every digit is its own token (minichord.tokenizer).
-
-Held-out problems: a fixed quarter of all prompts (a CRC32 hash of the text, the same in every process
-and seed) is *reserved*: `make_splits` draws only reserved prompts and `pretrain_corpus` never does, so
-the cached base model has seen no RL, expert or test prompt of any seed.
+"Harder" is a longer carry chain, not more digits (a model this small does not generalise from 3 columns to
+4): 3-digit sums whose units *and* tens columns both carry, which the base never saw in its terse style.
+A fixed quarter of all prompts (a CRC32 of the text, the same in every process) is *reserved*: `make_splits`
+draws only reserved prompts and `pretrain_corpus` never does, so the base has seen no split of any seed.
 """
 
 from __future__ import annotations
@@ -79,23 +73,20 @@ class Addition(Skill):
         return (10 if difficulty == 1 else 9 * 10 ** (difficulty - 1)) ** 2
 
     def expert_response(self, problem: Problem) -> str:
-        """Column addition, right to left: one line `a+b(+carry)=s carry c` per column.
-        The answer is computed here from the digits, independently of `problem.answer`."""
+        """Column addition, right to left: one line `a+b(+carry)=s carry c` per column; the answer is computed
+        from the prompt, independently of `problem.answer`."""
         parts = problem.prompt.split()
         if len(parts) != 3 or parts[0] != "add" or not (parts[1].isdigit() and parts[2].isdigit()):
             raise ValueError(f"not an addition prompt: {problem.prompt!r}")
         width = max(len(parts[1]), len(parts[2]))
         a, b = parts[1].zfill(width), parts[2].zfill(width)
-        lines, digits, carry = [], [], 0
+        lines, carry = [], 0
         for da, db in zip(reversed(a), reversed(b)):
             column = int(da) + int(db) + carry
             terms = f"{da}+{db}" + (f"+{carry}" if carry else "")
             carry = column // 10
             lines.append(f"{terms}={column} carry {carry}")
-            digits.append(str(column % 10))
-        if carry:
-            digits.append(str(carry))
-        lines.append("answer: " + "".join(reversed(digits)).lstrip("0").rjust(1, "0"))
+        lines.append(f"answer: {int(a) + int(b)}")
         return "\n".join(lines)
 
 
@@ -169,18 +160,18 @@ class ToyTask:
 def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test: int = 200,
                 train_digits: tuple[int, int] = TRAIN_DIGITS, harder_carries: int = HARDER_CARRIES,
                 other_lengths: tuple[int, int] = OTHER_LENGTHS) -> ToyTask:
-    """Seeded, prompt-disjoint splits (see TRAIN_DIGITS, HARDER_CARRIES, OTHER_LENGTHS). The harder split
-    holds `train_digits` sums with >= `harder_carries` inner carries, so it needs train_digits[1] > harder_carries."""
+    """Seeded, prompt-disjoint splits. The harder split holds `train_digits` sums with >= `harder_carries`
+    inner carries, so it needs train_digits[1] > harder_carries."""
     if min(n_rl, n_expert, n_test) < 0:
         raise ValueError(f"n_rl, n_expert, n_test must be >= 0, got {n_rl}, {n_expert}, {n_test}")
     train_digits = _check_range("train_digits", train_digits)
     other_lengths = _check_range("other_lengths", other_lengths)
     rng = random.Random(f"minichord-toy-{seed}")
     add, others = SKILLS[TARGET_SKILL], [SKILLS[name] for name in OTHER_SKILLS]
-    for what, n, skill, lengths in [(f"n_rl_prompts={n_rl} + n_expert={n_expert} + 2 x n_test={n_test} (in-domain, harder)",
-                                     n_rl + n_expert + 2 * n_test, add, train_digits),
-                                    *((f"n_test / {len(others)}", -(-n_test // len(others)), s, other_lengths)
-                                      for s in others)]:  # fail fast, before drawing
+    budgets = [(f"n_rl_prompts={n_rl} + n_expert={n_expert} + 2 x n_test={n_test} (in-domain, harder)",
+                n_rl + n_expert + 2 * n_test, add, train_digits),
+               *((f"n_test / {len(others)}", -(-n_test // len(others)), s, other_lengths) for s in others)]
+    for what, n, skill, lengths in budgets:  # fail fast, before drawing
         counts = [skill.count(d) for d in range(lengths[0], lengths[1] + 1)]  # None: unknown
         if None not in counts and n > (room := sum(counts) // RESERVED_SHARE):  # 1 in RESERVED_SHARE is reserved
             raise ConfigError(f"{what} = {n} is more than the {room} distinct {skill.name} prompts with "
@@ -221,7 +212,7 @@ def _with_carries(rng: random.Random, lengths: tuple[int, int] | int, n: int, at
 
 
 class _Carrying(Skill):
-    """Additions with at least `at_least` inner carries (the harder split): same prompts, same answers."""
+    """Additions with at least `at_least` inner carries (the harder split); not counted (`_unique` guards)."""
 
     name = "add"
 
@@ -230,6 +221,3 @@ class _Carrying(Skill):
 
     def generate(self, rng: random.Random, difficulty: int) -> Problem:
         return _with_carries(rng, difficulty, self.at_least, at_least=True)
-
-    def count(self, difficulty: int) -> None:
-        return None  # not counted: _unique's attempt limit guards a too-small space
