@@ -1,4 +1,4 @@
-"""The GPU check (issue 12): one command for a lent GPU, a markdown table last.
+"""The GPU check: one command for a GPU machine, a markdown table last.
 
     bash benchmarks/gpu_check.sh             # on one H100/H200, with the image's own torch and Triton (<= 8 min)
     bash benchmarks/gpu_check.sh --dry-run   # the same code on the CPU, tiny shapes (tests/test_gpu_check.py)
@@ -19,7 +19,7 @@
    sampler, eager and with SamplerConfig.compile (a CUDA graph per decode step): tokens/s, the speed-up, the
    share of the bandwidth bound, agreement of the tokens (benchmarks/gpu_check_generate.py).
 
-Timing follows the device README's METHOD.md: a warm-up call first (Triton compiles, the allocator settles),
+Timing: a warm-up call first (Triton compiles, the allocator settles),
 CUDA events around each repeat, the median of the repeats. Training steps are timed by the trainer itself
 (time_sample, time_train), which reads results back to the host at the end of each phase (a synchronisation).
 """

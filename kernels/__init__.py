@@ -1,8 +1,7 @@
 """Triton kernels, installed as `minichord.kernels` (pyproject's package-dir mapping).
 
-With the repository root on sys.path (`python -m pytest`, a script started there), `import kernels` would find
-this folder and hide the unrelated PyPI package `kernels` (which transformers imports); imported under that
-name, this package steps aside and loads whatever `kernels` the rest of sys.path holds, or reports none.
+Imported as `kernels` (the repository root on sys.path) it would hide the PyPI package `kernels` that transformers
+imports, so it then loads whatever `kernels` the rest of sys.path holds, or reports none.
 """
 
 if __name__ == "kernels":

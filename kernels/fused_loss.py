@@ -1,12 +1,11 @@
 """The fused lm-head loss kernel: lm-head matmul + losses.chord_loss over token chunks (torch path: lm_head.py).
 
-The full [N, V] logits never exist. For each chunk of C tokens:
+For each chunk of C tokens (the full [N, V] logits never exist):
 
     logits = hidden_c @ W^T                      [C, V], in the input dtype (one matmul)
     one Triton program per row:
-        pass 1: online log-sum-exp (+ entropy) over vocab blocks, target logit,
-                logp_t, token loss l_t and g_t = d l_t / d logp_t, all in fp32 registers;
-                store l_t, logp_t, H_t, clipped_t
+        pass 1: online log-sum-exp (+ entropy) over vocab blocks, logp_t, token loss l_t and
+                g_t = d l_t / d logp_t in fp32 registers; store l_t, logp_t, H_t, clipped_t
         pass 2: overwrite the row IN PLACE with d L / d logits (softmax recomputed)
     grad_hidden_c = dlogits @ W                  [C, H]
     grad_W       += dlogits^T @ hidden_c         [V, H], accumulated in fp32
@@ -33,8 +32,7 @@ g_t for each token kind (r = exp(clamp(logp - old_logp, -c_r, c_r)), A = advanta
     LUFFY          l = -A p / (p + gamma)                             g = -A gamma p / (p+gamma)^2
                    (d/dlogp f(p) = f'(p) p,  f'(p) = gamma / (p + gamma)^2)
 
-The loss kinds are tl.constexpr: each configuration compiles to straight-line code. Unlike the torch path,
-the matmul runs in the input dtype (bf16 logits, fp32 GEMM accumulation): bf16 results agree to bf16 precision.
+Unlike the torch path, the matmul runs in the input dtype (fp32 accumulation): bf16 results agree to bf16 precision.
 """
 
 from typing import Optional
@@ -174,9 +172,7 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
             del logits
 
         loss = (coef * loss_tok).sum() - spec.entropy_coef * (coef * entropy * (is_expert == 0)).sum()
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.save_for_backward(grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype))
         clipped = clipped.bool()
         ctx.mark_non_differentiable(logp, entropy, clipped)
         return loss, logp, entropy, clipped
@@ -191,8 +187,7 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
 def triton_fused_token_loss(hidden, weight, targets, coef, is_expert, advantages, old_logp,
                             spec, *, ref_logp: Optional[torch.Tensor] = None, temperature=1.0,
                             chunk_size: Optional[int] = None):
-    """The contract of minichord.lm_head.fused_token_loss (hidden [N, H], lm-head weight [V, H], [N] vectors,
-    spec -> losses.FusedLossOutput); the math is in the module docstring."""
+    """The contract of minichord.lm_head.fused_token_loss (-> losses.FusedLossOutput); math: module docstring."""
     check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
                        temperature, chunk_size)
     if hidden.dtype != weight.dtype or hidden.dtype not in (torch.float32, torch.float16, torch.bfloat16):

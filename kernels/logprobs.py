@@ -4,11 +4,10 @@
     s_t = sum_v exp(z_{t,v} - m_t)   (so lse_t = m_t + log s_t)
     H_t    = -sum_v p_{t,v} log p_{t,v} = lse_t - sum_v p_{t,v} z_{t,v}
 
-Forward: one program per row streams the vocabulary in blocks of BLOCK_V through an *online* log-sum-exp
-and entropy (`_row_lse_entropy`), so a row of any length is read once, never held whole. logp is formed as
-(z_y - m) - log s, not z_y - lse: exact in the common case z_y = m, so a near-certain token keeps its tiny
-logp even for logits ~1000 (z_y - lse would round away the last bits of the large lse). All is fp32 in
-registers, each load upcast at once (bf16 arithmetic is imprecise and mishandled by the Triton interpreter).
+Forward: one program per row streams the vocabulary in BLOCK_V blocks through an online log-sum-exp and entropy
+(`_row_lse_entropy`). logp = (z_y - m) - log s, not z_y - lse: exact when z_y = m, so a near-certain token keeps
+its tiny logp even for logits ~1000. All is fp32 in registers, each load upcast at once (bf16 arithmetic is
+imprecise and mishandled by the Triton interpreter).
 
 Backward (softmax recomputed from the logits and the saved lse, never stored):
 
@@ -23,9 +22,8 @@ Since z = logits / T, both are divided by T (chain rule):
 
     dlogits_{t,v} = (g_logp_t (onehot - p) + g_H_t * (-p (log p + H))) / T
 
-The gradient is formed in fp32 and cast to the logits dtype only at the store: in bf16, onehot - p for a
-row whose true class has p = 0.999 would round 1 - 0.999 to 0. Ignored rows (target == ignore_index) get
-logp = H = 0 and a zero gradient row, as on the torch path.
+The gradient is fp32 until the store (in bf16, onehot - p would round 1 - 0.999 to 0). Ignored rows
+(target == ignore_index) get logp = H = 0 and a zero gradient row.
 """
 
 import torch
@@ -50,8 +48,7 @@ def _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V: tl.constexpr
     """One row, streamed in vocab blocks -> (m, log s, H): max, log sum_v exp(z_v - m), entropy.
 
     m = running max, s = sum exp(z - m), t = sum exp(z - m) (z - m); rescaled when m grows.
-    H = log s - t / s (only meaningful WITH_ENTROPY): shifting by m avoids the cancellation of
-    lse - E[z] when logits are large."""
+    H = log s - t / s (if WITH_ENTROPY): shifting by m avoids lse - E[z]'s cancellation for large logits."""
     m = tl.full((), -1e30, tl.float32)  # finite start keeps (m_old - m_new) * s free of inf*0
     s = tl.zeros((), tl.float32)
     t = tl.zeros((), tl.float32)
@@ -153,8 +150,7 @@ class _TritonTokenLogprobs(torch.autograd.Function):
 
 
 def triton_token_logprobs(logits, targets, *, temperature=1.0, return_entropy=False):
-    """logits [N, V] fp32/fp16/bf16, targets [N] int -> logp [N] fp32 (and entropy [N] fp32 if return_entropy),
-    gradient in the logits dtype: the contract of minichord.lm_head.reference_token_logprobs."""
+    """The contract of minichord.lm_head.reference_token_logprobs; logp, entropy fp32, gradient in the logits dtype."""
     check_logits_targets(logits, targets, temperature)
     if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"logits dtype must be fp32/fp16/bf16, got {logits.dtype}")

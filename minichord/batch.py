@@ -1,23 +1,19 @@
 """One token batch: on-policy rollouts and expert demonstrations packed together, and its forward/backward.
 
-Every sequence is `prompt + response`; only response tokens carry a loss. Sequences are right-padded into
-ids [M, L]; the loss sees the flat list of N response tokens, each with the hidden state that predicts it
-(position t-1 predicts token t):
+Sequences (`prompt + response`) are right-padded into ids [M, L]; the loss sees the N response tokens, each with
+the hidden state that predicts it (position t-1 predicts token t):
 
     hidden[rows, cols]  ->  [N, D]      targets = ids[rows, cols + 1]  ->  [N]
 
-Gradient accumulation over micro-batches of sequences equals one forward/backward of the whole batch (what
-lets a 0.5B-1.5B model train on one GPU):
+Gradient accumulation over micro-batches of sequences equals one forward/backward of the whole batch:
 
     coef_t = token_coefficients(whole batch)    (1 - mu) / N_on, mu / N_exp (LUFFY: 1 / N), N over the WHOLE batch
     for each micro-batch m (micro_batch_seqs sequences, tokens T_m):
         L_m = sum_{t in T_m} coef_t l_t ;   L_m.backward()              # .grad accumulates dL_m / dtheta
     L = sum_m L_m = sum_t coef_t l_t,   grad = sum_m dL_m / dtheta      # the full batch's loss and gradient
 
-No micro-batch is normalised on its own, so the result does not depend on the split (the "micro-batch"
-aggregation of losses.coefficients does). The caller computes `coef` once per (mini-)batch, zeroes the
-gradients before and steps once after. The model runs under `autocast(device, dtype)`; the fused loss gets its
-inputs in `loss_dtype(dtype)` and keeps its own math in fp32 (minichord/device.py).
+The caller computes `coef` once per (mini-)batch, zeroes the gradients before and steps once after. The model runs
+under `autocast(device, dtype)`; the fused loss gets its inputs in `loss_dtype(dtype)` and keeps fp32 math.
 """
 
 from __future__ import annotations
@@ -127,8 +123,7 @@ def hidden_states(model, batch: TokenBatch, dtype: str) -> tuple[Tensor, Tensor]
 @torch.no_grad()
 def batch_logprobs(model, batch: TokenBatch, temperature: float, micro_batch_seqs: int = 0,
                    dtype: str = "fp32") -> Tensor:
-    """logp_t under `model` for every token of `batch` ([N], fp32 or fp64), micro-batch by micro-batch, the
-    logits chunked over tokens (lm_head.logprobs_from_hidden: the Triton log-prob kernel on CUDA)."""
+    """logp_t under `model` for every token of `batch` ([N], fp32 or fp64), micro-batch by micro-batch."""
     logp = torch.zeros(batch.num_tokens, dtype=torch.float64 if model.lm_head_weight.dtype == torch.float64
                        else torch.float32, device=batch.targets.device)  # [N]
     for micro, where in micro_batches(batch, micro_batch_seqs):
@@ -142,10 +137,8 @@ def batch_logprobs(model, batch: TokenBatch, temperature: float, micro_batch_seq
 def backward_loss(model, batch: TokenBatch, coef: Tensor, spec: LossConfig, temperature: float,
                   micro_batch_seqs: int = 0, dtype: str = "fp32",
                   ref_logp: Optional[Tensor] = None) -> lm_head.FusedLossOutput:
-    """Forward + backward of L = sum_t coef_t l_t (lm_head.fused_token_loss), one micro-batch at a time, into
-    .grad. Returns the detached total loss and logp / entropy / clipped for every token of `batch` ([N])."""
-    n = batch.num_tokens
-    device = batch.targets.device
+    """Backward of L = sum_t coef_t l_t into .grad, per micro-batch -> detached L, [N] logp / entropy / clipped."""
+    n, device = batch.num_tokens, batch.targets.device
     total = torch.zeros((), dtype=torch.float64 if coef.dtype == torch.float64 else torch.float32, device=device)
     logp, entropy = torch.zeros(n, dtype=total.dtype, device=device), torch.zeros(n, dtype=total.dtype, device=device)
     clipped = torch.zeros(n, dtype=torch.bool, device=device)  # [N]

@@ -10,8 +10,7 @@ Files read from a model directory (or the same {name: text} dict embedded in a m
 
 Ids: `eos_id` is tokenizer_config's eos_token (the end-of-turn token, e.g. <|im_end|>); `stop_ids` adds
 generation_config's eos ids; `pad_id` is the pad_token, else generation_config's pad_token_id, else eos_id.
-Rendering follows transformers' `apply_chat_template` (a sandboxed Jinja2 environment); the text is tokenized
-with no special tokens added: the template writes the bos itself.
+Rendering follows transformers' `apply_chat_template`; no special tokens are added: the template writes the bos.
 """
 
 from __future__ import annotations
@@ -23,9 +22,8 @@ from pathlib import Path
 import jinja2
 from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import Tokenizer as HFTokenizer
 
-from minichord.tokenizer import Tokenizer, TokenizerError, encode_text
+from minichord.tokenizer import Tokenizer, TokenizerError, encode_text, parse_tokenizer_json
 
 FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja")
 SPECIAL_ROLES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")  # the <role>_token names templates may read
@@ -86,7 +84,6 @@ def _token_text(value, where: str) -> str | None:
 
 
 def _template(files: dict, config: dict, source: str) -> tuple[str, str]:
-    """(template text, the file it came from)."""
     if "chat_template.jinja" in files:
         return files["chat_template.jinja"], f"{source}/chat_template.jinja"
     where, t = f"{source}/tokenizer_config.json", config.get("chat_template")
@@ -106,18 +103,14 @@ def _template(files: dict, config: dict, source: str) -> tuple[str, str]:
 
 
 class ChatTokenizer:
-    """A Hugging Face tokenizer and its chat template; the same interface as the toy `Tokenizer`."""
+    """A Hugging Face tokenizer and its chat template."""
 
     def __init__(self, files: dict[str, str], source: str = "tokenizer files", *, system: str | None = None):
         self._files = {name: text for name, text in files.items() if name in FILES and text is not None}
         self.source, self.system = source, system
         if "tokenizer.json" not in self._files:
             raise TokenizerError(f"{source}/tokenizer.json: file not found")
-        try:
-            json.loads(self._files["tokenizer.json"])
-            self._tok = HFTokenizer.from_str(self._files["tokenizer.json"])
-        except Exception as e:  # json.JSONDecodeError, or the Rust side's Exception
-            raise TokenizerError(_one_line(f"{source}/tokenizer.json: not a valid tokenizer.json: {e}")) from None
+        self._tok = parse_tokenizer_json(self._files["tokenizer.json"], f"{source}/tokenizer.json")
         self._config = _json_object(self._files, "tokenizer_config.json", source)
         self._gen = _json_object(self._files, "generation_config.json", source)
         self.chat_template, self._template_file = _template(self._files, self._config, source)
@@ -125,7 +118,7 @@ class ChatTokenizer:
 
         where, gwhere = f"{source}/tokenizer_config.json", f"{source}/generation_config.json"
         self.special_tokens: dict[str, str] = {}  # role -> token text, the roles the config names
-        ids = {}
+        ids, gen = {}, {}
         for role in SPECIAL_ROLES:
             text = _token_text(self._config.get(f"{role}_token"), f"{where}: '{role}_token'")
             if text is None:
@@ -136,7 +129,6 @@ class ChatTokenizer:
                 raise TokenizerError(f"{where}: '{role}_token' {text!r} is not in the vocabulary of tokenizer.json "
                                      f"({self.vocab_size} ids)")
             ids[role] = i
-        gen = {}
         for field in ID_FIELDS:
             value = self._gen.get(field)
             values = [] if value is None else value if isinstance(value, list) and field == "eos_token_id" else [value]
@@ -155,19 +147,16 @@ class ChatTokenizer:
         try:
             self._template = _ENV.from_string(self.chat_template)
         except Exception as e:  # TemplateSyntaxError, or e.g. a RecursionError on absurd nesting
-            msg = f"{self._template_file}: 'chat_template' does not compile: {_jinja_error(e)}"
-            raise TokenizerError(msg) from None
+            raise TokenizerError(f"{self._template_file}: 'chat_template' does not compile: "
+                                 f"{_jinja_error(e)}") from None
         self.encode_prompt("Hello")  # a template that cannot render a prompt fails here, when the files load
 
     @classmethod
-    def from_files(cls, files: dict[str, str], source: str = "tokenizer files", *,
-                   system: str | None = None) -> "ChatTokenizer":
-        """Build from {file name: text} (e.g. `files()` stored in a checkpoint); `source` names them in errors."""
+    def from_files(cls, files: dict[str, str], source: str = "tokenizer files", *, system: str | None = None):
         return cls(files, source, system=system)
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, *, system: str | None = None) -> "ChatTokenizer":
-        """Read the tokenizer files of a Hugging Face model directory."""
         d = Path(model_dir)
         if not d.is_dir():
             raise TokenizerError(f"{d}: not a directory")
@@ -182,8 +171,7 @@ class ChatTokenizer:
         return cls.from_files(files, str(d), system=system)
 
     def files(self) -> dict[str, str]:
-        """{file name: text} that `from_files`/`from_dir` read back as this tokenizer (the template moves into
-        tokenizer_config.json). The `system` prompt is not part of them."""
+        """{file name: text} that `from_files` reads back as this tokenizer (but its `system` prompt)."""
         config = {**self._config, "chat_template": self.chat_template}
         config.update({f"{role}_token": text for role, text in self.special_tokens.items()})
         config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
@@ -208,9 +196,8 @@ class ChatTokenizer:
                                  f"{_jinja_error(e)}") from None
 
     def _messages(self, prompt: str, response: str | None = None) -> list[dict]:
-        messages = [] if self.system is None else [{"role": "system", "content": self.system}]
-        messages.append({"role": "user", "content": prompt})
-        return messages if response is None else [*messages, {"role": "assistant", "content": response}]
+        turns = [("system", self.system), ("user", prompt), ("assistant", response)]
+        return [{"role": role, "content": text} for role, text in turns if text is not None or role == "user"]
 
     def encode(self, text: str) -> list[int]:
         return encode_text(self._tok, text)
@@ -222,9 +209,8 @@ class ChatTokenizer:
         return self.encode(self.render(self._messages(prompt), add_generation_prompt=True))
 
     def encode_example(self, prompt: str, response: str) -> tuple[list[int], list[bool]]:
-        """(ids, loss_mask) of prompt + response: the loss mask covers assistant tokens only (the response and
-        its end-of-turn token); the ids end at the first stop id, as a rollout does."""
-        # The same template as the RL prompts, so the expert data is in the format of the model's own rollouts.
+        """(ids, loss_mask) of prompt + response, in the format of the model's own rollouts: the loss mask covers
+        the response and its end-of-turn token; the ids end at the first stop id."""
         prompt_ids = self.encode_prompt(prompt)
         ids = self.encode(self.render(self._messages(prompt, response), add_generation_prompt=False))
         if ids[:len(prompt_ids)] != prompt_ids:
@@ -236,16 +222,13 @@ class ChatTokenizer:
         response_ids = response_ids[:end] if end is not None else [*response_ids, self.eos_id]
         return prompt_ids + response_ids, [False] * len(prompt_ids) + [True] * len(response_ids)
 
-    token_text = Tokenizer.token_text
-
     def __repr__(self) -> str:
         return (f"ChatTokenizer({self.source!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id}, "
                 f"stop_ids={self.stop_ids}, pad_id={self.pad_id})")
 
 
 def load_tokenizer(path: str | Path, *, system: str | None = None) -> ChatTokenizer | Tokenizer:
-    """A ChatTokenizer if directory `path` has a chat template (chat_template.jinja, or tokenizer_config.json
-    with chat_template), else the toy `Tokenizer.load(path)`."""
+    """A ChatTokenizer if directory `path` has a chat template, else the toy `Tokenizer.load(path)`."""
     d = Path(path)
     chat = (d / "chat_template.jinja").is_file()
     if not chat and (d / "tokenizer_config.json").is_file():

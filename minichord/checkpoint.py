@@ -1,10 +1,9 @@
 """Checkpoints: step directories of safetensors + JSON, published atomically, never unpickled.
 
     root/latest         names the newest complete step directory, e.g. "step-000040"
-    root/step-000040/   config.json (format, version, step, meta, dtype, model_config, tokenizer special
-                        tokens, optimizer param_groups, files: {name: sha256}), model.safetensors,
-                        tokenizer.json (+ a chat model's tokenizer_config.json and generation_config.json),
-                        optimizer.safetensors (state.<i>.<name>)
+    root/step-000040/   config.json (format, version, step, meta, dtype, model_config, tokenizer special tokens,
+                        optimizer param_groups, files: {name: sha256}), model.safetensors, tokenizer.json (+ a chat
+                        model's tokenizer_config.json, generation_config.json), optimizer.safetensors (state.<i>.<name>)
 
 Save: fsynced files in `root/.tmp-step-000040-<random>/`, renamed to `step-000040`, then `latest` replaced
 (temp file + rename): a kill at any moment leaves `latest` naming a complete directory. Load checks every
@@ -69,8 +68,7 @@ def _set_latest(root: Path, name: str) -> None:
     _fsync_dir(root)
 
 
-def _files_of(model, tokenizer, optimizer, step: int, meta: dict) -> dict[str, bytes]:
-    """{file name: bytes}; config.json (with every other file's sha256) last."""
+def _files_of(model, tokenizer, optimizer, step: int, meta: dict) -> dict[str, bytes]:  # config.json (+ sha256s) last
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     dtypes = {str(t.dtype).removeprefix("torch.") for t in weights.values() if t.is_floating_point()}
     if len(dtypes) != 1 or not dtypes <= set(DTYPES):
@@ -237,8 +235,7 @@ def _load_optimizer_state(d: Path, c: dict) -> dict:
 
 def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = None,
                     expect_vocab_size: int | None = None) -> Checkpoint:
-    """Read a checkpoint root (follows `latest`) or a step directory, checking every field and file.
-    A mismatch with `expect_config` / `expect_vocab_size` names both values."""
+    """Read a checkpoint root (follows `latest`) or a step directory; a mismatch with `expect_*` names both values."""
     d = _step_dir(Path(path))
     c = _read(d, CONFIG, "json")
     _check_config(d, c)
@@ -291,9 +288,7 @@ def cut_log(file: Path, before: int, keep_step: int | None, log: Callable[[str],
 
 def progress_line(m: dict, steps: int, eta: float) -> str:
     parts = [f"step {m['step'] + 1:4d}/{steps}", m["method"], "mu joint" if m["mu"] is None else f"mu {m['mu']:.2f}"]
-    for key, label in [("reward", "reward"), ("entropy", "H"), ("response_length", "len"),
-                       ("clip_fraction", "clip"), ("expert_nll", "expert nll")]:
-        if key in m and not (isinstance(m[key], float) and math.isnan(m[key])):
-            parts.append(f"{label} {m[key]:.3f}")
-    parts.append(f"eta {eta:4.0f}s")
-    return " | ".join(parts)
+    for k, label in [("reward", "reward"), ("entropy", "H"), ("response_length", "len"),
+                     ("clip_fraction", "clip"), ("expert_nll", "expert nll")]:
+        parts += [f"{label} {m[k]:.3f}"] if k in m and not (isinstance(m[k], float) and math.isnan(m[k])) else []
+    return " | ".join([*parts, f"eta {eta:4.0f}s"])

@@ -21,8 +21,7 @@ from minichord.tasks import make_splits
 CHAT_MAX_NEW_TOKENS = 256  # `minichord chat`'s answer length limit: a chat answer is longer than a test answer
 
 
-def _checked(ok, allowed: str, convert=str):
-    """An argparse `type`: a value failing `ok` is argparse's one-line error (exit 2) saying `allowed`."""
+def _checked(ok, allowed: str, convert=str):  # an argparse `type`: failing `ok` is its one-line error (exit 2)
     def parse(text: str):
         if not ok(text):
             raise argparse.ArgumentTypeError(f"{text!r}: must be {allowed}")
@@ -44,8 +43,7 @@ FILE = _checked(lambda t: Path(t).is_file(), "a readable file")
 OUT = _checked(lambda t: not Path(t).exists() or Path(t).is_dir(), "a directory (or a new path), not an existing file")
 
 
-def hardware(args) -> list[str]:
-    """--device / --dtype as TrainConfig overrides (after any --set, so the flags win)."""
+def hardware(args) -> list[str]:  # --device / --dtype as TrainConfig overrides (after any --set: the flags win)
     return [f"{key}={getattr(args, key)}" for key in ("device", "dtype") if getattr(args, key) is not None]
 
 
@@ -101,7 +99,6 @@ def cmd_chat(args) -> None:
 
     device = resolve_device(args.device or "auto")
     model, tokenizer = load_model(args.model)
-    model.to(device)
     prompt = tokenizer.encode_prompt(args.question)
     room = model.cfg.max_seq_len - len(prompt)
     if room < 1:
@@ -109,7 +106,7 @@ def cmd_chat(args) -> None:
     cfg = SamplerConfig(max_new_tokens=min(args.max_new_tokens, room), greedy=args.temperature == 0,
                         temperature=args.temperature or 1.0)
     with autocast(device, args.dtype or "fp32"):
-        out = generate(model, [prompt], cfg, eos_id=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
+        out = generate(model.to(device), [prompt], cfg, eos_id=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
                        vocab_size=tokenizer.vocab_size, generator=torch.Generator(device).manual_seed(args.seed))
     print(tokenizer.decode(out.tokens[0][out.mask[0]]))
 
@@ -122,7 +119,6 @@ def cmd_export(args) -> None:
 
 
 def cmd_check(args) -> int:
-    """0: match (every golden case passes), 1: mismatch (a case fails), 2 (raised): a bad file or argument."""
     from minichord.check import check_batch
     from minichord.check.golden import run_golden
 
@@ -143,7 +139,6 @@ def cmd_reproduce(args) -> None:
 
 
 def cmd_probe(args) -> int:
-    """0 when every criterion passes, 1 when one fails (the table says which)."""
     from minichord.runners.probe import QUICK_BUDGET, ProbeBudget, probe
 
     budget = QUICK_BUDGET if args.quick else ProbeBudget()
@@ -159,8 +154,7 @@ def cmd_plot(args) -> None:
     print(f"wrote {plot_runs([Path(d) for d in args.runs], Path(args.output))}")
 
 
-COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "train": cmd_train, "eval": cmd_eval, "chat": cmd_chat,
-            "export": cmd_export, "reproduce": cmd_reproduce, "probe": cmd_probe, "plot": cmd_plot, "check": cmd_check}
+COMMANDS = {name.removeprefix("cmd_"): f for name, f in list(globals().items()) if name.startswith("cmd_")}
 MODEL_DIR = _checked(lambda t: Path(t).is_dir(), "an existing directory (this one is not found or a file): "
                     "a Hugging Face model or a minichord checkpoint")
 
@@ -243,20 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     ck = sub.add_parser("check", help="your CHORD loss and gradient against minichord's, with a diagnosis "
                         "(DUMP schema: minichord/check/dump.py), or your loss function over the golden cases")
     ck.add_argument("dump", nargs="?", help="a safetensors DUMP of one batch (exit 0 match, 1 mismatch)")
-    ck.add_argument("--golden", metavar="MODULE:FUNCTION",
-                    help="import FUNCTION from MODULE (the current directory is searched) and run it on every golden "
-                         "case of the convention (signature: minichord/check/golden.py)")
+    ck.add_argument("--golden", metavar="MODULE:FUNCTION", help="run FUNCTION of MODULE (the current directory is "
+                    "searched) on every golden case of the convention (signature: minichord/check/golden.py)")
     ck.add_argument("--convention", choices=CONVENTIONS,
                     help="the convention you meant to implement (default: the dump's metadata, else paper)")
     ck.add_argument("--rtol", type=POSITIVE_FLOAT, default=1e-5, help="relative tolerance (default 1e-5)")
-    ck.add_argument("--atol", type=POSITIVE_FLOAT, default=1e-7,
-                    help="absolute tolerance, times the scale (default 1e-7)")
+    ck.add_argument("--atol", type=POSITIVE_FLOAT, default=1e-7, help="absolute tolerance x the scale (default 1e-7)")
 
-    for command in (d, pt, t, e, c, r, pr):  # every command that runs a model (minichord/device.py)
-        command.add_argument("--device", choices=DEVICES,
-                             help="auto (cuda if available, else cpu; the default), cpu or cuda")
-        command.add_argument("--dtype", choices=DTYPES,
-                             help="fp32 (default) or bf16 (autocast over fp32 weights; loss math in fp32)")
+    for cmd in (d, pt, t, e, c, r, pr):  # every command that runs a model (minichord/device.py)
+        cmd.add_argument("--device", choices=DEVICES, help="auto (default: cuda if available, else cpu), cpu or cuda")
+        cmd.add_argument("--dtype", choices=DTYPES, help="fp32 (default) or bf16 (autocast; weights, loss math fp32)")
 
     pl = sub.add_parser("plot", help="plot the curves of run directories into one PNG (needs matplotlib)")
     pl.add_argument("runs", nargs="+", help="run directories (holding metrics.jsonl / eval.jsonl)")

@@ -1,9 +1,6 @@
-"""Configuration: plain dataclasses, loaded from TOML and overridden from the command line.
-
-    cfg = load_config(TrainConfig, "run.toml", ["lr=3e-4", "model.n_layers=2"])
-
-A TOML file is a table of a dataclass's fields (nested dataclasses are sub-tables). An unknown key is refused
-with the nearest valid one; values are converted to the declared type, never executed (no exec, no eval).
+"""Configuration: plain dataclasses, loaded from TOML (nested dataclasses are sub-tables) and `key=value`
+overrides. An unknown key is refused with the nearest valid one; values are converted to the declared type,
+never executed (no exec, no eval).
 """
 
 from __future__ import annotations
@@ -76,8 +73,7 @@ class SamplerConfig:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     greedy: bool = False
-    compile: Optional[bool] = None  # compiled decode step (sampler.py): true = torch.compile on a CPU, a CUDA graph
-    # on a GPU; none (default) = the CUDA graph on a GPU (no compile time), eager on a CPU; false = eager
+    compile: Optional[bool] = None  # true: torch.compile (CPU) / CUDA graph (GPU); none: GPU graph only; false: eager
 
     def __post_init__(self) -> None:  # temperature 0 only with greedy=true (which ignores it)
         validate(self, {"[1, inf)": "max_new_tokens", "[0, inf)": "top_k" + " temperature" * (self.greedy is True),
@@ -85,8 +81,7 @@ class SamplerConfig:
 
 
 def validate(cfg: Any, ranges: dict[str, str]) -> None:
-    """Check the type of every field of dataclass `cfg` (a bool is not an int; a float is finite) and
-    the ranges: {interval, e.g. "[0, 1)" or "(0, inf)": "field names"}; an Optional field may be None."""
+    """Check every field's type (a bool is not an int; a float is finite) and ranges {"[0, 1)": "names"}."""
     ranges = {name: interval for interval, names in ranges.items() for name in names.split()}
     for name, tp in _field_types(type(cfg)).items():
         value, bounds = getattr(cfg, name), ranges.get(name, "(-inf, inf)")  # open: NaN and inf never fit
@@ -173,11 +168,8 @@ def unknown_name(kind: str, name: str, valid) -> str:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The inverse of `from_dict` (None values are dropped, since TOML has no null)."""
-
-    def table(items: list[tuple[str, Any]]) -> dict[str, Any]:  # called for each (nested) dataclass
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in items if v is not None}
-
-    return dataclasses.asdict(cfg, dict_factory=table)
+    return dataclasses.asdict(cfg, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v
+                                                               for k, v in items if v is not None})
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -219,7 +211,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
 
 
 def one_of(cfg: Any, **allowed: tuple[str, ...]) -> None:
-    """Refuse a field whose value is not among its allowed strings, in one line."""
+    """Refuse a field whose value is not among its allowed strings."""
     for key, values in allowed.items():
         if getattr(cfg, key) not in values:
             raise ConfigError(f"{key}={getattr(cfg, key)!r}: must be one of {', '.join(values)}")
@@ -227,7 +219,7 @@ def one_of(cfg: Any, **allowed: tuple[str, ...]) -> None:
 
 @dataclasses.dataclass(frozen=True)  # hashable: `minichord check` searches sets of rules
 class LossConfig:
-    """The `loss` table of a run: rewards -> advantages (std, singleton, expert_in_group), tokens -> coefficients
+    """The `loss` table: rewards -> advantages (std, singleton, expert_in_group), tokens -> coefficients
     (aggregation), token losses (the rest). Formulas: minichord/losses.py; presets: minichord/methods.py."""
 
     eps_low: float = 0.2  # PPO clip range [1 - eps_low, 1 + eps_high]
@@ -252,8 +244,7 @@ class LossConfig:
                               ": LUFFY's token losses and its mixed groups go together (the luffy method sets both)")
 
     @property
-    def luffy(self) -> bool:
-        """LUFFY's pair of token losses (minichord/losses.py)."""
+    def luffy(self) -> bool:  # LUFFY's pair of token losses (minichord/losses.py)
         return self.expert_weighting == "luffy"
 
 
@@ -287,13 +278,11 @@ class TrainConfig:
     n_rl_prompts: int = 1000
     n_expert: int = 256
     n_test: int = 200
-    # sampling, evaluation, checkpoints
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     eval_every: int = 40
     save_every: int = 40
     init: str = ""  # a minichord checkpoint or a Hugging Face model directory; empty = the cached toy base model
-    # hardware (minichord/device.py, README "Training on one GPU")
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda (minichord/device.py)
     dtype: str = "fp32"  # fp32 | bf16 (autocast over fp32 weights; the loss math stays fp32)
     activation_checkpointing: bool = False  # recompute each layer in backward (torch.utils.checkpoint)
     micro_batch_seqs: int = 0  # sequences per forward/backward (gradient accumulation); 0 = all at once

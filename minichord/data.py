@@ -1,5 +1,4 @@
-r"""What a run learns from: JSONL datasets of RL prompts with reference answers and expert demonstrations,
-the toy task's splits where none is given, and the reward (`TrainData`, `build_train_data`).
+r"""What a run learns from (`build_train_data`): JSONL RL prompts and expert demonstrations (else the toy's), a reward.
 
 One JSON object per line (blank lines are skipped); its keys say its format, rows may mix formats:
 
@@ -13,9 +12,8 @@ One JSON object per line (blank lines are skipped); its keys say its format, row
                    MATH  {"problem": "...", "solution": "... \boxed{72} ..."}          answer "72"
                          (+ optional "answer", which then wins, and "level", "type", "subject", "unique_id")
 
-A GSM8K or MATH row is a Problem (skill "gsm8k" / the MATH "type") or a Demonstration (the solution);
-`minichord.tasks.math` reads its answer. A file is validated completely before anything is returned (no run
-trains on half a file): every bad line is reported as `file:line: what is wrong`.
+A GSM8K / MATH row is a Problem (skill "gsm8k" / its "type") or a Demonstration (the solution). A file is validated
+completely before anything is returned (no run trains on half a file): each bad line is `file:line: what is wrong`.
 """
 
 from __future__ import annotations
@@ -34,17 +32,13 @@ from minichord.tokenizer import TokenizerError, TokenizerLike
 
 
 class DataError(ValueError):
-    """A dataset file that cannot be used; `errors` holds (line number, message) pairs."""
+    """A dataset file that cannot be used: one line `head: where:N: msg; ...` of the first five (N, msg) `errors`."""
 
-    def __init__(self, message: str, errors: list[tuple[int, str]] | None = None):
-        super().__init__(message)
-        self.errors = errors or []
-
-    @classmethod
-    def of(cls, head: str, errors: list[tuple[Any, str]], where: str = "") -> "DataError":
-        """One line: `head: where:N: msg; ...`, the first five errors."""
+    def __init__(self, head: str, errors: list[tuple[Any, str]] = (), where: str = ""):
         more = f"; ... and {len(errors) - 5} more" if len(errors) > 5 else ""
-        return cls(f"{head}: " + "; ".join(f"{where}{n}: {msg}" for n, msg in errors[:5]) + more, errors)
+        listed = "; ".join(f"{where}{n}: {msg}" for n, msg in errors[:5])
+        super().__init__(f"{head}: {listed}{more}" if errors else head)
+        self.errors = list(errors)
 
 
 def _string(record: dict, key: str, *, required: bool = True, at: str = "") -> str | None:
@@ -62,8 +56,7 @@ def _string(record: dict, key: str, *, required: bool = True, at: str = "") -> s
 
 
 def _check_keys(record: dict, allowed: set[str], form: str = "") -> None:
-    unknown = sorted(set(record) - allowed)
-    if unknown:
+    if unknown := sorted(set(record) - allowed):
         raise ValueError(f"unknown key(s) {unknown}; allowed{f' in a {form} row' if form else ''}: {sorted(allowed)}")
 
 
@@ -72,7 +65,6 @@ _MATH_KEYS = {"problem", "solution", "answer", "level", "type", "subject", "uniq
 
 
 def _form(record: dict) -> str:
-    """The format of a row, from its keys (see the module docstring); "plain" when none is named."""
     named = [key for key in _FORMS if key in record]
     if len(named) > 1:
         raise ValueError(f"keys of two formats: {' and '.join(f'{k!r} ({_FORMS[k]})' for k in named)} "
@@ -81,21 +73,20 @@ def _form(record: dict) -> str:
 
 
 def _parse_math(record: dict, form: str) -> tuple[str, str, str, str]:
-    """(prompt, response, answer, skill) of a GSM8K or MATH row."""
+    """(prompt, answer, skill, response) of a GSM8K or MATH row."""
     if form == "GSM8K":
         _check_keys(record, {"question", "answer"}, form)
         question, answer = _string(record, "question"), _string(record, "answer")
-        return question, gsm8k_response(answer), gsm8k_answer(answer), "gsm8k"
+        return question, gsm8k_answer(answer), "gsm8k", gsm8k_response(answer)
     _check_keys(record, _MATH_KEYS, form)
     problem, solution = _string(record, "problem"), _string(record, "solution")
-    return problem, solution, math_answer(solution, _string(record, "answer", required=False)), math_skill(record)
+    return problem, math_answer(solution, _string(record, "answer", required=False)), math_skill(record), solution
 
 
 def _parse_prompt(record: dict, where: str) -> Problem:
     form = _form(record)
     if form in ("GSM8K", "MATH"):
-        prompt, _, answer, skill = _parse_math(record, form)
-        return Problem(prompt, answer, skill, where)
+        return Problem(*_parse_math(record, form)[:3], where)
     if form == "chat":
         _check_keys(record, {"messages", "answer", "skill"}, form)
         prompt, _ = _parse_messages(record["messages"], prompt_only=True)
@@ -125,7 +116,7 @@ def _parse_messages(messages: Any, prompt_only: bool = False) -> tuple[str, str 
 def _parse_expert(record: dict, where: str) -> Demonstration:
     form = _form(record)
     if form in ("GSM8K", "MATH"):
-        prompt, response, answer, _ = _parse_math(record, form)
+        prompt, answer, _, response = _parse_math(record, form)
         return Demonstration(prompt, response, answer, where)
     answer = _string(record, "answer", required=False)
     if form == "chat":
@@ -166,8 +157,7 @@ def _load(path: str | Path, parse: Callable[[dict, str], Any], what: str) -> lis
         except ValueError as e:  # from parse: a missing key, a wrong type, ...
             errors.append((number, str(e)))
     if errors:
-        raise DataError.of(f"{path}: {len(errors)} invalid line(s) in {what} file; nothing was loaded", errors,
-                           f"{path}:")
+        raise DataError(f"{path}: {len(errors)} invalid line(s) in {what} file; nothing was loaded", errors, f"{path}:")
     if not items:
         raise DataError(f"{path}: no {what} records (the file is empty)")
     return items
@@ -187,8 +177,7 @@ def check_lengths(items: list, tokenizer: TokenizerLike, max_seq_len: int, max_n
     for i, item in enumerate(items):
         try:
             n = len(tokenizer.encode_prompt(item.prompt))
-            demo = isinstance(item, Demonstration)
-            whole = len(tokenizer.encode_example(item.prompt, item.response)[0]) if demo else 0
+            whole = isinstance(item, Demonstration) and len(tokenizer.encode_example(item.prompt, item.response)[0])
             problem = (f"prompt of {n} tokens + max_new_tokens={max_new_tokens} > max_seq_len={max_seq_len}"
                        if n + max_new_tokens > max_seq_len else f"prompt + response is {whole} tokens > the model's "
                        f"max_seq_len={max_seq_len}" if whole > max_seq_len else "")
@@ -196,7 +185,7 @@ def check_lengths(items: list, tokenizer: TokenizerLike, max_seq_len: int, max_n
             problem = str(e)
         errors += [(item.where or f"{type(item).__name__} {i}", problem)] if problem else []
     if errors:
-        raise DataError.of(f"{len(errors)} record(s) do not fit the model", errors)
+        raise DataError(f"{len(errors)} record(s) do not fit the model", errors)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
@@ -239,14 +228,12 @@ class TrainData:
         """DataError (file:line) unless RL prompts (and LUFFY's expert ones) leave room for max_new_tokens."""
         new = max(s.cfg.sampler.max_new_tokens for s in stages)
         check_lengths(self.prompts, tokenizer, max_seq_len, new)
-        luffy = any(s.cfg.loss.expert_in_group for s in stages)
-        check_lengths(self.experts, tokenizer, max_seq_len, new if luffy else 0)
+        check_lengths(self.experts, tokenizer, max_seq_len, new * any(s.cfg.loss.expert_in_group for s in stages))
         check_lengths([p for split in self.eval_splits.values() for p in split], tokenizer, max_seq_len, 1)
 
 
 def build_train_data(cfg: TrainConfig, hf_model: bool = False) -> TrainData:
-    """The user's JSONL files, the toy task's splits (seeded by cfg.seed) where none is given. With a
-    Hugging Face model (`hf_model`) the toy is no default: prompts and experts files are required."""
+    """The user's JSONL files, the toy task's splits (seeded by cfg.seed) where none is given (never for `hf_model`)."""
     if hf_model and not (cfg.prompts_file and cfg.experts_file):
         raise ConfigError("a Hugging Face model needs your data: give prompts_file and experts_file "
                           "(--prompts FILE --experts FILE); the toy task is for the toy model")

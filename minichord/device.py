@@ -1,9 +1,7 @@
 """Where a run computes and in which precision: `device` (auto | cpu | cuda), `dtype` (fp32 | bf16).
 
-bf16 is the usual mixed precision: weights, gradients and AdamW's moments stay fp32 (16 bytes per parameter);
-under `torch.autocast(dtype=bfloat16)` matrix products read bf16 copies while the residual stream, the norms
-and the loss math stay fp32. The fused lm-head loss gets bf16 hidden states and lm-head (`loss_dtype`): the
-[chunk, V] logits are bf16, log-softmax and the CHORD loss fp32.
+bf16: fp32 weights, gradients and AdamW moments; bf16 autocast matrix products; fp32 residual stream, norms and
+loss math; the fused lm-head loss gets bf16 hidden states and lm-head (`loss_dtype`), fp32 log-softmax and loss.
 """
 
 from __future__ import annotations
@@ -13,8 +11,6 @@ import contextlib
 import torch
 
 from minichord.config import DEVICES, DTYPES, ConfigError
-
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -32,12 +28,6 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(name: str = "fp32") -> torch.dtype:
-    if name not in DTYPES:
-        raise ConfigError(f"dtype={name!r}: must be one of {', '.join(DTYPES)}")
-    return TORCH_DTYPES[name]
-
-
 def autocast(device: torch.device | str, dtype: str | torch.dtype = "fp32"):
     """A context: bf16 autocast on `device` for dtype bf16, nothing for fp32."""
     dtype = loss_dtype(dtype)
@@ -51,7 +41,9 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 def loss_dtype(dtype: str | torch.dtype) -> torch.dtype | None:
     """The dtype the fused loss's inputs (hidden, lm-head weight) are cast to: None (unchanged) under fp32."""
-    dtype = resolve_dtype(dtype) if isinstance(dtype, str) else dtype
+    if isinstance(dtype, str) and dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r}: must be one of {', '.join(DTYPES)}")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(dtype, dtype)
     return None if dtype == torch.float32 else dtype
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Callable, Sequence
 
 import torch
@@ -22,9 +21,8 @@ MAX_NEW_TOKENS = SamplerConfig.max_new_tokens  # an answer's length limit: the s
 def evaluate(model, tokenizer: TokenizerLike, problems: Sequence[Problem], *, batch_size: int = 128,
              max_new_tokens: int = MAX_NEW_TOKENS, reward_fn: Callable[[str, str], float] = default_reward,
              lenient_fn: Callable[[str, str], float] | None = None) -> dict:
-    """Greedy-decode every problem (in batches) and score it: {"accuracy", "n", "response_length" (mean tokens,
-    eos included), "samples" (the first 3), "per_skill" (only when several skills), "lenient_accuracy" (mean
-    lenient_fn, e.g. math's last-number match beside the strict format, when given)}."""
+    """Greedy-decode and score every problem: {"accuracy", "n", "response_length" (mean tokens, eos included),
+    "samples" (the first 3), "per_skill" (when several skills), "lenient_accuracy" (mean lenient_fn, when given)}."""
     problems = list(problems)
     if not problems:
         raise ValueError("evaluate() needs at least one problem")
@@ -49,23 +47,19 @@ def evaluate(model, tokenizer: TokenizerLike, problems: Sequence[Problem], *, ba
     finally:
         model.train(was_training)
     rewards = [float(reward_fn(r, p.answer)) for r, p in zip(responses, problems)]
-    by_skill: dict[str, list[float]] = defaultdict(list)
-    for p, r in zip(problems, rewards):
-        by_skill[p.skill].append(r)
+    by_skill = {s: [r for p, r in zip(problems, rewards) if p.skill == s] for s in sorted({p.skill for p in problems})}
     out = {"accuracy": sum(rewards) / len(rewards), "n": len(rewards), "response_length": sum(lengths) / len(lengths),
            "samples": [dict(prompt=p.prompt, response=r, answer=p.answer) for p, r in zip(problems[:3], responses)]}
     if lenient_fn is not None:
-        lenient = [float(lenient_fn(r, p.answer)) for r, p in zip(responses, problems)]
-        out["lenient_accuracy"] = sum(lenient) / len(problems)
+        out["lenient_accuracy"] = sum(float(lenient_fn(r, p.answer)) for r, p in zip(responses, problems)) / out["n"]
     if len(by_skill) > 1:
-        out["per_skill"] = {skill: sum(v) / len(v) for skill, v in sorted(by_skill.items())}
+        out["per_skill"] = {skill: sum(v) / len(v) for skill, v in by_skill.items()}
     return out
 
 
 @torch.no_grad()
 def expert_token_probs(model, tokenizer: TokenizerLike, demos: Sequence, dtype: str = "fp32") -> dict[str, float]:
-    """How far off-policy an expert set is for `model`: the probability it gives each expert
-    token, teacher-forced at T = 1, p_t = pi(y_t | x, y_<t), summarised over all tokens:
+    """How far off-policy an expert set is: over all its tokens, teacher-forced at T = 1, p_t = pi(y_t | x, y_<t):
     median p, the shares with p < 1e-3 (phi silences them) and p > 0.5, and mean phi = p(1 - p)."""
     was_training = model.training
     model.eval()
@@ -85,7 +79,6 @@ def expert_token_probs(model, tokenizer: TokenizerLike, demos: Sequence, dtype: 
 
 def evaluate_splits(model, tokenizer: TokenizerLike, splits: dict[str, Sequence[Problem]], *, dtype: str = "fp32",
                     **kwargs) -> dict[str, dict]:
-    """`evaluate` (its keywords: max_new_tokens, reward_fn, lenient_fn, ...) on each non-empty named split, e.g.
-    {"in_domain": ..., "harder": ..., "other_skills": ...}, under autocast to `dtype` on the model's device."""
+    """`evaluate(**kwargs)` on each non-empty named split, under autocast to `dtype` on the model's device."""
     with autocast(next(model.parameters()).device, dtype):
         return {name: evaluate(model, tokenizer, problems, **kwargs) for name, problems in splits.items() if problems}

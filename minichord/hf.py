@@ -1,9 +1,8 @@
 """Hugging Face Qwen2 / Llama checkpoints <-> minichord's Transformer.
 
-HF's tensor = "model." + minichord's name, except `lm_head.weight`. Both families are the same decoder but for
-q/k/v biases (Qwen2 always, Llama never here). Anything minichord does not compute (RoPE scaling, sliding windows,
-...) is refused with one line naming the file, the field and its value, never approximated. Weights are cast to
-`dtype` on `device` tensor by tensor into a meta-device model: a bf16 load never holds an fp32 copy.
+HF's tensor = "model." + minichord's name, except `lm_head.weight`; Qwen2 has q/k/v biases, Llama not. What minichord
+does not compute (RoPE scaling, sliding windows, ...) is refused with one line, never approximated. Weights load
+tensor by tensor in `dtype` into a meta-device model: a bf16 load never holds an fp32 copy.
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ def _get(hf: dict, path: Path, name: str, tp: type, default=_MISSING):
 
 
 def _tokenizer_size(path: Path) -> int | None:
-    """Number of ids in a tokenizer.json (largest id + 1, added tokens included), None if absent."""
+    """Largest id + 1 of a tokenizer.json (added tokens included), None if absent."""
     if not path.is_file():
         return None
     tok = _read_json(path)
@@ -79,8 +78,7 @@ def is_hf_dir(path) -> bool:
 
 
 def load_model(path) -> tuple[Transformer, TokenizerLike]:
-    """(model, tokenizer) on the CPU: of a Hugging Face model directory (with its chat template) or a minichord
-    checkpoint (a run's checkpoint/ or a step directory; one without a tokenizer is refused)."""
+    """(model, tokenizer) on the CPU of a Hugging Face model directory or a minichord checkpoint."""
     if is_hf_dir(path):
         from minichord.chat import load_tokenizer  # jinja2: only for a chat model
 
@@ -92,7 +90,7 @@ def load_model(path) -> tuple[Transformer, TokenizerLike]:
 
 
 def hf_model_config(model_dir) -> ModelConfig:
-    """Read `model_dir`/config.json of a Qwen2ForCausalLM or LlamaForCausalLM into a ModelConfig."""
+    """`model_dir`/config.json of a Qwen2ForCausalLM or LlamaForCausalLM as a ModelConfig."""
     path = Path(model_dir) / "config.json"
     hf = _read_json(path)
     if not isinstance(hf, dict):
@@ -154,7 +152,7 @@ def _hf_name(name: str) -> str:
 
 
 def _weight_files(model_dir: Path) -> tuple[dict[str, Path], Path]:
-    """{HF tensor name: the .safetensors file holding it}, and the file that lists them."""
+    """({HF tensor name: its .safetensors file}, the file that lists them)."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
         weight_map = _read_json(index).get("weight_map")
@@ -172,8 +170,8 @@ def _weight_files(model_dir: Path) -> tuple[dict[str, Path], Path]:
 
 
 def load_hf_model(model_dir, *, dtype: torch.dtype = torch.float32, device="cpu") -> Transformer:
-    """A Transformer with the weights of a Hugging Face Qwen2/Llama directory, in `dtype` on `device`. Strict:
-    every tensor the config implies with its shape, nothing else (but a tied `lm_head.weight`, `inv_freq`)."""
+    """A Transformer with a Hugging Face directory's weights. Strict: every tensor the config implies with its
+    shape, nothing else (but a tied `lm_head.weight`, `inv_freq`)."""
     model_dir = Path(model_dir)
     cfg = hf_model_config(model_dir)
     with torch.device("meta"):  # no memory, no init: every parameter is replaced below
@@ -203,7 +201,7 @@ def load_hf_model(model_dir, *, dtype: torch.dtype = torch.float32, device="cpu"
 
 
 def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype) -> dict:
-    """The config.json of `cfg`: Qwen2ForCausalLM with q/k/v biases, LlamaForCausalLM without."""
+    """The config.json of `cfg`: Qwen2 with q/k/v biases, Llama without."""
     arch, family = ("Qwen2ForCausalLM", "qwen2") if cfg.qkv_bias else ("LlamaForCausalLM", "llama")
     extra = {"use_sliding_window": False, "sliding_window": None} if cfg.qkv_bias else \
         {"attention_bias": False, "mlp_bias": False}
@@ -234,8 +232,7 @@ def write_dir_atomically(out_dir: Path, fill) -> Path:
 
 
 def export_hf(model: Transformer, out_dir, *, tokenizer_dir=None, extra_files: dict[str, str] | None = None) -> Path:
-    """`model` as a Hugging Face directory (config.json, model.safetensors in the model's dtype), with the
-    tokenizer files found in `tokenizer_dir` and `extra_files` {name: text}."""
+    """`model` as a Hugging Face directory, with the tokenizer files of `tokenizer_dir` and `extra_files`."""
     tensors = {_hf_name(n): p.detach().cpu().contiguous() for n, p in model.state_dict().items()}
     dtype = next(iter(tensors.values())).dtype
 
@@ -257,7 +254,7 @@ CHAT_TEMPLATE = ("{{ '<|bos|>' }}{% for m in messages %}{% if m['role'] == 'user
 
 
 def export_checkpoint(ckpt_path, out_dir) -> Path:
-    """`minichord export CKPT OUT_DIR`: a minichord checkpoint (and its tokenizer) as an HF directory."""
+    """`minichord export CKPT OUT_DIR`: a minichord checkpoint and its tokenizer as an HF directory."""
     if is_hf_dir(ckpt_path):
         raise HFError(f"{ckpt_path} is already a Hugging Face directory; export takes a minichord "
                       f"checkpoint (a run's checkpoint/ or one of its step directories)")
@@ -265,8 +262,7 @@ def export_checkpoint(ckpt_path, out_dir) -> Path:
     tok = ckpt.tokenizer
     files = {} if tok is None else tok.files()
     if tok is not None and "tokenizer_config.json" not in files:  # the toy's: its fixed chat format as a template
-        names = tok.special_tokens
-        template = CHAT_TEMPLATE
+        names, template = tok.special_tokens, CHAT_TEMPLATE
         for role in ("bos", "user", "assistant", "eos"):
             template = template.replace(f"<|{role}|>", names[role])
         files["tokenizer_config.json"] = json.dumps({

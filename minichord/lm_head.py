@@ -1,13 +1,10 @@
-"""The lm head's two hot operations, in torch, and the dispatch to their Triton kernels:
+"""The lm head's two hot operations in torch, and the dispatch to their Triton kernels (`kernel_backend`):
 
-token log-probs (kernels/logprobs.py): logits [N, V], targets [N] -> logp [N] (+ entropy H [N]),
-    for old / reference log-probs and evaluation, where the logits already exist.
+token log-probs (kernels/logprobs.py): logits [N, V], targets [N] -> logp [N] (+ entropy H [N]), where logits exist.
 fused lm-head loss (kernels/fused_loss.py): hidden [N, H], lm-head weight [V, H] -> the training loss
-    L = losses.chord_loss(logp(hidden @ weight^T), ...) over token chunks, so that the batch's [N, V]
-    logits (V = 151,936 for Qwen2) never exist at once.
+    L = losses.chord_loss(logp(hidden @ weight^T), ...) over token chunks: the [N, V] logits never exist at once.
 
-Math is fp32 (fp64 for fp64 inputs, for gradcheck) whatever the input dtype; gradients come back in
-the input dtypes. The backend: `kernel_backend`.
+Math is fp32 (fp64 for fp64 inputs, for gradcheck) whatever the input dtype; gradients come in the input dtypes.
 """
 
 from __future__ import annotations
@@ -24,22 +21,17 @@ from minichord.losses import (IGNORE_INDEX, FusedLossOutput, LossConfig, check_f
 
 KERNEL_BACKENDS = ("auto", "torch", "triton")
 _ENV_VAR = "MINICHORD_KERNELS"
-_CHUNK_ELEMENTS = 1 << 22  # torch path: about this many fp32 logits (16 MB) per chunk on a CPU, 16x on CUDA
+_CHUNK_ELEMENTS = 1 << 22  # torch path: about this many fp32 logits (16 MB) per chunk on a CPU
 
 
 def default_chunk_rows(hidden: Tensor, weight: Tensor) -> int:
-    """Rows per chunk of the torch path: _CHUNK_ELEMENTS logits, 16x on CUDA, where 27-row chunks at V = 151,936
-    would launch ~600 small matmuls and grad_weight additions per batch (1.8 s on an H200: benchmarks/RESULTS.md)."""
+    """Rows per torch-path chunk; 16x on CUDA, where 27-row chunks at V = 151,936 cost 1.8 s/batch (H200)."""
     return max(1, _CHUNK_ELEMENTS * (16 if hidden.is_cuda else 1) // weight.shape[0])
 
 
 def kernel_backend(device: torch.device | str | None = None) -> str:
-    """The one switch: "torch" or "triton" for tensors on `device` (None: the default CUDA device if any).
-
-        MINICHORD_KERNELS=triton   the Triton kernels (on CPU tensors this needs TRITON_INTERPRET=1)
-        MINICHORD_KERNELS=torch    the torch code of this file
-        MINICHORD_KERNELS=auto     (or unset) triton on CUDA, torch elsewhere
-    """
+    """"torch" or "triton" for tensors on `device` (None: the default CUDA device if any) by MINICHORD_KERNELS:
+    triton (on CPU tensors it needs TRITON_INTERPRET=1), torch, or auto (unset): triton on CUDA, torch elsewhere."""
     value = os.environ.get(_ENV_VAR, "").strip().lower() or "auto"
     if value not in KERNEL_BACKENDS:
         from minichord.config import ConfigError
@@ -97,14 +89,12 @@ def logprobs_from_hidden(hidden: Tensor, weight: Tensor, targets: Tensor, *, tem
 
 
 class _ChunkedFusedLoss(torch.autograd.Function):
-    """The fused lm-head loss in torch. Forward walks over token chunks; per chunk c:
+    """The fused lm-head loss in torch; forward computes each token chunk c's gradients at once:
 
         logits_c = hidden_c W^T,  L_c = chord_loss(logp(logits_c), ...),
-        grad_hidden_c = dL_c / dhidden_c,  grad_W += dL_c / dW   (torch.autograd.grad, at once)
+        grad_hidden_c = dL_c / dhidden_c,  grad_W += dL_c / dW   (torch.autograd.grad)
 
-    so a chunk's logits live only inside its iteration. Backward only scales the stored
-    gradients by grad_output: exact, since L is a sum over tokens with fixed coefficients.
-    """
+    Backward only scales them by grad_output: exact, since L is a sum over tokens with fixed coefficients."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp,

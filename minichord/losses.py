@@ -1,22 +1,17 @@
 """The CHORD loss (arXiv 2508.11408), written once, on flat per-token vectors.
 
     L = (1 - mu) * L_GRPO + mu * L_SFT
-
     L_GRPO = (1 / N_on)  * sum_{on-policy tokens t} l_t^PPO      (token-mean over the batch)
     L_SFT  = (1 / N_exp) * sum_{expert tokens t}    l_t^SFT      (token-mean over the batch)
 
-A run's `loss` table (config.LossConfig) holds the batch rules: `advantages` (rewards -> A), `coefficients`
-(the two token-means -> one coef per token), `chord_loss` (sum_t coef_t * l_t). With one update per rollout
-batch r_t = 1, so the logged GRPO loss is -mean(A) ~ 0; its gradient, -A_t grad logp_t, is what matters.
-
-LUFFY (Yan et al. 2025), the mixed-policy baseline, is one more set of rules: each group holds G - 1 rollouts
-and the prompt's expert trace (reward 1); A = R - mean(R); one joint token-mean; and its own token losses:
+With one update per rollout batch r_t = 1: the logged GRPO loss is -mean(A) ~ 0; its gradient is -A_t grad logp_t.
+LUFFY (Yan et al. 2025): each group holds G - 1 rollouts and the prompt's expert trace (reward 1);
+A = R - mean(R); one joint token-mean; and its own token losses:
 
     on-policy:  l_t = -A_t r_t                        (no PPO clip)
     expert:     l_t = -A_t f(p_t),  f(p) = p / (p + gamma)   (policy shaping)
 
-d f / d logp = p gamma / (p + gamma)^2: unlikely expert tokens get a far larger gradient than under
-plain importance weighting (f(p) = p).
+d f / d logp = p gamma / (p + gamma)^2: unlikely expert tokens get a far larger gradient than under f(p) = p.
 """
 
 from __future__ import annotations
@@ -35,14 +30,11 @@ IGNORE_INDEX = -100  # target of rows that carry no token (padding): logp = H = 
 
 def group_advantages(rewards: Tensor, *, scale_by_std: bool = True, eps: float = 1e-6,
                      singleton: str = "zero", unbiased: bool = True) -> Tensor:
-    """GRPO group-relative advantages, rewards [n_groups, G] -> fp32 [n_groups, G].
+    """GRPO group-relative advantages, rewards [n_groups, G] -> fp32 [n_groups, G]:
 
-        A_i = (R_i - mean(R)) / (std(R) + eps)     std unbiased (divides by G - 1)
+        A_i = (R_i - mean(R)) / (std(R) + eps)     std unbiased (G - 1); unbiased=False: G (a known mistake)
         A_i = R_i - mean(R)                         with scale_by_std=False (LUFFY, Dr.GRPO)
-
-    Equal rewards give A = 0 exactly. A group of one has no unbiased std: singleton="zero" gives
-    A = 0 (one sample carries no relative signal); "official" as the official code, A = R / (1 + eps).
-    unbiased=False divides by G instead (a known mistake; `minichord check` looks for it).
+        A = 0 exactly for equal rewards; a group of one: A = 0 (singleton="zero") or R / (1 + eps) ("official")
     """
     rewards = torch.as_tensor(rewards)
     if rewards.dim() != 2:
@@ -68,9 +60,7 @@ def zero_variance_fraction(rewards: Tensor) -> float:
     rewards = torch.as_tensor(rewards)
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be [n_groups, G], got shape {tuple(rewards.shape)}")
-    if rewards.shape[0] == 0:
-        return 0.0
-    return (rewards.amax(dim=1) == rewards.amin(dim=1)).float().mean().item()
+    return (rewards.amax(dim=1) == rewards.amin(dim=1)).float().mean().item() if rewards.shape[0] else 0.0
 
 
 def mu_schedule(step: int, *, warmup: int, decay: int, peak: float, valley: float) -> float:
@@ -99,16 +89,14 @@ def advantages(rewards: Tensor, rules: LossConfig) -> Tensor:
 
 def coefficients(is_expert: Tensor, seq_id: Tensor, micro_batch: Optional[Tensor], mu: Optional[float],
                  rules: LossConfig, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Per-token coef [N] with  L = sum_t coef_t l_t = (1 - mu) L_GRPO + mu L_SFT  under the rules' aggregation,
-    S_side = a side's sequences (on-policy tokens for L_GRPO, expert tokens for L_SFT):
+    """Per-token coef [N]: L = sum_t coef_t l_t = (1 - mu) L_GRPO + mu L_SFT, S = the side's sequences:
 
         token-mean     L_side = sum_t l_t / N_side                               one mean over the batch's tokens
         sequence-mean  L_side = (1 / |S|) sum_{s in S} (1 / n_s) sum_{t in s} l_t            (GRPO paper)
         micro-batch    L_side = sum_m (|S_m| / |S|) (1 / N_side,m) sum_{t in m} l_t       (the official code)
         joint          L = sum_t l_t / N   over both sides, no mu                                 (LUFFY)
 
-    micro-batch depends on how the batch was split; without micro-batch ids it is token-mean. is_expert [N]
-    bool, seq_id [N] (sequence of each token), micro_batch [N] or None (one micro-batch).
+    micro-batch without micro-batch ids (micro_batch=None) is token-mean.
     """
     if rules.aggregation == "joint":
         return torch.full(is_expert.shape, 1.0 / max(1, is_expert.numel()), dtype=dtype, device=is_expert.device)
@@ -204,8 +192,7 @@ def chord_loss(logp: Tensor, entropy: Optional[Tensor], is_expert: Tensor, adv: 
         spec.luffy:   LUFFY's unclipped on-policy term and shaped expert term (module docstring)
 
     phi = p(1 - p) damps the NLL gradient of very unlikely (far off-policy) and of already known tokens.
-    With coef = `token_coefficients(is_expert, mu)`, L = (1 - mu) L_GRPO + mu L_SFT. Each branch sees
-    only its own tokens (others zeroed first): an overflow in one cannot become a NaN gradient via torch.where.
+    Each branch sees only its own tokens (others zeroed): an overflow in one cannot NaN the gradient via where.
     Returns (L scalar, l [N], clipped [N] bool, False on expert tokens).
     """
     shapes = {tuple(t.shape) for t in (logp, is_expert, adv, old_logp, coef)}

@@ -11,8 +11,8 @@
 | chord-phi  | 0.1                                    | -sg(p(1-p)) log p        | G                     |
 | sft-is     | 0.1                                    | -sg(p) log p             | G                     |
 
-L = (1 - mu) L_GRPO + mu L_SFT (minichord/losses.py). A method presets the `loss` table (config.LossConfig);
-a convention presets the loss fields on which implementations disagree:
+L = (1 - mu) L_GRPO + mu L_SFT (minichord/losses.py). A convention presets the loss fields on which implementations
+disagree, under what the method presets:
 
 | loss field  | `paper` (the default)        | `official` (the official code)                                        |
 |-------------|------------------------------|-----------------------------------------------------------------------|
@@ -20,16 +20,14 @@ a convention presets the loss fields on which implementations disagree:
 | dual_clip   | None (off)                   | 3.0                                                                   |
 | singleton   | zero (a group of one: A = 0) | official (A = R / (1 + 1e-6))                                         |
 
-Presets only fill defaults: method preset <- convention preset (the loss fields a method leaves open) <- a TOML
-file <- `--set key=value`.
+Presets only fill defaults: method preset <- convention preset <- a TOML file <- `--set key=value`.
 
 The departures from the paper (arXiv 2508.11408) and its official code, the one list:
 - Scale: ~1M-parameter toy model, lr 1e-4, B=8 x G=8 + E=16 (paper: Qwen2.5-7B-Instruct, lr 1e-6, 32 x 8 + 64).
 - Normalisation: one token-mean per term over the whole batch (paper-era code); `convention = "official"` above.
-- `log_ratio_clamp` +-20 on, as in the official code.
-- mu's warm-up and decay are shares of the run (official: W=0, D=200 steps).
-- Reward: 1 for an exactly matching final answer, else 0; no format reward. With a Hugging Face model the
-  math reward (minichord/tasks/math.py): the answer in the required format (\\boxed{}, ####, "answer:").
+- `log_ratio_clamp` +-20 on (official code); mu's warm-up and decay are shares of the run (official: W=0, D=200).
+- Reward: 1 for an exactly matching final answer, else 0, no format reward; with a Hugging Face model the math
+  reward (minichord/tasks/math.py): the answer in the required format (\\boxed{}, ####, "answer:").
 - A Hugging Face model whose embedding has more rows than its tokenizer (Qwen2.5: 151,936 vs 151,665) is
   sampled over the tokenizer's ids but trained over all rows (their probabilities are ~0, not exactly 0).
 - Expert examples are drawn per step, without replacement within a step, with it across steps (not epochs).
@@ -37,11 +35,10 @@ The departures from the paper (arXiv 2508.11408) and its official code, the one 
 - LUFFY: expert trace = reward 1 in its group; A = R - mean(R); joint token-mean; no clip.
 - SFT->GRPO splits the steps in half; the GRPO stage starts with a fresh optimizer.
 - AdamW, betas (0.9, 0.95), no weight decay, gradient clipping at 1.0.
-- The toy's expert is partly on-policy: its base saw the expert's format cleanly on 1-2 digit sums and sloppily
-  on 3-digit ones (minichord/tasks/corpus.py), so expert tokens have a median p of ~0.38; the paper's expert
-  (another model's long reasoning) is off-policy in content as well as noise.
-- The toy's room for RL is partly a format: its base answers big sums in a sentence the reward marks wrong;
-  in the paper it is the policy's own mistakes on hard problems.
+- The toy's expert is partly on-policy (median expert-token p ~0.38): its base saw the expert's format cleanly on
+  1-2 digit sums, sloppily on 3-digit ones (minichord/tasks/corpus.py); the paper's is off-policy in content too.
+- The toy's room for RL is partly a format (its base answers big sums in a sentence the reward marks wrong); in
+  the paper it is the policy's own mistakes on hard problems.
 """
 
 from __future__ import annotations
@@ -68,29 +65,24 @@ def _constant_mu(mu: float) -> dict[str, Any]:
 
 LUFFY_LOSS = {"expert_weighting": "luffy", "aggregation": "joint", "std": "none", "expert_in_group": True}
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in [
-        Method("sft", "supervised fine-tuning on the expert set only (mu = 1)",
-               {**_constant_mu(1.0), "experts_per_step": 32}, uses_rollouts=False),
-        Method("grpo", "pure on-policy RL (mu = 0)", {**_constant_mu(0.0), "experts_per_step": 0}),
-        Method("sft-grpo", "SFT for the first half of the steps, then GRPO from that model",
-               {}, stages=(("sft", 0.5), ("grpo", 0.5))),
-        Method("luffy", "mixed-policy GRPO: one expert trace per group, policy shaping p/(p+0.1)",
-               {"experts_per_step": 0, "loss": LUFFY_LOSS}),
-        Method("chord-mu", "CHORD with the global mu schedule (cosine 0.9 -> 0.05), phi off",
-               {"mu_warmup_frac": 0.0, "mu_decay_frac": 1.0, "mu_peak": 0.9, "mu_valley": 0.05}),
-        Method("chord-phi", "CHORD with token-wise weight phi = p(1-p) and constant mu = 0.1",
-               {**_constant_mu(0.1), "loss": {"expert_weighting": "phi"}}),
-        Method("sft-is", "ablation: CHORD with importance weight p instead of phi (mu = 0.1)",
-               {**_constant_mu(0.1), "loss": {"expert_weighting": "is"}}),
-    ]
-}
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("sft", "supervised fine-tuning on the expert set only (mu = 1)",
+           {**_constant_mu(1.0), "experts_per_step": 32}, uses_rollouts=False),
+    Method("grpo", "pure on-policy RL (mu = 0)", {**_constant_mu(0.0), "experts_per_step": 0}),
+    Method("sft-grpo", "SFT for the first half of the steps, then GRPO from that model",
+           {}, stages=(("sft", 0.5), ("grpo", 0.5))),
+    Method("luffy", "mixed-policy GRPO: one expert trace per group, policy shaping p/(p+0.1)",
+           {"experts_per_step": 0, "loss": LUFFY_LOSS}),
+    Method("chord-mu", "CHORD with the global mu schedule (cosine 0.9 -> 0.05), phi off",
+           {"mu_warmup_frac": 0.0, "mu_decay_frac": 1.0, "mu_peak": 0.9, "mu_valley": 0.05}),
+    Method("chord-phi", "CHORD with token-wise weight phi = p(1-p) and constant mu = 0.1",
+           {**_constant_mu(0.1), "loss": {"expert_weighting": "phi"}}),
+    Method("sft-is", "ablation: CHORD with importance weight p instead of phi (mu = 0.1)",
+           {**_constant_mu(0.1), "loss": {"expert_weighting": "is"}}),
+]}
 
 CONVENTIONS: dict[str, dict[str, Any]] = {  # loss fields; config.CONVENTIONS lists the names
-    "paper": {},
-    "official": {"aggregation": "micro-batch", "dual_clip": 3.0, "singleton": "official"},
-}
+    "paper": {}, "official": {"aggregation": "micro-batch", "dual_clip": 3.0, "singleton": "official"}}
 
 
 def get_method(name: str) -> Method:
@@ -132,8 +124,7 @@ class Stage:
 
 def stage_config(method_name: str, config_file: str | None = None,
                  overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """method preset <- convention preset <- config_file <- overrides. The convention is read first (it may
-    come from the file or an override), then its loss fields go under everything but the method's own."""
+    """A method's TrainConfig; the convention is read first: it may come from the file or an override."""
     preset = get_method(method_name).preset
     convention = load_config(TrainConfig, config_file, list(overrides), base=preset).convention
     loss = {**CONVENTIONS[convention], **preset.get("loss", {})}

@@ -6,7 +6,6 @@
 
 Parameter names are Hugging Face Qwen2's but for HF's `model.` prefix; a tied embedding has no `lm_head` at all.
 Padding never shifts RoPE: positions count real tokens only (the sampler left-pads, training right-pads).
-Grouped-query attention never copies K/V (SDPA's GQA path; `decode_attention` for a decode step).
 """
 
 from __future__ import annotations
@@ -27,10 +26,8 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 class KVCache:
-    """k[l], v[l]: layer l's keys/values [B, n_kv_heads, capacity, head_dim], filled in slots [0, length); a forward
-    writes its T new ones at [length, length + T). chunk=None allocates all max_len slots at once (the fixed shapes
-    a CUDA graph needs); an int grows them `chunk` slots at a time. A decode step attends over every allocated slot,
-    unfilled ones masked: ~3x faster on a CPU than a slice of a longer buffer (benchmarks/RESULTS.md)."""
+    """k[l], v[l]: layer l's keys/values [B, n_kv_heads, capacity, head_dim], filled in slots [0, length).
+    chunk=None allocates all max_len slots at once (a CUDA graph's fixed shapes); an int grows them chunk at a time."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32,
                  chunk: int | None = None):
@@ -46,21 +43,14 @@ class KVCache:
         return self.k[0].shape[2]
 
     def reserve(self, end: int):
-        """Make slots [0, end) exist: grow to the next multiple of chunk (<= max_len), copying every slot (a decode
-        step writes its slot without advancing `length`)."""
+        """Make slots [0, end) exist, growing to the next multiple of chunk (<= max_len)."""
         if end <= self.capacity:
             return
         if end > self.max_len:
             raise ValueError(f"KV cache of max_len {self.max_len} cannot hold {end} slots")
         size = self.max_len if self.chunk is None else min(self.max_len, -(-end // self.chunk) * self.chunk)
-
-        def grown(old: torch.Tensor) -> torch.Tensor:
-            new = old.new_empty(old.shape[0], old.shape[1], size, old.shape[3])
-            new[:, :, :old.shape[2]] = old
-            new[:, :, old.shape[2]:] = 0  # hidden slots must be finite: 0 * inf would be nan
-            return new
-
-        self.k, self.v = [grown(k) for k in self.k], [grown(v) for v in self.v]
+        grow = (0, 0, 0, size - self.capacity)  # zeros in the new slots: hidden slots must be finite (0 * inf = nan)
+        self.k, self.v = [F.pad(k, grow) for k in self.k], [F.pad(v, grow) for v in self.v]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         end = self.length + k.shape[2]
@@ -75,36 +65,29 @@ class CacheSlot:
     slot: an int (eager) or a [1] long tensor (torch.compile: one trace for every step, not one per int value)."""
 
     def __init__(self, cache: KVCache, slot, visible: int):
-        self.cache, self.slot, self.visible = cache, slot, visible
+        self.cache, self.visible = cache, visible
+        self.slot = slot if torch.is_tensor(slot) else torch.tensor([slot], device=cache.k[0].device)  # [1] long
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         k_all, v_all = self.cache.k[layer], self.cache.v[layer]
-        if isinstance(self.slot, int):
-            k_all[:, :, self.slot] = k[:, :, 0]
-            v_all[:, :, self.slot] = v[:, :, 0]
-        else:
-            k_all.index_copy_(2, self.slot, k)
-            v_all.index_copy_(2, self.slot, v)
+        k_all.index_copy_(2, self.slot, k)
+        v_all.index_copy_(2, self.slot, v)
         return k_all[:, :, :self.visible], v_all[:, :, :self.visible]  # [B, n_kv, visible, hd]
 
 
 class Packed:
-    """A padded batch's N real tokens as one sequence, x [1, N, D]: the per-token layers (norms, projections, MLP,
-    LM head) skip the padding, and attention alone, where tokens of a sequence meet, pads back to [B, T]: the same
-    values (tests/test_model.py) for half the pre-training time. keep: [N] indices of attention_mask's True entries
-    in the flattened [B * T]; attn_mask: the padded forward's bool mask [B, 1, T, T]."""
+    """A padded batch's N real tokens as one sequence [1, N, D]: per-token layers skip the padding, attention alone
+    pads back to [B, T] (the same values for half the pre-training time)."""
 
     def __init__(self, attention_mask: torch.Tensor, attn_mask: torch.Tensor):
         self.B, self.T = attention_mask.shape
         self.keep = attention_mask.flatten().nonzero().squeeze(1)  # [N]
         self.attn_mask = attn_mask  # bool [B, 1, T, T]
 
-    def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, ...] -> [1, N, ...]: the real positions only."""
+    def pack(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, ...] -> [1, N, ...]
         return x.flatten(0, 1)[self.keep][None]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q [1, H, N, hd], k and v [1, Hkv, N, hd] -> attention output [1, H, N, hd] (SDPA on the padded layout)."""
         def padded(t):  # [1, heads, N, hd] -> [B, heads, T, hd], zeros at the padding
             flat = t[0].transpose(0, 1).reshape(len(self.keep), -1)  # [N, heads * hd]
             full = flat.new_zeros(self.B * self.T, flat.shape[1]).index_copy(0, self.keep, flat)
@@ -131,24 +114,22 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
-    """Rotary cos and signed sin (rotate_half layout): inv_freq_i = 1 / theta^(2i/d) (not theta^-x: 1 ulp apart,
-    HF's order), angle[b,t,i] = pos[b,t] * inv_freq_i, cos = [cos(angle), cos(angle)], sin = [-sin(angle), sin(angle)]:
-    HF's sin with rotate_half's minus sign moved in, so apply_rope rotates with a roll (bitwise the same numbers)."""
+    """inv_freq_i = 1 / theta^(2i/d) (HF's order), angle[b,t,i] = pos[b,t] * inv_freq_i,
+    cos = [cos(angle), cos(angle)], sin = [-sin(angle), sin(angle)]: rotate_half's minus sign moved into sin."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = positions.float()[..., None] * inv_freq  # [B, T, hd/2]
     return angles.cos().repeat(1, 1, 2), torch.cat([-angles.sin(), angles.sin()], dim=-1)  # [B, T, hd] each
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x' = x*cos + rotate_half(x)*sin_HF, rotate_half([a, b]) = [-b, a] (halves, not interleaved),
-    computed as x*cos + roll(x, hd/2)*sin with rope_cos_sin's signed sin: roll([a, b]) = [b, a].
-    x: [B, H, T, hd]; cos, sin: [B, T, hd]."""
+    """x' = x*cos + rotate_half(x)*sin_HF, rotate_half([a, b]) = [-b, a], computed as x*cos + roll(x, hd/2)*sin
+    with rope_cos_sin's signed sin. x: [B, H, T, hd]; cos, sin: [B, T, hd]."""
     x32 = x.float()
     return (x32 * cos[:, None] + x32.roll(x.shape[-1] // 2, dims=-1) * sin[:, None]).to(x.dtype)
 
 
 class Attention(nn.Module):
-    """Grouped-query attention (query head h reads kv head h // (n_heads / n_kv_heads)), o_proj without bias:
+    """Grouped-query attention (query head h reads kv head h // (n_heads / n_kv_heads), K/V never copied):
         Attn = softmax(q k^T / sqrt(hd) + mask) v"""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
@@ -162,9 +143,7 @@ class Attention(nn.Module):
         self._stacked, self._stacked_key = None, None  # [W_q; W_k; W_v], [b_q; b_k; b_v] and the weights' versions
 
     def rotated_qkv(self, x, cos, sin):
-        """x [B, T, D] -> q [B, H, T, hd], k and v [B, Hkv, T, hd], RoPE applied to q and k. Without autograd: one
-        matmul on [W_q; W_k; W_v] (rebuilt when a weight's version changes) and one RoPE call: half the kernel
-        launches of a decode step's projections, the same numbers (tests/test_model.py)."""
+        """x [B, T, D] -> q [B, H, T, hd], k and v [B, Hkv, T, hd] (q, k roped); no autograd: one matmul on W_qkv."""
         B, T, _ = x.shape
         c, projs = self.cfg, (self.q_proj, self.k_proj, self.v_proj)
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
@@ -192,11 +171,9 @@ class Attention(nn.Module):
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Attention for one query row per sequence against a grouped cache, without repeating K/V.
-    q: [B, H, 1, hd]; k, v: [B, Hkv, S, hd]; bias: [B * Hkv, group, S] (0 = visible, -inf = hidden, laid out once
-    per step for every layer). The group = H / Hkv query heads of one kv head become that head's query rows:
+    """One query row per sequence against a grouped cache; a kv head's group = H / Hkv query heads are its rows:
         q_g [B, Hkv, group, hd],  out_g = softmax(q_g k^T / sqrt(hd) + bias) v   [B, Hkv, group, hd]
-    which are exactly heads h = j * group + r (HF's repeat_kv order), so out_g.view gives [B, H, 1, hd]."""
+    (heads h = j * group + r, HF's repeat_kv order). bias [B * Hkv, group, S]: 0 visible, -inf hidden."""
     B, H, _, hd = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     q_g = q.reshape(B * Hkv, H // Hkv, hd)  # [B*Hkv, group, hd]
@@ -254,12 +231,11 @@ class Transformer(nn.Module):
     def lm_head_weight(self) -> torch.Tensor:
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def num_params(self) -> int:
-        """Number of distinct parameters (a tied embedding counts once)."""
+    def num_params(self) -> int:  # a tied embedding counts once
         return sum(p.numel() for p in self.parameters())
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [B, T] long -> cos, sin [B, T, hd], looked up in rope_cos_sin's table, built once per device."""
+        """positions [B, T] long -> cos, sin [B, T, hd] from rope_cos_sin's table, built once per device."""
         if positions.device not in self._rope_tables:
             table = torch.arange(self.cfg.max_seq_len, device=positions.device)[None]  # [1, max_seq_len]
             self._rope_tables[positions.device] = rope_cos_sin(table, self.cfg.head_dim, self.cfg.rope_theta)
@@ -267,10 +243,8 @@ class Transformer(nn.Module):
         return cos[0][positions], sin[0][positions]
 
     def decode_step(self, ids, positions, attention_mask, slot, kv_cache: KVCache) -> torch.Tensor:
-        """One new token per sequence -> logits [B, 1, V], with shapes that do not change from step to step.
-        ids, positions: [B, 1] long; slot: the cache slot this token fills (int, or [1] long tensor: CacheSlot);
-        attention_mask: [B, S] bool over cache slots 0..S-1 (S <= kv_cache.max_len), True on real tokens.
-        Key j is visible iff attention_mask[b, j] and j <= slot, or j == slot."""
+        """One new token per sequence (ids, positions [B, 1]) -> logits [B, 1, V], shapes fixed from step to step.
+        attention_mask [B, S] over cache slots: key j visible iff attention_mask[b, j] and j <= slot, or j == slot."""
         S = attention_mask.shape[1]
         key_slot = torch.arange(S, device=ids.device)  # [S]
         visible = (attention_mask & (key_slot <= slot)) | (key_slot == slot)  # [B, S]
@@ -287,12 +261,9 @@ class Transformer(nn.Module):
 
     def forward(self, ids, attention_mask=None, kv_cache: KVCache | None = None, return_hidden: bool = False,
                 packed: bool = False):
-        """ids [B, T] -> logits [B, T, V] (or final-normed hidden [B, T, D] if return_hidden).
-        packed=True (no cache): logits [N, V] (hidden [N, D]) for the N real tokens only, in the row-major order of
-        attention_mask's True entries (`Packed`).
-        attention_mask: [B, S] bool, S = cached length + T, True on real tokens (default all True).
-        Query i (absolute slot past+i) may see key j iff j <= past+i and attention_mask[b, j];
-        it always sees itself, so rows for padding stay finite (and are never used)."""
+        """ids [B, T] -> logits [B, T, V] (or final-normed hidden [B, T, D] if return_hidden); packed=True: [N, V]
+        for the N real tokens, row-major. attention_mask [B, cached + T], True on real tokens (default all True).
+        Query i (slot past+i) sees key j iff j <= past+i and attention_mask[b, j], or j == past+i (pad rows finite)."""
         if ids.dim() != 2:
             raise ValueError(f"ids must be [B, T], got shape {tuple(ids.shape)}")
         B, T = ids.shape

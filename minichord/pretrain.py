@@ -1,23 +1,18 @@
 """Pre-train the toy *base model*: the analogue of the instruct model the CHORD paper starts from.
 
-A small transformer that answers every toy skill in its own terse style, and the target only *sometimes*
-(seed 0, 2 CPU cores, 116 s: 3-digit addition 0.26, harder 0.00, reverse / sort / copy 0.995, median
-expert-token p 0.38); what it sees is `minichord.tasks.corpus`. The recipe sits on a fitting transition:
-in-domain accuracy depends on the seed and the floating-point order (0.045-0.34 over 28 bases). Steps:
-
-  1. a byte-level BPE tokenizer trained on text of *both* styles (vocabulary coverage);
-  2. a stream of (prompt, answer) examples of all skills, none in any split;
-  3. AdamW (`cosine_lr`) on the next-token loss of response tokens only (the tokenizer's loss mask):
-         L = - (1 / #response tokens) * sum_{t in response} log p(x_t | x_<t),
-     the batch packed (`Transformer.forward(packed=True)`): only attention sees the padding;
-  4. a checkpoint whose meta holds the settings, the test accuracies and `evaluate.expert_token_probs`.
-
-Cached (`toy_base`): a directory holding a checkpoint made with the same settings is reused.
+A small transformer that answers every toy skill in its own terse style, and the target only *sometimes* (seed 0,
+2 CPU cores, 116 s: 3-digit addition 0.26, harder 0.00, reverse / sort / copy 0.995, median expert-token p 0.38);
+the recipe sits on a fitting transition (in-domain 0.045-0.34 over 28 bases: seed, floating-point order).
+A byte-level BPE tokenizer is trained on text of *both* styles, then AdamW (`cosine_lr`) fits a stream of examples
+of every skill (`minichord.tasks.corpus`, none in any split) on the response tokens only, the batch packed:
+    L = - (1 / #response tokens) * sum_{t in response} log p(x_t | x_<t)
+The checkpoint's meta holds the settings (same settings: reused), test accuracies, `evaluate.expert_token_probs`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import random
@@ -42,7 +37,6 @@ PRETRAIN_FORMAT = 7  # part of the cache key: bump when the recipe changes, so o
 
 
 def default_base_dir() -> Path:
-    """The toy base model's cache: $MINICHORD_HOME/toy-base, else ~/.cache/minichord/toy-base."""
     return Path(os.environ.get("MINICHORD_HOME") or Path.home() / ".cache" / "minichord") / "toy-base"
 
 
@@ -79,11 +73,6 @@ class PretrainConfig:
     n_eval: int = 200  # problems per test split measured at the end (0 = skip)
 
 
-CORPUS_FIELDS = ("target_fraction", "target_digits", "other_lengths", "expert_style_fraction", "expert_style_digits",
-                 "easy_fraction", "easy_digits", "easy_carry_free", "easy_one_carry", "sentence_share",
-                 "sentence_from")  # the PretrainConfig fields pretrain_corpus takes by name
-
-
 def cosine_lr(step: int, cfg: PretrainConfig) -> float:
     """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_frac at the last step."""
     if step < cfg.warmup_steps:
@@ -95,20 +84,10 @@ def cosine_lr(step: int, cfg: PretrainConfig) -> float:
 def pad_batch(examples: list[tuple[list[int], list[bool]]], pad_id: int):
     """Right-pad encoded examples -> ids [B, T] long, attention [B, T] bool, loss_mask [B, T] bool."""
     T = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    loss_mask = torch.zeros(len(examples), T, dtype=torch.bool)
-    for b, (seq, mask) in enumerate(examples):
-        ids[b, :len(seq)] = torch.tensor(seq)
-        loss_mask[b, :len(seq)] = torch.tensor(mask)
+    ids = torch.tensor([seq + [pad_id] * (T - len(seq)) for seq, _ in examples], dtype=torch.long)
+    loss_mask = torch.tensor([mask + [False] * (T - len(mask)) for _, mask in examples], dtype=torch.bool)
     attention = torch.arange(T)[None, :] < torch.tensor([len(seq) for seq, _ in examples])[:, None]
     return ids, attention, loss_mask
-
-
-def _cached(out_dir: Path, settings: dict) -> bool:
-    try:
-        return checkpoint_exists(out_dir) and load_checkpoint(out_dir).meta.get("settings") == settings
-    except CheckpointError:
-        return False
 
 
 def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = None,
@@ -128,7 +107,11 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items() if k != "n_eval"}
     out_dir = Path(out_dir)
     say = log or (lambda _msg: None)
-    if not force and _cached(out_dir, settings):
+    try:
+        cached = not force and checkpoint_exists(out_dir) and load_checkpoint(out_dir).meta.get("settings") == settings
+    except CheckpointError:
+        cached = False
+    if cached:
         say(f"pretrain: reusing the base model in {out_dir} (same settings)")
         return out_dir
 
@@ -137,23 +120,21 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     torch.manual_seed(cfg.seed)
     tokenizer = Tokenizer.train(style_texts(rng, cfg.tokenizer_texts, other_lengths=cfg.other_lengths),
                                 vocab_size=model_cfg.vocab_size)
-    pairs = pretrain_corpus(rng, cfg.steps * cfg.batch_size, **{k: getattr(cfg, k) for k in CORPUS_FIELDS},
+    named = inspect.signature(pretrain_corpus).parameters  # the PretrainConfig fields it takes by name
+    pairs = pretrain_corpus(rng, cfg.steps * cfg.batch_size, **{k: getattr(cfg, k) for k in named if hasattr(cfg, k)},
                             sloppy=Sloppy(noise=cfg.sloppy_noise, keep=cfg.sloppy_keep, newline=cfg.sloppy_newline)
                             if cfg.sloppy_noise > 0 else None)
     examples = [tokenizer.encode_example(prompt, response) for prompt, response in pairs]
-    longest = max(len(ids) for ids, _ in examples)
-    if longest > model_cfg.max_seq_len:
+    if (longest := max(len(ids) for ids, _ in examples)) > model_cfg.max_seq_len:
         raise ValueError(f"a pre-training example has {longest} tokens > max_seq_len={model_cfg.max_seq_len}")
 
     # model_cfg.vocab_size is the tokenizer's budget, not its size (see Tokenizer.train): no untrained rows
     model = Transformer(dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)).to(where)
-    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices; not norms / biases
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters() if (p.dim() >= 2) == decay],
+                                    "weight_decay": cfg.weight_decay if decay else 0.0} for decay in (True, False)],
+                                  lr=cfg.lr, betas=(0.9, 0.95))  # decay on matrices, not norms / biases
     say(f"pretrain: {model.num_params() / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, "
         f"{cfg.steps} steps x {cfg.batch_size} examples -> {out_dir}")
-    log_every = max(1, cfg.steps // 12)
     for step in range(cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, cfg)
@@ -170,7 +151,7 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % max(1, cfg.steps // 12) == 0 or step + 1 == cfg.steps:
             say(f"pretrain step {step + 1:4d}/{cfg.steps} | loss {loss.item():.4f} | "
                 f"lr {cosine_lr(step, cfg):.2e} | {time.perf_counter() - t0:5.1f}s")
     train_seconds = time.perf_counter() - t0

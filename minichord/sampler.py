@@ -1,16 +1,9 @@
-"""Batched generation with a KV cache, returning a `Rollout`.
+"""Batched generation with a KV cache, returning a `Rollout`: a left-padded prefill, then a `Transformer.decode_step`
+per token (eager, compiled or a CUDA graph: SamplerConfig.compile; the graph is 3.2x faster on an H200).
 
-    prompts (ragged) --left-pad--> [B, P] --prefill (one forward)--> cache + last logits
-    repeat up to max_new_tokens times:  pick a token from the logits, feed it back ([B, 1])
-
-A token is drawn from softmax(logits / T) restricted to the top-k / nucleus set, but the returned
-log-prob is the unrestricted one, logprob_t = log_softmax(logits_t / T)[y_t] (T = 1 when greedy): the
-policy the trainer differentiates, so old and new log-probs agree at the first update.
-
-Each step after the prefill is `Transformer.decode_step` over a KV cache grown CACHE_CHUNK slots at a time.
-SamplerConfig.compile: None (the default) runs it as a CUDA graph on a GPU (3.2x faster sampling in a CHORD step
-on an H200, benchmarks/RESULTS.md) and eager on a CPU; True also compiles it on a CPU (`torch.compile`, one trace
-of ~45 s on 2 CPU cores: it pays off only over many generations); False is eager everywhere.
+A token is drawn from softmax(logits / T) restricted to the top-k / nucleus set, but the returned log-prob is the
+unrestricted one, logprob_t = log_softmax(logits_t / T)[y_t] (T = 1 when greedy): the policy the trainer
+differentiates, so old and new log-probs agree at the first update.
 """
 
 from __future__ import annotations
@@ -35,10 +28,8 @@ class Rollout:
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set logits outside the allowed set to -inf. logits: [B, V] (already divided by T).
-    top-k: keep logits >= the k-th largest (k = 0 keeps all). top-p (nucleus), after top-k: the smallest set of
-    most probable tokens with total probability >= top_p; sorted descending, token i is dropped when the mass
-    before it, cumsum_i - p_i, already reaches top_p (the most probable token is always kept)."""
+    """logits [B, V] (already / T) with -inf outside the top-k (k = 0: all), then outside the nucleus: sorted
+    descending, token i is dropped when the mass before it, cumsum_i - p_i, reaches top_p (never the first)."""
     if 0 < top_k < logits.shape[-1]:
         kth_largest = logits.topk(top_k, dim=-1).values[:, -1:]  # [B, 1]
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
@@ -59,17 +50,14 @@ _compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # mode
 
 
 def compiled_decode_step(model):
-    """torch.compile(model.decode_step), made once per model; dynamic shapes: one trace serves every batch size and
-    every size of the growing cache (static shapes would trace again, tens of seconds, at each of them)."""
+    """torch.compile(model.decode_step), once per model; dynamic: one trace for every batch and cache size."""
     if model not in _compiled_steps:
         _compiled_steps[model] = torch.compile(model.decode_step, dynamic=True)
     return _compiled_steps[model]
 
 
 class GraphedDecodeStep:
-    """model.decode_step as a CUDA graph over the whole preallocated cache. The first call copies its inputs into
-    fixed buffers, warms up twice on a side stream (cuBLAS handles, the allocator; its cache writes are replayed
-    identically) and captures; every call replays it. The logits are one buffer, overwritten by the next call."""
+    """model.decode_step as a CUDA graph over the preallocated cache, captured at the first call; logits overwritten."""
 
     def __init__(self, model):
         self.model, self.graph = model, None
@@ -97,21 +85,16 @@ class GraphedDecodeStep:
 def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Ragged prompts -> ids [B, P] long and mask [B, P] bool, real tokens at the right end."""
     P = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    for b, prompt in enumerate(prompts):
-        ids[b, P - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-    mask = torch.arange(P)[None, :] >= P - torch.tensor([len(p) for p in prompts])[:, None]
+    ids = torch.tensor([[pad_id] * (P - len(p)) + [int(t) for t in p] for p in prompts], dtype=torch.long)
+    mask = torch.tensor([[False] * (P - len(p)) + [True] * len(p) for p in prompts])
     return ids.to(device), mask.to(device)
 
 
 def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int | list[int], pad_id: int,
              generator: torch.Generator | None = None, use_cache: bool = True,
              vocab_size: int | None = None) -> Rollout:
-    """Sample continuations of `prompts` (token-id lists of any lengths) from `model`. Each sequence stops after
-    emitting `eos_id` or any id of a list (an id outside the vocabulary never matches), so T_new <= max_new_tokens.
-    `generator` (on the model's device) makes sampling reproducible; use_cache=False recomputes the whole sequence
-    every step. vocab_size: the tokenizer's, where the model has more rows (Qwen2 pads 151,665 ids to 151,936):
-    the extra logits are dropped first (never drawn; log-probs over its ids)."""
+    """Sample continuations of ragged `prompts`; a sequence stops after emitting `eos_id` (or any id of a list).
+    vocab_size: the tokenizer's, where the model has more rows (Qwen2: 151,665 of 151,936): extra logits dropped."""
     param = next(model.parameters())
     device, V = param.device, model.cfg.vocab_size
     dtype = autocast_dtype(device) or param.dtype  # under bf16 autocast (minichord/device.py): a bf16 KV cache
@@ -129,13 +112,12 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
                          f"{P + cfg.max_new_tokens} exceeds the model's max_seq_len={model.cfg.max_seq_len}")
     if vocab_size is not None and not 0 < vocab_size <= V:
         raise ValueError(f"vocab_size={vocab_size} must be in [1, model vocab {V}]")
-    with torch.inference_mode():  # like no_grad, and cheaper per op: no version counters or view tracking
-        rollout = _decode(model, prompts, cfg, device, dtype, eos_id, pad_id, generator, use_cache, vocab_size)
+    rollout = _decode(model, prompts, cfg, device, dtype, eos_id, pad_id, generator, use_cache, vocab_size)
     return Rollout(*(x.clone() for x in rollout))  # ordinary tensors: training may save them for backward
 
 
+@torch.inference_mode()  # like no_grad, and cheaper per op: no version counters or view tracking
 def _decode(model, prompts, cfg: SamplerConfig, device, dtype, eos_id, pad_id, generator, use_cache, vocab_size):
-    """generate() after its checks: prefill, then one decode step per new token (inference tensors)."""
     V = model.cfg.vocab_size
     ids, mask = left_pad(prompts, pad_id, device)  # [B, P]
     B, P = ids.shape
@@ -147,11 +129,11 @@ def _decode(model, prompts, cfg: SamplerConfig, device, dtype, eos_id, pad_id, g
     compiled = use_cache and step is not None and (cfg.compile if cfg.compile is not None else device.type == "cuda")
     graphed = compiled and device.type == "cuda"  # a CUDA graph needs fixed shapes: the whole cache from the start
     cache = KVCache(model.cfg, B, total, device, dtype, chunk=None if graphed else CACHE_CHUNK) if use_cache else None
-    if step is None:  # a test double: its forward's logits
+    if step is None:
         logits = model(ids, attention_mask=mask, kv_cache=cache)[:, -1]  # [B, V] (prefill)
-    else:  # prefill; logits at the last position only: [B, V], never [B, P, V] (151,936 columns a token on Qwen2.5)
+    else:  # the last position's logits only: [B, V], never [B, P, V] (151,936 columns a token on Qwen2.5)
         logits = model(ids, attention_mask=mask, kv_cache=cache, return_hidden=True)[:, -1] @ model.lm_head_weight.t()
-    if compiled:  # a CUDA graph on a GPU (the default there), torch.compile elsewhere
+    if compiled:
         step = GraphedDecodeStep(model) if graphed else compiled_decode_step(model)
     next_pos = mask.sum(dim=1, keepdim=True)  # [B, 1]: the first new token's position = real prompt tokens
 
@@ -177,7 +159,7 @@ def _decode(model, prompts, cfg: SamplerConfig, device, dtype, eos_id, pad_id, g
             break
         if not use_cache:
             logits = model(torch.cat([ids, tokens[:, :t + 1]], dim=1), attention_mask=seq_mask[:, :P + t + 1])[:, -1]
-        elif step is None:  # a model without decode_step (a test double): its forward with the cache
+        elif step is None:
             logits = model(tokens[:, t:t + 1], attention_mask=seq_mask[:, :P + t + 1], kv_cache=cache)[:, -1]
         else:
             cache.reserve(P + t + 1)  # grows by CACHE_CHUNK slots when full (graphed: all slots from the start)

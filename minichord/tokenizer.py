@@ -1,17 +1,13 @@
 """A small byte-level BPE tokenizer with a fixed chat format, built on Hugging Face `tokenizers`.
 
-Vocabulary: ids 0..4 are the special tokens <|pad|> <|bos|> <|eos|> <|user|> <|assistant|>, then the byte
-alphabet (GPT-2's byte-to-unicode map) of the 128 ASCII bytes, or all 256 with `full_byte_alphabet=True` (any
-UTF-8), then the learned BPE merges. Pre-tokenization: every digit is its own piece ("1234" is always 1 2 3 4),
-then GPT-2's byte-level split with no prefix space, so decode(encode(s)) == s for any ASCII s.
-
-Chat format (nothing is inserted around the special tokens):
+Vocabulary: ids 0..4 are <|pad|> <|bos|> <|eos|> <|user|> <|assistant|>, then the byte-level alphabet of the 128
+ASCII bytes (all 256 with `full_byte_alphabet=True`), then the BPE merges. Every digit is its own piece, then
+GPT-2's byte-level split with no prefix space, so decode(encode(s)) == s for any ASCII s. Chat format:
 
     <|bos|> <|user|> {prompt tokens} <|assistant|> {response tokens} <|eos|>
     '----------- encode_prompt(prompt) ---------'  '------ loss mask True ------'
 
-Files: `save`/`load` use the standard tokenizer.json, so any Hugging Face tokenizer.json loads; special
-tokens are looked up by their text (`special_tokens={"eos": "<|endoftext|>", ...}` renames them).
+Files: the standard tokenizer.json; any Hugging Face one loads (`special_tokens={"eos": "<|endoftext|>"}` renames).
 """
 
 from __future__ import annotations
@@ -40,8 +36,7 @@ class TokenizerLike(Protocol):
     bos_id: int | None
     special_tokens: dict[str, str]  # role -> token text
 
-    @property
-    def stop_ids(self) -> list[int]: ...  # every id that ends a generation
+    stop_ids: list[int]  # every id that ends a generation
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -55,7 +50,7 @@ class TokenizerLike(Protocol):
 
 
 def encode_text(tok: HFTokenizer, text: str) -> list[int]:
-    """Token ids of `text`, no special tokens added (special token texts inside it are special tokens)."""
+    """Token ids of `text`, no special tokens added."""
     if not isinstance(text, str):
         raise TokenizerError(f"encode() takes a str, got {type(text).__name__}")
     if not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text):  # the Rust side would TypeError
@@ -63,13 +58,21 @@ def encode_text(tok: HFTokenizer, text: str) -> list[int]:
     return tok.encode(text, add_special_tokens=False).ids
 
 
-def _json_file(path: str | Path) -> Path:
+def parse_tokenizer_json(text: str, source: str) -> HFTokenizer:
+    try:
+        json.loads(text)  # a clearer message than the Rust parser's for non-JSON input
+        return HFTokenizer.from_str(text)
+    except Exception as e:  # json.JSONDecodeError, or the Rust side's Exception
+        raise TokenizerError(" ".join(f"{source}: not a valid tokenizer.json: {e}".split())) from None
+
+
+def _json_file(path: str | Path) -> Path:  # a tokenizer.json, or the one in a directory
     path = Path(path)
     return path / "tokenizer.json" if path.is_dir() else path
 
 
 class Tokenizer:
-    """Wraps a `tokenizers.Tokenizer`; knows the ids of the five special tokens."""
+    """A `tokenizers.Tokenizer` and the ids of the five special tokens."""
 
     def __init__(self, hf_tokenizer: HFTokenizer, special_tokens: dict[str, str] | None = None,
                  source: str = "tokenizer"):
@@ -86,11 +89,9 @@ class Tokenizer:
         V = self.vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
         outside = [f"{role}={names[role]!r} has id {ids[role]}" for role in SPECIAL_ROLES if ids[role] >= V]
         if outside:  # e.g. an eos the model can never emit: generation would never stop
-            raise TokenizerError(f"{source}: special token ids outside the vocabulary [0, {V}): "
-                                 f"{', '.join(outside)}")
+            raise TokenizerError(f"{source}: special token ids outside the vocabulary [0, {V}): {', '.join(outside)}")
         self.special_tokens: dict[str, str] = {role: names[role] for role in SPECIAL_ROLES}
-        self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
-        self.user_id, self.assistant_id = ids["user"], ids["assistant"]
+        self.pad_id, self.bos_id, self.eos_id, self.user_id, self.assistant_id = (ids[r] for r in SPECIAL_ROLES)
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 256, *, min_frequency: int = 2,
@@ -126,24 +127,16 @@ class Tokenizer:
     @classmethod
     def from_json(cls, s: str, special_tokens: dict[str, str] | None = None,
                   source: str = "tokenizer JSON") -> "Tokenizer":
-        """Build from the text of a tokenizer.json (e.g. one embedded in a checkpoint)."""
-        try:
-            json.loads(s)  # a clearer message than the Rust parser's for non-JSON input
-            hf = HFTokenizer.from_str(s)
-        except Exception as e:  # json.JSONDecodeError, or the Rust side's Exception
-            raise TokenizerError(f"{source}: not a valid tokenizer.json: {e}") from None
-        return cls(hf, special_tokens, source)
+        return cls(parse_tokenizer_json(s, source), special_tokens, source)
 
     def to_json(self) -> str:
         return self._tok.to_str()
 
     def files(self) -> dict[str, str]:
-        """{file name: text} that identify this tokenizer (as ChatTokenizer.files, which adds its template)."""
         return {"tokenizer.json": self.to_json()}
 
     @classmethod
     def load(cls, path: str | Path, special_tokens: dict[str, str] | None = None) -> "Tokenizer":
-        """Read a tokenizer.json (ours, or any Hugging Face one), or the one in directory `path`."""
         path = _json_file(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -154,14 +147,12 @@ class Tokenizer:
         return cls.from_json(text, special_tokens, source=str(path))
 
     def save(self, path: str | Path) -> Path:
-        """Write tokenizer.json to `path` (a file, or a directory to put it in)."""
         path = _json_file(path)
         path.write_text(self.to_json(), encoding="utf-8")
         return path
 
     def encode(self, text: str) -> list[int]:
-        """encode_text, and non-ASCII text must round-trip (unless a normalizer makes decode differ anyway): BPE
-        silently drops characters outside its alphabet (e.g. "é" with the ASCII alphabet)."""
+        """encode_text, refusing non-ASCII text that does not round-trip: BPE drops characters outside its alphabet."""
         ids = encode_text(self._tok, text)
         if not text.isascii() and self._tok.normalizer is None and self.decode(ids, skip_special=False) != text:
             lost = sorted({c for c in text if not c.isascii() and not self._tok.encode(c).ids})
@@ -170,7 +161,7 @@ class Tokenizer:
         return ids
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-        """Text of `ids` (a list or a 1-D tensor); special tokens dropped unless skip_special=False."""
+        """Text of `ids` (a list or a 1-D tensor)."""
         ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
@@ -179,7 +170,6 @@ class Tokenizer:
 
     @property
     def stop_ids(self) -> list[int]:
-        """The ids that end a generation: the eos alone (a chat model's tokenizer may have several)."""
         return [self.eos_id]
 
     def encode_prompt(self, prompt: str) -> list[int]:
@@ -191,7 +181,7 @@ class Tokenizer:
         return prompt_ids + response_ids, [False] * len(prompt_ids) + [True] * len(response_ids)
 
     def token_text(self, token_id: int) -> str | None:
-        """The vocabulary entry of one id (byte-level spelling), for debugging and tutorials."""
+        """The vocabulary entry of one id (byte-level spelling)."""
         return self._tok.id_to_token(int(token_id))
 
     def __repr__(self) -> str:

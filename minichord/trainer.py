@@ -8,10 +8,8 @@
         L = sum_t coef_t * l_t  (coef: (1-mu)/N_on on rollout tokens, mu/N_exp on expert ones)
         L.backward(); clip_grad_norm(1.0); optimizer.step(); check the weights are still finite
 
-L may be accumulated over micro-batches of sequences (minichord/batch.py). Every random choice of step s
-comes from generators seeded with (seed, s), so a resumed run repeats an uninterrupted one exactly. Ctrl-C or
-SIGTERM finishes the step, saves and stops with TrainingInterrupted; a diverged update stops with TrainingError
-before anything is saved. The departures from the paper, the one list: minichord/methods.py.
+Every random choice of step s comes from generators seeded with (seed, s), so a resumed run repeats an
+uninterrupted one exactly.
 """
 
 from __future__ import annotations
@@ -82,12 +80,10 @@ class Trainer:
         self.optimizer = self._new_optimizer(stages[0])
         self._stop_signal: str | None = None
         self.evals: list[dict] = []  # evaluations made by this process, in order (the demo reads them)
-        # KL penalty (off by default): a frozen copy of the initial model gives ref log-probs
         self.ref_model = copy.deepcopy(model).eval().requires_grad_(False) \
             if any(s.cfg.loss.kl_coef > 0 for s in stages) else None
         self.expert_seqs = [split_example(*tokenizer.encode_example(e.prompt, e.response)) for e in data.experts]
 
-    # ----------------------------------------------------------------- set-up / resume
     def _new_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameters(), lr=stage.cfg.lr, betas=(0.9, 0.95),
                                  weight_decay=stage.cfg.weight_decay)
@@ -96,8 +92,7 @@ class Trainer:
         return next(s for s in self.stages if s.start <= step < s.end)
 
     def resume(self) -> bool:
-        """Continue from `out/checkpoint` if present: weights, optimizer, step; logs are cut
-        back to that step so the files read as one uninterrupted run."""
+        """Continue from `out/checkpoint` if present (weights, optimizer, step); logs are cut back to its step."""
         path = self.out / "checkpoint"
         if not checkpoint_exists(path):
             return False
@@ -122,7 +117,6 @@ class Trainer:
         self.log(f"resumed from {path} at step {self.step}")
         return True
 
-    # ----------------------------------------------------------------- one step
     def _rollouts(self, stage: Stage, step: int) -> tuple[list[Sequence], dict]:
         cfg, mixed = stage.cfg, stage.cfg.loss.expert_in_group  # mixed: each group ends with the expert trace
         rng, gen = step_rng(cfg.seed, step, 0, self.device)
@@ -176,8 +170,7 @@ class Trainer:
                            "rollouts": sum(not s.is_expert for s in seqs), "experts": sum(s.is_expert for s in seqs)}
 
     def train_step(self, step: int) -> dict:
-        """One step: the batch, then ppo_epochs x minibatches optimizer steps on it (old log-probs recomputed first
-        if more than one, so ratios and clipping are real); weights and logits checked once, at the end."""
+        """One step: the batch, then ppo_epochs x minibatches optimizer steps on it; returns its metrics."""
         stage = self.stage_at(step)
         batch, mu, metrics = self._batch(stage, step)
         t0 = time.perf_counter()
@@ -215,7 +208,6 @@ class Trainer:
         return {**metrics, **{k: sum(v) / len(v) for k, v in stats.items()}, "tokens": batch.num_tokens,
                 "time_train": time.perf_counter() - t0}
 
-    # ----------------------------------------------------------------- the loop
     def evaluate(self, step: int) -> dict:
         result = {"step": step, **evaluate_splits(self.model, self.tok, self.data.eval_splits, dtype=self.cfg.dtype,
                                                   reward_fn=self.data.reward, lenient_fn=self.data.lenient,
@@ -240,7 +232,7 @@ class Trainer:
         self.request_stop(signal.Signals(signum).name)
 
     def run(self) -> dict:
-        """Train until `steps`. On Ctrl-C / SIGTERM: finish the step, save, raise TrainingInterrupted."""
+        """Train until `steps` (or a stop signal: TrainingInterrupted); returns the last evaluation."""
         handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         last_eval: dict = {}
         try:
@@ -278,8 +270,7 @@ class Trainer:
 def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | None = None,
                 overrides: list[str] | tuple[str, ...] = (), resume: bool = True,
                 log: Callable[[str], None] = print) -> Trainer:
-    """From a method name, a config file and overrides to a Trainer ready to run (resumed from out_dir if it
-    holds a checkpoint). Every refusal (config, device, data files) comes before any model loads."""
+    """A Trainer ready to run, resumed if out_dir holds a checkpoint; every refusal comes before any model loads."""
     stages = build_stages(method_name, config_file, overrides)
     cfg = stages[0].cfg
     device = resolve_device(cfg.device)  # --device cuda without CUDA: refused before any data or model loads

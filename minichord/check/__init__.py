@@ -1,16 +1,12 @@
-"""`minichord check`: your CHORD loss and gradient against minichord's reference, with a diagnosis.
+"""`minichord check`: your CHORD loss and gradient against minichord's reference (check/recompute.py), diagnosed.
 
-    from minichord.check import check_batch
-    result = check_batch("batch.safetensors")          # a DUMP file (schema: check/dump.py) or a Dump
-    print(result.report())                             # result.match, result.causes: the cause keys
-
-The reference (float64) and the tolerance rule: check/recompute.py. When the numbers differ, every
-combination of the conventions' choices (recompute.SEARCHED) and of the known bugs (recompute.BUGS) is tried,
-fewest changes first; the variants that reproduce your loss and gradient are reported, in words (`_cause`).
+On a mismatch every combination of the conventions' choices (recompute.SEARCHED) and of the known bugs
+(recompute.BUGS) is tried, fewest changes first; the variants that reproduce your numbers are reported in words.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 from pathlib import Path
@@ -23,17 +19,14 @@ from minichord.config import AGGREGATIONS, SINGLETONS, STDS, LossConfig
 from minichord.methods import CONVENTIONS
 
 
-@dataclasses.dataclass
-class Cause:
-    key: str  # stable name, e.g. "no_dual_clip"
-    text: str
+Cause = collections.namedtuple("Cause", "key text")  # key: a stable name, e.g. "no_dual_clip"
 
 
 def _cause(field: str, target, found) -> Cause:
     """One difference between the target convention and a variant that reproduces the numbers, in words."""
     if field == "aggregation":
-        return {"token-mean": Cause("token_mean", "one global token-mean per term instead of the target's "
-                                    f"{target} aggregation"),
+        return {"token-mean": Cause("token_mean", f"one global token-mean per term instead of the target's {target} "
+                                    "aggregation"),
                 "sequence-mean": Cause("sequence_mean", "per-sequence mean instead of token mean: each sequence "
                                        "averaged over its tokens first, then the sequences"),
                 "micro-batch": Cause("micro_batch_weighting", "per-micro-batch token means weighted by each "
@@ -68,8 +61,7 @@ def variants(d: Dump, target: LossConfig) -> list[tuple[LossConfig, Optional[str
     """Every (rules, bug) worth trying on `d`, fewest changes from `target` first."""
     luffy, grouped = d.weighting == "luffy", d.rewards is not None and d.weighting != "luffy"
     n_mb = 0 if d.micro_batch is None else d.micro_batch[d.mask.any(1)].unique().numel()
-    # with fewer than 2 micro-batches, "micro-batch" is token-mean: not tried
-    dims = {"aggregation": () if luffy else AGGREGATIONS[:3 if n_mb >= 2 else 2],
+    dims = {"aggregation": () if luffy else AGGREGATIONS[:3 if n_mb >= 2 else 2],  # 1 micro-batch: = token-mean
             "dual_clip": () if luffy else (None, 3.0, target.dual_clip),
             "log_ratio_clamp": (20.0, NO_CLAMP, target.log_ratio_clamp),
             "singleton": SINGLETONS if grouped else (), "std": STDS[:2] if grouped else ()}
@@ -86,23 +78,8 @@ def _changes(target: LossConfig, rules: LossConfig, bug: Optional[str]) -> list[
     return out + ([_cause(bug, None, None)] if bug else [])
 
 
-@dataclasses.dataclass
-class Diagnosis:
-    """A variant that reproduces the researcher's loss and gradient: the target plus `causes`."""
-
-    rules: LossConfig
-    bug: Optional[str]
-    causes: list[Cause]
-    preset: Optional[str] = None  # the named preset this variant is, if any
-
-
-@dataclasses.dataclass
-class TokenDiff:
-    index: int  # position among the masked tokens
-    sequence: int
-    position: int
-    theirs: float
-    ours: float
+Diagnosis = collections.namedtuple("Diagnosis", "rules bug causes preset")  # the target + causes; preset: its name
+TokenDiff = collections.namedtuple("TokenDiff", "index sequence position theirs ours")  # index: among masked tokens
 
 
 @dataclasses.dataclass
@@ -114,7 +91,6 @@ class CheckResult:
     ours: Reference
     first_diffs: list[TokenDiff]
     n_diff: int
-    n_tokens: int
     rtol: float
     atol: float
     diagnoses: list[Diagnosis] = dataclasses.field(default_factory=list)
@@ -136,7 +112,7 @@ class CheckResult:
                  f"{o.loss_scale:.3g}, gradient scale median|ours| = {grad_scale(o.grad):.3g})",
                  f"loss: theirs {self.loss_theirs:.10g}, ours {o.loss:.10g} = {g} * L_GRPO + "
                  f"{'mu' if g != '1' else '1'} * L_SFT = {a:g} * {o.grpo:.8g} + {b:g} * {o.sft:.8g}",
-                 f"grad_logp: {self.n_diff} of {self.n_tokens} tokens differ"]
+                 f"grad_logp: {self.n_diff} of {len(o.grad)} tokens differ"]
         lines += [f"  token {t.index} (sequence {t.sequence}, position {t.position}): theirs {t.theirs:.8g}, "
                   f"ours {t.ours:.8g}" for t in self.first_diffs]
         lines += [f"note: {n}" for n in self.notes]
@@ -161,13 +137,12 @@ def check_batch(dump: Union[Dump, str, Path], convention: Optional[str] = None,
     name = convention or d.convention
     target = convention_rules(name, d.weighting)
     theirs = d.flat(d.grad_logp)  # [N]
-    memo: dict = {}
-    ours = reference(d, target, memo=memo)
+    ours = reference(d, target, memo=(memo := {}))
     ok, tok_ok = agrees(ours, d.loss, theirs, rtol, atol)
     pos = d.mask.nonzero()  # [N, 2]
     bad = (~tok_ok).nonzero()[:, 0].tolist()
     diffs = [TokenDiff(i, int(pos[i, 0]), int(pos[i, 1]), theirs[i].item(), ours.grad[i].item()) for i in bad[:5]]
-    result = CheckResult(ok, name, target, d.loss, ours, diffs, len(bad), int(theirs.numel()), rtol, atol)
+    result = CheckResult(ok, name, target, d.loss, ours, diffs, len(bad), rtol, atol)
     if d.rewards is not None and d.advantages is not None and d.weighting != "luffy":
         on = ~d.flat(d.is_expert)
         differ = ((token_advantages(d, target) - d.flat(d.advantages)).abs() > 1e-5)[on]  # [N_on]

@@ -1,7 +1,5 @@
-"""A DUMP: one batch of a CHORD loss exactly as your code saw it, in one safetensors file.
-
-`minichord check DUMP` recomputes the loss and d loss / d logp from these inputs and compares them with
-yours. B = sequences in the batch, T = the longest response (right-padded; the mask says which tokens count).
+"""A DUMP: one batch of a CHORD loss exactly as your code saw it, in one safetensors file, for `minichord check DUMP`.
+B = sequences in the batch, T = the longest response (right-padded; the mask says which tokens count).
 
 Tensors (any float dtype for floats, read as float64; flags: bool, or any dtype holding only 0 and 1):
 
@@ -20,12 +18,11 @@ Metadata (safetensors `metadata={...}`, all values strings):
 
     mu           "0.1"                      SFT weight, in [0, 1] (ignored by luffy)
     weighting    "phi" | "is" | "uniform" | "luffy"   the expert term: sg(p(1-p)), sg(p), 1, or LUFFY
-    eps_low      "0.2"   optional, default 0.2          PPO clip range [1 - eps_low, 1 + eps_high]
-    eps_high     "0.2"   optional, default 0.2
+    eps_low, eps_high   "0.2"   optional, default 0.2   PPO clip range [1 - eps_low, 1 + eps_high]
     convention   "paper" | "official"   optional, default paper (the CLI's --convention wins)
 
-Values outside the mask are never read: padding may hold anything, NaN included. Under the mask every
-value must be finite. A plain-PyTorch dump is in tutorials/09_check_your_loss.py.
+Values outside the mask are never read (padding may hold anything, NaN included); under it every value must be
+finite. A plain-PyTorch dump: tutorials/09_check_your_loss.py.
 """
 
 from __future__ import annotations
@@ -75,12 +72,10 @@ class Dump:
 
 def _number(meta: dict, key: str, default: Optional[float], lo: float, hi: float, where: str) -> float:
     text = meta.get(key)
-    if text is None:
-        if default is None:
-            raise DumpError(f"{where}: missing metadata {key!r} (a number in [{lo}, {hi}])")
-        return default
+    if text is None and default is None:
+        raise DumpError(f"{where}: missing metadata {key!r} (a number in [{lo}, {hi}])")
     try:
-        value = float(text)
+        value = default if text is None else float(text)
     except ValueError:
         value = math.nan
     if not lo <= value <= hi:
@@ -97,8 +92,7 @@ def _flags(name: str, x: Tensor, where: str) -> Tensor:
 def _finite(name: str, x: Tensor, where: str, under: Optional[Tensor] = None) -> Tensor:
     if not x.is_floating_point():
         raise DumpError(f"{where}: tensor {name!r} must be floating point, got {x.dtype}")
-    x = x.double()
-    bad = ~torch.isfinite(x) & (True if under is None else under)
+    bad = ~torch.isfinite(x := x.double()) & (True if under is None else under)
     if bad.any():
         raise DumpError(f"{where}: tensor {name!r} has NaN or inf at {bad.nonzero()[0].tolist()}" +
                         (" (a masked-in token)" if under is not None else "") + "; it must be finite there")
@@ -107,15 +101,12 @@ def _finite(name: str, x: Tensor, where: str, under: Optional[Tensor] = None) ->
 
 def from_tensors(tensors: dict[str, Tensor], meta: dict[str, str], where: str = "dump") -> Dump:
     """Validate a dump given as tensors + metadata strings (what `load_dump` reads from a file)."""
-    for name in REQUIRED:
-        if name not in tensors:
-            raise DumpError(f"{where}: missing tensor {name!r} (required: {', '.join(REQUIRED)}; "
-                            f"and advantages or rewards + group_ids)")
-    unknown = sorted(set(tensors) - set(REQUIRED) - set(OPTIONAL))
-    if unknown:
+    if missing := [name for name in REQUIRED if name not in tensors]:
+        raise DumpError(f"{where}: missing tensor {missing[0]!r} (required: {', '.join(REQUIRED)}; "
+                        f"and advantages or rewards + group_ids)")
+    if unknown := sorted(set(tensors) - set(REQUIRED) - set(OPTIONAL)):
         raise DumpError(f"{where}: unknown tensor {unknown[0]!r}; allowed: {', '.join(REQUIRED + OPTIONAL)}")
-    logp = tensors["logp"]
-    if logp.dim() != 2:
+    if (logp := tensors["logp"]).dim() != 2:
         raise DumpError(f"{where}: tensor 'logp' has shape {list(logp.shape)}: must be [B, T]")
     B, T = logp.shape
     shapes = {"loss": [()], "advantages": [(B, T), (B,)],
@@ -125,8 +116,7 @@ def from_tensors(tensors: dict[str, Tensor], meta: dict[str, str], where: str = 
         if (() if name == "loss" and x.numel() == 1 else tuple(x.shape)) not in want:
             raise DumpError(f"{where}: tensor {name!r} has shape {list(x.shape)}: must be "
                             f"{' or '.join(str(list(w)) for w in want)} (B={B}, T={T} from logp)")
-    mask = _flags("mask", tensors["mask"], where)
-    is_expert = _flags("is_expert", tensors["is_expert"], where)
+    mask, is_expert = _flags("mask", tensors["mask"], where), _flags("is_expert", tensors["is_expert"], where)
     on_rows = mask & ~is_expert[:, None]  # [B, T]
     if "advantages" not in tensors and not ("rewards" in tensors and "group_ids" in tensors):
         raise DumpError(f"{where}: missing tensor 'advantages' (or both 'rewards' and 'group_ids')")

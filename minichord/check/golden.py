@@ -1,6 +1,4 @@
-"""Golden cases: named small batches with minichord's expected CHORD loss and gradient, for any implementation.
-
-Files (version 1, shipped beside this module, written by `python -m minichord.check.make_golden`):
+"""Golden cases: small named batches with minichord's expected CHORD loss and gradient; files by make_golden.py:
 
     cases-v1.json          {"version": 1, "cases": [entry, ...]}, one entry per case:
         name               "<convention>/<scenario>", e.g. "official/dual_clip_binds"
@@ -16,27 +14,23 @@ Files (version 1, shipped beside this module, written by `python -m minichord.ch
                            int64, B x T padded; grad_logp: the expected d loss / d logp (0 outside the mask)
 
 A case passes when |loss - expected| <= 1e-7 * loss_scale + 1e-5 * |expected| and, on every masked token,
-|grad - expected| <= 1e-7 * median(nonzero |expected grad|) + 1e-5 * |expected grad|. The cases
-"ppo_at_clip_thresholds" and "clamp_at_threshold" sit exactly on a boundary (r = 1.2, 0.8; log-ratio 20):
-the gradient there is the unclipped one, and a float32 computation may land one ulp beyond it.
+|grad - expected| <= 1e-7 * median(nonzero |expected grad|) + 1e-5 * |expected grad|. On an exact boundary
+("ppo_at_clip_thresholds", "clamp_at_threshold") the gradient is the unclipped one: float32 may land an ulp beyond.
 
-Your function, for `minichord check --golden MODULE:FUNCTION` (MODULE is imported, the current directory
-first on the path; no string is ever evaluated):
+Your function, for `minichord check --golden MODULE:FUNCTION` (MODULE imported, the current directory first on
+the path; no string is evaluated); raise NotImplementedError for a case you do not support (e.g. LUFFY, or
+advantages from rewards): it is reported as skipped, not failed. `--convention official` runs that convention's:
 
     def my_loss(logp, old_logp, advantages, mask, is_expert, *, mu, weighting, eps_low, eps_high,
                 micro_batch, rewards, group_ids):
         ...  # logp [B, T] float64 with requires_grad; advantages [B, T], or None when the case gives
         ...  # rewards [B] + group_ids [B] instead; micro_batch [B] or None
-        return loss                # autograd gives d loss / d logp
-        # or return loss, grad_logp   ([B, T])
-
-Raise NotImplementedError for a case you do not support (e.g. LUFFY, or advantages from rewards): it is
-reported as skipped, not failed. Run the cases of the convention you implement: `--convention official`.
+        return loss  # autograd gives d loss / d logp; or return loss, grad_logp ([B, T])
 """
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 import importlib
 import json
 import os
@@ -52,12 +46,7 @@ HERE = Path(__file__).resolve().parent
 VERSION = 1
 
 
-@dataclasses.dataclass
-class GoldenCase:
-    name: str
-    description: str
-    settings: dict  # mu, weighting, eps_low, eps_high, convention, expected, ...
-    tensors: dict  # field -> tensor
+GoldenCase = collections.namedtuple("GoldenCase", "name description settings tensors")  # settings: the json entry
 
 
 def load_cases(convention: Optional[str] = None, directory: Path = HERE) -> list[GoldenCase]:
@@ -92,8 +81,7 @@ def run_case(fn: Callable, case: GoldenCase, rtol: float = 1e-5, atol: float = 1
     want, mask, expected = s["expected"], t["mask"], t["grad_logp"]
     if not within(loss, want["loss"], want["loss_scale"], rtol, atol):
         return "fail", f"loss {loss:.10g}, expected {want['loss']:.10g}"
-    ok = within(grad, expected, grad_scale(expected[mask]), rtol, atol)  # [B, T]
-    bad = (~ok & mask).nonzero()
+    bad = (~within(grad, expected, grad_scale(expected[mask]), rtol, atol) & mask).nonzero()  # [n_bad, 2]
     if len(bad):
         i, j = bad[0].tolist()
         return "fail", (f"grad_logp differs at {len(bad)} token(s), first at sequence {i}, position {j}: "
@@ -112,18 +100,15 @@ def import_function(spec: str) -> Callable:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ValueError(f"--golden {spec!r}: cannot import module {module_name!r}: {e}") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
+    if not callable(fn := getattr(module, attr, None)):
         raise ValueError(f"--golden {spec!r}: module {module_name!r} has no function {attr!r}")
     return fn
 
 
 def run_golden(spec_or_fn, convention: str = "paper", log: Callable[[str], None] = print) -> int:
-    """Run a function over the golden cases of `convention`, logging one line per case and a summary: 0 when
-    none fails, else 1."""
+    """Run a function over the golden cases of `convention`, a line per case and a summary: 0 if none fails, else 1."""
     fn = import_function(spec_or_fn) if isinstance(spec_or_fn, str) else spec_or_fn
-    counts = {"pass": 0, "fail": 0, "skip": 0}
-    cases = load_cases(convention)
+    counts, cases = dict.fromkeys(("pass", "fail", "skip"), 0), load_cases(convention)
     for case in cases:
         status, detail = run_case(fn, case)
         counts[status] += 1

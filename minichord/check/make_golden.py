@@ -1,10 +1,8 @@
-"""Write the golden cases from minichord's reference math:  python -m minichord.check.make_golden [OUT_DIR]
+"""Write the golden cases (spec: check/golden.py):  python -m minichord.check.make_golden [OUT_DIR]
 
-Every scenario below is a small batch (schema: minichord/check/golden.py), computed under both presets
-(`paper/NAME`, `official/NAME`; LUFFY's under `paper/` only) by `minichord.check.recompute.reference` in float64.
-Inputs are decimals or seeded draws rounded to 1e-6; expected numbers are rounded to 10 significant
-digits, so a last-bit difference in exp/log between machines does not change the file (bump VERSION when
-the meaning of a case changes).
+Each scenario is computed under both presets (`paper/NAME`, `official/NAME`; LUFFY's under `paper/` only) by
+`recompute.reference` in float64. Inputs are decimals or seeded draws rounded to 1e-6, expected numbers are rounded
+to 10 significant digits: a last-bit exp/log difference between machines does not change the file.
 """
 
 from __future__ import annotations
@@ -54,8 +52,7 @@ MIXED = [S([-0.3, -1.2], [0.1, -0.15], 1.0), S([-2.0], [0.3], -0.5), S([-0.7, -0
          E([0.5, 0.2]), E([0.9, 0.05, 0.6])]
 SFT3 = [E([0.5, 0.2, 0.9]), E([0.3])]
 
-# name: (description, sequences[, settings])
-SCENARIOS = {
+SCENARIOS = {  # name: (description, sequences[, settings])
     "grpo_one_token": ("one rollout token, A = 1, r = 1, mu = 0", [S([-0.5], adv=1.0)]),
     "grpo_r1_mixed_advantages": ("r = 1: L_GRPO = -token-mean(A), gradient -A / N",
                                  [S([-0.1], adv=1.0), S([-0.2, -0.3], adv=-0.5), S([-1, -2, -3], adv=0.25)]),
@@ -154,13 +151,12 @@ def _pad(rows: list[list], dtype=torch.float64) -> torch.Tensor:
 def build_case(seqs, settings, convention: str):
     """(tensors, index entry) of one case: the DUMP fields, the expected loss and gradient."""
     logp = _pad([s["logp"] for s in seqs])  # [B, T], 0 past each sequence's end
-    old = logp - _pad([s["lr"] for s in seqs])  # [B, T]
+    is_expert = torch.tensor([s["expert"] for s in seqs])
+    old_logp = torch.where(is_expert[:, None], 0.0, logp - _pad([s["lr"] for s in seqs]))  # [B, T]
     mask = _pad([[True] * len(s["logp"]) for s in seqs], torch.bool)  # [B, T]
     B, T = mask.shape
     for i, t in settings.get("holes", []):
         mask[i, t] = False
-    is_expert = torch.tensor([s["expert"] for s in seqs])
-    old_logp = torch.where(is_expert[:, None], 0.0, old)  # [B, T]
     tensors = {"logp": logp, "old_logp": old_logp, "mask": mask, "is_expert": is_expert}
     if "rewards" in settings:
         tensors["rewards"] = torch.tensor(settings["rewards"], dtype=torch.float64)
@@ -196,8 +192,7 @@ def build() -> tuple[dict, dict]:
 def write(out_dir: Path) -> tuple[Path, Path]:
     from safetensors.torch import save_file
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir := Path(out_dir)).mkdir(parents=True, exist_ok=True)
     tensors, index = build()
     data, meta = out_dir / f"cases-v{VERSION}.safetensors", out_dir / f"cases-v{VERSION}.json"
     save_file(tensors, str(data))

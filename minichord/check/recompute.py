@@ -29,9 +29,7 @@ def convention_rules(name: str, weighting: str) -> LossConfig:
     """The batch rules of convention `name` (paper | official) for a dump's weighting (LUFFY: its own rules)."""
     if name not in CONVENTIONS:
         raise ValueError(f"convention={name!r}: must be one of {', '.join(CONVENTIONS)}")
-    if weighting == "luffy":
-        return LossConfig(**LUFFY_LOSS)
-    return LossConfig(**CONVENTIONS[name], expert_weighting=weighting)
+    return LossConfig(**LUFFY_LOSS if weighting == "luffy" else dict(CONVENTIONS[name], expert_weighting=weighting))
 
 
 @dataclasses.dataclass
@@ -60,8 +58,7 @@ def token_advantages(d: Dump, rules: LossConfig) -> Tensor:
 
 
 def reference(d: Dump, rules: LossConfig, bug: Optional[str] = None, memo: Optional[dict] = None) -> Reference:
-    """The loss and gradient of dump `d` under `rules`, with one of BUGS planted when `bug` is given.
-    `memo` (a dict kept across calls on the same dump) caches the coefficients of each aggregation."""
+    """The loss and gradient of `d` under `rules`, one of BUGS planted; `memo` (a dict per dump) caches coefficients."""
     is_expert, seq = d.flat(d.is_expert), d.rows  # [N], [N]
     logp = d.flat(d.logp).clone().requires_grad_(True)  # [N] float64
     old = torch.where(is_expert, 0.0, d.flat(d.old_logp))  # [N]

@@ -27,9 +27,7 @@ def run_quietly(method: str, run_dir: Path, overrides: list[str]) -> list[dict]:
 
 def evaluate_initial_model(cfg: TrainConfig, seeds: int, n_test: int, log: Callable[[str], None] = print
                            ) -> tuple[torch.nn.Module, TokenizerLike, list[dict]]:
-    """The starting model (`cfg.init`, else the toy base) on `cfg.device`, greedy on each seed's toy test splits:
-    (model, tokenizer, [evaluate_splits(...) per seed 0..seeds-1]), the splits a run with seed=s and this n_test
-    evaluates on (make_splits draws the test splits first)."""
+    """(model, tokenizer, [evaluate_splits per seed]): the starting model, greedy on each seed's run's test splits."""
     device = resolve_device(cfg.device)
     model, tok = load_model(cfg.init or toy_base(log, device))
     model.to(device)

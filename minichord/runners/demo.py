@@ -28,9 +28,8 @@ def run_demo(out_dir: Path, *, steps: int | None = None, seed: int = 0, hardware
               f"{b['response_length']:.1f} -> {a['response_length']:.1f} tokens")
     print("\nsample outputs (in-domain):")
     for sb, sa in zip(before["in_domain"]["samples"], after["in_domain"]["samples"]):
-        print(f"  prompt  : {sb['prompt']}   (answer {sb['answer']})")
-        print(f"  base    : {sb['response']!r}")
-        print(f"  trained : {sa['response']!r}")
+        print(f"  prompt  : {sb['prompt']}   (answer {sb['answer']})\n  base    : {sb['response']!r}\n"
+              f"  trained : {sa['response']!r}")
     print(f"\nrun directory: {out_dir} (metrics.jsonl, eval.jsonl, checkpoint/); "
           f"plot with: minichord plot {out_dir} -o {Path(out_dir) / 'curves.png'}")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")

@@ -47,9 +47,8 @@ def plot_runs(run_dirs: list[Path], out_file: Path, labels: list[str] | None = N
         need = "plotting needs matplotlib: pip install 'minichord[plot]' (or pip install matplotlib)"
         raise SystemExit(need) from None
     runs = [Path(d) for d in run_dirs]
-    for d in runs:
-        if not (d / "metrics.jsonl").exists() and not (d / "eval.jsonl").exists():
-            raise FileNotFoundError(f"{d} holds no metrics.jsonl or eval.jsonl: is it a run directory?")
+    if bad := [d for d in runs if not (d / "metrics.jsonl").exists() and not (d / "eval.jsonl").exists()]:
+        raise FileNotFoundError(f"{bad[0]} holds no metrics.jsonl or eval.jsonl: is it a run directory?")
     if labels is None:  # directory names, with their parent's when they repeat (a/seed0, b/seed0)
         labels = [d.resolve().name for d in runs]
         if len(set(labels)) < len(labels):
@@ -71,8 +70,7 @@ def plot_runs(run_dirs: list[Path], out_file: Path, labels: list[str] | None = N
         ax.axis("off")
     axes.flat[0].legend(list(handles.values()), list(handles), fontsize=7)
     fig.tight_layout()
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
+    (out_file := Path(out_file)).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_file, dpi=80)
     plt.close(fig)
     return out_file

@@ -1,15 +1,13 @@
-"""`minichord probe`: does the toy setting leave every method room to show what it does?
+"""`minichord probe`: does the toy setting leave every method room to show what it does? Writes probe.json, .md.
 
-The criteria describe the *setting*, never which method wins: 1 headroom, 2 expert capability (the expert is
-a program), 3 RL signal, 4 disruption, 5 partly on-policy, 6 overfitting; what each measures and needs: the
-table in `probe`. Runs: the base on `seeds` splits; GRPO x seeds at the default budget; a long SFT run on a
-large expert set (criteria 2, 4) and one on a small set (criterion 6), both at sft_lr: a small set (64-256
-demos) is memorised before the procedure is learned, so the two questions need two set sizes.
-Writes probe.json and probe.md.
+The criteria (the table in `probe`) describe the *setting*, never which method wins. Runs: the base on `seeds`
+splits; GRPO x seeds at the default budget; a long SFT run on a large expert set (criteria 2, 4) and one on a small
+set (criterion 6): a small set is memorised before the procedure is learned, so the two need two set sizes.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import statistics
@@ -40,13 +38,7 @@ QUICK_BUDGET = ProbeBudget(seeds=1, grpo_steps=2, sft_steps=4, n_expert_large=16
                            n_test=6, eval_every=2)
 
 
-@dataclasses.dataclass
-class Criterion:
-    number: int
-    name: str
-    measured: str
-    threshold: str
-    passed: bool
+Criterion = collections.namedtuple("Criterion", "number name measured threshold passed")
 
 
 def _spread(values: list[float]) -> str:
@@ -58,9 +50,8 @@ def _spread(values: list[float]) -> str:
 
 def overfit_check(steps: list[int], acc: list[float], nll_steps: list[int], nll: list[float],
                   drop: float = 0.05) -> tuple[bool, str]:
-    """Criterion 6 on one curve: the readapt peak (the best point after the style shift's trough, so never
-    the base at step 0) falls by >= `drop` (last value vs peak) while the training NLL over the last
-    tenth of steps is below its mean around the peak step."""
+    """Criterion 6 on one curve: the readapt peak (the best point after the style shift's trough, never step 0's base)
+    falls by >= `drop` to the last value while the training NLL over the last tenth is below its mean at the peak."""
     if len(acc) < 2 or not nll:
         return False, "no curve"
     trough = min(range(1, len(acc)), key=lambda i: acc[i])
@@ -85,8 +76,7 @@ def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: l
     median_p = expert_token_probs(model, tok, experts, cfg.dtype)["median_p"]
     log(f"probe: base in-domain {_spread([b['in_domain'] for b in base])}; median expert p {median_p:.3f}")
 
-    common = [f"n_test={budget.n_test}", *overrides]
-    grpo = []
+    common, grpo = [f"n_test={budget.n_test}", *overrides], []
     for s in range(budget.seeds):
         log(f"probe: grpo seed {s} ({budget.grpo_steps} steps)")
         grpo.append(run_quietly("grpo", out / "grpo" / f"seed{s}", [
@@ -122,19 +112,16 @@ def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: l
         Criterion(6, f"overfitting: SFT on {budget.n_expert_small} demos", overfit_text,
                   "falls >= 0.05 from peak, NLL still falls", overfit),
     ]
-    table = markdown(criteria, budget)
-    (out / "probe.md").write_text(f"# minichord probe\n\n{table}\n")
-    (out / "probe.json").write_text(json.dumps({"budget": dataclasses.asdict(budget), "overrides": list(overrides),
-                                                "base": base, "grpo_final": grpo, "median_p": median_p,
-                                                "criteria": [dataclasses.asdict(c) for c in criteria]}, indent=1))
-    log(table)
-    return criteria
-
-
-def markdown(criteria: list[Criterion], budget: ProbeBudget) -> str:
     rows = [[str(c.number), c.name, c.measured, c.threshold, "pass" if c.passed else "FAIL"] for c in criteria]
-    return "\n".join(markdown_rows(["#", "criterion", "measured", "needs", "result"], rows) + [
+    table = "\n".join(markdown_rows(["#", "criterion", "measured", "needs", "result"], rows) + [
         f"\n{budget.seeds} seed(s) of the base and GRPO ({budget.grpo_steps} steps); one long SFT run "
         f"({budget.sft_steps} steps, {budget.n_expert_large} demonstrations, lr {budget.sft_lr}) and one on "
         f"{budget.n_expert_small} demonstrations ({budget.overfit_steps} steps, same lr); {budget.n_test} test "
         "problems per split. Criterion 7 (wall-clock budgets) is not measured here."])
+    (out / "probe.md").write_text(f"# minichord probe\n\n{table}\n")
+    (out / "probe.json").write_text(json.dumps({"budget": dataclasses.asdict(budget), "overrides": list(overrides),
+                                                "base": base, "grpo_final": grpo, "median_p": median_p,
+                                                "criteria": [c._asdict() for c in criteria]}, indent=1))
+    log(table)
+    return criteria
+

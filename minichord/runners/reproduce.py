@@ -1,15 +1,13 @@
 """`minichord reproduce [--quick]`: the paper's comparison at toy scale, every method, several seeds.
 
-Matched budget: every method runs the same number of optimizer steps with the same batch shape (B prompts
-x G rollouts, E expert demonstrations per step where its mu > 0); sft-grpo splits those steps between its
-stages. Samples seen differ by method (SFT samples no rollouts, GRPO no expert data) and are reported.
-Writes results.json, results.md (mean ± std over seeds), curves.png (seed 0 of every method) and
-sft_curve.png (a long SFT run on the limited expert set: shift, readapt, overfit?).
+Matched budget: the same optimizer steps and batch shape (B prompts x G rollouts, E expert demonstrations where mu > 0)
+for every method, sft-grpo splitting them between its stages; samples seen differ by method and are reported. Writes
+results.json, results.md, curves.png (seed 0 of every method), sft_curve.png (a long SFT run on the limited set).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 import json
 import statistics
 import time
@@ -23,17 +21,7 @@ from minichord.runners.plot import PANELS, plot_runs, read_jsonl, series
 SFT_CURVE_PANELS = [PANELS[0], PANELS[2],
                     ("eval.jsonl", "in_domain.response_length", "in-domain response length (tokens)"),
                     ("metrics.jsonl", "expert_nll", "expert-token NLL (training batches)")]
-
-
-@dataclasses.dataclass
-class Setting:
-    steps: int
-    seeds: int
-    n_test: int
-    eval_every: int
-    sft_curve_steps: int  # length of the long SFT run (0 = skip)
-
-
+Setting = collections.namedtuple("Setting", "steps seeds n_test eval_every sft_curve_steps")  # sft_curve_steps 0: none
 FULL = Setting(steps=100, seeds=3, n_test=150, eval_every=25, sft_curve_steps=300)
 QUICK = Setting(steps=24, seeds=1, n_test=60, eval_every=12, sft_curve_steps=60)
 COLUMNS = [("in_domain", "in-domain acc"), ("harder", "harder acc"), ("other_skills", "other-skill retention"),
@@ -62,19 +50,12 @@ def mean_std(values: list[float | None]) -> str:
     return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
 
 
-def markdown_table(results: dict[str, list[dict]], n_seeds: int) -> str:
-    rows = [[method] + [mean_std([r.get(k) for r in runs]) if k not in ("rollouts_seen", "experts_seen")
-                        else str(int(runs[0].get(k) or 0)) for k, _ in COLUMNS] for method, runs in results.items()]
-    return "\n".join(markdown_rows(["method"] + [c for _, c in COLUMNS], rows) +
-                     [f"\nmean ± sample std over {n_seeds} seed(s); accuracies are greedy, on held-out splits."])
-
-
 def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = None,
               methods: list[str] | None = None, steps: int | None = None, overrides: list[str] = (),
               sft_curve_steps: int | None = None, log: Callable[[str], None] = print) -> dict:
     base = QUICK if quick else FULL
-    setting = dataclasses.replace(base, seeds=seeds or base.seeds, steps=steps or base.steps,
-                                  sft_curve_steps=base.sft_curve_steps if sft_curve_steps is None else sft_curve_steps)
+    setting = base._replace(seeds=seeds or base.seeds, steps=steps or base.steps,
+                            sft_curve_steps=base.sft_curve_steps if sft_curve_steps is None else sft_curve_steps)
     methods = list(methods or METHODS)
     for m in methods:
         build_stages(m)  # refuse unknown method names before any work
@@ -86,26 +67,26 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
     t_start = time.perf_counter()
     # the base's evaluation resolves the device: a bad one is refused before anything is written
     _, _, base_evals = evaluate_initial_model(first_cfg, setting.seeds, first_cfg.n_test, log)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    (out := Path(out_dir)).mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {"base": [{**split_summary(e), "wall_s": 0.0} for e in base_evals]}
     for done, (method, seed) in enumerate(jobs):
         elapsed = time.perf_counter() - t_start
         eta = f", ~{elapsed / done * (total - done) / 60:.1f} min left" if done else ""
         log(f"[run {done + 1}/{total}] {method} seed {seed} ({elapsed / 60:.1f} min elapsed{eta})")
-        run_dir = out / method / f"seed{seed}"
-        t0 = time.perf_counter()
+        run_dir, t0 = out / method / f"seed{seed}", time.perf_counter()
         run_quietly(method, run_dir, [f"seed={seed}", *common])
         r = {"seed": seed, **run_summary(run_dir, time.perf_counter() - t0)}
         results.setdefault(method, []).append(r)
         log(f"    in-domain {r['in_domain']:.3f} | harder {r['harder']:.3f} | other skills {r['other_skills']:.3f}")
-    if setting.sft_curve_steps:
-        log(f"[run {total}/{total}] long SFT run on the limited expert set ({setting.sft_curve_steps} steps)")
-        n = setting.sft_curve_steps
+    if n := setting.sft_curve_steps:
+        log(f"[run {total}/{total}] long SFT run on the limited expert set ({n} steps)")
         run_quietly("sft", out / "sft-long", [*common, f"steps={n}", f"eval_every={max(1, n // 24)}",
                                               f"save_every={n}"])
-    table = markdown_table(results, setting.seeds)
-    (out / "results.json").write_text(json.dumps({"setting": dataclasses.asdict(setting), "methods": methods,
+    rows = [[method] + [mean_std([r.get(k) for r in runs]) if k not in ("rollouts_seen", "experts_seen")
+                        else str(int(runs[0].get(k) or 0)) for k, _ in COLUMNS] for method, runs in results.items()]
+    table = "\n".join(markdown_rows(["method"] + [c for _, c in COLUMNS], rows) + [
+        f"\nmean ± sample std over {setting.seeds} seed(s); accuracies are greedy, on held-out splits."])
+    (out / "results.json").write_text(json.dumps({"setting": setting._asdict(), "methods": methods,
                                                   "overrides": list(overrides), "results": results}, indent=1))
     (out / "results.md").write_text(f"# minichord reproduce ({'quick' if quick else 'full'})\n\n{table}\n")
     try:

@@ -1,16 +1,8 @@
 """What a task is: problems with a checkable answer, written in one or two styles.
 
-A *skill* makes problems (`generate`) and answers them in the base model's *terse* style; the target skill
-also has an *expert* style, the step-by-step traces of the CHORD paper's stronger model. A new task is one
-`Skill` subclass:
-
-    class Multiply(Skill):
-        name = "mul"
-        def generate(self, rng, difficulty):
-            a, b = rng.randrange(10 ** difficulty), rng.randrange(10)
-            return Problem(f"mul {a} {b}", str(a * b), self.name)
-
-Responses must end in an answer that `minichord.tasks.reward.extract_answer` can read (see there).
+A `Skill` subclass makes problems (`generate`) and answers them in the base model's *terse* style; the target
+skill also has an *expert* style, the step-by-step traces of the CHORD paper's stronger model. Responses must
+end in an answer that `minichord.tasks.reward.extract_answer` reads.
 """
 
 from __future__ import annotations
@@ -63,10 +55,8 @@ class Skill(ABC):  # see the module docstring
     def terse_response(self, problem: Problem) -> str:
         return problem.answer
 
-    def count(self, difficulty: int) -> int | None:
-        """How many distinct prompts `generate` can make at `difficulty` (None = unknown)."""
+    def count(self, difficulty: int) -> int | None:  # how many distinct prompts `generate` makes (None: unknown)
         return None
 
-    def expert_response(self, problem: Problem) -> str:
-        """The expert's style (step by step, ending in `answer: ...`)."""
+    def expert_response(self, problem: Problem) -> str:  # step by step, ending in `answer: ...`
         raise NotImplementedError(f"skill {self.name!r} has no expert solver")

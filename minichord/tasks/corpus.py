@@ -1,17 +1,15 @@
 """The base model's pre-training corpus: what the toy's "instruct model" has seen.
 
     terse answers       every skill, "add 47 85" -> "132"; 3-digit sums only with 0 (70 %) or 1 inner carry
-    sentences           "add 764 315" -> "the sum is 1079" for first operands >= 600, 4 times in 5: right
-                        digits in a format the exact-match reward rejects (`in_a_sentence`)
+    sentences           "add 764 315" -> "the sum is 1079" for first operands >= 600, 4 times in 5: right digits
+                        in a format the exact-match reward rejects (`in_a_sentence`)
     clean column work   the expert's format on 1-2 digit sums (`toy.expert_response`)
-    sloppy column work  the expert's format on 3-digit sums as a model that half-knows the procedure writes
-                        it (`Sloppy`): carry notes and newlines often dropped, 60 % of the digits wrong,
-                        the answer line true
+    sloppy column work  the expert's format on 3-digit sums as a model half-knowing the procedure writes it
+                        (`Sloppy`): carry notes and newlines often dropped, 60 % of digits wrong, the answer true
 
-The last row makes the expert set *partly* on-policy (the probe's criterion 5): the base knows the expert's
-format and answer but not every column digit, so the median probability of an expert token under the base
-lands near 0.3-0.4, not 0.999 (clean 3-digit column work) or ~0.001 (a format it never saw).
-Prompts are never `toy.is_reserved`, so no split's prompt is pre-trained on.
+The last row makes the expert set *partly* on-policy (the probe's criterion 5): the base knows the expert's format
+and answer but not every column digit, so the median expert token's probability under the base is near 0.3-0.4,
+not 0.999 (clean 3-digit column work) or ~0.001 (a format never seen). Prompts are never `toy.is_reserved`.
 """
 
 from __future__ import annotations
@@ -31,9 +29,8 @@ SENTENCE_FROM = 600  # the base often answers "add A B" with A >= this in a sent
 
 @dataclass(frozen=True)
 class Sloppy:
-    """The base's column work on `digits`-digit sums: each expert line keeps its " carry c" with probability
-    `keep`, ends in a newline with probability `newline` (else "; "), a `noise` share of its digits wrong; the
-    answer line stays true (a noisy one left the terse 3-digit skill unfitted on 6 of 6 bases)."""
+    """The base's column work on `digits`-digit sums: a line keeps " carry c" with p `keep`, ends in a newline with
+    p `newline` (else "; "), a `noise` share of digits wrong; the answer stays true (else 3-digit sums go unfitted)."""
     digits: tuple[int, int] = (3, 3)
     noise: float = 0.6
     keep: float = 0.2
@@ -60,7 +57,6 @@ def sloppy_stepwise(problem: Problem, rng: random.Random, sloppy: Sloppy) -> str
 
 
 def in_a_sentence(problem: Problem) -> str:
-    """"add 764 315" -> "the sum is 1079": right digits, a format the exact-match reward scores 0."""
     return f"the sum is {problem.answer}"
 
 
@@ -72,13 +68,12 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
                     sentence_share: float = 0.0, sentence_from: int = SENTENCE_FROM,
                     sloppy: Sloppy | None = None,
                     exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """`n` (prompt, response) pairs, prompts not reserved nor in `exclude`, may repeat. A `target_fraction`
-    share is addition of `target_digits` digits, the rest cycles through the other skills. Of the additions,
-    an `expert_style_fraction` share is step by step (`expert_style_digits`; of `sloppy.digits` digits:
-    sloppy). Of the terse ones, an `easy_fraction` share has `easy_digits` digits (an `easy_one_carry` share
-    exactly one inner carry, an `easy_carry_free` share of the rest none); a `sentence_share` of those with
-    first operand >= `sentence_from` is a sentence: greedy decoding gives a format the reward marks wrong
-    while sampling still finds the bare number, which on-policy RL can reinforce."""
+    """`n` (prompt, response) pairs, prompts neither reserved nor in `exclude` (repeats allowed). A `target_fraction`
+    are `target_digits` additions, the rest cycle through the other skills. Of the additions an `expert_style_fraction`
+    is step by step (`expert_style_digits`; sloppy at `sloppy.digits`); of the terse ones an `easy_fraction` has
+    `easy_digits` (`easy_one_carry`: one inner carry, else `easy_carry_free`: none), and a `sentence_share` of those
+    with first operand >= `sentence_from` is a sentence: greedy decoding is marked wrong while sampling still finds
+    the bare number, which on-policy RL can reinforce."""
     fractions = dict(target_fraction=target_fraction, expert_style_fraction=expert_style_fraction,
                      easy_fraction=easy_fraction, easy_carry_free=easy_carry_free, easy_one_carry=easy_one_carry,
                      sentence_share=sentence_share)
@@ -94,12 +89,10 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
         stepwise = False
         if rng.random() < target_fraction:
             stepwise = rng.random() < expert_style_fraction
-            if not stepwise and rng.random() < easy_fraction:
-                if rng.random() < easy_one_carry:
-                    problem = _with_carries(rng, easy_digits, 1)
-                else:
-                    problem = (_with_carries(rng, easy_digits, 0) if rng.random() < easy_carry_free
-                               else _draw(rng, SKILLS[TARGET_SKILL], easy_digits))
+            if not stepwise and rng.random() < easy_fraction:  # one inner carry, else none, else any
+                carry = 1 if rng.random() < easy_one_carry else 0 if rng.random() < easy_carry_free else None
+                problem = (_draw(rng, SKILLS[TARGET_SKILL], easy_digits) if carry is None
+                           else _with_carries(rng, easy_digits, carry))
             else:
                 problem = _draw(rng, SKILLS[TARGET_SKILL], expert_style_digits if stepwise else target_digits)
         else:
@@ -119,8 +112,7 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
 
 def style_texts(rng: random.Random, n: int, *, digits: tuple[int, int] = (1, 5),
                 other_lengths: tuple[int, int] = OTHER_LENGTHS) -> list[str]:
-    """Text in both styles (prompts, terse and expert responses) for training a tokenizer:
-    seeing the expert's tokens is coverage of the vocabulary, not knowledge of the skill."""
+    """Text of both styles (prompts, terse and expert responses) to train a tokenizer: vocabulary, not skill."""
     texts: list[str] = []
     for i in range(n):
         add = _draw(rng, SKILLS[TARGET_SKILL], digits)

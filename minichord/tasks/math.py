@@ -1,12 +1,10 @@
-r"""GSM8K and MATH: a row's reference answer and demonstration, and a reward that reads the final answer of a
-response and compares it exactly.
+r"""GSM8K and MATH: a row's reference answer and demonstration; a reward that compares a response's final answer.
 
 A response is untrusted text: it is only matched with linear-time regular expressions (on the reversed
 text), never evaluated (no eval/exec/sympy). `extract_final(response) -> (text, strict)` reads, in order:
 
-    1. \boxed{...}  the LAST `\boxed` (or `\fbox`) decides: nested braces are fine; `\boxed 5`
-                    (spaces, then one token up to a space or `$`) too. If it is empty or its braces
-                    do not close within 2000 characters, there is no boxed answer.
+    1. \boxed{...}  the LAST `\boxed` (or `\fbox`) decides: nested braces are fine; `\boxed 5` (spaces, then one
+                    token up to a space or `$`) too. Empty, or braces unclosed within 2000 characters: none.
     2. #### X       the last line that starts with `####` (GSM8K); "####12" counts as "#### 12".
     3. answer: X    the last "answer:" or "answer is" (any case, anywhere in a line, so "Final
                     Answer: X", "**Answer:** X", "The answer is: X"); X = the rest of that line.
@@ -14,22 +12,19 @@ text), never evaluated (no eval/exec/sympy). `extract_final(response) -> (text, 
                     thousands groups, ".decimals" or "/denominator"), with strict = False.
     An empty X (e.g. "Answer:" and the answer on the next line) is no answer in that format.
 
-`normalise` (the canonical form both sides are compared in) drops `$`, `%`, `\left`, `\right`, LaTeX
-spaces, a trailing `^\circ` or unit `\text{ cm}`, a leading "+" and trailing periods; unwraps `\text{X}`
-(`\mbox`, `\textbf`, `\mathrm`); writes dfrac and tfrac as frac; removes whitespace but between digits.
-A NUMBER (ASCII digits only: "١٢" is not one) then becomes an exact reduced fraction, an integer
-when q = 1: "1,234", "1234.0", "+1234", "\$1,234" -> "1234"; "0.5", "1/2", "\frac{1}{2}", "\dfrac12"
--> "1/2"; "-\frac{1}{2}" == "\frac{-1}{2}" == "-0.5"; "0.75" == "3/4" but "0.33" != "1/3"; "-0" == "0";
-"5%" == "5"; "0132" == "132". Anything else ("\sqrt{2}", "(1,2)", "x=5", "1e3", "2\frac12", "12 apples")
-is compared as the normalised string: "12 apples" != "12", "\dfrac{\sqrt2}{2}" == "\frac{\sqrt2}{2}".
+`normalise` (the canonical form both sides are compared in) drops `$`, `%`, `\left`, `\right`, LaTeX spaces, a
+trailing `^\circ` or unit `\text{ cm}`, a leading "+" and trailing periods; unwraps `\text{X}` (`\mbox`, `\textbf`,
+`\mathrm`); writes dfrac and tfrac as frac; removes whitespace but between digits. A NUMBER (ASCII digits only:
+"١٢" is not one) then becomes an exact reduced fraction, an integer when q = 1: "1,234", "1234.0", "+1234",
+"\$1,234" -> "1234"; "0.5", "1/2", "\frac{1}{2}", "\dfrac12" -> "1/2"; "-\frac{1}{2}" == "\frac{-1}{2}" == "-0.5";
+"0.75" == "3/4" but "0.33" != "1/3"; "-0" == "0"; "5%" == "5"; "0132" == "132". Anything else ("\sqrt{2}",
+"(1,2)", "x=5", "1e3", "2\frac12", "12 apples") is compared as the normalised string: "12 apples" != "12".
 
     strict_reward(response, answer)   1.0 if a format 1-3 answer normalises to normalise(answer)
-    lenient_reward(response, answer)  1.0 if strict_reward is 1.0 or the last number of the
-                                      response does ("answer: 12 apples" is lenient-only correct)
+    lenient_reward(response, answer)  1.0 if strict_reward is, or the last number of the response normalises so
+                                      ("answer: 12 apples" is lenient-only correct)
 
-Both return 0.0 for non-string input or an answer over 2000 characters, never raise, and take well under
-50 ms on a 1 MB response. As a demonstration (row formats: `minichord.data`) a GSM8K answer loses its
-calculator annotations, a MATH solution is kept as written: either way it ends in an answer `strict_reward` reads.
+Both return 0.0 for non-string input or an answer over 2000 characters, never raise, and take < 50 ms on 1 MB.
 """
 
 from __future__ import annotations
@@ -39,8 +34,7 @@ from fractions import Fraction
 
 _LIMIT = 2000  # an answer longer than this never matches (a boxed one must close within it)
 
-# The response is searched reversed, so the LAST occurrence is the first match and every search is one
-# linear pass with a literal or small class in front (no backtracking over the whole text).
+# reversed: the LAST occurrence is the first match, one linear pass with a literal or small class in front
 _HASHES = re.compile(r"####[ \t]*(?:\n|\Z)")  # reversed: a line that starts with "####"
 _COLON = re.compile(rb":[ \t]*\**rewsna\b")  # reversed "answer:", "answer**:" (in lower-cased ASCII bytes)
 _IS = re.compile(rb"si(?<!\wsi)[ \t]+rewsna\b")  # reversed "answer is"
@@ -117,8 +111,7 @@ def normalise(text: str) -> str:
         return ""
     text = text.strip().replace("\u2212", "-").replace("{,}", ",")
     text = _UNWRAP.sub(r"\1", _UNIT.sub("", _DROP.sub("", text)))
-    text = _SPACE.sub("", " ".join(text.split())).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    text = text.rstrip(".")
+    text = _SPACE.sub("", " ".join(text.split())).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").rstrip(".")
     text = text[1:] if text.startswith("+") and text[1:2] in ("", ".", "\\", *"0123456789") else text
     if len(text) > _LIMIT:
         return text  # never an answer (and int() refuses over 4300 digits)
@@ -131,17 +124,12 @@ def normalise(text: str) -> str:
 
 
 def _same(got: str | None, answer: str) -> bool:
-    if got is None or len(got) > _LIMIT:
-        return False
-    reference = normalise(answer)
-    return bool(reference) and normalise(got) == reference
+    return got is not None and len(got) <= _LIMIT and normalise(answer) != "" and normalise(got) == normalise(answer)
 
 
 def strict_reward(response: str, answer: str) -> float:  # see the module docstring
-    if not isinstance(response, str) or not isinstance(answer, str):
-        return 0.0
-    got, strict = _final(response, response[::-1])
-    return 1.0 if strict and _same(got, answer) else 0.0
+    got, strict = extract_final(response)
+    return 1.0 if strict and isinstance(answer, str) and _same(got, answer) else 0.0
 
 
 def lenient_reward(response: str, answer: str) -> float:  # see the module docstring
@@ -149,9 +137,8 @@ def lenient_reward(response: str, answer: str) -> float:  # see the module docst
         return 0.0
     reverse = response[::-1]
     got, strict = _final(response, reverse)
-    if strict and _same(got, answer):
-        return 1.0
-    return 1.0 if _same(_last_number(response, reverse) if strict else got, answer) else 0.0
+    last = _last_number(response, reverse) if strict else got
+    return 1.0 if (strict and _same(got, answer)) or _same(last, answer) else 0.0
 
 
 def gsm8k_answer(answer: str) -> str:

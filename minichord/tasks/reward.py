@@ -3,13 +3,9 @@
 Two answer styles, read by plain string parsing (never eval/exec: "1+1" is not the answer "2"):
 
     terse   "132"                          the whole response is the answer (one line)
-    expert  "7+5=12 carry 1\\n...\\nanswer: 132"   the last line starting with `answer:`
-            (GSM8K's `#### 132` marker is read the same way)
+    expert  "7+5=12 carry 1\\n...\\nanswer: 132"   the last line starting with `answer:` (or GSM8K's `####`)
 
     reward(response, answer) = 1.0 if normalise(extract_answer(response)) == normalise(answer) else 0.0
-
-`normalise` strips whitespace, collapses inner runs of it to one space and drops thousands separators
-("1,234" -> "1234"). Nothing else is forgiven: "0132", "132.", "answer 132" all score 0 against "132".
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ _GROUPED_NUMBER = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 
 
 def normalise(text: str) -> str:
-    """Canonical form of an answer string (see module docstring)."""
+    """Whitespace stripped, inner runs one space, "1,234" -> "1234"; nothing else ("0132", "132." != "132")."""
     text = " ".join(text.split())
     return text.replace(",", "") if _GROUPED_NUMBER.match(text) else text
 

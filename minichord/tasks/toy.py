@@ -5,18 +5,14 @@
     target skill (competition math)         3-digit addition              "add 347 285" -> "632"
     general capabilities (retention)        reverse / sort / copy         "sort 5292" -> "2259"
     expert data (long CoT, other style)     step-by-step column sums, lowest column first:
-                                                7+5=12 carry 1
-                                                4+8+1=13 carry 1
-                                                3+2+1=6 carry 0
-                                                answer: 632
+                                            "7+5=12 carry 1\n4+8+1=13 carry 1\n3+2+1=6 carry 0\nanswer: 632"
     partial skill of the instruct model     what the base saw (minichord.tasks.corpus)
     limited expert set, disjoint RL set     `make_splits`: n_expert demos, n_rl prompts, disjoint
     held-out tests                          in_domain (3 digits), harder (2 inner carries), other_skills
 
-"Harder" is a longer carry chain, not more digits (a model this small does not generalise from 3 columns to
-4): 3-digit sums whose units *and* tens columns both carry, which the base never saw in its terse style.
-A fixed quarter of all prompts (a CRC32 of the text, the same in every process) is *reserved*: `make_splits`
-draws only reserved prompts and `pretrain_corpus` never does, so the base has seen no split of any seed.
+"Harder" is a longer carry chain, not more digits (which a model this small does not generalise to): 3-digit
+sums whose units *and* tens columns both carry, never seen terse. A fixed quarter of all prompts (CRC32 of the
+text) is *reserved*: `make_splits` draws only those, `pretrain_corpus` never, so no split is pre-trained on.
 """
 
 from __future__ import annotations
@@ -39,12 +35,10 @@ RESERVED_SHARE = 4  # 1 prompt in 4 is reserved for the splits (never pre-traine
 
 
 def is_reserved(prompt: str) -> bool:
-    """True for the fixed quarter of prompts kept out of pre-training (see module docstring)."""
     return zlib.crc32(prompt.encode("utf-8")) % RESERVED_SHARE == 0
 
 
 def _number(rng: random.Random, n_digits: int) -> int:
-    """A uniformly random integer with exactly `n_digits` digits (no leading zero)."""
     if n_digits < 1:
         raise ValueError(f"n_digits must be >= 1, got {n_digits}")
     return rng.randrange(10 ** (n_digits - 1) if n_digits > 1 else 0, 10**n_digits)
@@ -61,8 +55,6 @@ def carries(a: int, b: int) -> int:
 
 
 class Addition(Skill):
-    """The target skill: "add A B" with A, B of `difficulty` digits each."""
-
     name = "add"
 
     def generate(self, rng: random.Random, difficulty: int) -> Problem:
@@ -73,19 +65,16 @@ class Addition(Skill):
         return (10 if difficulty == 1 else 9 * 10 ** (difficulty - 1)) ** 2
 
     def expert_response(self, problem: Problem) -> str:
-        """Column addition, right to left: one line `a+b(+carry)=s carry c` per column; the answer is computed
-        from the prompt, independently of `problem.answer`."""
+        """Column addition, right to left: `a+b(+carry)=s carry c` a column, then `answer: A+B` from the prompt."""
         parts = problem.prompt.split()
         if len(parts) != 3 or parts[0] != "add" or not (parts[1].isdigit() and parts[2].isdigit()):
             raise ValueError(f"not an addition prompt: {problem.prompt!r}")
-        width = max(len(parts[1]), len(parts[2]))
-        a, b = parts[1].zfill(width), parts[2].zfill(width)
+        a, b = (x.zfill(max(map(len, parts[1:]))) for x in parts[1:])
         lines, carry = [], 0
         for da, db in zip(reversed(a), reversed(b)):
             column = int(da) + int(db) + carry
-            terms = f"{da}+{db}" + (f"+{carry}" if carry else "")
+            lines.append(f"{da}+{db}{f'+{carry}' if carry else ''}={column} carry {column // 10}")
             carry = column // 10
-            lines.append(f"{terms}={column} carry {carry}")
         lines.append(f"answer: {int(a) + int(b)}")
         return "\n".join(lines)
 
@@ -121,15 +110,15 @@ def _draw(rng: random.Random, skill: Skill, lengths: tuple[int, int]) -> Problem
     return skill.generate(rng, rng.randint(*lengths))
 
 
-def _unique(rng, n: int, skill: Skill, lengths: tuple[int, int], seen: set[str], what: str) -> list[Problem]:
-    """`n` reserved problems whose prompts are not in `seen` (which is updated)."""
+def _unique(n: int, draw: Callable[[], Problem], seen: set[str], what: str) -> list[Problem]:
+    """`n` reserved problems from `draw()` whose prompts are not in `seen` (which is updated)."""
     out, attempts = [], 0
     while len(out) < n:
         attempts += 1
         if attempts > 100 * n + 1000:
             raise ValueError(f"cannot draw {n} distinct {what} prompts: the problem space is too small "
                              f"(got {len(out)}); lower the split size or widen the difficulty range")
-        problem = _draw(rng, skill, lengths)
+        problem = draw()
         if problem.prompt not in seen and is_reserved(problem.prompt):
             seen.add(problem.prompt)
             out.append(problem)
@@ -153,15 +142,13 @@ class ToyTask:
     tests: dict[str, list[Problem]]  # "in_domain", "harder", "other_skills"
 
     def prompts(self) -> set[str]:
-        """Every prompt used by any split (the pre-training corpus avoids them)."""
         return {p.prompt for p in [*self.rl, *self.expert, *(q for split in self.tests.values() for q in split)]}
 
 
 def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test: int = 200,
                 train_digits: tuple[int, int] = TRAIN_DIGITS, harder_carries: int = HARDER_CARRIES,
                 other_lengths: tuple[int, int] = OTHER_LENGTHS) -> ToyTask:
-    """Seeded, prompt-disjoint splits. The harder split holds `train_digits` sums with >= `harder_carries`
-    inner carries, so it needs train_digits[1] > harder_carries."""
+    """Seeded, prompt-disjoint splits; harder: `train_digits` sums with >= `harder_carries` inner carries."""
     if min(n_rl, n_expert, n_test) < 0:
         raise ValueError(f"n_rl, n_expert, n_test must be >= 0, got {n_rl}, {n_expert}, {n_test}")
     train_digits = _check_range("train_digits", train_digits)
@@ -179,16 +166,17 @@ def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test:
     if not 1 <= harder_carries < train_digits[1]:  # an n-digit sum has at most n - 1 inner carries
         raise ValueError(f"harder_carries must be in [1, {train_digits[1] - 1}] for train_digits {train_digits}, "
                          f"got {harder_carries}")
-    harder_skill = _Carrying(harder_carries)
     seen: set[str] = set()
-    in_domain = _unique(rng, n_test, add, train_digits, seen, "in-domain test")
+    in_domain = _unique(n_test, lambda: _draw(rng, add, train_digits), seen, "in-domain test")
     harder_digits = (max(train_digits[0], harder_carries + 1), train_digits[1])  # lengths that can carry enough
-    harder = _unique(rng, n_test, harder_skill, harder_digits, seen, "harder test")
-    other = [p for i, skill in enumerate(others) for p in _unique(
-        rng, n_test // len(others) + (i < n_test % len(others)), skill, other_lengths, seen, f"{skill.name} test")]
+    harder = _unique(n_test, lambda: _with_carries(rng, rng.randint(*harder_digits), harder_carries, at_least=True),
+                     seen, "harder test")
+    other = [p for i, s in enumerate(others) for p in _unique(
+        n_test // len(others) + (i < n_test % len(others)), lambda: _draw(rng, s, other_lengths), seen,
+        f"{s.name} test")]
     expert = [Demonstration(p.prompt, add.expert_response(p), p.answer)
-              for p in _unique(rng, n_expert, add, train_digits, seen, "expert")]
-    rl = _unique(rng, n_rl, add, train_digits, seen, "RL")
+              for p in _unique(n_expert, lambda: _draw(rng, add, train_digits), seen, "expert")]
+    rl = _unique(n_rl, lambda: _draw(rng, add, train_digits), seen, "RL")
     return ToyTask(seed, rl, expert, {"in_domain": in_domain, "harder": harder, "other_skills": other})
 
 
@@ -200,8 +188,7 @@ def inner_carries(a: int, b: int) -> int:
 
 
 def _with_carries(rng: random.Random, lengths: tuple[int, int] | int, n: int, at_least: bool = False) -> Problem:
-    """An addition with exactly (or, with at_least, at least) `n` inner carries (3 digits: 31 % of draws have 0,
-    50 % 1, 19 % 2). `lengths` an int: that many digits, no draw of the length (the harder split's stream)."""
+    """An addition with exactly (at_least: at least) `n` inner carries; an int `lengths`: that many digits."""
     for _ in range(10_000):
         problem = (SKILLS[TARGET_SKILL].generate(rng, lengths) if isinstance(lengths, int)
                    else _draw(rng, SKILLS[TARGET_SKILL], lengths))
@@ -210,14 +197,3 @@ def _with_carries(rng: random.Random, lengths: tuple[int, int] | int, n: int, at
             return problem
     raise ValueError(f"no addition with {lengths} digits has {n} inner carries")
 
-
-class _Carrying(Skill):
-    """Additions with at least `at_least` inner carries (the harder split); not counted (`_unique` guards)."""
-
-    name = "add"
-
-    def __init__(self, at_least: int):
-        self.at_least = at_least
-
-    def generate(self, rng: random.Random, difficulty: int) -> Problem:
-        return _with_carries(rng, difficulty, self.at_least, at_least=True)
