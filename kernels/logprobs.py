@@ -98,6 +98,8 @@ def _token_logprobs_bwd_kernel(logits_ptr, row_stride, grad_logits_ptr, targets_
     g_logp = tl.zeros((), tl.float32)
     if HAS_GRAD_LOGP:
         g_logp = tl.load(grad_logp_ptr + row).to(tl.float32) * keep
+    g_entropy = tl.zeros((), tl.float32)  # both defined on every path
+    entropy = tl.zeros((), tl.float32)
     if HAS_GRAD_ENTROPY:
         g_entropy = tl.load(grad_entropy_ptr + row).to(tl.float32) * keep
         entropy = tl.load(entropy_ptr + row)
