@@ -166,7 +166,7 @@ print("  e.g.: minichord train --method chord-phi --out runs/big --set prompts_p
 # accumulation is `micro_batch_seqs`: each (mini-)batch's token coefficients, (1-mu)/N_on and
 # mu/N_exp, are computed over the whole (mini-)batch first; each micro-batch's loss then uses its
 # slice, so the micro-batch losses and gradients add up to exactly the full batch's, and one
-# optimizer step follows (minichord/batches.py). Checked here on a tiny model in float64:
+# optimizer step follows (minichord/batch.py). Checked here on a tiny model in float64:
 
 # %%
 from minichord import batch as batches
