@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from minichord.config import CONVENTIONS, DEVICES, DTYPES, REWARDS, SamplerConfig
+from minichord.check.recompute import ATOL, RTOL
+from minichord.config import CONVENTIONS, DEVICES, DTYPES, REWARDS, SamplerConfig, TrainConfig
 from minichord.data import check_lengths, load_prompts, rewards
 from minichord.device import autocast, resolve_device
 from minichord.evaluate import MAX_NEW_TOKENS as EVAL_MAX_NEW_TOKENS, evaluate_splits
@@ -191,10 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="greedy accuracy of a model on the toy test splits (or a JSONL file)")
     e.add_argument("checkpoint", nargs="?", type=MODEL_DIR, help="checkpoint directory (or --model)")
     e.add_argument("--model", type=MODEL_DIR, help="a Hugging Face model directory or a checkpoint")
-    e.add_argument("--reward", choices=REWARDS, default="auto", help="exact: the toy's answer "
+    e.add_argument("--reward", choices=REWARDS, default=TrainConfig.reward, help="exact: the toy's answer "
                    "match; math: strict format + lenient last number (auto: math for a model with a chat template)")
     e.add_argument("--max-new-tokens", type=POSITIVE, default=EVAL_MAX_NEW_TOKENS, help="answer length limit (tokens)")
-    e.add_argument("--n-test", type=POSITIVE, default=200, help="problems per toy split")
+    e.add_argument("--n-test", type=POSITIVE, default=TrainConfig.n_test, help="problems per toy split")
     e.add_argument("--seed", type=SEED, default=0, help="seed of the toy splits")
     e.add_argument("--prompts", type=FILE, help="JSONL file of {prompt, answer} to evaluate instead")
 
@@ -241,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "searched) on every golden case of the convention (signature: minichord/check/golden.py)")
     ck.add_argument("--convention", choices=CONVENTIONS,
                     help="the convention you meant to implement (default: the dump's metadata, else paper)")
-    ck.add_argument("--rtol", type=POSITIVE_FLOAT, default=1e-5, help="relative tolerance (default 1e-5)")
-    ck.add_argument("--atol", type=POSITIVE_FLOAT, default=1e-7, help="absolute tolerance x the scale (default 1e-7)")
+    ck.add_argument("--rtol", type=POSITIVE_FLOAT, default=RTOL, help=f"relative tolerance ({RTOL:g})")
+    ck.add_argument("--atol", type=POSITIVE_FLOAT, default=ATOL, help=f"absolute tolerance x the scale ({ATOL:g})")
 
     for cmd in (d, pt, t, e, c, r, pr):  # every command that runs a model (minichord/device.py)
         cmd.add_argument("--device", choices=DEVICES, help="auto (default: cuda if available, else cpu), cpu or cuda")
