@@ -3,7 +3,7 @@
     for step in range(steps):
         mu = mu_schedule(step)                                   # global coefficient
         rollouts = sample(B prompts x G)  ;  R = reward(rollouts)
-        A = group_advantages(R)                                  # per sequence, broadcast to tokens
+        A = advantages(R, cfg.loss)                              # per sequence, by the loss table's rules
         batch = pack(rollouts (A, old logp) + E expert demonstrations)
         L = sum_t coef_t * l_t  (coef: (1-mu)/N_on on rollout tokens, mu/N_exp on expert ones)
         L.backward(); clip_grad_norm(1.0); optimizer.step(); check the weights are still finite
