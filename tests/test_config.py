@@ -180,3 +180,24 @@ def test_unreadable_config_files_are_config_errors(tmp_path):
     (tmp_path / "deep.toml").write_text("x = " + "[" * 5000 + "]" * 5000)
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(RunConfig, tmp_path / "deep.toml")
+
+
+def test_the_loss_table_is_one_place_for_every_token_loss_setting(tmp_path):
+    """--set loss.X and a TOML [loss] table reach the same LossConfig; a convention's preset sits under the user's
+    settings and over the defaults; a bad key, value or combination is one line naming the table."""
+    from minichord.methods import build_stages
+
+    (cfg,) = [s.cfg for s in build_stages("chord-phi", overrides=["loss.eps_high=0.28", "convention=official"])]
+    assert (cfg.loss.eps_high, cfg.loss.expert_weighting, cfg.loss.dual_clip, cfg.loss.aggregation) == \
+        (0.28, "phi", 3.0, "micro-batch")
+    (tmp_path / "run.toml").write_text('convention = "official"\n[loss]\ndual_clip = 5.0\n')
+    assert build_stages("grpo", str(tmp_path / "run.toml"))[0].cfg.loss.dual_clip == 5.0  # the file wins
+    luffy = build_stages("luffy", overrides=["convention=official"])[0].cfg.loss
+    assert (luffy.aggregation, luffy.std, luffy.expert_in_group) == ("joint", "none", True)  # the method wins
+    refusals = [("loss.eps_hgh=0.3", "TrainConfig.loss: unknown key 'eps_hgh'; did you mean 'eps_high'?"),
+                ("loss.aggregation=mean", "TrainConfig.loss: aggregation='mean': must be one of token-mean,"),
+                ("loss.expert_in_group=true", "TrainConfig.loss: expert_in_group=True with expert_weighting")]
+    for override, message in refusals:
+        with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace("?", r"\?")) as e:
+            build_stages("chord-phi", overrides=[override])
+        assert "\n" not in str(e.value)
