@@ -1,4 +1,4 @@
-"""Golden cases: small named batches with minichord's expected CHORD loss and gradient; files by make_golden.py:
+"""Golden cases: small named batches with minichord's expected CHORD loss and gradient; files by scripts/make_golden.py:
 
     cases-v1.json          {"version": 1, "cases": [entry, ...]}, one entry per case:
         name               "<convention>/<scenario>", e.g. "official/dual_clip_binds"

@@ -1,4 +1,4 @@
-"""Write the golden cases (spec: check/golden.py):  python -m minichord.check.make_golden [OUT_DIR]
+"""Write the golden cases (spec: check/golden.py):  python scripts/make_golden.py [OUT_DIR]
 
 Each scenario is computed under both presets (`paper/NAME`, `official/NAME`; LUFFY's under `paper/` only) by
 `recompute.reference` in float64. Inputs are decimals or seeded draws rounded to 1e-6, expected numbers are rounded
