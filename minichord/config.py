@@ -273,7 +273,7 @@ class TrainConfig:
     # data: the embedded toy task unless JSONL files are given (minichord/data.py: toy, GSM8K, MATH, chat rows)
     prompts_file: str = ""
     experts_file: str = ""
-    eval_file: str = ""  # held-out prompts; default: the toy's test splits with the toy model, none with an HF one
+    eval_file: str = ""  # held-out prompts, FILE[,FILE...] (split = file stem); default: the toy's splits, none for HF
     reward: str = "auto"  # REWARDS
     n_rl_prompts: int = 1000
     n_expert: int = 256

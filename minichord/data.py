@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable
 
 from minichord.config import ConfigError, TrainConfig
 from minichord.tasks import Demonstration, Problem, ToyTask, make_splits, reward
+from minichord.tasks.rg import PREFIX, task_name
 from minichord.tasks.math import gsm8k_answer, gsm8k_response, lenient_reward, math_answer, math_skill, strict_reward
 from minichord.tokenizer import TokenizerError, TokenizerLike
 
@@ -91,11 +92,16 @@ def _parse_prompt(record: dict, where: str) -> Problem:
         _check_keys(record, {"messages", "answer", "skill"}, form)
         prompt, _ = _parse_messages(record["messages"], prompt_only=True)
     else:
-        _check_keys(record, {"prompt", "answer", "skill"})
+        _check_keys(record, {"prompt", "answer", "skill", "metadata"})
         if "prompt" not in record:
             raise ValueError("missing key 'prompt' (or a 'messages' list, GSM8K 'question', MATH 'problem')")
         prompt = _string(record, "prompt")
-    return Problem(prompt, _string(record, "answer"), _string(record, "skill", required=False) or "task", where)
+    if not isinstance(metadata := record.get("metadata", {}), dict):
+        raise ValueError(f"'metadata' must be an object, got {type(metadata).__name__}")
+    skill = _string(record, "skill", required=False) or "task"
+    if skill.startswith(PREFIX):
+        task_name(skill)  # an unknown task (or reasoning-gym missing) is this line's error, before any training
+    return Problem(prompt, _string(record, "answer"), skill, where, metadata or None)
 
 
 def _parse_messages(messages: Any, prompt_only: bool = False) -> tuple[str, str | None]:
@@ -240,7 +246,8 @@ def build_train_data(cfg: TrainConfig, hf_model: bool = False) -> TrainData:
     toy = make_splits(cfg.seed, n_rl=cfg.n_rl_prompts, n_expert=cfg.n_expert, n_test=cfg.n_test)
     prompts = load_prompts(cfg.prompts_file) if cfg.prompts_file else toy.rl
     experts = load_experts(cfg.experts_file) if cfg.experts_file else toy.expert
-    evals = {Path(cfg.eval_file).stem: load_prompts(cfg.eval_file)} if cfg.eval_file else {} if hf_model else toy.tests
+    evals = ({Path(f).stem: load_prompts(f) for f in cfg.eval_file.split(",")} if cfg.eval_file  # split = file stem
+             else {} if hf_model else toy.tests)
     return TrainData(prompts, experts, evals, *rewards(cfg.reward, hf_model))
 
 

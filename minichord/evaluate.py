@@ -13,6 +13,7 @@ from minichord.device import autocast
 from minichord.sampler import generate
 from minichord.tasks.base import Problem
 from minichord.tasks.reward import reward as default_reward
+from minichord.tasks.rg import reward_of
 from minichord.tokenizer import TokenizerLike
 
 MAX_NEW_TOKENS = SamplerConfig.max_new_tokens  # an answer's length limit: the sampler's default, declared once
@@ -21,8 +22,8 @@ MAX_NEW_TOKENS = SamplerConfig.max_new_tokens  # an answer's length limit: the s
 def evaluate(model, tokenizer: TokenizerLike, problems: Sequence[Problem], *, batch_size: int = 128,
              max_new_tokens: int = MAX_NEW_TOKENS, reward_fn: Callable[[str, str], float] = default_reward,
              lenient_fn: Callable[[str, str], float] | None = None) -> dict:
-    """Greedy-decode and score every problem: {"accuracy", "n", "response_length" (mean tokens, eos included),
-    "samples" (the first 3), "per_skill" (when several skills), "lenient_accuracy" (mean lenient_fn, when given)}."""
+    """Greedy-decode and score every problem: {"accuracy" (share of reward 1), "n", "response_length" (mean tokens, eos
+    included), "samples" (the first 3), "per_skill" (when several skills), "lenient_accuracy" (by lenient_fn)}."""
     problems = list(problems)
     if not problems:
         raise ValueError("evaluate() needs at least one problem")
@@ -46,14 +47,14 @@ def evaluate(model, tokenizer: TokenizerLike, problems: Sequence[Problem], *, ba
                 lengths.append(int(mask.sum()))
     finally:
         model.train(was_training)
-    rewards = [float(reward_fn(r, p.answer)) for r, p in zip(responses, problems)]
+    rewards = [reward_of(reward_fn, r, p) for r, p in zip(responses, problems)]
     by_skill = {s: [r for p, r in zip(problems, rewards) if p.skill == s] for s in sorted({p.skill for p in problems})}
-    out = {"accuracy": sum(rewards) / len(rewards), "n": len(rewards), "response_length": sum(lengths) / len(lengths),
+    out = {"accuracy": sum(r == 1 for r in rewards) / len(rewards), "n": len(rewards), "response_length": sum(lengths) / len(lengths),
            "samples": [dict(prompt=p.prompt, response=r, answer=p.answer) for p, r in zip(problems[:3], responses)]}
     if lenient_fn is not None:
-        out["lenient_accuracy"] = sum(float(lenient_fn(r, p.answer)) for r, p in zip(responses, problems)) / out["n"]
+        out["lenient_accuracy"] = sum(reward_of(lenient_fn, r, p) == 1 for r, p in zip(responses, problems)) / out["n"]
     if len(by_skill) > 1:
-        out["per_skill"] = {skill: sum(v) / len(v) for skill, v in by_skill.items()}
+        out["per_skill"] = {skill: sum(r == 1 for r in v) / len(v) for skill, v in by_skill.items()}
     return out
 
 

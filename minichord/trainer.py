@@ -39,6 +39,7 @@ from minichord.hf import is_hf_dir, load_model
 from minichord.methods import Stage, build_stages
 from minichord.pretrain import toy_base
 from minichord.sampler import generate
+from minichord.tasks.rg import reward_of
 
 
 class TrainingError(RuntimeError):
@@ -132,7 +133,7 @@ class Trainer:
         t1 = time.perf_counter()
         responses = [out.tokens[i][out.mask[i]].tolist() for i in range(len(prompt_ids))]
         old_logp = [out.logprobs[i][out.mask[i]].tolist() for i in range(len(prompt_ids))]
-        rewards = torch.tensor([self.data.reward(self.tok.decode(r), pool[picked[i // n_on]].answer)
+        rewards = torch.tensor([reward_of(self.data.reward, self.tok.decode(r), pool[picked[i // n_on]])
                                 for i, r in enumerate(responses)]).view(len(picked), n_on)  # [B, n_on]
         expert_column = torch.ones(len(picked), int(mixed), dtype=rewards.dtype)  # [B, 1]: the trace, reward 1
         adv = losses.advantages(torch.cat([rewards, expert_column], dim=1), cfg.loss)  # [B, G]

@@ -10,7 +10,8 @@ import torch
 from minichord.config import TrainConfig
 from minichord.device import resolve_device
 from minichord.evaluate import evaluate_splits
-from minichord.hf import load_model
+from minichord.data import build_train_data
+from minichord.hf import is_hf_dir, load_model
 from minichord.pretrain import toy_base
 from minichord.tasks import make_splits
 from minichord.tokenizer import TokenizerLike
@@ -27,13 +28,17 @@ def run_quietly(method: str, run_dir: Path, overrides: list[str]) -> list[dict]:
 
 def evaluate_initial_model(cfg: TrainConfig, seeds: int, n_test: int, log: Callable[[str], None] = print
                            ) -> tuple[torch.nn.Module, TokenizerLike, list[dict]]:
-    """(model, tokenizer, [evaluate_splits per seed]): the starting model, greedy on each seed's run's test splits."""
+    """(model, tokenizer, [evaluate_splits per seed]): the starting model, greedy on each seed's run's test splits
+    (the toy's, seeded), or once on `cfg.eval_file`'s splits (the same for every seed)."""
     device = resolve_device(cfg.device)
     model, tok = load_model(cfg.init or toy_base(log, device))
     model.to(device)
+    data = build_train_data(cfg, is_hf_dir(cfg.init)) if cfg.eval_file else None
+    kwargs = dict(dtype=cfg.dtype, max_new_tokens=cfg.sampler.max_new_tokens)
+    if data:
+        return model, tok, [evaluate_splits(model, tok, data.eval_splits, reward_fn=data.reward, **kwargs)] * seeds
     return model, tok, [evaluate_splits(model, tok, make_splits(seed, n_rl=0, n_expert=0, n_test=n_test).tests,
-                                        dtype=cfg.dtype, max_new_tokens=cfg.sampler.max_new_tokens)
-                        for seed in range(seeds)]
+                                        **kwargs) for seed in range(seeds)]
 
 
 def markdown_rows(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -14,6 +14,9 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
+import torch
+
+from minichord.data import build_train_data
 from minichord.evaluate import expert_token_probs
 from minichord.methods import build_stages
 from minichord.runners import evaluate_initial_model, markdown_rows, run_quietly
@@ -65,12 +68,82 @@ def overfit_check(steps: list[int], acc: list[float], nll_steps: list[int], nll:
                 f"expert NLL {nll_peak:.3f} at peak -> {nll_end:.3f} at end")
 
 
+REAL_BUDGET = ProbeBudget(seeds=1, grpo_steps=30, sft_steps=30)  # a real model's probe: only these three are read
+
+
+def _table(out: Path, criteria: list[Criterion], note: str, log: Callable[[str], None], **saved) -> list[Criterion]:
+    rows = [[str(c.number), c.name, c.measured, c.threshold, "pass" if c.passed else "FAIL"] for c in criteria]
+    table = "\n".join(markdown_rows(["#", "criterion", "measured", "needs", "result"], rows) + [f"\n{note}"])
+    (out / "probe.md").write_text(f"# minichord probe\n\n{table}\n")
+    (out / "probe.json").write_text(json.dumps({**saved, "criteria": [c._asdict() for c in criteria]}, indent=1))
+    log(table)
+    return criteria
+
+
+def agreement(model, tok, splits: dict, n: int, seed: int = 0) -> dict[str, str]:
+    """Per split of reasoning-gym rows: n base completions (T = 1) scored by minichord (extract, then the task's
+    score_answer) and by score_answer on the raw text: how often the two agree on "correct"."""
+    from minichord.sampler import generate
+    from minichord.config import SamplerConfig
+    from minichord.tasks.rg import score, scorer, task_name
+
+    table, gen = {}, torch.Generator().manual_seed(seed)
+    for name, problems in splits.items():
+        rows = [p for p in problems if p.skill.startswith("rg:")][:n]
+        if not rows:
+            continue
+        out = generate(model, [tok.encode_prompt(p.prompt) for p in rows], SamplerConfig(max_new_tokens=64),
+                       eos_id=tok.stop_ids, pad_id=tok.pad_id, generator=gen, vocab_size=tok.vocab_size)
+        texts = [tok.decode(t[m]) for t, m in zip(out.tokens, out.mask)]
+        ours = [score(t, p) == 1 for t, p in zip(texts, rows)]
+        raw = [scorer(task_name(p.skill))(t, {"answer": p.answer, "metadata": p.metadata or {}}) == 1
+               for t, p in zip(texts, rows)]
+        table[name] = (f"{len(rows)} completions: minichord {sum(ours)} correct, score_answer on the raw text "
+                       f"{sum(raw)}; agree on {sum(a == b for a, b in zip(ours, raw))}")
+    return table
+
+
+def probe_real(out: Path, budget: ProbeBudget, overrides: list[str], log: Callable[[str], None]) -> list[Criterion]:
+    """A real model on your files (prompts, experts, eval splits in_domain, harder, other_skills): is there room?"""
+    cfg = build_stages("grpo", overrides=overrides)[0].cfg
+    model, tok, (base, *_) = evaluate_initial_model(cfg, 1, cfg.n_test, log)
+    data = build_train_data(cfg, True)
+    median_p = expert_token_probs(model, tok, data.experts[:64], cfg.dtype)["median_p"]
+    agree = agreement(model, tok, data.eval_splits, 32)
+    log(f"probe: base {json.dumps({k: v['accuracy'] for k, v in base.items()})}; median expert p {median_p:.3f}")
+    runs = {}
+    for method, steps in [("grpo", budget.grpo_steps)] * budget.seeds + [("sft", budget.sft_steps)]:
+        seed = sum(name.startswith(method) for name in runs)
+        log(f"probe: {method} seed {seed} ({steps} steps)")
+        runs[f"{method}-seed{seed}"] = run_quietly(method, out / method / f"seed{seed}", [
+            *overrides, f"seed={seed}", f"steps={steps}", f"eval_every={max(1, steps // 3)}", f"save_every={steps}"])
+    acc = {name: {split: [e[split]["accuracy"] for e in evals] for split in base} for name, evals in runs.items()}
+    gain = [a["in_domain"][-1] - base["in_domain"]["accuracy"] for n, a in acc.items() if n.startswith("grpo")]
+    sft = acc["sft-seed0"]
+    lift = max(sft["harder"][1:] or sft["harder"]) - base["harder"]["accuracy"]
+    criteria = [
+        Criterion(1, "headroom: base in-domain", f"{base['in_domain']['accuracy']:.3f}", "in [0.10, 0.50]",
+                  0.10 <= base["in_domain"]["accuracy"] <= 0.50),
+        Criterion(2, "RL signal: GRPO final - base in-domain", _spread(gain), ">= +0.05", statistics.mean(gain) >= 0.05),
+        Criterion(3, "the expert's procedure: SFT best harder - base harder", f"{lift:+.3f}", ">= +0.10", lift >= 0.10),
+        Criterion(4, "how on-policy the traces are: median expert-token p", f"{median_p:.3f}", "reported", True),
+        Criterion(5, "retention: other-skill base -> GRPO / SFT final", f"{base['other_skills']['accuracy']:.3f} -> "
+                  + " / ".join(f"{a['other_skills'][-1]:.3f}" for a in acc.values()), "reported", True),
+        *(Criterion(6 + i, f"reward: {split}", text, "reported", True) for i, (split, text) in enumerate(agree.items()))]
+    return _table(out, criteria, f"{budget.seeds} GRPO seed(s) of {budget.grpo_steps} steps, one SFT run of "
+                  f"{budget.sft_steps} steps on the expert file; settings: {' '.join(overrides)}", log,
+                  budget=dataclasses.asdict(budget), overrides=overrides, base=base, runs=acc, median_p=median_p)
+
+
 def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: list[str] | tuple[str, ...] = (),
           log: Callable[[str], None] = print) -> list[Criterion]:
+    """The toy setting's criteria 1-6, or (`eval_file` among the overrides) `probe_real`'s."""
     out = Path(out_dir)
-    cfg = build_stages("grpo", overrides=list(overrides))[0].cfg
-    model, tok, evaluations = evaluate_initial_model(cfg, budget.seeds, budget.n_test, log)
     out.mkdir(parents=True, exist_ok=True)
+    cfg = build_stages("grpo", overrides=list(overrides))[0].cfg
+    if cfg.eval_file:
+        return probe_real(out, budget, list(overrides), log)
+    model, tok, evaluations = evaluate_initial_model(cfg, budget.seeds, budget.n_test, log)
     base = [{split: e["accuracy"] for split, e in ev.items()} for ev in evaluations]  # per seed: {split: accuracy}
     experts = make_splits(0, n_rl=0, n_expert=cfg.n_expert, n_test=0).expert
     median_p = expert_token_probs(model, tok, experts, cfg.dtype)["median_p"]
@@ -112,16 +185,10 @@ def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: l
         Criterion(6, f"overfitting: SFT on {budget.n_expert_small} demos", overfit_text,
                   "falls >= 0.05 from peak, NLL still falls", overfit),
     ]
-    rows = [[str(c.number), c.name, c.measured, c.threshold, "pass" if c.passed else "FAIL"] for c in criteria]
-    table = "\n".join(markdown_rows(["#", "criterion", "measured", "needs", "result"], rows) + [
-        f"\n{budget.seeds} seed(s) of the base and GRPO ({budget.grpo_steps} steps); one long SFT run "
-        f"({budget.sft_steps} steps, {budget.n_expert_large} demonstrations, lr {budget.sft_lr}) and one on "
-        f"{budget.n_expert_small} demonstrations ({budget.overfit_steps} steps, same lr); {budget.n_test} test "
-        "problems per split. Criterion 7 (wall-clock budgets) is not measured here."])
-    (out / "probe.md").write_text(f"# minichord probe\n\n{table}\n")
-    (out / "probe.json").write_text(json.dumps({"budget": dataclasses.asdict(budget), "overrides": list(overrides),
-                                                "base": base, "grpo_final": grpo, "median_p": median_p,
-                                                "criteria": [c._asdict() for c in criteria]}, indent=1))
-    log(table)
-    return criteria
+    return _table(out, criteria, f"{budget.seeds} seed(s) of the base and GRPO ({budget.grpo_steps} steps); one long "
+                  f"SFT run ({budget.sft_steps} steps, {budget.n_expert_large} demonstrations, lr {budget.sft_lr}) and "
+                  f"one on {budget.n_expert_small} demonstrations ({budget.overfit_steps} steps, same lr); "
+                  f"{budget.n_test} test problems per split. Criterion 7 (wall-clock budgets) is not measured here.",
+                  log, budget=dataclasses.asdict(budget), overrides=list(overrides), base=base, grpo_final=grpo,
+                  median_p=median_p)
 

@@ -32,6 +32,7 @@ class Problem(_Texts):
     answer: str
     skill: str = "task"
     where: str | None = _field(default=None, compare=False, repr=False)  # "file:line" if loaded from one
+    metadata: dict | None = _field(default=None, compare=False, repr=False)  # what a task's own scorer reads (rg.py)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-_ANSWER_LINE = re.compile(r"^\s*(?:answer\s*:|####)(.*)$", re.IGNORECASE)
+ANSWER_LINE = re.compile(r"^\s*(?:answer\s*:|####)(.*)$", re.IGNORECASE)
 _GROUPED_NUMBER = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 
 
@@ -28,7 +28,7 @@ def extract_answer(response: str) -> str | None:
         return None
     lines = response.strip().splitlines()
     for line in reversed(lines):
-        if marked := _ANSWER_LINE.match(line):
+        if marked := ANSWER_LINE.match(line):
             return normalise(marked.group(1)) or None
     return (normalise(lines[0]) or None) if len(lines) == 1 else None
 
