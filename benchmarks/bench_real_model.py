@@ -1,9 +1,13 @@
 """SmolLM2-135M-Instruct on this machine's CPU (README "Use your own model"): load time, greedy decoding
-tokens/s at batch 1 and 8, and seconds per CHORD-phi step on GSM8K-format rows. Needs `make real-model`.
+tokens/s at batch 1, 8 and 32 side by side with transformers' `generate` on the same weights, and seconds per
+CHORD-phi step on GSM8K-format rows. Needs `make real-model` (transformers: `pip install -e ".[real]"`).
 
-    .venv/bin/python benchmarks/bench_real_model.py [--model DIR] [--repeats 3]
+    .venv/bin/python benchmarks/bench_real_model.py [--model DIR] [--repeats 3] [--threads 2]
 
-Each number is the median of --repeats runs (after one warm-up for decoding), with the range.
+Each number is the median of --repeats runs (after one warm-up for decoding), with the range. Decoding: the batch
+is B copies of one chat-rendered prompt (no padding), --new-tokens each with no early stop (minichord: eos_id=-1;
+transformers: min_new_tokens), minichord and transformers alternating within each repeat; the ratio is the median
+(and range) of the per-repeat ratios; "equal tokens" is the fraction of the B x N greedy tokens the two agree on.
 """
 
 import argparse
@@ -35,26 +39,64 @@ def timed(fn, repeats: int) -> tuple[float, float, float]:
     return statistics.median(times), min(times), max(times)
 
 
+def hf_greedy(model_dir: str, new_tokens: int, pad_id: int):
+    """transformers' greedy generate on the same weights: ids [B, P] -> its new tokens [B, new_tokens]; None (one
+    line printed) when transformers is not installed."""
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        print('transformers is not installed: `pip install -e ".[real]"` for the transformers columns (skipped)')
+        return None
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+
+    @torch.inference_mode()
+    def run(ids: torch.Tensor) -> torch.Tensor:
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
+                          min_new_tokens=new_tokens, pad_token_id=pad_id)
+        return out[:, ids.shape[1]:]
+    return run
+
+
 def main_() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(default_base_dir().parent / "smollm2-135m-instruct"), help="HF model directory")
     p.add_argument("--repeats", type=int, default=3, help="runs per measurement (median, range)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence (no early stop)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (both contenders)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}")
 
     load = timed(lambda: load_hf_model(args.model), args.repeats)
     print(f"| load_hf_model (fp32) | {load[0]:.2f} s [{load[1]:.2f}-{load[2]:.2f}] |")
     model, tok = load_hf_model(args.model), ChatTokenizer.from_dir(args.model)
     prompt = tok.encode_prompt(QUESTION)
-    cfg = SamplerConfig(max_new_tokens=args.new_tokens, greedy=True)
-    for batch in (1, 8):
-        run = lambda: generate(model, [prompt] * batch, cfg, eos_id=-1, pad_id=tok.pad_id)  # noqa: E731 (no stop)
-        run()  # warm-up
-        t = timed(run, args.repeats)
-        n = batch * args.new_tokens
-        print(f"| greedy decode, batch {batch} x {args.new_tokens} new tokens | {n / t[0]:.0f} tokens/s "
-              f"[{n / t[2]:.0f}-{n / t[1]:.0f}] |")
+    cfg, n_new = SamplerConfig(max_new_tokens=args.new_tokens, greedy=True), args.new_tokens
+    hf_run = hf_greedy(args.model, n_new, tok.pad_id)
+    print(f"\n| greedy decode, {len(prompt)}-token prompt x batch + {n_new} new tokens | minichord tokens/s | "
+          f"transformers tokens/s | minichord / transformers | equal tokens |\n|---|---|---|---|---|")
+    for batch in (1, 8, 32):
+        ids = torch.tensor([prompt] * batch)
+        runs = {"minichord": lambda: generate(model, [prompt] * batch, cfg, eos_id=-1, pad_id=tok.pad_id).tokens}
+        if hf_run is not None:
+            runs["transformers"] = lambda: hf_run(ids)
+        tokens = {name: run() for name, run in runs.items()}  # warm-up, and the greedy tokens compared
+        times = {name: [] for name in runs}
+        for _ in range(args.repeats):  # the contenders alternate within each repeat
+            for name, run in runs.items():
+                times[name].append(timed(run, 1)[0])
+        speed = {name: sorted(batch * n_new / t for t in ts) for name, ts in times.items()}
+        cells = [f"{statistics.median(v):.0f} [{v[0]:.0f}-{v[-1]:.0f}]" for v in speed.values()]
+        if hf_run is None:
+            cells += ["-", "-", "-"]
+        else:
+            ratios = sorted(h / m for m, h in zip(times["minichord"], times["transformers"]))
+            equal = (tokens["minichord"] == tokens["transformers"]).sum().item()
+            cells += [f"{statistics.median(ratios):.2f}x [{ratios[0]:.2f}-{ratios[-1]:.2f}]",  # per-repeat ratios
+                      f"{equal / tokens['minichord'].numel():.3f} "
+                      f"({equal}/{tokens['minichord'].numel()})"]
+        print(f"| batch {batch} | " + " | ".join(cells) + " |")
+    print()
 
     data = ROOT / "tests" / "fixtures" / "gsm8k"
     with tempfile.TemporaryDirectory() as out:
