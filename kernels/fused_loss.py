@@ -35,8 +35,6 @@ g_t for each token kind (r = exp(clamp(logp - old_logp, -c_r, c_r)), A = advanta
 Unlike the torch path, the matmul runs in the input dtype (fp32 accumulation): bf16 results agree to bf16 precision.
 """
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
@@ -102,9 +100,8 @@ def _fused_token_loss_kernel(
         g_on += kl_coef * (1.0 - tl.exp(d))
 
     expert = tl.load(is_expert_ptr + row) != 0
-    loss = tl.where(expert, loss_exp, loss_on)
     g = tl.where(expert, g_exp, g_on)
-    tl.store(loss_ptr + row, loss)
+    tl.store(loss_ptr + row, tl.where(expert, loss_exp, loss_on))
     tl.store(logp_ptr + row, logp)
     tl.store(entropy_ptr + row, entropy)
     tl.store(clipped_ptr + row, (clipped & (expert == 0)).to(tl.int8))
@@ -114,8 +111,7 @@ def _fused_token_loss_kernel(
         coef = tl.where(ignored, 0.0, tl.load(coef_ptr + row).to(tl.float32))
         g_scaled = coef * g * inv_temperature
         # 1 - p_y = -expm1(logp_y): a series near p_y = 1, where 1 - exp(logp_y) would cancel
-        one_minus_p_y = tl.where(logp > -1e-2, -logp * (1.0 + logp * (0.5 + logp * (1.0 / 6.0 + logp / 24.0))),
-                                 1.0 - p)
+        one_minus_p_y = tl.where(logp > -1e-2, -logp * (1.0 + logp * (0.5 + logp * (1.0 / 6.0 + logp / 24.0))), 1.0 - p)
         ent_scaled = tl.where(expert, 0.0, coef * entropy_coef * inv_temperature)
         for start in range(0, vocab_size, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V)  # [BLOCK_V]
@@ -184,9 +180,8 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
         return *grads, *([None] * 10)
 
 
-def triton_fused_token_loss(hidden, weight, targets, coef, is_expert, advantages, old_logp,
-                            spec, *, ref_logp: Optional[torch.Tensor] = None, temperature=1.0,
-                            chunk_size: Optional[int] = None):
+def triton_fused_token_loss(hidden, weight, targets, coef, is_expert, advantages, old_logp, spec, *,
+                            ref_logp: torch.Tensor | None = None, temperature=1.0, chunk_size: int | None = None):
     """The contract of minichord.lm_head.fused_token_loss (-> losses.FusedLossOutput); math: module docstring."""
     check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
                        temperature, chunk_size)

@@ -121,8 +121,7 @@ class _TritonTokenLogprobs(torch.autograd.Function):
     def forward(ctx, logits, targets, temperature, ignore_index, return_entropy):
         if logits.stride(-1) != 1:
             logits = logits.contiguous()
-        n_rows, vocab_size = logits.shape
-        targets = targets.to(torch.int64).contiguous()
+        (n_rows, vocab_size), targets = logits.shape, targets.to(torch.int64).contiguous()
         logp = torch.empty(n_rows, dtype=torch.float32, device=logits.device)  # [N]
         lse = torch.empty_like(logp)  # [N]
         entropy = torch.empty_like(logp) if return_entropy else lse  # dummy ptr when unused

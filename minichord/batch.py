@@ -16,10 +16,7 @@ The caller computes `coef` once per (mini-)batch, zeroes the gradients before an
 under `autocast(device, dtype)`; the fused loss gets its inputs in `loss_dtype(dtype)` and keeps fp32 math.
 """
 
-from __future__ import annotations
-
 import dataclasses
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -64,8 +61,7 @@ class TokenBatch:
         remap[seq_ids] = torch.arange(len(seq_ids), device=self.ids.device)
         width = int(self.attention_mask[seq_ids].sum(1).max()) if len(seq_ids) else 0
         return TokenBatch(self.ids[seq_ids, :width], self.attention_mask[seq_ids, :width], remap[self.rows[keep]],
-                          self.cols[keep], self.targets[keep], self.is_expert[keep], self.advantages[keep],
-                          self.old_logp[keep])
+                          *(t[keep] for t in (self.cols, self.targets, self.is_expert, self.advantages, self.old_logp)))
 
     def to(self, device) -> "TokenBatch":
         return TokenBatch(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
@@ -82,8 +78,7 @@ def pack(sequences: list[Sequence], pad_id: int, max_len: int) -> TokenBatch:
     if not sequences:
         raise ValueError("cannot pack an empty list of sequences")
     lengths = [len(s.prompt_ids) + len(s.response_ids) for s in sequences]
-    L = max(lengths)
-    if L > max_len:
+    if (L := max(lengths)) > max_len:
         raise ValueError(f"a sequence of {L} tokens exceeds the model context {max_len}")
     ids = torch.full((len(sequences), L), pad_id, dtype=torch.long)  # [M, L]
     attention_mask = torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]  # [M, L], True on real tokens
@@ -104,8 +99,7 @@ def pack(sequences: list[Sequence], pad_id: int, max_len: int) -> TokenBatch:
 
 def micro_batches(batch: TokenBatch, micro_batch_seqs: int) -> list[tuple[TokenBatch, Tensor | slice]]:
     """[(micro-batch, where its tokens are in batch: a mask [N], or slice(None) for the whole batch)], in order."""
-    n_seqs = batch.ids.shape[0]
-    if micro_batch_seqs <= 0 or micro_batch_seqs >= n_seqs:
+    if micro_batch_seqs <= 0 or micro_batch_seqs >= (n_seqs := batch.ids.shape[0]):
         return [(batch, slice(None))]
     return [(batch.select(seq_ids), torch.isin(batch.rows, seq_ids.to(batch.rows.device)))  # mask [N]
             for seq_ids in torch.arange(n_seqs).split(micro_batch_seqs)]
@@ -136,7 +130,7 @@ def batch_logprobs(model, batch: TokenBatch, temperature: float, micro_batch_seq
 
 def backward_loss(model, batch: TokenBatch, coef: Tensor, spec: LossConfig, temperature: float,
                   micro_batch_seqs: int = 0, dtype: str = "fp32",
-                  ref_logp: Optional[Tensor] = None) -> lm_head.FusedLossOutput:
+                  ref_logp: Tensor | None = None) -> lm_head.FusedLossOutput:
     """Backward of L = sum_t coef_t l_t into .grad, per micro-batch -> detached L, [N] logp / entropy / clipped."""
     n, device = batch.num_tokens, batch.targets.device
     total = torch.zeros((), dtype=torch.float64 if coef.dtype == torch.float64 else torch.float32, device=device)

@@ -13,8 +13,6 @@ generation_config's eos ids; `pad_id` is the pad_token, else generation_config's
 Rendering follows transformers' `apply_chat_template`; no special tokens are added: the template writes the bos.
 """
 
-from __future__ import annotations
-
 import json
 from datetime import datetime
 from pathlib import Path
@@ -39,8 +37,7 @@ class _GenerationTag(Extension):
     tags = {"generation"}
 
     def parse(self, parser):
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        lineno, body = next(parser.stream).lineno, parser.parse_statements(("name:endgeneration",), drop_needle=True)
         return jinja2.nodes.Scope(body).set_lineno(lineno)
 
 
@@ -91,8 +88,7 @@ def _template(files: dict, config: dict, source: str) -> tuple[str, str]:
         raise TokenizerError(f"{where}: no 'chat_template' (and no chat_template.jinja): minichord needs one to "
                              "build prompts")
     if isinstance(t, list):
-        named = {x.get("name"): x.get("template") for x in t if isinstance(x, dict)}
-        if "default" not in named:
+        if "default" not in (named := {x.get("name"): x.get("template") for x in t if isinstance(x, dict)}):
             raise TokenizerError(f"{where}: 'chat_template' is a list with no template named 'default' "
                                  f"(names: {sorted(map(str, named))})")
         t = named["default"]
@@ -120,8 +116,7 @@ class ChatTokenizer:
         self.special_tokens: dict[str, str] = {}  # role -> token text, the roles the config names
         ids, gen = {}, {}
         for role in SPECIAL_ROLES:
-            text = _token_text(self._config.get(f"{role}_token"), f"{where}: '{role}_token'")
-            if text is None:
+            if (text := _token_text(self._config.get(f"{role}_token"), f"{where}: '{role}_token'")) is None:
                 continue
             self.special_tokens[role] = text
             i = self._tok.token_to_id(text)
@@ -191,9 +186,8 @@ class ChatTokenizer:
         try:
             return self._template.render(**context)
         except Exception as e:  # raise_exception's TemplateError, an undefined variable, a TypeError, ...
-            raise TokenizerError(f"{self._template_file}: 'chat_template' fails to render {len(messages)} "
-                                 f"message(s) (add_generation_prompt={add_generation_prompt}): "
-                                 f"{_jinja_error(e)}") from None
+            raise TokenizerError(f"{self._template_file}: 'chat_template' fails to render {len(messages)} message(s) "
+                                 f"(add_generation_prompt={add_generation_prompt}): {_jinja_error(e)}") from None
 
     def _messages(self, prompt: str, response: str | None = None) -> list[dict]:
         turns = [("system", self.system), ("user", prompt), ("assistant", response)]

@@ -30,8 +30,7 @@ from minichord.tokenizer import TokenizerLike
 FORMAT, VERSION, CONFIG, LATEST = "minichord-checkpoint", 2, "config.json", "latest"
 MODEL, TOKENIZER, OPTIMIZER = "model.safetensors", "tokenizer.json", "optimizer.safetensors"
 CHAT_FILES = ("tokenizer_config.json", "generation_config.json")  # a ChatTokenizer's, beside tokenizer.json
-DTYPES = ("float32", "bfloat16", "float16")
-STEP_DIR = re.compile(r"step-(\d+)")
+DTYPES, STEP_DIR = ("float32", "bfloat16", "float16"), re.compile(r"step-(\d+)")
 
 
 class CheckpointError(RuntimeError):
@@ -248,10 +247,9 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
                 if w not in (None, getattr(cfg, k))]
     if problems:
         raise CheckpointError(f"checkpoint {d} does not match: " + "; ".join(dict.fromkeys(problems)))
-    model = _load_model(d, c, cfg)
-    tokenizer = _load_tokenizer(d, c, cfg) if TOKENIZER in c["files"] else None
-    optimizer_state = _load_optimizer_state(d, c) if OPTIMIZER in c["files"] else None
-    return Checkpoint(model=model.to(device), model_config=cfg, tokenizer=tokenizer, optimizer_state=optimizer_state,
+    return Checkpoint(model=_load_model(d, c, cfg).to(device), model_config=cfg,
+                      tokenizer=_load_tokenizer(d, c, cfg) if TOKENIZER in c["files"] else None,
+                      optimizer_state=_load_optimizer_state(d, c) if OPTIMIZER in c["files"] else None,
                       step=c["step"], meta=c["meta"], path=d)
 
 

@@ -1,7 +1,5 @@
 """`minichord demo | pretrain | train | eval | chat | export | check | reproduce | probe | data | plot`: see `--help`."""
 
-from __future__ import annotations
-
 import argparse
 import dataclasses
 import json

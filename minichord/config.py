@@ -3,8 +3,6 @@ overrides. An unknown key is refused with the nearest valid one; values are conv
 never executed (no exec, no eval).
 """
 
-from __future__ import annotations
-
 import dataclasses
 import difflib
 import sys

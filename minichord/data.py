@@ -16,8 +16,6 @@ A GSM8K / MATH row is a Problem (skill "gsm8k" / its "type") or a Demonstration 
 completely before anything is returned (no run trains on half a file): each bad line is `file:line: what is wrong`.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import json
 import os

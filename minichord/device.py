@@ -4,8 +4,6 @@ bf16: fp32 weights, gradients and AdamW moments; bf16 autocast matrix products; 
 loss math; the fused lm-head loss gets bf16 hidden states and lm-head (`loss_dtype`), fp32 log-softmax and loss.
 """
 
-from __future__ import annotations
-
 import contextlib
 
 import torch
@@ -51,9 +49,8 @@ def describe(device: torch.device, dtype: str) -> str:
     """The line a run starts with: which loss / log-prob backend, device and dtype."""
     from minichord import lm_head
 
-    if lm_head.kernel_backend(device) == "triton":
-        backend = "triton fused (kernels/fused_loss.py), log-probs triton (kernels/logprobs.py)"
-    else:
-        backend = "torch chunked (minichord/lm_head.py), log-probs torch"
+    backend = ("triton fused (kernels/fused_loss.py), log-probs triton (kernels/logprobs.py)"
+               if lm_head.kernel_backend(device) == "triton"
+               else "torch chunked (minichord/lm_head.py), log-probs torch")
     name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     return f"loss backend: {backend}, device {device.type}{name}, dtype {dtype}"

@@ -1,8 +1,6 @@
 """Evaluation: greedy accuracy (mean 0/1 reward) on held-out splits and retention of the other skills;
 `evaluate_splits` is the one evaluation of every command (eval, the trainer, pre-training, reproduce, probe)."""
 
-from __future__ import annotations
-
 from typing import Callable, Sequence
 
 import torch

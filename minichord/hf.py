@@ -5,8 +5,6 @@ does not compute (RoPE scaling, sliding windows, ...) is refused with one line, 
 tensor by tensor in `dtype` into a meta-device model: a bf16 load never holds an fp32 copy.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import shutil
@@ -43,8 +41,7 @@ def _read_json(path: Path):
 
 def _get(hf: dict, path: Path, name: str, tp: type, default=_MISSING):
     """hf[name] checked against `tp` (int accepted for float; bool never for numbers); missing or null: `default`."""
-    value = hf.get(name)
-    if value is None:
+    if (value := hf.get(name)) is None:
         if default is _MISSING:
             raise HFError(f"{path}: missing required field {name!r}")
         return default
@@ -92,8 +89,7 @@ def load_model(path) -> tuple[Transformer, TokenizerLike]:
 def hf_model_config(model_dir) -> ModelConfig:
     """`model_dir`/config.json of a Qwen2ForCausalLM or LlamaForCausalLM as a ModelConfig."""
     path = Path(model_dir) / "config.json"
-    hf = _read_json(path)
-    if not isinstance(hf, dict):
+    if not isinstance(hf := _read_json(path), dict):
         raise HFError(f"{path}: not a JSON object")
     archs = hf.get("architectures")
     family = ARCHITECTURES.get(archs[0]) if isinstance(archs, list) and archs else (
@@ -124,15 +120,12 @@ def hf_model_config(model_dir) -> ModelConfig:
         refuse("quantization_config", hf["quantization_config"], "minichord reads plain float weights")
 
     dim, n_heads = _get(hf, path, "hidden_size", int), _get(hf, path, "num_attention_heads", int)
-    head_dim = _get(hf, path, "head_dim", int, dim // n_heads)
-    if head_dim != dim // n_heads:
+    if (head_dim := _get(hf, path, "head_dim", int, dim // n_heads)) != dim // n_heads:
         refuse("head_dim", head_dim, f"minichord's head_dim is hidden_size // num_attention_heads = {dim // n_heads}")
-    n_kv_heads = _get(hf, path, "num_key_value_heads", int, n_heads)
-    if n_heads % n_kv_heads:
+    if n_heads % (n_kv_heads := _get(hf, path, "num_key_value_heads", int, n_heads)):
         refuse("num_key_value_heads", n_kv_heads, f"num_attention_heads={n_heads} is not a multiple of it")
     vocab_size = _get(hf, path, "vocab_size", int)
-    n_ids = _tokenizer_size(path.parent / "tokenizer.json")
-    if n_ids is not None and vocab_size < n_ids:
+    if (n_ids := _tokenizer_size(path.parent / "tokenizer.json")) is not None and vocab_size < n_ids:
         raise HFError(f"{path}: vocab_size={vocab_size} is smaller than the {n_ids} ids of "
                       f"{path.parent / 'tokenizer.json'}")
     theta = _get(rope, path, "rope_theta", float, _get(hf, path, "rope_theta", float, 10000.0))
@@ -155,12 +148,10 @@ def _weight_files(model_dir: Path) -> tuple[dict[str, Path], Path]:
     """({HF tensor name: its .safetensors file}, the file that lists them)."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
+        if not isinstance(weight_map := _read_json(index).get("weight_map"), dict) or not weight_map:
             raise HFError(f"{index}: missing or empty field 'weight_map'")
-        for shard in sorted(set(weight_map.values())):
-            if not (model_dir / shard).is_file():
-                raise HFError(f"{model_dir / shard}: shard listed in {index} is missing")
+        if missing := [shard for shard in sorted(set(weight_map.values())) if not (model_dir / shard).is_file()]:
+            raise HFError(f"{model_dir / missing[0]}: shard listed in {index} is missing")
         return {name: model_dir / shard for name, shard in weight_map.items()}, index
     single = model_dir / "model.safetensors"
     if not single.is_file():
@@ -178,8 +169,7 @@ def load_hf_model(model_dir, *, dtype: torch.dtype = torch.float32, device="cpu"
         model = Transformer(cfg)
     wanted = {_hf_name(n): (n, p) for n, p in model.named_parameters()}
     files, listing = _weight_files(model_dir)
-    missing = sorted(set(wanted) - set(files))
-    if missing:
+    if missing := sorted(set(wanted) - set(files)):
         raise HFError(f"{listing}: tensor {missing[0]!r} is missing ({len(missing)} missing in all)")
     state = {}
     for file in sorted(set(files.values())):
@@ -191,8 +181,7 @@ def load_hf_model(model_dir, *, dtype: torch.dtype = torch.float32, device="cpu"
                 if hf_name not in wanted:
                     raise HFError(f"{file}: unexpected tensor {hf_name!r} for {cfg}")
                 name, param = wanted[hf_name]
-                shape = tuple(f.get_slice(hf_name).get_shape())
-                if shape != tuple(param.shape):
+                if (shape := tuple(f.get_slice(hf_name).get_shape())) != tuple(param.shape):
                     raise HFError(f"{file}: tensor {hf_name!r} has shape {shape}, config.json implies "
                                   f"{tuple(param.shape)}")
                 state[name] = f.get_tensor(hf_name).to(device=device, dtype=dtype)
@@ -259,8 +248,7 @@ def export_checkpoint(ckpt_path, out_dir) -> Path:
         raise HFError(f"{ckpt_path} is already a Hugging Face directory; export takes a minichord "
                       f"checkpoint (a run's checkpoint/ or one of its step directories)")
     ckpt = load_checkpoint(ckpt_path)
-    tok = ckpt.tokenizer
-    files = {} if tok is None else tok.files()
+    tok, files = ckpt.tokenizer, {} if ckpt.tokenizer is None else ckpt.tokenizer.files()
     if tok is not None and "tokenizer_config.json" not in files:  # the toy's: its fixed chat format as a template
         names, template = tok.special_tokens, CHAT_TEMPLATE
         for role in ("bos", "user", "assistant", "eos"):

@@ -7,20 +7,16 @@ fused lm-head loss (kernels/fused_loss.py): hidden [N, H], lm-head weight [V, H]
 Math is fp32 (fp64 for fp64 inputs, for gradcheck) whatever the input dtype; gradients come in the input dtypes.
 """
 
-from __future__ import annotations
-
 import functools
 import os
-from typing import Optional
 
 import torch
 from torch import Tensor
 
-from minichord.losses import (IGNORE_INDEX, FusedLossOutput, LossConfig, check_fused_inputs, check_logits_targets,
-                              chord_loss)
+from minichord.config import ConfigError, LossConfig
+from minichord.losses import IGNORE_INDEX, FusedLossOutput, check_fused_inputs, check_logits_targets, chord_loss
 
-KERNEL_BACKENDS = ("auto", "torch", "triton")
-_ENV_VAR = "MINICHORD_KERNELS"
+KERNEL_BACKENDS, _ENV_VAR = ("auto", "torch", "triton"), "MINICHORD_KERNELS"
 _CHUNK_ELEMENTS = 1 << 22  # torch path: about this many fp32 logits (16 MB) per chunk on a CPU
 
 
@@ -32,9 +28,7 @@ def default_chunk_rows(hidden: Tensor, weight: Tensor) -> int:
 def kernel_backend(device: torch.device | str | None = None) -> str:
     """"torch" or "triton" for tensors on `device` (None: the default CUDA device if any) by MINICHORD_KERNELS:
     triton (on CPU tensors it needs TRITON_INTERPRET=1), torch, or auto (unset): triton on CUDA, torch elsewhere."""
-    value = os.environ.get(_ENV_VAR, "").strip().lower() or "auto"
-    if value not in KERNEL_BACKENDS:
-        from minichord.config import ConfigError
+    if (value := os.environ.get(_ENV_VAR, "").strip().lower() or "auto") not in KERNEL_BACKENDS:
         raise ConfigError(f"{_ENV_VAR}={os.environ[_ENV_VAR]!r}: must be one of {', '.join(KERNEL_BACKENDS)}")
     if value != "auto":
         return value
@@ -56,8 +50,7 @@ def reference_token_logprobs(logits: Tensor, targets: Tensor, *, temperature: fl
     check_logits_targets(logits, targets, temperature)
     valid = targets != IGNORE_INDEX  # [N]
     logprobs = torch.log_softmax(logits.to(_compute_dtype(logits)) / temperature, dim=-1)  # [N, V]
-    logp = logprobs.gather(1, torch.where(valid, targets, 0)[:, None]).squeeze(1)  # [N]
-    logp = torch.where(valid, logp, 0.0)  # [N]
+    logp = torch.where(valid, logprobs.gather(1, torch.where(valid, targets, 0)[:, None]).squeeze(1), 0.0)  # [N]
     if not return_entropy:
         return logp
     probs = logprobs.exp()  # [N, V]
@@ -76,15 +69,14 @@ def token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0,
 
 @torch.no_grad()
 def logprobs_from_hidden(hidden: Tensor, weight: Tensor, targets: Tensor, *, temperature: float = 1.0,
-                         chunk_size: Optional[int] = None) -> Tensor:
+                         chunk_size: int | None = None) -> Tensor:
     """Token log-probs from hidden [N, H] and the lm-head [V, H], no gradient: logp [N] fp32,
     logp_t = log_softmax(hidden_t W^T / T)[y_t], at most chunk_size x V logits at once (None: default_chunk_rows)."""
     chunk_size = chunk_size or default_chunk_rows(hidden, weight)
     logp = torch.zeros(hidden.shape[0], dtype=_compute_dtype(hidden, weight), device=hidden.device)  # [N]
     for start in range(0, hidden.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
-        logits = hidden[rows] @ weight.T  # [n, V]
-        logp[rows] = token_logprobs(logits, targets[rows], temperature=temperature)  # [n]
+        logp[rows] = token_logprobs(hidden[rows] @ weight.T, targets[rows], temperature=temperature)  # [n, V] -> [n]
     return logp
 
 
@@ -137,9 +129,8 @@ class _ChunkedFusedLoss(torch.autograd.Function):
 
 
 def fused_token_loss(hidden: Tensor, weight: Tensor, targets: Tensor, coef: Tensor, is_expert: Tensor,
-                     advantages: Tensor, old_logp: Tensor, spec: LossConfig, *,
-                     ref_logp: Optional[Tensor] = None, temperature: float = 1.0,
-                     chunk_size: Optional[int] = None) -> FusedLossOutput:
+                     advantages: Tensor, old_logp: Tensor, spec: LossConfig, *, ref_logp: Tensor | None = None,
+                     temperature: float = 1.0, chunk_size: int | None = None) -> FusedLossOutput:
     """The fused lm-head loss (module docstring), at most chunk_size x V logits alive (None: default_chunk_rows
     here, CHUNK_BYTES in the kernel). Gradients are computed in the forward: backward twice is not supported."""
     check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,

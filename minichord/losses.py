@@ -14,11 +14,8 @@ A = R - mean(R); one joint token-mean; and its own token losses:
 d f / d logp = p gamma / (p + gamma)^2: unlikely expert tokens get a far larger gradient than under f(p) = p.
 """
 
-from __future__ import annotations
-
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -36,8 +33,7 @@ def group_advantages(rewards: Tensor, *, scale_by_std: bool = True, eps: float =
         A_i = R_i - mean(R)                         with scale_by_std=False (LUFFY, Dr.GRPO)
         A = 0 exactly for equal rewards; a group of one: A = 0 (singleton="zero") or R / (1 + eps) ("official")
     """
-    rewards = torch.as_tensor(rewards)
-    if rewards.dim() != 2:
+    if (rewards := torch.as_tensor(rewards)).dim() != 2:
         raise ValueError(f"rewards must be [n_groups, G], got shape {tuple(rewards.shape)}")
     if singleton not in SINGLETONS:
         raise ValueError(f"singleton must be 'zero' or 'official', got {singleton!r}")
@@ -57,8 +53,7 @@ def group_advantages(rewards: Tensor, *, scale_by_std: bool = True, eps: float =
 
 def zero_variance_fraction(rewards: Tensor) -> float:
     """Share of groups [n_groups, G] whose rewards are all equal (A = 0, no gradient)."""
-    rewards = torch.as_tensor(rewards)
-    if rewards.dim() != 2:
+    if (rewards := torch.as_tensor(rewards)).dim() != 2:
         raise ValueError(f"rewards must be [n_groups, G], got shape {tuple(rewards.shape)}")
     return (rewards.amax(dim=1) == rewards.amin(dim=1)).float().mean().item() if rewards.shape[0] else 0.0
 
@@ -87,7 +82,7 @@ def advantages(rewards: Tensor, rules: LossConfig) -> Tensor:
                             unbiased=rules.std != "biased")
 
 
-def coefficients(is_expert: Tensor, seq_id: Tensor, micro_batch: Optional[Tensor], mu: Optional[float],
+def coefficients(is_expert: Tensor, seq_id: Tensor, micro_batch: Tensor | None, mu: float | None,
                  rules: LossConfig, dtype: torch.dtype = torch.float32) -> Tensor:
     """Per-token coef [N]: L = sum_t coef_t l_t = (1 - mu) L_GRPO + mu L_SFT, S = the side's sequences:
 
@@ -135,8 +130,7 @@ def token_coefficients(is_expert: Tensor, mu: float, *, dtype: torch.dtype = tor
     if not 0.0 <= mu <= 1.0:
         raise ValueError(f"mu must be in [0, 1], got {mu}")
     expert = is_expert.bool()  # [N]
-    n_exp = expert.sum().clamp(min=1).to(dtype)
-    n_on = (~expert).sum().clamp(min=1).to(dtype)
+    n_exp, n_on = expert.sum().clamp(min=1).to(dtype), (~expert).sum().clamp(min=1).to(dtype)
     return torch.where(expert, mu / n_exp, (1.0 - mu) / n_on).to(dtype)  # [N]
 
 
@@ -181,8 +175,8 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     return torch.exp(d) - d - 1.0
 
 
-def chord_loss(logp: Tensor, entropy: Optional[Tensor], is_expert: Tensor, adv: Tensor, old_logp: Tensor,
-               coef: Tensor, spec: LossConfig, ref_logp: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+def chord_loss(logp: Tensor, entropy: Tensor | None, is_expert: Tensor, adv: Tensor, old_logp: Tensor,
+               coef: Tensor, spec: LossConfig, ref_logp: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The loss of one batch of tokens (all inputs [N]; entropy may be None without a bonus):
 
         L = sum_t coef_t l_t  -  entropy_coef * sum_{on-policy t} coef_t H_t
@@ -195,15 +189,13 @@ def chord_loss(logp: Tensor, entropy: Optional[Tensor], is_expert: Tensor, adv: 
     Each branch sees only its own tokens (others zeroed): an overflow in one cannot NaN the gradient via where.
     Returns (L scalar, l [N], clipped [N] bool, False on expert tokens).
     """
-    shapes = {tuple(t.shape) for t in (logp, is_expert, adv, old_logp, coef)}
-    if len(shapes) > 1 or logp.dim() != 1:
+    if len(shapes := {tuple(t.shape) for t in (logp, is_expert, adv, old_logp, coef)}) > 1 or logp.dim() != 1:
         raise ValueError(f"logp, is_expert, adv, old_logp, coef must all be [N], got shapes {shapes}")
     if spec.kl_coef > 0.0 and ref_logp is None:
         raise ValueError("spec.kl_coef > 0 needs ref_logp (log-probs under the reference policy)")
     if spec.entropy_coef > 0.0 and entropy is None:
         raise ValueError("spec.entropy_coef > 0 needs the per-token entropy")
-    expert = is_expert.bool()  # [N]
-    onpolicy = ~expert
+    expert, onpolicy = is_expert.bool(), ~is_expert.bool()  # [N] each
 
     def only(where: Tensor, values: Tensor) -> Tensor:
         return torch.where(where, values.to(logp.dtype), 0.0)  # [N]
@@ -216,12 +208,7 @@ def chord_loss(logp: Tensor, entropy: Optional[Tensor], is_expert: Tensor, adv: 
     else:
         loss_on, clipped = ppo_clip_loss(logp_on, old_on, adv_on, spec)
         p = logp_exp.detach().exp()  # [N], sg(p)
-        if spec.expert_weighting == "phi":
-            weight = p * (1.0 - p)  # CHORD-phi
-        elif spec.expert_weighting == "is":
-            weight = p  # SFT-IS ablation
-        else:
-            weight = torch.ones_like(p)  # plain SFT
+        weight = {"phi": p * (1.0 - p), "is": p, "uniform": torch.ones_like(p)}[spec.expert_weighting]  # [N]
         loss_exp = -weight * logp_exp  # [N]
     if spec.kl_coef > 0.0:
         loss_on = loss_on + spec.kl_coef * kl_k3(logp_on, only(onpolicy, ref_logp))
@@ -254,8 +241,7 @@ def check_logits_targets(logits: Tensor, targets: Tensor, temperature: float) ->
 def check_targets(targets: Tensor, vocab_size: int, temperature: float) -> None:
     if not temperature > 0.0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= vocab_size))  # [N]
-    if bad.any():
+    if (bad := (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= vocab_size))).any():  # [N]
         raise ValueError(f"target id {int(targets[bad][0])} outside [0, {vocab_size}) "
                          f"and not the padding id {IGNORE_INDEX}")
 

@@ -41,8 +41,6 @@ The departures from the paper (arXiv 2508.11408) and its official code, the one 
   the paper it is the policy's own mistakes on hard problems.
 """
 
-from __future__ import annotations
-
 import dataclasses
 from typing import Any
 
@@ -134,14 +132,12 @@ def stage_config(method_name: str, config_file: str | None = None,
 def build_stages(method_name: str, config_file: str | None = None,
                  overrides: list[str] | tuple[str, ...] = ()) -> list[Stage]:
     """Each stage's config = stage_config(its method); sft-grpo's stages split `steps`."""
-    method = get_method(method_name)
-    top = stage_config(method_name, config_file, overrides)
+    method, top = get_method(method_name), stage_config(method_name, config_file, overrides)
     if not method.stages:
         return [Stage(method, top, 0, top.steps)]
     stages, start = [], 0
     for i, (stage, share) in enumerate(method.stages):
-        end = top.steps if i == len(method.stages) - 1 else start + round(share * top.steps)
-        if end <= start:
+        if (end := top.steps if i == len(method.stages) - 1 else start + round(share * top.steps)) <= start:
             raise ConfigError(f"steps={top.steps}: method {method_name} needs >= {len(method.stages)} steps "
                               f"(one per stage)")
         stages.append(Stage(get_method(stage), stage_config(stage, config_file, overrides), start, end))

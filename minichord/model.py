@@ -8,8 +8,6 @@ Parameter names are Hugging Face Qwen2's but for HF's `model.` prefix; a tied em
 Padding never shifts RoPE: positions count real tokens only (the sampler left-pads, training right-pads).
 """
 
-from __future__ import annotations
-
 import math
 
 import torch

@@ -9,8 +9,6 @@ of every skill (`minichord.tasks.corpus`, none in any split) on the response tok
 The checkpoint's meta holds the settings (same settings: reused), test accuracies, `evaluate.expert_token_probs`.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import inspect
 import math
@@ -28,8 +26,7 @@ from minichord.config import ModelConfig, TrainConfig, to_dict
 from minichord.device import autocast, resolve_device
 from minichord.evaluate import evaluate_splits, expert_token_probs
 from minichord.model import Transformer
-from minichord.tasks.corpus import (EASY_DIGITS, PRETRAIN_DIGITS, SENTENCE_FROM, Sloppy, pretrain_corpus,
-                                    style_texts)
+from minichord.tasks.corpus import EASY_DIGITS, PRETRAIN_DIGITS, SENTENCE_FROM, Sloppy, pretrain_corpus, style_texts
 from minichord.tasks.toy import OTHER_LENGTHS, make_splits
 from minichord.tokenizer import Tokenizer
 
@@ -90,23 +87,20 @@ def pad_batch(examples: list[tuple[list[int], list[bool]]], pad_id: int):
     return ids, attention, loss_mask
 
 
-def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = None,
-                  config: PretrainConfig | None = None, model_config: ModelConfig | None = None,
-                  log: Callable[[str], None] | None = print, force: bool = False,
-                  device: torch.device | str = "auto", dtype: str = "fp32") -> Path:
+def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = None, config: PretrainConfig | None = None,
+                  model_config: ModelConfig | None = None, log: Callable[[str], None] | None = print,
+                  force: bool = False, device: torch.device | str = "auto", dtype: str = "fp32") -> Path:
     """Pre-train (or reuse) the toy base model in `out_dir`; returns the checkpoint directory. device, dtype:
     minichord/device.py; they are not part of the cache key (a base made on a GPU is reused on a CPU)."""
     where = resolve_device(device)
-    cfg = dataclasses.replace(config or PretrainConfig(), seed=seed,
-                              **({"steps": steps} if steps is not None else {}))
+    cfg = dataclasses.replace(config or PretrainConfig(), seed=seed, **({"steps": steps} if steps is not None else {}))
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={cfg.steps}, batch_size={cfg.batch_size}")
     model_cfg = model_config or ModelConfig()
     # everything that determines the model (measuring does not), as the checkpoint's JSON meta will hold it
     settings = {"format": PRETRAIN_FORMAT, **dataclasses.asdict(cfg), "model": to_dict(model_cfg)}
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items() if k != "n_eval"}
-    out_dir = Path(out_dir)
-    say = log or (lambda _msg: None)
+    out_dir, say = Path(out_dir), log or (lambda _msg: None)
     try:
         cached = not force and checkpoint_exists(out_dir) and load_checkpoint(out_dir).meta.get("settings") == settings
     except CheckpointError:
@@ -115,8 +109,7 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
         say(f"pretrain: reusing the base model in {out_dir} (same settings)")
         return out_dir
 
-    t0 = time.perf_counter()
-    rng = random.Random(f"minichord-pretrain-{cfg.seed}")
+    t0, rng = time.perf_counter(), random.Random(f"minichord-pretrain-{cfg.seed}")
     torch.manual_seed(cfg.seed)
     tokenizer = Tokenizer.train(style_texts(rng, cfg.tokenizer_texts, other_lengths=cfg.other_lengths),
                                 vocab_size=model_cfg.vocab_size)

@@ -6,8 +6,6 @@ unrestricted one, logprob_t = log_softmax(logits_t / T)[y_t] (T = 1 when greedy)
 differentiates, so old and new log-probs agree at the first update.
 """
 
-from __future__ import annotations
-
 import weakref
 from dataclasses import dataclass
 

@@ -10,8 +10,6 @@ GPT-2's byte-level split with no prefix space, so decode(encode(s)) == s for any
 Files: the standard tokenizer.json; any Hugging Face one loads (`special_tokens={"eos": "<|endoftext|>"}` renames).
 """
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
@@ -78,12 +76,10 @@ class Tokenizer:
                  source: str = "tokenizer"):
         self._tok = hf_tokenizer
         names = {**DEFAULT_SPECIALS, **(special_tokens or {})}
-        unknown_roles = sorted(set(names) - set(SPECIAL_ROLES))
-        if unknown_roles:
+        if unknown_roles := sorted(set(names) - set(SPECIAL_ROLES)):
             raise TokenizerError(f"unknown special-token roles {unknown_roles}; valid roles: {SPECIAL_ROLES}")
         ids = {role: hf_tokenizer.token_to_id(names[role]) for role in SPECIAL_ROLES}
-        missing = [f"{role}={names[role]!r}" for role in SPECIAL_ROLES if ids[role] is None]
-        if missing:
+        if missing := [f"{role}={names[role]!r}" for role in SPECIAL_ROLES if ids[role] is None]:
             raise TokenizerError(f"{source}: special tokens not in the vocabulary: {', '.join(missing)}; pass "
                                  f"special_tokens={{role: token text}} to name the ones this file uses")
         V = self.vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
@@ -102,16 +98,14 @@ class Tokenizer:
         else:  # the byte-level characters of ASCII 0..127, one char each
             to_chars = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
             alphabet = [to_chars.pre_tokenize_str(chr(b))[0][0] for b in range(128)]
-        smallest = len(SPECIAL_TOKENS) + len(alphabet)
-        if vocab_size < smallest:
+        if vocab_size < (smallest := len(SPECIAL_TOKENS) + len(alphabet)):
             raise TokenizerError(f"vocab_size={vocab_size} is too small: {len(SPECIAL_TOKENS)} special tokens + "
                                  f"{len(alphabet)} byte tokens need at least {smallest}")
         if isinstance(texts, str):
             raise TokenizerError("train() takes an iterable of strings, not one string")
         corpus = [t for t in texts if t]
-        for t in corpus:
-            if not isinstance(t, str):
-                raise TokenizerError(f"training texts must be str, got {type(t).__name__}: {t!r:.60}")
+        if bad := [t for t in corpus if not isinstance(t, str)]:
+            raise TokenizerError(f"training texts must be str, got {type(bad[0]).__name__}: {bad[0]!r:.60}")
         if not corpus:
             raise TokenizerError("cannot train a tokenizer on an empty corpus (no non-empty texts)")
 
@@ -163,8 +157,7 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         """Text of `ids` (a list or a 1-D tensor)."""
         ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
+        if bad := [i for i in ids if not 0 <= i < self.vocab_size]:
             raise TokenizerError(f"ids out of range [0, {self.vocab_size}): {bad[:10]}")
         return self._tok.decode(ids, skip_special_tokens=skip_special)
 

@@ -12,8 +12,6 @@ Every random choice of step s comes from generators seeded with (seed, s), so a 
 uninterrupted one exactly.
 """
 
-from __future__ import annotations
-
 import copy
 import dataclasses
 import json

@@ -4,13 +4,10 @@ On a mismatch every combination of the conventions' choices (recompute.SEARCHED)
 (recompute.BUGS) is tried, fewest changes first; the variants that reproduce your numbers are reported in words.
 """
 
-from __future__ import annotations
-
 import collections
 import dataclasses
 import itertools
 from pathlib import Path
-from typing import Optional, Union
 
 from minichord.check.dump import Dump, load_dump
 from minichord.check.recompute import (ATOL, BUGS, NO_CLAMP, RTOL, SEARCHED, Reference, agrees, convention_rules,
@@ -57,7 +54,7 @@ def _cause(field: str, target, found) -> Cause:
                                                   "gradient is kept (zero_grad inside the accumulation loop?)"}[field])
 
 
-def variants(d: Dump, target: LossConfig) -> list[tuple[LossConfig, Optional[str]]]:
+def variants(d: Dump, target: LossConfig) -> list[tuple[LossConfig, str | None]]:
     """Every (rules, bug) worth trying on `d`, fewest changes from `target` first."""
     luffy, grouped = d.weighting == "luffy", d.rewards is not None and d.weighting != "luffy"
     n_mb = 0 if d.micro_batch is None else d.micro_batch[d.mask.any(1)].unique().numel()
@@ -73,7 +70,7 @@ def variants(d: Dump, target: LossConfig) -> list[tuple[LossConfig, Optional[str
     return sorted(out, key=lambda v: len(_changes(target, *v)))
 
 
-def _changes(target: LossConfig, rules: LossConfig, bug: Optional[str]) -> list[Cause]:
+def _changes(target: LossConfig, rules: LossConfig, bug: str | None) -> list[Cause]:
     out = [_cause(f, getattr(target, f), v) for f in SEARCHED if (v := getattr(rules, f)) != getattr(target, f)]
     return out + ([_cause(bug, None, None)] if bug else [])
 
@@ -130,7 +127,7 @@ class CheckResult:
         return "\n".join(lines)
 
 
-def check_batch(dump: Union[Dump, str, Path], convention: Optional[str] = None,
+def check_batch(dump: Dump | str | Path, convention: str | None = None,
                 rtol: float = RTOL, atol: float = ATOL) -> CheckResult:
     """Compare a dump's loss and gradient with minichord's under `convention` (default: the dump's)."""
     d = dump if isinstance(dump, Dump) else load_dump(dump)
@@ -145,8 +142,7 @@ def check_batch(dump: Union[Dump, str, Path], convention: Optional[str] = None,
     result = CheckResult(ok, name, target, d.loss, ours, diffs, len(bad), rtol, atol)
     if d.rewards is not None and d.advantages is not None and d.weighting != "luffy":
         on = ~d.flat(d.is_expert)
-        differ = ((token_advantages(d, target) - d.flat(d.advantages)).abs() > 1e-5)[on]  # [N_on]
-        if differ.any():
+        if (differ := ((token_advantages(d, target) - d.flat(d.advantages)).abs() > 1e-5)[on]).any():  # [N_on]
             result.notes.append(f"your advantages differ from minichord's ({name} convention, from your rewards) "
                                 f"on {int(differ.sum())} of {int(on.sum())} on-policy tokens")
     if d.rewards is None and d.weighting != "luffy":

@@ -25,12 +25,9 @@ Values outside the mask are never read (padding may hold anything, NaN included)
 finite. A plain-PyTorch dump: tutorials/09_check_your_loss.py.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import math
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -57,10 +54,10 @@ class Dump:
     eps_low: float = 0.2
     eps_high: float = 0.2
     convention: str = "paper"
-    advantages: Optional[Tensor] = None  # [B, T] float64 (per-sequence values broadcast)
-    rewards: Optional[Tensor] = None  # [B] float64
-    group_ids: Optional[Tensor] = None  # [B] long
-    micro_batch: Optional[Tensor] = None  # [B] long
+    advantages: Tensor | None = None  # [B, T] float64 (per-sequence values broadcast)
+    rewards: Tensor | None = None  # [B] float64
+    group_ids: Tensor | None = None  # [B] long
+    micro_batch: Tensor | None = None  # [B] long
 
     def __post_init__(self):
         self.rows = self.mask.nonzero()[:, 0]  # [N] sequence index of each masked token (row-major order)
@@ -70,7 +67,7 @@ class Dump:
         return x[self.mask] if x.dim() == 2 else x[self.rows]
 
 
-def _number(meta: dict, key: str, default: Optional[float], lo: float, hi: float, where: str) -> float:
+def _number(meta: dict, key: str, default: float | None, lo: float, hi: float, where: str) -> float:
     text = meta.get(key)
     if text is None and default is None:
         raise DumpError(f"{where}: missing metadata {key!r} (a number in [{lo}, {hi}])")
@@ -89,7 +86,7 @@ def _flags(name: str, x: Tensor, where: str) -> Tensor:
     return x.bool()
 
 
-def _finite(name: str, x: Tensor, where: str, under: Optional[Tensor] = None) -> Tensor:
+def _finite(name: str, x: Tensor, where: str, under: Tensor | None = None) -> Tensor:
     if not x.is_floating_point():
         raise DumpError(f"{where}: tensor {name!r} must be floating point, got {x.dtype}")
     bad = ~torch.isfinite(x := x.double()) & (True if under is None else under)
@@ -157,13 +154,11 @@ def load_dump(path: str | Path) -> Dump:
     """Read and validate a DUMP file; any problem is a DumpError naming the tensor or key."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    if not path.is_file():
+    if not (path := Path(path)).is_file():
         raise DumpError(f"{path}: no such file")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         reason = str(e).splitlines()[0] if str(e) else e
         raise DumpError(f"{path}: not a readable safetensors file ({reason!r})") from None

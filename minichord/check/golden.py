@@ -28,28 +28,25 @@ advantages from rewards): it is reported as skipped, not failed. `--convention o
         return loss  # autograd gives d loss / d logp; or return loss, grad_logp ([B, T])
 """
 
-from __future__ import annotations
-
 import collections
 import importlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
 from minichord.check.recompute import grad_scale, within
 
-HERE = Path(__file__).resolve().parent
-VERSION = 1
+HERE, VERSION = Path(__file__).resolve().parent, 1
 
 
 GoldenCase = collections.namedtuple("GoldenCase", "name description settings tensors")  # settings: the json entry
 
 
-def load_cases(convention: Optional[str] = None, directory: Path = HERE) -> list[GoldenCase]:
+def load_cases(convention: str | None = None, directory: Path = HERE) -> list[GoldenCase]:
     """Every golden case (of one convention when given), in file order."""
     from safetensors.torch import load_file
 

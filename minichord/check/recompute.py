@@ -6,10 +6,7 @@ convention's batch rules, optionally with one known bug planted; and the toleran
     LUFFY: (a, b) = (1, 1),       c0 = c1 = 1 / N on their own side (one joint token-mean)
 """
 
-from __future__ import annotations
-
 import dataclasses
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -19,8 +16,7 @@ from minichord.check.dump import Dump
 from minichord.config import LossConfig
 from minichord.methods import CONVENTIONS, LUFFY_LOSS
 
-BUGS = ("phi_not_detached", "first_micro_batch_only", "last_micro_batch_only")
-RTOL, ATOL = 1e-5, 1e-7
+BUGS, RTOL, ATOL = ("phi_not_detached", "first_micro_batch_only", "last_micro_batch_only"), 1e-5, 1e-7
 SEARCHED = ("aggregation", "dual_clip", "log_ratio_clamp", "singleton", "std")  # the rules a diagnosis may change
 NO_CLAMP = float(torch.finfo(torch.float64).max)  # the log-ratio clamp of "no clamp"
 
@@ -57,7 +53,7 @@ def token_advantages(d: Dump, rules: LossConfig) -> Tensor:
     return d.flat(seq_adv)
 
 
-def reference(d: Dump, rules: LossConfig, bug: Optional[str] = None, memo: Optional[dict] = None) -> Reference:
+def reference(d: Dump, rules: LossConfig, bug: str | None = None, memo: dict | None = None) -> Reference:
     """The loss and gradient of `d` under `rules`, one of BUGS planted; `memo` (a dict per dump) caches coefficients."""
     is_expert, seq = d.flat(d.is_expert), d.rows  # [N], [N]
     logp = d.flat(d.logp).clone().requires_grad_(True)  # [N] float64
@@ -72,16 +68,13 @@ def reference(d: Dump, rules: LossConfig, bug: Optional[str] = None, memo: Optio
         c0 = c1 = losses.coefficients(is_expert, seq, None, None, rules, dtype=torch.float64)  # [N], 1 / N
         c0, c1, (a, b) = c0 * ~is_expert, c1 * is_expert, (1.0, 1.0)
     else:
-        mb = None if d.micro_batch is None else d.flat(d.micro_batch)
-        memo = {} if memo is None else memo
+        mb, memo = None if d.micro_batch is None else d.flat(d.micro_batch), {} if memo is None else memo
         if rules.aggregation not in memo:
             memo[rules.aggregation] = [losses.coefficients(is_expert, seq, mb, mu, rules, dtype=torch.float64)
                                        for mu in (0.0, 1.0)]
-        c0, c1 = memo[rules.aggregation]
-        a, b = 1.0 - d.mu, d.mu
+        (c0, c1), (a, b) = memo[rules.aggregation], (1.0 - d.mu, d.mu)
     coef = a * c0 + b * c1  # [N]
-    loss = (coef * l).sum()
-    keep, others = torch.ones_like(is_expert), ()
+    loss, keep, others = (coef * l).sum(), torch.ones_like(is_expert), ()
     if bug in ("first_micro_batch_only", "last_micro_batch_only"):
         mb = d.flat(d.micro_batch)
         keep = mb == (mb.min() if bug.startswith("first") else mb.max())  # [N]

@@ -1,7 +1,5 @@
 """The commands that run experiments on top of the library: `minichord demo | reproduce | probe | plot`."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Callable
 

@@ -1,8 +1,6 @@
 """`minichord demo` (`make demo`): CHORD-phi on the embedded toy task, on a CPU, from the cached
 (or freshly pre-trained) base model; prints accuracy before/after and a few outputs, base vs trained."""
 
-from __future__ import annotations
-
 import time
 from pathlib import Path
 

@@ -1,21 +1,16 @@
 """Learning curves from run directories (metrics.jsonl, eval.jsonl), as `minichord plot`; needs matplotlib."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 
-# (file, key, title); eval keys are "split.accuracy"
-PANELS = [
+PANELS = [  # (file, key, title); eval keys are "split.accuracy"
     ("eval.jsonl", "in_domain.accuracy", "in-domain accuracy (greedy)"),
     ("eval.jsonl", "harder.accuracy", "harder-split accuracy"),
     ("eval.jsonl", "other_skills.accuracy", "other-skill retention"),
-    ("metrics.jsonl", "reward", "rollout reward"),
-    ("metrics.jsonl", "entropy", "rollout token entropy"),
+    ("metrics.jsonl", "reward", "rollout reward"), ("metrics.jsonl", "entropy", "rollout token entropy"),
     ("metrics.jsonl", "mu", "mu (global SFT coefficient)"),
     ("metrics.jsonl", "response_length", "response length (tokens)"),
-    ("metrics.jsonl", "expert_nll", "expert-token NLL"),
-]
+    ("metrics.jsonl", "expert_nll", "expert-token NLL")]
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -5,8 +5,6 @@ splits; GRPO x seeds at the default budget; a long SFT run on a large expert set
 set (criterion 6): a small set is memorised before the procedure is learned, so the two need two set sizes.
 """
 
-from __future__ import annotations
-
 import collections
 import dataclasses
 import json

@@ -5,8 +5,6 @@ for every method, sft-grpo splitting them between its stages; samples seen diffe
 results.json, results.md, curves.png (seed 0 of every method), sft_curve.png (a long SFT run on the limited set).
 """
 
-from __future__ import annotations
-
 import collections
 import json
 import statistics
@@ -44,8 +42,7 @@ def run_summary(run_dir: Path, wall: float) -> dict:
 
 
 def mean_std(values: list[float | None]) -> str:
-    vals = [v for v in values if v is not None]
-    if len(vals) < 2:
+    if len(vals := [v for v in values if v is not None]) < 2:
         return f"{vals[0]:.3f}" if vals else "–"
     return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
 
@@ -63,8 +60,7 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
               f"save_every={setting.steps}", *overrides]
     first_cfg = build_stages(methods[0], overrides=common)[0].cfg
     jobs = [(m, s) for s in range(setting.seeds) for m in methods]
-    total = len(jobs) + (1 if setting.sft_curve_steps else 0)
-    t_start = time.perf_counter()
+    total, t_start = len(jobs) + (1 if setting.sft_curve_steps else 0), time.perf_counter()
     # the base's evaluation resolves the device: a bad one is refused before anything is written
     _, _, base_evals = evaluate_initial_model(first_cfg, setting.seeds, first_cfg.n_test, log)
     (out := Path(out_dir)).mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,6 @@ skill also has an *expert* style, the step-by-step traces of the CHORD paper's s
 end in an answer that `minichord.tasks.reward.extract_answer` reads.
 """
 
-from __future__ import annotations
-
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field as _field
@@ -18,8 +16,7 @@ class _Texts:
 
     def __post_init__(self) -> None:
         for field in self.required:
-            value = getattr(self, field)
-            if not isinstance(value, str) or not value.strip():
+            if not isinstance(value := getattr(self, field), str) or not value.strip():
                 raise ValueError(f"{type(self).__name__}.{field} must be a non-empty string, got {value!r}")
 
 

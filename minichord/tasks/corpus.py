@@ -12,8 +12,6 @@ and answer but not every column digit, so the median expert token's probability 
 not 0.999 (clean 3-digit column work) or ~0.001 (a format never seen). Prompts are never `toy.is_reserved`.
 """
 
-from __future__ import annotations
-
 import random
 import string
 from dataclasses import dataclass
@@ -64,9 +62,8 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
                     target_digits: tuple[int, int] = PRETRAIN_DIGITS, other_lengths: tuple[int, int] = OTHER_LENGTHS,
                     expert_style_fraction: float = 0.0, expert_style_digits: tuple[int, int] = (1, 1),
                     easy_fraction: float = 0.0, easy_digits: tuple[int, int] = EASY_DIGITS,
-                    easy_carry_free: float = 1.0, easy_one_carry: float = 0.0,
-                    sentence_share: float = 0.0, sentence_from: int = SENTENCE_FROM,
-                    sloppy: Sloppy | None = None,
+                    easy_carry_free: float = 1.0, easy_one_carry: float = 0.0, sentence_share: float = 0.0,
+                    sentence_from: int = SENTENCE_FROM, sloppy: Sloppy | None = None,
                     exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """`n` (prompt, response) pairs, prompts neither reserved nor in `exclude` (repeats allowed). A `target_fraction`
     are `target_digits` additions, the rest cycle through the other skills. Of the additions an `expert_style_fraction`
@@ -79,8 +76,7 @@ def pretrain_corpus(rng: random.Random, n: int, *, target_fraction: float = 0.5,
                      sentence_share=sentence_share)
     if n < 0 or not all(0.0 <= f <= 1.0 for f in fractions.values()):
         raise ValueError(f"need n >= 0 and fractions in [0, 1], got n={n}, {fractions}")
-    easy_digits = _check_range("easy_digits", easy_digits)
-    target_digits = _check_range("target_digits", target_digits)
+    easy_digits, target_digits = _check_range("easy_digits", easy_digits), _check_range("target_digits", target_digits)
     expert_style_digits = _check_range("expert_style_digits", expert_style_digits)
     other_lengths = _check_range("other_lengths", other_lengths)
     others = [SKILLS[name] for name in OTHER_SKILLS]

@@ -27,8 +27,6 @@ trailing `^\circ` or unit `\text{ cm}`, a leading "+" and trailing periods; unwr
 Both return 0.0 for non-string input or an answer over 2000 characters, never raise, and take < 50 ms on 1 MB.
 """
 
-from __future__ import annotations
-
 import re
 from fractions import Fraction
 
@@ -55,8 +53,7 @@ _RATIO = re.compile(r"(-?)(?:([0-9]+)/([0-9]+)|\\frac\{(-?[0-9]+)\}\{([0-9]+)\}|
 
 def last_boxed(text: str) -> str | None:
     """The content of the last \\boxed (or \\fbox) of `text`; None if there is none, or it is empty or unclosed."""
-    at = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if at < 0:
+    if (at := max(text.rfind("\\boxed"), text.rfind("\\fbox"))) < 0:
         return None
     start = at + (6 if text.startswith("\\boxed", at) else 5)
     rest = text[start:start + _LIMIT + 2]
@@ -143,8 +140,7 @@ def lenient_reward(response: str, answer: str) -> float:  # see the module docst
 
 def gsm8k_answer(answer: str) -> str:
     """The final answer of a GSM8K "answer" text: what follows its last `####` line."""
-    finals = [text for text in _FINAL.findall(answer) if text]
-    if not finals:
+    if not (finals := [text for text in _FINAL.findall(answer) if text]):
         raise ValueError("'answer' has no final '#### N' line (GSM8K format)")
     return finals[-1]
 
@@ -156,8 +152,7 @@ def gsm8k_response(answer: str) -> str:
 
 def math_answer(solution: str, answer: str | None) -> str:
     """The reference answer of a MATH row: its "answer" field, else the solution's last \\boxed{}."""
-    answer = answer or last_boxed(solution)
-    if answer is None:
+    if (answer := answer or last_boxed(solution)) is None:
         raise ValueError("'solution' has no \\boxed{...} answer and the row has no 'answer' key (MATH format)")
     return answer
 

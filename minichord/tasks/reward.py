@@ -8,8 +8,6 @@ Two answer styles, read by plain string parsing (never eval/exec: "1+1" is not t
     reward(response, answer) = 1.0 if normalise(extract_answer(response)) == normalise(answer) else 0.0
 """
 
-from __future__ import annotations
-
 import re
 
 ANSWER_LINE = re.compile(r"^\s*(?:answer\s*:|####)(.*)$", re.IGNORECASE)

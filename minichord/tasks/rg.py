@@ -8,8 +8,6 @@ their reward: reasoning-gym's own `score_answer` on the answer minichord extract
 Template tasks (gsm_symbolic) split by template: index % 5 == 0 is "test", the rest "train" (held-out templates).
 """
 
-from __future__ import annotations
-
 import dataclasses
 import difflib
 import functools

@@ -15,8 +15,6 @@ sums whose units *and* tens columns both carry, never seen terse. A fixed quarte
 text) is *reserved*: `make_splits` draws only those, `pretrain_corpus` never, so no split is pre-trained on.
 """
 
-from __future__ import annotations
-
 import random
 import string
 import zlib
@@ -26,8 +24,7 @@ from typing import Callable
 from minichord.config import ConfigError
 from minichord.tasks.base import Demonstration, Problem, Skill
 
-TARGET_SKILL = "add"
-OTHER_SKILLS = ("reverse", "sort", "copy")
+TARGET_SKILL, OTHER_SKILLS = "add", ("reverse", "sort", "copy")
 TRAIN_DIGITS = (3, 3)  # operand lengths of the RL / expert / in_domain additions
 HARDER_CARRIES = 2  # the harder test split: train_digits sums with at least this many inner carries
 OTHER_LENGTHS = (3, 6)  # string lengths of reverse / sort / copy
@@ -118,8 +115,7 @@ def _unique(n: int, draw: Callable[[], Problem], seen: set[str], what: str) -> l
         if attempts > 100 * n + 1000:
             raise ValueError(f"cannot draw {n} distinct {what} prompts: the problem space is too small "
                              f"(got {len(out)}); lower the split size or widen the difficulty range")
-        problem = draw()
-        if problem.prompt not in seen and is_reserved(problem.prompt):
+        if (problem := draw()).prompt not in seen and is_reserved(problem.prompt):
             seen.add(problem.prompt)
             out.append(problem)
     return out
