@@ -65,8 +65,8 @@ real-demo: real-data
 	$(BIN)/minichord demo --out runs/real-demo --steps 20 $(REAL_SET)
 
 real-compare: real-data
-	$(BIN)/minichord reproduce --out runs/real-compare --seeds 2 --steps 24 --sft-curve-steps 0 \
-		--methods sft grpo sft-grpo chord-mu chord-phi $(REAL_SET) --set eval_every=8 --set save_every=24
+	$(BIN)/minichord reproduce --out runs/real-compare --seeds 2 --steps 30 --sft-curve-steps 0 \
+		--methods sft grpo sft-grpo chord-mu chord-phi $(REAL_SET) --set eval_every=15 --set save_every=30
 
 demo: $(STAMP)
 	$(BIN)/minichord demo

@@ -131,3 +131,11 @@ def test_without_reasoning_gym_one_line_and_nothing_written(tmp_path):
     assert run.returncode == 2 and not out.exists()
     assert run.stderr.strip() == ('minichord data: error: reasoning-gym is not installed: '
                                   'pip install "minichord[tasks]" (or reasoning-gym)')
+
+
+def test_an_entry_without_the_metadata_a_trace_needs_is_refused():
+    for task in sorted(TRACES):
+        with pytest.raises(TaskError, match=f"rg:{task}: entry 'q' lacks the metadata for a trace"):
+            expert_response(f"rg:{task}", {"question": "q", "answer": "1", "metadata": {}})
+    with pytest.raises(TaskError, match="gives 3, the entry says '4'"):  # a trace that disagrees is never written
+        expert_response("rg:chain_sum", {"question": "q", "answer": "4", "metadata": {"expression": "1 + 2"}})

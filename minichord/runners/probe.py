@@ -66,7 +66,7 @@ def overfit_check(steps: list[int], acc: list[float], nll_steps: list[int], nll:
                 f"expert NLL {nll_peak:.3f} at peak -> {nll_end:.3f} at end")
 
 
-REAL_BUDGET = ProbeBudget(seeds=1, grpo_steps=30, sft_steps=30)  # a real model's probe: only these three are read
+REAL_BUDGET = ProbeBudget(seeds=1, grpo_steps=30, sft_steps=60)  # a real model's probe: only these three are read
 
 
 def _table(out: Path, criteria: list[Criterion], note: str, log: Callable[[str], None], **saved) -> list[Criterion]:
@@ -79,11 +79,11 @@ def _table(out: Path, criteria: list[Criterion], note: str, log: Callable[[str],
 
 
 def agreement(model, tok, splits: dict, n: int, seed: int = 0) -> dict[str, str]:
-    """Per split of reasoning-gym rows: n base completions (T = 1) scored by minichord (extract, then the task's
-    score_answer) and by score_answer on the raw text: how often the two agree on "correct"."""
+    """Per split of reasoning-gym rows, n base completions (T = 1): correct by the task's score_answer on minichord's
+    extraction (the reward), by exact match of that extraction, and by score_answer on the raw text."""
     from minichord.sampler import generate
     from minichord.config import SamplerConfig
-    from minichord.tasks.rg import score, scorer, task_name
+    from minichord.tasks.rg import extract, score, scorer, task_name
 
     table, gen = {}, torch.Generator().manual_seed(seed)
     for name, problems in splits.items():
@@ -94,10 +94,11 @@ def agreement(model, tok, splits: dict, n: int, seed: int = 0) -> dict[str, str]
                        eos_id=tok.stop_ids, pad_id=tok.pad_id, generator=gen, vocab_size=tok.vocab_size)
         texts = [tok.decode(t[m]) for t, m in zip(out.tokens, out.mask)]
         ours = [score(t, p) == 1 for t, p in zip(texts, rows)]
+        exact = [extract(t, p.answer) == p.answer for t, p in zip(texts, rows)]
         raw = [scorer(task_name(p.skill))(t, {"answer": p.answer, "metadata": p.metadata or {}}) == 1
                for t, p in zip(texts, rows)]
-        table[name] = (f"{len(rows)} completions: minichord {sum(ours)} correct, score_answer on the raw text "
-                       f"{sum(raw)}; agree on {sum(a == b for a, b in zip(ours, raw))}")
+        table[name] = (f"{len(rows)} completions correct: reward {sum(ours)}, exact match {sum(exact)} (agree on "
+                       f"{sum(a == b for a, b in zip(ours, exact))}); score_answer on the raw text {sum(raw)}")
     return table
 
 

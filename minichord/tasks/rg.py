@@ -91,7 +91,7 @@ def make_entries(spec: str, size: int, seed: int, options: dict, templates: str 
 def _chain(expression: str, answer: str) -> str:
     """"4 - 1 - 7" -> one line per operation, left to right: "4 - 1 = 3", "3 - 7 = -4"."""
     terms = _STEP.split(expression.strip())  # [a, op, b, op, c, ...]
-    total, lines = int(terms[0]), [f"Work left to right, one operation at a time, starting from {terms[0]}."]
+    total, lines = int(terms[0]), ["Left to right:"]
     for op, term in zip(terms[1::2], terms[2::2]):
         new = total + int(term) if op == "+" else total - int(term) if op == "-" else total * int(term)
         lines.append(f"{total} {op} {term} = {new}")
@@ -104,12 +104,13 @@ def _chain(expression: str, answer: str) -> str:
 def _legs(entry: dict) -> str:
     from reasoning_gym.arithmetic.leg_counting import ANIMALS  # legs per animal, as the task counts them
 
-    lines = [f"{n} {animal}: {n} x {ANIMALS[animal]} legs = {n * ANIMALS[animal]}"
-             for animal, n in entry["metadata"]["animals"].items()]
-    totals = [str(n * ANIMALS[animal]) for animal, n in entry["metadata"]["animals"].items()]
-    total = sum(map(int, totals))
-    return "\n".join(["Count each animal's legs, then add them up."] + lines + [f"total: {' + '.join(totals)} = {total}",
-                                                                              f"answer: {total}"])
+    animals = entry["metadata"]["animals"]
+    legs = {animal: n * ANIMALS[animal] for animal, n in animals.items()}
+    total = sum(legs.values())
+    if str(total) != str(entry["answer"]):
+        raise TaskError(f"the worked trace of {animals} gives {total}, the entry says {entry['answer']!r}")
+    return "\n".join(["Legs per animal, then the total:", *(f"{n} {a}: {n} x {ANIMALS[a]} = {legs[a]}" for a, n in
+                       animals.items()), f"total: {' + '.join(map(str, legs.values()))} = {total}", f"answer: {total}"])
 
 
 def _gsm(entry: dict) -> str:
@@ -130,7 +131,9 @@ def expert_response(spec: str, entry: dict) -> str:
                         "worked solution minichord can write")
     try:
         return TRACES[name](entry)
-    except (KeyError, ValueError, TypeError) as e:
+    except TaskError:
+        raise
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise TaskError(f"rg:{name}: entry {entry.get('question', '')[:60]!r} lacks the metadata for a trace: {e}")
 
 
