@@ -62,7 +62,7 @@ real-probe: real-data
 	$(BIN)/minichord probe --out runs/real-probe $(REAL_SET)
 
 real-demo: real-data
-	$(BIN)/minichord demo --out runs/real-demo --steps 20 $(REAL_SET)
+	$(BIN)/minichord demo --out runs/real-demo --steps 30 $(REAL_SET)
 
 real-compare: real-data
 	$(BIN)/minichord reproduce --out runs/real-compare --seeds 2 --steps 30 --sft-curve-steps 0 \

@@ -55,3 +55,14 @@ def test_demo_on_the_real_model_prints_before_and_after(setting, tmp_path, capsy
     for split in ("in_domain", "harder", "other_skills"):
         assert any(line.startswith(split) for line in printed.splitlines())
     assert printed.count("  base    : ") == 3 and printed.count("  trained : ") == 3
+
+
+def test_comparison_on_the_real_model_writes_its_table(setting, tmp_path):
+    sets = [a for s in setting for a in ("--set", s)]
+    out = tmp_path / "compare"
+    assert main(["reproduce", "--out", str(out), "--seeds", "2", "--steps", "2", "--sft-curve-steps", "0",
+                 "--methods", "sft", "chord-phi", *sets, "--set", "eval_every=2", "--device", "cpu"]) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert set(results) == {"base", "sft", "chord-phi"} and [r["seed"] for r in results["chord-phi"]] == [0, 1]
+    assert all(0 <= r["harder"] <= 1 and 0 <= r["other_skills"] <= 1 for r in results["sft"])
+    assert "| chord-phi |" in (out / "results.md").read_text()
