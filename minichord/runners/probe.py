@@ -1,4 +1,5 @@
-"""`minichord probe`: does the toy setting leave every method room to show what it does? Writes probe.json, .md.
+"""`minichord probe`: does the setting (the toy's; a real model's on your files: `probe_real`) leave every method
+room to show what it does? Writes probe.json, probe.md.
 
 The criteria (the table in `probe`) describe the *setting*, never which method wins. Runs: the base on `seeds`
 splits; GRPO x seeds at the default budget; a long SFT run on a large expert set (criteria 2, 4) and one on a small
@@ -14,12 +15,15 @@ from typing import Callable
 
 import torch
 
+from minichord.config import SamplerConfig
 from minichord.data import build_train_data
 from minichord.evaluate import expert_token_probs
 from minichord.methods import build_stages
 from minichord.runners import evaluate_initial_model, markdown_rows, run_quietly
 from minichord.runners.plot import read_jsonl, series
+from minichord.sampler import generate
 from minichord.tasks import make_splits
+from minichord.tasks.rg import extract, score, scorer, task_name
 
 
 @dataclasses.dataclass
@@ -81,10 +85,6 @@ def _table(out: Path, criteria: list[Criterion], note: str, log: Callable[[str],
 def agreement(model, tok, splits: dict, n: int, seed: int = 0) -> dict[str, str]:
     """Per split of reasoning-gym rows, n base completions (T = 1): correct by the task's score_answer on minichord's
     extraction (the reward), by exact match of that extraction, and by score_answer on the raw text."""
-    from minichord.sampler import generate
-    from minichord.config import SamplerConfig
-    from minichord.tasks.rg import extract, score, scorer, task_name
-
     table, gen = {}, torch.Generator().manual_seed(seed)
     for name, problems in splits.items():
         rows = [p for p in problems if p.skill.startswith("rg:")][:n]
@@ -137,9 +137,8 @@ def probe_real(out: Path, budget: ProbeBudget, overrides: list[str], log: Callab
 def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: list[str] | tuple[str, ...] = (),
           log: Callable[[str], None] = print) -> list[Criterion]:
     """The toy setting's criteria 1-6, or (`eval_file` among the overrides) `probe_real`'s."""
-    out = Path(out_dir)
+    out, cfg = Path(out_dir), build_stages("grpo", overrides=list(overrides))[0].cfg  # a bad setting: nothing written
     out.mkdir(parents=True, exist_ok=True)
-    cfg = build_stages("grpo", overrides=list(overrides))[0].cfg
     if cfg.eval_file:
         return probe_real(out, budget, list(overrides), log)
     model, tok, evaluations = evaluate_initial_model(cfg, budget.seeds, budget.n_test, log)
