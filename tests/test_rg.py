@@ -94,7 +94,7 @@ ONE_DIGIT_PAIRS = ["--option", "min_terms=2", "--option", "max_terms=2", "--opti
     (["rg:chain_su"], "unknown reasoning-gym task 'chain_su'; did you mean"),
     (["chain_sum"], "a task is named rg:NAME"),
     (["rg:chain_sum", "--option", "bogus=1"], "unknown option(s) ['bogus']; allowed: ['allow_negation'"),
-    (["rg:chain_sum", "--option", "min_terms=0"], "refused by reasoning-gym: min_terms must be positive"),
+    (["rg:chain_sum", "--option", "min_terms=0"], "refused by reasoning-gym: AssertionError: min_terms must be positive"),
     (["rg:chain_sum", "--option", "nonsense"], "option 'nonsense': must be KEY=VALUE"),
     (["rg:basic_arithmetic", "--experts", "EXPERTS"], "rg:basic_arithmetic has no trace writer"),
     (["rg:chain_sum", "--templates", "test"], "rg:chain_sum has no templates"),

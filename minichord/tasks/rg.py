@@ -74,8 +74,8 @@ def make_entries(spec: str, size: int, seed: int, options: dict, templates: str 
     try:
         dataset = dataset_cls(config_cls(seed=seed, size=size * (5 if templates != "all" or exclude else 1), **options))
         entries = [json.loads(json.dumps(dataset[i], default=str)) for i in range(len(dataset))]
-    except (AssertionError, ValueError, TypeError, KeyError) as e:
-        raise TaskError(f"rg:{name}: options {options} refused by reasoning-gym: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the task's own validation: assert, ValueError, TypeError, ...
+        raise TaskError(f"rg:{name}: options {options} refused by reasoning-gym: {type(e).__name__}: {e}") from None
     if templates != "all":
         if not hasattr(dataset, "task_indices"):
             raise TaskError(f"rg:{name} has no templates: templates={templates!r} is for template tasks (gsm_symbolic)")
