@@ -82,7 +82,8 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
                         else str(int(runs[0].get(k) or 0)) for k, _ in COLUMNS] for method, runs in results.items()]
     table = "\n".join(markdown_rows(["method"] + [c for _, c in COLUMNS], rows) + [
         f"\nmean ± sample std over {setting.seeds} seed(s); accuracies are greedy, on held-out splits."])
-    (out / "results.json").write_text(json.dumps({"setting": setting._asdict(), "methods": methods,
+    (out / "results.json").write_text(json.dumps({"setting": {**setting._asdict(), "n_test": first_cfg.n_test,
+                                                              "eval_every": first_cfg.eval_every}, "methods": methods,
                                                   "overrides": list(overrides), "results": results}, indent=1))
     (out / "results.md").write_text(f"# minichord reproduce ({'quick' if quick else 'full'})\n\n{table}\n")
     try:
