@@ -37,7 +37,7 @@ from minichord.hf import is_hf_dir, load_model
 from minichord.methods import Stage, build_stages
 from minichord.pretrain import toy_base
 from minichord.sampler import generate
-from minichord.tasks.rg import reward_of
+from minichord.tasks.rg import PREFIX as RG_PREFIX, reward_of
 
 
 class TrainingError(RuntimeError):
@@ -277,8 +277,11 @@ def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | Non
     data = build_train_data(cfg, hf_model=is_hf_dir(cfg.init))
     for stage in stages:
         stage.check_data(data)
+    reward = f"{data.reward.__module__}.{data.reward.__name__}"
+    if any(p.skill.startswith(RG_PREFIX) for p in data.prompts):  # reasoning-gym rows: scored by their own task
+        reward = f"reasoning-gym's score_answer for rg: rows, else {reward}"
     log(f"data: {len(data.prompts)} RL prompts, {len(data.experts)} expert demonstrations, eval splits "
-        f"{sorted(data.eval_splits) or 'none'}; reward {data.reward.__module__}.{data.reward.__name__}")
+        f"{sorted(data.eval_splits) or 'none'}; reward {reward}")
     model, tokenizer = load_model(cfg.init or toy_base(log, device))
     data.check_fits(tokenizer, model.cfg.max_seq_len, stages)  # file:line, before any step or evaluation
     trainer = Trainer(stages, model, tokenizer, data, Path(out_dir), log=log, device=device)
