@@ -28,6 +28,11 @@ def _checked(ok, allowed: str, convert=str):  # an argparse `type`: failing `ok`
     return parse
 
 
+def _hf():  # minichord.hf imports torch: only when a model is named
+    from minichord import hf
+    return hf
+
+
 def _is_number(text: str) -> bool:
     try:
         return float(text) < float("inf")
@@ -170,8 +175,8 @@ def cmd_plot(args) -> None:
 
 
 COMMANDS = {name.removeprefix("cmd_"): f for name, f in list(globals().items()) if name.startswith("cmd_")}
-MODEL_DIR = _checked(lambda t: Path(t).is_dir(), "an existing directory (this one is not found or a file): "
-                    "a Hugging Face model or a minichord checkpoint")
+MODEL_DIR = _checked(lambda t: Path(t).is_dir() or _hf().is_hub_id(t), "an existing directory (a Hugging Face model "
+                    "or a minichord checkpoint) or a Hub id owner/name[@revision]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", type=FILE, help="TOML file of TrainConfig fields")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set steps=50 --set sampler.temperature=0.8")
-    t.add_argument("--model", type=MODEL_DIR, help="start from this Hugging Face model directory "
-                   "or minichord checkpoint (= --set init=DIR; default: the toy base model)")
+    t.add_argument("--model", type=MODEL_DIR, help="start from this Hugging Face model (a directory "
+                   "or a Hub id) or minichord checkpoint (= --set init=...; default: the toy base model)")
     t.add_argument("--prompts", type=FILE, help="RL prompts JSONL (= --set prompts_file=FILE)")
     t.add_argument("--experts", type=FILE, help="expert demonstrations JSONL (= --set experts_file=FILE)")
     t.add_argument("--eval", type=FILES, help="held-out prompts JSONL, FILE[,FILE...], one split per file, named by "
@@ -208,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="greedy accuracy of a model on the toy test splits (or a JSONL file)")
     e.add_argument("checkpoint", nargs="?", type=MODEL_DIR, help="checkpoint directory (or --model)")
-    e.add_argument("--model", type=MODEL_DIR, help="a Hugging Face model directory or a checkpoint")
+    e.add_argument("--model", type=MODEL_DIR, help="a Hugging Face model (directory or Hub id) or a checkpoint")
     e.add_argument("--reward", choices=REWARDS, default=TrainConfig.reward, help="exact: the toy's answer "
                    "match; math: strict format + lenient last number (auto: math for a model with a chat template)")
     e.add_argument("--max-new-tokens", type=POSITIVE, default=EVAL_MAX_NEW_TOKENS, help="answer length limit (tokens)")
@@ -218,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("chat", help="what a model answers to one question (its chat template, greedy by default)")
     c.add_argument("question", help="the user message")
-    c.add_argument("--model", type=MODEL_DIR, required=True, help="a Hugging Face model directory or a checkpoint")
+    c.add_argument("--model", type=MODEL_DIR, required=True, help="a Hugging Face model (directory or Hub id) or a "
+                   "checkpoint")
     c.add_argument("--max-new-tokens", type=POSITIVE, default=CHAT_MAX_NEW_TOKENS, help="answer length limit (tokens)")
     c.add_argument("--temperature", type=_checked(lambda t: _is_number(t) and float(t) >= 0, "a number >= 0", float),
                    default=0.0, help="0 = greedy (default); > 0 samples")

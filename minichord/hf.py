@@ -7,6 +7,7 @@ tensor by tensor in `dtype` into a meta-device model: a bf16 load never holds an
 
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -23,6 +24,8 @@ from minichord.tokenizer import TokenizerLike
 ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
                    "special_tokens_map.json", "chat_template.jinja")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")  # owner/name[@revision], as the Hub spells it
+HUB_FILES = ["*.json", "*.safetensors", "*.jinja"]  # what load_model reads; no .bin, .gguf or .onnx
 _MISSING = object()
 
 
@@ -63,8 +66,36 @@ def _tokenizer_size(path: Path) -> int | None:
     return max(ids) + 1 if ids else None
 
 
+def is_hub_id(path) -> bool:
+    """`owner/name[@revision]` that names no local path: a model on the Hugging Face Hub."""
+    return not Path(path).exists() and HUB_ID.fullmatch(str(path)) is not None and ".." not in str(path)
+
+
+def hub_snapshot(hub_id: str) -> str:
+    """The local directory of Hub model `hub_id`, through huggingface_hub: the user's cache (HF_HOME, HF_TOKEN,
+    HF_HUB_OFFLINE as usual), else a download of only the files load_model reads."""
+    try:
+        from huggingface_hub import errors, snapshot_download
+    except ImportError:
+        raise HFError(f"{hub_id!r} is not a local directory; to fetch it from the Hub: "
+                      'pip install "minichord[hub]" (or pass a local directory)') from None
+    repo, _, revision = hub_id.partition("@")
+    try:
+        return snapshot_download(repo, revision=revision or None, allow_patterns=HUB_FILES)
+    except errors.LocalEntryNotFoundError:
+        why = "the Hub cannot be reached (or HF_HUB_OFFLINE is set) and nothing of it is cached"
+    except (errors.RepositoryNotFoundError, errors.GatedRepoError):
+        why = "no such model on the Hub, or a private or gated one your token (HF_TOKEN) cannot read"
+    except (errors.RevisionNotFoundError, errors.HfHubHTTPError, errors.HFValidationError, OSError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise HFError(f"model {hub_id!r} is not a local directory, and {why}; pass a local directory, e.g. after "
+                  f"`hf download {repo} --local-dir DIR` where there is network") from None
+
+
 def is_hf_dir(path) -> bool:
-    """A Hugging Face model directory: a config.json that is not a minichord checkpoint's."""
+    """A Hugging Face model directory (a config.json that is not a minichord checkpoint's), or a Hub id."""
+    if is_hub_id(path):
+        return True
     config = Path(path) / "config.json"
     if not config.is_file() or (Path(path) / "latest").exists():
         return False
@@ -75,9 +106,11 @@ def is_hf_dir(path) -> bool:
 
 
 def load_model(path) -> tuple[Transformer, TokenizerLike]:
-    """(model, tokenizer) on the CPU of a Hugging Face model directory or a minichord checkpoint."""
+    """(model, tokenizer) on the CPU of a Hugging Face model directory or Hub id, or a minichord checkpoint."""
     if is_hf_dir(path):
         from minichord.chat import load_tokenizer  # jinja2: only for a chat model
+
+        path = hub_snapshot(path) if is_hub_id(path) else path
 
         return load_hf_model(path), load_tokenizer(path)
     ckpt = load_checkpoint(path)
