@@ -170,7 +170,7 @@ def test_the_choice_resolves_to_the_reward_and_checks_every_reference():
         rewards("math-verify", chat_model=False, problems=problems)
 
 
-def _cli(tmp_path, *args, blocker: str = "") -> subprocess.CompletedProcess:
+def _cli(*args, blocker: str = "") -> subprocess.CompletedProcess:
     code = f"import sys\n{blocker}\nfrom minichord.cli import main\nsys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO, timeout=120)
 
@@ -185,7 +185,7 @@ def _files(tmp_path, answers) -> list[str]:
 @needs_math_verify
 def test_train_refuses_a_reference_that_does_not_parse_naming_file_line(tmp_path):
     files = _files(tmp_path, ["42", "\\frac{1}{2}", "\u0661\u0662"])
-    run = _cli(tmp_path, "train", "--method", "chord-phi", "--set", "reward=math-verify", *files)
+    run = _cli("train", "--method", "chord-phi", "--set", "reward=math-verify", *files)
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert f"{tmp_path / 'prompts.jsonl'}:3: answer '\u0661\u0662'" in run.stderr and "math-verify" in run.stderr
     assert "Traceback" not in run.stderr and not (tmp_path / "run").exists()
@@ -208,7 +208,7 @@ def test_eval_with_math_verify_and_its_refusal(tiny_ckpt, tmp_path, capsys):
 def test_without_math_verify_one_line_and_nothing_trained(tmp_path):
     blocker = "sys.modules['math_verify'] = None  # the import fails as when it is not installed"
     files = _files(tmp_path, ["42"])
-    run = _cli(tmp_path, "train", "--method", "grpo", "--set", "reward=math-verify", *files, blocker=blocker)
+    run = _cli("train", "--method", "grpo", "--set", "reward=math-verify", *files, blocker=blocker)
     assert run.returncode == 2 and not (tmp_path / "run").exists()
     assert run.stderr.strip() == ('minichord train: error: math-verify is not installed: '
                                   'pip install "minichord[math]" (or math-verify)')
