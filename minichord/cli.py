@@ -90,8 +90,8 @@ def cmd_eval(args) -> None:
     splits = ({Path(args.prompts).stem: load_prompts(args.prompts)} if args.prompts
               else make_splits(args.seed, n_rl=0, n_expert=0, n_test=args.n_test).tests)
     model, tokenizer = load_model(path)
-    check_lengths([p for s in splits.values() for p in s], tokenizer, model.cfg.max_seq_len, 1)
-    reward_fn, lenient_fn = rewards(args.reward, chat_model="tokenizer_config.json" in tokenizer.files())
+    check_lengths(problems := [p for s in splits.values() for p in s], tokenizer, model.cfg.max_seq_len, 1)
+    reward_fn, lenient_fn = rewards(args.reward, "tokenizer_config.json" in tokenizer.files(), problems)
     result = evaluate_splits(model.to(device), tokenizer, splits, dtype=args.dtype or "fp32",
                              max_new_tokens=args.max_new_tokens, reward_fn=reward_fn, lenient_fn=lenient_fn)
     for name, m in result.items():
@@ -214,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="greedy accuracy of a model on the toy test splits (or a JSONL file)")
     e.add_argument("checkpoint", nargs="?", type=MODEL_DIR, help="checkpoint directory (or --model)")
     e.add_argument("--model", type=MODEL_DIR, help="a Hugging Face model (directory or Hub id) or a checkpoint")
-    e.add_argument("--reward", choices=REWARDS, default=TrainConfig.reward, help="exact: the toy's answer "
-                   "match; math: strict format + lenient last number (auto: math for a model with a chat template)")
+    e.add_argument("--reward", choices=REWARDS, default=TrainConfig.reward, help="exact: the toy's answer match; math: "
+                   "strict format + lenient last number; math-verify: HF's math-verify (auto: math for a chat model)")
     e.add_argument("--max-new-tokens", type=POSITIVE, default=EVAL_MAX_NEW_TOKENS, help="answer length limit (tokens)")
     e.add_argument("--n-test", type=POSITIVE, default=TrainConfig.n_test, help="problems per toy split")
     e.add_argument("--seed", type=SEED, default=0, help="seed of the toy splits")

@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 DEVICES = ("auto", "cpu", "cuda")  # minichord/device.py: auto = cuda if available, else cpu
 DTYPES = ("fp32", "bf16")  # bf16: autocast over fp32 master weights (minichord/device.py)
-REWARDS = ("auto", "exact", "math")  # exact: the toy's answer match; math: minichord/tasks/math.py; auto: math for HF
+REWARDS = ("auto", "exact", "math", "math-verify")  # minichord/data.py rewards(); auto: math for HF, else exact
 CONVENTIONS = ("paper", "official")  # presets of the loss table (minichord/methods.py)
 EXPERT_WEIGHTINGS = ("uniform", "phi", "is", "luffy")  # the expert-token loss (minichord/losses.py)
 AGGREGATIONS = ("token-mean", "sequence-mean", "micro-batch", "joint")  # how token losses are averaged

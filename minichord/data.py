@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterable
 from minichord.config import ConfigError, TrainConfig
 from minichord.tasks import Demonstration, Problem, ToyTask, make_splits, reward
 from minichord.tasks.rg import PREFIX, task_name
-from minichord.tasks.math import gsm8k_answer, gsm8k_response, lenient_reward, math_answer, math_skill, strict_reward
+from minichord.tasks.math import (gsm8k_answer, gsm8k_response, lenient_reward, math_answer, math_skill,
+                                  math_verify_parse, math_verify_reward, strict_reward)
 from minichord.tokenizer import TokenizerError, TokenizerLike
 
 
@@ -246,11 +247,17 @@ def build_train_data(cfg: TrainConfig, hf_model: bool = False) -> TrainData:
     experts = load_experts(cfg.experts_file) if cfg.experts_file else toy.expert
     evals = ({Path(f).stem: load_prompts(f) for f in cfg.eval_file.split(",")} if cfg.eval_file  # split = file stem
              else {} if hf_model else toy.tests)
-    return TrainData(prompts, experts, evals, *rewards(cfg.reward, hf_model))
+    return TrainData(prompts, experts, evals, *rewards(cfg.reward, hf_model, prompts + sum(evals.values(), [])))
 
 
-def rewards(name: str, chat_model: bool) -> tuple[Callable[[str, str], float], Callable[[str, str], float] | None]:
-    """(reward, lenient or None) of `reward = exact | math | auto`; auto = math for a chat (Hugging Face) model."""
+def rewards(name: str, chat_model: bool, problems: Iterable[Problem] = ()) -> tuple[Callable, Callable | None]:
+    """(reward, lenient or None) of `reward = exact | math | math-verify | auto`; auto = math for a chat (Hugging
+    Face) model. math-verify: DataError (file:line) per answer of `problems` it cannot parse, rg: rows aside."""
+    if name == "math-verify":
+        if bad := [(p.where, f"answer {p.answer!r:.60}: no number or expression math-verify can read")
+                   for p in problems if not p.skill.startswith(PREFIX) and not math_verify_parse(p.answer)]:
+            raise DataError(f"reward = math-verify: {len(bad)} reference answer(s) it cannot parse (none scores)", bad)
+        return math_verify_reward, None
     if name == "math" or (name == "auto" and chat_model):
         return strict_reward, lenient_reward
     return reward, None
