@@ -112,7 +112,7 @@ def test_long_responses_are_cut_to_one_terminal_line(tmp_path, capsys, monkeypat
     ('{"step": 0, "samples": []}\nnot json\n', [], "samples.jsonl:2: invalid JSON"),
     ('{"step": 0, "samples": [{"prompt": "p"}]}\n', [], "samples.jsonl:1: not a samples row"),
     ('', [], "no samples records (the file is empty)"),
-    ('{"step": 0, "samples": []}\n', ["--prompt", "0"], "has no prompt 0: it holds 0 a step"),
+    ('{"step": 0, "samples": []}\n', ["--prompt", "0"], "has no prompt 0: it has 0 prompts a step"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, content, args, message):
     if content is not None:

@@ -161,8 +161,8 @@ for e in evals:
           + f"   {e['in_domain']['response_length']:.1f}")
 # samples.jsonl holds the answers themselves: at each evaluation (and every `samples_every` steps), the greedy
 # response and reward for the same first prompts of each split; `minichord samples RUN_DIR` prints them across steps.
-final = read_jsonl(run_dir / "samples.jsonl")[-1]
-print("a final in-domain sample:", next(x for x in final["samples"] if x["split"] == "in_domain"))
+last = read_jsonl(run_dir / "samples.jsonl")[-1]
+print("a final in-domain sample:", next(x for x in last["samples"] if x["split"] == "in_domain"))
 
 # %% [markdown]
 # Which *style* the answers take is half of the story on this toy: the share of greedy in-domain
