@@ -83,7 +83,7 @@ def test_cli_prints_each_prompt_once_then_a_line_per_step(run, capsys):
     out = capsys.readouterr().out.splitlines()
     rows = {r["step"]: r["samples"] for r in read_rows(run / "samples.jsonl")}
     assert len(out) == 3 * len(rows[0])  # a prompt line, then steps 0 and 4
-    assert out[0] == f"[0] in_domain: 'add 50 52'  (answer '102')"
+    assert out[0] == "[0] in_domain: 'add 50 52'  (answer '102')"
     for i, s in enumerate(rows[0]):
         assert out[3 * i].startswith(f"[{i}] {s['split']}: {s['prompt']!r}")
         for line, step in zip(out[3 * i + 1:3 * i + 3], (0, 4)):
