@@ -1,4 +1,4 @@
-"""`minichord demo | pretrain | train | eval | chat | export | check | reproduce | probe | data | plot`: see `--help`."""
+"""The `minichord` commands: demo pretrain train eval chat export check reproduce probe data plot samples (--help)."""
 
 import argparse
 import dataclasses
@@ -73,7 +73,7 @@ def cmd_train(args) -> None:
     overrides = args.set + [f"{k}={v}" for k, v in named.items() if v is not None] + hardware(args)  # flags win
     final = prepare_run(args.method, args.out, config_file=args.config, overrides=overrides,
                         resume=not args.no_resume).run()
-    print(f"run directory: {args.out} (metrics.jsonl, eval.jsonl, checkpoint/)")
+    print(f"run directory: {args.out} (metrics.jsonl, eval.jsonl, samples.jsonl, checkpoint/)")
     if final:
         print(json.dumps({k: v["accuracy"] for k, v in final.items() if isinstance(v, dict)}))
 
@@ -172,6 +172,12 @@ def cmd_plot(args) -> None:
     from minichord.runners.plot import plot_runs
 
     print(f"wrote {plot_runs([Path(d) for d in args.runs], Path(args.output))}")
+
+
+def cmd_samples(args) -> None:
+    from minichord.runners.samples import print_samples
+
+    print_samples(Path(args.run), steps=args.step, prompt=args.prompt)
 
 
 COMMANDS = {name.removeprefix("cmd_"): f for name, f in list(globals().items()) if name.startswith("cmd_")}
@@ -291,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="plot the curves of run directories into one PNG (needs matplotlib)")
     pl.add_argument("runs", nargs="+", help="run directories (holding metrics.jsonl / eval.jsonl)")
     pl.add_argument("-o", "--output", required=True, help="PNG file to write")
+
+    sm = sub.add_parser("samples", help="a run's greedy answers to its fixed prompts (samples.jsonl), across steps")
+    sm.add_argument("run", help="run directory (holding samples.jsonl)")
+    sm.add_argument("--step", type=COUNT, nargs="+", help="only these steps (default: every step in the file)")
+    sm.add_argument("--prompt", type=COUNT, help="only this prompt (its index, from 0)")
     return p
 
 

@@ -278,6 +278,7 @@ class TrainConfig:
     n_test: int = 200
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     eval_every: int = 40
+    samples_every: int = 0  # samples.jsonl at each evaluation, and every k steps between them (0: evaluations only)
     save_every: int = 40
     init: str = ""  # a minichord checkpoint or a Hugging Face model directory; empty = the cached toy base model
     device: str = "auto"  # auto | cpu | cuda (minichord/device.py)
@@ -288,7 +289,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         one_of(self, reward=REWARDS, convention=CONVENTIONS, device=DEVICES, dtype=DTYPES)
         validate(self, {"[1, inf)": "steps prompts_per_step ppo_epochs minibatches eval_every save_every",
-                        "[0, inf)": "micro_batch_seqs experts_per_step n_rl_prompts n_expert n_test weight_decay",
+                        "[0, inf)": "micro_batch_seqs experts_per_step n_rl_prompts n_expert n_test weight_decay "
+                                    "samples_every",
                         "(0, inf)": "lr grad_clip", "[0, 1]": "mu_warmup_frac mu_decay_frac mu_peak mu_valley",
                         "[2, inf)": "group_size", "[0, 4294967295]": "seed"})
         if (total := self.mu_warmup_frac + self.mu_decay_frac) > 1:  # shares of the same steps

@@ -15,13 +15,14 @@ from minichord.tasks.rg import reward_of
 from minichord.tokenizer import TokenizerLike
 
 MAX_NEW_TOKENS = SamplerConfig.max_new_tokens  # an answer's length limit: the sampler's default, declared once
+N_SAMPLES = 4  # the first problems of a split whose completions `evaluate` returns (a run's samples.jsonl)
 
 
 def evaluate(model, tokenizer: TokenizerLike, problems: Sequence[Problem], *, batch_size: int = 128,
              max_new_tokens: int = MAX_NEW_TOKENS, reward_fn: Callable[[str, str], float] = default_reward,
              lenient_fn: Callable[[str, str], float] | None = None) -> dict:
     """Greedy-decode and score every problem: {"accuracy" (share of reward 1), "n", "response_length" (mean tokens, eos
-    included), "samples" (the first 3), "per_skill" (when several skills), "lenient_accuracy" (by lenient_fn)}."""
+    included), "samples" (the first N_SAMPLES, with rewards), "per_skill" (several skills), "lenient_accuracy"}."""
     problems = list(problems)
     if not problems:
         raise ValueError("evaluate() needs at least one problem")
@@ -48,7 +49,8 @@ def evaluate(model, tokenizer: TokenizerLike, problems: Sequence[Problem], *, ba
     rewards = [reward_of(reward_fn, r, p) for r, p in zip(responses, problems)]
     by_skill = {s: [r for p, r in zip(problems, rewards) if p.skill == s] for s in sorted({p.skill for p in problems})}
     out = {"accuracy": sum(r == 1 for r in rewards) / len(rewards), "n": len(rewards), "response_length": sum(lengths) / len(lengths),
-           "samples": [dict(prompt=p.prompt, response=r, answer=p.answer) for p, r in zip(problems[:3], responses)]}
+           "samples": [dict(prompt=p.prompt, response=r, answer=p.answer, reward=w)
+                       for p, r, w in zip(problems[:N_SAMPLES], responses, rewards)]}
     if lenient_fn is not None:
         out["lenient_accuracy"] = sum(reward_of(lenient_fn, r, p) == 1 for r, p in zip(responses, problems)) / out["n"]
     if len(by_skill) > 1:

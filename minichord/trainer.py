@@ -32,7 +32,7 @@ from minichord.checkpoint import (CheckpointError, LogError, checkpoint_exists, 
 from minichord.config import TrainConfig
 from minichord.data import TrainData, build_train_data
 from minichord.device import autocast, describe, resolve_device
-from minichord.evaluate import evaluate_splits
+from minichord.evaluate import N_SAMPLES, evaluate_splits
 from minichord.hf import is_hf_dir, load_model
 from minichord.methods import Stage, build_stages
 from minichord.pretrain import toy_base
@@ -78,7 +78,6 @@ class Trainer:
         self.log(describe(self.device, self.cfg.dtype))
         self.optimizer = self._new_optimizer(stages[0])
         self._stop_signal: str | None = None
-        self.evals: list[dict] = []  # evaluations made by this process, in order (the demo reads them)
         self.ref_model = copy.deepcopy(model).eval().requires_grad_(False) \
             if any(s.cfg.loss.kl_coef > 0 for s in stages) else None
         self.expert_seqs = [split_example(*tokenizer.encode_example(e.prompt, e.response)) for e in data.experts]
@@ -108,9 +107,9 @@ class Trainer:
                 restore_optimizer(self.optimizer, ckpt)
                 for group in self.optimizer.param_groups:  # this run's settings win over the saved ones
                     group.update(lr=stage.cfg.lr, weight_decay=stage.cfg.weight_decay)
-        for name in ("metrics.jsonl", "eval.jsonl"):
+        for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):  # the last two keep the saved step's row
             try:
-                cut_log(self.out / name, self.step, keep_step=self.step if name == "eval.jsonl" else None, log=self.log)
+                cut_log(self.out / name, self.step, None if name == "metrics.jsonl" else self.step, log=self.log)
             except LogError as e:
                 raise TrainingError(str(e)) from None
         self.log(f"resumed from {path} at step {self.step}")
@@ -207,13 +206,18 @@ class Trainer:
         return {**metrics, **{k: sum(v) / len(v) for k, v in stats.items()}, "tokens": batch.num_tokens,
                 "time_train": time.perf_counter() - t0}
 
-    def evaluate(self, step: int) -> dict:
-        result = {"step": step, **evaluate_splits(self.model, self.tok, self.data.eval_splits, dtype=self.cfg.dtype,
+    def evaluate(self, step: int, full: bool = True) -> dict:
+        """Greedy answers: each eval split's first N_SAMPLES to samples.jsonl, the scores to eval.jsonl (if full)."""
+        splits = {name: problems if full else problems[:N_SAMPLES] for name, problems in self.data.eval_splits.items()}
+        result = {"step": step, **evaluate_splits(self.model, self.tok, splits, dtype=self.cfg.dtype,
                                                   reward_fn=self.data.reward, lenient_fn=self.data.lenient,
                                                   max_new_tokens=self.cfg.sampler.max_new_tokens)}
-        self.evals.append(result)
-        with open(self.out / "eval.jsonl", "a") as f:
-            f.write(json.dumps(result) + "\n")
+        samples = [dict(split=name, **s) for name, v in result.items() if isinstance(v, dict) for s in v.pop("samples")]
+        with open(self.out / "samples.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "samples": samples}) + "\n")
+        if full:
+            with open(self.out / "eval.jsonl", "a") as f:
+                f.write(json.dumps(result) + "\n")
         return result
 
     def save(self) -> None:
@@ -236,7 +240,7 @@ class Trainer:
         last_eval: dict = {}
         try:
             if self.step == 0:  # a fresh run (no checkpoint resumed): logs start over too
-                for name in ("metrics.jsonl", "eval.jsonl"):
+                for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
                     (self.out / name).unlink(missing_ok=True)
                 if self.data.eval_splits:
                     last_eval = self.evaluate(0)
@@ -255,6 +259,8 @@ class Trainer:
                     self.log("  eval " + " | ".join(f"{k} {v['accuracy']:.3f}" + (
                         f" (lenient {v['lenient_accuracy']:.3f})" if "lenient_accuracy" in v else "")
                         for k, v in last_eval.items() if isinstance(v, dict)))
+                elif self.data.eval_splits and self.cfg.samples_every and self.step % self.cfg.samples_every == 0:
+                    self.evaluate(self.step, full=False)
                 if self.step % self.cfg.save_every == 0 or self.step == self.steps or self._stop_signal:
                     self.save()
         finally:

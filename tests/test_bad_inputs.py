@@ -110,6 +110,7 @@ def write_jsonl(path, records):
     ("seed=-1", "seed=-1: must be an integer in"),
     ("steps=true", "steps: cannot read 'true' as int"),
     ("n_test=-1", "n_test=-1: must be an integer >= 0"),
+    ("samples_every=-1", "samples_every=-1: must be an integer >= 0"),
 ])
 def test_config_values_one_line(ckpt, run_dir, capsys, override, message):
     before = snapshot(run_dir)

@@ -52,8 +52,8 @@ def test_evaluate_scores_real_generations(tokenizer):
     assert out["accuracy"] == 0.75 and out["n"] == 4
     assert out["response_length"] == 3.0  # "1", "2", eos
     assert out["per_skill"] == {"add": 2 / 3, "copy": 1.0}  # sorted by skill
-    assert len(out["samples"]) == 3  # the first three
-    assert out["samples"][1] == {"prompt": "add 9 9", "response": "12", "answer": "18"}
+    assert len(out["samples"]) == 4  # the first N_SAMPLES (here all four), with their rewards
+    assert out["samples"][1] == {"prompt": "add 9 9", "response": "12", "answer": "18", "reward": 0.0}
     wrong = evaluate(ScriptedModel(tokenizer, "answer: 13"), tokenizer, problems)
     assert wrong["accuracy"] == 0.0 and "per_skill" in wrong
 

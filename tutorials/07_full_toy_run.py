@@ -15,7 +15,7 @@
 #
 #     1. pretrain_base   -> a checkpoint: tokenizer + model + its accuracy on each test split
 #     2. prepare_run     -> a Trainer (method preset <- overrides; data; the initial model)
-#     3. trainer.run()   -> metrics.jsonl (one line per step), eval.jsonl, checkpoint/
+#     3. trainer.run()   -> metrics.jsonl (one line per step), eval.jsonl, samples.jsonl, checkpoint/
 #
 # Two settings:
 #
@@ -159,7 +159,10 @@ print(f"{'step':>5s} " + " ".join(f"{s:>13s}" for s in splits) + "   mean length
 for e in evals:
     print(f"{e['step']:5d} " + " ".join(f"{e[s]['accuracy']:13.3f}" for s in splits)
           + f"   {e['in_domain']['response_length']:.1f}")
-print("a final in-domain sample:", evals[-1]["in_domain"]["samples"][0])
+# samples.jsonl holds the answers themselves: at each evaluation (and every `samples_every` steps), the greedy
+# response and reward for the same first prompts of each split; `minichord samples RUN_DIR` prints them across steps.
+last = read_jsonl(run_dir / "samples.jsonl")[-1]
+print("a final in-domain sample:", next(x for x in last["samples"] if x["split"] == "in_domain"))
 
 # %% [markdown]
 # Which *style* the answers take is half of the story on this toy: the share of greedy in-domain
