@@ -243,13 +243,12 @@ class Transformer(nn.Module):
     def decode_step(self, ids, positions, attention_mask, slot, kv_cache: KVCache) -> torch.Tensor:
         """One new token per sequence (ids, positions [B, 1]) -> logits [B, 1, V], shapes fixed from step to step.
         attention_mask [B, S] over cache slots: key j visible iff attention_mask[b, j] and j <= slot, or j == slot."""
-        S = attention_mask.shape[1]
+        S, c = attention_mask.shape[1], self.cfg
         key_slot = torch.arange(S, device=ids.device)  # [S]
         visible = (attention_mask & (key_slot <= slot)) | (key_slot == slot)  # [B, S]
         bias = torch.zeros_like(visible, dtype=self.embed_tokens.weight.dtype).masked_fill(~visible, float("-inf"))
-        c = self.cfg
-        bias = bias[:, None, None, :].expand(-1, c.n_kv_heads, c.n_heads // c.n_kv_heads, -1)  # [B, Hkv, group, S]
-        bias = bias.flatten(0, 1)  # [B * Hkv, group, S]: decode_attention's layout, once for all layers
+        # [B, Hkv, group, S] -> [B * Hkv, group, S]: decode_attention's layout, once for all layers
+        bias = bias[:, None, None, :].expand(-1, c.n_kv_heads, c.n_heads // c.n_kv_heads, -1).flatten(0, 1)
         cos, sin = self.rope(positions)  # [B, 1, hd]
         x = self.embed_tokens(ids)  # [B, 1, D]
         writer = CacheSlot(kv_cache, slot, S)
@@ -272,11 +271,9 @@ class Transformer(nn.Module):
                              f"take batch {B} with {past} cached + {T} new tokens")
         if S > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {S} exceeds max_seq_len={self.cfg.max_seq_len}")
-        if attention_mask is None:
-            attention_mask = torch.ones(B, S, dtype=torch.bool, device=ids.device)
-        if attention_mask.shape != (B, S):
+        if attention_mask is not None and attention_mask.shape != (B, S):
             raise ValueError(f"attention_mask must be [B, cached+T] = {(B, S)}, got {tuple(attention_mask.shape)}")
-        attention_mask = attention_mask.bool()
+        attention_mask = ids.new_ones(B, S, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         positions = positions_from_mask(attention_mask)[:, past:]  # [B, T]
         if kv_cache is not None and T == 1 and not return_hidden:  # a decode step
             kv_cache.reserve(S)  # a chunked cache grows here; the sampler reserves before each step itself
