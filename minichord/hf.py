@@ -165,9 +165,8 @@ def hf_model_config(model_dir) -> ModelConfig:
     try:
         return ModelConfig(
             vocab_size=vocab_size, dim=dim, n_layers=_get(hf, path, "num_hidden_layers", int), n_heads=n_heads,
-            n_kv_heads=n_kv_heads, ffn_dim=_get(hf, path, "intermediate_size", int),
-            max_seq_len=_get(hf, path, "max_position_embeddings", int),
-            rope_theta=theta, norm_eps=_get(hf, path, "rms_norm_eps", float),
+            n_kv_heads=n_kv_heads, ffn_dim=_get(hf, path, "intermediate_size", int), rope_theta=theta,
+            max_seq_len=_get(hf, path, "max_position_embeddings", int), norm_eps=_get(hf, path, "rms_norm_eps", float),
             qkv_bias=family == "qwen2", tie_embeddings=_get(hf, path, "tie_word_embeddings", bool, False))
     except ConfigError as e:
         raise HFError(f"{path}: {e}") from None
