@@ -251,9 +251,8 @@ def check_fused_inputs(hidden, weight, targets, coef, is_expert, advantages, old
     """The input checks of the fused lm-head loss (its torch path and its kernel)."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"need hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
-    vectors = dict(targets=targets, coef=coef, is_expert=is_expert, advantages=advantages, old_logp=old_logp,
-                   ref_logp=ref_logp)
-    for name, vec in vectors.items():
+    for name, vec in dict(targets=targets, coef=coef, is_expert=is_expert, advantages=advantages, old_logp=old_logp,
+                          ref_logp=ref_logp).items():
         if vec is not None and tuple(vec.shape) != (hidden.shape[0],):
             raise ValueError(f"{name} must be [N]=[{hidden.shape[0]}], got shape {tuple(vec.shape)}")
     if not isinstance(spec, LossConfig):
