@@ -116,21 +116,17 @@ class ChatTokenizer:
         self.special_tokens: dict[str, str] = {}  # role -> token text, the roles the config names
         ids, gen = {}, {}
         for role in SPECIAL_ROLES:
-            if (text := _token_text(self._config.get(f"{role}_token"), f"{where}: '{role}_token'")) is None:
-                continue
-            self.special_tokens[role] = text
-            i = self._tok.token_to_id(text)
-            if role in ("bos", "eos", "pad", "unk") and (i is None or i >= self.vocab_size):
-                raise TokenizerError(f"{where}: '{role}_token' {text!r} is not in the vocabulary of tokenizer.json "
-                                     f"({self.vocab_size} ids)")
-            ids[role] = i
+            if (text := _token_text(self._config.get(f"{role}_token"), f"{where}: '{role}_token'")) is not None:
+                self.special_tokens[role], ids[role] = text, self._tok.token_to_id(text)
+                if role in ("bos", "eos", "pad", "unk") and (ids[role] is None or ids[role] >= self.vocab_size):
+                    raise TokenizerError(f"{where}: '{role}_token' {text!r} is not in the vocabulary of "
+                                         f"tokenizer.json ({self.vocab_size} ids)")
         for field in ID_FIELDS:
             value = self._gen.get(field)
             values = [] if value is None else value if isinstance(value, list) and field == "eos_token_id" else [value]
-            for v in values:
-                if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < self.vocab_size:
-                    raise TokenizerError(f"{gwhere}: '{field}' {value!r} is not an id of the vocabulary "
-                                         f"[0, {self.vocab_size}) of tokenizer.json")
+            if any(not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < self.vocab_size for v in values):
+                raise TokenizerError(f"{gwhere}: '{field}' {value!r} is not an id of the vocabulary "
+                                     f"[0, {self.vocab_size}) of tokenizer.json")
             gen[field] = values
         self.eos_id: int = ids.get("eos", (gen["eos_token_id"] or [None])[0])
         if self.eos_id is None:
