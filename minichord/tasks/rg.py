@@ -114,8 +114,7 @@ def _legs(entry: dict) -> str:
 
 
 def _gsm(entry: dict) -> str:
-    worked = entry["metadata"]["answer_cot"].rsplit("####", 1)[0].rstrip()
-    return f"{worked}\nanswer: {entry['answer']}"
+    return entry["metadata"]["answer_cot"].rsplit("####", 1)[0].rstrip() + f"\nanswer: {entry['answer']}"
 
 
 TRACES = {"chain_sum": lambda e: _chain(e["metadata"]["expression"], e["answer"]),
@@ -166,8 +165,7 @@ def score(response: str, problem) -> float:
 
 
 def reward_of(reward_fn, response: str, problem) -> float:
-    """The reward of one response: reasoning-gym's scorer for its rows (skill "rg:TASK"), else reward_fn(response,
-    answer)."""
+    """A response's reward: reasoning-gym's scorer for its rows (skill "rg:TASK"), else reward_fn(response, answer)."""
     if getattr(problem, "skill", "").startswith(PREFIX):
         return score(response, problem)
     return float(reward_fn(response, problem.answer))
