@@ -88,6 +88,7 @@ class Tokenizer:
             raise TokenizerError(f"{source}: special token ids outside the vocabulary [0, {V}): {', '.join(outside)}")
         self.special_tokens: dict[str, str] = {role: names[role] for role in SPECIAL_ROLES}
         self.pad_id, self.bos_id, self.eos_id, self.user_id, self.assistant_id = (ids[r] for r in SPECIAL_ROLES)
+        self.stop_ids: list[int] = [self.eos_id]  # every id that ends a generation
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 256, *, min_frequency: int = 2,
@@ -160,10 +161,6 @@ class Tokenizer:
         if bad := [i for i in ids if not 0 <= i < self.vocab_size]:
             raise TokenizerError(f"ids out of range [0, {self.vocab_size}): {bad[:10]}")
         return self._tok.decode(ids, skip_special_tokens=skip_special)
-
-    @property
-    def stop_ids(self) -> list[int]:
-        return [self.eos_id]
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return [self.bos_id, self.user_id, *self.encode(prompt), self.assistant_id]
