@@ -34,8 +34,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     if top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)  # [B, V]
         sorted_probs = sorted_logits.softmax(dim=-1)
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # [B, V]
-        drop_sorted = mass_before >= top_p
+        drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # [B, V]: the mass before token i >= top_p
         drop_sorted[:, 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocab order
         logits = logits.masked_fill(drop, float("-inf"))
