@@ -14,8 +14,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
-from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
 DEFAULT_SPECIALS = {role: f"<|{role}|>" for role in ("pad", "bos", "eos", "user", "assistant")}  # role -> text
 SPECIAL_TOKENS, SPECIAL_ROLES = list(DEFAULT_SPECIALS.values()), list(DEFAULT_SPECIALS)  # ids 0..4
