@@ -76,8 +76,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("chord-phi", "CHORD with token-wise weight phi = p(1-p) and constant mu = 0.1",
            {**_constant_mu(0.1), "loss": {"expert_weighting": "phi"}}),
     Method("sft-is", "ablation: CHORD with importance weight p instead of phi (mu = 0.1)",
-           {**_constant_mu(0.1), "loss": {"expert_weighting": "is"}}),
-]}
+           {**_constant_mu(0.1), "loss": {"expert_weighting": "is"}})]}
 
 CONVENTIONS: dict[str, dict[str, Any]] = {  # loss fields; config.CONVENTIONS lists the names
     "paper": {}, "official": {"aggregation": "micro-batch", "dual_clip": 3.0, "singleton": "official"}}

@@ -181,8 +181,7 @@ def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: l
                   f"({disruption:+.3f})", ">= 0.20", disruption >= 0.20),
         Criterion(5, "partly on-policy: median expert p", f"{median_p:.3f}", "in [0.05, 0.5]", 0.05 <= median_p <= 0.5),
         Criterion(6, f"overfitting: SFT on {budget.n_expert_small} demos", overfit_text,
-                  "falls >= 0.05 from peak, NLL still falls", overfit),
-    ]
+                  "falls >= 0.05 from peak, NLL still falls", overfit)]
     return _table(out, criteria, f"{budget.seeds} seed(s) of the base and GRPO ({budget.grpo_steps} steps); one long "
                   f"SFT run ({budget.sft_steps} steps, {budget.n_expert_large} demonstrations, lr {budget.sft_lr}) and "
                   f"one on {budget.n_expert_small} demonstrations ({budget.overfit_steps} steps, same lr); "
