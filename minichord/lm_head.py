@@ -41,8 +41,7 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return functools.reduce(torch.promote_types, [t.dtype for t in tensors], torch.float32)
 
 
-def reference_token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0,
-                             return_entropy: bool = False):
+def reference_token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0, return_entropy=False):
     """Token log-probs, the readable definition: log_softmax in fp32 and a gather -> logp [N] (and H [N]).
 
         logp_t = (logits_t / T)[y_t] - logsumexp_v(logits_tv / T),   H_t = -sum_v p_tv log p_tv
