@@ -172,8 +172,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
     """One query row per sequence against a grouped cache; a kv head's group = H / Hkv query heads are its rows:
         q_g [B, Hkv, group, hd],  out_g = softmax(q_g k^T / sqrt(hd) + bias) v   [B, Hkv, group, hd]
     (heads h = j * group + r, HF's repeat_kv order). bias [B * Hkv, group, S]: 0 visible, -inf hidden."""
-    B, H, _, hd = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
+    (B, H, _, hd), (_, Hkv, S, _) = q.shape, k.shape
     q_g = q.reshape(B * Hkv, H // Hkv, hd)  # [B*Hkv, group, hd]
     scores = torch.baddbmm(bias, q_g, k.reshape(B * Hkv, S, hd).transpose(1, 2), alpha=hd ** -0.5)  # [B*Hkv, group, S]
     return (scores.softmax(dim=-1) @ v.reshape(B * Hkv, S, hd)).view(B, H, 1, hd)
