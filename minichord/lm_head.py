@@ -44,8 +44,7 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
 def reference_token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0, return_entropy=False):
     """Token log-probs, the readable definition: log_softmax in fp32 and a gather -> logp [N] (and H [N]).
 
-        logp_t = (logits_t / T)[y_t] - logsumexp_v(logits_tv / T),   H_t = -sum_v p_tv log p_tv
-    """
+        logp_t = (logits_t / T)[y_t] - logsumexp_v(logits_tv / T),   H_t = -sum_v p_tv log p_tv"""
     check_logits_targets(logits, targets, temperature)
     valid = targets != IGNORE_INDEX  # [N]
     logprobs = torch.log_softmax(logits.to(_compute_dtype(logits)) / temperature, dim=-1)  # [N, V]

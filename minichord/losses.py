@@ -31,8 +31,7 @@ def group_advantages(rewards: Tensor, *, scale_by_std: bool = True, eps: float =
 
         A_i = (R_i - mean(R)) / (std(R) + eps)     std unbiased (G - 1); unbiased=False: G (a known mistake)
         A_i = R_i - mean(R)                         with scale_by_std=False (LUFFY, Dr.GRPO)
-        A = 0 exactly for equal rewards; a group of one: A = 0 (singleton="zero") or R / (1 + eps) ("official")
-    """
+        A = 0 exactly for equal rewards; a group of one: A = 0 (singleton="zero") or R / (1 + eps) ("official")"""
     if (rewards := torch.as_tensor(rewards)).dim() != 2:
         raise ValueError(f"rewards must be [n_groups, G], got shape {tuple(rewards.shape)}")
     if singleton not in SINGLETONS:
@@ -63,8 +62,7 @@ def mu_schedule(step: int, *, warmup: int, decay: int, peak: float, valley: floa
 
         mu = peak * s / W                                               s < W
         mu = valley + (peak - valley) * (1 + cos(pi (s - W) / D)) / 2   W <= s < W + D
-        mu = valley                                                     s >= W + D
-    """
+        mu = valley                                                     s >= W + D"""
     if step < 0 or warmup < 0 or decay < 0:
         raise ValueError(f"step, warmup, decay must be >= 0, got {step}, {warmup}, {decay}")
     if not (0.0 <= peak <= 1.0 and 0.0 <= valley <= 1.0):
@@ -91,8 +89,7 @@ def coefficients(is_expert: Tensor, seq_id: Tensor, micro_batch: Tensor | None, 
         micro-batch    L_side = sum_m (|S_m| / |S|) (1 / N_side,m) sum_{t in m} l_t       (the official code)
         joint          L = sum_t l_t / N   over both sides, no mu                                 (LUFFY)
 
-    micro-batch without micro-batch ids (micro_batch=None) is token-mean.
-    """
+    micro-batch without micro-batch ids (micro_batch=None) is token-mean."""
     if rules.aggregation == "joint":
         return torch.full(is_expert.shape, 1.0 / max(1, is_expert.numel()), dtype=dtype, device=is_expert.device)
     if rules.aggregation == "token-mean" or (rules.aggregation == "micro-batch" and micro_batch is None):
@@ -105,8 +102,7 @@ def grouped_coefficients(is_expert: Tensor, seq_id: Tensor, groups: Tensor, mu: 
                          dtype: torch.dtype = torch.float32) -> Tensor:
     """Token means within each group m, weighted by m's share of the side's sequences, all [N] -> [N]:
 
-        coef_t = token_coefficients(tokens of m)_t * |S_side,m| / |S_side|      t in m
-    """
+        coef_t = token_coefficients(tokens of m)_t * |S_side,m| / |S_side|      t in m"""
     is_expert = is_expert.bool()
     if not (is_expert.shape == seq_id.shape == groups.shape):
         raise ValueError(f"is_expert, seq_id, micro_batch must all be [N], got {tuple(is_expert.shape)}, "
@@ -125,8 +121,7 @@ def token_coefficients(is_expert: Tensor, mu: float, *, dtype: torch.dtype = tor
     """Per-token weights so that the batch loss is sum_t coef_t * l_t, is_expert [N] -> [N]:
 
         coef_t = (1 - mu) / N_on    on-policy tokens,  N_on  = max(1, #on-policy tokens)
-        coef_t = mu / N_exp         expert tokens,     N_exp = max(1, #expert tokens)
-    """
+        coef_t = mu / N_exp         expert tokens,     N_exp = max(1, #expert tokens)"""
     if not 0.0 <= mu <= 1.0:
         raise ValueError(f"mu must be in [0, 1], got {mu}")
     expert = is_expert.bool()  # [N]
@@ -141,8 +136,7 @@ def ppo_clip_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, spec: LossConfig)
         l_t = max(-A_t r_t, -A_t clip(r_t, 1 - eps_low, 1 + eps_high))
         dual clip (A_t < 0 only):  l_t = min(l_t, -A_t c)                 c = dual_clip
 
-    Returns (l [N], clipped [N] bool): the tokens whose gradient the clipping zeroes.
-    """
+    Returns (l [N], clipped [N] bool): the tokens whose gradient the clipping zeroes."""
     log_ratio = logp - old_logp.to(logp.dtype)  # [N]
     ratio = torch.exp(log_ratio.clamp(-spec.log_ratio_clamp, spec.log_ratio_clamp))  # [N]
     adv = adv.to(logp.dtype)
@@ -187,8 +181,7 @@ def chord_loss(logp: Tensor, entropy: Tensor | None, is_expert: Tensor, adv: Ten
 
     phi = p(1 - p) damps the NLL gradient of very unlikely (far off-policy) and of already known tokens.
     Each branch sees only its own tokens (others zeroed): an overflow in one cannot NaN the gradient via where.
-    Returns (L scalar, l [N], clipped [N] bool, False on expert tokens).
-    """
+    Returns (L scalar, l [N], clipped [N] bool, False on expert tokens)."""
     if len(shapes := {tuple(t.shape) for t in (logp, is_expert, adv, old_logp, coef)}) > 1 or logp.dim() != 1:
         raise ValueError(f"logp, is_expert, adv, old_logp, coef must all be [N], got shapes {shapes}")
     if spec.kl_coef > 0.0 and ref_logp is None:
