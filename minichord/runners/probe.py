@@ -118,8 +118,7 @@ def probe_real(out: Path, budget: ProbeBudget, overrides: list[str], log: Callab
             *overrides, f"seed={seed}", f"steps={steps}", f"eval_every={max(1, steps // 3)}", f"save_every={steps}"])
     acc = {name: {split: [e[split]["accuracy"] for e in evals] for split in base} for name, evals in runs.items()}
     gain = [a["in_domain"][-1] - base["in_domain"]["accuracy"] for n, a in acc.items() if n.startswith("grpo")]
-    sft = acc["sft-seed0"]
-    lift = max(sft["harder"][1:] or sft["harder"]) - base["harder"]["accuracy"]
+    lift = max(acc["sft-seed0"]["harder"][1:] or acc["sft-seed0"]["harder"]) - base["harder"]["accuracy"]
     criteria = [
         Criterion(1, "headroom: base in-domain", f"{base['in_domain']['accuracy']:.3f}", "in [0.10, 0.50]",
                   0.10 <= base["in_domain"]["accuracy"] <= 0.50),
