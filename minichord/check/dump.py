@@ -68,8 +68,7 @@ class Dump:
 
 
 def _number(meta: dict, key: str, default: float | None, lo: float, hi: float, where: str) -> float:
-    text = meta.get(key)
-    if text is None and default is None:
+    if (text := meta.get(key)) is None and default is None:
         raise DumpError(f"{where}: missing metadata {key!r} (a number in [{lo}, {hi}])")
     try:
         value = default if text is None else float(text)

@@ -78,8 +78,7 @@ def run_case(fn: Callable, case: GoldenCase, rtol: float = 1e-5, atol: float = 1
     want, mask, expected = s["expected"], t["mask"], t["grad_logp"]
     if not within(loss, want["loss"], want["loss_scale"], rtol, atol):
         return "fail", f"loss {loss:.10g}, expected {want['loss']:.10g}"
-    bad = (~within(grad, expected, grad_scale(expected[mask]), rtol, atol) & mask).nonzero()  # [n_bad, 2]
-    if len(bad):
+    if len(bad := (~within(grad, expected, grad_scale(expected[mask]), rtol, atol) & mask).nonzero()):  # [n_bad, 2]
         i, j = bad[0].tolist()
         return "fail", (f"grad_logp differs at {len(bad)} token(s), first at sequence {i}, position {j}: "
                         f"{grad[i, j].item():.10g}, expected {expected[i, j].item():.10g}")
