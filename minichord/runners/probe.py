@@ -87,8 +87,7 @@ def agreement(model, tok, splits: dict, n: int, seed: int = 0) -> dict[str, str]
     extraction (the reward), by exact match of that extraction, and by score_answer on the raw text."""
     table, gen = {}, torch.Generator().manual_seed(seed)
     for name, problems in splits.items():
-        rows = [p for p in problems if p.skill.startswith("rg:")][:n]
-        if not rows:
+        if not (rows := [p for p in problems if p.skill.startswith("rg:")][:n]):
             continue
         out = generate(model, [tok.encode_prompt(p.prompt) for p in rows], SamplerConfig(max_new_tokens=64),
                        eos_id=tok.stop_ids, pad_id=tok.pad_id, generator=gen, vocab_size=tok.vocab_size)
