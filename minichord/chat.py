@@ -148,8 +148,7 @@ class ChatTokenizer:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, *, system: str | None = None) -> "ChatTokenizer":
-        d = Path(model_dir)
-        if not d.is_dir():
+        if not (d := Path(model_dir)).is_dir():
             raise TokenizerError(f"{d}: not a directory")
         files = {}
         for name in FILES:
