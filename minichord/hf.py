@@ -96,8 +96,7 @@ def is_hf_dir(path) -> bool:
     """A Hugging Face model directory (a config.json that is not a minichord checkpoint's), or a Hub id."""
     if is_hub_id(path):
         return True
-    config = Path(path) / "config.json"
-    if not config.is_file() or (Path(path) / "latest").exists():
+    if not (config := Path(path) / "config.json").is_file() or (Path(path) / "latest").exists():
         return False
     try:
         return json.loads(config.read_text(encoding="utf-8")).get("format") != "minichord-checkpoint"
@@ -113,8 +112,7 @@ def load_model(path) -> tuple[Transformer, TokenizerLike]:
         path = hub_snapshot(path) if is_hub_id(path) else path
 
         return load_hf_model(path), load_tokenizer(path)
-    ckpt = load_checkpoint(path)
-    if ckpt.tokenizer is None:
+    if (ckpt := load_checkpoint(path)).tokenizer is None:
         raise ValueError(f"checkpoint {path} has no tokenizer.json")
     return ckpt.model, ckpt.tokenizer
 
@@ -178,15 +176,13 @@ def _hf_name(name: str) -> str:
 
 def _weight_files(model_dir: Path) -> tuple[dict[str, Path], Path]:
     """({HF tensor name: its .safetensors file}, the file that lists them)."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
+    if (index := model_dir / "model.safetensors.index.json").is_file():
         if not isinstance(weight_map := _read_json(index).get("weight_map"), dict) or not weight_map:
             raise HFError(f"{index}: missing or empty field 'weight_map'")
         if missing := [shard for shard in sorted(set(weight_map.values())) if not (model_dir / shard).is_file()]:
             raise HFError(f"{model_dir / missing[0]}: shard listed in {index} is missing")
         return {name: model_dir / shard for name, shard in weight_map.items()}, index
-    single = model_dir / "model.safetensors"
-    if not single.is_file():
+    if not (single := model_dir / "model.safetensors").is_file():
         raise HFError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
     with safe_open(single, framework="pt") as f:
         return {name: single for name in f.keys()}, single
