@@ -106,8 +106,7 @@ def _legs(entry: dict) -> str:
 
     animals = entry["metadata"]["animals"]
     legs = {animal: n * ANIMALS[animal] for animal, n in animals.items()}
-    total = sum(legs.values())
-    if str(total) != str(entry["answer"]):
+    if str(total := sum(legs.values())) != str(entry["answer"]):
         raise TaskError(f"the worked trace of {animals} gives {total}, the entry says {entry['answer']!r}")
     return "\n".join(["Legs per animal, then the total:", *(f"{n} {a}: {n} x {ANIMALS[a]} = {legs[a]}" for a, n in
                        animals.items()), f"total: {' + '.join(map(str, legs.values()))} = {total}", f"answer: {total}"])
@@ -124,8 +123,7 @@ TRACES = {"chain_sum": lambda e: _chain(e["metadata"]["expression"], e["answer"]
 
 def expert_response(spec: str, entry: dict) -> str:
     """A worked, step-by-step demonstration of one entry, written by a program from its metadata."""
-    name = spec.removeprefix(PREFIX)
-    if name not in TRACES:
+    if (name := spec.removeprefix(PREFIX)) not in TRACES:
         raise TaskError(f"rg:{name} has no trace writer (tasks with one: {sorted(TRACES)}); its entries carry no "
                         "worked solution minichord can write")
     try:

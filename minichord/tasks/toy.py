@@ -188,8 +188,7 @@ def _with_carries(rng: random.Random, lengths: tuple[int, int] | int, n: int, at
     for _ in range(10_000):
         problem = (SKILLS[TARGET_SKILL].generate(rng, lengths) if isinstance(lengths, int)
                    else _draw(rng, SKILLS[TARGET_SKILL], lengths))
-        count = inner_carries(*(int(x) for x in problem.prompt.split()[1:]))
-        if count == n or (at_least and count > n):
+        if (count := inner_carries(*(int(x) for x in problem.prompt.split()[1:]))) == n or (at_least and count > n):
             return problem
     raise ValueError(f"no addition with {lengths} digits has {n} inner carries")
 
