@@ -147,8 +147,7 @@ class Attention(nn.Module):
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             q, k, v = (lin(x).view(B, T, -1, c.head_dim).transpose(1, 2) for lin in projs)
             return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
-        key = tuple((p.data_ptr(), p._version) for lin in projs for p in lin.parameters())
-        if key != self._stacked_key:
+        if (key := tuple((p.data_ptr(), p._version) for lin in projs for p in lin.parameters())) != self._stacked_key:
             biases = None if projs[0].bias is None else torch.cat([lin.bias for lin in projs])
             self._stacked, self._stacked_key = (torch.cat([lin.weight for lin in projs]), biases), key
         qkv = F.linear(x, *self._stacked).view(B, T, -1, c.head_dim).transpose(1, 2)  # [B, H + 2 Hkv, T, hd]
