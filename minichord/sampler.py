@@ -103,8 +103,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
         bad = [t for t in p if not 0 <= int(t) < V]
         if bad:
             raise ValueError(f"prompt {i} has token ids outside [0, {V}): {bad[:5]}")
-    P = max(len(p) for p in prompts)
-    if P + cfg.max_new_tokens > model.cfg.max_seq_len:
+    if (P := max(len(p) for p in prompts)) + cfg.max_new_tokens > model.cfg.max_seq_len:
         raise ValueError(f"longest prompt ({P} tokens) + max_new_tokens ({cfg.max_new_tokens}) = "
                          f"{P + cfg.max_new_tokens} exceeds the model's max_seq_len={model.cfg.max_seq_len}")
     if vocab_size is not None and not 0 < vocab_size <= V:
