@@ -72,8 +72,7 @@ class Addition(Skill):
             column = int(da) + int(db) + carry
             lines.append(f"{da}+{db}{f'+{carry}' if carry else ''}={column} carry {column // 10}")
             carry = column // 10
-        lines.append(f"answer: {int(a) + int(b)}")
-        return "\n".join(lines)
+        return "\n".join(lines + [f"answer: {int(a) + int(b)}"])
 
 
 class DigitString(Skill):
