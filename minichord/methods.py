@@ -102,10 +102,9 @@ class Stage:
         """The global SFT weight at `step`; None under the joint aggregation (LUFFY has no mu)."""
         if self.cfg.loss.aggregation == "joint":
             return None
-        n = self.end - self.start
-        return losses.mu_schedule(step - self.start, warmup=round(self.cfg.mu_warmup_frac * n),
-                                  decay=round(self.cfg.mu_decay_frac * n),
-                                  peak=self.cfg.mu_peak, valley=self.cfg.mu_valley)
+        n, c = self.end - self.start, self.cfg
+        return losses.mu_schedule(step - self.start, warmup=round(c.mu_warmup_frac * n),
+                                  decay=round(c.mu_decay_frac * n), peak=c.mu_peak, valley=c.mu_valley)
 
     def check_data(self, data) -> None:
         """Refuse a method whose data is missing (e.g. CHORD with n_expert=0), before any work."""
