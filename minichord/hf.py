@@ -232,8 +232,7 @@ def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype) -> dict:
 
 def write_dir_atomically(out_dir: Path, fill) -> Path:
     """fill(tmp) on a fresh sibling temp dir, then os.replace it in for `out_dir` (an old one is moved aside)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    (out_dir := Path(out_dir)).parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
