@@ -141,8 +141,7 @@ class Tokenizer:
         return cls.from_json(text, special_tokens, source=str(path))
 
     def save(self, path: str | Path) -> Path:
-        path = _json_file(path)
-        path.write_text(self.to_json(), encoding="utf-8")
+        (path := _json_file(path)).write_text(self.to_json(), encoding="utf-8")
         return path
 
     def encode(self, text: str) -> list[int]:
