@@ -191,8 +191,7 @@ def _weight_files(model_dir: Path) -> tuple[dict[str, Path], Path]:
 def load_hf_model(model_dir, *, dtype: torch.dtype = torch.float32, device="cpu") -> Transformer:
     """A Transformer with a Hugging Face directory's weights. Strict: every tensor the config implies with its
     shape, nothing else (but a tied `lm_head.weight`, `inv_freq`)."""
-    model_dir = Path(model_dir)
-    cfg = hf_model_config(model_dir)
+    cfg = hf_model_config(model_dir := Path(model_dir))
     with torch.device("meta"):  # no memory, no init: every parameter is replaced below
         model = Transformer(cfg)
     wanted = {_hf_name(n): (n, p) for n, p in model.named_parameters()}
