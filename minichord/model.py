@@ -51,8 +51,7 @@ class KVCache:
         self.k, self.v = [F.pad(k, grow) for k in self.k], [F.pad(v, grow) for v in self.v]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        end = self.length + k.shape[2]
-        self.reserve(end)
+        self.reserve(end := self.length + k.shape[2])
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # [B, n_kv, end, hd]
