@@ -1,8 +1,7 @@
 """Triton kernels, installed as `minichord.kernels` (pyproject's package-dir mapping).
 
 Imported as `kernels` (the repository root on sys.path) it would hide the PyPI package `kernels` that transformers
-imports, so it then loads whatever `kernels` the rest of sys.path holds, or reports none.
-"""
+imports, so it then loads whatever `kernels` the rest of sys.path holds, or reports none."""
 
 if __name__ == "kernels":
     import importlib.util

@@ -32,8 +32,7 @@ g_t for each token kind (r = exp(clamp(logp - old_logp, -c_r, c_r)), A = advanta
     LUFFY          l = -A p / (p + gamma)                             g = -A gamma p / (p+gamma)^2
                    (d/dlogp f(p) = f'(p) p,  f'(p) = gamma / (p + gamma)^2)
 
-Unlike the torch path, the matmul runs in the input dtype (fp32 accumulation): bf16 results agree to bf16 precision.
-"""
+Unlike the torch path, the matmul runs in the input dtype (fp32 accumulation): bf16 results agree to bf16 precision."""
 
 import torch
 import triton

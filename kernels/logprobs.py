@@ -23,8 +23,7 @@ Since z = logits / T, both are divided by T (chain rule):
     dlogits_{t,v} = (g_logp_t (onehot - p) + g_H_t * (-p (log p + H))) / T
 
 The gradient is fp32 until the store (in bf16, onehot - p would round 1 - 0.999 to 0). Ignored rows
-(target == ignore_index) get logp = H = 0 and a zero gradient row.
-"""
+(target == ignore_index) get logp = H = 0 and a zero gradient row."""
 
 import torch
 import triton

@@ -13,8 +13,7 @@ Gradient accumulation over micro-batches of sequences equals one forward/backwar
     L = sum_m L_m = sum_t coef_t l_t,   grad = sum_m dL_m / dtheta      # the full batch's loss and gradient
 
 The caller computes `coef` once per (mini-)batch, zeroes the gradients before and steps once after. The model runs
-under `autocast(device, dtype)`; the fused loss gets its inputs in `loss_dtype(dtype)` and keeps fp32 math.
-"""
+under `autocast(device, dtype)`; the fused loss gets its inputs in `loss_dtype(dtype)` and keeps fp32 math."""
 
 import dataclasses
 

@@ -10,8 +10,7 @@ Files read from a model directory (or the same {name: text} dict embedded in a m
 
 Ids: `eos_id` is tokenizer_config's eos_token (the end-of-turn token, e.g. <|im_end|>); `stop_ids` adds
 generation_config's eos ids; `pad_id` is the pad_token, else generation_config's pad_token_id, else eos_id.
-Rendering follows transformers' `apply_chat_template`; no special tokens are added: the template writes the bos.
-"""
+Rendering follows transformers' `apply_chat_template`; no special tokens are added: the template writes the bos."""
 
 import json
 from datetime import datetime

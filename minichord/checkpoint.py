@@ -7,8 +7,7 @@
 
 Save: fsynced files in `root/.tmp-step-000040-<random>/`, renamed to `step-000040`, then `latest` replaced
 (temp file + rename): a kill at any moment leaves `latest` naming a complete directory. Load checks every
-field and file (types, ranges, sha256, names, no symlinks); a problem is one CheckpointError line.
-"""
+field and file (types, ranges, sha256, names, no symlinks); a problem is one CheckpointError line."""
 
 import dataclasses
 import hashlib

@@ -1,7 +1,6 @@
 """Configuration: plain dataclasses, loaded from TOML (nested dataclasses are sub-tables) and `key=value`
 overrides. An unknown key is refused with the nearest valid one; values are converted to the declared type,
-never executed (no exec, no eval).
-"""
+never executed (no exec, no eval)."""
 
 import dataclasses
 import difflib

@@ -13,8 +13,7 @@ One JSON object per line (blank lines are skipped); its keys say its format, row
                          (+ optional "answer", which then wins, and "level", "type", "subject", "unique_id")
 
 A GSM8K / MATH row is a Problem (skill "gsm8k" / its "type") or a Demonstration (the solution). A file is validated
-completely before anything is returned (no run trains on half a file): each bad line is `file:line: what is wrong`.
-"""
+completely before anything is returned (no run trains on half a file): each bad line is `file:line: what is wrong`."""
 
 import dataclasses
 import json

@@ -1,8 +1,7 @@
 """Where a run computes and in which precision: `device` (auto | cpu | cuda), `dtype` (fp32 | bf16).
 
 bf16: fp32 weights, gradients and AdamW moments; bf16 autocast matrix products; fp32 residual stream, norms and
-loss math; the fused lm-head loss gets bf16 hidden states and lm-head (`loss_dtype`), fp32 log-softmax and loss.
-"""
+loss math; the fused lm-head loss gets bf16 hidden states and lm-head (`loss_dtype`), fp32 log-softmax and loss."""
 
 import contextlib
 

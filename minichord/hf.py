@@ -2,8 +2,7 @@
 
 HF's tensor = "model." + minichord's name, except `lm_head.weight`; Qwen2 has q/k/v biases, Llama not. What minichord
 does not compute (RoPE scaling, sliding windows, ...) is refused with one line, never approximated. Weights load
-tensor by tensor in `dtype` into a meta-device model: a bf16 load never holds an fp32 copy.
-"""
+tensor by tensor in `dtype` into a meta-device model: a bf16 load never holds an fp32 copy."""
 
 import json
 import os

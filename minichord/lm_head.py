@@ -4,8 +4,7 @@ token log-probs (kernels/logprobs.py): logits [N, V], targets [N] -> logp [N] (+
 fused lm-head loss (kernels/fused_loss.py): hidden [N, H], lm-head weight [V, H] -> the training loss
     L = losses.chord_loss(logp(hidden @ weight^T), ...) over token chunks: the [N, V] logits never exist at once.
 
-Math is fp32 (fp64 for fp64 inputs, for gradcheck) whatever the input dtype; gradients come in the input dtypes.
-"""
+Math is fp32 (fp64 for fp64 inputs, for gradcheck) whatever the input dtype; gradients come in the input dtypes."""
 
 import functools
 import os

@@ -11,8 +11,7 @@ A = R - mean(R); one joint token-mean; and its own token losses:
     on-policy:  l_t = -A_t r_t                        (no PPO clip)
     expert:     l_t = -A_t f(p_t),  f(p) = p / (p + gamma)   (policy shaping)
 
-d f / d logp = p gamma / (p + gamma)^2: unlikely expert tokens get a far larger gradient than under f(p) = p.
-"""
+d f / d logp = p gamma / (p + gamma)^2: unlikely expert tokens get a far larger gradient than under f(p) = p."""
 
 import math
 from dataclasses import dataclass

@@ -5,8 +5,7 @@
     logits = RMSNorm(x) @ W_lm^T            (W_lm = the embedding when tied)
 
 Parameter names are Hugging Face Qwen2's but for HF's `model.` prefix; a tied embedding has no `lm_head` at all.
-Padding never shifts RoPE: positions count real tokens only (the sampler left-pads, training right-pads).
-"""
+Padding never shifts RoPE: positions count real tokens only (the sampler left-pads, training right-pads)."""
 
 import math
 

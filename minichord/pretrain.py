@@ -6,8 +6,7 @@ the recipe sits on a fitting transition (in-domain 0.045-0.34 over 28 bases: see
 A byte-level BPE tokenizer is trained on text of *both* styles, then AdamW (`cosine_lr`) fits a stream of examples
 of every skill (`minichord.tasks.corpus`, none in any split) on the response tokens only, the batch packed:
     L = - (1 / #response tokens) * sum_{t in response} log p(x_t | x_<t)
-The checkpoint's meta holds the settings (same settings: reused), test accuracies, `evaluate.expert_token_probs`.
-"""
+The checkpoint's meta holds the settings (same settings: reused), test accuracies, `evaluate.expert_token_probs`."""
 
 import dataclasses
 import inspect

@@ -3,8 +3,7 @@ per token (eager, compiled or a CUDA graph: SamplerConfig.compile; the graph is 
 
 A token is drawn from softmax(logits / T) restricted to the top-k / nucleus set, but the returned log-prob is the
 unrestricted one, logprob_t = log_softmax(logits_t / T)[y_t] (T = 1 when greedy): the policy the trainer
-differentiates, so old and new log-probs agree at the first update.
-"""
+differentiates, so old and new log-probs agree at the first update."""
 
 import weakref
 from dataclasses import dataclass

@@ -7,8 +7,7 @@ GPT-2's byte-level split with no prefix space, so decode(encode(s)) == s for any
     <|bos|> <|user|> {prompt tokens} <|assistant|> {response tokens} <|eos|>
     '----------- encode_prompt(prompt) ---------'  '------ loss mask True ------'
 
-Files: the standard tokenizer.json; any Hugging Face one loads (`special_tokens={"eos": "<|endoftext|>"}` renames).
-"""
+Files: the standard tokenizer.json; any Hugging Face one loads (`special_tokens={"eos": "<|endoftext|>"}` renames)."""
 
 import json
 from pathlib import Path

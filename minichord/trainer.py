@@ -9,8 +9,7 @@
         L.backward(); clip_grad_norm(1.0); optimizer.step(); check the weights are still finite
 
 Every random choice of step s comes from generators seeded with (seed, s), so a resumed run repeats an
-uninterrupted one exactly.
-"""
+uninterrupted one exactly."""
 
 import copy
 import dataclasses

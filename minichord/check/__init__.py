@@ -1,8 +1,7 @@
 """`minichord check`: your CHORD loss and gradient against minichord's reference (check/recompute.py), diagnosed.
 
 On a mismatch every combination of the conventions' choices (recompute.SEARCHED) and of the known bugs
-(recompute.BUGS) is tried, fewest changes first; the variants that reproduce your numbers are reported in words.
-"""
+(recompute.BUGS) is tried, fewest changes first; the variants that reproduce your numbers are reported in words."""
 
 import collections
 import dataclasses

@@ -22,8 +22,7 @@ Metadata (safetensors `metadata={...}`, all values strings):
     convention   "paper" | "official"   optional, default paper (the CLI's --convention wins)
 
 Values outside the mask are never read (padding may hold anything, NaN included); under it every value must be
-finite. A plain-PyTorch dump: tutorials/09_check_your_loss.py.
-"""
+finite. A plain-PyTorch dump: tutorials/09_check_your_loss.py."""
 
 import dataclasses
 import math

@@ -3,8 +3,7 @@ room to show what it does? Writes probe.json, probe.md.
 
 The criteria (the table in `probe`) describe the *setting*, never which method wins. Runs: the base on `seeds`
 splits; GRPO x seeds at the default budget; a long SFT run on a large expert set (criteria 2, 4) and one on a small
-set (criterion 6): a small set is memorised before the procedure is learned, so the two need two set sizes.
-"""
+set (criterion 6): a small set is memorised before the procedure is learned, so the two need two set sizes."""
 
 import collections
 import dataclasses

@@ -2,8 +2,7 @@
 
 Matched budget: the same optimizer steps and batch shape (B prompts x G rollouts, E expert demonstrations where mu > 0)
 for every method, sft-grpo splitting them between its stages; samples seen differ by method and are reported. Writes
-results.json, results.md, curves.png (seed 0 of every method), sft_curve.png (a long SFT run on the limited set).
-"""
+results.json, results.md, curves.png (seed 0 of every method), sft_curve.png (a long SFT run on the limited set)."""
 
 import collections
 import json

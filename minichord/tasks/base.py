@@ -2,8 +2,7 @@
 
 A `Skill` subclass makes problems (`generate`) and answers them in the base model's *terse* style; the target
 skill also has an *expert* style, the step-by-step traces of the CHORD paper's stronger model. Responses must
-end in an answer that `minichord.tasks.reward.extract_answer` reads.
-"""
+end in an answer that `minichord.tasks.reward.extract_answer` reads."""
 
 import random
 from abc import ABC, abstractmethod

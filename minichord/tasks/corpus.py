@@ -9,8 +9,7 @@
 
 The last row makes the expert set *partly* on-policy (the probe's criterion 5): the base knows the expert's format
 and answer but not every column digit, so the median expert token's probability under the base is near 0.3-0.4,
-not 0.999 (clean 3-digit column work) or ~0.001 (a format never seen). Prompts are never `toy.is_reserved`.
-"""
+not 0.999 (clean 3-digit column work) or ~0.001 (a format never seen). Prompts are never `toy.is_reserved`."""
 
 import random
 import string

@@ -25,8 +25,7 @@ trailing `^\circ` or unit `\text{ cm}`, a leading "+" and trailing periods; unwr
                                       ("answer: 12 apples" is lenient-only correct)
     math_verify_reward(...)           1.0 if HF's math-verify verifies a format 1-3 answer (both parsed as `\boxed{X}`)
 
-All return 0.0 for non-string input or an answer over 2000 characters, never raise; strict, lenient: < 50 ms on 1 MB.
-"""
+All return 0.0 for non-string input or an answer over 2000 characters, never raise; strict, lenient: < 50 ms on 1 MB."""
 
 import re
 import threading

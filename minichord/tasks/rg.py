@@ -5,8 +5,7 @@ their reward: reasoning-gym's own `score_answer` on the answer minichord extract
     expert row   {"prompt": question, "response": worked trace ending in "answer: X", "answer": answer}
     score        = score_answer(extract(response), entry)   extract: the last `answer:` line, else (numeric answers)
                    the last number, else the last line; a scorer that raises scores 0: a completion never stops a run
-Template tasks (gsm_symbolic) split by template: index % 5 == 0 is "test", the rest "train" (held-out templates).
-"""
+Template tasks (gsm_symbolic) split by template: index % 5 == 0 is "test", the rest "train" (held-out templates)."""
 
 import dataclasses
 import difflib

@@ -12,8 +12,7 @@
 
 "Harder" is a longer carry chain, not more digits (which a model this small does not generalise to): 3-digit
 sums whose units *and* tens columns both carry, never seen terse. A fixed quarter of all prompts (CRC32 of the
-text) is *reserved*: `make_splits` draws only those, `pretrain_corpus` never, so no split is pre-trained on.
-"""
+text) is *reserved*: `make_splits` draws only those, `pretrain_corpus` never, so no split is pre-trained on."""
 
 import random
 import string
