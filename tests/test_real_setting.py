@@ -51,7 +51,7 @@ def test_demo_on_the_real_model_prints_before_and_after(setting, tmp_path, capsy
     sets = [a for s in setting for a in ("--set", s)]
     assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "2", *sets, "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "CHORD-phi on your model and data" in printed and "reasoning-gym's score_answer for rg: rows" in printed
+    assert "CHORD-phi on your model and data" in printed and "(rg: rows: reasoning-gym's score_answer)" in printed
     for split in ("in_domain", "harder", "other_skills"):
         assert any(line.startswith(split) for line in printed.splitlines())
     assert printed.count("  base    : ") == 3 and printed.count("  trained : ") == 3
