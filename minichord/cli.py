@@ -181,8 +181,8 @@ def cmd_samples(args) -> None:
 
 
 COMMANDS = {name.removeprefix("cmd_"): f for name, f in list(globals().items()) if name.startswith("cmd_")}
-MODEL_DIR = _checked(lambda t: Path(t).is_dir() or _hf().is_hub_id(t), "an existing directory (a Hugging Face model "
-                    "or a minichord checkpoint) or a Hub id owner/name[@revision]")
+MODEL_DIR = _checked(lambda t: Path(t).is_dir() or _hf().is_hub_id(t), "an existing directory (this one is not found "
+                    "or a file: a Hugging Face model or a minichord checkpoint) or a Hub id owner/name[@revision]")
 
 
 def build_parser() -> argparse.ArgumentParser:
