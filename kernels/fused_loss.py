@@ -68,18 +68,12 @@ def _fused_token_loss_kernel(
 
     # ---- token loss l and g = d l / d logp, both branches, selected by the token's kind ----
     adv = tl.load(adv_ptr + row).to(tl.float32)
-    if EXPERT == 0:  # SFT
-        loss_exp = -logp
-        g_exp = tl.full((), -1.0, tl.float32)
-    elif EXPERT == 1:  # SFT-phi, weight sg(p (1 - p))
-        g_exp = -p * (1.0 - p)
-        loss_exp = g_exp * logp
-    elif EXPERT == 2:  # SFT-IS, weight sg(p)
-        g_exp = -p
-        loss_exp = g_exp * logp
-    else:  # LUFFY, -A f(p)
+    if EXPERT == 3:  # LUFFY, -A f(p)
         loss_exp = -adv * p / (p + luffy_gamma)
         g_exp = -adv * luffy_gamma * p / ((p + luffy_gamma) * (p + luffy_gamma))
+    else:  # l = -sg(w) logp, g = -w: SFT w = 1, SFT-phi w = p (1 - p), SFT-IS w = p
+        g_exp = tl.full((), -1.0, tl.float32) if EXPERT == 0 else (-p * (1.0 - p) if EXPERT == 1 else -p)
+        loss_exp = g_exp * logp
 
     log_ratio = logp - tl.load(old_logp_ptr + row).to(tl.float32)
     ratio = tl.exp(tl.minimum(tl.maximum(log_ratio, -log_ratio_clamp), log_ratio_clamp))

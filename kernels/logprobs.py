@@ -49,8 +49,7 @@ def _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V: tl.constexpr
     m = running max, s = sum exp(z - m), t = sum exp(z - m) (z - m); rescaled when m grows.
     H = log s - t / s (if WITH_ENTROPY): shifting by m avoids lse - E[z]'s cancellation for large logits."""
     m = tl.full((), -1e30, tl.float32)  # finite start keeps (m_old - m_new) * s free of inf*0
-    s = tl.zeros((), tl.float32)
-    t = tl.zeros((), tl.float32)
+    s, t = tl.zeros((), tl.float32), tl.zeros((), tl.float32)
     for start in range(0, vocab_size, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)  # [BLOCK_V]
         z = tl.load(row_ptr + cols, mask=cols < vocab_size, other=float("-inf"))
@@ -97,8 +96,7 @@ def _token_logprobs_bwd_kernel(logits_ptr, row_stride, grad_logits_ptr, targets_
     g_logp = tl.zeros((), tl.float32)
     if HAS_GRAD_LOGP:
         g_logp = tl.load(grad_logp_ptr + row).to(tl.float32) * keep
-    g_entropy = tl.zeros((), tl.float32)  # both defined on every path
-    entropy = tl.zeros((), tl.float32)
+    g_entropy, entropy = tl.zeros((), tl.float32), tl.zeros((), tl.float32)  # both defined on every path
     if HAS_GRAD_ENTROPY:
         g_entropy = tl.load(grad_entropy_ptr + row).to(tl.float32) * keep
         entropy = tl.load(entropy_ptr + row)
@@ -118,8 +116,7 @@ def _token_logprobs_bwd_kernel(logits_ptr, row_stride, grad_logits_ptr, targets_
 class _TritonTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, temperature, ignore_index, return_entropy):
-        if logits.stride(-1) != 1:
-            logits = logits.contiguous()
+        logits = logits if logits.stride(-1) == 1 else logits.contiguous()
         (n_rows, vocab_size), targets = logits.shape, targets.to(torch.int64).contiguous()
         logp = torch.empty(n_rows, dtype=torch.float32, device=logits.device)  # [N]
         lse = torch.empty_like(logp)  # [N]
