@@ -151,9 +151,8 @@ class _TritonFusedTokenLoss(torch.autograd.Function):
                 vocab_size, 1.0 / temperature, spec.eps_low, spec.eps_high, float(spec.dual_clip or 0.0),
                 spec.log_ratio_clamp, spec.luffy_gamma, spec.entropy_coef, spec.kl_coef,
                 BLOCK_V=block_v, EXPERT=EXPERT_KIND[spec.expert_weighting], ONPOLICY_CLIP=not spec.luffy, HAS_KL=has_kl,
-                DUAL_CLIP=spec.dual_clip is not None, HAS_ENTROPY_BONUS=spec.entropy_coef > 0.0,
-                WRITE_GRAD=need_grad_hidden or need_grad_weight, IGNORE_INDEX=IGNORE_INDEX,
-                num_warps=_num_warps(block_v))
+                DUAL_CLIP=spec.dual_clip is not None, WRITE_GRAD=need_grad_hidden or need_grad_weight,
+                HAS_ENTROPY_BONUS=spec.entropy_coef > 0.0, IGNORE_INDEX=IGNORE_INDEX, num_warps=_num_warps(block_v))
             if need_grad_hidden:
                 torch.mm(logits, weight, out=grad_hidden[start:end])  # [C, H]
             if need_grad_weight:
@@ -181,7 +180,6 @@ def triton_fused_token_loss(hidden, weight, targets, coef, is_expert, advantages
     if hidden.dtype != weight.dtype or hidden.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"hidden and weight must share a float dtype (fp32/fp16/bf16), "
                          f"got {hidden.dtype} and {weight.dtype}")
-    loss, logp, entropy, clipped = _TritonFusedTokenLoss.apply(
-        hidden, weight, targets, coef, is_expert, advantages, old_logp, ref_logp, spec,
-        float(temperature), chunk_size, torch.is_grad_enabled())
-    return FusedLossOutput(loss=loss, logp=logp, entropy=entropy, clipped=clipped)
+    return FusedLossOutput(*_TritonFusedTokenLoss.apply(hidden, weight, targets, coef, is_expert, advantages, old_logp,
+                                                        ref_logp, spec, float(temperature), chunk_size,
+                                                        torch.is_grad_enabled()))
