@@ -77,8 +77,7 @@ def _fused_token_loss_kernel(
 
     log_ratio = logp - tl.load(old_logp_ptr + row).to(tl.float32)
     ratio = tl.exp(tl.minimum(tl.maximum(log_ratio, -log_ratio_clamp), log_ratio_clamp))
-    loss_on = -adv * ratio
-    clipped = tl.abs(log_ratio) > log_ratio_clamp
+    loss_on, clipped = -adv * ratio, tl.abs(log_ratio) > log_ratio_clamp
     if ONPOLICY_CLIP:
         ratio_clip = tl.minimum(tl.maximum(ratio, 1.0 - eps_low), 1.0 + eps_high)
         loss_on = tl.maximum(loss_on, -adv * ratio_clip)

@@ -60,8 +60,7 @@ def _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V: tl.constexpr
         if WITH_ENTROPY:
             shifted = tl.where(e > 0, z - m_new, 0.0)  # no -inf * 0 where e underflows
             t = rescale * (t + (m - m_new) * s) + tl.sum(e * shifted, axis=0)
-        s = rescale * s + tl.sum(e, axis=0)
-        m = m_new
+        s, m = rescale * s + tl.sum(e, axis=0), m_new
     return m, tl.log(s), tl.log(s) - t / s
 
 
@@ -98,8 +97,7 @@ def _token_logprobs_bwd_kernel(logits_ptr, row_stride, grad_logits_ptr, targets_
         g_logp = tl.load(grad_logp_ptr + row).to(tl.float32) * keep
     g_entropy, entropy = tl.zeros((), tl.float32), tl.zeros((), tl.float32)  # both defined on every path
     if HAS_GRAD_ENTROPY:
-        g_entropy = tl.load(grad_entropy_ptr + row).to(tl.float32) * keep
-        entropy = tl.load(entropy_ptr + row)
+        g_entropy, entropy = tl.load(grad_entropy_ptr + row).to(tl.float32) * keep, tl.load(entropy_ptr + row)
     for start in range(0, vocab_size, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)  # [BLOCK_V]
         in_row = cols < vocab_size
