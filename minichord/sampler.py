@@ -99,8 +99,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
-        bad = [t for t in p if not 0 <= int(t) < V]
-        if bad:
+        if bad := [t for t in p if not 0 <= int(t) < V]:
             raise ValueError(f"prompt {i} has token ids outside [0, {V}): {bad[:5]}")
     if (P := max(len(p) for p in prompts)) + cfg.max_new_tokens > model.cfg.max_seq_len:
         raise ValueError(f"longest prompt ({P} tokens) + max_new_tokens ({cfg.max_new_tokens}) = "
@@ -113,7 +112,6 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
 
 @torch.inference_mode()  # like no_grad, and cheaper per op: no version counters or view tracking
 def _decode(model, prompts, cfg: SamplerConfig, device, dtype, eos_id, pad_id, generator, use_cache, vocab_size):
-    V = model.cfg.vocab_size
     ids, mask = left_pad(prompts, pad_id, device)  # [B, P]
     B, P = ids.shape
     total = P + cfg.max_new_tokens
@@ -137,7 +135,7 @@ def _decode(model, prompts, cfg: SamplerConfig, device, dtype, eos_id, pad_id, g
     out_mask = torch.zeros(B, cfg.max_new_tokens, dtype=torch.bool, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(cfg.max_new_tokens):
-        scaled = logits[:, :vocab_size or V].float()  # [B, V]
+        scaled = logits[:, :vocab_size].float()  # [B, V] (vocab_size None: all columns)
         if cfg.greedy:
             next_tok = scaled.argmax(dim=-1)  # [B]
         else:
