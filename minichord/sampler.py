@@ -82,8 +82,7 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
     """Ragged prompts -> ids [B, P] long and mask [B, P] bool, real tokens at the right end."""
     P = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (P - len(p)) + [int(t) for t in p] for p in prompts], dtype=torch.long)
-    mask = torch.tensor([[False] * (P - len(p)) + [True] * len(p) for p in prompts])
-    return ids.to(device), mask.to(device)
+    return ids.to(device), torch.tensor([[False] * (P - len(p)) + [True] * len(p) for p in prompts]).to(device)
 
 
 def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int | list[int], pad_id: int,
