@@ -259,8 +259,7 @@ class Transformer(nn.Module):
         Query i (slot past+i) sees key j iff j <= past+i and attention_mask[b, j], or j == past+i (pad rows finite)."""
         if ids.dim() != 2:
             raise ValueError(f"ids must be [B, T], got shape {tuple(ids.shape)}")
-        B, T = ids.shape
-        past = 0 if kv_cache is None else kv_cache.length
+        (B, T), past = ids.shape, 0 if kv_cache is None else kv_cache.length
         S = past + T
         if kv_cache is not None and (S > kv_cache.max_len or kv_cache.batch_size != B):
             raise ValueError(f"KV cache (batch {kv_cache.batch_size}, max_len {kv_cache.max_len}) cannot "
