@@ -16,6 +16,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -121,14 +122,22 @@ def save_checkpoint(root, model, *, tokenizer: TokenizerLike | None = None, opti
     os.replace(tmp, final)
     _fsync_dir(root)
     _set_latest(root, final.name)
-    earlier = sorted((int(m[1]), p) for p in root.iterdir() if (m := STEP_DIR.fullmatch(p.name)) and int(m[1]) <= step)
-    for p in set(root.iterdir()) - {final, root / LATEST, *(p for _, p in earlier[-keep:])}:
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()  # also steps of an abandoned run
+    steps = {p: int(m[1]) for p in root.iterdir() if (m := STEP_DIR.fullmatch(p.name))}
+    kept = {p for _, p in sorted((n, p) for p, n in steps.items() if n <= step)[-keep:]} | {  # the last `keep`,
+        p for p, n in steps.items() if n > step}  # and every newer step (a run restarted below them never prunes them)
+    for p in set(root.iterdir()) - {final, root / LATEST, *kept}:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()  # older steps, interrupted saves' temps
     return final
 
 
-def checkpoint_exists(path) -> bool:  # a root with a `latest` pointer, or a step directory
-    return (Path(path) / LATEST).is_file() or (Path(path) / CONFIG).is_file()
+def _newest_step(root: Path) -> Path | None:  # the newest complete step directory (a save renames it in complete)
+    steps = [(int(m[1]), p) for p in root.iterdir() if (m := STEP_DIR.fullmatch(p.name)) and p.is_dir()
+             and not p.is_symlink() and (p / CONFIG).is_file()] if root.is_dir() else []
+    return max(steps)[1] if steps else None
+
+
+def checkpoint_exists(path) -> bool:  # a root with a `latest` (even a broken one) or a step, or a step directory
+    return os.path.lexists((p := Path(path)) / LATEST) or (p / CONFIG).is_file() or _newest_step(p) is not None
 
 
 def _check(ok: object, where: Path, field: str, allowed: str, value: object) -> None:
@@ -153,9 +162,12 @@ def _read(d: Path, name: str, kind: str = "", sha: str | None = None) -> object:
 def _step_dir(d: Path) -> Path:  # a step directory as given, or the one a root's `latest` names
     if not d.is_dir():
         raise CheckpointError(f"checkpoint not found: {d} is missing or not a directory")
-    if (d / CONFIG).is_file() and not (d / LATEST).exists():
+    if (d / CONFIG).is_file() and not os.path.lexists(d / LATEST):
         return d
-    name = _read(d, LATEST).strip()
+    if not os.path.lexists(d / LATEST) and (newest := _newest_step(d)):  # a kill before the first `latest`, or a hand
+        print(f"{d}: no `latest`; using the newest complete step directory, {newest.name}", file=sys.stderr)
+        return newest
+    name = _read(d, LATEST).strip()  # a loop, dangling or garbage: refused (one line), never "no checkpoint"
     ok = re.fullmatch(r"(\.tmp-)?step-\d+(-[0-9a-f]+)?", name) and (d / name).is_dir() and not (d / name).is_symlink()
     _check(ok, d / LATEST, "(content)", f"a step directory in {d}", name)
     return d / name
@@ -191,6 +203,8 @@ def _check_config(d: Path, c: dict) -> None:  # every field of config.json: (fie
 def _load_model(d: Path, c: dict, cfg: ModelConfig) -> torch.nn.Module:
     from minichord.model import Transformer  # here, so checkpoint.py imports without model.py
     weights = _read(d, MODEL, "safetensors", c["files"][MODEL])
+    if bad := [k for k, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]:
+        raise CheckpointError(f"{d / MODEL}: {bad[0]} is not finite (NaN or inf in {len(bad)} tensor(s))")
     stored = sorted({str(t.dtype).removeprefix("torch.") for t in weights.values() if t.is_floating_point()})
     _check(stored == [c["dtype"]], d / CONFIG, "dtype", f"the dtype of the weights in {MODEL}, {stored}", c["dtype"])
     _check(cfg.n_layers <= len(weights), d / CONFIG, "model_config.n_layers", f"<= the {len(weights)} tensors",

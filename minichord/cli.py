@@ -13,6 +13,7 @@ from minichord.config import CONVENTIONS, DEVICES, DTYPES, REWARDS, SamplerConfi
 from minichord.data import check_lengths, load_prompts, rewards
 from minichord.device import autocast, resolve_device
 from minichord.evaluate import MAX_NEW_TOKENS as EVAL_MAX_NEW_TOKENS, evaluate_splits
+from minichord.hf import is_hub_id
 from minichord.methods import METHODS
 from minichord.sampler import generate
 from minichord.tasks import make_splits
@@ -26,11 +27,6 @@ def _checked(ok, allowed: str, convert=str):  # an argparse `type`: failing `ok`
             raise argparse.ArgumentTypeError(f"{text!r}: must be {allowed}")
         return convert(text)
     return parse
-
-
-def _hf():  # minichord.hf imports torch: only when a model is named
-    from minichord import hf
-    return hf
 
 
 def _is_number(text: str) -> bool:
@@ -181,7 +177,7 @@ def cmd_samples(args) -> None:
 
 
 COMMANDS = {name.removeprefix("cmd_"): f for name, f in list(globals().items()) if name.startswith("cmd_")}
-MODEL_DIR = _checked(lambda t: Path(t).is_dir() or _hf().is_hub_id(t), "an existing directory (this one is not found "
+MODEL_DIR = _checked(lambda t: Path(t).is_dir() or is_hub_id(t), "an existing directory (this one is not found "
                     "or a file: a Hugging Face model or a minichord checkpoint) or a Hub id owner/name[@revision]")
 
 
@@ -238,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="write a checkpoint as a Hugging Face directory (transformers, vLLM load it)")
     x.add_argument("checkpoint", type=MODEL_DIR, help="minichord checkpoint (a run's checkpoint/ or a step directory)")
-    x.add_argument("out_dir", type=OUT, help="output directory (replaced atomically)")
+    x.add_argument("out_dir", type=OUT, help="a new or empty directory, or an earlier export (replaced atomically)")
 
     r = sub.add_parser("reproduce", help="every method x seeds on the toy task: table, JSON, curves")
     r.add_argument("--out", type=OUT, required=True, help="output directory")

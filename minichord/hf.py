@@ -23,6 +23,7 @@ from minichord.tokenizer import TokenizerLike
 ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
                    "special_tokens_map.json", "chat_template.jinja")
+EXPORT_FILES = ("config.json", "model.safetensors", *TOKENIZER_FILES)  # all that an export writes
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")  # owner/name[@revision], as the Hub spells it
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja"]  # what load_model reads; no .bin, .gguf or .onnx
 _MISSING = object()
@@ -229,8 +230,15 @@ def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype) -> dict:
 
 
 def write_dir_atomically(out_dir: Path, fill) -> Path:
-    """fill(tmp) on a fresh sibling temp dir, then os.replace it in for `out_dir` (an old one is moved aside)."""
+    """fill(tmp) on a fresh sibling temp dir, then os.replace it in for `out_dir`. An existing `out_dir` is replaced
+    only if empty or an earlier export (a Hugging Face directory of only the files an export writes): a checkpoint,
+    a run or anyone's downloaded model is refused before any work, never overwritten."""
     (out_dir := Path(out_dir)).parent.mkdir(parents=True, exist_ok=True)
+    entries = list(out_dir.iterdir()) if out_dir.is_dir() else [out_dir] if os.path.lexists(out_dir) else []
+    if entries and not (is_hf_dir(out_dir) and all(p.name in EXPORT_FILES and p.is_file() and not p.is_symlink()
+                                                   for p in entries)):
+        raise HFError(f"refusing to replace {out_dir}: it holds {', '.join(sorted(p.name for p in entries)[:4])}, "
+                      f"which no export wrote (a checkpoint, a run, a model?); give a new or empty directory")
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

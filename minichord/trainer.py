@@ -282,10 +282,9 @@ def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | Non
     data = build_train_data(cfg, hf_model=is_hf_dir(cfg.init))
     for stage in stages:
         stage.check_data(data)
-    rg = any(p.skill.startswith(RG_PREFIX) for p in data.prompts)  # reasoning-gym rows: scored by their own task
+    rg = " (rg: rows: reasoning-gym's score_answer)" if any(p.skill.startswith(RG_PREFIX) for p in data.prompts) else ""
     log(f"data: {len(data.prompts)} RL prompts, {len(data.experts)} expert demonstrations, eval splits "
-        f"{sorted(data.eval_splits) or 'none'}; reward {data.reward.__module__}.{data.reward.__name__}"
-        + (" (rg: rows: reasoning-gym's score_answer)" if rg else ""))
+        f"{sorted(data.eval_splits) or 'none'}; reward {data.reward.__module__}.{data.reward.__name__}{rg}")
     model, tokenizer = load_model(cfg.init or toy_base(log, device))
     data.check_fits(tokenizer, model.cfg.max_seq_len, stages)  # file:line, before any step or evaluation
     trainer = Trainer(stages, model, tokenizer, data, Path(out_dir), log=log, device=device)

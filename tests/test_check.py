@@ -211,6 +211,9 @@ def test_cli_match_mismatch_and_bad_files(tmp_path, capsys):
         "nan.safetensors": ({**tensors, "logp": tensors["logp"].masked_fill(tensors["mask"], float("nan"))}, meta,
                             "tensor 'logp' has NaN or inf"),
         "weighting.safetensors": (tensors, {**meta, "weighting": "phy"}, "weighting='phy': must be one of"),
+        "probs.safetensors": ({**tensors, "logp": tensors["logp"].exp()}, meta,  # probabilities, not log-probs
+                              "tensor 'logp' is 0."),
+        "logits.safetensors": ({**tensors, "logp": tensors["logp"] + 5.0}, meta, "a log-probability is <= 0"),
     }
     for name, (t, m, message) in broken.items():
         assert main(["check", _write(tmp_path, name, t, m)]) == 2

@@ -146,8 +146,9 @@ def test_layout_latest_pointer_and_keep(tmp_path, tok):
     ckpt = load_checkpoint(root)
     assert ckpt.meta == {"again": True} and torch.equal(ckpt.model.norm.weight, model.norm.weight)
     assert ckpt.tokenizer is None
-    save_checkpoint(root, model, step=2, keep=2)  # a run started over: later steps of the old one go
-    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000002"]
+    save_checkpoint(root, model, step=2, keep=2)  # a run started over: later steps of the old one stay
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000002", "step-000003", "step-000004",
+                                                      "step-000005"]
     with pytest.raises(CheckpointError, match="keep"):
         save_checkpoint(root, model, step=3, keep=0)
 

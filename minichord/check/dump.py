@@ -139,6 +139,9 @@ def from_tensors(tensors: dict[str, Tensor], meta: dict[str, str], where: str = 
         d.micro_batch = _ids("micro_batch", tensors["micro_batch"], where)
     if not mask.any():
         raise DumpError(f"{where}: tensor 'mask' selects no token: nothing to check")
+    if (bad := (d.logp > 1e-6) & mask).any():  # log p <= 0 (1e-6: rounding)
+        raise DumpError(f"{where}: tensor 'logp' is {d.logp[bad][0].item():.4g} at {bad.nonzero()[0].tolist()}: "
+                        f"a log-probability is <= 0 (were probabilities or logits dumped?)")
     return d
 
 

@@ -1,0 +1,115 @@
+"""Nothing is lost: a writer never replaces a directory it did not create, a checkpoint root without a readable
+`latest` is recovered from its newest step directory (never treated as empty), pruning keeps newer steps."""
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from minichord.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from minichord.cli import main
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file under root (links as their target) -> sha256: what a command must leave as it was."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                out[str(p)] = "-> " + os.readlink(p)
+            elif p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def run_root(tiny_ckpt, tmp_path) -> Path:
+    """A run directory with a checkpoint root of two step directories (as a finished run leaves it)."""
+    root = tmp_path / "run" / "checkpoint"
+    ckpt = load_checkpoint(tiny_ckpt)
+    for step in (10, 20):
+        save_checkpoint(root, ckpt.model, tokenizer=ckpt.tokenizer, step=step)
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 0}\n')
+    return root
+
+
+def one_line_refusal(capsys, argv, *needles) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(n in err for n in needles), err
+    return err
+
+
+@pytest.mark.parametrize("target", ["root", "step", "run", "model-dir"])
+def test_export_never_replaces_a_directory_it_did_not_write(run_root, tmp_path, capsys, target):
+    model_dir = tmp_path / "downloaded"  # someone's model: more files than an export writes
+    shutil.copytree(Path(__file__).parent / "fixtures" / "hf" / "qwen2", model_dir)
+    (model_dir / "README.md").write_text("a model card\n")
+    out = {"root": run_root, "step": run_root / "step-000020", "run": run_root.parent, "model-dir": model_dir}[target]
+    before = tree(tmp_path)
+    one_line_refusal(capsys, ["export", str(run_root), str(out)], f"refusing to replace {out}", "new or empty")
+    assert tree(tmp_path) == before
+
+
+def test_export_into_a_new_an_empty_or_its_own_earlier_export(run_root, tmp_path, capsys):
+    (empty := tmp_path / "empty").mkdir()
+    for out in (tmp_path / "new", empty, empty):  # the third replaces the second's export
+        assert main(["export", str(run_root), str(out)]) == 0
+        assert json.loads((out / "config.json").read_text())["architectures"] == ["Qwen2ForCausalLM"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp or old directory left
+
+
+def test_a_root_without_latest_is_recovered_from_its_newest_step(run_root, capsys):
+    (run_root / "latest").unlink()  # as a kill between the first step directory's rename and `latest`
+    assert checkpoint_exists(run_root)
+    assert load_checkpoint(run_root).step == 20
+    assert "no `latest`; using the newest complete step directory, step-000020" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["loop", "dangling", "garbage"])
+def test_a_broken_latest_is_a_refusal_never_an_empty_root(run_root, tmp_path, capsys, damage):
+    latest = run_root / "latest"
+    latest.unlink()
+    if damage == "garbage":
+        latest.write_text("../../elsewhere")
+    else:
+        os.symlink("latest" if damage == "loop" else "step-000099", latest)
+    assert checkpoint_exists(run_root)  # a trainer resumes (and is refused), never starts over at step 0
+    before = tree(tmp_path)
+    one_line_refusal(capsys, ["eval", str(run_root)], str(latest))
+    assert tree(tmp_path) == before
+
+
+def test_a_kill_before_the_first_latest_resumes_instead_of_restarting(run_root, capsys):
+    (run_root / "latest").unlink()  # as a kill between the first step directory's rename and `latest`
+    shutil.rmtree(run_root / "step-000010")
+    assert checkpoint_exists(run_root) and load_checkpoint(run_root).step == 20
+
+
+def test_pruning_keeps_steps_newer_than_the_one_saved(run_root):
+    ckpt = load_checkpoint(run_root)
+    for step in (30, 40, 50):
+        save_checkpoint(run_root, ckpt.model, tokenizer=ckpt.tokenizer, step=step)
+    save_checkpoint(run_root, ckpt.model, tokenizer=ckpt.tokenizer, step=5)  # a run restarted below them
+    names = sorted(p.name for p in run_root.iterdir())
+    assert names == ["latest", "step-000005", "step-000030", "step-000040", "step-000050"]
+    assert load_checkpoint(run_root).step == 5  # `latest` names the step just saved
+
+
+def test_a_root_with_only_temp_directories_is_empty(tmp_path):
+    (tmp_path / "checkpoint" / ".tmp-step-000010-abc").mkdir(parents=True)
+    assert not checkpoint_exists(tmp_path / "checkpoint")
+
+
+def test_non_finite_weights_are_refused_at_load(run_root, capsys):
+    ckpt = load_checkpoint(run_root)
+    with torch.no_grad():
+        next(ckpt.model.parameters())[0, 0] = float("nan")
+    save_checkpoint(run_root, ckpt.model, tokenizer=ckpt.tokenizer, step=30)  # sha256 re-signed over the NaN
+    with pytest.raises(Exception, match="not finite"):
+        load_checkpoint(run_root)
