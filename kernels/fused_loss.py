@@ -79,8 +79,7 @@ def _fused_token_loss_kernel(
     ratio = tl.exp(tl.minimum(tl.maximum(log_ratio, -log_ratio_clamp), log_ratio_clamp))
     loss_on, clipped = -adv * ratio, tl.abs(log_ratio) > log_ratio_clamp
     if ONPOLICY_CLIP:
-        ratio_clip = tl.minimum(tl.maximum(ratio, 1.0 - eps_low), 1.0 + eps_high)
-        loss_on = tl.maximum(loss_on, -adv * ratio_clip)
+        loss_on = tl.maximum(loss_on, -adv * tl.minimum(tl.maximum(ratio, 1.0 - eps_low), 1.0 + eps_high))
         clipped = clipped | ((adv > 0) & (ratio > 1.0 + eps_high)) | ((adv < 0) & (ratio < 1.0 - eps_low))
         if DUAL_CLIP:
             loss_on = tl.where(adv < 0, tl.minimum(loss_on, -adv * dual_clip), loss_on)
@@ -108,8 +107,7 @@ def _fused_token_loss_kernel(
         for start in range(0, vocab_size, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V)  # [BLOCK_V]
             in_row = cols < vocab_size
-            z = tl.load(row_ptr + cols, mask=in_row, other=0.0).to(tl.float32) * inv_temperature
-            log_p = z - lse
+            log_p = tl.load(row_ptr + cols, mask=in_row, other=0.0).to(tl.float32) * inv_temperature - lse
             p_v = tl.exp(log_p)  # [BLOCK_V] softmax, fp32
             dx = g_scaled * tl.where(cols == target, one_minus_p_y, -p_v)  # (target 0 if ignored: coef 0)
             if HAS_ENTROPY_BONUS:  # - entropy_coef * coef * dH/dz,  dH/dz = -p (log p + H)

@@ -75,8 +75,7 @@ def _token_logprobs_fwd_kernel(logits_ptr, row_stride, targets_ptr, logp_ptr, ls
 
     m, log_s, entropy = _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V, WITH_ENTROPY)
     z_target = tl.load(row_ptr + safe_target).to(tl.float32) * inv_temperature
-    logp = tl.where(ignored, 0.0, (z_target - m) - log_s)
-    tl.store(logp_ptr + row, logp)
+    tl.store(logp_ptr + row, tl.where(ignored, 0.0, (z_target - m) - log_s))
     tl.store(lse_ptr + row, m + log_s)
     if WITH_ENTROPY:
         tl.store(entropy_ptr + row, tl.where(ignored, 0.0, entropy))
@@ -101,8 +100,7 @@ def _token_logprobs_bwd_kernel(logits_ptr, row_stride, grad_logits_ptr, targets_
     for start in range(0, vocab_size, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)  # [BLOCK_V]
         in_row = cols < vocab_size
-        z = tl.load(row_ptr + cols, mask=in_row, other=0.0).to(tl.float32) * inv_temperature
-        log_p = z - lse
+        log_p = tl.load(row_ptr + cols, mask=in_row, other=0.0).to(tl.float32) * inv_temperature - lse
         p = tl.exp(log_p)  # [BLOCK_V] fp32 softmax
         dz = g_logp * ((cols == target).to(tl.float32) - p)  # onehot - p
         if HAS_GRAD_ENTROPY:
