@@ -114,8 +114,7 @@ def hidden_states(model, batch: TokenBatch, dtype: str) -> tuple[Tensor, Tensor]
 
 
 @torch.no_grad()
-def batch_logprobs(model, batch: TokenBatch, temperature: float, micro_batch_seqs: int = 0,
-                   dtype: str = "fp32") -> Tensor:
+def batch_logprobs(model, batch: TokenBatch, temperature: float, micro_batch_seqs: int = 0, dtype="fp32") -> Tensor:
     """logp_t under `model` for every token of `batch` ([N], fp32 or fp64), micro-batch by micro-batch."""
     logp = torch.zeros(batch.num_tokens, dtype=torch.float64 if model.lm_head_weight.dtype == torch.float64
                        else torch.float32, device=batch.targets.device)  # [N]

@@ -70,8 +70,7 @@ def _json_file(path: str | Path) -> Path:  # a tokenizer.json, or the one in a d
 class Tokenizer:
     """A `tokenizers.Tokenizer` and the ids of the five special tokens."""
 
-    def __init__(self, hf_tokenizer: HFTokenizer, special_tokens: dict[str, str] | None = None,
-                 source: str = "tokenizer"):
+    def __init__(self, hf_tokenizer: HFTokenizer, special_tokens: dict[str, str] | None = None, source="tokenizer"):
         self._tok = hf_tokenizer
         names = {**DEFAULT_SPECIALS, **(special_tokens or {})}
         if unknown_roles := sorted(set(names) - set(SPECIAL_ROLES)):
@@ -118,8 +117,7 @@ class Tokenizer:
         return cls(tok)
 
     @classmethod
-    def from_json(cls, s: str, special_tokens: dict[str, str] | None = None,
-                  source: str = "tokenizer JSON") -> "Tokenizer":
+    def from_json(cls, s: str, special_tokens: dict[str, str] | None = None, source="tokenizer JSON") -> "Tokenizer":
         return cls(parse_tokenizer_json(s, source), special_tokens, source)
 
     def to_json(self) -> str:
