@@ -61,8 +61,7 @@ def _fused_token_loss_kernel(
 
     # ---- pass 1: online lse and entropy (see kernels/logprobs.py) -------------------------
     m, log_s, entropy = _row_lse_entropy(row_ptr, vocab_size, inv_temperature, BLOCK_V, True)
-    lse = m + log_s
-    entropy = tl.where(ignored, 0.0, entropy)
+    lse, entropy = m + log_s, tl.where(ignored, 0.0, entropy)
     logp = tl.where(ignored, 0.0, (tl.load(row_ptr + target).to(tl.float32) * inv_temperature - m) - log_s)
     p = tl.exp(logp)
 

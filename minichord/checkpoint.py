@@ -240,6 +240,12 @@ def _load_optimizer_state(d: Path, c: dict) -> dict:
         for key, tensor in _read(d, OPTIMIZER, "safetensors", c["files"][OPTIMIZER]).items():
             _, i, name = key.split(".", 2)
             state["state"].setdefault(int(i), {})[name] = tensor
+        for g in state["param_groups"]:  # AdamW's settings by meaning, then every parameter's state complete
+            _check(all(type(g.get(k)) in (int, float) and 0 <= g[k] < math.inf for k in ("lr", "eps", "weight_decay"))
+                   and len(g["betas"]) == 2 and all(type(b) in (int, float) and 0 <= b < 1 for b in g["betas"]),
+                   d / CONFIG, "optimizer.param_groups", "lr, eps, weight_decay numbers >= 0; betas two in [0, 1)", g)
+        for i, s in state["state"].items():
+            _check({"step", "exp_avg", "exp_avg_sq"} <= set(s), d / OPTIMIZER, f"state.{i}", "AdamW's state", sorted(s))
         return state
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{d / CONFIG}: field 'optimizer' (state, param_groups) or {OPTIMIZER}: {e!r}") from None

@@ -4,6 +4,7 @@ never executed (no exec, no eval)."""
 
 import dataclasses
 import difflib
+import importlib
 import sys
 import types
 import typing
@@ -18,6 +19,14 @@ else:  # pragma: no cover
 
 class ConfigError(ValueError):
     """A config file or override that does not fit its dataclass."""
+
+
+def optional_import(module: str, package: str, extra: str):
+    """`module` of an optional dependency, or one line naming the minichord extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f'{package} is not installed: pip install "minichord[{extra}]" (or {package})') from None
 
 
 DEVICES = ("auto", "cpu", "cuda")  # minichord/device.py: auto = cuda if available, else cpu
@@ -254,6 +263,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    max_weight_growth: float = 2.0  # a step that multiplies the weights' norm by more has diverged (trainer.py)
     # batch: B prompts x G samples on-policy + E expert demonstrations
     prompts_per_step: int = 8
     group_size: int = 8
@@ -289,8 +299,8 @@ class TrainConfig:
         one_of(self, reward=REWARDS, convention=CONVENTIONS, device=DEVICES, dtype=DTYPES)
         validate(self, {"[1, inf)": "steps prompts_per_step ppo_epochs minibatches eval_every save_every",
                         "[0, inf)": "micro_batch_seqs experts_per_step n_rl_prompts n_expert n_test weight_decay "
-                                    "samples_every",
-                        "(0, inf)": "lr grad_clip", "[0, 1]": "mu_warmup_frac mu_decay_frac mu_peak mu_valley",
+                                    "samples_every", "(0, inf)": "lr grad_clip max_weight_growth",
+                        "[0, 1]": "mu_warmup_frac mu_decay_frac mu_peak mu_valley",
                         "[2, inf)": "group_size", "[0, 4294967295]": "seed"})
         if (total := self.mu_warmup_frac + self.mu_decay_frac) > 1:  # shares of the same steps
             raise ConfigError(f"mu_warmup_frac + mu_decay_frac = {total}: must be <= 1")

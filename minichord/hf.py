@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from minichord.checkpoint import load_checkpoint
-from minichord.config import ConfigError, ModelConfig
+from minichord.config import ConfigError, ModelConfig, optional_import
 from minichord.model import Transformer
 from minichord.tokenizer import TokenizerLike
 
@@ -74,19 +74,15 @@ def is_hub_id(path) -> bool:
 def hub_snapshot(hub_id: str) -> str:
     """The local directory of Hub model `hub_id`, through huggingface_hub: the user's cache (HF_HOME, HF_TOKEN,
     HF_HUB_OFFLINE as usual), else a download of only the files load_model reads."""
-    try:
-        from huggingface_hub import errors, snapshot_download
-    except ImportError:
-        raise HFError(f"{hub_id!r} is not a local directory; to fetch it from the Hub: "
-                      'pip install "minichord[hub]" (or pass a local directory)') from None
+    hub = optional_import("huggingface_hub", "huggingface_hub", "hub")
     repo, _, revision = hub_id.partition("@")
     try:
-        return snapshot_download(repo, revision=revision or None, allow_patterns=HUB_FILES)
-    except errors.LocalEntryNotFoundError:
+        return hub.snapshot_download(repo, revision=revision or None, allow_patterns=HUB_FILES)
+    except hub.errors.LocalEntryNotFoundError:
         why = "the Hub cannot be reached (or HF_HUB_OFFLINE is set) and nothing of it is cached"
-    except (errors.RepositoryNotFoundError, errors.GatedRepoError):
+    except (hub.errors.RepositoryNotFoundError, hub.errors.GatedRepoError):
         why = "no such model on the Hub, or a private or gated one your token (HF_TOKEN) cannot read"
-    except (errors.RevisionNotFoundError, errors.HfHubHTTPError, errors.HFValidationError, OSError) as e:
+    except (hub.errors.RevisionNotFoundError, hub.errors.HfHubHTTPError, hub.errors.HFValidationError, OSError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise HFError(f"model {hub_id!r} is not a local directory, and {why}; pass a local directory, e.g. after "
                   f"`hf download {repo} --local-dir DIR` where there is network") from None

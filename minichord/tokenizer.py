@@ -57,7 +57,8 @@ def encode_text(tok: HFTokenizer, text: str) -> list[int]:
 def parse_tokenizer_json(text: str, source: str) -> HFTokenizer:
     try:
         json.loads(text)  # a clearer message than the Rust parser's for non-JSON input
-        return HFTokenizer.from_str(text)
+        (tok := HFTokenizer.from_str(text)).encode("zq \x7f minichord")  # e.g. WordLevel without its unk: here,
+        return tok  # not at the first unknown word of a run
     except Exception as e:  # json.JSONDecodeError, or the Rust side's Exception
         raise TokenizerError(" ".join(f"{source}: not a valid tokenizer.json: {e}".split())) from None
 
@@ -83,6 +84,8 @@ class Tokenizer:
         outside = [f"{role}={names[role]!r} has id {ids[role]}" for role in SPECIAL_ROLES if ids[role] >= V]
         if outside:  # e.g. an eos the model can never emit: generation would never stop
             raise TokenizerError(f"{source}: special token ids outside the vocabulary [0, {V}): {', '.join(outside)}")
+        if ids["eos"] == ids["pad"]:  # padding would read as the end of every answer, and the end as padding
+            raise TokenizerError(f"{source}: eos {names['eos']!r} must be another token than pad {names['pad']!r}")
         self.special_tokens: dict[str, str] = {role: names[role] for role in SPECIAL_ROLES}
         self.pad_id, self.bos_id, self.eos_id, self.user_id, self.assistant_id = (ids[r] for r in SPECIAL_ROLES)
         self.stop_ids: list[int] = [self.eos_id]  # every id that ends a generation

@@ -151,6 +151,9 @@ class Trainer:
     def _logp(self, batch: TokenBatch, cfg: TrainConfig, temperature: float, model=None) -> torch.Tensor:
         return batches.batch_logprobs(model or self.model, batch, temperature, cfg.micro_batch_seqs, cfg.dtype)
 
+    def _weight_norm(self) -> torch.Tensor:  # ||theta|| over every parameter, one number on the device
+        return torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in self.model.parameters()]))
+
     def _diverged(self, step: int, why: str) -> TrainingError:
         return TrainingError(f"step {step}: the update diverged: {why} (lr={self.stage_at(step).cfg.lr}); nothing "
                              f"saved; the last good checkpoint, if any, is in {self.out / 'checkpoint'}")
@@ -168,7 +171,7 @@ class Trainer:
 
     def train_step(self, step: int) -> dict:
         """One step: the batch, then ppo_epochs x minibatches optimizer steps on it; returns its metrics."""
-        stage = self.stage_at(step)
+        stage, norm_before = self.stage_at(step), self._weight_norm()
         batch, mu, metrics = self._batch(stage, step)
         t0 = time.perf_counter()
         cfg, T = stage.cfg, stage.cfg.sampler.temperature
@@ -199,9 +202,11 @@ class Trainer:
                     raise self._diverged(step, str(e)) from None
                 for k, v in update_stats(out, mb.is_expert, grad_norm).items():
                     stats.setdefault(k, []).append(v)
-        finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()  # once a step, one sync
-        if not (finite and self._logp(batch.select(torch.tensor([0])), cfg, 1.0).isfinite().all()):
+        if not ((norm := self._weight_norm()).isfinite() and self._logp(batch.select(torch.tensor([0])), cfg, 1.0)
+                .isfinite().all()):  # a non-finite weight makes the norm non-finite
             raise self._diverged(step, "it made the weights or logits non-finite")
+        if norm > cfg.max_weight_growth * norm_before:  # finite, and out of all proportion (e.g. lr = 1e6)
+            raise self._diverged(step, f"the weights' norm grew {norm / norm_before:.3g}x (> max_weight_growth)")
         return {**metrics, **{k: sum(v) / len(v) for k, v in stats.items()}, "tokens": batch.num_tokens,
                 "time_train": time.perf_counter() - t0}
 

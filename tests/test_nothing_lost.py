@@ -4,6 +4,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -113,3 +114,64 @@ def test_non_finite_weights_are_refused_at_load(run_root, capsys):
     save_checkpoint(run_root, ckpt.model, tokenizer=ckpt.tokenizer, step=30)  # sha256 re-signed over the NaN
     with pytest.raises(Exception, match="not finite"):
         load_checkpoint(run_root)
+
+
+@pytest.fixture
+def adam_root(tmp_path) -> Path:
+    """A checkpoint with an AdamW state after one update."""
+    from minichord.config import ModelConfig
+    from minichord.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=32,
+                                    max_seq_len=16))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.tensor([[1, 2, 3]])).sum().backward()
+    optimizer.step()
+    save_checkpoint(tmp_path / "ckpt", model, optimizer=optimizer, step=1)
+    return tmp_path / "ckpt" / "step-000001"
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("key, value", [("betas", [0.9, 1.5]), ("betas", [0.9]), ("betas", [-0.1, 0.9]),
+                                        ("lr", "1e-3"), ("lr", -1.0), ("eps", None), ("weight_decay", True)])
+def test_adam_settings_are_checked_for_meaning(adam_root, key, value):
+    edit_json(adam_root / "config.json", lambda c: c["optimizer"]["param_groups"][0].__setitem__(key, value))
+    with pytest.raises(Exception, match="optimizer.param_groups.*betas two in"):
+        load_checkpoint(adam_root)
+
+
+def test_a_missing_moment_is_one_line_not_a_key_error(adam_root):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(adam_root / "optimizer.safetensors")
+    del tensors["state.0.exp_avg_sq"]
+    save_file(tensors, adam_root / "optimizer.safetensors")
+    digest = hashlib.sha256((adam_root / "optimizer.safetensors").read_bytes()).hexdigest()
+    edit_json(adam_root / "config.json", lambda c: c["files"].__setitem__("optimizer.safetensors", digest))
+    with pytest.raises(Exception, match=r"field 'state.0' must be AdamW's state"):
+        load_checkpoint(adam_root)
+
+
+def test_eos_must_be_another_token_than_pad():
+    from minichord.tokenizer import Tokenizer, TokenizerError
+
+    tok = Tokenizer.train(["What is 12 + 34? 46.", "hello world"] * 5, vocab_size=160)
+    with pytest.raises(TokenizerError, match=re.escape("eos '<|pad|>' must be another token than pad")):
+        Tokenizer.from_json(tok.to_json(), {"eos": tok.special_tokens["pad"]})
+
+
+def test_a_word_level_tokenizer_without_its_unknown_token_is_refused_at_load():
+    from tokenizers import Tokenizer as HFTokenizer, models
+
+    from minichord.tokenizer import Tokenizer, TokenizerError
+
+    words = ["<|pad|>", "<|bos|>", "<|eos|>", "<|user|>", "<|assistant|>", "a", "b"]
+    text = HFTokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)})).to_str()
+    with pytest.raises(TokenizerError, match="not a valid tokenizer.json: .*Missing \\[UNK\\]"):
+        Tokenizer.from_json(text, dict(zip(["pad", "bos", "eos", "user", "assistant"], words)))

@@ -143,3 +143,18 @@ def test_torn_last_log_line_is_dropped_on_resume(tok, tmp_path):  # noqa: F811
         f.write("garbage\n{\"step\": 3}\n")  # not the last line: refused with file:line, not guessed
     with pytest.raises(TrainingError, match=r"metrics.jsonl:4: not a metrics row"):
         make_trainer(tok, tmp_path, "grpo", ["steps=5"]).resume()
+
+
+@pytest.mark.parametrize("growth, diverged", [(None, True), ("1e12", False)])
+def test_a_finite_blow_up_is_caught_and_the_check_can_be_relaxed(tmp_path, capsys, growth, diverged):
+    init = _tiny_init(tmp_path / "base")
+    code = main(["train", "--method", "chord-phi", "--out", str(tmp_path / "run"), "--set", f"init={init}",
+                 "--set", "steps=2", "--set", "save_every=1", "--set", "n_test=4", "--set", "lr=1e6",
+                 "--set", "sampler.max_new_tokens=8", "--set", "prompts_per_step=2", "--set", "group_size=2",
+                 "--set", "experts_per_step=2", *(["--set", f"max_weight_growth={growth}"] if growth else [])])
+    err = capsys.readouterr().err.strip()
+    if diverged:  # every weight stays finite (|w| ~ 1e6), so only the norm's growth catches it
+        assert code == 2 and len(err.splitlines()) == 1 and "the weights' norm grew" in err, err
+        assert not (tmp_path / "run" / "checkpoint").exists()
+    else:
+        assert code == 0 and load_checkpoint(tmp_path / "run" / "checkpoint").step == 2

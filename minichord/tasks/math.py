@@ -31,7 +31,7 @@ import re
 import threading
 from fractions import Fraction
 
-from minichord.config import ConfigError
+from minichord.config import optional_import
 
 _LIMIT = 2000  # an answer longer than this never matches (a boxed one must close within it)
 
@@ -141,15 +141,6 @@ def lenient_reward(response: str, answer: str) -> float:  # see the module docst
     return 1.0 if (strict and _same(got, answer)) or _same(last, answer) else 0.0
 
 
-def math_verify():
-    """The math_verify module, or a one-line ConfigError naming the extra that installs it."""
-    try:
-        import math_verify
-    except ImportError:
-        raise ConfigError('math-verify is not installed: pip install "minichord[math]" (or math-verify)') from None
-    return math_verify
-
-
 def _timeout() -> int | None:  # math-verify's timeouts are signal alarms, which only the main thread can set
     return 5 if threading.current_thread() is threading.main_thread() else None
 
@@ -157,13 +148,14 @@ def _timeout() -> int | None:  # math-verify's timeouts are signal alarms, which
 def math_verify_parse(answer: str) -> list:
     """math-verify's sympy values of `\\boxed{answer}` (less a sentence's final period), [] if none (not the text)."""
     text = f"\\boxed{{{answer.rstrip('.')}}}" if isinstance(answer, str) and len(answer) <= _LIMIT else ""
-    return math_verify().parse(text, fallback_mode="no_fallback", parsing_timeout=_timeout())
+    math_verify = optional_import("math_verify", "math-verify", "math")
+    return math_verify.parse(text, fallback_mode="no_fallback", parsing_timeout=_timeout())
 
 
 def math_verify_reward(response: str, answer: str) -> float:
     """1.0 if math-verify verifies the strict final answer of `response` (formats 1-3) against `answer`; 0.0 when
     either does not parse (a reference that does not parse is never a reward of 1), and for any exception."""
-    verify, (got, strict) = math_verify().verify, extract_final(response)
+    verify, (got, strict) = optional_import("math_verify", "math-verify", "math").verify, extract_final(response)
     try:
         gold, pred = math_verify_parse(answer), math_verify_parse(got) if strict else []
         return float(bool(gold and pred) and verify(gold, pred, timeout_seconds=_timeout()))

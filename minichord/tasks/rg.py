@@ -13,6 +13,7 @@ import functools
 import json
 import re
 
+from minichord.config import optional_import
 from minichord.tasks.reward import ANSWER_LINE
 
 PREFIX = "rg:"
@@ -25,12 +26,8 @@ class TaskError(ValueError):
     """A task name, option or entry minichord cannot use: one line."""
 
 
-def _registry() -> dict:
-    try:
-        from reasoning_gym.factory import DATASETS
-    except ImportError:
-        raise TaskError('reasoning-gym is not installed: pip install "minichord[tasks]" (or reasoning-gym)') from None
-    return DATASETS
+def _registry() -> dict:  # reasoning-gym's {name: (dataset class, config class)}
+    return optional_import("reasoning_gym.factory", "reasoning-gym", "tasks").DATASETS
 
 
 def task_name(spec: str) -> str:
