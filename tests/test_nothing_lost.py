@@ -175,3 +175,42 @@ def test_a_word_level_tokenizer_without_its_unknown_token_is_refused_at_load():
     text = HFTokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)})).to_str()
     with pytest.raises(TokenizerError, match="not a valid tokenizer.json: .*Missing \\[UNK\\]"):
         Tokenizer.from_json(text, dict(zip(["pad", "bos", "eos", "user", "assistant"], words)))
+
+
+def test_no_command_changes_a_file_it_was_not_asked_to_write(run_root, tmp_path, capsys):
+    """A property: random commands over a tree of checkpoints, runs, a model and data files change only the paths
+    named as their output (export's OUT_DIR, train's --out, plot's -o, data's --out / --experts)."""
+    import random
+
+    shutil.copytree(Path(__file__).parent / "fixtures" / "hf" / "qwen2", tmp_path / "model")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "prompts.jsonl").write_text(json.dumps({"prompt": "add 1 2", "answer": "3"}) + "\n")
+    (run_root.parent / "samples.jsonl").write_text(json.dumps({"step": 0, "samples": []}) + "\n")
+    paths = [run_root.parent, run_root, run_root / "step-000020", run_root / "latest", tmp_path / "model",
+             tmp_path / "empty", tmp_path / "prompts.jsonl", run_root.parent / "metrics.jsonl", tmp_path,
+             tmp_path / "new", tmp_path / "new" / "deeper"]
+    rng, codes = random.Random(0), []
+    for _ in range(100):
+        p = [str(rng.choice(paths[:5] if i == 0 and rng.random() < 0.5 else paths)) for i in range(3)]
+        argv, outputs = rng.choice([
+            (["export", p[0], p[1]], [p[1]]),
+            (["eval", p[0], "--n-test", "2", "--max-new-tokens", "2"], []),
+            (["eval", "--model", p[0], "--prompts", p[1], "--max-new-tokens", "2"], []),
+            (["chat", "--model", p[0], "hi", "--max-new-tokens", "2"], []),
+            (["check", p[0]], []),
+            (["samples", p[0]], []),
+            (["plot", p[0], "-o", p[1]], [p[1], p[1] + ".png"]),  # matplotlib adds the suffix
+            (["train", "--method", "sft", "--out", p[0], "--set", f"init={p[1]}", "--set", "steps=1",
+              "--set", "n_test=2", "--set", "experts_per_step=1", "--set", "eval_every=1"], [p[0]]),
+        ])
+        before = tree(tmp_path)
+        try:
+            codes.append((argv[0], main(argv)))
+        except SystemExit as e:  # argparse's refusals
+            codes.append((argv[0], e.code))
+        capsys.readouterr()
+        after = tree(tmp_path)
+        changed = {f for f in before.keys() | after.keys() if before.get(f) != after.get(f)}
+        stray = [f for f in changed if not any(f == o or f.startswith(o.rstrip("/") + "/") for o in outputs)]
+        assert not stray, (argv, stray)
+    assert {cmd for cmd, code in codes if code == 0} >= {"export", "train", "samples"}  # not only refusals
