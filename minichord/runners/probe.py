@@ -60,8 +60,7 @@ def overfit_check(steps: list[int], acc: list[float], nll_steps: list[int], nll:
         return False, "no curve"
     trough = min(range(1, len(acc)), key=lambda i: acc[i])
     peak = max(range(trough, len(acc)), key=lambda i: acc[i])
-    fell = acc[peak] - acc[-1]
-    window = max(1, len(nll) // 10)
+    fell, window = acc[peak] - acc[-1], max(1, len(nll) // 10)
     at_peak = [v for s, v in zip(nll_steps, nll) if abs(s - steps[peak]) <= max(1, steps[-1] // 40)] or nll[:window]
     nll_peak, nll_end = statistics.mean(at_peak), statistics.mean(nll[-window:])
     ok = fell >= drop and nll_end < nll_peak
@@ -163,8 +162,7 @@ def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: l
     overfit, overfit_text = overfit_check(*series(small, "in_domain.accuracy"), *nll)
     acc, harder = acc[1:] or acc, harder[1:] or harder  # SFT's best: its own evaluations, not step 0's base
     base_in, base_harder = [b["in_domain"] for b in base], [b["harder"] for b in base]
-    gain = [g - b for g, b in zip(grpo, base_in)]
-    disruption = base[0]["other_skills"] - other[-1]
+    gain, disruption = [g - b for g, b in zip(grpo, base_in)], base[0]["other_skills"] - other[-1]
     criteria = [
         Criterion(1, "headroom: base in-domain", _spread(base_in), "in [0.15, 0.45]",
                   0.15 <= statistics.mean(base_in) <= 0.45),
