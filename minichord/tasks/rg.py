@@ -16,10 +16,8 @@ import re
 from minichord.config import optional_import
 from minichord.tasks.reward import ANSWER_LINE
 
-PREFIX = "rg:"
-TEMPLATE_SPLITS = ("all", "train", "test")
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_STEP = re.compile(r"\s*([+\-*])\s*")
+PREFIX, TEMPLATE_SPLITS = "rg:", ("all", "train", "test")
+_NUMBER, _STEP = re.compile(r"-?\d+(?:\.\d+)?"), re.compile(r"\s*([+\-*])\s*")
 
 
 class TaskError(ValueError):
