@@ -131,9 +131,8 @@ def save_checkpoint(root, model, *, tokenizer: TokenizerLike | None = None, opti
 
 
 def _newest_step(root: Path) -> Path | None:  # the newest complete step directory (a save renames it in complete)
-    steps = [(int(m[1]), p) for p in root.iterdir() if (m := STEP_DIR.fullmatch(p.name)) and p.is_dir()
-             and not p.is_symlink() and (p / CONFIG).is_file()] if root.is_dir() else []
-    return max(steps)[1] if steps else None
+    return max([(int(m[1]), p) for p in root.iterdir() if (m := STEP_DIR.fullmatch(p.name)) and p.is_dir()
+                and not p.is_symlink() and (p / CONFIG).is_file()] if root.is_dir() else [], default=(0, None))[1]
 
 
 def checkpoint_exists(path) -> bool:  # a root with a `latest` (even a broken one) or a step, or a step directory

@@ -3,20 +3,25 @@
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 from pathlib import Path
 
-import torch
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a Ctrl-C while the modules below load (seconds) is never
+try:  # ignored (as a shell's background job would have it) and is one line, not a traceback
+    import torch
 
-from minichord.check.recompute import ATOL, RTOL
-from minichord.config import CONVENTIONS, DEVICES, DTYPES, REWARDS, SamplerConfig, TrainConfig
-from minichord.data import check_lengths, load_prompts, rewards
-from minichord.device import autocast, resolve_device
-from minichord.evaluate import MAX_NEW_TOKENS as EVAL_MAX_NEW_TOKENS, evaluate_splits
-from minichord.hf import is_hub_id
-from minichord.methods import METHODS
-from minichord.sampler import generate
-from minichord.tasks import make_splits
+    from minichord.check.recompute import ATOL, RTOL
+    from minichord.config import CONVENTIONS, DEVICES, DTYPES, REWARDS, SamplerConfig, TrainConfig
+    from minichord.data import check_lengths, load_prompts, rewards
+    from minichord.device import autocast, resolve_device
+    from minichord.evaluate import MAX_NEW_TOKENS as EVAL_MAX_NEW_TOKENS, evaluate_splits
+    from minichord.hf import is_hub_id
+    from minichord.methods import METHODS
+    from minichord.sampler import generate
+    from minichord.tasks import make_splits
+except KeyboardInterrupt:
+    sys.exit("minichord: interrupted while starting; nothing was done")
 
 CHAT_MAX_NEW_TOKENS = 256  # `minichord chat`'s answer length limit: a chat answer is longer than a test answer
 

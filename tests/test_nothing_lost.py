@@ -214,3 +214,25 @@ def test_no_command_changes_a_file_it_was_not_asked_to_write(run_root, tmp_path,
         stray = [f for f in changed if not any(f == o or f.startswith(o.rstrip("/") + "/") for o in outputs)]
         assert not stray, (argv, stray)
     assert {cmd for cmd, code in codes if code == 0} >= {"export", "train", "samples"}  # not only refusals
+
+
+@pytest.mark.parametrize("delay", [0.1, 0.6])
+def test_a_ctrl_c_while_starting_is_never_lost(tmp_path, delay):
+    """Even with SIGINT ignored by the parent (a shell's background job), a Ctrl-C during the imports stops the run
+    with one line; the run never trains to its end."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    minichord = Path(sys.executable).parent / "minichord"
+    run = subprocess.Popen([str(minichord), "train", "--method", "chord-phi", "--out", str(tmp_path / "run"),
+                            "--set", "steps=50", "--set", "n_test=4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(delay)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=300)
+    assert run.returncode != 0 and "Traceback" not in err
+    assert "interrupted" in err or "stopped by SIGINT" in err, err
+    ckpt = tmp_path / "run" / "checkpoint"
+    assert not checkpoint_exists(ckpt) or load_checkpoint(ckpt).step < 50
