@@ -63,9 +63,9 @@ def variants(d: Dump, target: LossConfig) -> list[tuple[LossConfig, str | None]]
             "singleton": SINGLETONS if grouped else (), "std": STDS[:2] if grouped else ()}
     bugs = [None] + (["phi_not_detached"] if d.weighting in ("phi", "is") else []) + \
         (list(BUGS[1:]) if n_mb >= 2 and not luffy else [])
-    fields = [k for k, v in dims.items() if v]
-    out = dict.fromkeys((dataclasses.replace(target, **dict(zip(fields, values))), bug)  # ordered, no repeats
-                        for values in itertools.product(*(dict.fromkeys(dims[k]) for k in fields)) for bug in bugs)
+    choices = {k: dict.fromkeys((getattr(target, k), *v)) for k, v in dims.items() if v}  # the target's own value
+    out = dict.fromkeys((dataclasses.replace(target, **dict(zip(choices, values))), bug)  # always: no needless change
+                        for values in itertools.product(*choices.values()) for bug in bugs)  # ordered, no repeats
     return sorted(out, key=lambda v: len(_changes(target, *v)))
 
 
