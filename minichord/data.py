@@ -135,7 +135,7 @@ def _parse_expert(record: dict, where: str) -> Demonstration:
     return Demonstration(prompt, response, answer, where)
 
 
-def _load(path: str | Path, parse: Callable[[dict, str], Any], what: str) -> list:
+def load_jsonl(path: str | Path, parse: Callable[[dict, str], Any], what: str) -> list:
     path = Path(path)
     try:
         raw_lines = path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a UTF-8 BOM is allowed
@@ -168,11 +168,11 @@ def _load(path: str | Path, parse: Callable[[dict, str], Any], what: str) -> lis
 
 
 def load_prompts(path: str | Path) -> list[Problem]:
-    return _load(path, _parse_prompt, "prompt")
+    return load_jsonl(path, _parse_prompt, "prompt")
 
 
 def load_experts(path: str | Path) -> list[Demonstration]:
-    return _load(path, _parse_expert, "expert")
+    return load_jsonl(path, _parse_expert, "expert")
 
 
 def check_lengths(items: list, tokenizer: TokenizerLike, max_seq_len: int, max_new_tokens: int = 0) -> None:

@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from minichord.data import _load
+from minichord.data import load_jsonl
 
 
 def _row(record: dict, where: str) -> tuple[int, list[tuple]]:  # (step, [(split, prompt, answer, reward, response)])
@@ -18,7 +18,7 @@ def print_samples(run_dir: Path, steps: list[int] | None = None, prompt: int | N
     """Each fixed prompt (or number `prompt`) and its answer, then a line per step (or `steps`): reward, response."""
     if not (file := Path(run_dir) / "samples.jsonl").is_file():
         raise ValueError(f"{run_dir} has no samples.jsonl: give the --out directory of a training run with eval splits")
-    rows = dict(_load(file, _row, "samples"))  # step -> its samples; data's JSONL reader: a bad line is file:line
+    rows = dict(load_jsonl(file, _row, "samples"))  # step -> its samples; data's JSONL reader: a bad line is file:line
     if missing := [s for s in steps or [] if s not in rows]:
         raise ValueError(f"{file} has no step {missing[0]}; its steps: {', '.join(map(str, rows))}")
     first, width = next(iter(rows.values())), shutil.get_terminal_size((120, 24)).columns
