@@ -68,12 +68,22 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from minichord.trainer import prepare_run
+    from minichord.trainer import TrainingError, prepare_run
 
     named = {"init": args.model, "prompts_file": args.prompts, "experts_file": args.experts, "eval_file": args.eval}
     overrides = args.set + [f"{k}={v}" for k, v in named.items() if v is not None] + hardware(args)  # flags win
-    final = prepare_run(args.method, args.out, config_file=args.config, overrides=overrides,
-                        resume=not args.no_resume).run()
+    trainer = prepare_run(args.method, args.out, config_file=args.config, overrides=overrides,
+                          resume=not args.no_resume)
+    try:
+        final = trainer.run()
+    except torch.distributed.DistError as e:  # under torchrun: another rank died or stopped answering
+        raise TrainingError(f"rank {trainer.ranks.rank}: lost another rank ({str(e).splitlines()[0]}); the last "
+                            f"checkpoint, if any, is in {Path(args.out) / 'checkpoint'}") from None
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if not trainer.ranks.is_main:
+        return
     print(f"run directory: {args.out} (metrics.jsonl, eval.jsonl, samples.jsonl, checkpoint/)")
     if final:
         print(json.dumps({k: v["accuracy"] for k, v in final.items() if isinstance(v, dict)}))

@@ -31,6 +31,7 @@ def optional_import(module: str, package: str, extra: str):
 
 DEVICES = ("auto", "cpu", "cuda")  # minichord/device.py: auto = cuda if available, else cpu
 DTYPES = ("fp32", "bf16")  # bf16: autocast over fp32 master weights (minichord/device.py)
+DIST_BACKENDS = ("auto", "gloo", "nccl")  # minichord/distributed.py: auto = NCCL on CUDA, gloo on the CPU
 REWARDS = ("auto", "exact", "math", "math-verify")  # minichord/data.py rewards(); auto: math for HF, else exact
 CONVENTIONS = ("paper", "official")  # presets of the loss table (minichord/methods.py)
 EXPERT_WEIGHTINGS = ("uniform", "phi", "is", "luffy")  # the expert-token loss (minichord/losses.py)
@@ -294,9 +295,10 @@ class TrainConfig:
     dtype: str = "fp32"  # fp32 | bf16 (autocast over fp32 weights; the loss math stays fp32)
     activation_checkpointing: bool = False  # recompute each layer in backward (torch.utils.checkpoint)
     micro_batch_seqs: int = 0  # sequences per forward/backward (gradient accumulation); 0 = all at once
+    dist_backend: str = "auto"  # data-parallel ranks under torchrun (minichord/distributed.py): DIST_BACKENDS
 
     def __post_init__(self) -> None:
-        one_of(self, reward=REWARDS, convention=CONVENTIONS, device=DEVICES, dtype=DTYPES)
+        one_of(self, reward=REWARDS, convention=CONVENTIONS, device=DEVICES, dtype=DTYPES, dist_backend=DIST_BACKENDS)
         validate(self, {"[1, inf)": "steps prompts_per_step ppo_epochs minibatches eval_every save_every",
                         "[0, inf)": "micro_batch_seqs experts_per_step n_rl_prompts n_expert n_test weight_decay "
                                     "samples_every", "(0, inf)": "lr grad_clip max_weight_growth",

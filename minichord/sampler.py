@@ -3,7 +3,9 @@ per token (eager, compiled or a CUDA graph: SamplerConfig.compile; the graph is 
 
 A token is drawn from softmax(logits / T) restricted to the top-k / nucleus set, but the returned log-prob is the
 unrestricted one, logprob_t = log_softmax(logits_t / T)[y_t] (T = 1 when greedy): the policy the trainer
-differentiates, so old and new log-probs agree at the first update."""
+differentiates, so old and new log-probs agree at the first update. The draw is by inverse CDF from one uniform
+u_b per row and step, y_t = min{i : cdf_i > u_b cdf_V}, with u drawn for every row of the whole batch (`rows`):
+a row's tokens do not depend on which other rows share its call (data-parallel ranks sample parts of a batch)."""
 
 import weakref
 from dataclasses import dataclass
@@ -87,9 +89,10 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
 
 def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int | list[int], pad_id: int,
              generator: torch.Generator | None = None, use_cache: bool = True,
-             vocab_size: int | None = None) -> Rollout:
+             vocab_size: int | None = None, rows: tuple[int, int] | None = None) -> Rollout:
     """Sample continuations of ragged `prompts`; a sequence stops after emitting `eos_id` (or any id of a list).
-    vocab_size: the tokenizer's, where the model has more rows (Qwen2: 151,665 of 151,936): extra logits dropped."""
+    vocab_size: the tokenizer's, where the model has more rows (Qwen2: 151,665 of 151,936): extra logits dropped.
+    rows = (first, total): the prompts are rows first... of a batch of `total` (default: the whole batch)."""
     param = next(model.parameters())
     device, V = param.device, model.cfg.vocab_size
     dtype = autocast_dtype(device) or param.dtype  # under bf16 autocast (minichord/device.py): a bf16 KV cache
@@ -105,12 +108,16 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
                          f"{P + cfg.max_new_tokens} exceeds the model's max_seq_len={model.cfg.max_seq_len}")
     if vocab_size is not None and not 0 < vocab_size <= V:
         raise ValueError(f"vocab_size={vocab_size} must be in [1, model vocab {V}]")
-    rollout = _decode(model, prompts, cfg, device, dtype, eos_id, pad_id, generator, use_cache, vocab_size)
+    if rows is not None and not (rows[0] >= 0 and rows[0] + len(prompts) <= rows[1]):
+        raise ValueError(f"rows={rows}: {len(prompts)} prompts from row {rows[0]} do not fit in {rows[1]} rows")
+    rows = rows or (0, len(prompts))
+    rollout = _decode(model, prompts, cfg, device, dtype, eos_id, pad_id, generator, use_cache, vocab_size, rows)
     return Rollout(*(x.clone() for x in rollout))  # ordinary tensors: training may save them for backward
 
 
 @torch.inference_mode()  # like no_grad, and cheaper per op: no version counters or view tracking
-def _decode(model, prompts, cfg: SamplerConfig, device, dtype, eos_id, pad_id, generator, use_cache, vocab_size):
+def _decode(model, prompts, cfg: SamplerConfig, device, dtype, eos_id, pad_id, generator, use_cache, vocab_size,
+            rows: tuple[int, int]):
     ids, mask = left_pad(prompts, pad_id, device)  # [B, P]
     B, P = ids.shape
     total = P + cfg.max_new_tokens
@@ -139,8 +146,10 @@ def _decode(model, prompts, cfg: SamplerConfig, device, dtype, eos_id, pad_id, g
             next_tok = scaled.argmax(dim=-1)  # [B]
         else:
             scaled = scaled / cfg.temperature
-            probs = filter_logits(scaled, cfg.top_k, cfg.top_p).softmax(dim=-1)
-            next_tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
+            cdf = filter_logits(scaled, cfg.top_k, cfg.top_p).softmax(dim=-1).cumsum(dim=-1)  # [B, V]
+            u = torch.rand(rows[1], generator=generator, device=device)[rows[0]:rows[0] + B]  # [B] of the whole batch's
+            next_tok = torch.searchsorted(cdf, (u[:, None] * cdf[:, -1:]), right=True)  # [B, 1]: first cdf_i > u cdf_V
+            next_tok = next_tok.squeeze(-1).clamp(max=cdf.shape[-1] - 1)  # [B]
         next_logp = F.log_softmax(scaled, dim=-1).gather(-1, next_tok[:, None]).squeeze(-1)  # [B], unrestricted
         alive = ~finished
         tokens[:, t] = torch.where(alive, next_tok, pad_id)

@@ -9,7 +9,8 @@
         L.backward(); clip_grad_norm(1.0); optimizer.step(); check the weights are still finite
 
 Every random choice of step s comes from generators seeded with (seed, s), so a resumed run repeats an
-uninterrupted one exactly."""
+uninterrupted one exactly. Under torchrun each rank does this for its share of the batch, with the whole batch's
+coefficients and summed gradients (minichord/distributed.py): the same run on any number of ranks."""
 
 import copy
 import dataclasses
@@ -31,6 +32,7 @@ from minichord.checkpoint import (CheckpointError, LogError, checkpoint_exists, 
 from minichord.config import TrainConfig
 from minichord.data import TrainData, build_train_data
 from minichord.device import autocast, describe, resolve_device
+from minichord.distributed import Ranks, init_ranks
 from minichord.evaluate import N_SAMPLES, evaluate_splits
 from minichord.hf import is_hf_dir, load_model
 from minichord.methods import Stage, build_stages
@@ -53,24 +55,32 @@ def step_rng(seed: int, step: int, stream: int, device="cpu") -> tuple[random.Ra
     return random.Random(key), torch.Generator(device=device).manual_seed(key)
 
 
-def update_stats(out, is_expert: torch.Tensor, grad_norm: torch.Tensor) -> dict[str, float]:
-    """One optimizer step's metrics from the fused loss's outputs (logp, entropy, clipped: [N])."""
+def stat_sums(out, is_expert: torch.Tensor, device) -> torch.Tensor:
+    """The sums behind an optimizer step's metrics, from the fused loss's outputs (logp, entropy, clipped: [N]):
+    [loss, N_on, sum H, clipped, N_exp, sum p, sum p(1 - p), sum -logp], fp64 (zeros for a rank without tokens)."""
+    if out is None:
+        return torch.zeros(8, dtype=torch.float64, device=device)
     on, ex = ~is_expert, is_expert
     p_exp = out.logp[ex].exp()  # [N_exp]
-    return {"loss": out.loss.item(), "grad_norm": grad_norm.item(),
-            "entropy": out.entropy[on].mean().item() if on.any() else math.nan,
-            "clip_fraction": out.clipped[on].float().mean().item() if on.any() else 0.0,
-            "expert_p": p_exp.mean().item() if ex.any() else math.nan,
-            "expert_phi": (p_exp * (1 - p_exp)).mean().item() if ex.any() else math.nan,
-            "expert_nll": -out.logp[ex].mean().item() if ex.any() else math.nan}
+    return torch.stack([x.double() for x in (out.loss, on.sum(), out.entropy[on].sum(), out.clipped[on].sum(),
+                                             ex.sum(), p_exp.sum(), (p_exp * (1 - p_exp)).sum(), -out.logp[ex].sum())])
+
+
+def update_stats(sums: torch.Tensor, grad_norm: torch.Tensor) -> dict[str, float]:
+    """One optimizer step's metrics from `stat_sums` (summed over ranks): means over the step's tokens."""
+    loss, n_on, entropy, clipped, n_exp, p, phi, nll = sums.tolist()
+    return {"loss": loss, "grad_norm": grad_norm.item(), "entropy": entropy / n_on if n_on else math.nan,
+            "clip_fraction": clipped / n_on if n_on else 0.0, "expert_p": p / n_exp if n_exp else math.nan,
+            "expert_phi": phi / n_exp if n_exp else math.nan, "expert_nll": nll / n_exp if n_exp else math.nan}
 
 
 class Trainer:
     def __init__(self, stages: list[Stage], model, tokenizer, data: TrainData, out_dir: Path,
-                 log: Callable[[str], None] = print, device: torch.device | None = None):
-        self.stages, self.model, self.tok, self.data = stages, model, tokenizer, data
+                 log: Callable[[str], None] = print, device: torch.device | None = None, ranks: Ranks = Ranks()):
+        self.stages, self.model, self.tok, self.data, self.ranks = stages, model, tokenizer, data, ranks
         self.method_name = "-".join(s.method.name for s in stages)  # sft-grpo: "sft" then "grpo"
-        self.out, self.log, self.cfg, self.steps, self.step = Path(out_dir), log, stages[0].cfg, stages[-1].end, 0
+        self.out, self.cfg, self.steps, self.step = Path(out_dir), stages[0].cfg, stages[-1].end, 0
+        self.log = log if ranks.is_main else (lambda line: None)  # rank 0 alone logs and writes files
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = device or resolve_device(self.cfg.device)  # model, KV cache, generators, batches, evaluation
         model.to(self.device).activation_checkpointing = self.cfg.activation_checkpointing
@@ -106,26 +116,29 @@ class Trainer:
                 restore_optimizer(self.optimizer, ckpt)
                 for group in self.optimizer.param_groups:  # this run's settings win over the saved ones
                     group.update(lr=stage.cfg.lr, weight_decay=stage.cfg.weight_decay)
-        for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):  # the last two keep the saved step's row
-            try:
+        for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl") if self.ranks.is_main else ():
+            try:  # eval.jsonl and samples.jsonl keep the saved step's row
                 cut_log(self.out / name, self.step, None if name == "metrics.jsonl" else self.step, log=self.log)
             except LogError as e:
                 raise TrainingError(str(e)) from None
         self.log(f"resumed from {path} at step {self.step}")
         return True
 
-    def _rollouts(self, stage: Stage, step: int) -> tuple[list[Sequence], dict]:
+    def _rollouts(self, stage: Stage, step: int) -> tuple[list[Sequence], list[int], dict]:
+        """This rank's groups of the step: sequences, their places in the whole batch's order, metrics."""
         cfg, mixed = stage.cfg, stage.cfg.loss.expert_in_group  # mixed: each group ends with the expert trace
         rng, gen = step_rng(cfg.seed, step, 0, self.device)
         pool = self.data.experts if mixed else self.data.prompts
-        picked = rng.sample(range(len(pool)), min(cfg.prompts_per_step, len(pool)))
+        every = rng.sample(range(len(pool)), min(cfg.prompts_per_step, len(pool)))  # the whole batch's prompts
+        mine = self.ranks.share(len(every), "prompts_per_step")  # whole groups: advantages stay on the rank
+        picked = every[mine.start:mine.stop]
         n_on = cfg.group_size - 1 if mixed else cfg.group_size
         prompt_ids = [ids for i in picked for ids in [self.tok.encode_prompt(pool[i].prompt)] * n_on]  # rendered once
         t0 = time.perf_counter()
         self.model.eval()
         with autocast(self.device, cfg.dtype):
-            out = generate(self.model, prompt_ids, cfg.sampler, eos_id=self.tok.stop_ids,
-                           pad_id=self.tok.pad_id, generator=gen, vocab_size=self.tok.vocab_size)
+            out = generate(self.model, prompt_ids, cfg.sampler, eos_id=self.tok.stop_ids, pad_id=self.tok.pad_id,
+                           generator=gen, vocab_size=self.tok.vocab_size, rows=(mine.start * n_on, len(every) * n_on))
         t1 = time.perf_counter()
         responses = [out.tokens[i][out.mask[i]].tolist() for i in range(len(prompt_ids))]
         old_logp = [out.logprobs[i][out.mask[i]].tolist() for i in range(len(prompt_ids))]
@@ -137,16 +150,19 @@ class Trainer:
         for k, r in enumerate(responses):
             b, j = divmod(k, n_on)
             seqs.append(Sequence(prompt_ids[k], r, False, float(adv[b, j]), old_logp[k]))
+        places = [*(mine if mixed else []), *(len(every) * mixed + mine.start * n_on + k for k in range(len(responses)))]
         t2 = time.perf_counter()
-        return seqs, {"reward": rewards.mean().item(), "accuracy": (rewards == 1).float().mean().item(),
+        return seqs, places, {"reward": rewards.mean().item(), "accuracy": (rewards == 1).float().mean().item(),
                       "zero_variance_groups": losses.zero_variance_fraction(adv),  # equal rewards give A = 0 exactly
                       "response_length": out.mask.sum(1).float().mean().item(),
                       "truncated": (~out.finished).float().mean().item(), "time_sample": t1 - t0, "time_score": t2 - t1}
 
-    def _expert_batch(self, cfg: TrainConfig, step: int) -> list[Sequence]:
+    def _expert_batch(self, cfg: TrainConfig, step: int, first: int) -> tuple[list[Sequence], list[int]]:
+        """This rank's share of the step's expert rows, and their places in the whole batch (after `first`)."""
         rng, _ = step_rng(cfg.seed, step, 1)
-        picked = rng.sample(range(len(self.expert_seqs)), min(cfg.experts_per_step, len(self.expert_seqs)))
-        return [Sequence(*self.expert_seqs[i], is_expert=True) for i in picked]
+        every = rng.sample(range(len(self.expert_seqs)), min(cfg.experts_per_step, len(self.expert_seqs)))
+        mine = self.ranks.share(len(every), "experts_per_step")
+        return [Sequence(*self.expert_seqs[every[i]], is_expert=True) for i in mine], [first + i for i in mine]
 
     def _logp(self, batch: TokenBatch, cfg: TrainConfig, temperature: float, model=None) -> torch.Tensor:
         return batches.batch_logprobs(model or self.model, batch, temperature, cfg.micro_batch_seqs, cfg.dtype)
@@ -158,21 +174,26 @@ class Trainer:
         return TrainingError(f"step {step}: the update diverged: {why} (lr={self.stage_at(step).cfg.lr}); nothing "
                              f"saved; the last good checkpoint, if any, is in {self.out / 'checkpoint'}")
 
-    def _batch(self, stage: Stage, step: int) -> tuple[TokenBatch, float | None, dict]:
-        """Step `step`'s token batch (rollouts with their advantages + expert demonstrations), its mu, metrics."""
+    def _batch(self, stage: Stage, step: int) -> tuple[TokenBatch, torch.Tensor, float | None, dict]:
+        """This rank's share of step `step`'s token batch (rollouts with their advantages + expert demonstrations),
+        each of its sequences' place in the whole batch [M] (rollout-side first, as one process orders them),
+        mu, and the whole batch's metrics."""
         mu = stage.mu(step)  # None under the joint aggregation (LUFFY)
-        seqs, metrics = self._rollouts(stage, step) if stage.method.uses_rollouts else ([], {})
-        if stage.cfg.experts_per_step > 0 and mu:
-            seqs += self._expert_batch(stage.cfg, step)
+        seqs, places, metrics = self._rollouts(stage, step) if stage.method.uses_rollouts else ([], [], {})
+        if stage.cfg.experts_per_step > 0 and mu:  # every rank holds as many rollout-side sequences
+            experts, expert_places = self._expert_batch(stage.cfg, step, first=self.ranks.world * len(seqs))
+            seqs, places = seqs + experts, places + expert_places
         batch = pack(seqs, self.tok.pad_id, self.model.cfg.max_seq_len).to(self.device)
-        return batch, mu, {"step": step, "method": stage.method.name, "mu": mu,
-                           "backend": lm_head.kernel_backend(self.device), **metrics,
-                           "rollouts": sum(not s.is_expert for s in seqs), "experts": sum(s.is_expert for s in seqs)}
+        counts = self.ranks.sum(torch.tensor([sum(not s.is_expert for s in seqs), sum(s.is_expert for s in seqs),
+                                              batch.num_tokens], device=self.ranks.device)).tolist()
+        return batch, torch.tensor(places, device=self.device), mu, {
+            "step": step, "method": stage.method.name, "mu": mu, "backend": lm_head.kernel_backend(self.device),
+            **self.ranks.mean(metrics), **dict(zip(("rollouts", "experts", "tokens"), counts))}
 
     def train_step(self, step: int) -> dict:
         """One step: the batch, then ppo_epochs x minibatches optimizer steps on it; returns its metrics."""
         stage, norm_before = self.stage_at(step), self._weight_norm()
-        batch, mu, metrics = self._batch(stage, step)
+        batch, places, mu, metrics = self._batch(stage, step)
         t0 = time.perf_counter()
         cfg, T = stage.cfg, stage.cfg.sampler.temperature
         self.model.train()
@@ -180,35 +201,45 @@ class Trainer:
             batch.old_logp = torch.where(batch.is_expert, 0.0, self._logp(batch, cfg, T))
         ref_logp = self._logp(batch, cfg, T, self.ref_model) if cfg.loss.kl_coef > 0 else None  # [N]
         _, gen = step_rng(cfg.seed, step, 2)
+        # the whole batch's layout (one process: this batch's): each token's sequence place, side, and rank
+        token_places = self.ranks.gather(places[batch.rows])  # [N_all]
+        token_expert = self.ranks.gather(batch.is_expert.long()).bool()  # [N_all]
+        token_here = self.ranks.gather(torch.full_like(batch.rows, self.ranks.rank)) == self.ranks.rank  # [N_all]
+        all_places = self.ranks.gather(places).sort().values  # [M_all]
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
-            for seq_ids in torch.randperm(batch.ids.shape[0], generator=gen).chunk(cfg.minibatches):
-                seq_ids = seq_ids.sort().values.to(self.device)
+            for chosen in torch.randperm(len(all_places), generator=gen).chunk(cfg.minibatches):
+                mb_places = all_places[chosen.to(self.device)].sort().values  # the mini-batch's sequences, in order
+                seq_ids = torch.isin(places, mb_places).nonzero().flatten()  # [M_mb]: this rank's among them
                 mb = batch.select(seq_ids) if cfg.minibatches > 1 else batch
                 mb_ref = None if ref_logp is None else ref_logp[torch.isin(batch.rows, seq_ids)]  # [N_mb]
+                in_mb = torch.isin(token_places, mb_places)  # [N_all]
+                seq = torch.searchsorted(mb_places, token_places[in_mb])  # [N_mb_all]: sequence index in the mini-batch
                 # the "micro-batch" aggregation weights per micro-batch (batch.micro_batches: sequences in order)
-                micro_ids = mb.rows // cfg.micro_batch_seqs if cfg.micro_batch_seqs else None  # [N_mb]
-                coef = losses.coefficients(mb.is_expert, mb.rows, micro_ids, mu, cfg.loss)  # [N_mb], whole mini-batch
-                self.optimizer.zero_grad(set_to_none=True)
+                micro_ids = seq // cfg.micro_batch_seqs if cfg.micro_batch_seqs else None  # [N_mb_all]
+                coef = losses.coefficients(token_expert[in_mb], seq, micro_ids, mu, cfg.loss)[token_here[in_mb]]
+                self.optimizer.zero_grad(set_to_none=True)  # coef: [N_mb], the whole mini-batch's, this rank's tokens
                 out = batches.backward_loss(self.model, mb, coef, cfg.loss, T, cfg.micro_batch_seqs, cfg.dtype,
-                                            ref_logp=mb_ref)  # backward per micro-batch, grads summed
+                                            ref_logp=mb_ref) if len(seq_ids) else None  # grads summed per micro-batch
+                self.ranks.sum_grads(self.model)
+                sums = self.ranks.sum(stat_sums(out, mb.is_expert, self.device))
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                if not (torch.isfinite(out.loss) and torch.isfinite(grad_norm)):
-                    raise self._diverged(step, f"non-finite loss {out.loss.item()} or gradient norm "
+                if not (torch.isfinite(sums[0]) and torch.isfinite(grad_norm)):
+                    raise self._diverged(step, f"non-finite loss {sums[0].item()} or gradient norm "
                                                f"{grad_norm.item()}, stopped before the update")
                 try:
                     self.optimizer.step()
                 except RuntimeError as e:  # e.g. AdamW's "value cannot be converted to type float without overflow"
                     raise self._diverged(step, str(e)) from None
-                for k, v in update_stats(out, mb.is_expert, grad_norm).items():
+                for k, v in update_stats(sums, grad_norm).items():
                     stats.setdefault(k, []).append(v)
-        if not ((norm := self._weight_norm()).isfinite() and self._logp(batch.select(torch.tensor([0])), cfg, 1.0)
-                .isfinite().all()):  # a non-finite weight makes the norm non-finite
+        broken = not ((norm := self._weight_norm()).isfinite() and self._logp(batch.select(torch.tensor([0])), cfg, 1.0)
+                      .isfinite().all())  # a non-finite weight makes the norm non-finite
+        if self.ranks.any(broken):
             raise self._diverged(step, "it made the weights or logits non-finite")
         if norm > cfg.max_weight_growth * norm_before:  # finite, and out of all proportion (e.g. lr = 1e6)
             raise self._diverged(step, f"the weights' norm grew {norm / norm_before:.3g}x (> max_weight_growth)")
-        return {**metrics, **{k: sum(v) / len(v) for k, v in stats.items()}, "tokens": batch.num_tokens,
-                "time_train": time.perf_counter() - t0}
+        return {**metrics, **{k: sum(v) / len(v) for k, v in stats.items()}, "time_train": time.perf_counter() - t0}
 
     def evaluate(self, step: int, full: bool = True) -> dict:
         """Greedy answers: each eval split's first N_SAMPLES to samples.jsonl, the scores to eval.jsonl (if full)."""
@@ -225,8 +256,9 @@ class Trainer:
         return result
 
     def save(self) -> None:
-        save_checkpoint(self.out / "checkpoint", self.model, tokenizer=self.tok, optimizer=self.optimizer,
-                        step=self.step, meta={"method": self.method_name, "config": dataclasses.asdict(self.cfg)})
+        if self.ranks.is_main:  # every rank holds the same weights
+            save_checkpoint(self.out / "checkpoint", self.model, tokenizer=self.tok, optimizer=self.optimizer,
+                            step=self.step, meta={"method": self.method_name, "config": dataclasses.asdict(self.cfg)})
 
     def request_stop(self, reason: str) -> None:
         """Finish the current step, save, then stop (what Ctrl-C and SIGTERM do)."""
@@ -243,10 +275,11 @@ class Trainer:
         handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         last_eval: dict = {}
         try:
-            if self.step == 0:  # a fresh run (no checkpoint resumed): logs start over too
+            evaluates = bool(self.data.eval_splits) and self.ranks.is_main  # rank 0 evaluates, the others go on
+            if self.step == 0 and self.ranks.is_main:  # a fresh run (no checkpoint resumed): logs start over too
                 for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
                     (self.out / name).unlink(missing_ok=True)
-                if self.data.eval_splits:
+                if evaluates:
                     last_eval = self.evaluate(0)
             t_start, first = time.perf_counter(), self.step
             while self.step < self.steps and self._stop_signal is None:
@@ -254,16 +287,19 @@ class Trainer:
                     self.optimizer = self._new_optimizer(self.stage_at(self.step))  # a new stage
                 metrics = self.train_step(self.step)
                 self.step += 1
-                with open(self.out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
+                if self.ranks.any(self._stop_signal is not None):  # every rank stops after the same step
+                    self._stop_signal = self._stop_signal or "a stop on another rank"
+                if self.ranks.is_main:
+                    with open(self.out / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(metrics) + "\n")
                 eta = (time.perf_counter() - t_start) / (self.step - first) * (self.steps - self.step)
                 self.log(progress_line(metrics, self.steps, eta))
-                if self.data.eval_splits and (self.step % self.cfg.eval_every == 0 or self.step == self.steps):
+                if evaluates and (self.step % self.cfg.eval_every == 0 or self.step == self.steps):
                     last_eval = self.evaluate(self.step)
                     self.log("  eval " + " | ".join(f"{k} {v['accuracy']:.3f}" + (
                         f" (lenient {v['lenient_accuracy']:.3f})" if "lenient_accuracy" in v else "")
                         for k, v in last_eval.items() if isinstance(v, dict)))
-                elif self.data.eval_splits and self.cfg.samples_every and self.step % self.cfg.samples_every == 0:
+                elif evaluates and self.cfg.samples_every and self.step % self.cfg.samples_every == 0:
                     self.evaluate(self.step, full=False)
                 if self.step % self.cfg.save_every == 0 or self.step == self.steps or self._stop_signal:
                     self.save()
@@ -283,16 +319,29 @@ def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | Non
     stages = build_stages(method_name, config_file, overrides)
     cfg = stages[0].cfg
     device = resolve_device(cfg.device)  # --device cuda without CUDA: refused before any data or model loads
+    ranks = init_ranks(cfg.dist_backend, device)  # under torchrun; else one process
+    ranks.same_config({"method": method_name, "out": str(out_dir), "resume": resume,
+                       **{f"{s.method.name}.{k}": v for s in stages for k, v in dataclasses.asdict(s.cfg).items()}})
+    log = log if ranks.is_main else (lambda line: None)
     torch.manual_seed(cfg.seed)
     data = build_train_data(cfg, hf_model=is_hf_dir(cfg.init))
     for stage in stages:
         stage.check_data(data)
+        if stage.method.uses_rollouts:  # prompts and expert rows split evenly over the ranks
+            pool = data.experts if stage.cfg.loss.expert_in_group else data.prompts
+            ranks.share(min(stage.cfg.prompts_per_step, len(pool)), "prompts_per_step")
+        if stage.cfg.experts_per_step:
+            ranks.share(min(stage.cfg.experts_per_step, len(data.experts)), "experts_per_step")
     rg = " (rg: rows: reasoning-gym's score_answer)" if any(p.skill.startswith(RG_PREFIX) for p in data.prompts) else ""
     log(f"data: {len(data.prompts)} RL prompts, {len(data.experts)} expert demonstrations, eval splits "
         f"{sorted(data.eval_splits) or 'none'}; reward {data.reward.__module__}.{data.reward.__name__}{rg}")
+    if not ranks.is_main:
+        ranks.barrier()  # rank 0 first makes the cached toy base (or fetches a Hub snapshot)
     model, tokenizer = load_model(cfg.init or toy_base(log, device))
+    if ranks.is_main:
+        ranks.barrier()
     data.check_fits(tokenizer, model.cfg.max_seq_len, stages)  # file:line, before any step or evaluation
-    trainer = Trainer(stages, model, tokenizer, data, Path(out_dir), log=log, device=device)
+    trainer = Trainer(stages, model, tokenizer, data, Path(out_dir), log=log, device=device, ranks=ranks)
     if resume:
         trainer.resume()
     return trainer

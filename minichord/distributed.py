@@ -1,0 +1,112 @@
+"""Data parallelism on torch.distributed (`torchrun --nproc-per-node N -m minichord train ...`), exact by design.
+
+Each rank samples the rollouts of its own share of a step's prompts (a prompt's group never spans ranks, so the
+group advantages need no communication) and trains on its share of the expert rows. The coefficients come from
+the WHOLE batch's layout, all-gathered (each token's sequence position and side), so with coef_t the one-process
+coefficients (losses.coefficients: (1 - mu) / N_on, mu / N_exp, LUFFY's 1 / N, per sequence or micro-batch)
+
+    L = sum_ranks sum_{t in rank} coef_t l_t = the one-process L,     grad = sum_ranks grad_rank (all-reduce)
+
+and every rank takes the same optimizer step. The sampler draws its noise for the whole batch on every rank
+(sampler.generate's `rows`), so a rollout does not depend on which rank drew it: losses, gradients and weights do
+not depend on the number of ranks (tests/test_distributed.py). Rank 0 alone writes logs and checkpoints."""
+
+import dataclasses
+import datetime
+import json
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranks:
+    """This process's place among the data-parallel ranks; Ranks() is one process, and every method a no-op."""
+
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"  # where the small all-reduces run (NCCL: the rank's GPU)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, n: int, what: str) -> range:
+        """This rank's contiguous share of n items (n a multiple of the number of ranks)."""
+        if n % self.world:
+            raise ValueError(f"{what}={n} cannot be split over {self.world} ranks: make it a multiple of the "
+                             f"number of ranks (--nproc-per-node), so that every rank gets the same share")
+        return range(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+
+    def gather(self, values: Tensor) -> Tensor:
+        """1-D `values` of every rank, concatenated in rank order (ranks may hold different lengths)."""
+        if self.world == 1:
+            return values
+        sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(self.world)]
+        dist.all_gather(sizes, torch.tensor([values.numel()], device=values.device))
+        width = int(max(sizes).item())
+        parts = [torch.zeros(width, dtype=values.dtype, device=values.device) for _ in range(self.world)]
+        dist.all_gather(parts, torch.cat([values, values.new_zeros(width - values.numel())]))
+        return torch.cat([p[:int(n.item())] for p, n in zip(parts, sizes)])
+
+    def sum(self, values: Tensor) -> Tensor:
+        """The sum over ranks (in place, returned)."""
+        if self.world > 1:
+            dist.all_reduce(values)
+        return values
+
+    def sum_grads(self, model) -> None:
+        """grad <- sum over ranks of grad, every parameter (a rank with no tokens adds zeros), in one flat buffer."""
+        if self.world == 1:
+            return
+        params = list(model.parameters())
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+        dist.all_reduce(flat)
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad = g.view_as(p).clone()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is True on one (a stop signal, a diverged check)."""
+        return bool(self.sum(torch.tensor([float(flag)], device=self.device)).item()) if self.world > 1 else flag
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value's mean over ranks: with equal shares, the whole batch's mean of a per-rank mean."""
+        if self.world == 1 or not values:
+            return values
+        total = self.sum(torch.tensor(list(values.values()), dtype=torch.float64, device=self.device))
+        return dict(zip(values, (total / self.world).tolist()))
+
+    def same_config(self, config: dict) -> None:
+        """Refuse a launch whose ranks were given different settings (the first key that differs)."""
+        if self.world == 1:
+            return
+        configs: list = [None] * self.world
+        dist.all_gather_object(configs, json.dumps(config, sort_keys=True, default=str))
+        for rank, other in enumerate(map(json.loads, configs)):
+            if diff := sorted(k for k in config.keys() | other.keys() if config.get(k) != other.get(k)):
+                key = diff[0]
+                raise ValueError(f"rank {rank}'s {key}={other.get(key)!r} differs from rank {self.rank}'s "
+                                 f"{config.get(key)!r}: every rank must run the same command")
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def init_ranks(backend: str, device: torch.device, timeout_s: float = 1800.0) -> Ranks:
+    """Ranks from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or Ranks() when it is absent.
+    backend auto: NCCL on CUDA, gloo on the CPU; on CUDA each rank takes the GPU of its LOCAL_RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Ranks()
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError(f"dist_backend=nccl needs CUDA; this run's device is {device.type}: use dist_backend=gloo "
+                         f"(or auto)")
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group(("nccl" if device.type == "cuda" else "gloo") if backend == "auto" else backend,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    return Ranks(dist.get_rank(), dist.get_world_size(), str(device) if device.type == "cuda" else "cpu")
