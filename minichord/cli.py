@@ -68,7 +68,7 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from minichord.trainer import TrainingError, prepare_run
+    from minichord.trainer import prepare_run
 
     named = {"init": args.model, "prompts_file": args.prompts, "experts_file": args.experts, "eval_file": args.eval}
     overrides = args.set + [f"{k}={v}" for k, v in named.items() if v is not None] + hardware(args)  # flags win
@@ -76,9 +76,6 @@ def cmd_train(args) -> None:
                           resume=not args.no_resume)
     try:
         final = trainer.run()
-    except torch.distributed.DistError as e:  # under torchrun: another rank died or stopped answering
-        raise TrainingError(f"rank {trainer.ranks.rank}: lost another rank ({str(e).splitlines()[0]}); the last "
-                            f"checkpoint, if any, is in {Path(args.out) / 'checkpoint'}") from None
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -319,11 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from minichord.checkpoint import CheckpointError
+    from minichord.distributed import RankError
     from minichord.trainer import TrainingError
 
     try:
         code = COMMANDS[args.command](args)
-    except (CheckpointError, TrainingError, OSError, ValueError) as e:  # ValueError: ConfigError, DataError, ...
+    except (CheckpointError, TrainingError, RankError, OSError, ValueError) as e:  # ValueError: ConfigError, ...
         message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
         print(f"minichord {args.command}: error: {message}", file=sys.stderr)
         return 2

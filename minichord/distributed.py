@@ -21,6 +21,20 @@ import torch.distributed as dist
 from torch import Tensor
 
 
+class RankError(RuntimeError):
+    """A collective failed: another rank died, stopped answering (timeout) or hit an error of its own."""
+
+
+def collective(op, *args, **kwargs):
+    """torch.distributed's `op`, its failure (gloo: "Connection reset by peer") as one RankError line."""
+    try:
+        return op(*args, **kwargs)
+    except RuntimeError as e:
+        reason = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
+        raise RankError(f"rank {dist.get_rank()}: lost another rank ({reason}); every rank stops; the last saved "
+                        f"checkpoint is kept") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Ranks:
     """This process's place among the data-parallel ranks; Ranks() is one process, and every method a no-op."""
@@ -45,16 +59,16 @@ class Ranks:
         if self.world == 1:
             return values
         sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(self.world)]
-        dist.all_gather(sizes, torch.tensor([values.numel()], device=values.device))
+        collective(dist.all_gather, sizes, torch.tensor([values.numel()], device=values.device))
         width = int(max(sizes).item())
         parts = [torch.zeros(width, dtype=values.dtype, device=values.device) for _ in range(self.world)]
-        dist.all_gather(parts, torch.cat([values, values.new_zeros(width - values.numel())]))
+        collective(dist.all_gather, parts, torch.cat([values, values.new_zeros(width - values.numel())]))
         return torch.cat([p[:int(n.item())] for p, n in zip(parts, sizes)])
 
     def sum(self, values: Tensor) -> Tensor:
         """The sum over ranks (in place, returned)."""
         if self.world > 1:
-            dist.all_reduce(values)
+            collective(dist.all_reduce, values)
         return values
 
     def sum_grads(self, model) -> None:
@@ -63,7 +77,7 @@ class Ranks:
             return
         params = list(model.parameters())
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
-        dist.all_reduce(flat)
+        collective(dist.all_reduce, flat)
         for p, g in zip(params, flat.split([p.numel() for p in params])):
             p.grad = g.view_as(p).clone()
 
@@ -83,7 +97,7 @@ class Ranks:
         if self.world == 1:
             return
         configs: list = [None] * self.world
-        dist.all_gather_object(configs, json.dumps(config, sort_keys=True, default=str))
+        collective(dist.all_gather_object, configs, json.dumps(config, sort_keys=True, default=str))
         for rank, other in enumerate(map(json.loads, configs)):
             if diff := sorted(k for k in config.keys() | other.keys() if config.get(k) != other.get(k)):
                 key = diff[0]
@@ -92,7 +106,7 @@ class Ranks:
 
     def barrier(self) -> None:
         if self.world > 1:
-            dist.barrier()
+            collective(dist.barrier)
 
 
 def init_ranks(backend: str, device: torch.device, timeout_s: float = 1800.0) -> Ranks:

@@ -217,7 +217,9 @@ class Trainer:
                 seq = torch.searchsorted(mb_places, token_places[in_mb])  # [N_mb_all]: sequence index in the mini-batch
                 # the "micro-batch" aggregation weights per micro-batch (batch.micro_batches: sequences in order)
                 micro_ids = seq // cfg.micro_batch_seqs if cfg.micro_batch_seqs else None  # [N_mb_all]
-                coef = losses.coefficients(token_expert[in_mb], seq, micro_ids, mu, cfg.loss)[token_here[in_mb]]
+                coef = losses.coefficients(token_expert[in_mb], seq, micro_ids, mu, cfg.loss,  # fp64 for a fp64 model
+                                           torch.promote_types(torch.float32, self.model.lm_head_weight.dtype))
+                coef = coef[token_here[in_mb]]
                 self.optimizer.zero_grad(set_to_none=True)  # coef: [N_mb], the whole mini-batch's, this rank's tokens
                 out = batches.backward_loss(self.model, mb, coef, cfg.loss, T, cfg.micro_batch_seqs, cfg.dtype,
                                             ref_logp=mb_ref) if len(seq_ids) else None  # grads summed per micro-batch
@@ -321,7 +323,8 @@ def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | Non
     device = resolve_device(cfg.device)  # --device cuda without CUDA: refused before any data or model loads
     ranks = init_ranks(cfg.dist_backend, device)  # under torchrun; else one process
     ranks.same_config({"method": method_name, "out": str(out_dir), "resume": resume,
-                       **{f"{s.method.name}.{k}": v for s in stages for k, v in dataclasses.asdict(s.cfg).items()}})
+                       **{(f"{s.method.name}." if len(stages) > 1 else "") + k: v
+                          for s in stages for k, v in dataclasses.asdict(s.cfg).items()}})
     log = log if ranks.is_main else (lambda line: None)
     torch.manual_seed(cfg.seed)
     data = build_train_data(cfg, hf_model=is_hf_dir(cfg.init))
