@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from minichord import losses
+
 
 class RankError(RuntimeError):
     """A collective failed: another rank died, stopped answering (timeout) or hit an error of its own."""
@@ -107,6 +109,25 @@ class Ranks:
     def barrier(self) -> None:
         if self.world > 1:
             collective(dist.barrier)
+
+
+class WholeBatch:
+    """The whole batch's token layout, all-gathered (one process: its own batch): each token's sequence place in
+    the whole batch's order, side, and whether this rank holds it; `places` [M_all], every sequence's place, sorted."""
+
+    def __init__(self, ranks: Ranks, batch, places: Tensor):  # batch: this rank's TokenBatch; places [M]
+        self.token_places = ranks.gather(places[batch.rows])  # [N_all]
+        self.is_expert = ranks.gather(batch.is_expert.long()).bool()  # [N_all]
+        self.here = ranks.gather(torch.full_like(batch.rows, ranks.rank)) == ranks.rank  # [N_all]
+        self.places = ranks.gather(places).sort().values  # [M_all]
+
+    def coefficients(self, mb_places: Tensor, mu: float | None, cfg, dtype: torch.dtype) -> Tensor:
+        """losses.coefficients of the (mini-)batch of sequences `mb_places` (sorted), for this rank's tokens [N_mb];
+        the micro-batch aggregation groups the mini-batch's sequences in order, micro_batch_seqs at a time."""
+        in_mb = torch.isin(self.token_places, mb_places)  # [N_all]
+        seq = torch.searchsorted(mb_places, self.token_places[in_mb])  # [N_mb_all]: sequence index in the mini-batch
+        micro_ids = seq // cfg.micro_batch_seqs if cfg.micro_batch_seqs else None  # [N_mb_all]
+        return losses.coefficients(self.is_expert[in_mb], seq, micro_ids, mu, cfg.loss, dtype)[self.here[in_mb]]
 
 
 def init_ranks(backend: str, device: torch.device, timeout_s: float = 1800.0) -> Ranks:

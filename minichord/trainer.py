@@ -32,7 +32,7 @@ from minichord.checkpoint import (CheckpointError, LogError, checkpoint_exists, 
 from minichord.config import TrainConfig
 from minichord.data import TrainData, build_train_data
 from minichord.device import autocast, describe, resolve_device
-from minichord.distributed import Ranks, init_ranks
+from minichord.distributed import Ranks, WholeBatch, init_ranks
 from minichord.evaluate import N_SAMPLES, evaluate_splits
 from minichord.hf import is_hf_dir, load_model
 from minichord.methods import Stage, build_stages
@@ -201,26 +201,17 @@ class Trainer:
             batch.old_logp = torch.where(batch.is_expert, 0.0, self._logp(batch, cfg, T))
         ref_logp = self._logp(batch, cfg, T, self.ref_model) if cfg.loss.kl_coef > 0 else None  # [N]
         _, gen = step_rng(cfg.seed, step, 2)
-        # the whole batch's layout (one process: this batch's): each token's sequence place, side, and rank
-        token_places = self.ranks.gather(places[batch.rows])  # [N_all]
-        token_expert = self.ranks.gather(batch.is_expert.long()).bool()  # [N_all]
-        token_here = self.ranks.gather(torch.full_like(batch.rows, self.ranks.rank)) == self.ranks.rank  # [N_all]
-        all_places = self.ranks.gather(places).sort().values  # [M_all]
+        layout = WholeBatch(self.ranks, batch, places)
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
-            for chosen in torch.randperm(len(all_places), generator=gen).chunk(cfg.minibatches):
-                mb_places = all_places[chosen.to(self.device)].sort().values  # the mini-batch's sequences, in order
+            for chosen in torch.randperm(len(layout.places), generator=gen).chunk(cfg.minibatches):
+                mb_places = layout.places[chosen.to(self.device)].sort().values  # the mini-batch's sequences
                 seq_ids = torch.isin(places, mb_places).nonzero().flatten()  # [M_mb]: this rank's among them
                 mb = batch.select(seq_ids) if cfg.minibatches > 1 else batch
                 mb_ref = None if ref_logp is None else ref_logp[torch.isin(batch.rows, seq_ids)]  # [N_mb]
-                in_mb = torch.isin(token_places, mb_places)  # [N_all]
-                seq = torch.searchsorted(mb_places, token_places[in_mb])  # [N_mb_all]: sequence index in the mini-batch
-                # the "micro-batch" aggregation weights per micro-batch (batch.micro_batches: sequences in order)
-                micro_ids = seq // cfg.micro_batch_seqs if cfg.micro_batch_seqs else None  # [N_mb_all]
-                coef = losses.coefficients(token_expert[in_mb], seq, micro_ids, mu, cfg.loss,  # fp64 for a fp64 model
-                                           torch.promote_types(torch.float32, self.model.lm_head_weight.dtype))
-                coef = coef[token_here[in_mb]]
-                self.optimizer.zero_grad(set_to_none=True)  # coef: [N_mb], the whole mini-batch's, this rank's tokens
+                coef = layout.coefficients(mb_places, mu, cfg, torch.promote_types(  # [N_mb]; fp64 for a fp64 model
+                    torch.float32, self.model.lm_head_weight.dtype))
+                self.optimizer.zero_grad(set_to_none=True)
                 out = batches.backward_loss(self.model, mb, coef, cfg.loss, T, cfg.micro_batch_seqs, cfg.dtype,
                                             ref_logp=mb_ref) if len(seq_ids) else None  # grads summed per micro-batch
                 self.ranks.sum_grads(self.model)
