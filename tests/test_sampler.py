@@ -203,3 +203,29 @@ def test_padded_vocabulary_rows_are_never_drawn():
     assert int(free.tokens.max()) >= allowed  # without the limit such ids do get drawn
     with pytest.raises(ValueError, match="vocab_size=98"):
         generate(model, prompts, cfg, eos_id=NO_EOS, pad_id=PAD, vocab_size=98)
+
+
+def test_rows_sampled_in_parts_equal_the_whole_batch():
+    """Data-parallel ranks sample parts of one batch: rows 1-2 and rows 0, 3 drawn in separate calls (`rows`) get
+    the tokens the whole batch gets, whatever the other rows of their call."""
+    model, cfg = tiny_model(), SamplerConfig(max_new_tokens=8, temperature=1.3, top_k=20, top_p=0.95)
+
+    def sample(prompts, rows):
+        return generate(model, prompts, cfg, eos_id=NO_EOS, pad_id=PAD, rows=rows,
+                        generator=torch.Generator().manual_seed(7))
+    whole = sample(PROMPTS, None)
+    middle, first = sample(PROMPTS[1:3], (1, 4)), sample(PROMPTS[:1], (0, 4))
+    assert torch.equal(middle.tokens, whole.tokens[1:3]) and torch.equal(first.tokens, whole.tokens[:1])
+    torch.testing.assert_close(middle.logprobs, whole.logprobs[1:3])
+    with pytest.raises(ValueError, match=r"rows=\(3, 4\): 2 prompts from row 3 do not fit in 4 rows"):
+        sample(PROMPTS[:2], (3, 4))
+
+
+def test_inverse_cdf_draws_follow_the_distribution():
+    """The token frequencies of 4,000 draws from one position match softmax(logits / T) (each within 4 sigma)."""
+    model, cfg = tiny_model(logit_scale=0.3), SamplerConfig(max_new_tokens=1, temperature=1.0)
+    out = generate(model, [PROMPTS[0]] * 4000, cfg, eos_id=NO_EOS, pad_id=PAD, generator=torch.Generator().manual_seed(0))
+    p = full_forward_logits(model, [PROMPTS[0]], out.tokens[:1]).softmax(-1)[0, 0]  # [V]
+    freq = torch.bincount(out.tokens[:, 0], minlength=p.numel()).double() / 4000
+    sigma = (p.double() * (1 - p.double()) / 4000).sqrt()
+    assert ((freq - p.double()).abs() <= 4 * sigma + 1e-3).all()
