@@ -296,6 +296,7 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each layer in backward (torch.utils.checkpoint)
     micro_batch_seqs: int = 0  # sequences per forward/backward (gradient accumulation); 0 = all at once
     dist_backend: str = "auto"  # data-parallel ranks under torchrun (minichord/distributed.py): DIST_BACKENDS
+    fsdp: bool = False  # under torchrun: weights, gradients and AdamW moments in shards over the ranks (FSDP2)
 
     def __post_init__(self) -> None:
         one_of(self, reward=REWARDS, convention=CONVENTIONS, device=DEVICES, dtype=DTYPES, dist_backend=DIST_BACKENDS)
@@ -304,5 +305,8 @@ class TrainConfig:
                                     "samples_every", "(0, inf)": "lr grad_clip max_weight_growth",
                         "[0, 1]": "mu_warmup_frac mu_decay_frac mu_peak mu_valley",
                         "[2, inf)": "group_size", "[0, 4294967295]": "seed"})
+        if self.fsdp and self.minibatches > 1:  # a rank may hold no sequence of a mini-batch; FSDP2 needs them all
+            raise ConfigError(f"fsdp=true needs minibatches=1 (got {self.minibatches}): every rank must run as many "
+                              f"forward/backward passes")
         if (total := self.mu_warmup_frac + self.mu_decay_frac) > 1:  # shares of the same steps
             raise ConfigError(f"mu_warmup_frac + mu_decay_frac = {total}: must be <= 1")

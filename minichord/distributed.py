@@ -9,8 +9,12 @@ coefficients (losses.coefficients: (1 - mu) / N_on, mu / N_exp, LUFFY's 1 / N, p
 
 and every rank takes the same optimizer step. The sampler draws its noise for the whole batch on every rank
 (sampler.generate's `rows`), so a rollout does not depend on which rank drew it: losses, gradients and weights do
-not depend on the number of ranks (tests/test_distributed.py). Rank 0 alone writes logs and checkpoints."""
+not depend on the number of ranks (tests/test_distributed.py). Rank 0 alone writes logs and checkpoints.
 
+fsdp = true trains an FSDP2 copy (`shard`): weights, gradients and AdamW moments in dim-0 shards over the ranks,
+gradients summed; the full weights stay with the sampler, evaluation and checkpoints, gathered after each update."""
+
+import copy
 import dataclasses
 import datetime
 import json
@@ -19,6 +23,7 @@ import os
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from minichord import losses
 
@@ -128,6 +133,57 @@ class WholeBatch:
         seq = torch.searchsorted(mb_places, self.token_places[in_mb])  # [N_mb_all]: sequence index in the mini-batch
         micro_ids = seq // cfg.micro_batch_seqs if cfg.micro_batch_seqs else None  # [N_mb_all]
         return losses.coefficients(self.is_expert[in_mb], seq, micro_ids, mu, cfg.loss, dtype)[self.here[in_mb]]
+
+
+def shard(model: torch.nn.Module) -> torch.nn.Module:
+    """An FSDP2 copy of `model`: each layer, then the rest (embeddings, final norm, lm head), in dim-0 shards over
+    the ranks; every group's gradients are summed (divide factor 1), as Ranks.sum_grads sums them."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    sharded = copy.deepcopy(model)
+    for layer in sharded.layers:
+        fully_shard(layer)
+    fully_shard(sharded)
+    for module in sharded.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)  # plain sums: gloo has no pre-multiplied sum
+    return sharded
+
+
+def full(value):
+    """DTensors (in dicts and lists too) as full tensors, every rank's shards gathered: a collective, so the
+    ranks walk a dict in one order, its keys sorted (a state dict read from JSON may list them in another)."""
+    if isinstance(value, dict):
+        return {k: full(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [full(v) for v in value]
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+class Gathered:
+    """What save_checkpoint reads of a sharded optimizer: state_dict() with every shard gathered."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.state = full(optimizer.state_dict())  # a collective: every rank builds one, rank 0 saves it
+
+    def state_dict(self) -> dict:
+        return self.state
+
+
+def load_shards(sharded: torch.nn.Module, weights: dict, optimizer_state: dict | None) -> dict | None:
+    """Full `weights` into the FSDP copy's shards (in place); returns `optimizer_state` with each tensor of
+    parameter i cut into shards like parameter i (AdamW's moments), to load into the sharded optimizer."""
+    def cut(value: Tensor, like: DTensor) -> DTensor:  # every rank holds `value`: each keeps its shard, no messages
+        return distribute_tensor(value.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
+
+    for name, p in sharded.state_dict().items():
+        p.to_local().copy_(cut(weights[name], p).to_local())
+    if optimizer_state is None:
+        return None
+    params = list(sharded.parameters())
+    return {**optimizer_state, "state": {i: {k: cut(v, params[i]) if v.dim() else v for k, v in s.items()}
+                                         for i, s in optimizer_state["state"].items()}}
 
 
 def init_ranks(backend: str, device: torch.device, timeout_s: float = 1800.0) -> Ranks:

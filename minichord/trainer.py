@@ -32,7 +32,7 @@ from minichord.checkpoint import (CheckpointError, LogError, checkpoint_exists, 
 from minichord.config import TrainConfig
 from minichord.data import TrainData, build_train_data
 from minichord.device import autocast, describe, resolve_device
-from minichord.distributed import Ranks, WholeBatch, init_ranks
+from minichord.distributed import Gathered, Ranks, WholeBatch, full, init_ranks, load_shards, shard
 from minichord.evaluate import N_SAMPLES, evaluate_splits
 from minichord.hf import is_hf_dir, load_model
 from minichord.methods import Stage, build_stages
@@ -84,6 +84,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = device or resolve_device(self.cfg.device)  # model, KV cache, generators, batches, evaluation
         model.to(self.device).activation_checkpointing = self.cfg.activation_checkpointing
+        # what the optimizer updates: the model, or its FSDP2 copy (fsdp) whose full weights `model` then mirrors
+        self.trained = shard(model) if self.cfg.fsdp and ranks.world > 1 else model
         self.log(describe(self.device, self.cfg.dtype))
         self.optimizer = self._new_optimizer(stages[0])
         self._stop_signal: str | None = None
@@ -92,7 +94,7 @@ class Trainer:
         self.expert_seqs = [split_example(*tokenizer.encode_example(e.prompt, e.response)) for e in data.experts]
 
     def _new_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters(), lr=stage.cfg.lr, betas=(0.9, 0.95),
+        return torch.optim.AdamW(self.trained.parameters(), lr=stage.cfg.lr, betas=(0.9, 0.95),
                                  weight_decay=stage.cfg.weight_decay)
 
     def stage_at(self, step: int) -> Stage:
@@ -108,6 +110,8 @@ class Trainer:
             raise CheckpointError(f"{path}: its tokenizer differs from the one of this run's initial model; "
                                   f"use --no-resume or another --out")
         self.model.load_state_dict(ckpt.model.state_dict())
+        if self.trained is not self.model:  # the saved optimizer state is full: cut into shards like the weights
+            ckpt.optimizer_state = load_shards(self.trained, ckpt.model.state_dict(), ckpt.optimizer_state)
         self.step = ckpt.step
         if self.step < self.steps:
             stage = self.stage_at(self.step)
@@ -196,7 +200,7 @@ class Trainer:
         batch, places, mu, metrics = self._batch(stage, step)
         t0 = time.perf_counter()
         cfg, T = stage.cfg, stage.cfg.sampler.temperature
-        self.model.train()
+        self.trained.train()
         if cfg.ppo_epochs * cfg.minibatches > 1:
             batch.old_logp = torch.where(batch.is_expert, 0.0, self._logp(batch, cfg, T))
         ref_logp = self._logp(batch, cfg, T, self.ref_model) if cfg.loss.kl_coef > 0 else None  # [N]
@@ -212,11 +216,12 @@ class Trainer:
                 coef = layout.coefficients(mb_places, mu, cfg, torch.promote_types(  # [N_mb]; fp64 for a fp64 model
                     torch.float32, self.model.lm_head_weight.dtype))
                 self.optimizer.zero_grad(set_to_none=True)
-                out = batches.backward_loss(self.model, mb, coef, cfg.loss, T, cfg.micro_batch_seqs, cfg.dtype,
+                out = batches.backward_loss(self.trained, mb, coef, cfg.loss, T, cfg.micro_batch_seqs, cfg.dtype,
                                             ref_logp=mb_ref) if len(seq_ids) else None  # grads summed per micro-batch
-                self.ranks.sum_grads(self.model)
+                if self.trained is self.model:  # (FSDP2 has summed them)
+                    self.ranks.sum_grads(self.model)
                 sums = self.ranks.sum(stat_sums(out, mb.is_expert, self.device))
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                grad_norm = full(torch.nn.utils.clip_grad_norm_(self.trained.parameters(), cfg.grad_clip))
                 if not (torch.isfinite(sums[0]) and torch.isfinite(grad_norm)):
                     raise self._diverged(step, f"non-finite loss {sums[0].item()} or gradient norm "
                                                f"{grad_norm.item()}, stopped before the update")
@@ -224,6 +229,8 @@ class Trainer:
                     self.optimizer.step()
                 except RuntimeError as e:  # e.g. AdamW's "value cannot be converted to type float without overflow"
                     raise self._diverged(step, str(e)) from None
+                if self.trained is not self.model:  # the full weights follow the shards (an all-gather)
+                    self.model.load_state_dict(full(self.trained.state_dict()))
                 for k, v in update_stats(sums, grad_norm).items():
                     stats.setdefault(k, []).append(v)
         broken = not ((norm := self._weight_norm()).isfinite() and self._logp(batch.select(torch.tensor([0])), cfg, 1.0)
@@ -249,8 +256,9 @@ class Trainer:
         return result
 
     def save(self) -> None:
+        optimizer = self.optimizer if self.trained is self.model else Gathered(self.optimizer)  # (every rank)
         if self.ranks.is_main:  # every rank holds the same weights
-            save_checkpoint(self.out / "checkpoint", self.model, tokenizer=self.tok, optimizer=self.optimizer,
+            save_checkpoint(self.out / "checkpoint", self.model, tokenizer=self.tok, optimizer=optimizer,
                             step=self.step, meta={"method": self.method_name, "config": dataclasses.asdict(self.cfg)})
 
     def request_stop(self, reason: str) -> None:

@@ -18,32 +18,40 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from minichord.checkpoint import load_checkpoint
-from minichord.distributed import Ranks
-from minichord.methods import METHODS
+from minichord.config import ModelConfig
+from minichord.distributed import Ranks, full
+from minichord.methods import METHODS, build_stages
+from minichord.model import Transformer
 from minichord.tasks import style_texts
 from minichord.tokenizer import Tokenizer
-from minichord.trainer import prepare_run
-from test_trainer import make_trainer, tok  # noqa: F401  (tok is a fixture)
+from minichord.trainer import Trainer, prepare_run
+from test_trainer import TINY, tiny_data, tok  # noqa: F401  (tok is a fixture)
 
 # (name, method, overrides, dtype, steps); every preset, plus mini-batches, micro-batches and the official convention
 CASES = [(m, m, [], torch.float64, 1) for m in METHODS] + [
     ("chord-phi-minibatches", "chord-phi", ["ppo_epochs=2", "minibatches=2"], torch.float64, 1),
     ("chord-phi-official", "chord-phi", ["convention=official", "micro_batch_seqs=3"], torch.float64, 1),
     ("luffy-minibatches", "luffy", ["minibatches=2"], torch.float64, 1),
+    *((f"{m}-fsdp", m, ["fsdp=true"], torch.float64, 1) for m in ("chord-phi", "luffy", "sft-grpo")),
+    ("chord-phi-official-fsdp", "chord-phi", ["convention=official", "micro_batch_seqs=3", "fsdp=true"],
+     torch.float64, 1),
+    ("chord-mu-fsdp-fp32-3-steps", "chord-mu", ["fsdp=true"], torch.float32, 3),
     *((f"{m}-fp32-3-steps", m, [], torch.float32, 3) for m in METHODS)]
 
 
 def run_case(tok, out, method, overrides, dtype, steps, ranks: Ranks, micro: int = 0) -> dict:  # noqa: F811
     """`steps` train steps; {"loss/k": [1], grads and weights}: what a rank holds after them (the same on all)."""
     micro_set = [f"micro_batch_seqs={micro}"] if micro and not any("micro_batch" in o for o in overrides) else []
-    trainer = make_trainer(tok, out, method, [*overrides, *micro_set])  # each preset's own lr
-    trainer.model.to(dtype)
-    trainer.ranks, trainer.optimizer = ranks, trainer._new_optimizer(trainer.stages[0])
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                                    ffn_dim=64, max_seq_len=64)).to(dtype)
+    stages = build_stages(method, overrides=[*TINY, *overrides, *micro_set])  # each preset's own lr
+    trainer = Trainer(stages, model, tok, tiny_data(), out, log=lambda line: None, ranks=ranks)
     losses = [trainer.train_step(s)["loss"] for s in range(steps)]
-    named = dict(trainer.model.named_parameters())
+    grads = {k: full(p.grad) for k, p in trainer.trained.named_parameters() if p.grad is not None}  # FSDP: gathered
     return {**{f"loss/{k}": torch.tensor([v], dtype=torch.float64) for k, v in enumerate(losses)},
-            **{f"grad/{k}": p.grad.detach().clone() for k, p in named.items() if p.grad is not None},
-            **{f"weight/{k}": p.detach().clone() for k, p in named.items()}}
+            **{f"grad/{k}": g.detach().clone() for k, g in grads.items()},
+            **{f"weight/{k}": p.detach().clone() for k, p in trainer.model.named_parameters()}}
 
 
 def _rank_main(rank: int, world: int, init_file: str, out: str, micro: int) -> None:
@@ -130,6 +138,21 @@ def test_two_ranks_then_a_one_process_resume_equal_one_process_throughout(tiny_c
     assert [r["step"] for r in rows] == [0, 1, 2] and rows[0]["rollouts"] == 4
     resumed, one = (load_checkpoint(tmp_path / d / "checkpoint").model.state_dict() for d in ("run", "one"))
     assert max((resumed[k] - one[k]).abs().max().item() for k in one) <= 1e-5
+
+
+def test_fsdp_ranks_resume_exactly(tiny_ckpt, tmp_path):
+    """2 FSDP2 ranks train 2 steps and save (shards gathered), then resume to 3 (the full state cut into shards):
+    weights and AdamW moments equal an uninterrupted 3-step FSDP2 run's."""
+    for run, steps in (("cut", 2), ("cut", 3), ("whole", 3)):
+        proc = torchrun(tiny_ckpt, tmp_path / run, f"steps={steps}", "save_every=1", "fsdp=true")
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    cut, whole = (load_checkpoint(tmp_path / d / "checkpoint") for d in ("cut", "whole"))
+    assert cut.step == whole.step == 3
+    pairs = [(cut.model.state_dict()[k], v) for k, v in whole.model.state_dict().items()] + [
+        (cut.optimizer_state["state"][i][k], v) for i, s in whole.optimizer_state["state"].items()
+        for k, v in s.items() if torch.is_tensor(v)]
+    assert max((a.double() - b.double()).abs().max().item() for a, b in pairs) == 0.0
 
 
 def _refuse_main(rank: int, port: int, out: str, tiny_ckpt: str) -> None:
