@@ -222,7 +222,7 @@ def _load_tokenizer(d: Path, c: dict, cfg: ModelConfig) -> TokenizerLike:
     from minichord.tokenizer import Tokenizer, TokenizerError
     texts = {name: _read(d, name, "", sha) for name, sha in c["files"].items() if name in (TOKENIZER, *CHAT_FILES)}
     try:
-        tokenizer = ChatTokenizer.from_files(texts, str(d)) if CHAT_FILES[0] in texts else \
+        tokenizer = ChatTokenizer(texts, str(d)) if CHAT_FILES[0] in texts else \
             Tokenizer.from_json(texts[TOKENIZER], c["tokenizer_special_tokens"], str(d / TOKENIZER))
     except TokenizerError as e:
         raise CheckpointError(f"{d / TOKENIZER} with the tokenizer_special_tokens in {d / CONFIG}: {e}") from None
