@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from minichord.config import ConfigError
 from minichord.methods import METHODS, build_stages
 from minichord.runners import evaluate_initial_model, markdown_rows, mean_std, run_quietly
 from minichord.runners.plot import PANELS, plot_runs, read_jsonl, series
@@ -82,7 +83,7 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
         plot_runs([out / m / "seed0" for m in methods], out / "curves.png", labels=methods)
         if (out / "sft-long").exists():
             plot_runs([out / "sft-long"], out / "sft_curve.png", labels=["sft (long)"], panels=SFT_CURVE_PANELS)
-    except SystemExit as e:  # matplotlib missing: the table and JSON are still written
+    except ConfigError as e:  # matplotlib missing: the table and JSON are still written
         log(str(e))
     log(table)
     log(f"wrote {out / 'results.md'}, {out / 'results.json'} in {(time.perf_counter() - t_start) / 60:.1f} min")
