@@ -142,10 +142,6 @@ class ChatTokenizer:
         self.encode_prompt("Hello")  # a template that cannot render a prompt fails here, when the files load
 
     @classmethod
-    def from_files(cls, files: dict[str, str], source: str = "tokenizer files", *, system: str | None = None):
-        return cls(files, source, system=system)
-
-    @classmethod
     def from_dir(cls, model_dir: str | Path, *, system: str | None = None) -> "ChatTokenizer":
         if not (d := Path(model_dir)).is_dir():
             raise TokenizerError(f"{d}: not a directory")
@@ -157,21 +153,18 @@ class ChatTokenizer:
                 continue
             except (OSError, UnicodeDecodeError) as e:
                 raise TokenizerError(_one_line(f"{d / name}: cannot read: {e}")) from None
-        return cls.from_files(files, str(d), system=system)
+        return cls(files, str(d), system=system)
 
     def files(self) -> dict[str, str]:
-        """{file name: text} that `from_files` reads back as this tokenizer (but its `system` prompt)."""
+        """{file name: text} that `ChatTokenizer(files)` reads back as this tokenizer (but its `system` prompt)."""
         config = {**self._config, "chat_template": self.chat_template}
         config.update({f"{role}_token": text for role, text in self.special_tokens.items()})
         config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
-        out = {"tokenizer.json": self.to_json(),
+        out = {"tokenizer.json": self._files["tokenizer.json"],
                "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n"}
         if any(self._gen.get(field) is not None for field in ID_FIELDS):
             out["generation_config.json"] = json.dumps(self._gen, indent=2, ensure_ascii=False) + "\n"
         return out
-
-    def to_json(self) -> str:
-        return self._files["tokenizer.json"]
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False, **variables) -> str:
         """The chat template's text for `messages` (extra template variables, e.g. tools=[...], by keyword)."""

@@ -222,7 +222,7 @@ def _load_tokenizer(d: Path, c: dict, cfg: ModelConfig) -> TokenizerLike:
     from minichord.tokenizer import Tokenizer, TokenizerError
     texts = {name: _read(d, name, "", sha) for name, sha in c["files"].items() if name in (TOKENIZER, *CHAT_FILES)}
     try:
-        tokenizer = ChatTokenizer.from_files(texts, str(d)) if CHAT_FILES[0] in texts else \
+        tokenizer = ChatTokenizer(texts, str(d)) if CHAT_FILES[0] in texts else \
             Tokenizer.from_json(texts[TOKENIZER], c["tokenizer_special_tokens"], str(d / TOKENIZER))
     except TokenizerError as e:
         raise CheckpointError(f"{d / TOKENIZER} with the tokenizer_special_tokens in {d / CONFIG}: {e}") from None
@@ -250,9 +250,8 @@ def _load_optimizer_state(d: Path, c: dict) -> dict:
         raise CheckpointError(f"{d / CONFIG}: field 'optimizer' (state, param_groups) or {OPTIMIZER}: {e!r}") from None
 
 
-def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = None,
-                    expect_vocab_size: int | None = None) -> Checkpoint:
-    """Read a checkpoint root (follows `latest`) or a step directory; a mismatch with `expect_*` names both values."""
+def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = None) -> Checkpoint:
+    """Read a checkpoint root (follows `latest`) or a step directory; a field unlike expect_config names both values."""
     d = _step_dir(Path(path))
     c = _read(d, CONFIG, "json")
     _check_config(d, c)
@@ -260,11 +259,10 @@ def load_checkpoint(path, *, device="cpu", expect_config: ModelConfig | None = N
         cfg = from_dict(ModelConfig, c["model_config"], where=f"{d / CONFIG}: field model_config")
     except (ValueError, TypeError, ArithmeticError) as e:  # a ConfigError, or what its checks let through
         raise CheckpointError(str(e)) from None
-    want = [*(to_dict(expect_config) if expect_config else {}).items(), ("vocab_size", expect_vocab_size)]
-    problems = [f"{k}: checkpoint has {getattr(cfg, k)}, expected {w}" for k, w in want
-                if w not in (None, getattr(cfg, k))]
+    problems = [f"{k}: checkpoint has {getattr(cfg, k)}, expected {w}"
+                for k, w in (to_dict(expect_config) if expect_config else {}).items() if w != getattr(cfg, k)]
     if problems:
-        raise CheckpointError(f"checkpoint {d} does not match: " + "; ".join(dict.fromkeys(problems)))
+        raise CheckpointError(f"checkpoint {d} does not match: " + "; ".join(problems))
     return Checkpoint(model=_load_model(d, c, cfg).to(device), model_config=cfg,
                       tokenizer=_load_tokenizer(d, c, cfg) if TOKENIZER in c["files"] else None,
                       optimizer_state=_load_optimizer_state(d, c) if OPTIMIZER in c["files"] else None,

@@ -156,9 +156,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{key}: expected a table, got {value!r}")
-            field = next(f for f in dataclasses.fields(cls) if f.name == key)
-            default = {} if field.default_factory is dataclasses.MISSING else to_dict(field.default_factory())
-            kwargs[key] = from_dict(tp, {**default, **value}, f"{where}.{key}")
+            kwargs[key] = from_dict(tp, value, f"{where}.{key}")  # the table's missing keys: tp's defaults
         else:
             kwargs[key] = _convert(value, tp, f"{where}.{key}")
     try:

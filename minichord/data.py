@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from minichord.config import ConfigError, TrainConfig
-from minichord.tasks import Demonstration, Problem, ToyTask, make_splits, reward
+from minichord.tasks import Demonstration, Problem, make_splits, reward
 from minichord.tasks.rg import PREFIX, task_name
 from minichord.tasks.math import (gsm8k_answer, gsm8k_response, lenient_reward, math_answer, math_skill,
                                   math_verify_parse, math_verify_reward, strict_reward)
@@ -212,12 +212,6 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def export_toy(task: ToyTask, out_dir: str | Path) -> dict[str, Path]:
-    """Write the toy splits as rl.jsonl, expert.jsonl and test_<split>.jsonl (the format to copy for your data)."""
-    splits = {"rl": task.rl, "expert": task.expert, **{f"test_{name}": split for name, split in task.tests.items()}}
-    return {name: write_jsonl(Path(out_dir) / f"{name}.jsonl", rows) for name, rows in splits.items()}
 
 
 @dataclasses.dataclass

@@ -5,7 +5,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from minichord.batch import split_example
+from minichord import batch as batches
 from minichord.config import SamplerConfig
 from minichord.device import autocast
 from minichord.sampler import generate
@@ -62,18 +62,10 @@ def evaluate(model, tokenizer: TokenizerLike, problems: Sequence[Problem], *, ba
 def expert_token_probs(model, tokenizer: TokenizerLike, demos: Sequence, dtype: str = "fp32") -> dict[str, float]:
     """How far off-policy an expert set is: over all its tokens, teacher-forced at T = 1, p_t = pi(y_t | x, y_<t):
     median p, the shares with p < 1e-3 (phi silences them) and p > 0.5, and mean phi = p(1 - p)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    probs = []
-    with autocast(device, dtype):
-        for demo in demos:
-            prompt, response = split_example(*tokenizer.encode_example(demo.prompt, demo.response))
-            logits = model(torch.tensor([prompt + response], device=device))[0, len(prompt) - 1:-1]  # [T, V]
-            targets = torch.tensor(response, device=device)[:, None]  # [T, 1]
-            probs.append(logits.float().softmax(-1).gather(1, targets).squeeze(1))  # [T]
-    model.train(was_training)
-    p = torch.cat(probs)  # [all expert tokens]
+    rows = [batches.Sequence(*batches.split_example(*tokenizer.encode_example(d.prompt, d.response)), True)
+            for d in demos]
+    batch = batches.pack(rows, tokenizer.pad_id, model.cfg.max_seq_len).to(next(model.parameters()).device)
+    p = batches.batch_logprobs(model, batch, 1.0, dtype=dtype).exp()  # [all expert tokens]
     return {"median_p": p.median().item(), "share_p_below_1e-3": (p < 1e-3).float().mean().item(),
             "share_p_above_0.5": (p > 0.5).float().mean().item(), "mean_phi": (p * (1 - p)).mean().item()}
 

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from minichord.batch import Sequence, pack, split_example
 from minichord.checkpoint import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
 from minichord.config import ModelConfig, TrainConfig, to_dict
 from minichord.device import autocast, resolve_device
@@ -77,15 +78,6 @@ def cosine_lr(step: int, cfg: PretrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def pad_batch(examples: list[tuple[list[int], list[bool]]], pad_id: int):
-    """Right-pad encoded examples -> ids [B, T] long, attention [B, T] bool, loss_mask [B, T] bool."""
-    T = max(len(ids) for ids, _ in examples)
-    ids = torch.tensor([seq + [pad_id] * (T - len(seq)) for seq, _ in examples], dtype=torch.long)
-    loss_mask = torch.tensor([mask + [False] * (T - len(mask)) for _, mask in examples], dtype=torch.bool)
-    attention = torch.arange(T)[None, :] < torch.tensor([len(seq) for seq, _ in examples])[:, None]
-    return ids, attention, loss_mask
-
-
 def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = None, config: PretrainConfig | None = None,
                   model_config: ModelConfig | None = None, log: Callable[[str], None] | None = print,
                   force: bool = False, device: torch.device | str = "auto", dtype: str = "fp32") -> Path:
@@ -116,8 +108,9 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     pairs = pretrain_corpus(rng, cfg.steps * cfg.batch_size, **{k: getattr(cfg, k) for k in named if hasattr(cfg, k)},
                             sloppy=Sloppy(noise=cfg.sloppy_noise, keep=cfg.sloppy_keep, newline=cfg.sloppy_newline)
                             if cfg.sloppy_noise > 0 else None)
-    examples = [tokenizer.encode_example(prompt, response) for prompt, response in pairs]
-    if (longest := max(len(ids) for ids, _ in examples)) > model_cfg.max_seq_len:
+    examples = [Sequence(*split_example(*tokenizer.encode_example(prompt, response)), is_expert=True)
+                for prompt, response in pairs]  # demonstrations: the loss is on the response tokens
+    if (longest := max(len(s.prompt_ids) + len(s.response_ids) for s in examples)) > model_cfg.max_seq_len:
         raise ValueError(f"a pre-training example has {longest} tokens > max_seq_len={model_cfg.max_seq_len}")
 
     # model_cfg.vocab_size is the tokenizer's budget, not its size (see Tokenizer.train): no untrained rows
@@ -130,13 +123,14 @@ def pretrain_base(out_dir: str | Path, *, seed: int = 0, steps: int | None = Non
     for step in range(cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, cfg)
-        ids, attention, loss_mask = (t.to(where) for t in pad_batch(
-            examples[step * cfg.batch_size:(step + 1) * cfg.batch_size], tokenizer.pad_id))
-        real = attention[:, :-1]  # [B, T-1]: the positions that predict a next token
+        batch = pack(examples[step * cfg.batch_size:(step + 1) * cfg.batch_size], tokenizer.pad_id,
+                     model_cfg.max_seq_len).to(where)
+        real = batch.attention_mask[:, :-1]  # [B, T-1]: the positions that predict a next token
+        scored = torch.zeros_like(real)
+        scored[batch.rows, batch.cols] = True  # [B, T-1]: those predicting a response token (or the eos)
         with autocast(where, dtype):  # packed: the per-token layers skip the padding (~64 % of these batches)
-            logits = model(ids[:, :-1], attention_mask=real, packed=True)  # [N, V], N = real positions
-        scored = loss_mask[:, 1:][real]  # [N]: predicting a response token (or the eos)
-        loss = F.cross_entropy(logits[scored].float(), ids[:, 1:][real][scored])
+            logits = model(batch.ids[:, :-1], attention_mask=real, packed=True)  # [N, V], N = real positions
+        loss = F.cross_entropy(logits[scored[real]].float(), batch.targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pretrain: loss is {loss.item()} at step {step}; lower lr (now {cfg.lr})")
         optimizer.zero_grad(set_to_none=True)

@@ -6,13 +6,14 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from minichord.check import check_batch
 from minichord.check.recompute import convention_rules, reference
 from minichord.config import LossConfig
 from minichord.methods import CONVENTIONS
 from minichord.cli import main
-from minichord.check.dump import DumpError, from_tensors, save_dump
+from minichord.check.dump import DumpError, from_tensors
 
 
 def _load_script(name: str):
@@ -237,9 +238,10 @@ def test_convention_validation_is_one_line():
 # ---------------------------------------------------------------- the CLI
 
 
-def _write(tmp_path, name, tensors, meta):
+def _write(tmp_path, name, tensors, meta):  # a DUMP file: the tensors, the settings as metadata strings
     path = tmp_path / name
-    save_dump(path, tensors, **meta)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path),
+              metadata={k: str(v) for k, v in meta.items()})
     return str(path)
 
 

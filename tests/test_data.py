@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from minichord.data import DataError, export_toy, load_experts, load_prompts, write_jsonl
+from minichord.data import DataError, load_experts, load_prompts, write_jsonl
 from minichord.tasks import Demonstration, Problem, make_splits
 
 
@@ -111,14 +111,12 @@ def test_write_is_atomic_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["p.jsonl"]  # no temp file left behind
 
 
-def test_export_toy_writes_loadable_splits(tmp_path):
+def test_toy_splits_round_trip_through_jsonl(tmp_path):
     task = make_splits(0, n_rl=20, n_expert=10, n_test=9)
-    paths = export_toy(task, tmp_path / "toy")
-    assert set(paths) == {"rl", "expert", "test_in_domain", "test_harder", "test_other_skills"}
-    assert load_prompts(paths["rl"]) == task.rl
-    assert load_experts(paths["expert"]) == task.expert
+    assert load_prompts(write_jsonl(tmp_path / "rl.jsonl", task.rl)) == task.rl
+    assert load_experts(write_jsonl(tmp_path / "expert.jsonl", task.expert)) == task.expert
     for name, problems in task.tests.items():
-        assert load_prompts(paths[f"test_{name}"]) == problems
+        assert load_prompts(write_jsonl(tmp_path / f"test_{name}.jsonl", problems)) == problems
 
 
 def test_deep_nesting_and_surrogates_are_line_errors(tmp_path):

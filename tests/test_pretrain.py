@@ -127,18 +127,19 @@ def test_tiny_pretrained_model_evaluates(tiny_base):
 
 
 class FixedLogitsModel(torch.nn.Module):
-    """The same logits at every position: 0 everywhere, `peak` on token `peak_id` (if any)."""
+    """The same logits at every position: 0 everywhere, `peak` on token `peak_id` (if any); as the lm head's
+    weight [V, 1] over a hidden state of ones [B, T, 1], the way a Transformer gives them to the lm-head loss."""
 
     def __init__(self, vocab_size, peak_id=None, peak=0.0):
         super().__init__()
         self.cfg = ModelConfig(vocab_size=vocab_size, dim=8, n_heads=2, n_kv_heads=1, ffn_dim=8)
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-        self.logits = torch.zeros(vocab_size)
+        self.lm_head_weight = torch.nn.Parameter(torch.zeros(vocab_size, 1))
         if peak_id is not None:
-            self.logits[peak_id] = peak
+            self.lm_head_weight.data[peak_id] = peak
 
-    def forward(self, ids, **_):
-        return self.logits.expand(*ids.shape, -1)
+    def forward(self, ids, return_hidden=False, **_):
+        hidden = torch.ones(*ids.shape, 1)
+        return hidden if return_hidden else hidden @ self.lm_head_weight.t()
 
 
 def test_expert_token_probs_summarises_teacher_forced_probabilities(tokenizer):

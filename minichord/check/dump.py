@@ -164,11 +164,3 @@ def load_dump(path: str | Path) -> Dump:
         reason = str(e).splitlines()[0] if str(e) else e
         raise DumpError(f"{path}: not a readable safetensors file ({reason!r})") from None
     return from_tensors(tensors, meta, where=str(path))
-
-
-def save_dump(path: str | Path, tensors: dict[str, Tensor], **settings) -> None:
-    """Write a DUMP: `tensors` as in the schema, `settings` (mu, weighting, ...) as metadata strings."""
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path),
-              metadata={k: str(v) for k, v in settings.items()})

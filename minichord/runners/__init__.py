@@ -1,5 +1,6 @@
 """The commands that run experiments on top of the library: `minichord demo | reproduce | probe | plot`."""
 
+import statistics
 from pathlib import Path
 from typing import Callable
 
@@ -42,3 +43,10 @@ def evaluate_initial_model(cfg: TrainConfig, seeds: int, n_test: int, log: Calla
 def markdown_rows(header: list[str], rows: list[list[str]]) -> list[str]:
     """A markdown table's lines."""
     return [f"| {' | '.join(header)} |", "|---" * len(header) + "|", *(f"| {' | '.join(r)} |" for r in rows)]
+
+
+def mean_std(values: list[float | None]) -> str:
+    """mean ± sample std of the values that are not None (the value alone if one, "–" if none)."""
+    if len(vals := [v for v in values if v is not None]) < 2:
+        return f"{vals[0]:.3f}" if vals else "–"
+    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"

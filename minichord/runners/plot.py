@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+from minichord.config import optional_import
+
 PANELS = [  # (file, key, title); eval keys are "split.accuracy"
     ("eval.jsonl", "in_domain.accuracy", "in-domain accuracy (greedy)"),
     ("eval.jsonl", "harder.accuracy", "harder-split accuracy"),
@@ -33,14 +35,8 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 def plot_runs(run_dirs: list[Path], out_file: Path, labels: list[str] | None = None,
               panels: list[tuple[str, str, str]] = PANELS) -> Path:
     """One panel per curve, one line per run; returns the written file."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        need = "plotting needs matplotlib: pip install 'minichord[plot]' (or pip install matplotlib)"
-        raise SystemExit(need) from None
+    optional_import("matplotlib", "matplotlib", "plot").use("Agg")
+    import matplotlib.pyplot as plt
     runs = [Path(d) for d in run_dirs]
     if bad := [d for d in runs if not (d / "metrics.jsonl").exists() and not (d / "eval.jsonl").exists()]:
         raise FileNotFoundError(f"{bad[0]} holds no metrics.jsonl or eval.jsonl: is it a run directory?")

@@ -18,7 +18,7 @@ from minichord.config import SamplerConfig
 from minichord.data import build_train_data
 from minichord.evaluate import expert_token_probs
 from minichord.methods import build_stages
-from minichord.runners import evaluate_initial_model, markdown_rows, run_quietly
+from minichord.runners import evaluate_initial_model, markdown_rows, mean_std, run_quietly
 from minichord.runners.plot import read_jsonl, series
 from minichord.sampler import generate
 from minichord.tasks import make_splits
@@ -45,11 +45,8 @@ QUICK_BUDGET = ProbeBudget(seeds=1, grpo_steps=2, sft_steps=4, n_expert_large=16
 Criterion = collections.namedtuple("Criterion", "number name measured threshold passed")
 
 
-def _spread(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.3f} (1 seed)"
-    mean, std = statistics.mean(values), statistics.stdev(values)
-    return f"{mean:.3f} ± {std:.3f} (min {min(values):.3f}, max {max(values):.3f})"
+def _spread(values: list[float]) -> str:  # over seeds: mean ± std, then the range
+    return mean_std(values) + (" (1 seed)" if len(values) < 2 else f" (min {min(values):.3f}, max {max(values):.3f})")
 
 
 def overfit_check(steps: list[int], acc: list[float], nll_steps: list[int], nll: list[float],

@@ -6,13 +6,13 @@ results.json, results.md, curves.png (seed 0 of every method), sft_curve.png (a 
 
 import collections
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Callable
 
+from minichord.config import ConfigError
 from minichord.methods import METHODS, build_stages
-from minichord.runners import evaluate_initial_model, markdown_rows, run_quietly
+from minichord.runners import evaluate_initial_model, markdown_rows, mean_std, run_quietly
 from minichord.runners.plot import PANELS, plot_runs, read_jsonl, series
 
 SFT_CURVE_PANELS = [PANELS[0], PANELS[2],
@@ -38,12 +38,6 @@ def run_summary(run_dir: Path, wall: float) -> dict:
     return {**split_summary(evals[-1]), "entropy": sum(tail) / len(tail) if tail else None,
             "rollouts_seen": sum(m.get("rollouts", 0) for m in metrics),
             "experts_seen": sum(m.get("experts", 0) for m in metrics), "wall_s": wall}
-
-
-def mean_std(values: list[float | None]) -> str:
-    if len(vals := [v for v in values if v is not None]) < 2:
-        return f"{vals[0]:.3f}" if vals else "–"
-    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
 
 
 def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = None,
@@ -89,7 +83,7 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
         plot_runs([out / m / "seed0" for m in methods], out / "curves.png", labels=methods)
         if (out / "sft-long").exists():
             plot_runs([out / "sft-long"], out / "sft_curve.png", labels=["sft (long)"], panels=SFT_CURVE_PANELS)
-    except SystemExit as e:  # matplotlib missing: the table and JSON are still written
+    except ConfigError as e:  # matplotlib missing: the table and JSON are still written
         log(str(e))
     log(table)
     log(f"wrote {out / 'results.md'}, {out / 'results.json'} in {(time.perf_counter() - t_start) / 60:.1f} min")

@@ -82,8 +82,9 @@ def make_entries(spec: str, size: int, seed: int, options: dict, templates: str 
     return entries
 
 
-def _chain(expression: str, answer: str) -> str:
+def _chain(entry: dict) -> str:
     """"4 - 1 - 7" -> one line per operation, left to right: "4 - 1 = 3", "3 - 7 = -4"."""
+    expression, answer = entry["metadata"]["expression"], entry["answer"]
     terms = _STEP.split(expression.strip())  # [a, op, b, op, c, ...]
     total, lines = int(terms[0]), ["Left to right:"]
     for op, term in zip(terms[1::2], terms[2::2]):
@@ -110,9 +111,7 @@ def _gsm(entry: dict) -> str:
     return entry["metadata"]["answer_cot"].rsplit("####", 1)[0].rstrip() + f"\nanswer: {entry['answer']}"
 
 
-TRACES = {"chain_sum": lambda e: _chain(e["metadata"]["expression"], e["answer"]),
-          "products": lambda e: _chain(e["metadata"]["expression"], e["answer"]),
-          "leg_counting": _legs, "gsm_symbolic": _gsm}  # task -> (entry -> worked response)
+TRACES = {"chain_sum": _chain, "products": _chain, "leg_counting": _legs, "gsm_symbolic": _gsm}  # entry -> response
 
 
 def expert_response(spec: str, entry: dict) -> str:

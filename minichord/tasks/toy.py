@@ -135,9 +135,6 @@ class ToyTask:
     expert: list[Demonstration]  # the limited expert set (target skill, expert style)
     tests: dict[str, list[Problem]]  # "in_domain", "harder", "other_skills"
 
-    def prompts(self) -> set[str]:
-        return {p.prompt for p in [*self.rl, *self.expert, *(q for split in self.tests.values() for q in split)]}
-
 
 def make_splits(seed: int = 0, *, n_rl: int = 1024, n_expert: int = 256, n_test: int = 200,
                 train_digits: tuple[int, int] = TRAIN_DIGITS, harder_carries: int = HARDER_CARRIES,
