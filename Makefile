@@ -59,7 +59,7 @@ real-data: real-model
 		--exclude $(RG)/harder.jsonl --out $(RG)/train.jsonl --experts $(RG)/experts.jsonl )
 
 real-probe: real-data
-	$(BIN)/minichord probe --out runs/real-probe $(REAL_SET)
+	$(BIN)/python scripts/probe.py --out runs/real-probe $(REAL_SET)
 
 real-demo: real-data
 	$(BIN)/minichord demo --out runs/real-demo --steps 30 $(REAL_SET)

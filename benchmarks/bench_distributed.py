@@ -32,7 +32,7 @@ def free_port() -> int:
 
 def launch(ranks: int | None, threads: int, args, out: Path) -> float:
     """steps/s of one `minichord train`: ranks None = a plain process; else torchrun with `ranks` ranks."""
-    run = [sys.executable, "-m", "minichord", "train", "--method", "chord-phi", "--out", str(out), "--no-resume"]
+    run = [sys.executable, "-m", "minichord.cli", "train", "--method", "chord-phi", "--out", str(out), "--no-resume"]
     if ranks is not None:
         run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port",
                str(free_port()), *run[1:]]
@@ -60,7 +60,7 @@ def main() -> None:
                  (args.ranks, max(1, args.threads // args.ranks))}
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "minichord", "pretrain"], check=True, capture_output=True, cwd=ROOT)
+        subprocess.run([sys.executable, "-m", "minichord.cli", "pretrain"], check=True, capture_output=True, cwd=ROOT)
         for r in range(args.repeats):
             for name, (ranks, threads) in kinds.items():
                 rates[name].append(launch(ranks, threads, args, Path(tmp) / f"{r}-{len(rates[name])}"))

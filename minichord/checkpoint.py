@@ -79,7 +79,7 @@ def _files_of(model, tokenizer, optimizer, step: int, meta: dict) -> dict[str, b
         config["tokenizer_special_tokens"] = tokenizer.special_tokens
         files.update({n: t.encode() for n, t in tokenizer.files().items() if n in (TOKENIZER, *CHAT_FILES)})
     if optimizer is not None:  # AdamW-like: {param index: {name: tensor or number}}, JSON param_groups
-        state = optimizer.state_dict()
+        state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
         if any(type(i) is not int for i in state["state"]):
             raise TypeError("the optimizer's state keys must be parameter indices")
         files[OPTIMIZER] = st_save({f"state.{i}.{k}": v.detach().cpu().contiguous()
@@ -93,7 +93,8 @@ def _files_of(model, tokenizer, optimizer, step: int, meta: dict) -> dict[str, b
 
 def save_checkpoint(root, model, *, tokenizer: TokenizerLike | None = None, optimizer=None, step: int = 0,
                     meta: dict | None = None, keep: int = 3) -> Path:
-    """Save as `root/step-<step>`, point `root/latest` at it, keep the last `keep` steps; returns the step dir."""
+    """Save as `root/step-<step>`, point `root/latest` at it, keep the last `keep` steps; returns the step dir.
+    optimizer: an optimizer or its state_dict() (a sharded one's, gathered: distributed.full)."""
     root, meta = Path(root), {} if meta is None else meta
     if root.exists() and not (root.is_dir() and all(re.fullmatch(r"latest|\.tmp-.*|step-\d+", p.name)
                                                     for p in root.iterdir())):

@@ -1,7 +1,6 @@
-"""The `minichord` commands: demo pretrain train eval chat export check reproduce probe data plot samples (--help)."""
+"""The `minichord` commands: demo pretrain train eval chat export check reproduce data plot samples (--help)."""
 
 import argparse
-import dataclasses
 import json
 import signal
 import sys
@@ -47,6 +46,11 @@ COUNT = SEED = _checked(str.isdigit, "an integer >= 0", int)
 FILE = _checked(lambda t: Path(t).is_file(), "a readable file")
 FILES = _checked(lambda t: all(Path(f).is_file() for f in t.split(",")), "readable files, comma-separated")
 OUT = _checked(lambda t: not Path(t).exists() or Path(t).is_dir(), "a directory (or a new path), not an existing file")
+
+
+def add_hardware(parser: argparse.ArgumentParser) -> None:  # minichord/device.py
+    parser.add_argument("--device", choices=DEVICES, help="auto (default: cuda if available, else cpu), cpu or cuda")
+    parser.add_argument("--dtype", choices=DTYPES, help="fp32 (default) or bf16 (autocast; weights, loss math fp32)")
 
 
 def hardware(args) -> list[str]:  # --device / --dtype as TrainConfig overrides (after any --set: the flags win)
@@ -151,17 +155,6 @@ def cmd_reproduce(args) -> None:
               overrides=args.set + hardware(args), sft_curve_steps=args.sft_curve_steps)
 
 
-def cmd_probe(args) -> int:
-    from minichord.runners.probe import QUICK_BUDGET, REAL_BUDGET, ProbeBudget, probe
-
-    real = any(s.startswith("eval_file=") for s in args.set)  # your model and files: the real-model criteria
-    budget = QUICK_BUDGET if args.quick else REAL_BUDGET if real else ProbeBudget()
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(budget)
-               if getattr(args, f.name, None) is not None}
-    criteria = probe(args.out, dataclasses.replace(budget, **changes), overrides=args.set + hardware(args))
-    return 0 if all(c.passed for c in criteria) else 1
-
-
 def cmd_data(args) -> None:
     from minichord.data import load_prompts, write_jsonl
     from minichord.tasks import rg
@@ -258,21 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every run, e.g. --set init=PATH to start from another checkpoint")
 
-    pr = sub.add_parser("probe", help="does the setting (the toy's, or with --set init=DIR eval_file=... your "
-                        "model's and files') leave every method room to show what it does? "
-                        "criteria 1-6 as a pass/fail table (exit 0 all pass, 1 one fails)")
-    pr.add_argument("--out", type=OUT, default="runs/probe", help="output directory (default runs/probe)")
-    pr.add_argument("--quick", action="store_true", help="a tiny budget that checks the plumbing, not the criteria")
-    pr.add_argument("--seeds", type=POSITIVE, help="seeds of the base and GRPO (default 3)")
-    pr.add_argument("--grpo-steps", type=POSITIVE, help="GRPO steps (default 100, reproduce's budget)")
-    pr.add_argument("--sft-steps", type=POSITIVE, help="steps of the long SFT run (default 400)")
-    pr.add_argument("--n-expert-large", type=POSITIVE, help="its expert set size (default 4000)")
-    pr.add_argument("--sft-lr", type=POSITIVE_FLOAT, help="learning rate of both SFT runs (default 3e-4)")
-    pr.add_argument("--overfit-steps", type=POSITIVE, help="steps of the small set's SFT run (default 400)")
-    pr.add_argument("--n-expert-small", type=POSITIVE, help="its expert set size (default 64)")
-    pr.add_argument("--n-test", type=POSITIVE, help="test problems per split (default 150)")
-    pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
-
     ck = sub.add_parser("check", help="your CHORD loss and gradient against minichord's, with a diagnosis "
                         "(DUMP schema: minichord/check/dump.py), or your loss function over the golden cases")
     ck.add_argument("dump", nargs="?", help="a safetensors DUMP of one batch (exit 0 match, 1 mismatch)")
@@ -283,9 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--rtol", type=POSITIVE_FLOAT, default=RTOL, help=f"relative tolerance ({RTOL:g})")
     ck.add_argument("--atol", type=POSITIVE_FLOAT, default=ATOL, help=f"absolute tolerance x the scale ({ATOL:g})")
 
-    for cmd in (d, pt, t, e, c, r, pr):  # every command that runs a model (minichord/device.py)
-        cmd.add_argument("--device", choices=DEVICES, help="auto (default: cuda if available, else cpu), cpu or cuda")
-        cmd.add_argument("--dtype", choices=DTYPES, help="fp32 (default) or bf16 (autocast; weights, loss math fp32)")
+    for cmd in (d, pt, t, e, c, r):  # every command that runs a model
+        add_hardware(cmd)
 
     da = sub.add_parser("data", help="a reasoning-gym task as JSONL prompt rows (+ worked expert traces); needs "
                         'pip install "minichord[tasks]"')
@@ -313,22 +290,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(name: str, command, args) -> int:
+    """command(args)'s exit code; a refusal is one line `NAME: error: ...` (exit 2), Ctrl-C one line (exit 130)."""
     from minichord.checkpoint import CheckpointError
     from minichord.distributed import RankError
     from minichord.trainer import TrainingError
 
     try:
-        code = COMMANDS[args.command](args)
+        code = command(args)
     except (CheckpointError, TrainingError, RankError, OSError, ValueError) as e:  # ValueError: ConfigError, ...
         message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
-        print(f"minichord {args.command}: error: {message}", file=sys.stderr)
+        print(f"{name}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it
-        print(f"minichord {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
     return code or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(f"minichord {args.command}", COMMANDS[args.command], args)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,14 @@
-"""Data parallelism on torch.distributed (`torchrun --nproc-per-node N -m minichord train ...`), exact by design.
+"""Data parallelism on torch.distributed (`torchrun --nproc-per-node N -m minichord.cli train ...`), exact by design:
+each rank samples its share of a step's prompts (whole groups) and trains on its share of the expert rows, with
+the WHOLE batch's coefficients coef_t (`WholeBatch`) and the gradients summed over the ranks,
 
-Each rank samples the rollouts of its own share of a step's prompts (a prompt's group never spans ranks, so the
-group advantages need no communication) and trains on its share of the expert rows. The coefficients come from
-the WHOLE batch's layout, all-gathered (each token's sequence position and side), so with coef_t the one-process
-coefficients (losses.coefficients: (1 - mu) / N_on, mu / N_exp, LUFFY's 1 / N, per sequence or micro-batch)
+    L = sum_ranks sum_{t in rank} coef_t l_t = the one-process L,     grad = sum_ranks grad_rank
 
-    L = sum_ranks sum_{t in rank} coef_t l_t = the one-process L,     grad = sum_ranks grad_rank (all-reduce)
-
-and every rank takes the same optimizer step. The sampler draws its noise for the whole batch on every rank
-(sampler.generate's `rows`), so a rollout does not depend on which rank drew it: losses, gradients and weights do
-not depend on the number of ranks (tests/test_distributed.py). Rank 0 alone writes logs and checkpoints.
-
-fsdp = true trains an FSDP2 copy (`shard`): weights, gradients and AdamW moments in dim-0 shards over the ranks,
-gradients summed; the full weights stay with the sampler, evaluation and checkpoints, gathered after each update."""
+and the sampler draws each row's noise from the whole batch's stream (sampler.generate's `rows`). fsdp = true
+trains an FSDP2 copy (`shard`); the full weights serve sampling, evaluation and checkpoints. Rank 0 writes files."""
 
 import copy
 import dataclasses
-import datetime
 import json
 import os
 
@@ -62,15 +54,15 @@ class Ranks:
         return range(self.rank * n // self.world, (self.rank + 1) * n // self.world)
 
     def gather(self, values: Tensor) -> Tensor:
-        """1-D `values` of every rank, concatenated in rank order (ranks may hold different lengths)."""
+        """`values` [n, ...] of every rank, concatenated along dim 0 in rank order (ranks may hold different n)."""
         if self.world == 1:
             return values
         sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(self.world)]
-        collective(dist.all_gather, sizes, torch.tensor([values.numel()], device=values.device))
-        width = int(max(sizes).item())
-        parts = [torch.zeros(width, dtype=values.dtype, device=values.device) for _ in range(self.world)]
-        collective(dist.all_gather, parts, torch.cat([values, values.new_zeros(width - values.numel())]))
-        return torch.cat([p[:int(n.item())] for p, n in zip(parts, sizes)])
+        collective(dist.all_gather, sizes, torch.tensor([len(values)], device=values.device))
+        padded = torch.cat([values, values.new_zeros(int(max(sizes)) - len(values), *values.shape[1:])])
+        parts = [torch.zeros_like(padded) for _ in range(self.world)]
+        collective(dist.all_gather, parts, padded)
+        return torch.cat([p[:int(n)] for p, n in zip(parts, sizes)])
 
     def sum(self, values: Tensor) -> Tensor:
         """The sum over ranks (in place, returned)."""
@@ -99,15 +91,11 @@ class Ranks:
         total = self.sum(torch.tensor(list(values.values()), dtype=torch.float64, device=self.device))
         return dict(zip(values, (total / self.world).tolist()))
 
-    def same_config(self, config: dict) -> None:
-        """Refuse a launch whose ranks were given different settings (the first key that differs)."""
-        if self.world == 1:
-            return
+    def same_config(self, config: dict) -> None:  # refuse ranks given different settings (the first key that differs)
         configs: list = [None] * self.world
         collective(dist.all_gather_object, configs, json.dumps(config, sort_keys=True, default=str))
         for rank, other in enumerate(map(json.loads, configs)):
-            if diff := sorted(k for k in config.keys() | other.keys() if config.get(k) != other.get(k)):
-                key = diff[0]
+            if key := min((k for k in config.keys() | other.keys() if config.get(k) != other.get(k)), default=""):
                 raise ValueError(f"rank {rank}'s {key}={other.get(key)!r} differs from rank {self.rank}'s "
                                  f"{config.get(key)!r}: every rank must run the same command")
 
@@ -121,14 +109,13 @@ class WholeBatch:
     the whole batch's order, side, and whether this rank holds it; `places` [M_all], every sequence's place, sorted."""
 
     def __init__(self, ranks: Ranks, batch, places: Tensor):  # batch: this rank's TokenBatch; places [M]
-        self.token_places = ranks.gather(places[batch.rows])  # [N_all]
-        self.is_expert = ranks.gather(batch.is_expert.long()).bool()  # [N_all]
-        self.here = ranks.gather(torch.full_like(batch.rows, ranks.rank)) == ranks.rank  # [N_all]
+        tokens = torch.stack([places[batch.rows], batch.is_expert.long(), torch.full_like(batch.rows, ranks.rank)], 1)
+        self.token_places, is_expert, rank = ranks.gather(tokens).unbind(1)  # [N_all] each
+        self.is_expert, self.here = is_expert.bool(), rank == ranks.rank  # [N_all] each
         self.places = ranks.gather(places).sort().values  # [M_all]
 
     def coefficients(self, mb_places: Tensor, mu: float | None, cfg, dtype: torch.dtype) -> Tensor:
-        """losses.coefficients of the (mini-)batch of sequences `mb_places` (sorted), for this rank's tokens [N_mb];
-        the micro-batch aggregation groups the mini-batch's sequences in order, micro_batch_seqs at a time."""
+        """losses.coefficients of the (mini-)batch of sequences `mb_places` (sorted), for this rank's tokens [N_mb]."""
         in_mb = torch.isin(self.token_places, mb_places)  # [N_all]
         seq = torch.searchsorted(mb_places, self.token_places[in_mb])  # [N_mb_all]: sequence index in the mini-batch
         micro_ids = seq // cfg.micro_batch_seqs if cfg.micro_batch_seqs else None  # [N_mb_all]
@@ -152,30 +139,19 @@ def shard(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def full(value):
-    """DTensors (in dicts and lists too) as full tensors, every rank's shards gathered: a collective, so the
+    """DTensors (in dicts too) as full tensors, every rank's shards gathered: a collective, so the
     ranks walk a dict in one order, its keys sorted (a state dict read from JSON may list them in another)."""
     if isinstance(value, dict):
         return {k: full(value[k]) for k in sorted(value, key=str)}
-    if isinstance(value, list):
-        return [full(v) for v in value]
     return value.full_tensor() if isinstance(value, DTensor) else value
-
-
-class Gathered:
-    """What save_checkpoint reads of a sharded optimizer: state_dict() with every shard gathered."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer):
-        self.state = full(optimizer.state_dict())  # a collective: every rank builds one, rank 0 saves it
-
-    def state_dict(self) -> dict:
-        return self.state
 
 
 def load_shards(sharded: torch.nn.Module, weights: dict, optimizer_state: dict | None) -> dict | None:
     """Full `weights` into the FSDP copy's shards (in place); returns `optimizer_state` with each tensor of
     parameter i cut into shards like parameter i (AdamW's moments), to load into the sharded optimizer."""
     def cut(value: Tensor, like: DTensor) -> DTensor:  # every rank holds `value`: each keeps its shard, no messages
-        return distribute_tensor(value.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
+        return distribute_tensor(value.to(like.device, like.dtype), like.device_mesh, like.placements,
+                                 src_data_rank=None)
 
     for name, p in sharded.state_dict().items():
         p.to_local().copy_(cut(weights[name], p).to_local())
@@ -186,9 +162,9 @@ def load_shards(sharded: torch.nn.Module, weights: dict, optimizer_state: dict |
                                          for i, s in optimizer_state["state"].items()}}
 
 
-def init_ranks(backend: str, device: torch.device, timeout_s: float = 1800.0) -> Ranks:
-    """Ranks from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or Ranks() when it is absent.
-    backend auto: NCCL on CUDA, gloo on the CPU; on CUDA each rank takes the GPU of its LOCAL_RANK."""
+def init_ranks(backend: str, device: torch.device, config: dict) -> Ranks:
+    """Ranks from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or Ranks() when it is absent; every rank's
+    `config` must be the same. backend auto: NCCL on CUDA, gloo on the CPU; a rank on CUDA takes GPU LOCAL_RANK."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Ranks()
@@ -197,7 +173,7 @@ def init_ranks(backend: str, device: torch.device, timeout_s: float = 1800.0) ->
                          f"(or auto)")
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        dist.init_process_group(("nccl" if device.type == "cuda" else "gloo") if backend == "auto" else backend,
-                                timeout=datetime.timedelta(seconds=timeout_s))
-    return Ranks(dist.get_rank(), dist.get_world_size(), str(device) if device.type == "cuda" else "cpu")
+    dist.init_process_group(("nccl" if device.type == "cuda" else "gloo") if backend == "auto" else backend)
+    ranks = Ranks(dist.get_rank(), dist.get_world_size(), str(device) if device.type == "cuda" else "cpu")
+    ranks.same_config(config)
+    return ranks

@@ -7,6 +7,7 @@ fused lm-head loss (kernels/fused_loss.py): hidden [N, H], lm-head weight [V, H]
 Math is fp32 (fp64 for fp64 inputs, for gradcheck) whatever the input dtype; gradients come in the input dtypes."""
 
 import functools
+import math
 import os
 
 import torch
@@ -140,3 +141,22 @@ def fused_token_loss(hidden: Tensor, weight: Tensor, targets: Tensor, coef: Tens
     detached = [None if t is None else t.detach() for t in (coef, advantages, old_logp, ref_logp)]
     return FusedLossOutput(*_ChunkedFusedLoss.apply(hidden, weight, targets, detached[0], is_expert, *detached[1:],
                                                     spec, float(temperature), int(chunk_size)))
+
+
+def stat_sums(out: FusedLossOutput | None, is_expert: Tensor, device) -> Tensor:
+    """The sums behind an optimizer step's metrics, from the fused loss's outputs (logp, entropy, clipped: [N]):
+    [loss, N_on, sum H, clipped, N_exp, sum p, sum p(1 - p), sum -logp], fp64 (zeros for a rank without tokens)."""
+    if out is None:
+        return torch.zeros(8, dtype=torch.float64, device=device)
+    on, ex = ~is_expert, is_expert
+    p_exp = out.logp[ex].exp()  # [N_exp]
+    return torch.stack([x.double() for x in (out.loss, on.sum(), out.entropy[on].sum(), out.clipped[on].sum(),
+                                             ex.sum(), p_exp.sum(), (p_exp * (1 - p_exp)).sum(), -out.logp[ex].sum())])
+
+
+def update_stats(sums: Tensor, grad_norm: Tensor) -> dict[str, float]:
+    """One optimizer step's metrics from `stat_sums` (summed over ranks): means over the step's tokens."""
+    loss, n_on, entropy, clipped, n_exp, p, phi, nll = sums.tolist()
+    return {"loss": loss, "grad_norm": grad_norm.item(), "entropy": entropy / n_on if n_on else math.nan,
+            "clip_fraction": clipped / n_on if n_on else 0.0, "expert_p": p / n_exp if n_exp else math.nan,
+            "expert_phi": phi / n_exp if n_exp else math.nan, "expert_nll": nll / n_exp if n_exp else math.nan}

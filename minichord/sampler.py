@@ -116,8 +116,7 @@ def generate(model, prompts: list[list[int]], cfg: SamplerConfig, *, eos_id: int
 
 
 @torch.inference_mode()  # like no_grad, and cheaper per op: no version counters or view tracking
-def _decode(model, prompts, cfg: SamplerConfig, device, dtype, eos_id, pad_id, generator, use_cache, vocab_size,
-            rows: tuple[int, int]):
+def _decode(model, prompts, cfg: SamplerConfig, device, dtype, eos_id, pad_id, generator, use_cache, vocab_size, rows):
     ids, mask = left_pad(prompts, pad_id, device)  # [B, P]
     B, P = ids.shape
     total = P + cfg.max_new_tokens

@@ -13,12 +13,11 @@ uninterrupted one exactly. Under torchrun each rank does this for its share of t
 coefficients and summed gradients (minichord/distributed.py): the same run on any number of ranks."""
 
 import copy
-import dataclasses
 import json
-import math
 import random
 import signal
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +31,7 @@ from minichord.checkpoint import (CheckpointError, LogError, checkpoint_exists, 
 from minichord.config import TrainConfig
 from minichord.data import TrainData, build_train_data
 from minichord.device import autocast, describe, resolve_device
-from minichord.distributed import Gathered, Ranks, WholeBatch, full, init_ranks, load_shards, shard
+from minichord.distributed import Ranks, WholeBatch, full, init_ranks, load_shards, shard
 from minichord.evaluate import N_SAMPLES, evaluate_splits
 from minichord.hf import is_hf_dir, load_model
 from minichord.methods import Stage, build_stages
@@ -55,37 +54,16 @@ def step_rng(seed: int, step: int, stream: int, device="cpu") -> tuple[random.Ra
     return random.Random(key), torch.Generator(device=device).manual_seed(key)
 
 
-def stat_sums(out, is_expert: torch.Tensor, device) -> torch.Tensor:
-    """The sums behind an optimizer step's metrics, from the fused loss's outputs (logp, entropy, clipped: [N]):
-    [loss, N_on, sum H, clipped, N_exp, sum p, sum p(1 - p), sum -logp], fp64 (zeros for a rank without tokens)."""
-    if out is None:
-        return torch.zeros(8, dtype=torch.float64, device=device)
-    on, ex = ~is_expert, is_expert
-    p_exp = out.logp[ex].exp()  # [N_exp]
-    return torch.stack([x.double() for x in (out.loss, on.sum(), out.entropy[on].sum(), out.clipped[on].sum(),
-                                             ex.sum(), p_exp.sum(), (p_exp * (1 - p_exp)).sum(), -out.logp[ex].sum())])
-
-
-def update_stats(sums: torch.Tensor, grad_norm: torch.Tensor) -> dict[str, float]:
-    """One optimizer step's metrics from `stat_sums` (summed over ranks): means over the step's tokens."""
-    loss, n_on, entropy, clipped, n_exp, p, phi, nll = sums.tolist()
-    return {"loss": loss, "grad_norm": grad_norm.item(), "entropy": entropy / n_on if n_on else math.nan,
-            "clip_fraction": clipped / n_on if n_on else 0.0, "expert_p": p / n_exp if n_exp else math.nan,
-            "expert_phi": phi / n_exp if n_exp else math.nan, "expert_nll": nll / n_exp if n_exp else math.nan}
-
-
 class Trainer:
     def __init__(self, stages: list[Stage], model, tokenizer, data: TrainData, out_dir: Path,
                  log: Callable[[str], None] = print, device: torch.device | None = None, ranks: Ranks = Ranks()):
         self.stages, self.model, self.tok, self.data, self.ranks = stages, model, tokenizer, data, ranks
         self.method_name = "-".join(s.method.name for s in stages)  # sft-grpo: "sft" then "grpo"
-        self.out, self.cfg, self.steps, self.step = Path(out_dir), stages[0].cfg, stages[-1].end, 0
-        self.log = log if ranks.is_main else (lambda line: None)  # rank 0 alone logs and writes files
+        self.out, self.log, self.cfg, self.steps, self.step = Path(out_dir), log, stages[0].cfg, stages[-1].end, 0
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = device or resolve_device(self.cfg.device)  # model, KV cache, generators, batches, evaluation
         model.to(self.device).activation_checkpointing = self.cfg.activation_checkpointing
-        # what the optimizer updates: the model, or its FSDP2 copy (fsdp) whose full weights `model` then mirrors
-        self.trained = shard(model) if self.cfg.fsdp and ranks.world > 1 else model
+        self.trained = shard(model) if self.cfg.fsdp and ranks.world > 1 else model  # fsdp: `model` mirrors its shards
         self.log(describe(self.device, self.cfg.dtype))
         self.optimizer = self._new_optimizer(stages[0])
         self._stop_signal: str | None = None
@@ -154,12 +132,14 @@ class Trainer:
         for k, r in enumerate(responses):
             b, j = divmod(k, n_on)
             seqs.append(Sequence(prompt_ids[k], r, False, float(adv[b, j]), old_logp[k]))
-        places = [*(mine if mixed else []), *(len(every) * mixed + mine.start * n_on + k for k in range(len(responses)))]
+        first = len(every) * mixed + mine.start * n_on  # the whole batch: [its traces (LUFFY)] + every rollout
+        places = [*(mine if mixed else []), *range(first, first + len(responses))]
         t2 = time.perf_counter()
         return seqs, places, {"reward": rewards.mean().item(), "accuracy": (rewards == 1).float().mean().item(),
-                      "zero_variance_groups": losses.zero_variance_fraction(adv),  # equal rewards give A = 0 exactly
-                      "response_length": out.mask.sum(1).float().mean().item(),
-                      "truncated": (~out.finished).float().mean().item(), "time_sample": t1 - t0, "time_score": t2 - t1}
+                              "zero_variance_groups": losses.zero_variance_fraction(adv),  # equal rewards: A = 0
+                              "response_length": out.mask.sum(1).float().mean().item(),
+                              "truncated": (~out.finished).float().mean().item(), "time_sample": t1 - t0,
+                              "time_score": t2 - t1}
 
     def _expert_batch(self, cfg: TrainConfig, step: int, first: int) -> tuple[list[Sequence], list[int]]:
         """This rank's share of the step's expert rows, and their places in the whole batch (after `first`)."""
@@ -180,19 +160,16 @@ class Trainer:
 
     def _batch(self, stage: Stage, step: int) -> tuple[TokenBatch, torch.Tensor, float | None, dict]:
         """This rank's share of step `step`'s token batch (rollouts with their advantages + expert demonstrations),
-        each of its sequences' place in the whole batch [M] (rollout-side first, as one process orders them),
-        mu, and the whole batch's metrics."""
+        each sequence's place in the whole batch [M] (rollout side first, as one process orders them), mu, metrics."""
         mu = stage.mu(step)  # None under the joint aggregation (LUFFY)
         seqs, places, metrics = self._rollouts(stage, step) if stage.method.uses_rollouts else ([], [], {})
         if stage.cfg.experts_per_step > 0 and mu:  # every rank holds as many rollout-side sequences
             experts, expert_places = self._expert_batch(stage.cfg, step, first=self.ranks.world * len(seqs))
             seqs, places = seqs + experts, places + expert_places
         batch = pack(seqs, self.tok.pad_id, self.model.cfg.max_seq_len).to(self.device)
-        counts = self.ranks.sum(torch.tensor([sum(not s.is_expert for s in seqs), sum(s.is_expert for s in seqs),
-                                              batch.num_tokens], device=self.ranks.device)).tolist()
         return batch, torch.tensor(places, device=self.device), mu, {
             "step": step, "method": stage.method.name, "mu": mu, "backend": lm_head.kernel_backend(self.device),
-            **self.ranks.mean(metrics), **dict(zip(("rollouts", "experts", "tokens"), counts))}
+            **self.ranks.mean(metrics)}
 
     def train_step(self, step: int) -> dict:
         """One step: the batch, then ppo_epochs x minibatches optimizer steps on it; returns its metrics."""
@@ -206,6 +183,9 @@ class Trainer:
         ref_logp = self._logp(batch, cfg, T, self.ref_model) if cfg.loss.kl_coef > 0 else None  # [N]
         _, gen = step_rng(cfg.seed, step, 2)
         layout = WholeBatch(self.ranks, batch, places)
+        metrics |= {"rollouts": layout.token_places[~layout.is_expert].unique().numel(),  # the whole batch's
+                    "experts": layout.token_places[layout.is_expert].unique().numel(),
+                    "tokens": len(layout.token_places)}
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
             for chosen in torch.randperm(len(layout.places), generator=gen).chunk(cfg.minibatches):
@@ -220,7 +200,7 @@ class Trainer:
                                             ref_logp=mb_ref) if len(seq_ids) else None  # grads summed per micro-batch
                 if self.trained is self.model:  # (FSDP2 has summed them)
                     self.ranks.sum_grads(self.model)
-                sums = self.ranks.sum(stat_sums(out, mb.is_expert, self.device))
+                sums = self.ranks.sum(lm_head.stat_sums(out, mb.is_expert, self.device))
                 grad_norm = full(torch.nn.utils.clip_grad_norm_(self.trained.parameters(), cfg.grad_clip))
                 if not (torch.isfinite(sums[0]) and torch.isfinite(grad_norm)):
                     raise self._diverged(step, f"non-finite loss {sums[0].item()} or gradient norm "
@@ -231,11 +211,10 @@ class Trainer:
                     raise self._diverged(step, str(e)) from None
                 if self.trained is not self.model:  # the full weights follow the shards (an all-gather)
                     self.model.load_state_dict(full(self.trained.state_dict()))
-                for k, v in update_stats(sums, grad_norm).items():
+                for k, v in lm_head.update_stats(sums, grad_norm).items():
                     stats.setdefault(k, []).append(v)
-        broken = not ((norm := self._weight_norm()).isfinite() and self._logp(batch.select(torch.tensor([0])), cfg, 1.0)
-                      .isfinite().all())  # a non-finite weight makes the norm non-finite
-        if self.ranks.any(broken):
+        if self.ranks.any(not ((norm := self._weight_norm()).isfinite() and self._logp(  # a non-finite weight makes
+                batch.select(torch.tensor([0])), cfg, 1.0).isfinite().all())):  # the norm non-finite
             raise self._diverged(step, "it made the weights or logits non-finite")
         if norm > cfg.max_weight_growth * norm_before:  # finite, and out of all proportion (e.g. lr = 1e6)
             raise self._diverged(step, f"the weights' norm grew {norm / norm_before:.3g}x (> max_weight_growth)")
@@ -256,10 +235,10 @@ class Trainer:
         return result
 
     def save(self) -> None:
-        optimizer = self.optimizer if self.trained is self.model else Gathered(self.optimizer)  # (every rank)
+        optimizer = self.optimizer if self.trained is self.model else full(self.optimizer.state_dict())  # all ranks
         if self.ranks.is_main:  # every rank holds the same weights
             save_checkpoint(self.out / "checkpoint", self.model, tokenizer=self.tok, optimizer=optimizer,
-                            step=self.step, meta={"method": self.method_name, "config": dataclasses.asdict(self.cfg)})
+                            step=self.step, meta={"method": self.method_name, "config": asdict(self.cfg)})
 
     def request_stop(self, reason: str) -> None:
         """Finish the current step, save, then stop (what Ctrl-C and SIGTERM do)."""
@@ -320,10 +299,8 @@ def prepare_run(method_name: str, out_dir: str | Path, *, config_file: str | Non
     stages = build_stages(method_name, config_file, overrides)
     cfg = stages[0].cfg
     device = resolve_device(cfg.device)  # --device cuda without CUDA: refused before any data or model loads
-    ranks = init_ranks(cfg.dist_backend, device)  # under torchrun; else one process
-    ranks.same_config({"method": method_name, "out": str(out_dir), "resume": resume,
-                       **{(f"{s.method.name}." if len(stages) > 1 else "") + k: v
-                          for s in stages for k, v in dataclasses.asdict(s.cfg).items()}})
+    named = {(f"{s.method.name}." if len(stages) > 1 else "") + k: v for s in stages for k, v in asdict(s.cfg).items()}
+    ranks = init_ranks(cfg.dist_backend, device, {"method": method_name, "out": str(out_dir), "resume": resume} | named)
     log = log if ranks.is_main else (lambda line: None)
     torch.manual_seed(cfg.seed)
     data = build_train_data(cfg, hf_model=is_hf_dir(cfg.init))

@@ -1,9 +1,11 @@
 """Shared test set-up. Triton kernels run under the interpreter on machines without CUDA;
 the variable must be set before any kernel is decorated, hence here, before test imports."""
 
+import importlib.util
 import os
 import random
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def load_script(name: str):
+    """A module of scripts/ (developer tools outside the package), loaded from its file."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

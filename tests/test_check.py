@@ -16,15 +16,7 @@ from minichord.cli import main
 from minichord.check.dump import DumpError, from_tensors
 
 
-def _load_script(name: str):
-    """A module of scripts/ (developer tools outside the package), loaded from its file."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script as _load_script
 
 LN = math.log
 

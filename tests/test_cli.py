@@ -12,7 +12,7 @@ from minichord.cli import main
 def test_help_lists_every_subcommand():
     out = subprocess.run([sys.executable, "-m", "minichord.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for cmd in ("demo", "pretrain", "train", "eval", "reproduce", "probe", "plot", "samples"):
+    for cmd in ("demo", "pretrain", "train", "eval", "reproduce", "plot", "samples", "check", "data"):
         assert cmd in out.stdout
 
 

@@ -1,6 +1,6 @@
 """Data parallelism is exact: one process, 2 ranks and 2 ranks x 2 micro-batches give the same loss, gradients and
 weights for every method preset (gloo on the CPU; ranks are spawned processes), resume works across a change of
-the number of ranks, and a stopped or dead rank loses nothing (torchrun, `python -m minichord train`)."""
+the number of ranks, and a stopped or dead rank loses nothing (torchrun, `python -m minichord.cli train`)."""
 
 import json
 import os
@@ -106,7 +106,7 @@ SETTINGS = ["n_test=4", "eval_every=100000", "sampler.max_new_tokens=6", "prompt
 
 def torchrun(tiny_ckpt, out, *settings: str, nproc: int = 2) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-           str(_free_port()), "-m", "minichord", "train", "--method", "chord-phi", "--out", str(out)]
+           str(_free_port()), "-m", "minichord.cli", "train", "--method", "chord-phi", "--out", str(out)]
     for setting in (f"init={tiny_ckpt}", *SETTINGS, *settings):
         cmd += ["--set", setting]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

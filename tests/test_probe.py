@@ -1,14 +1,18 @@
-"""`minichord probe --quick`: the criteria table is produced and well formed (not that the criteria pass)."""
+"""`scripts/probe.py --quick`: the criteria table is produced and well formed (not that the criteria pass)."""
 
 import json
 
-from minichord.cli import main
-from minichord.runners.probe import overfit_check
+import pytest
+
+from conftest import load_script
+
+probe = load_script("probe")
+overfit_check = probe.overfit_check
 
 
 def test_quick_probe_prints_a_pass_fail_table(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "probe"
-    code = main(["probe", "--quick", "--out", str(out), "--set", f"init={tiny_ckpt}",
+    code = probe.main(["--quick", "--out", str(out), "--set", f"init={tiny_ckpt}",
                  "--set", "sampler.max_new_tokens=8", "--set", "prompts_per_step=2", "--set", "group_size=2",
                  "--set", "experts_per_step=2", "--device", "cpu"])
     assert code in (0, 1)  # 1: a criterion fails (a random model fails most)
@@ -33,3 +37,14 @@ def test_overfit_check_reads_a_curve():
     assert not shift_only  # the fall from the base at step 0 is the style shift, not overfitting
     flat, _ = overfit_check([0, 10, 20], [0.1, 0.5, 0.8], list(range(21)), [2.0 - 0.05 * s for s in range(21)])
     assert not flat  # still rising: no overfit
+
+
+def test_bad_arguments_are_one_line(tmp_path, capsys):
+    for value, message in [("nan", "--sft-lr: 'nan': must be a number > 0"), ("-1", "--sft-lr: '-1': must be")]:
+        with pytest.raises(SystemExit) as exit_:
+            probe.main(["--out", str(tmp_path / "r"), "--sft-lr", value])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and message in err[-1] and "Traceback" not in "\n".join(err)
+    assert probe.main(["--out", str(tmp_path / "r"), "--set", "steps=0"]) == 2
+    assert capsys.readouterr().err.strip() == "probe: error: TrainConfig: steps=0: must be an integer >= 1"
+    assert not (tmp_path / "r").exists()

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from conftest import load_script
 from minichord.cli import main
 from test_real_model import model_dir  # noqa: F401 - the fixture: skips or fails as the real-model tests do
 
@@ -32,7 +33,7 @@ def setting(model_dir, tmp_path_factory):  # noqa: F811
 
 def test_probe_prints_the_real_criteria_table(setting, tmp_path, capsys):
     sets = [a for s in setting for a in ("--set", s)]
-    code = main(["probe", "--quick", "--out", str(tmp_path / "probe"), *sets, "--device", "cpu"])
+    code = load_script("probe").main(["--quick", "--out", str(tmp_path / "probe"), *sets, "--device", "cpu"])
     assert code in (0, 1)
     saved = json.loads((tmp_path / "probe" / "probe.json").read_text())
     names = [c["name"] for c in saved["criteria"]]

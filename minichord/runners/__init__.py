@@ -1,4 +1,4 @@
-"""The commands that run experiments on top of the library: `minichord demo | reproduce | probe | plot`."""
+"""The commands that run experiments on top of the library: `minichord demo | reproduce | plot | samples`."""
 
 import statistics
 from pathlib import Path

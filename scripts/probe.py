@@ -1,19 +1,25 @@
-"""`minichord probe`: does the setting (the toy's; a real model's on your files: `probe_real`) leave every method
-room to show what it does? Writes probe.json, probe.md.
+"""Does the setting (the toy's; a real model's on your files: `probe_real`) leave every method room to show what it
+does? An experiment-design check, run before a comparison; writes OUT/probe.json and OUT/probe.md:
+
+    .venv/bin/python scripts/probe.py --out runs/probe               # the toy's criteria 1-6 (exit 0: all pass)
+    .venv/bin/python scripts/probe.py --out runs/real-probe --set init=DIR --set prompts_file=F ...  (make real-probe)
 
 The criteria (the table in `probe`) describe the *setting*, never which method wins. Runs: the base on `seeds`
 splits; GRPO x seeds at the default budget; a long SFT run on a large expert set (criteria 2, 4) and one on a small
 set (criterion 6): a small set is memorised before the procedure is learned, so the two need two set sizes."""
 
+import argparse
 import collections
 import dataclasses
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from minichord.cli import OUT, POSITIVE, POSITIVE_FLOAT, add_hardware, hardware, run_command
 from minichord.config import SamplerConfig
 from minichord.data import build_train_data
 from minichord.evaluate import expert_token_probs
@@ -181,3 +187,36 @@ def probe(out_dir: str | Path, budget: ProbeBudget = ProbeBudget(), overrides: l
                   log, budget=dataclasses.asdict(budget), overrides=list(overrides), base=base, grpo_final=grpo,
                   median_p=median_p)
 
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="probe.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=OUT, default="runs/probe", help="output directory (default runs/probe)")
+    p.add_argument("--quick", action="store_true", help="a tiny budget that checks the plumbing, not the criteria")
+    p.add_argument("--seeds", type=POSITIVE, help="seeds of the base and GRPO (default 3)")
+    p.add_argument("--grpo-steps", type=POSITIVE, help="GRPO steps (default 100, reproduce's budget)")
+    p.add_argument("--sft-steps", type=POSITIVE, help="steps of the long SFT run (default 400)")
+    p.add_argument("--n-expert-large", type=POSITIVE, help="its expert set size (default 4000)")
+    p.add_argument("--sft-lr", type=POSITIVE_FLOAT, help="learning rate of both SFT runs (default 3e-4)")
+    p.add_argument("--overfit-steps", type=POSITIVE, help="steps of the small set's SFT run (default 400)")
+    p.add_argument("--n-expert-small", type=POSITIVE, help="its expert set size (default 64)")
+    p.add_argument("--n-test", type=POSITIVE, help="test problems per split (default 150)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run "
+                   "(init=DIR eval_file=... : your model's and files' criteria)")
+    add_hardware(p)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The criteria table; exit 0 when every criterion passes, 1 when one fails, 2 on bad input."""
+    def run(args) -> int:
+        real = any(s.startswith("eval_file=") for s in args.set)  # your model and files: the real-model criteria
+        budget = QUICK_BUDGET if args.quick else REAL_BUDGET if real else ProbeBudget()
+        changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(budget)
+                   if getattr(args, f.name, None) is not None}
+        criteria = probe(args.out, dataclasses.replace(budget, **changes), overrides=args.set + hardware(args))
+        return 0 if all(c.passed for c in criteria) else 1
+    return run_command("probe", run, parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
