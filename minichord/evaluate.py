@@ -1,5 +1,5 @@
 """Evaluation: greedy accuracy (mean 0/1 reward) on held-out splits and retention of the other skills;
-`evaluate_splits` is the one evaluation of every command (eval, the trainer, pre-training, reproduce, scripts/probe.py)."""
+`evaluate_splits` is the one evaluation of every command (eval, the trainer, pre-training, reproduce, the probe)."""
 
 from typing import Callable, Sequence
 
