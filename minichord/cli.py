@@ -80,6 +80,7 @@ def cmd_train(args) -> None:
                           resume=not args.no_resume)
     try:
         final = trainer.run()
+        trainer.ranks.barrier()  # every rank is done (rank 0 saved) before the process group goes
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
