@@ -11,7 +11,6 @@ import torch
 
 from minichord import batch as batches
 from minichord import cli, losses
-from minichord.batch import pack
 from minichord.config import ConfigError, TrainConfig
 from minichord.device import resolve_device
 from minichord.methods import METHODS
@@ -68,11 +67,8 @@ def _stage_batches(tok, tmp_path):
         t = make_trainer(tok, tmp_path / name, name, ["steps=2", "prompts_per_step=2"], data=tiny_data(reward=coin))
         t.model.double()
         for stage in t.stages:
-            mu = stage.mu(stage.start)  # None for LUFFY
-            seqs = t._rollouts(stage, stage.start)[0] if stage.method.uses_rollouts else []
-            if stage.cfg.experts_per_step > 0 and mu:
-                seqs += t._expert_batch(stage.cfg, stage.start)
-            yield f"{name}/{stage.method.name}", stage, mu, t, pack(seqs, tok.pad_id, t.model.cfg.max_seq_len)
+            batch, _, mu, _ = t._batch(stage, stage.start)  # mu: None for LUFFY
+            yield f"{name}/{stage.method.name}", stage, mu, t, batch
 
 
 def test_micro_batches_give_the_full_batch_loss_and_gradients(tok, tmp_path):
