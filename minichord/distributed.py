@@ -165,15 +165,15 @@ def load_shards(sharded: torch.nn.Module, weights: dict, optimizer_state: dict |
 def init_ranks(backend: str, device: torch.device, config: dict) -> Ranks:
     """Ranks from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or Ranks() when it is absent; every rank's
     `config` must be the same. backend auto: NCCL on CUDA, gloo on the CPU; a rank on CUDA takes GPU LOCAL_RANK."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Ranks()
     if backend == "nccl" and device.type != "cuda":
         raise ValueError(f"dist_backend=nccl needs CUDA; this run's device is {device.type}: use dist_backend=gloo "
                          f"(or auto)")
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(("nccl" if device.type == "cuda" else "gloo") if backend == "auto" else backend)
+    if not dist.is_initialized():  # a caller's own torchrun script may have made the group already
+        dist.init_process_group(("nccl" if device.type == "cuda" else "gloo") if backend == "auto" else backend)
     ranks = Ranks(dist.get_rank(), dist.get_world_size(), str(device) if device.type == "cuda" else "cpu")
     ranks.same_config(config)
     return ranks
