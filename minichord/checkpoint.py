@@ -94,7 +94,7 @@ def _files_of(model, tokenizer, optimizer, step: int, meta: dict) -> dict[str, b
 def save_checkpoint(root, model, *, tokenizer: TokenizerLike | None = None, optimizer=None, step: int = 0,
                     meta: dict | None = None, keep: int = 3) -> Path:
     """Save as `root/step-<step>`, point `root/latest` at it, keep the last `keep` steps; returns the step dir.
-    optimizer: an optimizer or its state_dict() (a sharded one's, gathered: distributed.full)."""
+    optimizer: an optimizer or its state_dict() (a sharded one's, gathered: distributed.gathered)."""
     root, meta = Path(root), {} if meta is None else meta
     if root.exists() and not (root.is_dir() and all(re.fullmatch(r"latest|\.tmp-.*|step-\d+", p.name)
                                                     for p in root.iterdir())):

@@ -138,11 +138,11 @@ def shard(model: torch.nn.Module) -> torch.nn.Module:
     return sharded
 
 
-def full(value):
+def gathered(value):
     """DTensors (in dicts too) as full tensors, every rank's shards gathered: a collective, so the
     ranks walk a dict in one order, its keys sorted (a state dict read from JSON may list them in another)."""
     if isinstance(value, dict):
-        return {k: full(value[k]) for k in sorted(value, key=str)}
+        return {k: gathered(value[k]) for k in sorted(value, key=str)}
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 

@@ -31,7 +31,7 @@ from minichord.checkpoint import (CheckpointError, LogError, checkpoint_exists, 
 from minichord.config import TrainConfig
 from minichord.data import TrainData, build_train_data
 from minichord.device import autocast, describe, resolve_device
-from minichord.distributed import Ranks, WholeBatch, full, init_ranks, load_shards, shard
+from minichord.distributed import Ranks, WholeBatch, gathered, init_ranks, load_shards, shard
 from minichord.evaluate import N_SAMPLES, evaluate_splits
 from minichord.hf import is_hf_dir, load_model
 from minichord.methods import Stage, build_stages
@@ -201,7 +201,7 @@ class Trainer:
                 if self.trained is self.model:  # (FSDP2 has summed them)
                     self.ranks.sum_grads(self.model)
                 sums = self.ranks.sum(lm_head.stat_sums(out, mb.is_expert, self.device))
-                grad_norm = full(torch.nn.utils.clip_grad_norm_(self.trained.parameters(), cfg.grad_clip))
+                grad_norm = gathered(torch.nn.utils.clip_grad_norm_(self.trained.parameters(), cfg.grad_clip))
                 if not (torch.isfinite(sums[0]) and torch.isfinite(grad_norm)):
                     raise self._diverged(step, f"non-finite loss {sums[0].item()} or gradient norm "
                                                f"{grad_norm.item()}, stopped before the update")
@@ -210,7 +210,7 @@ class Trainer:
                 except RuntimeError as e:  # e.g. AdamW's "value cannot be converted to type float without overflow"
                     raise self._diverged(step, str(e)) from None
                 if self.trained is not self.model:  # the full weights follow the shards (an all-gather)
-                    self.model.load_state_dict(full(self.trained.state_dict()))
+                    self.model.load_state_dict(gathered(self.trained.state_dict()))
                 for k, v in lm_head.update_stats(sums, grad_norm).items():
                     stats.setdefault(k, []).append(v)
         if self.ranks.any(not ((norm := self._weight_norm()).isfinite() and self._logp(  # a non-finite weight makes
@@ -235,7 +235,7 @@ class Trainer:
         return result
 
     def save(self) -> None:
-        optimizer = self.optimizer if self.trained is self.model else full(self.optimizer.state_dict())  # all ranks
+        optimizer = self.optimizer if self.trained is self.model else gathered(self.optimizer.state_dict())  # all ranks
         if self.ranks.is_main:  # every rank holds the same weights
             save_checkpoint(self.out / "checkpoint", self.model, tokenizer=self.tok, optimizer=optimizer,
                             step=self.step, meta={"method": self.method_name, "config": asdict(self.cfg)})

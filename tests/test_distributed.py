@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from minichord.checkpoint import load_checkpoint
 from minichord.config import ModelConfig
-from minichord.distributed import Ranks, full
+from minichord.distributed import Ranks, gathered
 from minichord.methods import METHODS, build_stages
 from minichord.model import Transformer
 from minichord.tasks import style_texts
@@ -48,7 +48,7 @@ def run_case(tok, out, method, overrides, dtype, steps, ranks: Ranks, micro: int
     stages = build_stages(method, overrides=[*TINY, *overrides, *micro_set])  # each preset's own lr
     trainer = Trainer(stages, model, tok, tiny_data(), out, log=lambda line: None, ranks=ranks)
     losses = [trainer.train_step(s)["loss"] for s in range(steps)]
-    grads = {k: full(p.grad) for k, p in trainer.trained.named_parameters() if p.grad is not None}  # FSDP: gathered
+    grads = {k: gathered(p.grad) for k, p in trainer.trained.named_parameters() if p.grad is not None}  # FSDP: gathered
     return {**{f"loss/{k}": torch.tensor([v], dtype=torch.float64) for k, v in enumerate(losses)},
             **{f"grad/{k}": g.detach().clone() for k, g in grads.items()},
             **{f"weight/{k}": p.detach().clone() for k, p in trainer.model.named_parameters()}}
