@@ -78,7 +78,7 @@ class Ranks:
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
         collective(dist.all_reduce, flat)
         for p, g in zip(params, flat.split([p.numel() for p in params])):
-            p.grad = g.view_as(p).clone()
+            p.grad = g.view_as(p)  # a view of the reduced buffer: no second copy
 
     def any(self, flag: bool) -> bool:
         """True on every rank when it is True on one (a stop signal, a diverged check)."""
@@ -112,7 +112,7 @@ class WholeBatch:
         tokens = torch.stack([places[batch.rows], batch.is_expert.long(), torch.full_like(batch.rows, ranks.rank)], 1)
         self.token_places, is_expert, rank = ranks.gather(tokens).unbind(1)  # [N_all] each
         self.is_expert, self.here = is_expert.bool(), rank == ranks.rank  # [N_all] each
-        self.places = ranks.gather(places).sort().values  # [M_all]
+        self.places = self.token_places.unique()  # [M_all], sorted: every sequence has a response token
 
     def coefficients(self, mb_places: Tensor, mu: float | None, cfg, dtype: torch.dtype) -> Tensor:
         """losses.coefficients of the (mini-)batch of sequences `mb_places` (sorted), for this rank's tokens [N_mb]."""
