@@ -33,9 +33,11 @@ DEVICES = ("auto", "cpu", "cuda")  # minichord/device.py: auto = cuda if availab
 DTYPES = ("fp32", "bf16")  # bf16: autocast over fp32 master weights (minichord/device.py)
 DIST_BACKENDS = ("auto", "gloo", "nccl")  # minichord/distributed.py: auto = NCCL on CUDA, gloo on the CPU
 REWARDS = ("auto", "exact", "math", "math-verify")  # minichord/data.py rewards(); auto: math for HF, else exact
-CONVENTIONS = ("paper", "official")  # presets of the loss table (minichord/methods.py)
+CATALOGUE = tomllib.loads(Path(__file__).with_name("catalogue.toml").read_text(encoding="utf-8"))  # conventions, bugs
+CONVENTIONS = tuple(n for name, c in CATALOGUE["convention"].items() for n in (name, c.get("also")) if n)  # + aliases
 EXPERT_WEIGHTINGS = ("uniform", "phi", "is", "luffy")  # the expert-token loss (minichord/losses.py)
-AGGREGATIONS = ("token-mean", "sequence-mean", "micro-batch", "joint")  # how token losses are averaged
+AGGREGATIONS = ("token-mean", "sequence-mean", "sequence-sum", "micro-batch", "micro-batch-equal",  # losses.py
+                "micro-batch-sequence-mean", "joint")  # how token losses are averaged
 SINGLETONS = ("zero", "official")  # the advantage of a group of one
 STDS = ("unbiased", "biased", "none")  # the group std that divides advantages (none: A = R - mean)
 
@@ -219,7 +221,7 @@ def one_of(cfg: Any, **allowed: tuple[str, ...]) -> None:
     """Refuse a field whose value is not among its allowed strings."""
     for key, values in allowed.items():
         if getattr(cfg, key) not in values:
-            raise ConfigError(f"{key}={getattr(cfg, key)!r}: must be one of {', '.join(values)}")
+            raise ConfigError(f"{key}={getattr(cfg, key)!r}: must be one of {', '.join(map(str, values))}")
 
 
 @dataclasses.dataclass(frozen=True)  # hashable: `minichord check` searches sets of rules
@@ -230,20 +232,23 @@ class LossConfig:
     eps_low: float = 0.2  # PPO clip range [1 - eps_low, 1 + eps_high]
     eps_high: float = 0.2
     dual_clip: Optional[float] = None  # c > 1 bounds the loss of A < 0 tokens at -A c; None = off
-    log_ratio_clamp: float = 20.0  # r = exp(clamp(logp - old_logp, -c_r, c_r))
+    log_ratio_clamp: float = 20.0  # r = exp(clamp(logp - old_logp, -c_r, c_r)); inf: no clamp
     expert_weighting: str = "uniform"  # uniform (SFT) | phi (CHORD-phi) | is (SFT-IS) | luffy (both LUFFY terms)
     luffy_gamma: float = 0.1  # LUFFY's policy shaping p / (p + gamma)
     entropy_coef: float = 0.0  # on-policy entropy bonus (0 = off)
     kl_coef: float = 0.0  # k3 KL penalty to the initial model (0 = off)
-    aggregation: str = "token-mean"  # token-mean | sequence-mean | micro-batch | joint (one mean, no mu: LUFFY)
+    aggregation: str = "token-mean"  # one of AGGREGATIONS (joint: one mean over both sides, no mu: LUFFY)
+    sft_aggregation: Optional[str] = None  # the SFT term's, when it differs (None: `aggregation`)
     singleton: str = "zero"  # a group of one: zero (A = 0) | official (A = R / (1 + 1e-6))
-    std: str = "unbiased"  # A = (R - mean) / (std + 1e-6): unbiased (G - 1) | biased (G) | none (A = R - mean)
+    std: str = "unbiased"  # A = (R - mean) / (std + std_eps): unbiased (G - 1) | biased (G) | none (A = R - mean)
+    std_eps: float = 1e-6
     expert_in_group: bool = False  # LUFFY: G - 1 rollouts + the prompt's expert trace (reward 1) form a group
 
     def __post_init__(self) -> None:
-        one_of(self, expert_weighting=EXPERT_WEIGHTINGS, aggregation=AGGREGATIONS, singleton=SINGLETONS, std=STDS)
+        one_of(self, expert_weighting=EXPERT_WEIGHTINGS, aggregation=AGGREGATIONS, singleton=SINGLETONS, std=STDS,
+               sft_aggregation=(None, *AGGREGATIONS[:-1]) if self.aggregation != "joint" else (None,))
         validate(self, {"[0, 1)": "eps_low", "[0, inf)": "eps_high entropy_coef kl_coef", "(1, inf)": "dual_clip",
-                        "(0, inf)": "log_ratio_clamp luffy_gamma"})
+                        "(0, inf)": "luffy_gamma std_eps", "(0, inf]": "log_ratio_clamp"})
         if self.expert_in_group != (self.expert_weighting == "luffy"):
             raise ConfigError(f"expert_in_group={self.expert_in_group} with expert_weighting={self.expert_weighting!r}"
                               ": LUFFY's token losses and its mixed groups go together (the luffy method sets both)")

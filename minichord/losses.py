@@ -75,44 +75,51 @@ def mu_schedule(step: int, *, warmup: int, decay: int, peak: float, valley: floa
 
 def advantages(rewards: Tensor, rules: LossConfig) -> Tensor:
     """rewards [n_groups, G] -> A [n_groups, G] by the rules' std and singleton (LUFFY's expert column included)."""
-    return group_advantages(rewards, scale_by_std=rules.std != "none", singleton=rules.singleton,
+    return group_advantages(rewards, scale_by_std=rules.std != "none", eps=rules.std_eps, singleton=rules.singleton,
                             unbiased=rules.std != "biased")
+
+
+AGGREGATION_SHAPES = {  # name: (within a group: token | seq-mean | seq-sum, groups: whole batch | share | equal)
+    "token-mean": ("token", None), "sequence-mean": ("seq-mean", None), "sequence-sum": ("seq-sum", None),
+    "micro-batch": ("token", "share"), "micro-batch-equal": ("token", "equal"),
+    "micro-batch-sequence-mean": ("seq-mean", "equal")}
 
 
 def coefficients(is_expert: Tensor, seq_id: Tensor, micro_batch: Tensor | None, mu: float | None,
                  rules: LossConfig, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Per-token coef [N]: L = sum_t coef_t l_t = (1 - mu) L_GRPO + mu L_SFT, S = the side's sequences:
+    """Per-token coef [N]: L = sum_t coef_t l_t = (1 - mu) L_GRPO + mu L_SFT. Each side by its aggregation (the
+    SFT side's: rules.sft_aggregation when set); S = the side's sequences, n_s = tokens of s, m = a micro-batch of
+    the M in the batch (no micro-batch ids: M = 1):
 
-        token-mean     L_side = sum_t l_t / N_side                               one mean over the batch's tokens
-        sequence-mean  L_side = (1 / |S|) sum_{s in S} (1 / n_s) sum_{t in s} l_t            (GRPO paper)
-        micro-batch    L_side = sum_m (|S_m| / |S|) (1 / N_side,m) sum_{t in m} l_t       (the official code)
-        joint          L = sum_t l_t / N   over both sides, no mu                                 (LUFFY)
-
-    micro-batch without micro-batch ids (micro_batch=None) is token-mean."""
+        token-mean                 L_side = sum_t l_t / N_side                    (paper; verl token-mean)
+        sequence-mean              L_side = (1 / |S|) sum_s (1 / n_s) sum_{t in s} l_t     (verl seq-mean-token-mean)
+        sequence-sum               L_side = (1 / |S|) sum_s sum_{t in s} l_t                (verl seq-mean-token-sum)
+        micro-batch                L_side = sum_m (|S_m| / |S|) (1 / N_side,m) sum_{t in m} l_t   (the official code)
+        micro-batch-equal          L_side = (1 / M) sum_m (1 / N_side,m) sum_{t in m} l_t   (a mean per step, / M)
+        micro-batch-sequence-mean  L_side = (1 / M) sum_m sequence-mean of m              (ms-swift loss_type grpo)
+        joint                      L = sum_t l_t / N   over both sides, no mu                            (LUFFY)"""
     if rules.aggregation == "joint":
         return torch.full(is_expert.shape, 1.0 / max(1, is_expert.numel()), dtype=dtype, device=is_expert.device)
-    if rules.aggregation == "token-mean" or (rules.aggregation == "micro-batch" and micro_batch is None):
+    if rules.aggregation == "token-mean" and rules.sft_aggregation in (None, "token-mean"):
         return token_coefficients(is_expert, mu, dtype=dtype)
-    groups = seq_id if rules.aggregation == "sequence-mean" else micro_batch
-    return grouped_coefficients(is_expert, seq_id, groups, mu, dtype=dtype)
-
-
-def grouped_coefficients(is_expert: Tensor, seq_id: Tensor, groups: Tensor, mu: float,
-                         dtype: torch.dtype = torch.float32) -> Tensor:
-    """Token means within each group m, weighted by m's share of the side's sequences, all [N] -> [N]:
-
-        coef_t = token_coefficients(tokens of m)_t * |S_side,m| / |S_side|      t in m"""
-    is_expert = is_expert.bool()
-    if not (is_expert.shape == seq_id.shape == groups.shape):
-        raise ValueError(f"is_expert, seq_id, micro_batch must all be [N], got {tuple(is_expert.shape)}, "
-                         f"{tuple(seq_id.shape)}, {tuple(groups.shape)}")
-    coef = torch.zeros(is_expert.shape, dtype=dtype, device=is_expert.device)  # [N]
-    n_seqs = {side: max(1, seq_id[is_expert == side].unique().numel()) for side in (False, True)}
-    for m in groups.unique():
-        tokens = groups == m  # [N]
-        share = {side: seq_id[tokens & (is_expert == side)].unique().numel() / n_seqs[side] for side in (False, True)}
-        weight = torch.where(is_expert[tokens], share[True], share[False]).to(dtype)  # [N_m]
-        coef[tokens] = token_coefficients(is_expert[tokens], mu, dtype=dtype) * weight
+    if not 0.0 <= mu <= 1.0 or not (is_expert.shape == seq_id.shape == (micro_batch if micro_batch is not None
+                                                                         else seq_id).shape):
+        raise ValueError(f"mu must be in [0, 1] and is_expert, seq_id, micro_batch [N], got {mu}, "
+                         f"{tuple(is_expert.shape)}, {tuple(seq_id.shape)}")
+    micro = torch.zeros_like(seq_id) if micro_batch is None else micro_batch  # [N]
+    coef, n_micro = torch.zeros(is_expert.shape, dtype=dtype, device=is_expert.device), micro.unique().numel()
+    for side, scale, name in ((False, 1.0 - mu, rules.aggregation),
+                              (True, mu, rules.sft_aggregation or rules.aggregation)):
+        within, groups = AGGREGATION_SHAPES[name]
+        tokens = is_expert.bool() == side  # [N]
+        n_seqs = seq_id[tokens].unique().numel()
+        group = micro if groups else torch.zeros_like(micro)  # [N]
+        for m in group[tokens].unique():
+            here = tokens & (group == m)  # [N]
+            seqs, inverse, counts = seq_id[here].unique(return_inverse=True, return_counts=True)  # [S_m], [N_m], [S_m]
+            denominator = {"token": here.sum(), "seq-mean": len(seqs) * counts[inverse], "seq-sum": len(seqs)}[within]
+            weight = {None: 1.0, "share": len(seqs) / n_seqs, "equal": 1.0 / n_micro}[groups]
+            coef[here] = scale / torch.as_tensor(denominator, dtype=dtype) * weight  # [N_m]
     return coef
 
 

@@ -12,13 +12,9 @@
 | sft-is     | 0.1                                    | -sg(p) log p             | G                     |
 
 L = (1 - mu) L_GRPO + mu L_SFT (minichord/losses.py). A convention presets the loss fields on which implementations
-disagree, under what the method presets:
-
-| loss field  | `paper` (the default)        | `official` (the official code)                                        |
-|-------------|------------------------------|-----------------------------------------------------------------------|
-| aggregation | token-mean                   | micro-batch: a token-mean per micro-batch, weighted by its sequences  |
-| dual_clip   | None (off)                   | 3.0                                                                   |
-| singleton   | zero (a group of one: A = 0) | official (A = R / (1 + 1e-6))                                         |
+disagree (aggregation, dual clip, clamp, a group of one, std): `paper` (the default: one token-mean per term, no dual
+clip), `official` (= trinity-mix-chord, the official code), ms-swift's and verl's, each with its source, are data in
+minichord/catalogue.toml (`minichord check --list` prints them).
 
 Presets only fill defaults: method preset <- convention preset <- a TOML file <- `--set key=value`.
 
@@ -45,7 +41,7 @@ import dataclasses
 from typing import Any
 
 from minichord import losses
-from minichord.config import ConfigError, TrainConfig, load_config, unknown_name
+from minichord.config import CATALOGUE, ConfigError, TrainConfig, load_config, unknown_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +74,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("sft-is", "ablation: CHORD with importance weight p instead of phi (mu = 0.1)",
            {**_constant_mu(0.1), "loss": {"expert_weighting": "is"}})]}
 
-CONVENTIONS: dict[str, dict[str, Any]] = {  # loss fields; config.CONVENTIONS lists the names
-    "paper": {}, "official": {"aggregation": "micro-batch", "dual_clip": 3.0, "singleton": "official"}}
+CONVENTIONS: dict[str, dict[str, Any]] = {n: c["loss"] for name, c in CATALOGUE["convention"].items()  # loss fields
+                                          for n in (name, c.get("also")) if n}
 
 
 def get_method(name: str) -> Method:

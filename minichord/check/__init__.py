@@ -8,70 +8,90 @@ import dataclasses
 import itertools
 from pathlib import Path
 
-from minichord.check.dump import Dump, load_dump
-from minichord.check.recompute import (ATOL, BUGS, NO_CLAMP, RTOL, SEARCHED, Reference, agrees, convention_rules,
-                                       grad_scale, reference, token_advantages)
-from minichord.config import AGGREGATIONS, SINGLETONS, STDS, LossConfig
+from minichord.check.dump import Dump, load_dumps
+from minichord.check.recompute import (ATOL, NO_CLAMP, RTOL, SEARCHED, Reference, agrees, convention_rules,
+                                       grad_scale, reference, token_advantages, within)
+from minichord.config import AGGREGATIONS, CATALOGUE, SINGLETONS, STDS, LossConfig
 from minichord.methods import CONVENTIONS
 
+MAX_CHANGES = 3  # a diagnosis names at most this many changes
 
-Cause = collections.namedtuple("Cause", "key text")  # key: a stable name, e.g. "no_dual_clip"
+
+Cause = collections.namedtuple("Cause", "key text")  # key: a stable name, e.g. "no_dual_clip" or a catalogue bug
+AGGREGATION_WORDS = {"token-mean": "one token-mean per term over the batch",
+                     "sequence-mean": "per-sequence token-means averaged over the sequences",
+                     "sequence-sum": "per-sequence token sums averaged over the sequences",
+                     "micro-batch": "per-micro-batch token-means weighted by each one's share of the side's sequences",
+                     "micro-batch-equal": "per-micro-batch token-means weighted equally",
+                     "micro-batch-sequence-mean": "per-micro-batch sequence-means weighted equally"}
+
+
+def bug_cause(key: str) -> Cause:
+    """A catalogue bug as a cause: its summary and source (generation_normaliser/S: with its S)."""
+    name, _, arg = key.partition("/")
+    entry = CATALOGUE["bug"][name]
+    return Cause(name, entry["summary"] + (f" [here S = {arg}]" if arg else "") + f" ({entry['source']})")
 
 
 def _cause(field: str, target, found) -> Cause:
     """One difference between the target convention and a variant that reproduces the numbers, in words."""
     if field == "aggregation":
-        return {"token-mean": Cause("token_mean", f"one global token-mean per term instead of the target's {target} "
-                                    "aggregation"),
-                "sequence-mean": Cause("sequence_mean", "per-sequence mean instead of token mean: each sequence "
-                                       "averaged over its tokens first, then the sequences"),
-                "micro-batch": Cause("micro_batch_weighting", "per-micro-batch token means weighted by each "
-                                     "micro-batch's share of the side's sequences (the official code's "
-                                     "aggregation)")}[found]
-    if field == "dual_clip" and found is None:
-        return Cause("no_dual_clip", f"dual clip missing: the target bounds the loss of A < 0 tokens at -A*{target}")
+        named = [k for k, b in CATALOGUE["bug"].items() if (b.get("aggregation"), b.get("instead_of")) == (found[0],
+                                                                                                         target[0])]
+        return bug_cause(named[0]) if named else Cause(found[0].replace("-", "_"), f"{AGGREGATION_WORDS[found[0]]} "
+                                                       f"instead of the target's {' / '.join(filter(None, target))}")
     if field == "dual_clip":
-        return Cause("dual_clip", f"dual clip c = {found} applied to A < 0 tokens; the target has "
-                     + ("none" if target is None else f"c = {target}"))
-    if field == "log_ratio_clamp" and found == NO_CLAMP:
-        return Cause("no_clamp", f"no log-ratio clamp: the target clamps logp - old_logp to +-{target} before exp")
+        return Cause("no_dual_clip", f"dual clip missing: the target bounds the loss of A < 0 tokens at -A*{target}") \
+            if found is None else Cause("dual_clip", f"dual clip c = {found} applied to A < 0 tokens; the target "
+                                        "has " + ("none" if target is None else f"c = {target}"))
     if field == "log_ratio_clamp":
-        return Cause("clamp", f"logp - old_logp clamped to +-{found} before exp; the target does not clamp")
+        return Cause("no_clamp", f"no log-ratio clamp: the target clamps logp - old_logp to +-{target} before exp") \
+            if found == NO_CLAMP else Cause("clamp", f"logp - old_logp clamped to +-{found} before exp; the target "
+                                            + ("does not clamp" if target == NO_CLAMP else f"clamps at +-{target}"))
     if field == "singleton":
-        what = {"zero": "A = 0", "official": "A = R / (1 + 1e-6)"}
+        what = {"zero": "A = 0", "official": "A = R / (1 + eps)"}
         return Cause("wrong_singleton", f"wrong singleton handling: a group of one got {what[found]}, "
                      f"the target gives {what[target]}")
-    if field == "std":
-        return Cause("biased_std" if found == "biased" else "unbiased_std",
-                     f"{found} std in the group advantages (divides by {'G' if found == 'biased' else 'G - 1'}); "
-                     f"the target's is {target}")
-    return Cause(field, {"phi_not_detached": "phi not detached: the expert weight p(1-p) (or p) keeps its gradient; "
-                                             "it must be a stop-gradient",
-                         "first_micro_batch_only": "micro-batches dropped in accumulation: only the first "
-                                                   "micro-batch's gradient is kept",
-                         "last_micro_batch_only": "micro-batches dropped in accumulation: only the last micro-batch's "
-                                                  "gradient is kept (zero_grad inside the accumulation loop?)"}[field])
+    if field == "std_eps":
+        return Cause("std_eps", f"A = (R - mean) / (std + {found:g}); the target adds {target:g}")
+    return Cause("biased_std" if found == "biased" else "unbiased_std",
+                 f"{found} std in the group advantages (divides by {'G' if found == 'biased' else 'G - 1'}); "
+                 f"the target's is {target}")
+
+
+def _value(rules: LossConfig, field: str):
+    return (rules.aggregation, rules.sft_aggregation) if field == "aggregation" else getattr(rules, field)
 
 
 def variants(d: Dump, target: LossConfig) -> list[tuple[LossConfig, str | None]]:
-    """Every (rules, bug) worth trying on `d`, fewest changes from `target` first."""
+    """Every (rules, bug) worth trying on `d` with at most MAX_CHANGES changes from `target`, fewest first."""
     luffy, grouped = d.weighting == "luffy", d.rewards is not None and d.weighting != "luffy"
-    n_mb = 0 if d.micro_batch is None else d.micro_batch[d.mask.any(1)].unique().numel()
-    dims = {"aggregation": () if luffy else AGGREGATIONS[:3 if n_mb >= 2 else 2],  # 1 micro-batch: = token-mean
-            "dual_clip": () if luffy else (None, 3.0, target.dual_clip),
-            "log_ratio_clamp": (20.0, NO_CLAMP, target.log_ratio_clamp),
-            "singleton": SINGLETONS if grouped else (), "std": STDS[:2] if grouped else ()}
-    bugs = [None] + (["phi_not_detached"] if d.weighting in ("phi", "is") else []) + \
-        (list(BUGS[1:]) if n_mb >= 2 and not luffy else [])
-    choices = {k: dict.fromkeys((getattr(target, k), *v)) for k, v in dims.items() if v}  # the target's own value
-    out = dict.fromkeys((dataclasses.replace(target, **dict(zip(choices, values))), bug)  # always: no needless change
-                        for values in itertools.product(*choices.values()) for bug in bugs)  # ordered, no repeats
-    return sorted(out, key=lambda v: len(_changes(target, *v)))
+    n_cells = 0 if d.micro_batch is None else d.micro_batch[d.mask.any(1)].unique().numel()
+    G = d.steps()[1]
+    aggregations = [(a, None) for a in AGGREGATIONS[:-1] if n_cells >= 2 or "micro" not in a]  # 1 cell: = batch's
+    dims = {"aggregation": () if luffy else aggregations, "dual_clip": () if luffy else (None, 3.0),
+            "log_ratio_clamp": (20.0, NO_CLAMP), "singleton": SINGLETONS if grouped else (),
+            "std": STDS[:2] if grouped else (), "std_eps": (1e-6, 1e-4) if grouped and target.std != "none" else ()}
+    bugs = [None] + (["phi_not_detached"] if d.weighting in ("phi", "is") else [])
+    if G >= 2 and not luffy:
+        bugs += ["first_micro_batch_only", "last_micro_batch_only", "accumulation_divided_twice"] + \
+            [f"generation_normaliser/{S}" for S in range(1, G) if G % S == 0] + \
+            ["middle_micro_batches_dropped"] * (G >= 3)
+    choices = {k: dict.fromkeys((_value(target, k), *v)) for k, v in dims.items() if v}  # the target's own value
+    out = {}  # always: no needless change; ordered, no repeats
+    for values in itertools.product(*choices.values()):
+        fields = dict(zip(choices, values))
+        if "aggregation" in fields:
+            fields["aggregation"], fields["sft_aggregation"] = fields["aggregation"]
+        rules = dataclasses.replace(target, **fields)
+        n = sum(_value(rules, f) != _value(target, f) for f in SEARCHED)
+        out.update({(rules, bug): n + (bug is not None) for bug in bugs if n + (bug is not None) <= MAX_CHANGES})
+    return sorted(out, key=out.get)
 
 
 def _changes(target: LossConfig, rules: LossConfig, bug: str | None) -> list[Cause]:
-    out = [_cause(f, getattr(target, f), v) for f in SEARCHED if (v := getattr(rules, f)) != getattr(target, f)]
-    return out + ([_cause(bug, None, None)] if bug else [])
+    out = [_cause(f, _value(target, f), v) for f in SEARCHED if (v := _value(rules, f)) != _value(target, f)]
+    return out + ([bug_cause(bug)] if bug else [])
 
 
 Diagnosis = collections.namedtuple("Diagnosis", "rules bug causes preset")  # the target + causes; preset: its name
@@ -92,6 +112,7 @@ class CheckResult:
     diagnoses: list[Diagnosis] = dataclasses.field(default_factory=list)
     untested: list[str] = dataclasses.field(default_factory=list)  # choices this batch cannot tell apart
     notes: list[str] = dataclasses.field(default_factory=list)
+    matches: list[str] = dataclasses.field(default_factory=list)  # other conventions that give these numbers
 
     @property
     def causes(self) -> list[str]:
@@ -102,8 +123,9 @@ class CheckResult:
         """The text `minichord check` prints: verdict, tolerance, terms, differing tokens, diagnosis."""
         o, c, name = self.ours, self.rules, self.convention
         (a, b), g = o.weights, "(1 - mu)" if o.weights != (1.0, 1.0) else "1"
-        lines = [f"convention {name}: aggregation {c.aggregation}, dual clip {c.dual_clip or 'off'}, log-ratio "
-                 f"clamp {c.log_ratio_clamp}, a group of one: {c.singleton}, std {c.std}",
+        lines = [f"convention {name}: aggregation {c.aggregation}" + (f" (SFT term: {c.sft_aggregation})" if
+                 c.sft_aggregation else "") + f", dual clip {c.dual_clip or 'off'}, log-ratio clamp "
+                 f"{c.log_ratio_clamp}, a group of one: {c.singleton}, std {c.std} (+ {c.std_eps:g})",
                  f"tolerance: |theirs - ours| <= {self.atol:g} * scale + {self.rtol:g} * |ours| (loss scale "
                  f"{o.loss_scale:.3g}, gradient scale median|ours| = {grad_scale(o.grad):.3g})",
                  f"loss: theirs {self.loss_theirs:.10g}, ours {o.loss:.10g} = {g} * L_GRPO + "
@@ -116,6 +138,7 @@ class CheckResult:
         if self.match:
             return "\n".join(["match: your loss and gradient equal minichord's within tolerance"] + lines)
         lines.insert(0, "mismatch: your loss or gradient differs from minichord's")
+        lines += [f"your numbers match convention {m} (--convention {m})" for m in self.matches]
         if not self.diagnoses:
             lines.append("diagnosis: no known convention or bug reproduces your numbers")
         for k, dg in enumerate(self.diagnoses):
@@ -126,10 +149,11 @@ class CheckResult:
         return "\n".join(lines)
 
 
-def check_batch(dump: Dump | str | Path, convention: str | None = None,
+def check_batch(dump: Dump | str | Path | list, convention: str | None = None,
                 rtol: float = RTOL, atol: float = ATOL) -> CheckResult:
-    """Compare a dump's loss and gradient with minichord's under `convention` (default: the dump's)."""
-    d = dump if isinstance(dump, Dump) else load_dump(dump)
+    """Compare a dump's (or one step's rank files') loss and gradient with minichord's under `convention` (default:
+    the dump's)."""
+    d = dump if isinstance(dump, Dump) else load_dumps([dump] if isinstance(dump, (str, Path)) else dump)
     name = convention or d.convention
     target = convention_rules(name, d.weighting)
     theirs = d.flat(d.grad_logp)  # [N]
@@ -169,4 +193,12 @@ def check_batch(dump: Dump | str | Path, convention: str | None = None,
     if not ok and not result.diagnoses and closest[1]:
         result.notes.append(f"closest variant: {', '.join(c.key for c in closest[1])} (still {closest[0]} of "
                             f"{len(theirs)} tokens differ): look for a mistake of another kind there")
+    k = (theirs @ ours.grad / (ours.grad @ ours.grad)).item() if ours.grad.abs().sum() else 1.0
+    if not ok and not result.diagnoses and abs(k - 1) > 1e-3 and within(theirs, k * ours.grad, grad_scale(k *
+                                                                                          ours.grad), rtol, atol).all():
+        result.notes.append(f"your gradient is {k:.6g} x minichord's on every token: a normaliser off by a constant "
+                            f"(e.g. {CATALOGUE['bug']['generation_normaliser']['unclear']})")
+    if not ok:
+        result.matches = [n for n, c in CATALOGUE["convention"].items() if n != name and c.get("also") != name and
+                          agrees(reference(d, convention_rules(n, d.weighting)), d.loss, theirs, rtol, atol)[0]]
     return result

@@ -19,7 +19,16 @@ Metadata (safetensors `metadata={...}`, all values strings):
     mu           "0.1"                      SFT weight, in [0, 1] (ignored by luffy)
     weighting    "phi" | "is" | "uniform" | "luffy"   the expert term: sg(p(1-p)), sg(p), 1, or LUFFY
     eps_low, eps_high   "0.2"   optional, default 0.2   PPO clip range [1 - eps_low, 1 + eps_high]
-    convention   "paper" | "official"   optional, default paper (the CLI's --convention wins)
+    convention   a name of minichord/catalogue.toml   optional, default paper (the CLI's --convention wins)
+
+One step of data-parallel training is one file per rank (`minichord check rank0.safetensors rank1.safetensors ...`),
+each with the rank's own tokens, its loss and d loss / d logp as its code computed them, and metadata
+
+    rank         "0" ... "W-1"                  step   an id of the optimizer step, the same in every file
+    grad_reduce  "mean" (DDP, FSDP: gradients averaged over ranks, the default) | "sum"
+
+The files are one global batch: L = the mean (or sum) of the ranks' losses. micro_batch ids number each rank's
+accumulation steps alike (0..G-1), or give each micro-batch of the step its own id; group_ids are global.
 
 Values outside the mask are never read (padding may hold anything, NaN included); under it every value must be
 finite. A plain-PyTorch dump: tutorials/09_check_your_loss.py."""
@@ -57,6 +66,10 @@ class Dump:
     rewards: Tensor | None = None  # [B] float64
     group_ids: Tensor | None = None  # [B] long
     micro_batch: Tensor | None = None  # [B] long
+    rank: int | None = None
+    step: str | None = None
+    grad_reduce: str = "mean"
+    world: int = 1  # ranks merged into this batch (load_dumps)
 
     def __post_init__(self):
         self.rows = self.mask.nonzero()[:, 0]  # [N] sequence index of each masked token (row-major order)
@@ -64,6 +77,13 @@ class Dump:
     def flat(self, x: Tensor) -> Tensor:
         """[B, T] -> the masked tokens [N]; [B] -> each token's sequence value [N]."""
         return x[self.mask] if x.dim() == 2 else x[self.rows]
+
+    def steps(self) -> tuple[Tensor, int]:
+        """(each masked token's accumulation step on its rank [N], steps per rank G); no ids: one step."""
+        if self.micro_batch is None:
+            return torch.zeros_like(self.rows), 1
+        ids, cell = self.micro_batch.unique(return_inverse=True)  # rank-major cells (load_dumps)
+        return self.flat(cell % (G := len(ids) // self.world)), G
 
 
 def _number(meta: dict, key: str, default: float | None, lo: float, hi: float, where: str) -> float:
@@ -128,7 +148,12 @@ def from_tensors(tensors: dict[str, Tensor], meta: dict[str, str], where: str = 
              grad_logp=_finite("grad_logp", tensors["grad_logp"], where, mask),
              mu=_number(meta, "mu", None if weighting != "luffy" else 0.0, 0.0, 1.0, where), weighting=weighting,
              eps_low=_number(meta, "eps_low", 0.2, 0.0, 0.999999, where),
-             eps_high=_number(meta, "eps_high", 0.2, 0.0, 1e9, where), convention=convention)
+             eps_high=_number(meta, "eps_high", 0.2, 0.0, 1e9, where), convention=convention, step=meta.get("step"),
+             grad_reduce=meta.get("grad_reduce", "mean"))
+    if d.grad_reduce not in ("mean", "sum"):
+        raise DumpError(f"{where}: metadata grad_reduce={d.grad_reduce!r}: must be one of mean, sum")
+    if "rank" in meta:
+        d.rank = int(_number(meta, "rank", None, 0, 1e6, where))
     if "advantages" in tensors:
         adv = tensors["advantages"]  # [B, T] or [B]
         d.advantages = _finite("advantages", adv[:, None].expand(B, T) if adv.dim() == 1 else adv, where, adv_rows)
@@ -164,3 +189,71 @@ def load_dump(path: str | Path) -> Dump:
         reason = str(e).splitlines()[0] if str(e) else e
         raise DumpError(f"{path}: not a readable safetensors file ({reason!r})") from None
     return from_tensors(tensors, meta, where=str(path))
+
+
+SHARED = ("mu", "weighting", "eps_low", "eps_high", "convention", "grad_reduce", "step")  # equal on every rank
+
+
+def load_dumps(paths: list[str | Path]) -> Dump:
+    """One DUMP, or the rank files of one data-parallel step merged into the global batch (schema above)."""
+    dumps = [load_dump(p) for p in paths]
+    if len(dumps) == 1:
+        return dumps[0]
+    first, names = dumps[0], [str(p) for p in paths]
+    for p, d in zip(names, dumps):
+        if d.rank is None or d.step is None:
+            raise DumpError(f"{p}: metadata {'rank' if d.rank is None else 'step'!r} missing: each rank file of "
+                            f"a step names its rank (0..W-1) and the step")
+        for key in SHARED:
+            if getattr(d, key) != getattr(first, key):
+                raise DumpError(f"{p}: metadata {key}={getattr(d, key)!r}, but {names[0]} has "
+                                f"{getattr(first, key)!r}: the rank files of one step share it")
+        if (d.micro_batch is None) != (first.micro_batch is None) or (d.rewards is None) != (first.rewards is None) \
+                or (d.advantages is None) != (first.advantages is None):
+            raise DumpError(f"{p}: its optional tensors differ from {names[0]}'s: give each in every rank file")
+    ranks = [d.rank for d in dumps]
+    for r, p in zip(ranks, names):
+        if ranks.count(r) > 1:
+            raise DumpError(f"{p}: rank {r} is given twice (also {names[ranks.index(r)]}): one file per rank")
+    if sorted(ranks) != list(range(len(dumps))):
+        raise DumpError(f"rank {min(set(range(len(dumps))) - set(ranks))} missing: {len(dumps)} files must be "
+                        f"ranks 0..{len(dumps) - 1}")
+    dumps, names = zip(*sorted(zip(dumps, names), key=lambda dn: dn[0].rank))
+    cells = _rank_steps(dumps, names)
+    T, n = max(d.mask.shape[1] for d in dumps), 1.0 / len(dumps) if first.grad_reduce == "mean" else 1.0
+
+    def cat(get):  # [B_total, T] (right-padded) or [B_total]
+        return torch.cat([torch.cat([x, x.new_zeros(x.shape[0], T - x.shape[1])], 1) if (x := get(d)).dim() == 2
+                          else x for d in dumps])
+
+    merged = Dump(logp=cat(lambda d: d.logp), old_logp=cat(lambda d: d.old_logp), mask=cat(lambda d: d.mask),
+                  is_expert=cat(lambda d: d.is_expert), loss=sum(d.loss for d in dumps) * n,
+                  grad_logp=cat(lambda d: d.grad_logp) * n, mu=first.mu, weighting=first.weighting,
+                  eps_low=first.eps_low, eps_high=first.eps_high, convention=first.convention, step=first.step,
+                  grad_reduce=first.grad_reduce, world=len(dumps), micro_batch=cells,
+                  advantages=None if first.advantages is None else cat(lambda d: d.advantages),
+                  rewards=None if first.rewards is None else cat(lambda d: d.rewards),
+                  group_ids=None if first.group_ids is None else cat(lambda d: d.group_ids))
+    return merged
+
+
+def _rank_steps(dumps, names) -> Tensor | None:
+    """Each sequence's cell rank * G + its step on the rank [B_total] (dumps in rank order); ids alike on every rank,
+    or all distinct."""
+    if dumps[0].micro_batch is None:
+        return None
+    by_rank = list(zip(dumps, names))
+    sets = [set(d.micro_batch.tolist()) for d, _ in by_rank]
+    alike, G = all(s == sets[0] for s in sets), len(sets[0])
+    for (d, p), s in zip(by_rank, sets):
+        if len(s) != G:
+            raise DumpError(f"{p}: {len(s)} micro-batches, but rank 0 has {G}: every rank runs the same "
+                            f"accumulation steps")
+        if not alike and (shared := s & set().union(*[o for o in sets if o is not s])):
+            raise DumpError(f"{p}: micro_batch ids {sorted(shared)[:5]} also on another rank that has other ids: "
+                            f"number each rank's micro-batches alike (0..G-1), or give every one its own id")
+    everything = sets[0] if alike else set().union(*sets)
+    if missing := sorted(set(range(len(everything))) - everything):
+        raise DumpError(f"micro_batch id {missing[0]} missing: ids run 0..{len(everything) - 1} "
+                        f"({'on every rank' if alike else 'over the ranks'})")
+    return torch.cat([r * G + d.micro_batch.unique(return_inverse=True)[1] for r, (d, _) in enumerate(by_rank)])

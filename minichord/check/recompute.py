@@ -1,5 +1,5 @@
 """minichord's loss and gradient for a DUMP (minichord/check/dump.py), recomputed in float64 under a
-convention's batch rules, optionally with one known bug planted; and the tolerance rule (`within`).
+convention's batch rules, optionally with one known bug of minichord/catalogue.toml planted; the tolerance rule.
 
     L = a * L_GRPO + b * L_SFT,   L_GRPO = sum_t c0_t l_t,  L_SFT = sum_t c1_t l_t,   g_t = d L / d logp_t
     CHORD: (a, b) = (1 - mu, mu), c0 / c1 = the rules' coefficients at mu = 0 / mu = 1
@@ -13,16 +13,18 @@ from torch import Tensor
 
 from minichord import losses
 from minichord.check.dump import Dump
-from minichord.config import LossConfig
+from minichord.config import CATALOGUE, LossConfig
 from minichord.methods import CONVENTIONS, LUFFY_LOSS
 
-BUGS, RTOL, ATOL = ("phi_not_detached", "first_micro_batch_only", "last_micro_batch_only"), 1e-5, 1e-7
-SEARCHED = ("aggregation", "dual_clip", "log_ratio_clamp", "singleton", "std")  # the rules a diagnosis may change
-NO_CLAMP = float(torch.finfo(torch.float64).max)  # the log-ratio clamp of "no clamp"
+BUGS, RTOL, ATOL = tuple(CATALOGUE["bug"]), 1e-5, 1e-7  # a bug's plant: below by name, or an aggregation
+SEARCHED = ("aggregation", "dual_clip", "log_ratio_clamp", "singleton", "std", "std_eps")  # a diagnosis may change
+NO_CLAMP = float("inf")  # the log-ratio clamp of "no clamp"
+KEPT_STEPS = {"first_micro_batch_only": lambda G: {0}, "last_micro_batch_only": lambda G: {G - 1},
+              "middle_micro_batches_dropped": lambda G: {0, G - 1}}  # accumulation steps whose gradient survives
 
 
 def convention_rules(name: str, weighting: str) -> LossConfig:
-    """The batch rules of convention `name` (paper | official) for a dump's weighting (LUFFY: its own rules)."""
+    """The batch rules of convention `name` (minichord/catalogue.toml) for a dump's weighting (LUFFY: its own)."""
     if name not in CONVENTIONS:
         raise ValueError(f"convention={name!r}: must be one of {', '.join(CONVENTIONS)}")
     return LossConfig(**LUFFY_LOSS if weighting == "luffy" else dict(CONVENTIONS[name], expert_weighting=weighting))
@@ -69,15 +71,20 @@ def reference(d: Dump, rules: LossConfig, bug: str | None = None, memo: dict | N
         c0, c1, (a, b) = c0 * ~is_expert, c1 * is_expert, (1.0, 1.0)
     else:
         mb, memo = None if d.micro_batch is None else d.flat(d.micro_batch), {} if memo is None else memo
-        if rules.aggregation not in memo:
-            memo[rules.aggregation] = [losses.coefficients(is_expert, seq, mb, mu, rules, dtype=torch.float64)
-                                       for mu in (0.0, 1.0)]
-        (c0, c1), (a, b) = memo[rules.aggregation], (1.0 - d.mu, d.mu)
+        if (key := (rules.aggregation, rules.sft_aggregation)) not in memo:
+            memo[key] = [losses.coefficients(is_expert, seq, mb, mu, rules, dtype=torch.float64) for mu in (0.0, 1.0)]
+        (c0, c1), (a, b) = memo[key], (1.0 - d.mu, d.mu)
+    name, _, arg = (bug or "").partition("/")  # generation_normaliser/S: S micro-steps per generation batch
+    step, G = d.steps()  # [N] each token's accumulation step on its rank, G steps per rank
+    if name == "accumulation_divided_twice":
+        c0 = c0 / G
+    if name == "generation_normaliser":  # per chunk of S steps (all ranks): sum_t l_t / N_on,chunk, chunks summed
+        _, chunk, count = torch.where(is_expert, -1, step // int(arg)).unique(return_inverse=True, return_counts=True)
+        c0 = torch.where(is_expert, 0.0, 1.0 / count[chunk])  # [N]
     coef = a * c0 + b * c1  # [N]
     loss, keep, others = (coef * l).sum(), torch.ones_like(is_expert), ()
-    if bug in ("first_micro_batch_only", "last_micro_batch_only"):
-        mb = d.flat(d.micro_batch)
-        keep = mb == (mb.min() if bug.startswith("first") else mb.max())  # [N]
+    if name in KEPT_STEPS:
+        keep = torch.isin(step, torch.tensor(sorted(KEPT_STEPS[name](G))))  # [N]
         others = ((coef * l * keep).sum().item(),)
     (grad,) = torch.autograd.grad((coef * l * keep).sum(), logp)
     lt = l.detach()
