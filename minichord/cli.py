@@ -137,11 +137,13 @@ def cmd_export(args) -> None:
 
 
 def cmd_check(args) -> int:
-    from minichord.check import check_batch
+    from minichord.check import catalogue_lines, check_batch
     from minichord.check.golden import run_golden
 
+    if args.list:
+        return print(catalogue_lines()) or 0
     if bool(args.dump) == bool(args.golden):
-        raise ValueError("give either a DUMP file or --golden module:function")
+        raise ValueError("give either DUMP file(s) or --golden module:function")
     if args.golden:
         return run_golden(args.golden, args.convention or "paper", print)
     result = check_batch(args.dump, args.convention, rtol=args.rtol, atol=args.atol)
@@ -254,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ck = sub.add_parser("check", help="your CHORD loss and gradient against minichord's, with a diagnosis "
                         "(DUMP schema: minichord/check/dump.py), or your loss function over the golden cases")
-    ck.add_argument("dump", nargs="?", help="a safetensors DUMP of one batch (exit 0 match, 1 mismatch)")
+    ck.add_argument("dump", nargs="*", help="a safetensors DUMP of one batch, or one per rank of a data-parallel "
+                    "step (exit 0 match, 1 mismatch)")
+    ck.add_argument("--list", action="store_true", help="the conventions and known bugs minichord knows, with sources")
     ck.add_argument("--golden", metavar="MODULE:FUNCTION", help="run FUNCTION of MODULE (the current directory is "
                     "searched) on every golden case of the convention (signature: minichord/check/golden.py)")
     ck.add_argument("--convention", choices=CONVENTIONS,

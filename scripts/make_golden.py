@@ -1,7 +1,7 @@
 """Write the golden cases (spec: check/golden.py):  python scripts/make_golden.py [OUT_DIR]
 
-Each scenario is computed under both presets (`paper/NAME`, `official/NAME`; LUFFY's under `paper/` only) by
-`recompute.reference` in float64. Inputs are decimals or seeded draws rounded to 1e-6, expected numbers are rounded
+Each scenario is computed under every convention of minichord/catalogue.toml (`CONVENTION/NAME`; LUFFY's under
+`paper/` only) by `recompute.reference` in float64; each known bug (`bug/NAME`) planted in one batch. Inputs are decimals or seeded draws rounded to 1e-6, expected numbers are rounded
 to 10 significant digits: a last-bit exp/log difference between machines does not change the file.
 """
 
@@ -16,8 +16,10 @@ import torch
 
 from minichord.check.dump import from_tensors
 from minichord.check.golden import HERE, VERSION
+import dataclasses
+
 from minichord.check.recompute import convention_rules, reference
-from minichord.config import CONVENTIONS
+from minichord.config import AGGREGATIONS, CATALOGUE
 
 LN = math.log
 META = {"mu": 0.0, "weighting": "phi", "eps_low": 0.2, "eps_high": 0.2}  # a scenario's settings override these
@@ -148,7 +150,26 @@ def _pad(rows: list[list], dtype=torch.float64) -> torch.Tensor:
     return torch.nn.utils.rnn.pad_sequence([torch.tensor(r, dtype=dtype) for r in rows], batch_first=True)  # [B, T]
 
 
-def build_case(seqs, settings, convention: str):
+STEPS = [S([-0.3, -1.2], [0.1, -0.15], 1.0), S([-2.0], [0.3], -0.5), S([-0.7, -0.1, -1.5], [0.0, 0.25, -0.4], 0.8),
+         S([-0.2, -0.5, -0.1], [0.2, -0.1, 0.0], -0.7), S([-0.9, -0.4], [-0.2, 0.1], 0.6), S([-1.1], [0.05], -1.2),
+         E([0.5, 0.2]), E([0.9, 0.05, 0.6]), E([0.3]), E([0.7, 0.4])]
+FOUR_STEPS = dict(mu=0.3, micro_batch=[0, 1, 2, 3, 1, 2, 0, 1, 2, 3])  # every step holds rollouts; G = 4
+BUG_CASES = {  # bug: (target convention, the bug as planted, description, sequences, settings)
+    "phi_not_detached": ("paper", "phi_not_detached", "phi keeps its gradient, mu = 0.5", MIXED, dict(mu=0.5)),
+    "micro_batch_sample_share": ("paper", "micro-batch", "official weighting under a token-mean target", STEPS,
+                                 FOUR_STEPS),
+    "per_device_normaliser": ("paper", "micro-batch-equal", "equal-weight micro-batch token-means", STEPS, FOUR_STEPS),
+    "generation_normaliser": ("paper", "generation_normaliser/2", "S = 2 steps per generation, G = 4", STEPS,
+                              FOUR_STEPS),
+    "accumulation_divided_twice": ("paper", "accumulation_divided_twice", "GRPO term / G, G = 4", STEPS, FOUR_STEPS),
+    "middle_micro_batches_dropped": ("official", "middle_micro_batches_dropped", "steps 1 and 2 of 4 lost", STEPS,
+                                     FOUR_STEPS),
+    "first_micro_batch_only": ("paper", "first_micro_batch_only", "steps 1..3 of 4 lost", STEPS, FOUR_STEPS),
+    "last_micro_batch_only": ("official", "last_micro_batch_only", "steps 0..2 of 4 lost", STEPS, FOUR_STEPS),
+}
+
+
+def build_case(seqs, settings, convention: str, bug: str | None = None):
     """(tensors, index entry) of one case: the DUMP fields, the expected loss and gradient."""
     logp = _pad([s["logp"] for s in seqs])  # [B, T], 0 past each sequence's end
     is_expert = torch.tensor([s["expert"] for s in seqs])
@@ -168,7 +189,10 @@ def build_case(seqs, settings, convention: str):
     meta = {k: settings.get(k, v) for k, v in META.items()}
     d = from_tensors({**tensors, "loss": torch.tensor(0.0), "grad_logp": torch.zeros(B, T)},
                      {k: repr(v) if not isinstance(v, str) else v for k, v in meta.items()})
-    ref = reference(d, convention_rules(convention, d.weighting))
+    rules = convention_rules(convention, d.weighting)
+    if bug in AGGREGATIONS:  # a bug that is another aggregation than the target's
+        rules, bug = dataclasses.replace(rules, aggregation=bug, sft_aggregation=None), None
+    ref = reference(d, rules, bug)
     tensors["grad_logp"] = torch.zeros(B, T, dtype=torch.float64)
     tensors["grad_logp"][mask] = torch.tensor([_sig(g) for g in ref.grad.tolist()], dtype=torch.float64)
     expected = {"loss": _sig(ref.loss), "L_GRPO": _sig(ref.grpo), "L_SFT": _sig(ref.sft),
@@ -179,13 +203,15 @@ def build_case(seqs, settings, convention: str):
 
 def build() -> tuple[dict, dict]:
     tensors, cases = {}, []
-    jobs = [(c, n, *v) for n, v in SCENARIOS.items() for c in CONVENTIONS] + \
-           [("paper", n, *v) for n, v in LUFFY.items()]
-    for convention, name, description, seqs, *settings in sorted(jobs, key=lambda j: (j[0], j[1])):
-        case_tensors, entry = build_case(seqs, settings[0] if settings else {}, convention)
-        full = f"{convention}/{name}"
+    jobs = [(c, n, None, *v) for n, v in SCENARIOS.items() for c in CATALOGUE["convention"]] + \
+           [("paper", n, None, *v) for n, v in LUFFY.items()] + \
+           [(c, n, planted, *v) for n, (c, planted, *v) in BUG_CASES.items()]
+    for convention, name, bug, description, seqs, *settings in sorted(jobs, key=lambda j: (bool(j[2]), j[0], j[1])):
+        case_tensors, entry = build_case(seqs, settings[0] if settings else {}, convention, bug)
+        full = f"bug/{name}" if bug else f"{convention}/{name}"
         tensors.update({f"{full}.{k}": v.contiguous() for k, v in case_tensors.items()})
-        cases.append({"name": full, "description": description, **entry, "tensors": sorted(case_tensors)})
+        cases.append({"name": full, "description": description, **entry, "tensors": sorted(case_tensors),
+                      **({"bug": name} if bug else {})})
     return tensors, {"version": VERSION, "schema": "minichord/check/golden.py", "cases": cases}
 
 

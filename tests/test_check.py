@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from minichord.check import check_batch
 from minichord.check.recompute import convention_rules, reference
-from minichord.config import LossConfig
+from minichord.config import CATALOGUE, LossConfig
 from minichord.methods import CONVENTIONS
 from minichord.cli import main
 from minichord.check.dump import DumpError, from_tensors
@@ -23,22 +23,27 @@ LN = math.log
 # ---------------------------------------------------------------- a researcher's implementation, plain torch
 
 
-def user_advantages(rewards, group_ids, is_expert, *, biased=False, singleton="zero"):
-    """rewards [B] -> A [B]: (R - mean) / (std + 1e-6) within each group of on-policy sequences."""
+def user_advantages(rewards, group_ids, is_expert, *, biased=False, singleton="zero", eps=1e-6):
+    """rewards [B] -> A [B]: (R - mean) / (std + eps) within each group of on-policy sequences."""
     adv = torch.zeros_like(rewards)
     for g in group_ids[~is_expert].unique():
         rows = (group_ids == g) & ~is_expert
         r = rewards[rows]
         if len(r) == 1:
-            adv[rows] = 0.0 if singleton == "zero" else r / (1 + 1e-6)
+            adv[rows] = 0.0 if singleton == "zero" else r / (1 + eps)
         else:
-            adv[rows] = (r - r.mean()) / (r.std(unbiased=not biased) + 1e-6)
+            adv[rows] = (r - r.mean()) / (r.std(unbiased=not biased) + eps)
     return adv
 
 
 def user_loss(logp, old_logp, adv, mask, is_expert, micro_batch, mu, *, weighting="phi", eps=(0.2, 0.2), agg="token",
-              dual_clip=None, clamp=True, detach_phi=True, keep="all", dtype=torch.float32):
-    """CHORD with gradient accumulation over micro-batches; returns (loss, d loss / d logp)."""
+              sft_agg=None, dual_clip=None, clamp=True, detach_phi=True, keep="all", bug=None, only=None, ranks=1,
+              dtype=torch.float32):
+    """CHORD with gradient accumulation over micro-batches; returns (loss, d loss / d logp). agg (sft_agg: the SFT
+    term's, default agg): token | sequence | seq-sum (global) | micro (official) | micro-equal | micro-seq (ms-swift);
+    keep: all | first | last (zero_grad inside the loop) | ends (DeepSpeed #7967): the steps whose gradient survives;
+    bug: None | "twice" (GRPO term / G) | ("generation", S); only [B] bool: the loss and gradient of these sequences
+    alone, normalisers still the whole batch's (one rank's share); ranks: micro_batch holds rank-major cells."""
     logp = logp.detach().to(dtype).requires_grad_(True)
     micro_batch = torch.zeros(len(is_expert), dtype=torch.long) if micro_batch is None else micro_batch
     m = mask.to(dtype)
@@ -52,34 +57,44 @@ def user_loss(logp, old_logp, adv, mask, is_expert, micro_batch, mu, *, weightin
     p = logp.exp()
     w = {"phi": p * (1 - p), "is": p, "uniform": torch.ones_like(p)}[weighting]
     sft = -(w.detach() if detach_phi else w) * logp
-    n_on, n_ex = (~is_expert).sum().clamp(min=1), is_expert.sum().clamp(min=1)
+    if only is not None:
+        pg, sft = pg * only[:, None], sft * only[:, None]
     total, micro = 0.0, sorted(micro_batch.unique().tolist())
-    for k in micro:
-        rows = (micro_batch == k)[:, None].to(dtype)
-        if agg == "token":  # normalised by the whole batch's counts
-            l_on = (pg * on * rows).sum() / on.sum().clamp(min=1)
-            l_ex = (sft * ex * rows).sum() / ex.sum().clamp(min=1)
-        elif agg == "sequence":
-            per_seq_on = (pg * on).sum(1) / on.sum(1).clamp(min=1)
-            per_seq_ex = (sft * ex).sum(1) / ex.sum(1).clamp(min=1)
-            l_on = (per_seq_on * rows[:, 0] * (~is_expert)).sum() / n_on
-            l_ex = (per_seq_ex * rows[:, 0] * is_expert).sum() / n_ex
-        else:  # official: token mean in the micro-batch x its share of the side's sequences
-            share_on = ((micro_batch == k) & ~is_expert).sum() / n_on
-            share_ex = ((micro_batch == k) & is_expert).sum() / n_ex
-            l_on = (pg * on * rows).sum() / (on * rows).sum().clamp(min=1) * share_on
-            l_ex = (sft * ex * rows).sum() / (ex * rows).sum().clamp(min=1) * share_ex
+
+    def term(x, side, rows, how):  # one side's loss over the sequences `rows` [B] of this micro-batch
+        seqs = side.any(1)  # [B]
+        per_seq_mean = (x * side).sum(1) / side.sum(1).clamp(min=1)
+        if how == "token":  # normalised by the whole batch's counts
+            return (x * side * rows[:, None]).sum() / side.sum().clamp(min=1)
+        if how in ("sequence", "seq-sum"):
+            per_seq = per_seq_mean if how == "sequence" else (x * side).sum(1)
+            return (per_seq * rows * seqs).sum() / seqs.sum().clamp(min=1)
+        if how == "micro":  # official: token mean in the micro-batch x its share of the side's sequences
+            share = (rows * seqs).sum() / seqs.sum().clamp(min=1)
+            return (x * side * rows[:, None]).sum() / (side * rows[:, None]).sum().clamp(min=1) * share
+        if how == "micro-equal":  # a token mean per micro-batch, the Trainer's / G
+            return (x * side * rows[:, None]).sum() / (side * rows[:, None]).sum().clamp(min=1) / len(micro)
+        return (per_seq_mean * rows * seqs).sum() / (rows * seqs).sum().clamp(min=1) / len(micro)  # micro-seq
+
+    G = len(micro) // ranks  # accumulation steps per rank; cell i is step i % G of its rank
+    for i, k in enumerate(micro):
+        rows = (micro_batch == k).to(dtype)
+        l_on, l_ex = term(pg, on, rows, agg), term(sft, ex, rows, sft_agg or agg)
+        if bug == "twice":  # the GRPO term's window normaliser, then / G once more
+            l_on = l_on / G
+        elif bug:  # ("generation", S): the GRPO term over chunks of S steps (all ranks), each by its own token count
+            S = bug[1]
+            chunk = torch.isin(micro_batch, torch.tensor([c for j, c in enumerate(micro) if (j % G) // S == (i % G) // S]))
+            l_on = (pg * on * rows[:, None]).sum() / (on * chunk[:, None]).sum().clamp(min=1)
         loss = (1 - mu) * l_on + mu * l_ex
         total += loss.item()
-        if keep == "last":
-            logp.grad = None  # the planted bug: zero_grad inside the accumulation loop
-        if keep != "first" or k == micro[0]:
+        if keep == "all" or i % G in {"first": {0}, "last": {G - 1}, "ends": {0, G - 1}}[keep]:
             loss.backward(retain_graph=True)  # one shared forward here; a real loop runs one per micro-batch
     grad = torch.zeros_like(logp) if logp.grad is None else logp.grad
     return torch.tensor(total, dtype=torch.float64), grad
 
 
-def batch():
+def batch(micro_batch=None):
     """8 sequences: groups [1, 0, 0], [0, 1], a group of one [1]; 2 expert demonstrations; 2 micro-batches."""
     gen = torch.Generator().manual_seed(3)
     lengths = torch.tensor([3, 5, 4, 2, 5, 3, 4, 2])
@@ -91,7 +106,11 @@ def batch():
     old_logp[2, 1] = logp[2, 1] - 21.0  # A < 0, log-ratio 21: the clamp binds
     return dict(logp=logp, old_logp=old_logp, mask=mask, is_expert=is_expert,
                 rewards=torch.tensor([1.0, 0, 0, 0, 1, 1, 1, 1], dtype=torch.float64),
-                group_ids=torch.tensor([0, 0, 0, 1, 1, 2, 3, 4]), micro_batch=torch.tensor([0, 0, 1, 1, 1, 1, 0, 1]))
+                group_ids=torch.tensor([0, 0, 0, 1, 1, 2, 3, 4]),
+                micro_batch=torch.tensor(micro_batch or (0, 0, 1, 1, 1, 1, 0, 1)))
+
+
+FOUR_STEPS = (0, 1, 2, 3, 2, 3, 0, 1)  # 4 accumulation steps: the bugs that need G >= 3 show
 
 
 def dump_of(b, mu=0.2, adv_kw=None, **loss_kw):
@@ -102,51 +121,63 @@ def dump_of(b, mu=0.2, adv_kw=None, **loss_kw):
 
 PAPER = dict()
 OFFICIAL = dict(agg="micro", dual_clip=3.0, adv_kw=dict(singleton="official"))
+IMPLEMENTATIONS = {  # convention: this file's implementation of it, read from the engine's code (catalogue.toml)
+    "paper": PAPER, "official": OFFICIAL, "trinity-mix-chord": OFFICIAL,
+    "ms-swift": dict(agg="micro-seq", sft_agg="micro-equal", clamp=False, adv_kw=dict(eps=1e-4)),
+    "verl-token-mean": dict(OFFICIAL, agg="token"), "verl-seq-mean-token-mean": dict(OFFICIAL, agg="sequence"),
+    "verl-seq-mean-token-sum": dict(OFFICIAL, agg="seq-sum")}
 
 
-@pytest.mark.parametrize("preset,impl", [("paper", PAPER), ("official", OFFICIAL)])
-def test_a_correct_implementation_matches_each_preset(preset, impl):
-    result = check_batch(from_tensors(*dump_of(batch(), **impl)), preset)
+@pytest.mark.parametrize("preset", list(IMPLEMENTATIONS))
+def test_a_correct_implementation_matches_each_convention(preset):
+    assert set(IMPLEMENTATIONS) == set(CONVENTIONS)
+    result = check_batch(from_tensors(*dump_of(batch(), **IMPLEMENTATIONS[preset])), preset)
     assert result.match, result.report()
     assert result.report().startswith("match")
-    other = check_batch(from_tensors(*dump_of(batch(), **impl)), "official" if preset == "paper" else "paper")
-    assert not other.match and other.diagnoses[0].preset == preset, other.report()
+    other = "paper" if preset != "paper" else "official"  # checked against another: named as what it is
+    result = check_batch(from_tensors(*dump_of(batch(), **IMPLEMENTATIONS[preset])), other)
+    assert not result.match
+    assert {preset, "official" if preset == "trinity-mix-chord" else preset} & set(result.matches), result.report()
+    assert f"your numbers match convention {result.matches[0]}" in result.report()
 
 
-@pytest.mark.parametrize("preset,impl,cause", [
-    ("paper", dict(detach_phi=False), "phi_not_detached"),
-    ("paper", dict(agg="sequence"), "sequence_mean"),
-    ("paper", dict(clamp=False), "no_clamp"),
-    ("official", dict(OFFICIAL, dual_clip=None), "no_dual_clip"),
-    ("paper", dict(adv_kw=dict(biased=True)), "biased_std"),
+PLANTED = [  # (target preset, implementation, the change planted in it[, micro-batch ids])
+    ("paper", dict(detach_phi=False), "phi_not_detached"), ("paper", dict(agg="sequence"), "sequence_mean"),
+    ("paper", dict(clamp=False), "no_clamp"), ("official", dict(OFFICIAL, dual_clip=None), "no_dual_clip"),
+    ("paper", dict(adv_kw=dict(biased=True)), "biased_std"), ("paper", dict(keep="last"), "last_micro_batch_only"),
     ("official", dict(OFFICIAL, adv_kw=dict(singleton="zero")), "wrong_singleton"),
     ("paper", dict(adv_kw=dict(singleton="official")), "wrong_singleton"),
-    ("paper", dict(keep="last"), "last_micro_batch_only"),
+    ("official", dict(OFFICIAL, detach_phi=False), "phi_not_detached"), ("official", dict(OFFICIAL, clamp=False), "no_clamp"),
     ("official", dict(OFFICIAL, keep="first"), "first_micro_batch_only"),
-    ("paper", dict(agg="micro"), "micro_batch_weighting"),
-])
-def test_each_planted_mistake_is_named(preset, impl, cause):
-    result = check_batch(from_tensors(*dump_of(batch(), **impl)), preset)
+    ("paper", dict(agg="micro"), "micro_batch_sample_share"), ("paper", dict(agg="micro-equal"), "per_device_normaliser"),
+    ("paper", dict(agg="seq-sum"), "sequence_sum"), ("official", dict(OFFICIAL, agg="token"), "token_mean"),
+    ("paper", dict(bug="twice"), "accumulation_divided_twice"),
+    ("paper", dict(bug=("generation", 2)), "generation_normaliser", FOUR_STEPS),
+    ("paper", dict(bug=("generation", 1)), "generation_normaliser", FOUR_STEPS),
+    ("paper", dict(keep="ends"), "middle_micro_batches_dropped", FOUR_STEPS),
+    ("verl-token-mean", dict(IMPLEMENTATIONS["verl-token-mean"], keep="ends"), "middle_micro_batches_dropped",
+     FOUR_STEPS),
+    ("ms-swift", dict(IMPLEMENTATIONS["ms-swift"], adv_kw=dict(eps=1e-6)), "std_eps"),
+    ("ms-swift", dict(IMPLEMENTATIONS["ms-swift"], detach_phi=False), "phi_not_detached"),
+]
+MICRO_BATCH_CAUSES = {"last_micro_batch_only", "first_micro_batch_only", "micro_batch_sample_share",
+                      "per_device_normaliser", "accumulation_divided_twice", "generation_normaliser",
+                      "middle_micro_batches_dropped"}
+
+
+@pytest.mark.parametrize("preset,impl,cause,ids", [p + (None,) * (4 - len(p)) for p in PLANTED
+                                                   if p[::2] != ("official", "no_clamp")])  # dual clip hides it here
+def test_each_planted_mistake_is_named(preset, impl, cause, ids):
+    result = check_batch(from_tensors(*dump_of(batch(ids), **impl)), preset)
     assert not result.match
     assert result.causes == [cause], result.report()
     assert f"[{cause}]" in result.report()
     assert result.first_diffs or "loss" in result.report()
 
 
-PLANTED = [  # (target preset, implementation, the change planted in it)
-    ("paper", dict(detach_phi=False), "phi_not_detached"), ("paper", dict(agg="sequence"), "sequence_mean"),
-    ("paper", dict(clamp=False), "no_clamp"), ("official", dict(OFFICIAL, dual_clip=None), "no_dual_clip"),
-    ("paper", dict(adv_kw=dict(biased=True)), "biased_std"), ("paper", dict(keep="last"), "last_micro_batch_only"),
-    ("official", dict(OFFICIAL, adv_kw=dict(singleton="zero")), "wrong_singleton"),
-    ("official", dict(OFFICIAL, detach_phi=False), "phi_not_detached"), ("official", dict(OFFICIAL, clamp=False), "no_clamp"),
-    ("official", dict(OFFICIAL, keep="first"), "first_micro_batch_only"), ("paper", dict(agg="micro"), "micro_batch_weighting"),
-]
-MICRO_BATCH_CAUSES = {"last_micro_batch_only", "first_micro_batch_only", "micro_batch_weighting"}
-
-
 @pytest.mark.parametrize("micro_batches", ["none", "one"])
 def test_official_without_micro_batches_names_only_the_planted_change(micro_batches):
-    b = {**batch(), "micro_batch": torch.zeros(8, dtype=torch.long)}  # one micro-batch: token-mean = its weighting
+    b = batch(micro_batch=[0] * 8)  # one micro-batch: token-mean = its weighting
     tensors, meta = dump_of(b, **dict(OFFICIAL, dual_clip=None))
     if micro_batches == "none":
         del tensors["micro_batch"]
@@ -159,9 +190,9 @@ def test_random_planted_changes_get_no_false_cause():
     another single change that gives the same numbers on that batch; a batch that cannot show it matches."""
     rng = torch.Generator().manual_seed(0)
     named = 0
-    for trial in range(220):
-        preset, impl, planted = PLANTED[trial % len(PLANTED)]
-        b = batch()
+    for trial in range(264):
+        preset, impl, planted, *ids = PLANTED[trial % len(PLANTED)]
+        b = batch(*ids)  # ids: the plant's micro-batches, if it names them
         b["logp"] = -torch.rand(8, 5, generator=rng, dtype=torch.float64) * 3.0 - 0.02
         b["old_logp"] = b["logp"] + (torch.rand(8, 5, generator=rng, dtype=torch.float64) - 0.5) * 0.8
         b["rewards"] = torch.randint(0, 2, (8,), generator=rng).double()
@@ -177,7 +208,7 @@ def test_random_planted_changes_get_no_false_cause():
         diagnoses = [[c.key for c in dg.causes] for dg in result.diagnoses]
         assert [planted] in diagnoses and all(len(d) == 1 for d in diagnoses), (trial, preset, planted, diagnoses)
         named += 1
-    assert named >= 120  # most plants show in their batch (143 of 220 with this seed)
+    assert named >= 150  # most plants show in their batch
 
 
 def test_a_mistake_of_another_kind_is_not_explained_away():
@@ -220,9 +251,9 @@ def test_official_preset_on_a_two_micro_batch_case_by_hand():
 
 def test_convention_validation_is_one_line():
     from minichord.config import ConfigError, TrainConfig
-    with pytest.raises(ConfigError, match=r"^convention='verl': must be one of paper, official$"):
+    with pytest.raises(ConfigError, match=r"^convention='verl': must be one of paper, official, trinity-mix-chord, "
+                       r"ms-swift, verl-token-mean, verl-seq-mean-token-mean, verl-seq-mean-token-sum$"):
         TrainConfig(convention="verl")
-    assert set(CONVENTIONS) == {"paper", "official"}
     with pytest.raises(ValueError, match="aggregation='mean': must be one of"):
         LossConfig(aggregation="mean")
 
@@ -244,7 +275,7 @@ def test_cli_match_mismatch_and_bad_files(tmp_path, capsys):
     bad = _write(tmp_path, "bug.safetensors", *dump_of(batch(), agg="sequence"))
     assert main(["check", bad]) == 1
     out = capsys.readouterr().out
-    assert out.startswith("mismatch") and "[sequence_mean] per-sequence mean instead of token mean" in out
+    assert out.startswith("mismatch") and "[sequence_mean] per-sequence token-means averaged over the sequences instead" in out
     tensors, meta = dump_of(batch())
     broken = {
         "missing.safetensors": ({k: v for k, v in tensors.items() if k != "old_logp"}, meta, "missing tensor 'old_logp'"),
@@ -284,7 +315,7 @@ def test_dump_errors_name_the_key():
 
 def golden_user_fn(convention):
     """The plain-torch implementation above in the golden cases' signature, float64."""
-    official = convention == "official"
+    impl = IMPLEMENTATIONS[convention]
 
     def fn(logp, old_logp, advantages, mask, is_expert, *, mu, weighting, eps_low, eps_high, micro_batch,
            rewards, group_ids):
@@ -292,10 +323,9 @@ def golden_user_fn(convention):
             raise NotImplementedError("no LUFFY here")
         is_expert = is_expert.bool()
         if advantages is None:
-            advantages = user_advantages(rewards, group_ids, is_expert, singleton="official" if official else "zero")
+            advantages = user_advantages(rewards, group_ids, is_expert, **impl.get("adv_kw", {}))
         return user_loss(logp, old_logp, advantages, mask, is_expert, micro_batch, mu, weighting=weighting,
-                         eps=(eps_low, eps_high), agg="micro" if official else "token",
-                         dual_clip=3.0 if official else None, dtype=torch.float64)
+                         eps=(eps_low, eps_high), dtype=torch.float64, **{k: v for k, v in impl.items() if k != "adv_kw"})
     return fn
 
 
@@ -315,15 +345,29 @@ def test_golden_cases_regenerate_byte_identically(tmp_path):
         assert needed in names
 
 
-@pytest.mark.parametrize("convention", ["paper", "official"])
+@pytest.mark.parametrize("convention", list(IMPLEMENTATIONS))
 def test_an_independent_implementation_passes_the_golden_cases(convention, capsys):
     from minichord.check.golden import run_golden
 
     assert run_golden(golden_user_fn(convention), convention) == 0
     out = capsys.readouterr().out
     assert "0 failed" in out and ("4 skipped" in out if convention == "paper" else "0 skipped" in out), out
-    # the other convention's cases fail: the golden set tells the two apart
-    assert run_golden(golden_user_fn(convention), "official" if convention == "paper" else "paper") == 1
+    for other in CATALOGUE["convention"]:  # every other convention's cases fail: the golden set tells them apart
+        if convention not in (other, CATALOGUE["convention"][other].get("also")):
+            assert run_golden(golden_user_fn(convention), other) == 1, other
+
+
+@pytest.mark.parametrize("bug", list(CATALOGUE["bug"]))
+def test_each_catalogued_bug_has_a_golden_case_diagnosed_by_name(bug):
+    from minichord.check.golden import load_cases
+
+    assert bug in {p[2] for p in PLANTED}  # and an independent implementation of it is named (above)
+    case = {c.settings["bug"]: c for c in load_cases(bugs=True)}[bug]
+    meta = {k: str(case.settings[k]) for k in ("mu", "weighting", "eps_low", "eps_high")}
+    d = from_tensors({**case.tensors, "loss": torch.tensor(case.settings["expected"]["loss"])}, meta)
+    assert check_batch(d, case.settings["convention"]).causes == [bug], check_batch(d, case.settings["convention"]).report()
+    source = CATALOGUE["bug"][bug]["source"]
+    assert source in check_batch(d, case.settings["convention"]).report()
 
 
 def test_cli_golden(tmp_path, monkeypatch, capsys):

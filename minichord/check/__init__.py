@@ -202,3 +202,12 @@ def check_batch(dump: Dump | str | Path | list, convention: str | None = None,
         result.matches = [n for n, c in CATALOGUE["convention"].items() if n != name and c.get("also") != name and
                           agrees(reference(d, convention_rules(n, d.weighting)), d.loss, theirs, rtol, atol)[0]]
     return result
+
+
+def catalogue_lines() -> str:
+    """`minichord check --list`: each convention and bug of minichord/catalogue.toml on one line, with its source."""
+    conventions = [f"convention {n}{' (= ' + c['also'] + ')' if 'also' in c else ''}: {c['summary']} [{c['source']}]"
+                   for n, c in CATALOGUE["convention"].items()]
+    bugs = [f"bug {n}: {b['summary']} [{b['source']}]" + (f" (unclear: {b['unclear']})" if "unclear" in b else "")
+            for n, b in CATALOGUE["bug"].items()]
+    return "\n".join(conventions + bugs)

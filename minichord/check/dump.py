@@ -249,6 +249,7 @@ def _rank_steps(dumps, names) -> Tensor | None:
         if len(s) != G:
             raise DumpError(f"{p}: {len(s)} micro-batches, but rank 0 has {G}: every rank runs the same "
                             f"accumulation steps")
+    for (d, p), s in zip(by_rank, sets):
         if not alike and (shared := s & set().union(*[o for o in sets if o is not s])):
             raise DumpError(f"{p}: micro_batch ids {sorted(shared)[:5]} also on another rank that has other ids: "
                             f"number each rank's micro-batches alike (0..G-1), or give every one its own id")

@@ -1,9 +1,10 @@
 """Golden cases: small named batches with minichord's expected CHORD loss and gradient; files by scripts/make_golden.py:
 
     cases-v1.json          {"version": 1, "cases": [entry, ...]}, one entry per case:
-        name               "<convention>/<scenario>", e.g. "official/dual_clip_binds"
+        name               "<convention>/<scenario>", e.g. "official/dual_clip_binds"; "bug/<bug>": a batch made
+                           with a bug of minichord/catalogue.toml planted (its "bug" key), for `minichord check`
         description        what the case exercises, in words
-        convention         "paper" | "official" (minichord/methods.py): the numbers are this convention's
+        convention         a convention of minichord/catalogue.toml: the numbers are this convention's
         mu, weighting      SFT weight in [0, 1]; "uniform" | "phi" | "is" | "luffy" (LUFFY: mu unused)
         eps_low, eps_high  PPO clip range [1 - eps_low, 1 + eps_high]
         advantages_from_rewards   true: the case gives rewards + group_ids, not advantages
@@ -39,6 +40,7 @@ from typing import Callable
 import torch
 
 from minichord.check.recompute import grad_scale, within
+from minichord.config import CATALOGUE
 
 HERE, VERSION = Path(__file__).resolve().parent, 1
 
@@ -46,14 +48,15 @@ HERE, VERSION = Path(__file__).resolve().parent, 1
 GoldenCase = collections.namedtuple("GoldenCase", "name description settings tensors")  # settings: the json entry
 
 
-def load_cases(convention: str | None = None, directory: Path = HERE) -> list[GoldenCase]:
-    """Every golden case (of one convention when given), in file order."""
+def load_cases(convention: str | None = None, directory: Path = HERE, bugs: bool = False) -> list[GoldenCase]:
+    """Every golden case of a correct loss (of one convention when given; bugs=True: the planted bugs'), in file
+    order."""
     from safetensors.torch import load_file
 
     index = json.loads((directory / f"cases-v{VERSION}.json").read_text(encoding="utf-8"))
     data = load_file(str(directory / f"cases-v{VERSION}.safetensors"))
     return [GoldenCase(c["name"], c["description"], c, {f: data[f"{c['name']}.{f}"] for f in c["tensors"]})
-            for c in index["cases"] if convention in (None, c["convention"])]
+            for c in index["cases"] if convention in (None, c["convention"]) and ("bug" in c) == bugs]
 
 
 def run_case(fn: Callable, case: GoldenCase, rtol: float = 1e-5, atol: float = 1e-7) -> tuple[str, str]:
@@ -104,6 +107,7 @@ def import_function(spec: str) -> Callable:
 def run_golden(spec_or_fn, convention: str = "paper", log: Callable[[str], None] = print) -> int:
     """Run a function over the golden cases of `convention`, a line per case and a summary: 0 if none fails, else 1."""
     fn = import_function(spec_or_fn) if isinstance(spec_or_fn, str) else spec_or_fn
+    convention = next((n for n, c in CATALOGUE["convention"].items() if convention in (n, c.get("also"))), convention)
     counts, cases = dict.fromkeys(("pass", "fail", "skip"), 0), load_cases(convention)
     for case in cases:
         status, detail = run_case(fn, case)
