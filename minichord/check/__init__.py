@@ -12,18 +12,11 @@ from minichord.check.dump import Dump, load_dumps
 from minichord.check.recompute import (ATOL, NO_CLAMP, RTOL, SEARCHED, Reference, agrees, convention_rules,
                                        grad_scale, reference, token_advantages, within)
 from minichord.config import AGGREGATIONS, CATALOGUE, SINGLETONS, STDS, LossConfig
-from minichord.methods import CONVENTIONS
 
 MAX_CHANGES = 3  # a diagnosis names at most this many changes
 
 
 Cause = collections.namedtuple("Cause", "key text")  # key: a stable name, e.g. "no_dual_clip" or a catalogue bug
-AGGREGATION_WORDS = {"token-mean": "one token-mean per term over the batch",
-                     "sequence-mean": "per-sequence token-means averaged over the sequences",
-                     "sequence-sum": "per-sequence token sums averaged over the sequences",
-                     "micro-batch": "per-micro-batch token-means weighted by each one's share of the side's sequences",
-                     "micro-batch-equal": "per-micro-batch token-means weighted equally",
-                     "micro-batch-sequence-mean": "per-micro-batch sequence-means weighted equally"}
 
 
 def bug_cause(key: str) -> Cause:
@@ -38,7 +31,7 @@ def _cause(field: str, target, found) -> Cause:
     if field == "aggregation":
         named = [k for k, b in CATALOGUE["bug"].items() if (b.get("aggregation"), b.get("instead_of")) == (found[0],
                                                                                                          target[0])]
-        return bug_cause(named[0]) if named else Cause(found[0].replace("-", "_"), f"{AGGREGATION_WORDS[found[0]]} "
+        return bug_cause(named[0]) if named else Cause(found[0].replace("-", "_"), f"{CATALOGUE['aggregation'][found[0]]} "
                                                        f"instead of the target's {' / '.join(filter(None, target))}")
     if field == "dual_clip":
         return Cause("no_dual_clip", f"dual clip missing: the target bounds the loss of A < 0 tokens at -A*{target}") \
@@ -94,7 +87,7 @@ def _changes(target: LossConfig, rules: LossConfig, bug: str | None) -> list[Cau
     return out + ([bug_cause(bug)] if bug else [])
 
 
-Diagnosis = collections.namedtuple("Diagnosis", "rules bug causes preset")  # the target + causes; preset: its name
+Diagnosis = collections.namedtuple("Diagnosis", "rules bug causes")  # the target + causes
 TokenDiff = collections.namedtuple("TokenDiff", "index sequence position theirs ours")  # index: among masked tokens
 
 
@@ -143,8 +136,7 @@ class CheckResult:
             lines.append("diagnosis: no known convention or bug reproduces your numbers")
         for k, dg in enumerate(self.diagnoses):
             head = "diagnosis: your numbers are reproduced by" if k == 0 else "or equally by"
-            preset = f" (= the {dg.preset!r} preset: --convention {dg.preset})" if dg.preset else ""
-            lines.append(f"{head} convention {name} with {len(dg.causes)} change(s){preset}:")
+            lines.append(f"{head} convention {name} with {len(dg.causes)} change(s):")
             lines += [f"  - [{cause.key}] {cause.text}" for cause in dg.causes]
         return "\n".join(lines)
 
@@ -186,8 +178,7 @@ def check_batch(dump: Dump | str | Path | list, convention: str | None = None,
         same, tok_ok = agrees(ref, d.loss, theirs, rtol, atol)
         if not ok and same:
             found_level = len(changes)
-            preset = next((n for n in CONVENTIONS if not bug and convention_rules(n, d.weighting) == rules), None)
-            result.diagnoses.append(Diagnosis(rules, bug, changes, preset))
+            result.diagnoses.append(Diagnosis(rules, bug, changes))
         elif int((~tok_ok).sum()) < closest[0]:
             closest = (int((~tok_ok).sum()), changes)
     if not ok and not result.diagnoses and closest[1]:

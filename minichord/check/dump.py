@@ -152,8 +152,9 @@ def from_tensors(tensors: dict[str, Tensor], meta: dict[str, str], where: str = 
              grad_reduce=meta.get("grad_reduce", "mean"))
     if d.grad_reduce not in ("mean", "sum"):
         raise DumpError(f"{where}: metadata grad_reduce={d.grad_reduce!r}: must be one of mean, sum")
-    if "rank" in meta:
-        d.rank = int(_number(meta, "rank", None, 0, 1e6, where))
+    if "rank" in meta and not (rank := _number(meta, "rank", None, 0, 1e6, where)).is_integer():
+        raise DumpError(f"{where}: metadata rank={meta['rank']!r}: must be an integer >= 0")
+    d.rank = int(rank) if "rank" in meta else None
     if "advantages" in tensors:
         adv = tensors["advantages"]  # [B, T] or [B]
         d.advantages = _finite("advantages", adv[:, None].expand(B, T) if adv.dim() == 1 else adv, where, adv_rows)
@@ -192,69 +193,54 @@ def load_dump(path: str | Path) -> Dump:
 
 
 SHARED = ("mu", "weighting", "eps_low", "eps_high", "convention", "grad_reduce", "step")  # equal on every rank
+TENSORS = ("logp", "old_logp", "mask", "is_expert", "grad_logp", "advantages", "rewards", "group_ids")  # merged
 
 
 def load_dumps(paths: list[str | Path]) -> Dump:
     """One DUMP, or the rank files of one data-parallel step merged into the global batch (schema above)."""
-    dumps = [load_dump(p) for p in paths]
-    if len(dumps) == 1:
+    if len(dumps := [load_dump(p) for p in paths]) == 1:
         return dumps[0]
-    first, names = dumps[0], [str(p) for p in paths]
-    for p, d in zip(names, dumps):
+    W, named = len(dumps), sorted(zip([str(p) for p in paths], dumps), key=lambda pd: -1 if pd[1].rank is None
+                                  else pd[1].rank)
+
+    def settings(d: Dump) -> dict:
+        return {**{f"metadata {k}": getattr(d, k) for k in SHARED}, "optional tensors": [k for k in OPTIONAL if
+                                                                                         getattr(d, k) is not None]}
+    for p, d in named:
         if d.rank is None or d.step is None:
-            raise DumpError(f"{p}: metadata {'rank' if d.rank is None else 'step'!r} missing: each rank file of "
-                            f"a step names its rank (0..W-1) and the step")
-        for key in SHARED:
-            if getattr(d, key) != getattr(first, key):
-                raise DumpError(f"{p}: metadata {key}={getattr(d, key)!r}, but {names[0]} has "
-                                f"{getattr(first, key)!r}: the rank files of one step share it")
-        if (d.micro_batch is None) != (first.micro_batch is None) or (d.rewards is None) != (first.rewards is None) \
-                or (d.advantages is None) != (first.advantages is None):
-            raise DumpError(f"{p}: its optional tensors differ from {names[0]}'s: give each in every rank file")
-    ranks = [d.rank for d in dumps]
-    for r, p in zip(ranks, names):
-        if ranks.count(r) > 1:
-            raise DumpError(f"{p}: rank {r} is given twice (also {names[ranks.index(r)]}): one file per rank")
-    if sorted(ranks) != list(range(len(dumps))):
-        raise DumpError(f"rank {min(set(range(len(dumps))) - set(ranks))} missing: {len(dumps)} files must be "
-                        f"ranks 0..{len(dumps) - 1}")
-    dumps, names = zip(*sorted(zip(dumps, names), key=lambda dn: dn[0].rank))
-    cells = _rank_steps(dumps, names)
-    T, n = max(d.mask.shape[1] for d in dumps), 1.0 / len(dumps) if first.grad_reduce == "mean" else 1.0
+            raise DumpError(f"{p}: metadata {'rank' if d.rank is None else 'step'!r} missing: each rank file of a "
+                            f"step names its rank (0..W-1) and the step")
+        if key := next((k for k, v in settings(d).items() if v != settings(named[0][1])[k]), None):
+            raise DumpError(f"{p}: {key}={settings(d)[key]!r}, but {named[0][0]} has {settings(named[0][1])[key]!r}: "
+                            f"the rank files of one step share it")
+    if twice := [(p, d.rank) for (p, d), (_, e) in zip(named[1:], named) if d.rank == e.rank]:
+        raise DumpError(f"{twice[0][0]}: rank {twice[0][1]} is given twice: one file per rank")
+    if missing := sorted(set(range(W)) - {d.rank for _, d in named}):
+        raise DumpError(f"rank {missing[0]} missing: {W} files must be ranks 0..{W - 1}")
+    dumps, T = [d for _, d in named], max(d.mask.shape[1] for _, d in named)
+    scale = 1.0 / W if dumps[0].grad_reduce == "mean" else 1.0  # L = the mean (or sum) of the ranks' losses
 
-    def cat(get):  # [B_total, T] (right-padded) or [B_total]
-        return torch.cat([torch.cat([x, x.new_zeros(x.shape[0], T - x.shape[1])], 1) if (x := get(d)).dim() == 2
-                          else x for d in dumps])
-
-    merged = Dump(logp=cat(lambda d: d.logp), old_logp=cat(lambda d: d.old_logp), mask=cat(lambda d: d.mask),
-                  is_expert=cat(lambda d: d.is_expert), loss=sum(d.loss for d in dumps) * n,
-                  grad_logp=cat(lambda d: d.grad_logp) * n, mu=first.mu, weighting=first.weighting,
-                  eps_low=first.eps_low, eps_high=first.eps_high, convention=first.convention, step=first.step,
-                  grad_reduce=first.grad_reduce, world=len(dumps), micro_batch=cells,
-                  advantages=None if first.advantages is None else cat(lambda d: d.advantages),
-                  rewards=None if first.rewards is None else cat(lambda d: d.rewards),
-                  group_ids=None if first.group_ids is None else cat(lambda d: d.group_ids))
-    return merged
+    def padded(x: Tensor) -> Tensor:  # [B, T_rank] -> [B, T] (right-padded); [B] as it is
+        return torch.cat([x, x.new_zeros(x.shape[0], T - x.shape[1])], 1) if x.dim() == 2 else x
+    merged = {k: torch.cat([padded(getattr(d, k)) for d in dumps]) for k in TENSORS if getattr(dumps[0], k) is not None}
+    merged["grad_logp"] = merged["grad_logp"] * scale
+    return dataclasses.replace(dumps[0], **merged, rank=None, world=W,
+                               loss=sum(d.loss for d in dumps) * scale, micro_batch=_rank_steps(named))
 
 
-def _rank_steps(dumps, names) -> Tensor | None:
-    """Each sequence's cell rank * G + its step on the rank [B_total] (dumps in rank order); ids alike on every rank,
-    or all distinct."""
-    if dumps[0].micro_batch is None:
+def _rank_steps(named: list[tuple[str, Dump]]) -> Tensor | None:
+    """Each sequence's cell rank * G + its step on the rank [B_total] (files in rank order): micro_batch ids alike on
+    every rank, or all distinct."""
+    if named[0][1].micro_batch is None:
         return None
-    by_rank = list(zip(dumps, names))
-    sets = [set(d.micro_batch.tolist()) for d, _ in by_rank]
+    sets = [set(d.micro_batch.tolist()) for _, d in named]
     alike, G = all(s == sets[0] for s in sets), len(sets[0])
-    for (d, p), s in zip(by_rank, sets):
-        if len(s) != G:
-            raise DumpError(f"{p}: {len(s)} micro-batches, but rank 0 has {G}: every rank runs the same "
-                            f"accumulation steps")
-    for (d, p), s in zip(by_rank, sets):
+    if uneven := [p for (p, _), s in zip(named, sets) if len(s) != G]:
+        raise DumpError(f"{uneven[0]}: not {G} micro-batches as rank 0: every rank runs the same accumulation steps")
+    for (p, _), s in zip(named, sets):
         if not alike and (shared := s & set().union(*[o for o in sets if o is not s])):
             raise DumpError(f"{p}: micro_batch ids {sorted(shared)[:5]} also on another rank that has other ids: "
                             f"number each rank's micro-batches alike (0..G-1), or give every one its own id")
-    everything = sets[0] if alike else set().union(*sets)
-    if missing := sorted(set(range(len(everything))) - everything):
-        raise DumpError(f"micro_batch id {missing[0]} missing: ids run 0..{len(everything) - 1} "
-                        f"({'on every rank' if alike else 'over the ranks'})")
-    return torch.cat([r * G + d.micro_batch.unique(return_inverse=True)[1] for r, (d, _) in enumerate(by_rank)])
+    if missing := sorted(set(range(G if alike else G * len(sets))) - set().union(*sets)):
+        raise DumpError(f"micro_batch id {missing[0]} missing: ids run 0..{G - 1} on every rank, or 0..W*G-1 over them")
+    return torch.cat([r * G + d.micro_batch.unique(return_inverse=True)[1] for r, (_, d) in enumerate(named)])
