@@ -1,6 +1,7 @@
 """`minichord check`: planted mistakes in a hand-written user implementation are named; the official
 preset on a two-micro-batch case computed by hand; the golden cases regenerate byte-identically; the CLI."""
 
+import dataclasses
 import json
 import math
 
@@ -409,3 +410,32 @@ def test_the_trainer_takes_its_convention(tmp_path, monkeypatch):
     for coef, is_expert, spec in seen:  # each PPO minibatch is one micro-batch: a token-mean per side within it
         assert spec.dual_clip == 3.0
         torch.testing.assert_close(coef, losses.token_coefficients(is_expert, 0.1))
+
+
+@pytest.mark.parametrize("convention", ["ms-swift", "verl-seq-mean-token-sum"])
+def test_the_trainer_trains_with_an_engines_convention(tmp_path, monkeypatch, convention):
+    import random
+
+    from minichord import lm_head, losses
+    from minichord.tasks import style_texts
+    from minichord.tokenizer import Tokenizer
+    from test_trainer import make_trainer
+
+    seen, real = [], lm_head.fused_token_loss
+
+    def spy(hidden, weight, targets, coef, is_expert, *args, **kwargs):
+        seen.append((coef, is_expert, args[-1]))  # args: advantages, old_logp, spec
+        return real(hidden, weight, targets, coef, is_expert, *args, **kwargs)
+
+    monkeypatch.setattr(lm_head, "fused_token_loss", spy)
+    tok = Tokenizer.train(style_texts(random.Random(0), 200), vocab_size=160)
+    out = make_trainer(tok, tmp_path, "chord-phi", [f"convention={convention}", "steps=1", "prompts_per_step=2",
+                                                    "group_size=2", "experts_per_step=2", "sampler.max_new_tokens=2"]
+                       ).train_step(0)
+    coef, is_expert, spec = seen[0]
+    assert convention_rules(convention, "phi") == dataclasses.replace(spec, kl_coef=0.0, entropy_coef=0.0)
+    if convention == "ms-swift":  # means per side: the weights sum to (1 - mu) + mu
+        assert coef.sum().item() == pytest.approx(1.0)
+    else:  # token sums averaged over sequences: the weights sum to the mean length (expert traces: > 1 token)
+        assert coef.sum().item() > 1.0
+    assert math.isfinite(out["loss"])

@@ -4,8 +4,9 @@
 # You implemented CHORD in your own trainer. Does it compute what the paper says? Two CHORD
 # implementations can both look right and still disagree: one global token-mean or a mean per
 # micro-batch? a dual clip or not? what advantage does a group of one get? is phi detached?
-# minichord names these choices (the `loss` table; presets `paper` and `official` in `minichord/methods.py`) and
-# checks one batch of yours against them:
+# minichord names these choices (the `loss` table), knows the conventions of the engines people train
+# CHORD with (the paper's, Trinity-RFT's `official`, ms-swift's, verl's; `minichord check --list`, with
+# the source of each) and the normalisation bugs engines have shipped, and checks one batch of yours:
 #
 #     1. dump one batch from your trainer: logp, old_logp, advantages (or rewards + group ids),
 #        the response mask, which sequences are expert ones, your loss and d loss / d logp;
@@ -96,10 +97,10 @@ assert not bad.match and bad.causes == ["sequence_mean"]
 # %% [markdown]
 # Reading the report: the verdict, the tolerance, the loss split into L_GRPO and L_SFT (ours), the
 # first tokens whose gradient differs (theirs vs ours), and the simplest variant that reproduces your
-# numbers: here the per-sequence mean. If the diagnosis says you match the other preset, say
-# `--convention official`, you implemented that convention: check the one you meant.
+# numbers: here the per-sequence mean. If the report says your numbers match another convention,
+# say `--convention verl-seq-mean-token-mean`, you implemented that one: check the one you meant.
 #
-# ## 5. Golden cases: your loss function against 76 named batches
+# ## 5. Golden cases: your loss function against ~40 named batches per convention
 #
 # `minichord check --golden my_module:my_loss` runs a function over the golden cases shipped with
 # minichord (`minichord/check/`, schema in `golden.py`): thresholds of the clip and the clamp,
@@ -135,3 +136,44 @@ lines = []
 assert run_golden(golden_entry(min_count=1), "paper", lines.append) == 0
 print(lines[-1])
 assert " 0 failed" in lines[-1]
+
+# %% [markdown]
+# ## 6. Several GPUs: one file per rank
+#
+# Under data parallelism each rank computes the loss of its own sequences and DDP averages the
+# gradients. A token-mean over the whole batch then needs the whole batch's token count on every rank
+# (an all-reduce) and a loss times the number of ranks; a rank that divides by its own count weights
+# the ranks equally instead, so the loss changes with the number of GPUs. Dump each rank's batch with
+# metadata `rank` and `step` (and `grad_reduce = "sum"` if your ranks' gradients are summed):
+# `minichord check rank0.safetensors rank1.safetensors` checks them as one batch.
+
+# %%
+def dump_ranks(own_count):
+    world, paths = 2, []
+    on_all, ex_all = (mask & ~is_expert[:, None]).sum(), (mask & is_expert[:, None]).sum()  # all-reduced counts
+    for rank, rows in enumerate([torch.tensor([0, 2, 4]), torch.tensor([1, 3, 5])]):  # each rank's sequences
+        logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0][rows]  # [B_rank, T]
+        logp.retain_grad()
+        on, ex = mask[rows] & ~is_expert[rows, None], mask[rows] & is_expert[rows, None]
+        # the bug: a single-GPU loss run unchanged on each rank (its own token counts, no x W)
+        n_on, n_ex, w = (on.sum(), ex.sum(), 1) if own_count else (on_all, ex_all, world)
+        ratio, a, p = (logp - old_logp[rows]).clamp(-20, 20).exp(), advantages[rows, None], logp.exp().detach()
+        pg, sft = torch.maximum(-a * ratio, -a * ratio.clamp(0.8, 1.2)), -p * (1 - p) * logp  # [B_rank, T]
+        loss = w * ((1 - mu) * (pg * on).sum() / n_on + mu * (sft * ex).sum() / n_ex)  # x W: DDP averages
+        loss.backward()
+        paths.append(work / f"rank{rank}.safetensors")
+        save_file({"logp": logp.detach(), "old_logp": old_logp[rows], "advantages": advantages[rows], "mask": mask[rows],
+                   "is_expert": is_expert[rows], "loss": loss.detach(), "grad_logp": logp.grad}, str(paths[-1]),
+                  metadata={"mu": str(mu), "weighting": "phi", "rank": str(rank), "step": "1"})
+    return paths
+
+
+assert check_batch(dump_ranks(own_count=False)).match
+per_rank = check_batch(dump_ranks(own_count=True))
+print(per_rank.report())
+assert "per_device_normaliser" in [c.key for d in per_rank.diagnoses for c in d.causes]
+
+# %% [markdown]
+# The diagnosis names the bug and where it was reported (TRL PR #3231); with equal numbers of
+# sequences per rank it is equally verl issue #5625's per-micro-batch weighting. Give `micro_batch`
+# ids too (each rank's accumulation steps 0..G-1) and the accumulation bugs of the catalogue show.

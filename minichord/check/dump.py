@@ -28,7 +28,8 @@ each with the rank's own tokens, its loss and d loss / d logp as its code comput
     grad_reduce  "mean" (DDP, FSDP: gradients averaged over ranks, the default) | "sum"
 
 The files are one global batch: L = the mean (or sum) of the ranks' losses. micro_batch ids number each rank's
-accumulation steps alike (0..G-1), or give each micro-batch of the step its own id; group_ids are global.
+accumulation steps alike (0..G-1), or give each micro-batch of the step its own id (none: one step per rank);
+group_ids are global.
 
 Values outside the mask are never read (padding may hold anything, NaN included); under it every value must be
 finite. A plain-PyTorch dump: tutorials/09_check_your_loss.py."""
@@ -228,11 +229,11 @@ def load_dumps(paths: list[str | Path]) -> Dump:
                                loss=sum(d.loss for d in dumps) * scale, micro_batch=_rank_steps(named))
 
 
-def _rank_steps(named: list[tuple[str, Dump]]) -> Tensor | None:
+def _rank_steps(named: list[tuple[str, Dump]]) -> Tensor:
     """Each sequence's cell rank * G + its step on the rank [B_total] (files in rank order): micro_batch ids alike on
     every rank, or all distinct."""
-    if named[0][1].micro_batch is None:
-        return None
+    if named[0][1].micro_batch is None:  # one step per rank
+        return torch.cat([torch.full(d.is_expert.shape, r) for r, (_, d) in enumerate(named)])
     sets = [set(d.micro_batch.tolist()) for _, d in named]
     alike, G = all(s == sets[0] for s in sets), len(sets[0])
     if uneven := [p for (p, _), s in zip(named, sets) if len(s) != G]:
