@@ -439,3 +439,14 @@ def test_the_trainer_trains_with_an_engines_convention(tmp_path, monkeypatch, co
     else:  # token sums averaged over sequences: the weights sum to the mean length (expert traces: > 1 token)
         assert coef.sum().item() > 1.0
     assert math.isfinite(out["loss"])
+
+
+def test_cli_list_prints_each_convention_and_bug_with_its_source(capsys):
+    assert main(["check", "--list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(CATALOGUE["convention"]) + len(CATALOGUE["bug"])
+    for line, (kind, name, entry) in zip(lines, [("convention", n, c) for n, c in CATALOGUE["convention"].items()] +
+                                         [("bug", n, b) for n, b in CATALOGUE["bug"].items()]):
+        assert line.startswith(f"{kind} {name}") and f"[{entry['source']}]" in line
+    assert "(= trinity-mix-chord)" in lines[1] and "verl issue #5625" in "\n".join(lines)
+    assert main(["check"]) == 2  # neither files nor --golden nor --list
