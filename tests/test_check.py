@@ -388,10 +388,11 @@ def test_cli_golden(tmp_path, monkeypatch, capsys):
     assert "cannot import module 'no_such_module'" in capsys.readouterr().err
 
 
-def test_the_trainer_takes_its_convention(tmp_path, monkeypatch):
+def one_trainer_step(tmp_path, monkeypatch, overrides):
+    """(coef, is_expert, spec) of each fused-loss call of one chord-phi step, and the step's metrics."""
     import random
 
-    from minichord import lm_head, losses
+    from minichord import lm_head
     from minichord.tasks import style_texts
     from minichord.tokenizer import Tokenizer
     from test_trainer import make_trainer
@@ -404,8 +405,15 @@ def test_the_trainer_takes_its_convention(tmp_path, monkeypatch):
 
     monkeypatch.setattr(lm_head, "fused_token_loss", spy)
     tok = Tokenizer.train(style_texts(random.Random(0), 200), vocab_size=160)
-    make_trainer(tok, tmp_path, "chord-phi", ["steps=1", "convention=official", "minibatches=2", "prompts_per_step=2",
-                                              "group_size=2", "experts_per_step=2", "sampler.max_new_tokens=2"]).train_step(0)
+    out = make_trainer(tok, tmp_path, "chord-phi", ["steps=1", "prompts_per_step=2", "group_size=2", "experts_per_step=2",
+                                                    "sampler.max_new_tokens=2", *overrides]).train_step(0)
+    return seen, out
+
+
+def test_the_trainer_takes_its_convention(tmp_path, monkeypatch):
+    from minichord import losses
+
+    seen, _ = one_trainer_step(tmp_path, monkeypatch, ["convention=official", "minibatches=2"])
     assert len(seen) == 2
     for coef, is_expert, spec in seen:  # each PPO minibatch is one micro-batch: a token-mean per side within it
         assert spec.dual_clip == 3.0
@@ -414,24 +422,7 @@ def test_the_trainer_takes_its_convention(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("convention", ["ms-swift", "verl-seq-mean-token-sum"])
 def test_the_trainer_trains_with_an_engines_convention(tmp_path, monkeypatch, convention):
-    import random
-
-    from minichord import lm_head, losses
-    from minichord.tasks import style_texts
-    from minichord.tokenizer import Tokenizer
-    from test_trainer import make_trainer
-
-    seen, real = [], lm_head.fused_token_loss
-
-    def spy(hidden, weight, targets, coef, is_expert, *args, **kwargs):
-        seen.append((coef, is_expert, args[-1]))  # args: advantages, old_logp, spec
-        return real(hidden, weight, targets, coef, is_expert, *args, **kwargs)
-
-    monkeypatch.setattr(lm_head, "fused_token_loss", spy)
-    tok = Tokenizer.train(style_texts(random.Random(0), 200), vocab_size=160)
-    out = make_trainer(tok, tmp_path, "chord-phi", [f"convention={convention}", "steps=1", "prompts_per_step=2",
-                                                    "group_size=2", "experts_per_step=2", "sampler.max_new_tokens=2"]
-                       ).train_step(0)
+    seen, out = one_trainer_step(tmp_path, monkeypatch, [f"convention={convention}"])
     coef, is_expert, spec = seen[0]
     assert convention_rules(convention, "phi") == dataclasses.replace(spec, kl_coef=0.0, entropy_coef=0.0)
     if convention == "ms-swift":  # means per side: the weights sum to (1 - mu) + mu
