@@ -29,18 +29,20 @@ def bug_cause(key: str) -> Cause:
 def _cause(field: str, target, found) -> Cause:
     """One difference between the target convention and a variant that reproduces the numbers, in words."""
     if field == "aggregation":
-        named = [k for k, b in CATALOGUE["bug"].items() if (b.get("aggregation"), b.get("instead_of")) == (found[0],
-                                                                                                         target[0])]
-        return bug_cause(named[0]) if named else Cause(found[0].replace("-", "_"), f"{CATALOGUE['aggregation'][found[0]]} "
-                                                       f"instead of the target's {' / '.join(filter(None, target))}")
+        bug = next((k for k, b in CATALOGUE["bug"].items() if b.get("aggregation") == found[0]
+                    and b.get("instead_of") == target[0]), None)  # another aggregation that is a known bug
+        return bug_cause(bug) if bug else Cause(found[0].replace("-", "_"), f"{CATALOGUE['aggregation'][found[0]]} "
+                                                f"instead of the target's {' / '.join(filter(None, target))}")
+    if field == "dual_clip" and found is None:
+        return Cause("no_dual_clip", f"dual clip missing: the target bounds the loss of A < 0 tokens at -A*{target}")
     if field == "dual_clip":
-        return Cause("no_dual_clip", f"dual clip missing: the target bounds the loss of A < 0 tokens at -A*{target}") \
-            if found is None else Cause("dual_clip", f"dual clip c = {found} applied to A < 0 tokens; the target "
-                                        "has " + ("none" if target is None else f"c = {target}"))
+        return Cause("dual_clip", f"dual clip c = {found} applied to A < 0 tokens; the target has "
+                     + ("none" if target is None else f"c = {target}"))
+    if field == "log_ratio_clamp" and found == NO_CLAMP:
+        return Cause("no_clamp", f"no log-ratio clamp: the target clamps logp - old_logp to +-{target} before exp")
     if field == "log_ratio_clamp":
-        return Cause("no_clamp", f"no log-ratio clamp: the target clamps logp - old_logp to +-{target} before exp") \
-            if found == NO_CLAMP else Cause("clamp", f"logp - old_logp clamped to +-{found} before exp; the target "
-                                            + ("does not clamp" if target == NO_CLAMP else f"clamps at +-{target}"))
+        return Cause("clamp", f"logp - old_logp clamped to +-{found} before exp; the target "
+                     + ("does not clamp" if target == NO_CLAMP else f"clamps at +-{target}"))
     if field == "singleton":
         what = {"zero": "A = 0", "official": "A = R / (1 + eps)"}
         return Cause("wrong_singleton", f"wrong singleton handling: a group of one got {what[found]}, "
