@@ -116,8 +116,7 @@ def hidden_states(model, batch: TokenBatch, dtype: str) -> tuple[Tensor, Tensor]
 @torch.no_grad()
 def batch_logprobs(model, batch: TokenBatch, temperature: float, micro_batch_seqs: int = 0, dtype="fp32") -> Tensor:
     """logp_t under `model` for every token of `batch` ([N], fp32 or fp64), micro-batch by micro-batch."""
-    logp = torch.zeros(batch.num_tokens, dtype=torch.float64 if model.lm_head_weight.dtype == torch.float64
-                       else torch.float32, device=batch.targets.device)  # [N]
+    logp = batch.targets.new_zeros(batch.num_tokens, dtype=lm_head._compute_dtype(model.lm_head_weight))  # [N]
     for micro, where in micro_batches(batch, micro_batch_seqs):
         hidden, weight = hidden_states(model, micro, dtype)  # [n, D], [V, D]
         with torch.autocast(micro.ids.device.type, enabled=False):
@@ -131,7 +130,7 @@ def backward_loss(model, batch: TokenBatch, coef: Tensor, spec: LossConfig, temp
                   ref_logp: Tensor | None = None) -> lm_head.FusedLossOutput:
     """Backward of L = sum_t coef_t l_t into .grad, per micro-batch -> detached L, [N] logp / entropy / clipped."""
     n, device = batch.num_tokens, batch.targets.device
-    total = torch.zeros((), dtype=torch.float64 if coef.dtype == torch.float64 else torch.float32, device=device)
+    total = torch.zeros((), dtype=lm_head._compute_dtype(coef), device=device)
     logp, entropy = torch.zeros(n, dtype=total.dtype, device=device), torch.zeros(n, dtype=total.dtype, device=device)
     clipped = torch.zeros(n, dtype=torch.bool, device=device)  # [N]
     for micro, where in micro_batches(batch, micro_batch_seqs):

@@ -47,15 +47,18 @@ def evaluate(model, tokenizer: TokenizerLike, problems: Sequence[Problem], *, ba
     finally:
         model.train(was_training)
     rewards = [reward_of(reward_fn, r, p) for r, p in zip(responses, problems)]
-    by_skill = {s: [r for p, r in zip(problems, rewards) if p.skill == s] for s in sorted({p.skill for p in problems})}
-    out = {"accuracy": sum(r == 1 for r in rewards) / len(rewards), "n": len(rewards), "response_length": sum(lengths) / len(lengths),
+    out = {"accuracy": _accuracy(rewards), "n": len(rewards), "response_length": sum(lengths) / len(lengths),
            "samples": [dict(prompt=p.prompt, response=r, answer=p.answer, reward=w)
                        for p, r, w in zip(problems[:N_SAMPLES], responses, rewards)]}
     if lenient_fn is not None:
-        out["lenient_accuracy"] = sum(reward_of(lenient_fn, r, p) == 1 for r, p in zip(responses, problems)) / out["n"]
-    if len(by_skill) > 1:
-        out["per_skill"] = {skill: sum(r == 1 for r in v) / len(v) for skill, v in by_skill.items()}
+        out["lenient_accuracy"] = _accuracy([reward_of(lenient_fn, r, p) for r, p in zip(responses, problems)])
+    if len(skills := sorted({p.skill for p in problems})) > 1:
+        out["per_skill"] = {s: _accuracy([r for p, r in zip(problems, rewards) if p.skill == s]) for s in skills}
     return out
+
+
+def _accuracy(rewards: list[float]) -> float:  # the share of reward 1
+    return sum(r == 1 for r in rewards) / len(rewards)
 
 
 @torch.no_grad()

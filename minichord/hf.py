@@ -125,32 +125,29 @@ def hf_model_config(model_dir) -> ModelConfig:
         raise HFError(f"{path}: architectures={archs!r} (model_type={hf.get('model_type')!r}) is not one "
                       f"of {sorted(ARCHITECTURES)}")
 
-    def refuse(field, value, why):
-        raise HFError(f"{path}: {field}={value!r} is not supported ({why})")
+    def refuse(bad, field: str, why: str) -> None:  # bad only where config.json sets `field`
+        if bad:
+            raise HFError(f"{path}: {field}={hf[field]!r} is not supported ({why})")
 
-    if hf.get("rope_scaling") is not None:
-        refuse("rope_scaling", hf["rope_scaling"], "minichord's RoPE is unscaled")
+    refuse(hf.get("rope_scaling") is not None, "rope_scaling", "minichord's RoPE is unscaled")
     rope = _get(hf, path, "rope_parameters", dict, {})  # transformers >= 5 writes rope_theta in here
-    if rope.get("rope_type", "default") != "default" or set(rope) - {"rope_type", "rope_theta"}:
-        refuse("rope_parameters", rope, "minichord's RoPE is unscaled")
-    if family == "qwen2" and _get(hf, path, "use_sliding_window", bool, False):
-        refuse("use_sliding_window", True, "minichord attends to the full context")
-    if any(t != "full_attention" for t in _get(hf, path, "layer_types", list, [])):
-        refuse("layer_types", hf["layer_types"], "minichord attends to the full context")
-    if _get(hf, path, "hidden_act", str, "silu") != "silu":
-        refuse("hidden_act", hf["hidden_act"], "minichord's MLP is SwiGLU with silu")
-    if family == "llama" and _get(hf, path, "attention_bias", bool, False):
-        refuse("attention_bias", True, "Llama's puts a bias on o_proj too; minichord's o_proj has none")
-    if family == "llama" and _get(hf, path, "mlp_bias", bool, False):
-        refuse("mlp_bias", True, "minichord's MLP has no biases")
-    if hf.get("quantization_config") is not None:
-        refuse("quantization_config", hf["quantization_config"], "minichord reads plain float weights")
+    refuse(rope.get("rope_type", "default") != "default" or set(rope) - {"rope_type", "rope_theta"},
+           "rope_parameters", "minichord's RoPE is unscaled")
+    refuse(family == "qwen2" and _get(hf, path, "use_sliding_window", bool, False), "use_sliding_window",
+           "minichord attends to the full context")
+    refuse(any(t != "full_attention" for t in _get(hf, path, "layer_types", list, [])), "layer_types",
+           "minichord attends to the full context")
+    refuse(_get(hf, path, "hidden_act", str, "silu") != "silu", "hidden_act", "minichord's MLP is SwiGLU with silu")
+    refuse(family == "llama" and _get(hf, path, "attention_bias", bool, False), "attention_bias",
+           "Llama's puts a bias on o_proj too; minichord's o_proj has none")
+    refuse(family == "llama" and _get(hf, path, "mlp_bias", bool, False), "mlp_bias", "minichord's MLP has no biases")
+    refuse(hf.get("quantization_config") is not None, "quantization_config", "minichord reads plain float weights")
 
     dim, n_heads = _get(hf, path, "hidden_size", int), _get(hf, path, "num_attention_heads", int)
-    if (head_dim := _get(hf, path, "head_dim", int, dim // n_heads)) != dim // n_heads:
-        refuse("head_dim", head_dim, f"minichord's head_dim is hidden_size // num_attention_heads = {dim // n_heads}")
-    if n_heads % (n_kv_heads := _get(hf, path, "num_key_value_heads", int, n_heads)):
-        refuse("num_key_value_heads", n_kv_heads, f"num_attention_heads={n_heads} is not a multiple of it")
+    refuse(_get(hf, path, "head_dim", int, dim // n_heads) != dim // n_heads, "head_dim",
+           f"minichord's head_dim is hidden_size // num_attention_heads = {dim // n_heads}")
+    refuse(n_heads % (n_kv_heads := _get(hf, path, "num_key_value_heads", int, n_heads)), "num_key_value_heads",
+           f"num_attention_heads={n_heads} is not a multiple of it")
     vocab_size = _get(hf, path, "vocab_size", int)
     if (n_ids := _tokenizer_size(path.parent / "tokenizer.json")) is not None and vocab_size < n_ids:
         raise HFError(f"{path}: vocab_size={vocab_size} is smaller than the {n_ids} ids of "

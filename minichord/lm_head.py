@@ -36,8 +36,7 @@ def kernel_backend(device: torch.device | str | None = None) -> str:
     return "triton" if is_cuda else "torch"
 
 
-def _compute_dtype(*tensors: Tensor) -> torch.dtype:
-    """fp32, or fp64 when an input is fp64 (bf16 / fp16 inputs are upcast)."""
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:  # the math's dtype (module docstring)
     return functools.reduce(torch.promote_types, [t.dtype for t in tensors], torch.float32)
 
 
@@ -66,11 +65,10 @@ def token_logprobs(logits: Tensor, targets: Tensor, *, temperature: float = 1.0,
 
 
 @torch.no_grad()
-def logprobs_from_hidden(hidden: Tensor, weight: Tensor, targets: Tensor, *, temperature: float = 1.0,
-                         chunk_size: int | None = None) -> Tensor:
+def logprobs_from_hidden(hidden: Tensor, weight: Tensor, targets: Tensor, *, temperature: float = 1.0) -> Tensor:
     """Token log-probs from hidden [N, H] and the lm-head [V, H], no gradient: logp [N] fp32,
-    logp_t = log_softmax(hidden_t W^T / T)[y_t], at most chunk_size x V logits at once (None: default_chunk_rows)."""
-    chunk_size = chunk_size or default_chunk_rows(hidden, weight)
+    logp_t = log_softmax(hidden_t W^T / T)[y_t], default_chunk_rows x V logits at once."""
+    chunk_size = default_chunk_rows(hidden, weight)
     logp = torch.zeros(hidden.shape[0], dtype=_compute_dtype(hidden, weight), device=hidden.device)  # [N]
     for start in range(0, hidden.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)

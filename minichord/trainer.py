@@ -193,8 +193,7 @@ class Trainer:
                 seq_ids = torch.isin(places, mb_places).nonzero().flatten()  # [M_mb]: this rank's among them
                 mb = batch.select(seq_ids) if cfg.minibatches > 1 else batch
                 mb_ref = None if ref_logp is None else ref_logp[torch.isin(batch.rows, seq_ids)]  # [N_mb]
-                coef = layout.coefficients(mb_places, mu, cfg, torch.promote_types(  # [N_mb]; fp64 for a fp64 model
-                    torch.float32, self.model.lm_head_weight.dtype))
+                coef = layout.coefficients(mb_places, mu, cfg, lm_head._compute_dtype(self.model.lm_head_weight))
                 self.optimizer.zero_grad(set_to_none=True)
                 out = batches.backward_loss(self.trained, mb, coef, cfg.loss, T, cfg.micro_batch_seqs, cfg.dtype,
                                             ref_logp=mb_ref) if len(seq_ids) else None  # grads summed per micro-batch
