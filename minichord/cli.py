@@ -255,12 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override for every run, e.g. --set init=PATH to start from another checkpoint")
 
     ck = sub.add_parser("check", help="your CHORD loss and gradient against minichord's, with a diagnosis "
-                        "(DUMP schema: minichord/check/dump.py), or your loss function over the golden cases")
+                        "(DUMP schema: minichord/check/README.md), or your loss function over the golden cases")
     ck.add_argument("dump", nargs="*", help="a safetensors DUMP of one batch, or one per rank of a data-parallel "
                     "step (exit 0 match, 1 mismatch)")
     ck.add_argument("--list", action="store_true", help="the conventions and known bugs minichord knows, with sources")
     ck.add_argument("--golden", metavar="MODULE:FUNCTION", help="run FUNCTION of MODULE (the current directory is "
-                    "searched) on every golden case of the convention (signature: minichord/check/golden.py)")
+                    "searched) on every golden case of the convention (signature: minichord/check/README.md)")
     ck.add_argument("--convention", choices=CONVENTIONS,
                     help="the convention you meant to implement (default: the dump's metadata, else paper)")
     ck.add_argument("--rtol", type=POSITIVE_FLOAT, default=RTOL, help=f"relative tolerance ({RTOL:g})")

@@ -1,4 +1,4 @@
-"""Write the golden cases (spec: check/golden.py):  python scripts/make_golden.py [OUT_DIR]
+"""Write the golden cases (spec: minichord/check/README.md):  python scripts/make_golden.py [OUT_DIR]
 
 Each scenario is computed under every convention of minichord/catalogue.toml (`CONVENTION/NAME`; LUFFY's under
 `paper/` only) by `recompute.reference` in float64; each known bug (`bug/NAME`) planted in one batch. Inputs are decimals or seeded draws rounded to 1e-6, expected numbers are rounded
@@ -212,7 +212,7 @@ def build() -> tuple[dict, dict]:
         tensors.update({f"{full}.{k}": v.contiguous() for k, v in case_tensors.items()})
         cases.append({"name": full, "description": description, **entry, "tensors": sorted(case_tensors),
                       **({"bug": name} if bug else {})})
-    return tensors, {"version": VERSION, "schema": "minichord/check/golden.py", "cases": cases}
+    return tensors, {"version": VERSION, "schema": "minichord/check/README.md", "cases": cases}
 
 
 def write(out_dir: Path) -> tuple[Path, Path]:

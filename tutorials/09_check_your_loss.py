@@ -13,7 +13,7 @@
 #     2. `minichord check batch.safetensors`  (exit 0 match, 1 mismatch, 2 a bad file);
 #     3. read the diagnosis: which convention or known bug reproduces your numbers.
 #
-# The DUMP schema is in `minichord/check/dump.py`; this tutorial uses the Python API (`check_batch`),
+# The DUMP schema is in `minichord/check/README.md`; this tutorial uses the Python API (`check_batch`),
 # which is what the command prints.
 
 # %%

@@ -1,38 +1,5 @@
-"""A DUMP: one batch of a CHORD loss exactly as your code saw it, in one safetensors file, for `minichord check DUMP`.
-B = sequences in the batch, T = the longest response (right-padded; the mask says which tokens count).
-
-Tensors (any float dtype for floats, read as float64; flags: bool, or any dtype holding only 0 and 1):
-
-    logp         [B, T]  float  log pi_theta(y_t | ...), the values your loss was computed from
-    old_logp     [B, T]  float  behaviour (sampler) log-probs; read on on-policy rows only
-    mask         [B, T]  0/1    response tokens that carry a loss
-    is_expert    [B]     0/1    1: expert demonstration (SFT term), 0: on-policy rollout (GRPO term)
-    advantages   [B, T] or [B]  float, on-policy rows (and LUFFY's expert rows)  } give one or both;
-    rewards      [B]     float  outcome reward of each on-policy sequence          } with rewards, minichord
-    group_ids    [B]     int    prompt group of each sequence (with rewards)      } computes A itself
-    micro_batch  [B]     int    optional: gradient-accumulation micro-batch of each sequence (>= 0)
-    loss         []      float  your loss for the whole batch (0-d or 1 element)
-    grad_logp    [B, T]  float  d loss / d logp, your gradient (read under the mask only)
-
-Metadata (safetensors `metadata={...}`, all values strings):
-
-    mu           "0.1"                      SFT weight, in [0, 1] (ignored by luffy)
-    weighting    "phi" | "is" | "uniform" | "luffy"   the expert term: sg(p(1-p)), sg(p), 1, or LUFFY
-    eps_low, eps_high   "0.2"   optional, default 0.2   PPO clip range [1 - eps_low, 1 + eps_high]
-    convention   a name of minichord/catalogue.toml   optional, default paper (the CLI's --convention wins)
-
-One step of data-parallel training is one file per rank (`minichord check rank0.safetensors rank1.safetensors ...`),
-each with the rank's own tokens, its loss and d loss / d logp as its code computed them, and metadata
-
-    rank         "0" ... "W-1"                  step   an id of the optimizer step, the same in every file
-    grad_reduce  "mean" (DDP, FSDP: gradients averaged over ranks, the default) | "sum"
-
-The files are one global batch: L = the mean (or sum) of the ranks' losses. micro_batch ids number each rank's
-accumulation steps alike (0..G-1), or give each micro-batch of the step its own id (none: one step per rank);
-group_ids are global.
-
-Values outside the mask are never read (padding may hold anything, NaN included); under it every value must be
-finite. A plain-PyTorch dump: tutorials/09_check_your_loss.py."""
+"""A DUMP: one batch of a CHORD loss exactly as your code saw it, in one safetensors file, for `minichord check DUMP`
+(or one file per rank of a data-parallel step); the tensors, metadata and rules: minichord/check/README.md."""
 
 import dataclasses
 import math

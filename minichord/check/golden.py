@@ -1,33 +1,5 @@
-"""Golden cases: small named batches with minichord's expected CHORD loss and gradient; files by scripts/make_golden.py:
-
-    cases-v1.json          {"version": 1, "cases": [entry, ...]}, one entry per case:
-        name               "<convention>/<scenario>", e.g. "official/dual_clip_binds"; "bug/<bug>": a batch made
-                           with a bug of minichord/catalogue.toml planted (its "bug" key), for `minichord check`
-        description        what the case exercises, in words
-        convention         a convention of minichord/catalogue.toml: the numbers are this convention's
-        mu, weighting      SFT weight in [0, 1]; "uniform" | "phi" | "is" | "luffy" (LUFFY: mu unused)
-        eps_low, eps_high  PPO clip range [1 - eps_low, 1 + eps_high]
-        advantages_from_rewards   true: the case gives rewards + group_ids, not advantages
-        expected           {"loss", "L_GRPO", "L_SFT", "loss_scale"} (loss = (1-mu) L_GRPO + mu L_SFT;
-                           LUFFY: L_GRPO + L_SFT), rounded to 10 significant digits
-        tensors            the names present for this case in the safetensors file
-    cases-v1.safetensors   tensor "<name>.<field>", the fields of a DUMP (check/dump.py) in float64, bool and
-                           int64, B x T padded; grad_logp: the expected d loss / d logp (0 outside the mask)
-
-A case passes when |loss - expected| <= 1e-7 * loss_scale + 1e-5 * |expected| and, on every masked token,
-|grad - expected| <= 1e-7 * median(nonzero |expected grad|) + 1e-5 * |expected grad|. On an exact boundary
-("ppo_at_clip_thresholds", "clamp_at_threshold") the gradient is the unclipped one: float32 may land an ulp beyond.
-
-Your function, for `minichord check --golden MODULE:FUNCTION` (MODULE imported, the current directory first on
-the path; no string is evaluated); raise NotImplementedError for a case you do not support (e.g. LUFFY, or
-advantages from rewards): it is reported as skipped, not failed. `--convention official` runs that convention's:
-
-    def my_loss(logp, old_logp, advantages, mask, is_expert, *, mu, weighting, eps_low, eps_high,
-                micro_batch, rewards, group_ids):
-        ...  # logp [B, T] float64 with requires_grad; advantages [B, T], or None when the case gives
-        ...  # rewards [B] + group_ids [B] instead; micro_batch [B] or None
-        return loss  # autograd gives d loss / d logp; or return loss, grad_logp ([B, T])
-"""
+"""Golden cases: small named batches with minichord's expected CHORD loss and gradient, written by
+scripts/make_golden.py; the files, the pass rule and the signature of your function: minichord/check/README.md."""
 
 import collections
 import importlib

@@ -1,4 +1,4 @@
-"""minichord's loss and gradient for a DUMP (minichord/check/dump.py), recomputed in float64 under a
+"""minichord's loss and gradient for a DUMP (minichord/check/README.md), recomputed in float64 under a
 convention's batch rules, optionally with one known bug of minichord/catalogue.toml planted; the tolerance rule.
 
     L = a * L_GRPO + b * L_SFT,   L_GRPO = sum_t c0_t l_t,  L_SFT = sum_t c1_t l_t,   g_t = d L / d logp_t
