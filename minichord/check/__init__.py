@@ -186,9 +186,9 @@ def check_batch(dump: Dump | str | Path | list, convention: str | None = None,
     if not ok and not result.diagnoses and closest[1]:
         result.notes.append(f"closest variant: {', '.join(c.key for c in closest[1])} (still {closest[0]} of "
                             f"{len(theirs)} tokens differ): look for a mistake of another kind there")
-    k = (theirs @ ours.grad / (ours.grad @ ours.grad)).item() if ours.grad.abs().sum() else 1.0
-    if not ok and not result.diagnoses and abs(k - 1) > 1e-3 and within(theirs, k * ours.grad, grad_scale(k *
-                                                                                          ours.grad), rtol, atol).all():
+    k = (theirs @ ours.grad / (ours.grad @ ours.grad)).item() if ours.grad.abs().sum() else 1.0  # theirs ~ k ours?
+    uniform = abs(k - 1) > 1e-3 and within(theirs, k * ours.grad, grad_scale(k * ours.grad), rtol, atol).all()
+    if not ok and not result.diagnoses and uniform:
         result.notes.append(f"your gradient is {k:.6g} x minichord's on every token: a normaliser off by a constant "
                             f"(e.g. {CATALOGUE['bug']['generation_normaliser']['unclear']})")
     if not ok:
