@@ -20,7 +20,8 @@ Presets only fill defaults: method preset <- convention preset <- a TOML file <-
 
 The departures from the paper (arXiv 2508.11408) and its official code, the one list:
 - Scale: ~1M-parameter toy model, lr 1e-4, B=8 x G=8 + E=16 (paper: Qwen2.5-7B-Instruct, lr 1e-6, 32 x 8 + 64).
-- Normalisation: one token-mean per term over the whole batch (paper-era code); other conventions: `convention` (minichord/catalogue.toml).
+- Normalisation: one token-mean per term over the whole batch (paper-era code); the official code's and the
+  engines': `convention` (minichord/catalogue.toml).
 - `log_ratio_clamp` +-20 on (official code); mu's warm-up and decay are shares of the run (official: W=0, D=200).
 - Reward: 1 for an exactly matching final answer, else 0, no format reward; with a Hugging Face model the math
   reward (minichord/tasks/math.py): the answer in the required format (\\boxed{}, ####, "answer:").
