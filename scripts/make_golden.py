@@ -1,8 +1,9 @@
 """Write the golden cases (spec: minichord/check/README.md):  python scripts/make_golden.py [OUT_DIR]
 
 Each scenario is computed under every convention of minichord/catalogue.toml (`CONVENTION/NAME`; LUFFY's under
-`paper/` only) by `recompute.reference` in float64; each known bug (`bug/NAME`) planted in one batch. Inputs are decimals or seeded draws rounded to 1e-6, expected numbers are rounded
-to 10 significant digits: a last-bit exp/log difference between machines does not change the file.
+`paper/` only) by `recompute.reference` in float64; each known bug (`bug/NAME`) planted in one batch. Inputs are
+decimals or seeded draws rounded to 1e-6, expected numbers are rounded to 10 significant digits: a last-bit exp/log
+difference between machines does not change the file.
 """
 
 from __future__ import annotations

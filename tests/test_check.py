@@ -85,7 +85,8 @@ def user_loss(logp, old_logp, adv, mask, is_expert, micro_batch, mu, *, weightin
             l_on = l_on / G
         elif bug:  # ("generation", S): the GRPO term over chunks of S steps (all ranks), each by its own token count
             S = bug[1]
-            chunk = torch.isin(micro_batch, torch.tensor([c for j, c in enumerate(micro) if (j % G) // S == (i % G) // S]))
+            same_chunk = [c for j, c in enumerate(micro) if (j % G) // S == (i % G) // S]
+            chunk = torch.isin(micro_batch, torch.tensor(same_chunk))
             l_on = (pg * on * rows[:, None]).sum() / (on * chunk[:, None]).sum().clamp(min=1)
         loss = (1 - mu) * l_on + mu * l_ex
         total += loss.item()
@@ -148,9 +149,11 @@ PLANTED = [  # (target preset, implementation, the change planted in it[, micro-
     ("paper", dict(adv_kw=dict(biased=True)), "biased_std"), ("paper", dict(keep="last"), "last_micro_batch_only"),
     ("official", dict(OFFICIAL, adv_kw=dict(singleton="zero")), "wrong_singleton"),
     ("paper", dict(adv_kw=dict(singleton="official")), "wrong_singleton"),
-    ("official", dict(OFFICIAL, detach_phi=False), "phi_not_detached"), ("official", dict(OFFICIAL, clamp=False), "no_clamp"),
+    ("official", dict(OFFICIAL, detach_phi=False), "phi_not_detached"),
+    ("official", dict(OFFICIAL, clamp=False), "no_clamp"),
     ("official", dict(OFFICIAL, keep="first"), "first_micro_batch_only"),
-    ("paper", dict(agg="micro"), "micro_batch_sample_share"), ("paper", dict(agg="micro-equal"), "per_device_normaliser"),
+    ("paper", dict(agg="micro"), "micro_batch_sample_share"),
+    ("paper", dict(agg="micro-equal"), "per_device_normaliser"),
     ("paper", dict(agg="seq-sum"), "sequence_sum"), ("official", dict(OFFICIAL, agg="token"), "token_mean"),
     ("paper", dict(bug="twice"), "accumulation_divided_twice"),
     ("paper", dict(bug=("generation", 2)), "generation_normaliser", FOUR_STEPS),
@@ -276,7 +279,8 @@ def test_cli_match_mismatch_and_bad_files(tmp_path, capsys):
     bad = _write(tmp_path, "bug.safetensors", *dump_of(batch(), agg="sequence"))
     assert main(["check", bad]) == 1
     out = capsys.readouterr().out
-    assert out.startswith("mismatch") and "[sequence_mean] per-sequence token-means averaged over the sequences instead" in out
+    assert out.startswith("mismatch")
+    assert "[sequence_mean] per-sequence token-means averaged over the sequences instead" in out
     tensors, meta = dump_of(batch())
     broken = {
         "missing.safetensors": ({k: v for k, v in tensors.items() if k != "old_logp"}, meta, "missing tensor 'old_logp'"),
@@ -326,7 +330,8 @@ def golden_user_fn(convention):
         if advantages is None:
             advantages = user_advantages(rewards, group_ids, is_expert, **impl.get("adv_kw", {}))
         return user_loss(logp, old_logp, advantages, mask, is_expert, micro_batch, mu, weighting=weighting,
-                         eps=(eps_low, eps_high), dtype=torch.float64, **{k: v for k, v in impl.items() if k != "adv_kw"})
+                         eps=(eps_low, eps_high), dtype=torch.float64,
+                         **{k: v for k, v in impl.items() if k != "adv_kw"})
     return fn
 
 
@@ -366,9 +371,9 @@ def test_each_catalogued_bug_has_a_golden_case_diagnosed_by_name(bug):
     case = {c.settings["bug"]: c for c in load_cases(bugs=True)}[bug]
     meta = {k: str(case.settings[k]) for k in ("mu", "weighting", "eps_low", "eps_high")}
     d = from_tensors({**case.tensors, "loss": torch.tensor(case.settings["expected"]["loss"])}, meta)
-    assert check_batch(d, case.settings["convention"]).causes == [bug], check_batch(d, case.settings["convention"]).report()
-    source = CATALOGUE["bug"][bug]["source"]
-    assert source in check_batch(d, case.settings["convention"]).report()
+    result = check_batch(d, case.settings["convention"])
+    assert result.causes == [bug], result.report()
+    assert CATALOGUE["bug"][bug]["source"] in result.report()
 
 
 def test_cli_golden(tmp_path, monkeypatch, capsys):
@@ -405,8 +410,8 @@ def one_trainer_step(tmp_path, monkeypatch, overrides):
 
     monkeypatch.setattr(lm_head, "fused_token_loss", spy)
     tok = Tokenizer.train(style_texts(random.Random(0), 200), vocab_size=160)
-    out = make_trainer(tok, tmp_path, "chord-phi", ["steps=1", "prompts_per_step=2", "group_size=2", "experts_per_step=2",
-                                                    "sampler.max_new_tokens=2", *overrides]).train_step(0)
+    settings = ["steps=1", "prompts_per_step=2", "group_size=2", "experts_per_step=2", "sampler.max_new_tokens=2"]
+    out = make_trainer(tok, tmp_path, "chord-phi", [*settings, *overrides]).train_step(0)
     return seen, out
 
 

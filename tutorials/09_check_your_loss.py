@@ -162,8 +162,9 @@ def dump_ranks(own_count):
         loss = w * ((1 - mu) * (pg * on).sum() / n_on + mu * (sft * ex).sum() / n_ex)  # x W: DDP averages
         loss.backward()
         paths.append(work / f"rank{rank}.safetensors")
-        save_file({"logp": logp.detach(), "old_logp": old_logp[rows], "advantages": advantages[rows], "mask": mask[rows],
-                   "is_expert": is_expert[rows], "loss": loss.detach(), "grad_logp": logp.grad}, str(paths[-1]),
+        save_file({"logp": logp.detach(), "old_logp": old_logp[rows], "advantages": advantages[rows],
+                   "mask": mask[rows], "is_expert": is_expert[rows], "loss": loss.detach(), "grad_logp": logp.grad},
+                  str(paths[-1]),
                   metadata={"mu": str(mu), "weighting": "phi", "rank": str(rank), "step": "1"})
     return paths
 
