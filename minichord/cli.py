@@ -58,7 +58,7 @@ def hardware(args) -> list[str]:  # --device / --dtype as TrainConfig overrides 
 
 
 def cmd_demo(args) -> None:
-    from minichord.runners.demo import run_demo
+    from minichord.runners import run_demo
 
     run_demo(Path(args.out), steps=args.steps, seed=args.seed, hardware=tuple(hardware(args)), overrides=tuple(args.set))
 
@@ -152,7 +152,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_reproduce(args) -> None:
-    from minichord.runners.reproduce import reproduce
+    from minichord.runners import reproduce
 
     reproduce(args.out, quick=args.quick, seeds=args.seeds, methods=args.methods, steps=args.steps,
               overrides=args.set + hardware(args), sft_curve_steps=args.sft_curve_steps)
@@ -179,7 +179,7 @@ def cmd_plot(args) -> None:
 
 
 def cmd_samples(args) -> None:
-    from minichord.runners.samples import print_samples
+    from minichord.runners import print_samples
 
     print_samples(Path(args.run), steps=args.step, prompt=args.prompt)
 
