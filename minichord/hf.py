@@ -55,17 +55,6 @@ def _get(hf: dict, path: Path, name: str, tp: type, default=_MISSING):
     return float(value) if tp is float else value
 
 
-def _tokenizer_size(path: Path) -> int | None:
-    """Largest id + 1 of a tokenizer.json (added tokens included), None if absent."""
-    if not path.is_file():
-        return None
-    tok = _read_json(path)
-    vocab = tok.get("model", {}).get("vocab") or {}  # BPE/WordPiece: {piece: id}; Unigram: [[piece, score]]
-    ids = [*(vocab.values() if isinstance(vocab, dict) else range(len(vocab))),
-           *(t["id"] for t in tok.get("added_tokens", []))]
-    return max(ids) + 1 if ids else None
-
-
 def is_hub_id(path) -> bool:
     """`owner/name[@revision]` that names no local path: a model on the Hugging Face Hub."""
     return not Path(path).exists() and HUB_ID.fullmatch(str(path)) is not None and ".." not in str(path)
@@ -149,9 +138,13 @@ def hf_model_config(model_dir) -> ModelConfig:
     refuse(n_heads % (n_kv_heads := _get(hf, path, "num_key_value_heads", int, n_heads)), "num_key_value_heads",
            f"num_attention_heads={n_heads} is not a multiple of it")
     vocab_size = _get(hf, path, "vocab_size", int)
-    if (n_ids := _tokenizer_size(path.parent / "tokenizer.json")) is not None and vocab_size < n_ids:
-        raise HFError(f"{path}: vocab_size={vocab_size} is smaller than the {n_ids} ids of "
-                      f"{path.parent / 'tokenizer.json'}")
+    if (tok_file := path.parent / "tokenizer.json").is_file():  # vocab_size covers its ids (added tokens included)
+        tok = _read_json(tok_file)
+        vocab = tok.get("model", {}).get("vocab") or {}  # BPE/WordPiece: {piece: id}; Unigram: [[piece, score]]
+        ids = [*(vocab.values() if isinstance(vocab, dict) else range(len(vocab))),
+               *(t["id"] for t in tok.get("added_tokens", []))]
+        if ids and vocab_size < (n_ids := max(ids) + 1):
+            raise HFError(f"{path}: vocab_size={vocab_size} is smaller than the {n_ids} ids of {tok_file}")
     theta = _get(rope, path, "rope_theta", float, _get(hf, path, "rope_theta", float, 10000.0))
     try:
         return ModelConfig(
