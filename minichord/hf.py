@@ -160,20 +160,6 @@ def _hf_name(name: str) -> str:
     return name if name.startswith("lm_head.") else "model." + name
 
 
-def _weight_files(model_dir: Path) -> tuple[dict[str, Path], Path]:
-    """({HF tensor name: its .safetensors file}, the file that lists them)."""
-    if (index := model_dir / "model.safetensors.index.json").is_file():
-        if not isinstance(weight_map := _read_json(index).get("weight_map"), dict) or not weight_map:
-            raise HFError(f"{index}: missing or empty field 'weight_map'")
-        if missing := [shard for shard in sorted(set(weight_map.values())) if not (model_dir / shard).is_file()]:
-            raise HFError(f"{model_dir / missing[0]}: shard listed in {index} is missing")
-        return {name: model_dir / shard for name, shard in weight_map.items()}, index
-    if not (single := model_dir / "model.safetensors").is_file():
-        raise HFError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
-    with safe_open(single, framework="pt") as f:
-        return {name: single for name in f.keys()}, single
-
-
 def load_hf_model(model_dir, *, dtype: torch.dtype = torch.float32, device="cpu") -> Transformer:
     """A Transformer with a Hugging Face directory's weights. Strict: every tensor the config implies with its
     shape, nothing else (but a tied `lm_head.weight`, `inv_freq`)."""
@@ -181,7 +167,17 @@ def load_hf_model(model_dir, *, dtype: torch.dtype = torch.float32, device="cpu"
     with torch.device("meta"):  # no memory, no init: every parameter is replaced below
         model = Transformer(cfg)
     wanted = {_hf_name(n): (n, p) for n, p in model.named_parameters()}
-    files, listing = _weight_files(model_dir)
+    if (listing := model_dir / "model.safetensors.index.json").is_file():  # files: {HF tensor name: its file}
+        if not isinstance(weight_map := _read_json(listing).get("weight_map"), dict) or not weight_map:
+            raise HFError(f"{listing}: missing or empty field 'weight_map'")
+        if missing := [shard for shard in sorted(set(weight_map.values())) if not (model_dir / shard).is_file()]:
+            raise HFError(f"{model_dir / missing[0]}: shard listed in {listing} is missing")
+        files = {name: model_dir / shard for name, shard in weight_map.items()}
+    elif (listing := model_dir / "model.safetensors").is_file():
+        with safe_open(listing, framework="pt") as f:
+            files = {name: listing for name in f.keys()}
+    else:
+        raise HFError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
     if missing := sorted(set(wanted) - set(files)):
         raise HFError(f"{listing}: tensor {missing[0]!r} is missing ({len(missing)} missing in all)")
     state = {}

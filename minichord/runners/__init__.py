@@ -45,7 +45,6 @@ def evaluate_initial_model(cfg: TrainConfig, seeds: int, n_test: int, log: Calla
 
 
 def markdown_rows(header: list[str], rows: list[list[str]]) -> list[str]:
-    """A markdown table's lines."""
     return [f"| {' | '.join(header)} |", "|---" * len(header) + "|", *(f"| {' | '.join(r)} |" for r in rows)]
 
 
@@ -133,15 +132,6 @@ def split_summary(evaluation: dict) -> dict:
             "response_length": evaluation["in_domain"]["response_length"]}
 
 
-def run_summary(run_dir: Path, wall: float) -> dict:
-    """`split_summary` of the last evaluation, final rollout entropy and samples seen."""
-    evals, metrics = read_jsonl(run_dir / "eval.jsonl"), read_jsonl(run_dir / "metrics.jsonl")
-    tail = series(metrics[-5:], "entropy")[1]
-    return {**split_summary(evals[-1]), "entropy": sum(tail) / len(tail) if tail else None,
-            "rollouts_seen": sum(m.get("rollouts", 0) for m in metrics),
-            "experts_seen": sum(m.get("experts", 0) for m in metrics), "wall_s": wall}
-
-
 def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = None,
               methods: list[str] | None = None, steps: int | None = None, overrides: list[str] = (),
               sft_curve_steps: int | None = None, log: Callable[[str], None] = print) -> dict:
@@ -170,7 +160,12 @@ def reproduce(out_dir: str | Path, *, quick: bool = False, seeds: int | None = N
         log(f"[run {done + 1}/{total}] {method} seed {seed} ({elapsed / 60:.1f} min elapsed{eta})")
         run_dir, t0 = out / method / f"seed{seed}", time.perf_counter()
         run_quietly(method, run_dir, [f"seed={seed}", *common])
-        r = {"seed": seed, **run_summary(run_dir, time.perf_counter() - t0)}
+        wall, metrics = time.perf_counter() - t0, read_jsonl(run_dir / "metrics.jsonl")
+        tail = series(metrics[-5:], "entropy")[1]  # the final rollout entropy
+        r = {"seed": seed, **split_summary(read_jsonl(run_dir / "eval.jsonl")[-1]),  # the last evaluation
+             "entropy": sum(tail) / len(tail) if tail else None,
+             "rollouts_seen": sum(m.get("rollouts", 0) for m in metrics),
+             "experts_seen": sum(m.get("experts", 0) for m in metrics), "wall_s": wall}
         results.setdefault(method, []).append(r)
         log(f"    in-domain {r['in_domain']:.3f} | harder {r['harder']:.3f} | other skills {r['other_skills']:.3f}")
     if n := setting.sft_curve_steps:
