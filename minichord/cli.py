@@ -48,6 +48,11 @@ FILES = _checked(lambda t: all(Path(f).is_file() for f in t.split(",")), "readab
 OUT = _checked(lambda t: not Path(t).exists() or Path(t).is_dir(), "a directory (or a new path), not an existing file")
 
 
+def add_hardware(parser: argparse.ArgumentParser) -> None:  # minichord/device.py
+    parser.add_argument("--device", choices=DEVICES, help="auto (default: cuda if available, else cpu), cpu or cuda")
+    parser.add_argument("--dtype", choices=DTYPES, help="fp32 (default) or bf16 (autocast; weights, loss math fp32)")
+
+
 def hardware(args) -> list[str]:  # --device / --dtype as TrainConfig overrides (after any --set: the flags win)
     return [f"{key}={getattr(args, key)}" for key in ("device", "dtype") if getattr(args, key) is not None]
 
@@ -252,9 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--rtol", type=POSITIVE_FLOAT, default=RTOL, help=f"relative tolerance ({RTOL:g})")
     ck.add_argument("--atol", type=POSITIVE_FLOAT, default=ATOL, help=f"absolute tolerance x the scale ({ATOL:g})")
 
-    for cmd in (d, pt, t, e, c, r):  # every command that runs a model (minichord/device.py)
-        cmd.add_argument("--device", choices=DEVICES, help="auto (default: cuda if available, else cpu), cpu or cuda")
-        cmd.add_argument("--dtype", choices=DTYPES, help="fp32 (default) or bf16 (autocast; weights, loss math fp32)")
+    for cmd in (d, pt, t, e, c, r):  # every command that runs a model
+        add_hardware(cmd)
 
     da = sub.add_parser("data", help="a reasoning-gym task as JSONL prompt rows (+ worked expert traces); needs "
                         'pip install "minichord[tasks]"')
