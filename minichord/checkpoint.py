@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load as st_load, save as st_save
 
 from minichord.config import ModelConfig, from_dict, to_dict
-from minichord.tokenizer import TokenizerLike
+from minichord.tokenizer import Tokenizer, TokenizerError, TokenizerLike
 
 FORMAT, VERSION, CONFIG, LATEST = "minichord-checkpoint", 2, "config.json", "latest"
 MODEL, TOKENIZER, OPTIMIZER = "model.safetensors", "tokenizer.json", "optimizer.safetensors"
@@ -220,7 +220,6 @@ def _load_model(d: Path, c: dict, cfg: ModelConfig) -> torch.nn.Module:
 
 def _load_tokenizer(d: Path, c: dict, cfg: ModelConfig) -> TokenizerLike:
     from minichord.chat import ChatTokenizer
-    from minichord.tokenizer import Tokenizer, TokenizerError
     texts = {name: _read(d, name, "", sha) for name, sha in c["files"].items() if name in (TOKENIZER, *CHAT_FILES)}
     try:
         tokenizer = ChatTokenizer(texts, str(d)) if CHAT_FILES[0] in texts else \

@@ -12,13 +12,13 @@ try:  # ignored (as a shell's background job would have it) and is one line, not
 
     from minichord.check.recompute import ATOL, RTOL
     from minichord.config import CONVENTIONS, DEVICES, DTYPES, REWARDS, SamplerConfig, TrainConfig
-    from minichord.data import check_lengths, load_prompts, rewards
+    from minichord.data import check_lengths, load_prompts, rewards, write_jsonl
     from minichord.device import autocast, resolve_device
     from minichord.evaluate import MAX_NEW_TOKENS as EVAL_MAX_NEW_TOKENS, evaluate_splits
-    from minichord.hf import is_hub_id
+    from minichord.hf import export_checkpoint, is_hf_dir, is_hub_id, load_model
     from minichord.methods import METHODS
     from minichord.sampler import generate
-    from minichord.tasks import make_splits
+    from minichord.tasks import make_splits, rg
 except KeyboardInterrupt:
     sys.exit("minichord: interrupted while starting; nothing was done")
 
@@ -58,7 +58,7 @@ def hardware(args) -> list[str]:  # --device / --dtype as TrainConfig overrides 
 
 
 def cmd_demo(args) -> None:
-    from minichord.runners.demo import run_demo
+    from minichord.runners import run_demo
 
     run_demo(Path(args.out), steps=args.steps, seed=args.seed, hardware=tuple(hardware(args)), overrides=tuple(args.set))
 
@@ -92,8 +92,6 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from minichord.hf import is_hf_dir, load_model
-
     path = args.model or args.checkpoint
     if not path:
         raise ValueError("give a model: --model DIR (a Hugging Face directory or a minichord checkpoint)")
@@ -113,8 +111,6 @@ def cmd_eval(args) -> None:
 
 
 def cmd_chat(args) -> None:
-    from minichord.hf import load_model
-
     device = resolve_device(args.device or "auto")
     model, tokenizer = load_model(args.model)
     prompt = tokenizer.encode_prompt(args.question)
@@ -130,8 +126,6 @@ def cmd_chat(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from minichord.hf import export_checkpoint
-
     print(f"wrote {export_checkpoint(args.checkpoint, args.out_dir)} (Hugging Face format: config.json, "
           f"model.safetensors, tokenizer files)")
 
@@ -152,16 +146,13 @@ def cmd_check(args) -> int:
 
 
 def cmd_reproduce(args) -> None:
-    from minichord.runners.reproduce import reproduce
+    from minichord.runners import reproduce
 
     reproduce(args.out, quick=args.quick, seeds=args.seeds, methods=args.methods, steps=args.steps,
               overrides=args.set + hardware(args), sft_curve_steps=args.sft_curve_steps)
 
 
 def cmd_data(args) -> None:
-    from minichord.data import load_prompts, write_jsonl
-    from minichord.tasks import rg
-
     held_out = frozenset(p.prompt for f in args.exclude for p in load_prompts(f))
     entries = rg.make_entries(args.task, args.size, args.seed, rg.parse_options(args.option), args.templates, held_out)
     experts = [dict(prompt=e["question"], response=rg.expert_response(args.task, e), answer=str(e["answer"]))
@@ -179,7 +170,7 @@ def cmd_plot(args) -> None:
 
 
 def cmd_samples(args) -> None:
-    from minichord.runners.samples import print_samples
+    from minichord.runners import print_samples
 
     print_samples(Path(args.run), steps=args.step, prompt=args.prompt)
 

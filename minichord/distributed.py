@@ -91,14 +91,6 @@ class Ranks:
         total = self.sum(torch.tensor(list(values.values()), dtype=torch.float64, device=self.device))
         return dict(zip(values, (total / self.world).tolist()))
 
-    def same_config(self, config: dict) -> None:  # refuse ranks given different settings (the first key that differs)
-        configs: list = [None] * self.world
-        collective(dist.all_gather_object, configs, json.dumps(config, sort_keys=True, default=str))
-        for rank, other in enumerate(map(json.loads, configs)):
-            if key := min((k for k in config.keys() | other.keys() if config.get(k) != other.get(k)), default=""):
-                raise ValueError(f"rank {rank}'s {key}={other.get(key)!r} differs from rank {self.rank}'s "
-                                 f"{config.get(key)!r}: every rank must run the same command")
-
     def barrier(self) -> None:
         if self.world > 1:
             collective(dist.barrier)
@@ -175,5 +167,10 @@ def init_ranks(backend: str, device: torch.device, config: dict) -> Ranks:
     if not dist.is_initialized():  # a caller's own torchrun script may have made the group already
         dist.init_process_group(("nccl" if device.type == "cuda" else "gloo") if backend == "auto" else backend)
     ranks = Ranks(dist.get_rank(), dist.get_world_size(), str(device) if device.type == "cuda" else "cpu")
-    ranks.same_config(config)
+    configs: list = [None] * ranks.world  # ranks given different settings are refused (the first key that differs)
+    collective(dist.all_gather_object, configs, json.dumps(config, sort_keys=True, default=str))
+    for rank, other in enumerate(map(json.loads, configs)):
+        if key := min((k for k in config.keys() | other.keys() if config.get(k) != other.get(k)), default=""):
+            raise ValueError(f"rank {rank}'s {key}={other.get(key)!r} differs from rank {ranks.rank}'s "
+                             f"{config.get(key)!r}: every rank must run the same command")
     return ranks

@@ -55,17 +55,6 @@ def _get(hf: dict, path: Path, name: str, tp: type, default=_MISSING):
     return float(value) if tp is float else value
 
 
-def _tokenizer_size(path: Path) -> int | None:
-    """Largest id + 1 of a tokenizer.json (added tokens included), None if absent."""
-    if not path.is_file():
-        return None
-    tok = _read_json(path)
-    vocab = tok.get("model", {}).get("vocab") or {}  # BPE/WordPiece: {piece: id}; Unigram: [[piece, score]]
-    ids = [*(vocab.values() if isinstance(vocab, dict) else range(len(vocab))),
-           *(t["id"] for t in tok.get("added_tokens", []))]
-    return max(ids) + 1 if ids else None
-
-
 def is_hub_id(path) -> bool:
     """`owner/name[@revision]` that names no local path: a model on the Hugging Face Hub."""
     return not Path(path).exists() and HUB_ID.fullmatch(str(path)) is not None and ".." not in str(path)
@@ -149,9 +138,13 @@ def hf_model_config(model_dir) -> ModelConfig:
     refuse(n_heads % (n_kv_heads := _get(hf, path, "num_key_value_heads", int, n_heads)), "num_key_value_heads",
            f"num_attention_heads={n_heads} is not a multiple of it")
     vocab_size = _get(hf, path, "vocab_size", int)
-    if (n_ids := _tokenizer_size(path.parent / "tokenizer.json")) is not None and vocab_size < n_ids:
-        raise HFError(f"{path}: vocab_size={vocab_size} is smaller than the {n_ids} ids of "
-                      f"{path.parent / 'tokenizer.json'}")
+    if (tok_file := path.parent / "tokenizer.json").is_file():  # vocab_size covers its ids (added tokens included)
+        tok = _read_json(tok_file)
+        vocab = tok.get("model", {}).get("vocab") or {}  # BPE/WordPiece: {piece: id}; Unigram: [[piece, score]]
+        ids = [*(vocab.values() if isinstance(vocab, dict) else range(len(vocab))),
+               *(t["id"] for t in tok.get("added_tokens", []))]
+        if ids and vocab_size < (n_ids := max(ids) + 1):
+            raise HFError(f"{path}: vocab_size={vocab_size} is smaller than the {n_ids} ids of {tok_file}")
     theta = _get(rope, path, "rope_theta", float, _get(hf, path, "rope_theta", float, 10000.0))
     try:
         return ModelConfig(
@@ -167,20 +160,6 @@ def _hf_name(name: str) -> str:
     return name if name.startswith("lm_head.") else "model." + name
 
 
-def _weight_files(model_dir: Path) -> tuple[dict[str, Path], Path]:
-    """({HF tensor name: its .safetensors file}, the file that lists them)."""
-    if (index := model_dir / "model.safetensors.index.json").is_file():
-        if not isinstance(weight_map := _read_json(index).get("weight_map"), dict) or not weight_map:
-            raise HFError(f"{index}: missing or empty field 'weight_map'")
-        if missing := [shard for shard in sorted(set(weight_map.values())) if not (model_dir / shard).is_file()]:
-            raise HFError(f"{model_dir / missing[0]}: shard listed in {index} is missing")
-        return {name: model_dir / shard for name, shard in weight_map.items()}, index
-    if not (single := model_dir / "model.safetensors").is_file():
-        raise HFError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
-    with safe_open(single, framework="pt") as f:
-        return {name: single for name in f.keys()}, single
-
-
 def load_hf_model(model_dir, *, dtype: torch.dtype = torch.float32, device="cpu") -> Transformer:
     """A Transformer with a Hugging Face directory's weights. Strict: every tensor the config implies with its
     shape, nothing else (but a tied `lm_head.weight`, `inv_freq`)."""
@@ -188,7 +167,17 @@ def load_hf_model(model_dir, *, dtype: torch.dtype = torch.float32, device="cpu"
     with torch.device("meta"):  # no memory, no init: every parameter is replaced below
         model = Transformer(cfg)
     wanted = {_hf_name(n): (n, p) for n, p in model.named_parameters()}
-    files, listing = _weight_files(model_dir)
+    if (listing := model_dir / "model.safetensors.index.json").is_file():  # files: {HF tensor name: its file}
+        if not isinstance(weight_map := _read_json(listing).get("weight_map"), dict) or not weight_map:
+            raise HFError(f"{listing}: missing or empty field 'weight_map'")
+        if missing := [shard for shard in sorted(set(weight_map.values())) if not (model_dir / shard).is_file()]:
+            raise HFError(f"{model_dir / missing[0]}: shard listed in {listing} is missing")
+        files = {name: model_dir / shard for name, shard in weight_map.items()}
+    elif (listing := model_dir / "model.safetensors").is_file():
+        with safe_open(listing, framework="pt") as f:
+            files = {name: listing for name in f.keys()}
+    else:
+        raise HFError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
     if missing := sorted(set(wanted) - set(files)):
         raise HFError(f"{listing}: tensor {missing[0]!r} is missing ({len(missing)} missing in all)")
     state = {}

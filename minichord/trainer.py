@@ -141,13 +141,6 @@ class Trainer:
                               "truncated": (~out.finished).float().mean().item(), "time_sample": t1 - t0,
                               "time_score": t2 - t1}
 
-    def _expert_batch(self, cfg: TrainConfig, step: int, first: int) -> tuple[list[Sequence], list[int]]:
-        """This rank's share of the step's expert rows, and their places in the whole batch (after `first`)."""
-        rng, _ = step_rng(cfg.seed, step, 1)
-        every = rng.sample(range(len(self.expert_seqs)), min(cfg.experts_per_step, len(self.expert_seqs)))
-        mine = self.ranks.share(len(every), "experts_per_step")
-        return [Sequence(*self.expert_seqs[every[i]], is_expert=True) for i in mine], [first + i for i in mine]
-
     def _logp(self, batch: TokenBatch, cfg: TrainConfig, temperature: float, model=None) -> torch.Tensor:
         return batches.batch_logprobs(model or self.model, batch, temperature, cfg.micro_batch_seqs, cfg.dtype)
 
@@ -163,9 +156,13 @@ class Trainer:
         each sequence's place in the whole batch [M] (rollout side first, as one process orders them), mu, metrics."""
         mu = stage.mu(step)  # None under the joint aggregation (LUFFY)
         seqs, places, metrics = self._rollouts(stage, step) if stage.method.uses_rollouts else ([], [], {})
-        if stage.cfg.experts_per_step > 0 and mu:  # every rank holds as many rollout-side sequences
-            experts, expert_places = self._expert_batch(stage.cfg, step, first=self.ranks.world * len(seqs))
-            seqs, places = seqs + experts, places + expert_places
+        if stage.cfg.experts_per_step > 0 and mu:  # this rank's share of the step's expert rows, placed in the
+            rng, _ = step_rng(stage.cfg.seed, step, 1)  # whole batch after the rollout side of every rank
+            every = rng.sample(range(len(self.expert_seqs)), min(stage.cfg.experts_per_step, len(self.expert_seqs)))
+            mine = self.ranks.share(len(every), "experts_per_step")
+            first = self.ranks.world * len(seqs)  # every rank holds as many rollout-side sequences
+            seqs += [Sequence(*self.expert_seqs[every[i]], is_expert=True) for i in mine]
+            places += [first + i for i in mine]
         batch = pack(seqs, self.tok.pad_id, self.model.cfg.max_seq_len).to(self.device)
         return batch, torch.tensor(places, device=self.device), mu, {
             "step": step, "method": stage.method.name, "mu": mu, "backend": lm_head.kernel_backend(self.device),

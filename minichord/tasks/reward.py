@@ -5,8 +5,7 @@ Two answer styles, read by plain string parsing (never eval/exec: "1+1" is not t
     terse   "132"                          the whole response is the answer (one line)
     expert  "7+5=12 carry 1\\n...\\nanswer: 132"   the last line starting with `answer:` (or GSM8K's `####`)
 
-    reward(response, answer) = 1.0 if normalise(extract_answer(response)) == normalise(answer) else 0.0
-"""
+    reward(response, answer) = 1.0 if normalise(extract_answer(response)) == normalise(answer) else 0.0"""
 
 import re
 
