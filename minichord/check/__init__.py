@@ -26,32 +26,28 @@ def bug_cause(key: str) -> Cause:
     return Cause(name, entry["summary"] + (f" [here S = {arg}]" if arg else "") + f" ({entry['source']})")
 
 
+WORDS = {None: "none", NO_CLAMP: "none", "zero": "A = 0", "official": "A = R / (1 + eps)",
+         **CATALOGUE["aggregation"]}  # a rule's value in a cause's text
+
+
 def _cause(field: str, target, found) -> Cause:
     """One difference between the target convention and a variant that reproduces the numbers, in words."""
     if field == "aggregation":
         bug = next((k for k, b in CATALOGUE["bug"].items() if b.get("aggregation") == found[0]
                     and b.get("instead_of") == target[0]), None)  # another aggregation that is a known bug
-        return bug_cause(bug) if bug else Cause(found[0].replace("-", "_"), f"{CATALOGUE['aggregation'][found[0]]} "
-                                                f"instead of the target's {' / '.join(filter(None, target))}")
-    if field == "dual_clip" and found is None:
-        return Cause("no_dual_clip", f"dual clip missing: the target bounds the loss of A < 0 tokens at -A*{target}")
-    if field == "dual_clip":
-        return Cause("dual_clip", f"dual clip c = {found} applied to A < 0 tokens; the target has "
-                     + ("none" if target is None else f"c = {target}"))
-    if field == "log_ratio_clamp" and found == NO_CLAMP:
-        return Cause("no_clamp", f"no log-ratio clamp: the target clamps logp - old_logp to +-{target} before exp")
-    if field == "log_ratio_clamp":
-        return Cause("clamp", f"logp - old_logp clamped to +-{found} before exp; the target "
-                     + ("does not clamp" if target == NO_CLAMP else f"clamps at +-{target}"))
-    if field == "singleton":
-        what = {"zero": "A = 0", "official": "A = R / (1 + eps)"}
-        return Cause("wrong_singleton", f"wrong singleton handling: a group of one got {what[found]}, "
-                     f"the target gives {what[target]}")
-    if field == "std_eps":
-        return Cause("std_eps", f"A = (R - mean) / (std + {found:g}); the target adds {target:g}")
-    return Cause("biased_std" if found == "biased" else "unbiased_std",
-                 f"{found} std in the group advantages (divides by {'G' if found == 'biased' else 'G - 1'}); "
-                 f"the target's is {target}")
+        if bug:
+            return bug_cause(bug)
+        key, target, found = found[0].replace("-", "_"), " / ".join(filter(None, target)), found[0]
+    else:
+        key = {"dual_clip": "dual_clip" if found else "no_dual_clip", "singleton": "wrong_singleton",
+               "log_ratio_clamp": "no_clamp" if found == NO_CLAMP else "clamp", "std": f"{found}_std",
+               "std_eps": "std_eps"}[field]
+    text = CATALOGUE["change"]["aggregation" if field == "aggregation" else key]
+    return Cause(key, text.format(target=_words(target), found=_words(found)))
+
+
+def _words(value) -> str:  # a rule's value as a cause's text says it
+    return f"{value:g}" if isinstance(value, float) and value != NO_CLAMP else WORDS.get(value, str(value))
 
 
 def _value(rules: LossConfig, field: str):
