@@ -164,7 +164,7 @@ def cmd_data(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    from minichord.runners.plot import plot_runs
+    from minichord.runners import plot_runs
 
     print(f"wrote {plot_runs([Path(d) for d in args.runs], Path(args.output))}")
 

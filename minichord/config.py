@@ -36,8 +36,7 @@ REWARDS = ("auto", "exact", "math", "math-verify")  # minichord/data.py rewards(
 CATALOGUE = tomllib.loads(Path(__file__).with_name("catalogue.toml").read_text(encoding="utf-8"))  # conventions, bugs
 CONVENTIONS = tuple(n for name, c in CATALOGUE["convention"].items() for n in (name, c.get("also")) if n)  # + aliases
 EXPERT_WEIGHTINGS = ("uniform", "phi", "is", "luffy")  # the expert-token loss (minichord/losses.py)
-AGGREGATIONS = ("token-mean", "sequence-mean", "sequence-sum", "micro-batch", "micro-batch-equal",  # losses.py
-                "micro-batch-sequence-mean", "joint")  # how token losses are averaged
+AGGREGATIONS = (*CATALOGUE["aggregation"], "joint")  # how token losses are averaged (minichord/losses.py)
 SINGLETONS = ("zero", "official")  # the advantage of a group of one
 STDS = ("unbiased", "biased", "none")  # the group std that divides advantages (none: A = R - mean)
 

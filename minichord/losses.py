@@ -100,13 +100,10 @@ def coefficients(is_expert: Tensor, seq_id: Tensor, micro_batch: Tensor | None, 
         joint                      L = sum_t l_t / N   over both sides, no mu                            (LUFFY)"""
     if rules.aggregation == "joint":
         return torch.full(is_expert.shape, 1.0 / max(1, is_expert.numel()), dtype=dtype, device=is_expert.device)
-    if rules.aggregation == "token-mean" and rules.sft_aggregation in (None, "token-mean"):
-        return token_coefficients(is_expert, mu, dtype=dtype)
-    if not 0.0 <= mu <= 1.0 or not (is_expert.shape == seq_id.shape == (micro_batch if micro_batch is not None
-                                                                         else seq_id).shape):
-        raise ValueError(f"mu must be in [0, 1] and is_expert, seq_id, micro_batch [N], got {mu}, "
-                         f"{tuple(is_expert.shape)}, {tuple(seq_id.shape)}")
     micro = torch.zeros_like(seq_id) if micro_batch is None else micro_batch  # [N]
+    if not 0.0 <= mu <= 1.0 or not is_expert.shape == seq_id.shape == micro.shape:
+        raise ValueError(f"mu must be in [0, 1] and is_expert, seq_id, micro_batch [N], got {mu}, "
+                         f"{tuple(is_expert.shape)}, {tuple(seq_id.shape)}, {tuple(micro.shape)}")
     coef, n_micro = torch.zeros(is_expert.shape, dtype=dtype, device=is_expert.device), micro.unique().numel()
     for side, scale, name in ((False, 1.0 - mu, rules.aggregation),
                               (True, mu, rules.sft_aggregation or rules.aggregation)):

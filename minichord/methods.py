@@ -33,10 +33,9 @@ The departures from the paper (arXiv 2508.11408) and its official code, the one 
 - SFT->GRPO splits the steps in half; the GRPO stage starts with a fresh optimizer.
 - AdamW, betas (0.9, 0.95), no weight decay, gradient clipping at 1.0.
 - The toy's expert is partly on-policy (median expert-token p ~0.38): its base saw the expert's format cleanly on
-  1-2 digit sums, sloppily on 3-digit ones (minichord/tasks/corpus.py); the paper's is off-policy in content too.
+  1-2 digit sums, sloppily on 3-digit ones (minichord/tasks/toy.py); the paper's is off-policy in content too.
 - The toy's room for RL is partly a format (its base answers big sums in a sentence the reward marks wrong); in
-  the paper it is the policy's own mistakes on hard problems.
-"""
+  the paper it is the policy's own mistakes on hard problems."""
 
 import dataclasses
 from typing import Any

@@ -4,7 +4,7 @@ A small transformer that answers every toy skill in its own terse style, and the
 2 CPU cores, 116 s: 3-digit addition 0.26, harder 0.00, reverse / sort / copy 0.995, median expert-token p 0.38);
 the recipe sits on a fitting transition (in-domain 0.045-0.34 over 28 bases: seed, floating-point order).
 A byte-level BPE tokenizer is trained on text of *both* styles, then AdamW (`cosine_lr`) fits a stream of examples
-of every skill (`minichord.tasks.corpus`, none in any split) on the response tokens only, the batch packed:
+of every skill (`minichord.tasks.toy`, none in any split) on the response tokens only, the batch packed:
     L = - (1 / #response tokens) * sum_{t in response} log p(x_t | x_<t)
 The checkpoint's meta holds the settings (same settings: reused), test accuracies, `evaluate.expert_token_probs`."""
 
@@ -26,8 +26,8 @@ from minichord.config import ModelConfig, TrainConfig, to_dict
 from minichord.device import autocast, resolve_device
 from minichord.evaluate import evaluate_splits, expert_token_probs
 from minichord.model import Transformer
-from minichord.tasks.corpus import EASY_DIGITS, PRETRAIN_DIGITS, SENTENCE_FROM, Sloppy, pretrain_corpus, style_texts
-from minichord.tasks.toy import OTHER_LENGTHS, make_splits
+from minichord.tasks.toy import (EASY_DIGITS, OTHER_LENGTHS, PRETRAIN_DIGITS, SENTENCE_FROM, Sloppy, make_splits,
+                                 pretrain_corpus, style_texts)
 from minichord.tokenizer import Tokenizer
 
 PRETRAIN_FORMAT = 7  # part of the cache key: bump when the recipe changes, so old caches are not reused

@@ -24,8 +24,7 @@ from minichord.config import SamplerConfig
 from minichord.data import build_train_data
 from minichord.evaluate import expert_token_probs
 from minichord.methods import build_stages
-from minichord.runners import evaluate_initial_model, markdown_rows, mean_std, run_quietly
-from minichord.runners.plot import read_jsonl, series
+from minichord.runners import evaluate_initial_model, markdown_rows, mean_std, read_jsonl, run_quietly, series
 from minichord.sampler import generate
 from minichord.tasks import make_splits
 from minichord.tasks.rg import extract, score, scorer, task_name

@@ -53,7 +53,7 @@ def test_reproduce_quick_writes_table_json_and_plots(tiny_ckpt, tmp_path):
 def test_plot_keeps_each_runs_colour_in_every_panel(tmp_path, monkeypatch):
     """A run missing a curve (SFT has no rollout reward) must not shift the others' colours."""
     import matplotlib.axes  # the `plot` extra, installed by `make test`
-    from minichord.runners.plot import plot_runs
+    from minichord.runners import plot_runs
 
     for name, has_reward in (("sft", False), ("grpo", True)):
         (tmp_path / name).mkdir()

@@ -217,7 +217,7 @@ def test_pretrain_corpus_easy_additions_are_carry_free_where_asked():
 
 
 def test_the_sentence_style_is_a_wrong_format_on_big_first_operands_only():
-    from minichord.tasks.corpus import in_a_sentence
+    from minichord.tasks.toy import in_a_sentence
     assert in_a_sentence(Problem("add 764 315", "1079", "add")) == "the sum is 1079"
     assert reward("the sum is 1079", "1079") == 0.0  # right digits, wrong format: exact match says no
     pairs = pretrain_corpus(random.Random(0), 6000, target_fraction=0.5, easy_fraction=1.0, sentence_share=0.8,
@@ -234,7 +234,7 @@ def test_the_sentence_style_is_a_wrong_format_on_big_first_operands_only():
 def test_sloppy_column_work_keeps_the_format_and_the_answer_but_blurs_the_digits():
     """corpus.Sloppy: the expert's column lines, carry notes and newlines mostly dropped, ~noise of the digits
     wrong, the answer line true; 1-2 digit step-by-step sums stay clean; sloppy=None draws nothing extra."""
-    from minichord.tasks.corpus import Sloppy, sloppy_stepwise
+    from minichord.tasks.toy import Sloppy, sloppy_stepwise
     problem = Problem("add 764 315", "1079", "add")
     clean = expert_response(problem).split("\n")  # 3 column lines + the answer line
     outs = [sloppy_stepwise(problem, random.Random(i), Sloppy()) for i in range(400)]

@@ -48,7 +48,7 @@ from minichord.config import ModelConfig  # noqa: E402
 from minichord.evaluate import evaluate  # noqa: E402
 from minichord.trainer import prepare_run  # noqa: E402
 from minichord.pretrain import PretrainConfig, default_base_dir, pretrain_base  # noqa: E402
-from minichord.runners.plot import read_jsonl  # noqa: E402
+from minichord.runners import read_jsonl  # noqa: E402
 
 t_start = time.perf_counter()
 print(f"setting: {'QUICK' if QUICK else 'default (a few minutes)'}; outputs in {work}")
@@ -204,7 +204,7 @@ assert final.step == steps and again["accuracy"] == evals[-1]["in_domain"]["accu
 
 # %%
 try:
-    from minichord.runners.plot import plot_runs
+    from minichord.runners import plot_runs
 
     print("curves saved to", plot_runs([run_dir], work / "curves.png"))
 except SystemExit as e:  # plot_runs exits with a message when matplotlib is missing

@@ -1,7 +1,5 @@
-"""`minichord check`: your CHORD loss and gradient against minichord's reference (check/recompute.py), diagnosed.
-
-On a mismatch every combination of the conventions' choices (recompute.SEARCHED) and of the known bugs
-(recompute.BUGS) is tried, fewest changes first; the variants that reproduce your numbers are reported in words."""
+"""`minichord check`: your CHORD loss and gradient against minichord's reference (check/recompute.py), diagnosed: on a
+mismatch the rules (recompute.SEARCHED) and catalogue bugs are tried, fewest changes first, and named in words."""
 
 import collections
 import dataclasses
@@ -10,7 +8,7 @@ from pathlib import Path
 
 from minichord.check.dump import Dump, load_dumps
 from minichord.check.recompute import (ATOL, NO_CLAMP, RTOL, SEARCHED, Reference, agrees, convention_rules,
-                                       grad_scale, reference, token_advantages, within)
+                                       grad_scale, reference, token_advantages)
 from minichord.config import AGGREGATIONS, CATALOGUE, SINGLETONS, STDS, LossConfig
 
 MAX_CHANGES = 3  # a diagnosis names at most this many changes
@@ -182,11 +180,6 @@ def check_batch(dump: Dump | str | Path | list, convention: str | None = None,
     if not ok and not result.diagnoses and closest[1]:
         result.notes.append(f"closest variant: {', '.join(c.key for c in closest[1])} (still {closest[0]} of "
                             f"{len(theirs)} tokens differ): look for a mistake of another kind there")
-    k = (theirs @ ours.grad / (ours.grad @ ours.grad)).item() if ours.grad.abs().sum() else 1.0  # theirs ~ k ours?
-    uniform = abs(k - 1) > 1e-3 and within(theirs, k * ours.grad, grad_scale(k * ours.grad), rtol, atol).all()
-    if not ok and not result.diagnoses and uniform:
-        result.notes.append(f"your gradient is {k:.6g} x minichord's on every token: a normaliser off by a constant "
-                            f"(e.g. {CATALOGUE['bug']['generation_normaliser']['unclear']})")
     if not ok:
         result.matches = [n for n, c in CATALOGUE["convention"].items() if n != name and c.get("also") != name and
                           agrees(reference(d, convention_rules(n, d.weighting)), d.loss, theirs, rtol, atol)[0]]

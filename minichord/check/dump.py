@@ -107,22 +107,21 @@ def from_tensors(tensors: dict[str, Tensor], meta: dict[str, str], where: str = 
         raise DumpError(f"{where}: tensor {'group_ids' if 'rewards' in tensors else 'rewards'!r} missing: "
                         f"rewards and group_ids go together")
     weighting, convention = meta.get("weighting"), meta.get("convention", "paper")
-    for key, value, allowed in (("weighting", weighting, EXPERT_WEIGHTINGS), ("convention", convention, CONVENTIONS)):
+    reduce = meta.get("grad_reduce", "mean")
+    for key, value, allowed in (("weighting", weighting, EXPERT_WEIGHTINGS), ("convention", convention, CONVENTIONS),
+                                ("grad_reduce", reduce, ("mean", "sum"))):
         if value not in allowed:
             raise DumpError(f"{where}: metadata {key}={value!r}: must be one of {', '.join(allowed)}")
     adv_rows = (on_rows | (mask & is_expert[:, None])) if weighting == "luffy" else on_rows  # [B, T]
+    if "rank" in meta and not (rank := _number(meta, "rank", None, 0, 1e6, where)).is_integer():
+        raise DumpError(f"{where}: metadata rank={meta['rank']!r}: must be an integer >= 0")
     d = Dump(logp=_finite("logp", logp, where, mask), old_logp=_finite("old_logp", tensors["old_logp"], where, on_rows),
              mask=mask, is_expert=is_expert, loss=_finite("loss", tensors["loss"].reshape(()), where).item(),
              grad_logp=_finite("grad_logp", tensors["grad_logp"], where, mask),
              mu=_number(meta, "mu", None if weighting != "luffy" else 0.0, 0.0, 1.0, where), weighting=weighting,
              eps_low=_number(meta, "eps_low", 0.2, 0.0, 0.999999, where),
              eps_high=_number(meta, "eps_high", 0.2, 0.0, 1e9, where), convention=convention, step=meta.get("step"),
-             grad_reduce=meta.get("grad_reduce", "mean"))
-    if d.grad_reduce not in ("mean", "sum"):
-        raise DumpError(f"{where}: metadata grad_reduce={d.grad_reduce!r}: must be one of mean, sum")
-    if "rank" in meta and not (rank := _number(meta, "rank", None, 0, 1e6, where)).is_integer():
-        raise DumpError(f"{where}: metadata rank={meta['rank']!r}: must be an integer >= 0")
-    d.rank = int(rank) if "rank" in meta else None
+             grad_reduce=reduce, rank=int(rank) if "rank" in meta else None)
     if "advantages" in tensors:
         adv = tensors["advantages"]  # [B, T] or [B]
         d.advantages = _finite("advantages", adv[:, None].expand(B, T) if adv.dim() == 1 else adv, where, adv_rows)
@@ -187,28 +186,23 @@ def load_dumps(paths: list[str | Path]) -> Dump:
         raise DumpError(f"rank {missing[0]} missing: {W} files must be ranks 0..{W - 1}")
     dumps, T = [d for _, d in named], max(d.mask.shape[1] for _, d in named)
     scale = 1.0 / W if dumps[0].grad_reduce == "mean" else 1.0  # L = the mean (or sum) of the ranks' losses
-
-    def padded(x: Tensor) -> Tensor:  # [B, T_rank] -> [B, T] (right-padded); [B] as it is
-        return torch.cat([x, x.new_zeros(x.shape[0], T - x.shape[1])], 1) if x.dim() == 2 else x
-    merged = {k: torch.cat([padded(getattr(d, k)) for d in dumps]) for k in TENSORS if getattr(dumps[0], k) is not None}
+    merged = {k: torch.cat([torch.nn.functional.pad(x, (0, T - x.shape[1])) if (x := getattr(d, k)).dim() == 2 else x
+                            for d in dumps]) for k in TENSORS if getattr(dumps[0], k) is not None}  # right-padded
     merged["grad_logp"] = merged["grad_logp"] * scale
     return dataclasses.replace(dumps[0], **merged, rank=None, world=W,
                                loss=sum(d.loss for d in dumps) * scale, micro_batch=_rank_steps(named))
 
 
 def _rank_steps(named: list[tuple[str, Dump]]) -> Tensor:
-    """Each sequence's cell rank * G + its step on the rank [B_total] (files in rank order): micro_batch ids alike on
-    every rank, or all distinct."""
+    """Each sequence's cell rank * G + its accumulation step on its rank [B_total] (files in rank order); every
+    rank numbers its G steps 0..G-1."""
     if named[0][1].micro_batch is None:  # one step per rank
         return torch.cat([torch.full(d.is_expert.shape, r) for r, (_, d) in enumerate(named)])
-    sets = [set(d.micro_batch.tolist()) for _, d in named]
-    alike, G = all(s == sets[0] for s in sets), len(sets[0])
-    if uneven := [p for (p, _), s in zip(named, sets) if len(s) != G]:
-        raise DumpError(f"{uneven[0]}: not {G} micro-batches as rank 0: every rank runs the same accumulation steps")
-    for (p, _), s in zip(named, sets):
-        if not alike and (shared := s & set().union(*[o for o in sets if o is not s])):
-            raise DumpError(f"{p}: micro_batch ids {sorted(shared)[:5]} also on another rank that has other ids: "
-                            f"number each rank's micro-batches alike (0..G-1), or give every one its own id")
-    if missing := sorted(set(range(G if alike else G * len(sets))) - set().union(*sets)):
-        raise DumpError(f"micro_batch id {missing[0]} missing: ids run 0..{G - 1} on every rank, or 0..W*G-1 over them")
-    return torch.cat([r * G + d.micro_batch.unique(return_inverse=True)[1] for r, (_, d) in enumerate(named)])
+    steps = set(named[0][1].micro_batch.tolist())
+    if missing := sorted(set(range(len(steps))) - steps):
+        raise DumpError(f"{named[0][0]}: micro_batch id {missing[0]} missing: a rank's accumulation steps are 0..G-1")
+    for p, d in named[1:]:
+        if (ids := set(d.micro_batch.tolist())) != steps:
+            raise DumpError(f"{p}: micro_batch ids {sorted(ids)[:8]}, but rank 0 has {sorted(steps)[:8]}: every "
+                            f"rank numbers its accumulation steps 0..{len(steps) - 1}, the same steps")
+    return torch.cat([r * len(steps) + d.micro_batch for r, (_, d) in enumerate(named)])

@@ -21,8 +21,7 @@ GoldenCase = collections.namedtuple("GoldenCase", "name description settings ten
 
 
 def load_cases(convention: str | None = None, directory: Path = HERE, bugs: bool = False) -> list[GoldenCase]:
-    """Every golden case of a correct loss (of one convention when given; bugs=True: the planted bugs'), in file
-    order."""
+    """Every golden case (of one convention when given; bugs=True: the cases with a bug planted), in file order."""
     from safetensors.torch import load_file
 
     index = json.loads((directory / f"cases-v{VERSION}.json").read_text(encoding="utf-8"))

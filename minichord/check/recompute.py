@@ -3,8 +3,7 @@ convention's batch rules, optionally with one known bug of minichord/catalogue.t
 
     L = a * L_GRPO + b * L_SFT,   L_GRPO = sum_t c0_t l_t,  L_SFT = sum_t c1_t l_t,   g_t = d L / d logp_t
     CHORD: (a, b) = (1 - mu, mu), c0 / c1 = the rules' coefficients at mu = 0 / mu = 1
-    LUFFY: (a, b) = (1, 1),       c0 = c1 = 1 / N on their own side (one joint token-mean)
-"""
+    LUFFY: (a, b) = (1, 1),       c0 = c1 = 1 / N on their own side (one joint token-mean)"""
 
 import dataclasses
 
@@ -13,10 +12,10 @@ from torch import Tensor
 
 from minichord import losses
 from minichord.check.dump import Dump
-from minichord.config import CATALOGUE, LossConfig
+from minichord.config import LossConfig
 from minichord.methods import CONVENTIONS, LUFFY_LOSS
 
-BUGS, RTOL, ATOL = tuple(CATALOGUE["bug"]), 1e-5, 1e-7  # a bug's plant: below by name, or an aggregation
+RTOL, ATOL = 1e-5, 1e-7  # the tolerance rule (`within`)
 SEARCHED = ("aggregation", "dual_clip", "log_ratio_clamp", "singleton", "std", "std_eps")  # a diagnosis may change
 NO_CLAMP = float("inf")  # the log-ratio clamp of "no clamp"
 KEPT_STEPS = {"first_micro_batch_only": lambda G: {0}, "last_micro_batch_only": lambda G: {G - 1},
@@ -56,7 +55,8 @@ def token_advantages(d: Dump, rules: LossConfig) -> Tensor:
 
 
 def reference(d: Dump, rules: LossConfig, bug: str | None = None, memo: dict | None = None) -> Reference:
-    """The loss and gradient of `d` under `rules`, one of BUGS planted; `memo` (a dict per dump) caches coefficients."""
+    """The loss and gradient of `d` under `rules`, a catalogue bug planted by name (an aggregation bug is `rules`);
+    `memo` (a dict per dump) caches coefficients."""
     is_expert, seq = d.flat(d.is_expert), d.rows  # [N], [N]
     logp = d.flat(d.logp).clone().requires_grad_(True)  # [N] float64
     old = torch.where(is_expert, 0.0, d.flat(d.old_logp))  # [N]

@@ -2,6 +2,5 @@
 
 from minichord.tasks.base import Demonstration, Problem, Skill  # noqa: F401
 from minichord.tasks.reward import extract_answer, normalise, reward  # noqa: F401
-from minichord.tasks.corpus import pretrain_corpus, style_texts  # noqa: F401
 from minichord.tasks.toy import (OTHER_SKILLS, SKILLS, TARGET_SKILL, ToyTask, expert_response,  # noqa: F401
-                                 is_reserved, make_splits, terse_response)
+                                 is_reserved, make_splits, pretrain_corpus, style_texts, terse_response)
