@@ -75,7 +75,7 @@ def reference(d: Dump, rules: LossConfig, bug: str | None = None, memo: dict | N
             memo[key] = [losses.coefficients(is_expert, seq, mb, mu, rules, dtype=torch.float64) for mu in (0.0, 1.0)]
         (c0, c1), (a, b) = memo[key], (1.0 - d.mu, d.mu)
     name, _, arg = (bug or "").partition("/")  # generation_normaliser/S: S micro-steps per generation batch
-    step, G = d.steps()  # [N] each token's accumulation step on its rank, G steps per rank
+    step, G = d.steps() if name else (None, 1)  # [N] each token's accumulation step on its rank, G steps per rank
     if name == "accumulation_divided_twice":
         c0 = c0 / G
     if name == "generation_normaliser":  # per chunk of S steps (all ranks): sum_t l_t / N_on,chunk, chunks summed
