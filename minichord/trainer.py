@@ -251,20 +251,18 @@ class Trainer:
         handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         last_eval: dict = {}
         try:
-            evaluates = bool(self.data.eval_splits) and self.ranks.is_main  # rank 0 evaluates, the others go on
+            evaluates = bool(self.data.eval_splits) and self.ranks.is_main  # rank 0 evaluates, the others wait
             if self.step == 0 and self.ranks.is_main:  # a fresh run (no checkpoint resumed): logs start over too
                 for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
                     (self.out / name).unlink(missing_ok=True)
                 if evaluates:
                     last_eval = self.evaluate(0)
-            t_start, first = time.perf_counter(), self.step
-            while self.step < self.steps and self._stop_signal is None:
+            t_start, first, stop = time.perf_counter(), self.step, False  # stop: every rank's vote after each step
+            while self.step < self.steps and not stop:
                 if self.step > first and self.step == self.stage_at(self.step).start:
                     self.optimizer = self._new_optimizer(self.stage_at(self.step))  # a new stage
                 metrics = self.train_step(self.step)
                 self.step += 1
-                if self.ranks.any(self._stop_signal is not None):  # every rank stops after the same step
-                    self._stop_signal = self._stop_signal or "a stop on another rank"
                 if self.ranks.is_main:
                     with open(self.out / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(metrics) + "\n")
@@ -277,7 +275,9 @@ class Trainer:
                         for k, v in last_eval.items() if isinstance(v, dict)))
                 elif evaluates and self.cfg.samples_every and self.step % self.cfg.samples_every == 0:
                     self.evaluate(self.step, full=False)
-                if self.step % self.cfg.save_every == 0 or self.step == self.steps or self._stop_signal:
+                if stop := self.ranks.any(self._stop_signal is not None):  # a signal after the vote: the next step's
+                    self._stop_signal = self._stop_signal or "a stop on another rank"
+                if self.step % self.cfg.save_every == 0 or self.step == self.steps or stop:
                     self.save()
         finally:
             for sig, previous in handlers.items():
