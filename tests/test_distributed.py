@@ -24,7 +24,7 @@ from minichord.methods import METHODS, build_stages
 from minichord.model import Transformer
 from minichord.tasks import style_texts
 from minichord.tokenizer import Tokenizer
-from minichord.trainer import Trainer, prepare_run
+from minichord.trainer import Trainer, TrainingInterrupted, prepare_run
 from test_trainer import TINY, tiny_data, tok  # noqa: F401  (tok is a fixture)
 
 # (name, method, overrides, dtype, steps); every preset, plus mini-batches, micro-batches and the official convention
@@ -171,6 +171,34 @@ def test_ranks_given_different_settings_are_refused(tiny_ckpt, tmp_path):
     assert (tmp_path / "run-rank0.txt").read_text() == ("rank 1's seed=1 differs from rank 0's 0: every rank "
                                                         "must run the same command")
     assert "rank 0's" in (tmp_path / "run-rank1.txt").read_text()
+
+
+def _late_stop_main(rank: int, port: int, out: str, tiny_ckpt: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    trainer = prepare_run("chord-phi", out, overrides=[f"init={tiny_ckpt}", *SETTINGS, "steps=6", "save_every=1"],
+                          log=lambda _line: None)
+    save = trainer.save
+
+    def save_then_signal() -> None:  # a signal on rank 1 alone, after step 2's vote
+        save()
+        if rank == 1 and trainer.step == 2:
+            trainer.request_stop("SIGTERM")
+
+    trainer.save = save_then_signal
+    try:
+        trainer.run()
+    except TrainingInterrupted as e:
+        with open(f"{out}-rank{rank}.txt", "w") as f:
+            f.write(str(e))
+    dist.destroy_process_group()
+
+
+def test_a_signal_on_one_rank_after_the_vote_stops_every_rank_at_the_next_step(tiny_ckpt, tmp_path):
+    mp.spawn(_late_stop_main, args=(_free_port(), str(tmp_path / "run"), str(tiny_ckpt)), nprocs=2, join=True)
+    assert "stopped by SIGTERM after step 3/6" in (tmp_path / "run-rank1.txt").read_text()
+    assert "stopped by a stop on another rank after step 3/6" in (tmp_path / "run-rank0.txt").read_text()
+    assert load_checkpoint(tmp_path / "run" / "checkpoint").step == 3
 
 
 def test_sigterm_to_the_launcher_stops_every_rank_with_one_checkpoint(tiny_ckpt, tmp_path):
