@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,14 +156,17 @@ def test_fsdp_ranks_resume_exactly(tiny_ckpt, tmp_path):
     assert max((a.double() - b.double()).abs().max().item() for a, b in pairs) == 0.0
 
 
-def _refuse_main(rank: int, port: int, out: str, tiny_ckpt: str) -> None:
+def _as_torchrun_rank(rank: int, port: int) -> None:  # the environment torchrun gives rank `rank` of 2
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
+
+
+def _refuse_main(rank: int, port: int, out: str, tiny_ckpt: str) -> None:
+    _as_torchrun_rank(rank, port)
     try:
         prepare_run("chord-phi", out, overrides=[f"init={tiny_ckpt}", *SETTINGS, f"seed={rank}"], log=print)
     except ValueError as e:
-        with open(f"{out}-rank{rank}.txt", "w") as f:
-            f.write(str(e))
+        Path(f"{out}-rank{rank}.txt").write_text(str(e))  # what this rank was told
     dist.destroy_process_group()
 
 
@@ -174,8 +178,7 @@ def test_ranks_given_different_settings_are_refused(tiny_ckpt, tmp_path):
 
 
 def _late_stop_main(rank: int, port: int, out: str, tiny_ckpt: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    _as_torchrun_rank(rank, port)
     trainer = prepare_run("chord-phi", out, overrides=[f"init={tiny_ckpt}", *SETTINGS, "steps=6", "save_every=1"],
                           log=lambda _line: None)
     save = trainer.save
@@ -189,8 +192,7 @@ def _late_stop_main(rank: int, port: int, out: str, tiny_ckpt: str) -> None:
     try:
         trainer.run()
     except TrainingInterrupted as e:
-        with open(f"{out}-rank{rank}.txt", "w") as f:
-            f.write(str(e))
+        Path(f"{out}-rank{rank}.txt").write_text(str(e))  # what this rank was told
     dist.destroy_process_group()
 
 
